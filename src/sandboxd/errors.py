@@ -1,0 +1,72 @@
+"""Domain errors. Services and runtimes raise these; only the API layer turns them into HTTP."""
+
+from __future__ import annotations
+
+
+class SandboxdError(Exception):
+    code = "INTERNAL"
+    status = 500
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class InvalidRequest(SandboxdError):
+    code = "INVALID_REQUEST"
+    status = 400
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message, field)
+
+
+class Unauthorized(SandboxdError):
+    code = "UNAUTHORIZED"
+    status = 401
+
+
+class SandboxNotFound(SandboxdError):
+    code = "SANDBOX_NOT_FOUND"
+    status = 404
+
+    def __init__(self, sandbox_id: str) -> None:
+        super().__init__(f"sandbox {sandbox_id} not found")
+
+
+class ImageNotFound(SandboxdError):
+    code = "IMAGE_NOT_FOUND"
+    status = 400
+
+    def __init__(self, image: str) -> None:
+        super().__init__(f"image {image!r} is not available; see `sandboxd image ls`", "image")
+
+
+class NotFoundInSandbox(SandboxdError):
+    """A process or file that does not exist inside a sandbox."""
+
+    code = "NOT_FOUND"
+    status = 404
+
+
+class Conflict(SandboxdError):
+    code = "CONFLICT"
+    status = 409
+
+
+class SandboxNotRunning(SandboxdError):
+    code = "SANDBOX_NOT_RUNNING"
+    status = 409
+
+    def __init__(self, sandbox_id: str, state: str) -> None:
+        super().__init__(f"sandbox {sandbox_id} is {state}, not running")
+
+
+class Forbidden(SandboxdError):
+    code = "FORBIDDEN"
+    status = 403
+
+
+class RuntimeFailure(SandboxdError):
+    code = "RUNTIME_ERROR"
+    status = 500

@@ -1,0 +1,130 @@
+"""The host side of the agent protocol (see runtimes/local/agent.py): one request per connection.
+
+Any runtime whose sandboxes run the agent hands out connections to it; exec, files and terminals
+are built on this and never on a particular runtime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from sandboxd.errors import Conflict, Forbidden, InvalidRequest, NotFoundInSandbox, RuntimeFailure
+
+REQ, STDOUT, STDERR, EXIT, STDIN, EOF, SIGNAL, RESIZE, DATA, END, REPLY, ERROR = range(1, 13)
+HEADER = struct.Struct(">BI")
+CHUNK = 65536
+
+
+def raise_agent_error(payload: bytes) -> None:
+    body = json.loads(payload)
+    code, message = body.get("code"), body.get("message", "")
+    if code == "NOT_FOUND":
+        raise NotFoundInSandbox(message)
+    if code == "BAD_REQUEST":
+        raise InvalidRequest("request", message)
+    if code == "CONFLICT":
+        raise Conflict(message)
+    if code == "FORBIDDEN":
+        raise Forbidden(message)
+    raise RuntimeFailure(f"agent: {message}")
+
+
+class AgentConnection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def send(self, kind: int, payload: bytes | dict[str, Any] = b"") -> None:
+        data = json.dumps(payload).encode() if isinstance(payload, dict) else payload
+        self.writer.write(HEADER.pack(kind, len(data)) + data)
+        await self.writer.drain()
+
+    async def recv(self) -> tuple[int, bytes]:
+        try:
+            kind, size = HEADER.unpack(await self.reader.readexactly(HEADER.size))
+            return kind, await self.reader.readexactly(size) if size else b""
+        except asyncio.IncompleteReadError as exc:
+            raise RuntimeFailure("the sandbox agent closed the connection") from exc
+
+    async def request(self, op: str, **args: Any) -> None:
+        await self.send(REQ, {"op": op, **args})
+
+    async def reply(self) -> Any:
+        kind, payload = await self.recv()
+        if kind == ERROR:
+            raise_agent_error(payload)
+        if kind != REPLY:
+            raise RuntimeFailure(f"unexpected frame {kind} from the sandbox agent")
+        return json.loads(payload)
+
+    async def data(self) -> AsyncIterator[bytes]:
+        """DATA frames until END."""
+        while True:
+            kind, payload = await self.recv()
+            if kind == END:
+                return
+            if kind == ERROR:
+                raise_agent_error(payload)
+            yield payload
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except (ConnectionError, OSError):
+            pass
+
+
+Connector = Callable[[], Awaitable[AgentConnection]]
+
+
+class Agent:
+    """Typed calls to one sandbox's agent."""
+
+    def __init__(self, connect: Connector) -> None:
+        self.connect = connect
+
+    async def call(self, op: str, **args: Any) -> Any:
+        conn = await self.connect()
+        try:
+            await conn.request(op, **args)
+            return await conn.reply()
+        finally:
+            await conn.close()
+
+    async def open(self, op: str, **args: Any) -> tuple[AgentConnection, Any]:
+        """Starts a streaming request and returns the connection after its first reply."""
+        conn = await self.connect()
+        try:
+            await conn.request(op, **args)
+            return conn, await conn.reply()
+        except BaseException:
+            await conn.close()
+            raise
+
+    async def stream(self, op: str, **args: Any) -> AsyncIterator[tuple[int, bytes]]:
+        """Frames of a request that streams process output, ending with its EXIT frame."""
+        conn = await self.connect()
+        try:
+            await conn.request(op, **args)
+            while True:
+                kind, payload = await conn.recv()
+                if kind == ERROR:
+                    raise_agent_error(payload)
+                yield kind, payload
+                if kind == EXIT:
+                    return
+        finally:
+            await conn.close()
+
+
+async def unix_connector(path: str) -> AgentConnection:
+    try:
+        reader, writer = await asyncio.open_unix_connection(path, limit=4 * CHUNK)
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        raise RuntimeFailure("the sandbox agent is not reachable") from exc
+    return AgentConnection(reader, writer)

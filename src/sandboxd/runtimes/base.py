@@ -1,0 +1,44 @@
+"""The runtime protocol: what the service needs from any backend that runs sandboxes."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Protocol
+
+from sandboxd.domain import SandboxSpec
+from sandboxd.runtimes.agent_client import Agent
+
+
+class Liveness(enum.StrEnum):
+    RUNNING = "running"
+    STOPPED = "stopped"  # the sandbox's processes are gone, its resources may remain
+    MISSING = "missing"  # the runtime knows nothing of it
+
+
+class Runtime(Protocol):
+    name: str
+
+    async def start(self) -> None:
+        """Prepares the host (bridge, directories); called once when the server starts."""
+
+    async def create(self, sandbox_id: str, spec: SandboxSpec) -> dict[str, Any]:
+        """Builds and starts a sandbox; returns the record a restarted server re-attaches with.
+
+        On failure everything it made is already removed."""
+
+    async def destroy(self, sandbox_id: str, record: dict[str, Any]) -> None:
+        """Stops the sandbox and removes all it owns. Safe to call on a half-made sandbox."""
+
+    async def liveness(self, sandbox_id: str, record: dict[str, Any]) -> Liveness: ...
+
+    def adopt(self, sandbox_id: str, record: dict[str, Any]) -> None:
+        """Re-attaches to a sandbox started by an earlier server process."""
+
+    async def sweep(self, known: set[str]) -> list[str]:
+        """Removes everything of sandboxes not in known; returns their ids."""
+
+    def agent(self, sandbox_id: str, record: dict[str, Any]) -> Agent: ...
+
+    def logs_path(self, sandbox_id: str) -> str: ...
+
+    def oom_kills(self, sandbox_id: str) -> int: ...

@@ -1,0 +1,556 @@
+"""The in-sandbox agent: the sandbox's PID 1, which starts processes and serves files on request.
+
+It runs under the sandbox's own python3, inside every namespace, cgroup, seccomp filter and capability
+set that the OCI runtime applied, so everything it starts inherits them; and file paths resolve against
+the sandbox's root, so a symlink planted inside can never reach the host. It is standard library only
+and is bind-mounted read-only into the sandbox; it never imports sandboxd.
+
+The host hands it a listening unix socket as its stdin; the socket's path lives in a host directory
+the sandbox cannot see. Every connection carries one request. Frames are
+``type:u8 length:u32 payload``; see ``protocol.py`` on the host side for the same constants.
+"""
+
+import errno
+import fcntl
+import json
+import os
+import pty
+import pwd
+import grp
+import shutil
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import tarfile
+import termios
+import threading
+import time
+
+REQ, STDOUT, STDERR, EXIT, STDIN, EOF, SIGNAL, RESIZE, DATA, END, REPLY, ERROR = range(1, 13)
+HEADER = struct.Struct(">BI")
+OUTPUT_CAP = 16 * 1024 * 1024  # bytes of output kept per process; older output is dropped
+KEEP_ENDED = 256  # ended processes kept for status/log queries
+CHUNK = 65536
+
+
+def send(sock, kind, payload=b""):
+    if isinstance(payload, (dict, list)):
+        payload = json.dumps(payload).encode()
+    sock.sendall(HEADER.pack(kind, len(payload)) + payload)
+
+
+def recv_exact(sock, n):
+    buf = bytearray()
+    while len(buf) < n:
+        part = sock.recv(n - len(buf))
+        if not part:
+            raise EOFError
+        buf += part
+    return bytes(buf)
+
+
+def recv(sock):
+    kind, size = HEADER.unpack(recv_exact(sock, HEADER.size))
+    return kind, recv_exact(sock, size) if size else b""
+
+
+class Proc:
+    """One started process: its output buffer, exit status and the waiters on either."""
+
+    def __init__(self, pid_id, popen, master, timeout):
+        self.id = pid_id
+        self.popen = popen
+        self.master = master  # pty master fd, or None
+        self.started = time.time()
+        self.ended = None
+        self.exit_code = None
+        self.signal = None
+        self.timed_out = False
+        self.chunks = []  # (offset, kind, bytes)
+        self.base = 0  # offset of the first byte still kept
+        self.size = 0  # total bytes ever produced
+        self.cond = threading.Condition()
+        self.open_streams = 0
+        if timeout:
+            timer = threading.Timer(timeout, self.expire)
+            timer.daemon = True
+            timer.start()
+
+    def append(self, kind, data):
+        with self.cond:
+            self.chunks.append((self.size, kind, data))
+            self.size += len(data)
+            while self.size - self.base > OUTPUT_CAP and len(self.chunks) > 1:
+                off, _, old = self.chunks.pop(0)
+                self.base = off + len(old)
+            self.cond.notify_all()
+
+    def stream_closed(self):
+        with self.cond:
+            self.open_streams -= 1
+            self.cond.notify_all()
+
+    def set_exit(self, status):
+        with self.cond:
+            if os.WIFSIGNALED(status):
+                self.signal = os.WTERMSIG(status)
+                self.exit_code = 128 + self.signal
+            else:
+                self.exit_code = os.WEXITSTATUS(status)
+            self.ended = time.time()
+            self.popen.returncode = self.exit_code
+            self.cond.notify_all()
+
+    def done(self):
+        # Output is complete once the process has exited and its pipes are drained.
+        return self.ended is not None and self.open_streams <= 0
+
+    def expire(self):
+        if self.ended is None:
+            self.timed_out = True
+            kill_tree(self.popen.pid, signal.SIGKILL)
+
+    def info(self):
+        return {
+            "id": self.id,
+            "pid": self.popen.pid,
+            "running": self.ended is None,
+            "exit_code": self.exit_code,
+            "signal": self.signal,
+            "timed_out": self.timed_out,
+            "started_at": self.started,
+            "ended_at": self.ended,
+            "duration_ms": round(((self.ended or time.time()) - self.started) * 1000, 3),
+            "output_size": self.size,
+        }
+
+
+PROCS = {}
+LOCK = threading.Lock()
+COUNTER = [0]
+
+
+def children_of(pid):
+    kids = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            kids.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        for c in kids.get(p, []):
+            found.append(c)
+            todo.append(c)
+    return found
+
+
+def kill_tree(pid, sig):
+    # The process group covers the usual case; the /proc walk catches children that called setsid.
+    for target in [pid] + children_of(pid):
+        try:
+            os.kill(target, sig)
+        except OSError:
+            pass
+    try:
+        os.killpg(pid, sig)
+    except OSError:
+        pass
+
+
+def reaper():
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            time.sleep(0.05)
+            continue
+        except InterruptedError:
+            continue
+        with LOCK:
+            proc = next((p for p in PROCS.values() if p.popen.pid == pid and p.ended is None), None)
+        if proc is not None:
+            proc.set_exit(status)
+            if proc.id == "entrypoint":
+                ENTRY_DONE.set()
+
+
+ENTRY_DONE = threading.Event()
+
+
+def pump(proc, fd, kind):
+    try:
+        while True:
+            try:
+                data = os.read(fd, CHUNK)
+            except OSError:  # EIO from a pty whose last writer closed
+                break
+            if not data:
+                break
+            proc.append(kind, data)
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        proc.stream_closed()
+
+
+def identity(user):
+    if user is None:
+        return None, None, None, None
+    try:
+        entry = pwd.getpwuid(int(user)) if str(user).isdigit() else pwd.getpwnam(user)
+        uid, gid, home = entry.pw_uid, entry.pw_gid, entry.pw_dir
+        groups = [g.gr_gid for g in grp.getgrall() if entry.pw_name in g.gr_mem]
+    except KeyError:
+        if not str(user).isdigit():
+            raise ValueError("unknown user %r in the sandbox" % user)
+        uid = gid = int(user)
+        home, groups = "/", []
+    return uid, gid, home, groups
+
+
+def spawn(req):
+    uid, gid, home, groups = identity(req.get("user"))
+    env = dict(req.get("env") or {})
+    if home and "HOME" not in (req.get("env_override") or {}):
+        env["HOME"] = home
+    cwd = req.get("cwd") or "/"
+    if not os.path.isdir(cwd):
+        raise ValueError("working directory %s does not exist in the sandbox" % cwd)
+    use_pty = bool(req.get("pty"))
+    master = None
+    kwargs = dict(cwd=cwd, env=env, start_new_session=True, close_fds=True)
+    if uid is not None:
+        kwargs.update(user=uid, group=gid, extra_groups=groups)
+    if use_pty:
+        master, slave = pty.openpty()
+        set_size(master, req.get("rows") or 24, req.get("cols") or 80)
+        kwargs.update(stdin=slave, stdout=slave, stderr=slave)
+
+        def make_controlling():
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        kwargs["preexec_fn"] = make_controlling
+    else:
+        kwargs.update(
+            stdin=subprocess.PIPE if req.get("stdin") else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    proc_id = req.get("id")
+    with LOCK:
+        if proc_id is None:
+            COUNTER[0] += 1
+            proc_id = "p%d" % COUNTER[0]
+        try:
+            popen = subprocess.Popen(req["argv"], **kwargs)
+        except FileNotFoundError:
+            raise ValueError("command not found: %s" % req["argv"][0])
+        except PermissionError:
+            raise ValueError("permission denied: %s" % req["argv"][0])
+        proc = Proc(proc_id, popen, master, req.get("timeout"))
+        PROCS[proc_id] = proc
+        ended = [p for p in PROCS.values() if p.ended is not None]
+        for old in ended[: max(0, len(ended) - KEEP_ENDED)]:
+            PROCS.pop(old.id, None)
+    if use_pty:
+        os.close(slave)
+        proc.open_streams = 1
+        threading.Thread(target=pump, args=(proc, os.dup(master), STDOUT), daemon=True).start()
+    else:
+        proc.open_streams = 2
+        for pipe, kind in ((popen.stdout, STDOUT), (popen.stderr, STDERR)):
+            fd = os.dup(pipe.fileno())
+            pipe.close()
+            threading.Thread(target=pump, args=(proc, fd, kind), daemon=True).start()
+    return proc
+
+
+def set_size(fd, rows, cols):
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def write_stdin(proc, data):
+    if proc.master is not None:
+        os.write(proc.master, data)
+    elif proc.popen.stdin is not None:
+        proc.popen.stdin.write(data)
+        proc.popen.stdin.flush()
+
+
+def close_stdin(proc):
+    if proc.master is not None:
+        os.write(proc.master, b"\x04")
+    elif proc.popen.stdin is not None:
+        proc.popen.stdin.close()
+
+
+def control(proc, sock):
+    """Reads stdin, resize and signal frames that the client sends while it is attached."""
+    try:
+        while True:
+            kind, payload = recv(sock)
+            if kind == STDIN:
+                write_stdin(proc, payload)
+            elif kind == EOF:
+                close_stdin(proc)
+            elif kind == RESIZE and proc.master is not None:
+                size = json.loads(payload)
+                set_size(proc.master, size["rows"], size["cols"])
+                os.killpg(proc.popen.pid, signal.SIGWINCH)
+            elif kind == SIGNAL:
+                kill_tree(proc.popen.pid, json.loads(payload)["signal"])
+    except (EOFError, OSError, ValueError):
+        return
+
+
+def attach(proc, sock, offset, follow=True):
+    threading.Thread(target=control, args=(proc, sock), daemon=True).start()
+    pos = max(offset, 0)
+    while True:
+        with proc.cond:
+            while follow and not proc.done() and (not proc.chunks or proc.size <= pos):
+                proc.cond.wait()
+            pending = [c for c in proc.chunks if c[0] + len(c[2]) > pos]
+            finished = proc.done()
+        for off, kind, data in pending:
+            start = max(pos - off, 0)
+            send(sock, kind, data[start:])
+            pos = off + len(data)
+        if finished or not follow:
+            info = proc.info()
+            info["offset"] = pos
+            send(sock, EXIT, info)
+            return
+
+
+def lookup(req):
+    proc = PROCS.get(req.get("id"))
+    if proc is None:
+        raise LookupError("no process %s" % req.get("id"))
+    return proc
+
+
+def stat_of(path, name=None):
+    st = os.lstat(path)
+    kind = "dir" if stat.S_ISDIR(st.st_mode) else "symlink" if stat.S_ISLNK(st.st_mode) else "file"
+    if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+        kind = "other"
+    out = {
+        "name": name if name is not None else os.path.basename(path) or "/",
+        "path": path,
+        "type": kind,
+        "size": st.st_size,
+        "mode": stat.S_IMODE(st.st_mode),
+        "uid": st.st_uid,
+        "gid": st.st_gid,
+        "modified_at": st.st_mtime,
+    }
+    if kind == "symlink":
+        out["target"] = os.readlink(path)
+    return out
+
+
+class SockReader:
+    """A file-like view of DATA frames until END, for tarfile and copyfileobj."""
+
+    def __init__(self, sock):
+        self.sock, self.buf, self.eof = sock, b"", False
+
+    def read(self, n=-1):
+        while not self.eof and (n < 0 or len(self.buf) < n):
+            kind, payload = recv(self.sock)
+            if kind == END:
+                self.eof = True
+            else:
+                self.buf += payload
+        if n < 0:
+            n = len(self.buf)
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+
+class SockWriter:
+    def __init__(self, sock):
+        self.sock = sock
+
+    def write(self, data):
+        if data:
+            send(self.sock, DATA, bytes(data))
+        return len(data)
+
+    def flush(self):
+        pass
+
+
+def handle(sock):
+    kind, payload = recv(sock)
+    if kind != REQ:
+        return
+    req = json.loads(payload)
+    op = req["op"]
+    try:
+        if op == "spawn":
+            proc = spawn(req)
+            send(sock, REPLY, proc.info())
+            if req.get("attach"):
+                attach(proc, sock, 0)
+        elif op == "attach":
+            attach(lookup(req), sock, req.get("offset", 0), req.get("follow", True))
+        elif op == "list":
+            send(sock, REPLY, [p.info() for p in PROCS.values() if p.id != "entrypoint"])
+        elif op == "status":
+            send(sock, REPLY, lookup(req).info())
+        elif op == "signal":
+            proc = lookup(req)
+            kill_tree(proc.popen.pid, req["signal"])
+            send(sock, REPLY, proc.info())
+        elif op == "stdin":
+            proc = lookup(req)
+            if req.get("data"):
+                write_stdin(proc, req["data"].encode("latin-1"))
+            if req.get("eof"):
+                close_stdin(proc)
+            send(sock, REPLY, proc.info())
+        elif op == "wait_entrypoint":
+            send(sock, REPLY, {"waiting": True})
+            ENTRY_DONE.wait()
+            send(sock, REPLY, PROCS["entrypoint"].info())
+        elif op == "read":
+            with open(req["path"], "rb") as f:
+                send(sock, REPLY, {"size": os.fstat(f.fileno()).st_size})
+                while True:
+                    data = f.read(CHUNK)
+                    if not data:
+                        break
+                    send(sock, DATA, data)
+            send(sock, END)
+        elif op == "write":
+            path = req["path"]
+            if req.get("parents"):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = "%s.sandboxd-%d" % (path, os.getpid())
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                shutil.copyfileobj(SockReader(sock), f, CHUNK)
+            os.chmod(tmp, req.get("mode", 0o644))
+            os.replace(tmp, path)
+            send(sock, REPLY, stat_of(path))
+        elif op == "list_dir":
+            path = req["path"]
+            entries = []
+            for name in sorted(os.listdir(path)):
+                try:
+                    entries.append(stat_of(os.path.join(path, name), name))
+                except FileNotFoundError:
+                    continue
+            send(sock, REPLY, entries)
+        elif op == "stat":
+            send(sock, REPLY, stat_of(req["path"]))
+        elif op == "mkdir":
+            os.makedirs(req["path"], mode=req.get("mode", 0o755), exist_ok=True)
+            send(sock, REPLY, stat_of(req["path"]))
+        elif op == "remove":
+            path = req["path"]
+            if os.path.isdir(path) and not os.path.islink(path):
+                if req.get("recursive"):
+                    shutil.rmtree(path)
+                else:
+                    os.rmdir(path)
+            else:
+                os.unlink(path)
+            send(sock, REPLY, {"removed": path})
+        elif op == "move":
+            os.rename(req["source"], req["destination"])
+            send(sock, REPLY, stat_of(req["destination"]))
+        elif op == "tar_get":
+            path = req["path"]
+            os.lstat(path)
+            send(sock, REPLY, {"path": path})
+            with tarfile.open(fileobj=SockWriter(sock), mode="w|") as tar:
+                tar.add(path, arcname=".")
+            send(sock, END)
+        elif op == "tar_put":
+            path = req["path"]
+            os.makedirs(path, exist_ok=True)
+            with tarfile.open(fileobj=SockReader(sock), mode="r|") as tar:
+                # The "data" filter refuses absolute names, "..", links out of the tree and devices.
+                tar.extractall(path, filter="data")
+            send(sock, REPLY, stat_of(path))
+        else:
+            send(sock, ERROR, {"code": "BAD_REQUEST", "message": "unknown op %s" % op})
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        return
+    except LookupError as exc:
+        send(sock, ERROR, {"code": "NOT_FOUND", "message": str(exc.args[0])})
+    except ValueError as exc:
+        send(sock, ERROR, {"code": "BAD_REQUEST", "message": str(exc)})
+    except tarfile.TarError as exc:
+        send(sock, ERROR, {"code": "BAD_REQUEST", "message": "archive refused: %s" % exc})
+    except OSError as exc:
+        code = {
+            errno.ENOENT: "NOT_FOUND",
+            errno.EEXIST: "CONFLICT",
+            errno.ENOTEMPTY: "CONFLICT",
+            errno.EISDIR: "BAD_REQUEST",
+            errno.ENOTDIR: "BAD_REQUEST",
+            errno.EACCES: "FORBIDDEN",
+            errno.EPERM: "FORBIDDEN",
+            errno.ELOOP: "BAD_REQUEST",
+        }.get(exc.errno, "INTERNAL")
+        send(sock, ERROR, {"code": code, "message": "%s: %s" % (exc.strerror, req.get("path", ""))})
+
+
+def serve_one(conn):
+    try:
+        handle(conn)
+    except Exception as exc:  # noqa: BLE001 - one bad request must not take the agent down
+        try:
+            send(conn, ERROR, {"code": "INTERNAL", "message": repr(exc)})
+        except OSError:
+            pass
+    finally:
+        conn.close()
+
+
+def main():
+    # The listening socket arrives as stdin; stdin proper is /dev/null from here on.
+    listener = socket.socket(fileno=os.dup(0))
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    threading.Thread(target=reaper, daemon=True).start()
+    config = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
+    if config.get("entrypoint"):
+        # The entrypoint writes to the agent's own stdout/stderr: the host's log file.
+        spawn_entry(config)
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=serve_one, args=(conn,), daemon=True).start()
+
+
+def spawn_entry(config):
+    with LOCK:
+        popen = subprocess.Popen(
+            config["entrypoint"],
+            cwd=config.get("cwd") or "/",
+            env=config.get("env") or {},
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        proc = Proc("entrypoint", popen, None, None)
+        PROCS["entrypoint"] = proc
+
+
+if __name__ == "__main__":
+    main()

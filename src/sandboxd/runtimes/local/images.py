@@ -1,0 +1,199 @@
+"""Local images: read-only root filesystems, shared by every sandbox started from them.
+
+An image is a directory ``images/<name>/rootfs`` whose files are owned by the user-namespace range
+that sandboxes run in (container uid N is host uid base+N), so that root inside a sandbox owns its
+files without being root on the host. Images are built or imported into a temporary directory and
+renamed into place only when complete, so a crash never leaves a half image that looks usable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sandboxd.errors import ImageNotFound, InvalidRequest
+
+DEBIAN_SUITE = "bookworm"
+DEBIAN_PACKAGES = ["python3", "ca-certificates", "procps"]
+
+
+@dataclass(frozen=True)
+class Image:
+    name: str
+    rootfs: Path
+    python: str | None  # the interpreter that runs the agent, if the image has one
+
+
+class ImageStore:
+    def __init__(self, root: Path, id_base: int) -> None:
+        self.root = root
+        self.id_base = id_base
+        root.mkdir(parents=True, exist_ok=True)
+
+    def get(self, name: str) -> Image:
+        rootfs = self.root / _safe_name(name) / "rootfs"
+        if not rootfs.is_dir():
+            raise ImageNotFound(name)
+        return Image(name=name, rootfs=rootfs, python=_find_python(rootfs))
+
+    def list(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if (p / "rootfs").is_dir())
+
+    def exists(self, name: str) -> bool:
+        return (self.root / _safe_name(name) / "rootfs").is_dir()
+
+    def build_debian(self, name: str = "debian", progress: Callable[[str], None] | None = None) -> Image:
+        """Builds Debian minbase plus python3 from the configured apt mirror with mmdebstrap."""
+
+        def step(staging: Path) -> None:
+            cmd = [
+                "mmdebstrap",
+                "--variant=minbase",
+                "--mode=root",
+                "--include=" + ",".join(DEBIAN_PACKAGES),
+                DEBIAN_SUITE,
+                str(staging),
+            ]
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                if progress:
+                    progress(line.rstrip())
+            if proc.wait() != 0:
+                raise RuntimeError(f"mmdebstrap failed with exit code {proc.returncode}")
+
+        return self._install(name, step)
+
+    def import_tarball(self, name: str, tarball: Path) -> Image:
+        def step(staging: Path) -> None:
+            with tarfile.open(tarball) as tar:
+                tar.extractall(staging, filter=_rootfs_filter)
+
+        return self._install(name, step)
+
+    def import_oci_layout(self, name: str, layout: Path, ref: str | None = None) -> Image:
+        """Unpacks a local OCI image layout (index.json → manifest → layers) with whiteouts."""
+
+        def step(staging: Path) -> None:
+            for layer in _oci_layers(layout, ref):
+                with tarfile.open(layer) as tar:
+                    _apply_layer(tar, staging)
+
+        return self._install(name, step)
+
+    def delete(self, name: str) -> None:
+        path = self.root / _safe_name(name)
+        if not path.exists():
+            raise ImageNotFound(name)
+        shutil.rmtree(path)
+
+    def _install(self, name: str, fill: Callable[[Path], None]) -> Image:
+        target = self.root / _safe_name(name)
+        if target.exists():
+            raise InvalidRequest("name", f"image {name!r} already exists")
+        tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=self.root))
+        try:
+            staging = tmp / "rootfs"
+            staging.mkdir()
+            fill(staging)
+            shift_ownership(staging, self.id_base)
+            os.rename(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return self.get(name)
+
+    def remove_partials(self) -> None:
+        for path in self.root.glob(".partial-*"):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _safe_name(name: str) -> str:
+    if not name or "/" in name or name.startswith(".") or len(name) > 128:
+        raise InvalidRequest("image", f"invalid image name {name!r}")
+    return name
+
+
+def _find_python(rootfs: Path) -> str | None:
+    for candidate in ("usr/bin/python3", "usr/local/bin/python3", "bin/python3"):
+        if os.path.lexists(rootfs / candidate):
+            return "/" + candidate
+    return None
+
+
+def shift_ownership(root: Path, base: int) -> None:
+    """Moves every file's owner into the sandbox uid range, keeping setuid/setgid bits.
+
+    chown clears setuid/setgid, so the mode is put back afterwards for everything but symlinks.
+    """
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames, None]:
+            path = dirpath if name is None else os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if st.st_uid >= base and st.st_gid >= base:
+                continue
+            os.lchown(path, st.st_uid + base, st.st_gid + base)
+            if not stat.S_ISLNK(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+                os.chmod(path, stat.S_IMODE(st.st_mode))
+
+
+def _rootfs_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+    # The "tar" filter refuses absolute paths, ".." and links out of the tree but, unlike "data",
+    # keeps owners, modes and device nodes that a root filesystem needs.
+    return tarfile.tar_filter(member, dest)
+
+
+def _oci_layers(layout: Path, ref: str | None) -> list[Path]:
+    def blob(digest: str) -> Path:
+        algo, _, value = digest.partition(":")
+        return layout / "blobs" / algo / value
+
+    index = json.loads((layout / "index.json").read_text())
+    manifests = index.get("manifests", [])
+    if ref:
+        manifests = [
+            m for m in manifests if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == ref
+        ]
+    if not manifests:
+        raise InvalidRequest("ref", "no matching manifest in the OCI layout")
+    manifest = json.loads(blob(manifests[0]["digest"]).read_text())
+    if "manifests" in manifest:  # an index: take the entry for this machine
+        entry = next(
+            (m for m in manifest["manifests"] if m.get("platform", {}).get("architecture") == "amd64"),
+            manifest["manifests"][0],
+        )
+        manifest = json.loads(blob(entry["digest"]).read_text())
+    return [blob(layer["digest"]) for layer in manifest["layers"]]
+
+
+def _apply_layer(tar: tarfile.TarFile, root: Path) -> None:
+    members = []
+    for member in tar:
+        parent, _, base = member.name.rstrip("/").rpartition("/")
+        if base == ".wh..wh..opq":  # opaque directory: drop what lower layers put there
+            target = root / parent
+            if target.is_dir():
+                for child in target.iterdir():
+                    _remove(child)
+            continue
+        if base.startswith(".wh."):
+            _remove(root / parent / base[4:])
+            continue
+        members.append(member)
+    for member in members:
+        tar.extract(member, root, filter=_rootfs_filter)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()

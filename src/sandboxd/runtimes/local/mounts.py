@@ -1,0 +1,36 @@
+"""Overlay mounts of sandbox root filesystems, through the mount(2) syscall directly (no fork)."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+from pathlib import Path
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+MNT_DETACH = 2
+
+
+def mount_overlay(lower: Path, upper: Path, work: Path, target: Path) -> None:
+    options = f"lowerdir={lower},upperdir={upper},workdir={work}".encode()
+    if _libc.mount(b"overlay", str(target).encode(), b"overlay", 0, options) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount overlay on {target}: {os.strerror(err)}")
+
+
+def unmount(target: Path) -> None:
+    if _libc.umount2(str(target).encode(), MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        if err not in (22, 2):  # EINVAL: not a mount point; ENOENT: already gone
+            raise OSError(err, f"umount {target}: {os.strerror(err)}")
+
+
+def mounts_under(prefix: Path) -> list[Path]:
+    """Mount points below prefix, deepest first, read from /proc/self/mounts."""
+    found = []
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            point = line.split()[1].replace("\\040", " ")
+            if point.startswith(str(prefix) + "/"):
+                found.append(Path(point))
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)

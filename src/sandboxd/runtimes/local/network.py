@@ -1,0 +1,129 @@
+"""Host networking for sandboxes: one bridge with NAT, one veth pair per sandbox with internet access.
+
+A sandbox without internet access gets only loopback in its own network namespace. Its peer end of
+the veth lives in the sandbox's namespace, so when the sandbox's last process dies the kernel removes
+the pair: nothing is left to leak but the host bridge itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import json
+
+from sandboxd.errors import RuntimeFailure
+
+VETH_PREFIX = "sbxv"
+NFT_TABLE = "sandboxd"
+
+
+def veth_name(sandbox_id: str) -> str:
+    # Interface names are at most 15 bytes; a hash of the id keeps them unique and stable.
+    return VETH_PREFIX + hashlib.sha256(sandbox_id.encode()).hexdigest()[:11]
+
+
+async def run(*argv: str, stdin: str | None = None, check: bool = True) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
+    if check and proc.returncode != 0:
+        raise RuntimeFailure(f"{' '.join(argv[:3])} failed: {err.decode().strip()}")
+    return out.decode()
+
+
+class Network:
+    def __init__(self, bridge: str, subnet: str) -> None:
+        self.bridge = bridge
+        self.subnet = ipaddress.ip_network(subnet)
+        self.gateway = next(self.subnet.hosts())
+        self._used: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+        self._lock = asyncio.Lock()
+
+    async def setup_host(self) -> None:
+        links = json.loads(await run("ip", "-j", "link", "show", "type", "bridge"))
+        if not any(link["ifname"] == self.bridge for link in links):
+            await run(
+                "ip",
+                "-batch",
+                "-",
+                stdin=(
+                    f"link add {self.bridge} type bridge\n"
+                    f"addr add {self.gateway}/{self.subnet.prefixlen} dev {self.bridge}\n"
+                    f"link set {self.bridge} up\n"
+                ),
+            )
+        with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
+            f.write("1")
+        # Outbound NAT for the sandbox subnet; replaced whole so a restart never duplicates rules.
+        await run(
+            "nft",
+            "-f",
+            "-",
+            stdin=(
+                f"table ip {NFT_TABLE} {{}}\n"
+                f"delete table ip {NFT_TABLE}\n"
+                f"table ip {NFT_TABLE} {{\n"
+                f"  chain postrouting {{\n"
+                f"    type nat hook postrouting priority srcnat; policy accept;\n"
+                f'    ip saddr {self.subnet} oifname != "{self.bridge}" masquerade\n'
+                f"  }}\n"
+                f"}}\n"
+            ),
+        )
+
+    async def teardown_host(self) -> None:
+        await run("ip", "link", "del", self.bridge, check=False)
+        await run("nft", "delete", "table", "ip", NFT_TABLE, check=False)
+
+    def reserve(self, address: str) -> None:
+        self._used.add(ipaddress.ip_address(address))
+
+    def release(self, address: str | None) -> None:
+        if address:
+            self._used.discard(ipaddress.ip_address(address))
+
+    async def allocate(self) -> str:
+        async with self._lock:
+            for host in self.subnet.hosts():
+                if host != self.gateway and host not in self._used:
+                    self._used.add(host)
+                    return str(host)
+        raise RuntimeFailure("no free address left in the sandbox subnet")
+
+    async def attach(self, sandbox_id: str, pid: int, address: str | None) -> None:
+        """Configures the sandbox's namespace: loopback, and with an address a veth to the bridge."""
+        inside = "link set lo up\n"
+        if address is not None:
+            host_end = veth_name(sandbox_id)
+            await run(
+                "ip",
+                "-batch",
+                "-",
+                stdin=(
+                    f"link add {host_end} type veth peer name eth0 netns {pid}\n"
+                    f"link set {host_end} master {self.bridge} up\n"
+                ),
+            )
+            inside += (
+                f"addr add {address}/{self.subnet.prefixlen} dev eth0\n"
+                "link set eth0 up\n"
+                f"route add default via {self.gateway}\n"
+            )
+        await run("nsenter", "-t", str(pid), "-n", "ip", "-batch", "-", stdin=inside)
+
+    async def orphan_veths(self, keep: set[str]) -> list[str]:
+        links = json.loads(await run("ip", "-j", "link", "show"))
+        wanted = {veth_name(i) for i in keep}
+        return [
+            link["ifname"]
+            for link in links
+            if link["ifname"].startswith(VETH_PREFIX) and link["ifname"] not in wanted
+        ]
+
+    async def delete_veth(self, name: str) -> None:
+        await run("ip", "link", "del", name, check=False)

@@ -1,0 +1,262 @@
+"""The embedded runtime: runc (or crun) driven directly, no daemon.
+
+A sandbox is a directory ``sandboxes/<id>`` holding its bundle (config.json), overlay upper and work
+dirs, the merged root, the agent's socket and the entrypoint log; a runc container of the same id;
+cgroups named ``sandboxd-<id>``; and a network namespace that dies with its processes. Everything is
+named after the id, so a restarted server can find what a crash left behind and remove it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+from typing import Any
+
+from sandboxd.domain import SandboxSpec
+from sandboxd.errors import InvalidRequest, RuntimeFailure
+from sandboxd.runtimes.agent_client import Agent, AgentConnection, unix_connector
+from sandboxd.runtimes.base import Liveness
+from sandboxd.runtimes.local import mounts, oci
+from sandboxd.runtimes.local.images import ImageStore
+from sandboxd.runtimes.local.network import Network
+
+AGENT_SOURCE = Path(__file__).with_name("agent.py")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+READY_TIMEOUT = 10.0
+
+
+def choose_binary(preference: str) -> str:
+    """crun where cgroup v2 is the only hierarchy (crun 1.8 refuses hybrid hosts), else runc."""
+    if preference != "auto":
+        if not shutil.which(preference):
+            raise RuntimeFailure(f"OCI runtime {preference!r} is not installed")
+        return preference
+    unified_only = (CGROUP_ROOT / "cgroup.controllers").exists()
+    for candidate in (["crun", "runc"] if unified_only else ["runc", "crun"]):
+        if shutil.which(candidate):
+            return candidate
+    raise RuntimeFailure("neither runc nor crun is installed")
+
+
+class LocalRuntime:
+    name = "local"
+
+    def __init__(
+        self,
+        *,
+        data_dir: Path,
+        images: ImageStore,
+        network: Network,
+        binary: str,
+        id_base: int,
+        id_size: int,
+    ) -> None:
+        self.root = data_dir / "sandboxes"
+        self.state_dir = data_dir / "runc"
+        self.images = images
+        self.network = network
+        self.binary = binary
+        self.idmap = oci.IdMap(id_base, id_size)
+
+    async def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.images.remove_partials()
+        await self.network.setup_host()
+
+    # -- create / destroy ------------------------------------------------------------------------
+
+    async def create(self, sandbox_id: str, spec: SandboxSpec) -> dict[str, Any]:
+        image = self.images.get(spec.image)
+        if image.python is None:
+            raise InvalidRequest("image", f"image {spec.image!r} has no python3 to run the agent")
+        home = self.root / sandbox_id
+        record: dict[str, Any] = {"address": None}
+        try:
+            record["address"] = await self.network.allocate() if spec.internet_access else None
+            await asyncio.to_thread(self._prepare_root, sandbox_id, home, image.rootfs, record["address"])
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                listener.bind(str(home / "agent.sock"))
+                listener.listen(128)
+                config = oci.build_config(
+                    rootfs=str(home / "rootfs"),
+                    hostname=sandbox_id.replace("_", "-")[:63],
+                    env=spec.env,
+                    cwd=spec.cwd,
+                    limits=oci.Limits(spec.limits.cpu, spec.limits.memory_mb, spec.limits.pids),
+                    cgroup_path=f"/sandboxd-{sandbox_id}",
+                    idmap=self.idmap,
+                    agent_host_path=str(AGENT_SOURCE),
+                    agent_config=json.dumps({"entrypoint": spec.entrypoint, "cwd": spec.cwd}),
+                    python=image.python,
+                )
+                (home / "config.json").write_text(json.dumps(config))
+                log = os.open(home / "entrypoint.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                try:
+                    # The listening socket becomes the agent's stdin; its log becomes stdout/stderr.
+                    await self._runc(
+                        "create", "--bundle", str(home), "--pid-file", str(home / "pid"), sandbox_id,
+                        stdin=listener.fileno(), stdout=log,
+                    )
+                finally:
+                    os.close(log)
+            finally:
+                listener.close()
+            pid = int((home / "pid").read_text())
+            record["pid"] = pid
+            await self.network.attach(sandbox_id, pid, record["address"])
+            await self._runc("start", sandbox_id)
+            await self._wait_ready(sandbox_id)
+        except BaseException:
+            await asyncio.shield(self.destroy(sandbox_id, record))
+            raise
+        return record
+
+    def _prepare_root(self, sandbox_id: str, home: Path, lower: Path, address: str | None) -> None:
+        for sub in ("upper", "work", "rootfs"):
+            (home / sub).mkdir(parents=True, exist_ok=True)
+        # The overlay root takes its owner from the upper dir: root of the sandbox's user namespace.
+        os.chown(home / "upper", self.idmap.host_id, self.idmap.host_id)
+        mounts.mount_overlay(lower, home / "upper", home / "work", home / "rootfs")
+        etc = home / "rootfs" / "etc"
+        hostname = sandbox_id.replace("_", "-")[:63]
+        files = {
+            "hostname": f"{hostname}\n",
+            "hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost\n{address or '127.0.1.1'}\t{hostname}\n",
+            "resolv.conf": _resolv_conf() if address else "",
+        }
+        for name, text in files.items():
+            path = etc / name
+            if path.is_symlink():
+                path.unlink()
+            path.write_text(text)
+            os.chown(path, self.idmap.host_id, self.idmap.host_id)
+
+    async def _wait_ready(self, sandbox_id: str) -> None:
+        """Returns once the agent answers: the sandbox can run commands."""
+        agent = self.agent(sandbox_id, {})
+        try:
+            await asyncio.wait_for(agent.call("list"), READY_TIMEOUT)
+        except (TimeoutError, RuntimeFailure) as exc:
+            log = self.read_log_tail(sandbox_id)
+            raise RuntimeFailure(f"the sandbox did not become ready: {log or exc}") from exc
+
+    def read_log_tail(self, sandbox_id: str, size: int = 2000) -> str:
+        try:
+            data = (self.root / sandbox_id / "entrypoint.log").read_bytes()
+        except OSError:
+            return ""
+        return data[-size:].decode(errors="replace").strip()
+
+    async def destroy(self, sandbox_id: str, record: dict[str, Any]) -> None:
+        await self._runc("delete", "--force", sandbox_id, check=False)
+        home = self.root / sandbox_id
+        await asyncio.to_thread(self._remove_home, home)
+        self._remove_cgroups(sandbox_id)
+        self.network.release(record.get("address"))
+        # The veth goes with the namespace; one left by a crash between its steps is removed here.
+        from sandboxd.runtimes.local.network import veth_name
+
+        if veth_name(sandbox_id) in await self.network.orphan_veths(set()):
+            await self.network.delete_veth(veth_name(sandbox_id))
+
+    def _remove_home(self, home: Path) -> None:
+        for point in mounts.mounts_under(home):
+            mounts.unmount(point)
+        shutil.rmtree(home, ignore_errors=True)
+
+    def _remove_cgroups(self, sandbox_id: str) -> None:
+        name = f"sandboxd-{sandbox_id}"
+        for path in [CGROUP_ROOT / name, *CGROUP_ROOT.glob(f"*/{name}")]:
+            with contextlib.suppress(OSError):
+                path.rmdir()
+
+    # -- inspection ------------------------------------------------------------------------------
+
+    async def liveness(self, sandbox_id: str, record: dict[str, Any]) -> Liveness:
+        out = await self._runc("state", sandbox_id, check=False)
+        if not out:
+            return Liveness.MISSING
+        return Liveness.RUNNING if json.loads(out).get("status") == "running" else Liveness.STOPPED
+
+    def adopt(self, sandbox_id: str, record: dict[str, Any]) -> None:
+        if record.get("address"):
+            self.network.reserve(str(record["address"]))
+
+    async def sweep(self, known: set[str]) -> list[str]:
+        found: set[str] = set()
+        listing = await self._runc("list", "--format", "json", check=False)
+        found.update(c["id"] for c in json.loads(listing or "null") or [])
+        if self.root.exists():
+            found.update(p.name for p in self.root.iterdir())
+        for controller in CGROUP_ROOT.iterdir():
+            found.update(p.name.removeprefix("sandboxd-") for p in controller.glob("sandboxd-*"))
+        orphans = sorted(found - known)
+        for sandbox_id in orphans:
+            await self.destroy(sandbox_id, {})
+        for veth in await self.network.orphan_veths(known):
+            await self.network.delete_veth(veth)
+        return orphans
+
+    def agent(self, sandbox_id: str, record: dict[str, Any]) -> Agent:
+        path = str(self.root / sandbox_id / "agent.sock")
+
+        async def connect() -> AgentConnection:
+            return await unix_connector(path)
+
+        return Agent(connect)
+
+    def logs_path(self, sandbox_id: str) -> str:
+        return str(self.root / sandbox_id / "entrypoint.log")
+
+    def oom_kills(self, sandbox_id: str) -> int:
+        for path, key in (
+            (CGROUP_ROOT / "memory" / f"sandboxd-{sandbox_id}" / "memory.oom_control", "oom_kill"),
+            (CGROUP_ROOT / f"sandboxd-{sandbox_id}" / "memory.events", "oom_kill"),
+        ):
+            try:
+                for line in path.read_text().splitlines():
+                    name, _, value = line.partition(" ")
+                    if name == key:
+                        return int(value)
+            except OSError:
+                continue
+        return 0
+
+    async def _runc(
+        self, *args: str, stdin: int | None = None, stdout: int | None = None, check: bool = True
+    ) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            self.binary,
+            "--root",
+            str(self.state_dir),
+            *args,
+            stdin=stdin if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=stdout if stdout is not None else asyncio.subprocess.PIPE,
+            stderr=stdout if stdout is not None else asyncio.subprocess.PIPE,
+        )
+        out, err = await proc.communicate()
+        if proc.returncode != 0:
+            if check:
+                message = (err or b"").decode().strip()
+                if stdout is not None:
+                    message = self.read_log_tail(args[-1])
+                raise RuntimeFailure(f"{self.binary} {args[0]} failed: {message}")
+            return ""
+        return (out or b"").decode()
+
+
+def _resolv_conf() -> str:
+    """The host's resolvers, unless they only listen on the host's own loopback."""
+    try:
+        lines = Path("/etc/resolv.conf").read_text().splitlines()
+    except OSError:
+        lines = []
+    servers = [ln for ln in lines if ln.startswith("nameserver") and "127." not in ln and "::1" not in ln]
+    return "\n".join(servers) + "\n" if servers else ""
