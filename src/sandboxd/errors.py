@@ -70,3 +70,8 @@ class Forbidden(SandboxdError):
 class RuntimeFailure(SandboxdError):
     code = "RUNTIME_ERROR"
     status = 500
+
+
+class NotReady(SandboxdError):
+    code = "NOT_READY"
+    status = 503

@@ -12,11 +12,11 @@ the sandbox cannot see. Every connection carries one request. Frames are
 
 import errno
 import fcntl
+import grp
 import json
 import os
 import pty
 import pwd
-import grp
 import shutil
 import signal
 import socket

@@ -159,9 +159,7 @@ def _oci_layers(layout: Path, ref: str | None) -> list[Path]:
     index = json.loads((layout / "index.json").read_text())
     manifests = index.get("manifests", [])
     if ref:
-        manifests = [
-            m for m in manifests if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == ref
-        ]
+        manifests = [m for m in manifests if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == ref]
     if not manifests:
         raise InvalidRequest("ref", "no matching manifest in the OCI layout")
     manifest = json.loads(blob(manifests[0]["digest"]).read_text())

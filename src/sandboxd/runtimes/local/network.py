@@ -120,9 +120,7 @@ class Network:
         links = json.loads(await run("ip", "-j", "link", "show"))
         wanted = {veth_name(i) for i in keep}
         return [
-            link["ifname"]
-            for link in links
-            if link["ifname"].startswith(VETH_PREFIX) and link["ifname"] not in wanted
+            link["ifname"] for link in links if link["ifname"].startswith(VETH_PREFIX) and link["ifname"] not in wanted
         ]
 
     async def delete_veth(self, name: str) -> None:

@@ -143,10 +143,7 @@ def build_config(
             "args": [python, "-I", "-S", AGENT_PATH, agent_config],
             "env": [f"{k}={v}" for k, v in env.items()],
             "cwd": cwd,
-            "capabilities": {
-                key: DEFAULT_CAPABILITIES
-                for key in ("bounding", "effective", "permitted", "inheritable")
-            },
+            "capabilities": dict.fromkeys(("bounding", "effective", "permitted", "inheritable"), DEFAULT_CAPABILITIES),
             # The host's hard limit is the ceiling: without CAP_SYS_RESOURCE it cannot be raised.
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": min(nofile, 65536)}],
             "noNewPrivileges": True,
@@ -207,9 +204,7 @@ def build_config(
         "linux": {
             "uidMappings": mapping,
             "gidMappings": mapping,
-            "namespaces": [
-                {"type": t} for t in ("pid", "network", "ipc", "uts", "mount", "cgroup", "user")
-            ],
+            "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount", "cgroup", "user")],
             "cgroupsPath": cgroup_path,
             "resources": {
                 "devices": [{"allow": False, "access": "rwm"}],

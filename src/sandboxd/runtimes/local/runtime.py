@@ -37,7 +37,7 @@ def choose_binary(preference: str) -> str:
             raise RuntimeFailure(f"OCI runtime {preference!r} is not installed")
         return preference
     unified_only = (CGROUP_ROOT / "cgroup.controllers").exists()
-    for candidate in (["crun", "runc"] if unified_only else ["runc", "crun"]):
+    for candidate in ["crun", "runc"] if unified_only else ["runc", "crun"]:
         if shutil.which(candidate):
             return candidate
     raise RuntimeFailure("neither runc nor crun is installed")
@@ -101,8 +101,14 @@ class LocalRuntime:
                 try:
                     # The listening socket becomes the agent's stdin; its log becomes stdout/stderr.
                     await self._runc(
-                        "create", "--bundle", str(home), "--pid-file", str(home / "pid"), sandbox_id,
-                        stdin=listener.fileno(), stdout=log,
+                        "create",
+                        "--bundle",
+                        str(home),
+                        "--pid-file",
+                        str(home / "pid"),
+                        sandbox_id,
+                        stdin=listener.fileno(),
+                        stdout=log,
                     )
                 finally:
                     os.close(log)
@@ -229,9 +235,7 @@ class LocalRuntime:
                 continue
         return 0
 
-    async def _runc(
-        self, *args: str, stdin: int | None = None, stdout: int | None = None, check: bool = True
-    ) -> str:
+    async def _runc(self, *args: str, stdin: int | None = None, stdout: int | None = None, check: bool = True) -> str:
         proc = await asyncio.create_subprocess_exec(
             self.binary,
             "--root",

@@ -1,0 +1,39 @@
+"""One renderer for every error: {"code", "message", "field"?, "request_id"}."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from sandboxd.errors import SandboxdError
+
+
+def _body(request: Request, code: str, message: str, field: str | None = None) -> dict[str, object]:
+    body: dict[str, object] = {"code": code, "message": message}
+    if field:
+        body["field"] = field
+    body["request_id"] = getattr(request.state, "request_id", None)
+    return body
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(SandboxdError)
+    async def domain_error(request: Request, exc: SandboxdError) -> JSONResponse:
+        return JSONResponse(_body(request, exc.code, exc.message, exc.field), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        loc = [str(p) for p in first["loc"] if p not in ("body", "query", "path")]
+        field = ".".join(loc) or None
+        message = str(first["msg"]).removeprefix("Value error, ")
+        body = _body(request, "INVALID_REQUEST", f"{field}: {message}" if field else message, field)
+        body["errors"] = [{"field": ".".join(str(p) for p in e["loc"][1:]), "message": e["msg"]} for e in exc.errors()]
+        return JSONResponse(body, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 401: "UNAUTHORIZED"}.get(exc.status_code, "ERROR")
+        return JSONResponse(_body(request, code, str(exc.detail)), status_code=exc.status_code)

@@ -1,0 +1,124 @@
+"""Response bodies of the native API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+from sandboxd.domain import Sandbox, State
+
+
+class SandboxStatus(BaseModel):
+    state: State
+    reason: str
+    message: str
+    changed_at: datetime
+
+
+class SandboxOut(BaseModel):
+    id: str
+    status: SandboxStatus
+    image: str
+    entrypoint: list[str] | None
+    env: dict[str, str]
+    cwd: str
+    metadata: dict[str, str]
+    cpu: float
+    memory_mb: int
+    pids: int
+    timeout: int
+    internet_access: bool
+    created_at: datetime
+    expires_at: datetime | None
+
+    @classmethod
+    def of(cls, sb: Sandbox) -> SandboxOut:
+        spec = sb.spec
+        return cls(
+            id=sb.id,
+            status=SandboxStatus(**sb.status.model_dump()),
+            image=spec.image,
+            entrypoint=spec.entrypoint,
+            env=spec.env,
+            cwd=spec.cwd,
+            metadata=spec.metadata,
+            cpu=spec.limits.cpu,
+            memory_mb=spec.limits.memory_mb,
+            pids=spec.limits.pids,
+            timeout=spec.timeout,
+            internet_access=spec.internet_access,
+            created_at=sb.created_at,
+            expires_at=sb.expires_at,
+        )
+
+
+class SandboxList(BaseModel):
+    items: list[SandboxOut]
+    next_cursor: str | None = Field(None, description="Pass as ?cursor= for the next page.")
+
+
+class RenewTimeout(BaseModel):
+    timeout: int = Field(ge=1, description="Seconds from now until the sandbox is destroyed.")
+
+
+class CommandResultOut(BaseModel):
+    process_id: str
+    stdout: str
+    stderr: str
+    exit_code: int
+    duration_ms: float
+    timed_out: bool
+    signal: int | None
+    oom_killed: bool
+
+
+class ProcessOut(BaseModel):
+    id: str
+    pid: int
+    running: bool
+    exit_code: int | None
+    signal: int | None
+    timed_out: bool
+    started_at: float
+    ended_at: float | None
+    duration_ms: float
+    output_size: int
+
+
+class ProcessLogs(BaseModel):
+    stdout: str
+    stderr: str
+    next_offset: int
+    process: ProcessOut
+
+
+class StdinIn(BaseModel):
+    data: str = ""
+    eof: bool = False
+
+
+class SignalIn(BaseModel):
+    signal: str | int = "SIGTERM"
+
+
+class FileInfo(BaseModel):
+    name: str
+    path: str
+    type: str
+    size: int
+    mode: int
+    uid: int
+    gid: int
+    modified_at: float
+    target: str | None = None
+
+
+class PathIn(BaseModel):
+    path: str
+    mode: int = 0o755
+
+
+class MoveIn(BaseModel):
+    source: str
+    destination: str

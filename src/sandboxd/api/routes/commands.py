@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response, status
+from fastapi.responses import StreamingResponse
+
+from sandboxd.api.deps import Commands
+from sandboxd.api.models import CommandResultOut, ProcessLogs, ProcessOut, SignalIn, StdinIn
+from sandboxd.errors import InvalidRequest
+from sandboxd.services.commands import Exit, Output
+from sandboxd.services.requests import RunCommand, signal_number
+
+router = APIRouter(prefix="/api/v1/sandboxes/{sandbox_id}", tags=["commands"])
+
+SSE_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": 'Server-Sent Events: `stdout` and `stderr` events carry {"data"}, with `id:` '
+        "the byte offset to resume from; a final `exit` event carries the result.",
+        "content": {"text/event-stream": {}},
+    }
+}
+
+
+def _event(item: Output | Exit) -> str:
+    if isinstance(item, Output):
+        data = json.dumps({"data": item.data.decode(errors="replace")})
+        return f"event: {item.stream}\nid: {item.offset}\ndata: {data}\n\n"
+    return f"event: exit\ndata: {json.dumps(item.info)}\n\n"
+
+
+async def _sse(items: AsyncIterator[Output | Exit]) -> AsyncIterator[str]:
+    async for item in items:
+        yield _event(item)
+
+
+async def _primed(items: AsyncIterator[Output | Exit]) -> AsyncIterator[Output | Exit]:
+    """Starts the stream before the response does, so a bad request is still an error status."""
+    first = await anext(items)
+
+    async def rest() -> AsyncIterator[Output | Exit]:
+        yield first
+        async for item in items:
+            yield item
+
+    return rest()
+
+
+@router.post("/commands", response_model=CommandResultOut | ProcessOut)
+async def run_command(
+    sandbox_id: str, body: RunCommand, service: Commands, response: Response
+) -> CommandResultOut | ProcessOut:
+    """Runs a command to completion; with `background` returns 202 and the process at once."""
+    if body.background:
+        response.status_code = status.HTTP_202_ACCEPTED
+        return ProcessOut(**await service.start(sandbox_id, body))
+    result = await service.run(sandbox_id, body)
+    return CommandResultOut(**result.__dict__)
+
+
+@router.post("/commands/stream", responses=SSE_DOC, response_class=StreamingResponse)
+async def stream_command(sandbox_id: str, body: RunCommand, service: Commands) -> StreamingResponse:
+    items = await _primed(service.stream(sandbox_id, body))
+    return StreamingResponse(_sse(items), media_type="text/event-stream")
+
+
+@router.get("/processes", response_model=list[ProcessOut])
+async def list_processes(sandbox_id: str, service: Commands) -> list[ProcessOut]:
+    return [ProcessOut(**p) for p in await service.list(sandbox_id)]
+
+
+@router.get("/processes/{process_id}", response_model=ProcessOut)
+async def get_process(sandbox_id: str, process_id: str, service: Commands) -> ProcessOut:
+    return ProcessOut(**await service.status(sandbox_id, process_id))
+
+
+@router.get("/processes/{process_id}/logs", response_model=ProcessLogs, responses=SSE_DOC)
+async def process_logs(
+    sandbox_id: str,
+    process_id: str,
+    service: Commands,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    follow: Annotated[bool, Query(description="Stream as SSE until the process ends.")] = False,
+) -> ProcessLogs | StreamingResponse:
+    items = service.logs(sandbox_id, process_id, offset, follow)
+    if follow:
+        return StreamingResponse(_sse(await _primed(items)), media_type="text/event-stream")
+    out: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
+    end, info = offset, {}
+    async for item in items:
+        if isinstance(item, Output):
+            out[item.stream].append(item.data)
+        else:
+            info = item.info
+            end = info.pop("offset", end)
+    return ProcessLogs(
+        stdout=b"".join(out["stdout"]).decode(errors="replace"),
+        stderr=b"".join(out["stderr"]).decode(errors="replace"),
+        next_offset=end,
+        process=ProcessOut(**info),
+    )
+
+
+@router.post("/processes/{process_id}/stdin", response_model=ProcessOut)
+async def write_stdin(sandbox_id: str, process_id: str, body: StdinIn, service: Commands) -> ProcessOut:
+    return ProcessOut(**await service.write_stdin(sandbox_id, process_id, body.data, body.eof))
+
+
+@router.post("/processes/{process_id}/signal", response_model=ProcessOut)
+async def signal_process(sandbox_id: str, process_id: str, body: SignalIn, service: Commands) -> ProcessOut:
+    try:
+        number = signal_number(body.signal)
+    except ValueError as exc:
+        raise InvalidRequest("signal", str(exc)) from None
+    return ProcessOut(**await service.signal(sandbox_id, process_id, number))
+
+
+@router.delete("/processes/{process_id}", response_model=ProcessOut)
+async def kill_process(sandbox_id: str, process_id: str, service: Commands) -> ProcessOut:
+    return ProcessOut(**await service.signal(sandbox_id, process_id, 9))

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+
+from sandboxd.api.deps import Files, Sandboxes
+from sandboxd.api.models import FileInfo, MoveIn, PathIn
+
+router = APIRouter(prefix="/api/v1/sandboxes/{sandbox_id}", tags=["files"])
+PathQ = Annotated[str, Query(description="Absolute path inside the sandbox.")]
+
+
+async def _body(request: Request) -> AsyncIterator[bytes]:
+    async for chunk in request.stream():
+        if chunk:
+            yield chunk
+
+
+@router.get("/files", response_class=StreamingResponse, responses={200: {"content": {"application/octet-stream": {}}}})
+async def read_file(sandbox_id: str, path: PathQ, service: Files) -> StreamingResponse:
+    size, chunks = await service.read(sandbox_id, path)
+    return StreamingResponse(chunks, media_type="application/octet-stream", headers={"Content-Length": str(size)})
+
+
+@router.put("/files", response_model=FileInfo)
+async def write_file(
+    sandbox_id: str,
+    path: PathQ,
+    request: Request,
+    service: Files,
+    mode: Annotated[str, Query(pattern="^[0-7]{3,4}$", description="Octal permissions.")] = "644",
+) -> FileInfo:
+    """Writes the request body to the file (streamed), creating parent directories."""
+    return FileInfo(**await service.write(sandbox_id, path, _body(request), int(mode, 8)))
+
+
+@router.delete("/files")
+async def remove_file(sandbox_id: str, path: PathQ, service: Files, recursive: bool = False) -> dict[str, str]:
+    return dict(await service.call(sandbox_id, "remove", path=path, recursive=recursive))
+
+
+@router.get("/files/list", response_model=list[FileInfo])
+async def list_dir(sandbox_id: str, path: PathQ, service: Files) -> list[FileInfo]:
+    return [FileInfo(**e) for e in await service.call(sandbox_id, "list_dir", path=path)]
+
+
+@router.get("/files/stat", response_model=FileInfo)
+async def stat_file(sandbox_id: str, path: PathQ, service: Files) -> FileInfo:
+    return FileInfo(**await service.call(sandbox_id, "stat", path=path))
+
+
+@router.post("/files/mkdir", response_model=FileInfo)
+async def make_dir(sandbox_id: str, body: PathIn, service: Files) -> FileInfo:
+    return FileInfo(**await service.call(sandbox_id, "mkdir", path=body.path, mode=body.mode))
+
+
+@router.post("/files/move", response_model=FileInfo)
+async def move(sandbox_id: str, body: MoveIn, service: Files) -> FileInfo:
+    return FileInfo(**await service.call(sandbox_id, "move", source=body.source, destination=body.destination))
+
+
+@router.get("/archive", response_class=StreamingResponse, responses={200: {"content": {"application/x-tar": {}}}})
+async def download_archive(sandbox_id: str, path: PathQ, service: Files) -> StreamingResponse:
+    """A directory (or file) as an uncompressed tar stream."""
+    return StreamingResponse(await service.download_tar(sandbox_id, path), media_type="application/x-tar")
+
+
+@router.put("/archive", response_model=FileInfo)
+async def upload_archive(sandbox_id: str, path: PathQ, request: Request, service: Files) -> FileInfo:
+    """Unpacks a tar stream into the directory; absolute names, '..' and links out are refused."""
+    return FileInfo(**await service.upload_tar(sandbox_id, path, _body(request)))
+
+
+@router.get("/logs", response_class=StreamingResponse, responses={200: {"content": {"text/plain": {}}}})
+async def entrypoint_logs(
+    sandbox_id: str, service: Sandboxes, offset: Annotated[int, Query(ge=0)] = 0
+) -> StreamingResponse:
+    """Output of the sandbox's entrypoint (stdout and stderr interleaved), from a byte offset."""
+    service.get(sandbox_id)
+    path = service.runtime.logs_path(sandbox_id)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                while chunk := f.read(65536):
+                    yield chunk
+        except FileNotFoundError:
+            return
+
+    return StreamingResponse(chunks(), media_type="text/plain")

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
+
+from sandboxd.api.deps import Sandboxes
+from sandboxd.api.models import RenewTimeout, SandboxList, SandboxOut
+from sandboxd.domain import State
+from sandboxd.errors import InvalidRequest
+from sandboxd.services.requests import CreateSandbox
+
+router = APIRouter(prefix="/api/v1/sandboxes", tags=["sandboxes"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=SandboxOut)
+async def create_sandbox(
+    body: CreateSandbox,
+    service: Sandboxes,
+    response: Response,
+    wait: Annotated[bool, Query(description="Return once running; false answers 202 while pending.")] = True,
+) -> SandboxOut:
+    sandbox = await service.create(body, wait=wait)
+    response.headers["Location"] = f"/api/v1/sandboxes/{sandbox.id}"
+    if not wait:
+        response.status_code = status.HTTP_202_ACCEPTED
+    return SandboxOut.of(sandbox)
+
+
+@router.get("", response_model=SandboxList)
+async def list_sandboxes(
+    service: Sandboxes,
+    state: Annotated[list[State] | None, Query(description="Repeat to match any of several.")] = None,
+    label: Annotated[list[str] | None, Query(description="key=value; repeat to require several.")] = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> SandboxList:
+    labels: dict[str, str] = {}
+    for item in label or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidRequest("label", f"label filter {item!r} must be key=value")
+        labels[key] = value
+    items = service.list(state, labels, cursor, limit + 1)
+    page = items[:limit]
+    more = len(items) > limit
+    return SandboxList(items=[SandboxOut.of(s) for s in page], next_cursor=page[-1].id if more else None)
+
+
+@router.get("/{sandbox_id}", response_model=SandboxOut)
+async def get_sandbox(sandbox_id: str, service: Sandboxes) -> SandboxOut:
+    return SandboxOut.of(service.get(sandbox_id))
+
+
+@router.delete("/{sandbox_id}", response_model=SandboxOut)
+async def delete_sandbox(sandbox_id: str, service: Sandboxes) -> SandboxOut:
+    return SandboxOut.of(await service.delete(sandbox_id))
+
+
+@router.post("/{sandbox_id}/timeout", response_model=SandboxOut)
+async def renew_timeout(sandbox_id: str, body: RenewTimeout, service: Sandboxes) -> SandboxOut:
+    return SandboxOut.of(service.renew(sandbox_id, body.timeout))

@@ -1,0 +1,85 @@
+"""A PTY over WebSocket. Binary frames are channel-prefixed: 0x00 + bytes is stdin from the client,
+0x01 + bytes is terminal output to it. Text frames are JSON control: {"type": "resize", "cols",
+"rows"} and {"type": "signal", "signal"} from the client; {"type": "exit", ...} ends the session."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, WebSocket, WebSocketDisconnect
+
+from sandboxd.api.deps import websocket_key
+from sandboxd.errors import SandboxdError
+from sandboxd.runtimes import agent_client as proto
+from sandboxd.services.commands import CommandService
+from sandboxd.services.requests import RunCommand
+
+router = APIRouter(prefix="/api/v1/sandboxes/{sandbox_id}", tags=["terminal"])
+STDIN, OUTPUT = 0, 1
+
+
+@router.websocket("/terminal", dependencies=[Depends(websocket_key)])
+async def terminal(
+    websocket: WebSocket,
+    sandbox_id: str,
+    cols: Annotated[int, Query(ge=1, le=1000)] = 80,
+    rows: Annotated[int, Query(ge=1, le=1000)] = 24,
+    command: str = "",
+    user: str | None = None,
+) -> None:
+    commands: CommandService = websocket.app.state.commands
+    argv = ["/bin/sh", "-c", command] if command else ["/bin/sh", "-c", "exec bash -l 2>/dev/null || exec sh -l"]
+    await websocket.accept()
+    try:
+        conn = await commands.terminal(sandbox_id, RunCommand(command=argv, user=user), rows, cols)
+    except SandboxdError as exc:
+        await websocket.send_text(json.dumps({"type": "error", "code": exc.code, "message": exc.message}))
+        await websocket.close(code=4404 if exc.status == 404 else 4400)
+        return
+
+    async def from_client() -> None:
+        while True:
+            msg = await websocket.receive()
+            if msg["type"] == "websocket.disconnect":
+                return
+            if msg.get("bytes"):
+                data = msg["bytes"]
+                if data[0] == STDIN:
+                    await conn.send(proto.STDIN, data[1:])
+            elif msg.get("text"):
+                control = json.loads(msg["text"])
+                if control.get("type") == "resize":
+                    size = {"rows": int(control["rows"]), "cols": int(control["cols"])}
+                    await conn.send(proto.RESIZE, json.dumps(size).encode())
+                elif control.get("type") == "signal":
+                    await conn.send(proto.SIGNAL, json.dumps({"signal": int(control["signal"])}).encode())
+
+    async def to_client() -> None:
+        while True:
+            kind, payload = await conn.recv()
+            if kind == proto.STDOUT:
+                await websocket.send_bytes(bytes([OUTPUT]) + payload)
+            elif kind == proto.EXIT:
+                await websocket.send_text(json.dumps({"type": "exit", **json.loads(payload)}))
+                return
+
+    reader = asyncio.create_task(from_client())
+    writer = asyncio.create_task(to_client())
+    try:
+        done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+        if writer in done:
+            with contextlib.suppress(Exception):
+                await websocket.close()
+        else:
+            # The client left: hang up the terminal as a closed terminal would.
+            await conn.send(proto.SIGNAL, json.dumps({"signal": 1}).encode())
+    except (WebSocketDisconnect, SandboxdError):
+        pass
+    finally:
+        for task in (reader, writer):
+            task.cancel()
+        await asyncio.gather(reader, writer, return_exceptions=True)
+        await conn.close()

@@ -1,0 +1,70 @@
+"""Server settings: defaults, then a TOML config file (SANDBOXD_CONFIG), then SANDBOXD_* variables."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SANDBOXD_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path("/var/lib/sandboxd")
+    api_key: str | None = None
+    oci_runtime: Literal["auto", "runc", "crun"] = "auto"
+    bridge: str = "sbxd0"
+    subnet: str = "10.88.0.0/16"
+    # Sandbox uid/gid 0..size-1 are host ids base..base+size-1: root inside is nobody outside.
+    userns_base: int = 1_000_000
+    userns_size: int = 65536
+    default_image: str = "debian"
+    default_timeout: int = 300
+    max_timeout: int = 7 * 24 * 3600
+    default_cpu: float = 1.0
+    default_memory_mb: int = 512
+    default_pids: int = 512
+    max_cpu: float = float(os.cpu_count() or 1)
+    max_memory_mb: int = 16384
+    max_pids: int = 32768
+    retention_seconds: int = 3600
+    reaper_interval: float = 1.0
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("SANDBOXD_CONFIG")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    def resolved_api_key(self) -> str:
+        """The configured key, else the one kept in the data directory (made on first start)."""
+        if self.api_key:
+            return self.api_key
+        path = self.data_dir / "api_key"
+        if path.exists():
+            return path.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        key = "sbd_" + secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+        return key

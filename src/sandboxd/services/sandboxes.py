@@ -1,0 +1,262 @@
+"""Sandbox lifecycle: the state machine, create/delete, timeouts, and reconciling after a restart.
+
+Every state change goes through ``_transition`` and is written to the store before anything else
+happens, so a server killed at any point finds on restart what it was doing: a ``pending`` record
+whose resources may be half made, a ``stopping`` one whose resources may be half removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import datetime, timedelta
+
+from sandboxd.config import Settings
+from sandboxd.domain import TRANSITIONS, Limits, Sandbox, SandboxSpec, State, Status, new_id, utcnow
+from sandboxd.errors import InvalidRequest, SandboxdError, SandboxNotFound, SandboxNotRunning
+from sandboxd.runtimes.agent_client import Agent, RuntimeFailure
+from sandboxd.runtimes.base import Liveness, Runtime
+from sandboxd.services.requests import CreateSandbox
+from sandboxd.store.base import SandboxStore
+
+log = logging.getLogger("sandboxd.lifecycle")
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class SandboxService:
+    def __init__(self, settings: Settings, store: SandboxStore, runtime: Runtime) -> None:
+        self.settings = settings
+        self.store = store
+        self.runtime = runtime
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # -- requests --------------------------------------------------------------------------------
+
+    def build_spec(self, req: CreateSandbox) -> SandboxSpec:
+        s = self.settings
+        cpu = req.cpu if req.cpu is not None else s.default_cpu
+        memory = req.memory_mb if req.memory_mb is not None else s.default_memory_mb
+        pids = req.pids if req.pids is not None else s.default_pids
+        timeout = req.timeout if req.timeout is not None else s.default_timeout
+        if cpu > s.max_cpu:
+            raise InvalidRequest("cpu", f"cpu must be at most {s.max_cpu:g}")
+        if memory > s.max_memory_mb:
+            raise InvalidRequest("memory_mb", f"memory_mb must be at most {s.max_memory_mb}")
+        if pids > s.max_pids:
+            raise InvalidRequest("pids", f"pids must be at most {s.max_pids}")
+        if timeout > s.max_timeout:
+            raise InvalidRequest("timeout", f"timeout must be at most {s.max_timeout} seconds")
+        env = {"PATH": DEFAULT_PATH, "HOME": "/root", **req.env}
+        return SandboxSpec(
+            image=req.image or s.default_image,
+            entrypoint=req.entrypoint,
+            env=env,
+            cwd=req.cwd,
+            metadata=req.metadata,
+            limits=Limits(cpu=cpu, memory_mb=memory, pids=pids),
+            timeout=timeout,
+            internet_access=req.internet_access,
+        )
+
+    async def create(self, req: CreateSandbox, wait: bool = True) -> Sandbox:
+        spec = self.build_spec(req)
+        self.runtime_check_image(spec.image)
+        now = utcnow()
+        sandbox = Sandbox(
+            id=new_id(),
+            spec=spec,
+            status=Status(state=State.PENDING, reason="creating", changed_at=now),
+            created_at=now,
+            expires_at=now + timedelta(seconds=spec.timeout),
+        )
+        self.store.insert(sandbox)
+        task = asyncio.create_task(self._start(sandbox))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if wait:
+            await asyncio.shield(task)
+            return self.get(sandbox.id)
+        return sandbox
+
+    def runtime_check_image(self, image: str) -> None:
+        images = getattr(self.runtime, "images", None)
+        if images is not None:
+            images.get(image)  # raises ImageNotFound naming the field
+
+    async def _start(self, sandbox: Sandbox) -> None:
+        async with self._lock(sandbox.id):
+            try:
+                record = await self.runtime.create(sandbox.id, sandbox.spec)
+            except SandboxdError as exc:
+                self._transition(sandbox.id, State.FAILED, "create_failed", exc.message)
+                return
+            except Exception as exc:
+                log.exception("create of %s failed", sandbox.id)
+                self._transition(sandbox.id, State.FAILED, "create_failed", str(exc))
+                return
+            current = self.store.get(sandbox.id)
+            if current is None or current.status.state != State.PENDING:
+                # Deleted while starting: the delete is waiting on our lock to finish the job.
+                await self.runtime.destroy(sandbox.id, record)
+                return
+            current.runtime = record
+            self.store.update(current)
+            self._transition(sandbox.id, State.RUNNING, "started")
+            self._watch(sandbox.id)
+
+    def get(self, sandbox_id: str) -> Sandbox:
+        sandbox = self.store.get(sandbox_id)
+        if sandbox is None:
+            raise SandboxNotFound(sandbox_id)
+        return sandbox
+
+    def list(
+        self,
+        states: list[State] | None,
+        labels: dict[str, str] | None,
+        after: str | None,
+        limit: int,
+    ) -> list[Sandbox]:
+        return self.store.list(states=states, labels=labels, after=after, limit=limit)
+
+    async def delete(self, sandbox_id: str, reason: str = "deleted", message: str = "") -> Sandbox:
+        sandbox = self.get(sandbox_id)
+        if sandbox.status.state.ended:
+            return sandbox
+        if sandbox.status.state != State.STOPPING:
+            self._transition(sandbox_id, State.STOPPING, reason, message)
+        async with self._lock(sandbox_id):
+            current = self.get(sandbox_id)
+            if current.status.state.ended:
+                return current
+            await self._teardown(current)
+            return self._transition(sandbox_id, State.TERMINATED, reason, message)
+
+    async def _teardown(self, sandbox: Sandbox) -> None:
+        watcher = self._watchers.pop(sandbox.id, None)
+        if watcher is not None and watcher is not asyncio.current_task():
+            watcher.cancel()
+        await self.runtime.destroy(sandbox.id, sandbox.runtime)
+
+    def renew(self, sandbox_id: str, timeout: int) -> Sandbox:
+        sandbox = self.running(sandbox_id)
+        if timeout > self.settings.max_timeout:
+            raise InvalidRequest("timeout", f"timeout must be at most {self.settings.max_timeout} seconds")
+        sandbox.expires_at = utcnow() + timedelta(seconds=timeout)
+        self.store.update(sandbox)
+        return sandbox
+
+    def running(self, sandbox_id: str) -> Sandbox:
+        sandbox = self.get(sandbox_id)
+        if sandbox.status.state != State.RUNNING:
+            raise SandboxNotRunning(sandbox_id, sandbox.status.state.value)
+        return sandbox
+
+    def agent(self, sandbox_id: str) -> tuple[Sandbox, Agent]:
+        sandbox = self.running(sandbox_id)
+        return sandbox, self.runtime.agent(sandbox.id, sandbox.runtime)
+
+    # -- state machine ---------------------------------------------------------------------------
+
+    def _transition(self, sandbox_id: str, state: State, reason: str, message: str = "") -> Sandbox:
+        sandbox = self.get(sandbox_id)
+        if state != sandbox.status.state and state not in TRANSITIONS[sandbox.status.state]:
+            log.warning("ignored %s -> %s for %s", sandbox.status.state, state, sandbox_id)
+            return sandbox
+        sandbox.status = Status(state=state, reason=reason, message=message, changed_at=utcnow())
+        self.store.update(sandbox)
+        log.info("sandbox %s is %s (%s)", sandbox_id, state.value, reason, extra={"sandbox_id": sandbox_id})
+        return sandbox
+
+    def _lock(self, sandbox_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(sandbox_id, asyncio.Lock())
+
+    # -- watching running sandboxes --------------------------------------------------------------
+
+    def _watch(self, sandbox_id: str) -> None:
+        task = asyncio.create_task(self._watch_one(sandbox_id))
+        self._watchers[sandbox_id] = task
+
+    async def _watch_one(self, sandbox_id: str) -> None:
+        """Holds a connection to the agent: it answers when the entrypoint exits, drops if it dies."""
+        sandbox = self.get(sandbox_id)
+        agent = self.runtime.agent(sandbox_id, sandbox.runtime)
+        info = None
+        try:
+            conn, _ = await agent.open("wait_entrypoint")
+            try:
+                info = await conn.reply()
+            finally:
+                await conn.close()
+        except (RuntimeFailure, OSError):
+            info = None
+        except asyncio.CancelledError:
+            return
+        self._watchers.pop(sandbox_id, None)
+        if info is not None:
+            await self.delete(sandbox_id, "entrypoint_exited", f"entrypoint exited with code {info['exit_code']}")
+            return
+        current = self.get(sandbox_id)
+        if current.status.state != State.RUNNING:
+            return
+        oom = self.runtime.oom_kills(sandbox_id) > 0
+        async with self._lock(sandbox_id):
+            await self.runtime.destroy(sandbox_id, current.runtime)
+            self._transition(
+                sandbox_id,
+                State.FAILED,
+                "oom_killed" if oom else "sandbox_exited",
+                "the sandbox's init was killed" + (" by the out-of-memory killer" if oom else ""),
+            )
+
+    # -- background duties -----------------------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        """Brings store and runtime back in line after a (re)start of the server."""
+        kept: set[str] = set()
+        for sandbox in self.store.active():
+            state = sandbox.status.state
+            if state == State.RUNNING:
+                alive = await self.runtime.liveness(sandbox.id, sandbox.runtime)
+                if alive == Liveness.RUNNING:
+                    self.runtime.adopt(sandbox.id, sandbox.runtime)
+                    kept.add(sandbox.id)
+                    self._watch(sandbox.id)
+                    continue
+                await self.runtime.destroy(sandbox.id, sandbox.runtime)
+                self._transition(sandbox.id, State.FAILED, "vanished", "the sandbox stopped while the server was down")
+            elif state == State.PENDING:
+                await self.runtime.destroy(sandbox.id, sandbox.runtime)
+                self._transition(sandbox.id, State.FAILED, "server_restarted", "the server stopped during create")
+            else:  # stopping
+                await self.runtime.destroy(sandbox.id, sandbox.runtime)
+                self._transition(sandbox.id, State.TERMINATED, sandbox.status.reason, sandbox.status.message)
+        orphans = await self.runtime.sweep(kept)
+        if orphans:
+            log.warning("removed %d orphaned sandbox(es): %s", len(orphans), ", ".join(orphans))
+
+    async def reap_once(self, now: datetime | None = None) -> None:
+        now = now or utcnow()
+        for sandbox in self.store.expired(now):
+            with contextlib.suppress(SandboxNotFound):
+                await self.delete(sandbox.id, "timeout", "the sandbox's timeout passed")
+        self.store.purge_ended(now - timedelta(seconds=self.settings.retention_seconds))
+
+    async def reaper(self) -> None:
+        while True:
+            try:
+                await self.reap_once()
+            except Exception:
+                log.exception("reaper pass failed")
+            await asyncio.sleep(self.settings.reaper_interval)
+
+    async def shutdown(self) -> None:
+        """Stops watching; running sandboxes keep running for the next server process."""
+        for task in [*self._watchers.values(), *self._tasks]:
+            task.cancel()
+        await asyncio.gather(*self._watchers.values(), *self._tasks, return_exceptions=True)
+        self._watchers.clear()

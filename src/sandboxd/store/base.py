@@ -1,0 +1,35 @@
+"""The repository protocol for sandbox records; SQLite now, Postgres later behind the same calls."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Protocol
+
+from sandboxd.domain import Sandbox, State
+
+
+class SandboxStore(Protocol):
+    def insert(self, sandbox: Sandbox) -> None: ...
+
+    def update(self, sandbox: Sandbox) -> None: ...
+
+    def get(self, sandbox_id: str) -> Sandbox | None: ...
+
+    def list(
+        self,
+        *,
+        states: list[State] | None = None,
+        labels: dict[str, str] | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[Sandbox]: ...
+
+    def active(self) -> list[Sandbox]:
+        """Sandboxes not yet ended: the ones a restarted server must reconcile."""
+
+    def expired(self, now: datetime) -> list[Sandbox]:
+        """Active sandboxes whose timeout has passed."""
+
+    def purge_ended(self, before: datetime) -> int: ...
+
+    def delete(self, sandbox_id: str) -> None: ...
