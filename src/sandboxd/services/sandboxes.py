@@ -14,8 +14,8 @@ from datetime import datetime, timedelta
 
 from sandboxd.config import Settings
 from sandboxd.domain import TRANSITIONS, Limits, Sandbox, SandboxSpec, State, Status, new_id, utcnow
-from sandboxd.errors import InvalidRequest, SandboxdError, SandboxNotFound, SandboxNotRunning
-from sandboxd.runtimes.agent_client import Agent, RuntimeFailure
+from sandboxd.errors import InvalidRequest, RuntimeFailure, SandboxdError, SandboxNotFound, SandboxNotRunning
+from sandboxd.runtimes.agent_client import Agent
 from sandboxd.runtimes.base import Liveness, Runtime
 from sandboxd.services.requests import CreateSandbox
 from sandboxd.store.base import SandboxStore
@@ -114,14 +114,14 @@ class SandboxService:
             raise SandboxNotFound(sandbox_id)
         return sandbox
 
-    def list(
+    def find(
         self,
         states: list[State] | None,
         labels: dict[str, str] | None,
         after: str | None,
         limit: int,
     ) -> list[Sandbox]:
-        return self.store.list(states=states, labels=labels, after=after, limit=limit)
+        return self.store.find(states=states, labels=labels, after=after, limit=limit)
 
     async def delete(self, sandbox_id: str, reason: str = "deleted", message: str = "") -> Sandbox:
         sandbox = self.get(sandbox_id)

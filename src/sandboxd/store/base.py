@@ -15,7 +15,7 @@ class SandboxStore(Protocol):
 
     def get(self, sandbox_id: str) -> Sandbox | None: ...
 
-    def list(
+    def find(
         self,
         *,
         states: list[State] | None = None,

@@ -66,7 +66,7 @@ class SqliteStore:
             doc = conn.execute(sa.select(sandboxes.c.doc).where(sandboxes.c.id == sandbox_id)).scalar()
         return Sandbox.model_validate(doc) if doc else None
 
-    def list(
+    def find(
         self,
         *,
         states: list[State] | None = None,

@@ -41,7 +41,7 @@ async def list_sandboxes(
         if not sep or not key:
             raise InvalidRequest("label", f"label filter {item!r} must be key=value")
         labels[key] = value
-    items = service.list(state, labels, cursor, limit + 1)
+    items = service.find(state, labels, cursor, limit + 1)
     page = items[:limit]
     more = len(items) > limit
     return SandboxList(items=[SandboxOut.of(s) for s in page], next_cursor=page[-1].id if more else None)

@@ -170,7 +170,9 @@ def reaper():
         try:
             pid, status = os.waitpid(-1, 0)
         except ChildProcessError:
-            time.sleep(0.05)
+            # No children: sleep until spawn() makes one (orphans only exist once there were children).
+            CHILDREN.wait()
+            CHILDREN.clear()
             continue
         except InterruptedError:
             continue
@@ -183,6 +185,7 @@ def reaper():
 
 
 ENTRY_DONE = threading.Event()
+CHILDREN = threading.Event()
 
 
 def pump(proc, fd, kind):
@@ -259,6 +262,7 @@ def spawn(req):
             raise ValueError("permission denied: %s" % req["argv"][0])
         proc = Proc(proc_id, popen, master, req.get("timeout"))
         PROCS[proc_id] = proc
+        CHILDREN.set()
         ended = [p for p in PROCS.values() if p.ended is not None]
         for old in ended[: max(0, len(ended) - KEEP_ENDED)]:
             PROCS.pop(old.id, None)
@@ -548,8 +552,8 @@ def spawn_entry(config):
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-        proc = Proc("entrypoint", popen, None, None)
-        PROCS["entrypoint"] = proc
+        PROCS["entrypoint"] = Proc("entrypoint", popen, None, None)
+        CHILDREN.set()
 
 
 if __name__ == "__main__":

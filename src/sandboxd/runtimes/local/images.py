@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sandboxd.errors import ImageNotFound, InvalidRequest
+from sandboxd.runtimes.local.mounts import mounts_under, unmount
 
 DEBIAN_SUITE = "bookworm"
 DEBIAN_PACKAGES = ["python3", "ca-certificates", "procps"]
@@ -107,13 +108,22 @@ class ImageStore:
             shift_ownership(staging, self.id_base)
             os.rename(tmp, target)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _remove_tree(tmp)
             raise
         return self.get(name)
 
     def remove_partials(self) -> None:
         for path in self.root.glob(".partial-*"):
-            shutil.rmtree(path, ignore_errors=True)
+            _remove_tree(path)
+
+
+def _remove_tree(path: Path) -> None:
+    # A build killed midway can leave the chroot's /proc, /sys or /dev mounted inside it: unmount
+    # them first, or rmtree would walk into the host's own.
+    for point in mounts_under(path):
+        unmount(point)
+    if not mounts_under(path):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _safe_name(name: str) -> str:

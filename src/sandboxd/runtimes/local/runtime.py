@@ -23,7 +23,7 @@ from sandboxd.runtimes.agent_client import Agent, AgentConnection, unix_connecto
 from sandboxd.runtimes.base import Liveness
 from sandboxd.runtimes.local import mounts, oci
 from sandboxd.runtimes.local.images import ImageStore
-from sandboxd.runtimes.local.network import Network
+from sandboxd.runtimes.local.network import Network, veth_name
 
 AGENT_SOURCE = Path(__file__).with_name("agent.py")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -167,14 +167,14 @@ class LocalRuntime:
         self._remove_cgroups(sandbox_id)
         self.network.release(record.get("address"))
         # The veth goes with the namespace; one left by a crash between its steps is removed here.
-        from sandboxd.runtimes.local.network import veth_name
-
         if veth_name(sandbox_id) in await self.network.orphan_veths(set()):
             await self.network.delete_veth(veth_name(sandbox_id))
 
     def _remove_home(self, home: Path) -> None:
         for point in mounts.mounts_under(home):
             mounts.unmount(point)
+        if mounts.mounts_under(home):  # never rmtree through a mount into someone else's files
+            raise RuntimeFailure(f"could not unmount everything under {home}")
         shutil.rmtree(home, ignore_errors=True)
 
     def _remove_cgroups(self, sandbox_id: str) -> None:

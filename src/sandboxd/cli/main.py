@@ -1,0 +1,315 @@
+"""The sandboxd command line: ``serve`` runs the server; the rest are clients of its HTTP API."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err = Console(stderr=True)
+
+
+def _sdk() -> Any:
+    from sandboxd import sdk
+
+    return sdk
+
+
+def _emit(data: Any, as_json: bool, table: Table | None = None) -> None:
+    if as_json or table is None:
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        console.print(table)
+
+
+def _fail(exc: Exception) -> None:
+    err.print(f"[red]error:[/red] {exc}")
+    sys.exit(1)
+
+
+@click.group()
+def main() -> None:
+    """sandboxd: isolated Linux sandboxes for untrusted code."""
+
+
+@main.command()
+@click.option("--host", default=None, help="Overrides SANDBOXD_HOST.")
+@click.option("--port", type=int, default=None, help="Overrides SANDBOXD_PORT.")
+def serve(host: str | None, port: int | None) -> None:
+    """Runs the API server (prepares the default image on first start)."""
+    import logging
+
+    import uvicorn
+
+    from sandboxd.api.app import create_app
+    from sandboxd.config import Settings
+    from sandboxd.runtimes.local.images import ImageStore
+
+    overrides: dict[str, Any] = {}
+    if host:
+        overrides["host"] = host
+    if port:
+        overrides["port"] = port
+    settings = Settings(**overrides)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    images = ImageStore(settings.data_dir / "images", settings.userns_base)
+    if settings.default_image == "debian" and not images.exists("debian"):
+        with console.status("building the debian image (mmdebstrap, minbase + python3)") as status:
+            images.build_debian(progress=lambda line: status.update(f"building debian: {line[:100]}"))
+        err.print("[green]built image 'debian'[/green]")
+    key = settings.resolved_api_key()
+    err.print(f"sandboxd on http://{settings.host}:{settings.port}  data: {settings.data_dir}")
+    err.print(f"export SANDBOXD_URL=http://{settings.host}:{settings.port} SANDBOXD_API_KEY={key}")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+
+
+def _sandbox_table(items: list[dict[str, Any]]) -> Table:
+    table = Table("ID", "STATE", "REASON", "IMAGE", "CPU", "MEMORY", "EXPIRES")
+    for s in items:
+        table.add_row(
+            s["id"],
+            s["status"]["state"],
+            s["status"]["reason"],
+            s["image"],
+            f"{s['cpu']:g}",
+            f"{s['memory_mb']} MB",
+            str(s["expires_at"] or ""),
+        )
+    return table
+
+
+def _http() -> Any:
+    import httpx
+
+    key = os.environ.get("SANDBOXD_API_KEY")
+    if not key:
+        _fail(RuntimeError("set SANDBOXD_API_KEY (printed by `sandboxd serve`)"))
+    url = os.environ.get("SANDBOXD_URL", "http://127.0.0.1:8080")
+    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=120)
+
+
+def _call(method: str, path: str, **kwargs: Any) -> Any:
+    with _http() as http:
+        r = http.request(method, path, **kwargs)
+    if r.is_error:
+        try:
+            body = r.json()
+            _fail(RuntimeError(f"{body.get('code')}: {body.get('message')}"))
+        except ValueError:
+            _fail(RuntimeError(r.text))
+    return r
+
+
+@main.command()
+@click.option("--image", default=None)
+@click.option("--cpu", type=float, default=None)
+@click.option("--memory", "memory_mb", type=int, default=None, help="MB")
+@click.option("--timeout", type=int, default=None, help="seconds")
+@click.option("--env", "-e", multiple=True, help="NAME=VALUE")
+@click.option("--label", "-l", multiple=True, help="key=value")
+@click.option("--no-internet", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+def create(
+    image: str | None,
+    cpu: float | None,
+    memory_mb: int | None,
+    timeout: int | None,
+    env: tuple[str, ...],
+    label: tuple[str, ...],
+    no_internet: bool,
+    as_json: bool,
+) -> None:
+    """Creates a sandbox and prints it."""
+    body: dict[str, Any] = {
+        "env": dict(e.split("=", 1) for e in env),
+        "metadata": dict(lb.split("=", 1) for lb in label),
+        "internet_access": not no_internet,
+    }
+    for key, value in (("image", image), ("cpu", cpu), ("memory_mb", memory_mb), ("timeout", timeout)):
+        if value is not None:
+            body[key] = value
+    data = _call("POST", "/api/v1/sandboxes", json=body).json()
+    _emit(data, as_json, _sandbox_table([data]))
+
+
+@main.command("ls")
+@click.option("--state", multiple=True)
+@click.option("--label", "-l", multiple=True, help="key=value")
+@click.option("--json", "as_json", is_flag=True)
+def list_(state: tuple[str, ...], label: tuple[str, ...], as_json: bool) -> None:
+    """Lists sandboxes."""
+    items: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"state": list(state), "label": list(label), "limit": 500}
+        if cursor:
+            params["cursor"] = cursor
+        page = _call("GET", "/api/v1/sandboxes", params=params).json()
+        items += page["items"]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    _emit(items, as_json, _sandbox_table(items))
+
+
+@main.command()
+@click.argument("sandbox_id")
+@click.option("--json", "as_json", is_flag=True)
+def get(sandbox_id: str, as_json: bool) -> None:
+    """Shows one sandbox."""
+    data = _call("GET", f"/api/v1/sandboxes/{sandbox_id}").json()
+    _emit(data, as_json, _sandbox_table([data]))
+
+
+@main.command()
+@click.argument("sandbox_id")
+@click.option("--json", "as_json", is_flag=True)
+def kill(sandbox_id: str, as_json: bool) -> None:
+    """Destroys a sandbox."""
+    data = _call("DELETE", f"/api/v1/sandboxes/{sandbox_id}").json()
+    _emit(data, as_json, _sandbox_table([data]))
+
+
+@main.command("exec", context_settings={"ignore_unknown_options": True})
+@click.argument("sandbox_id")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--cwd", default=None)
+@click.option("--user", default=None)
+@click.option("--timeout", type=float, default=None)
+@click.option("--json", "as_json", is_flag=True)
+def exec_(
+    sandbox_id: str, command: tuple[str, ...], cwd: str | None, user: str | None, timeout: float | None, as_json: bool
+) -> None:
+    """Runs a command (sandboxd exec ID -- cmd args...), streaming its output; exits with its code."""
+    sdk = _sdk()
+    try:
+        sb = sdk.Sandbox.connect(sandbox_id)
+        with sb._http:
+            if as_json:
+                result = sb.commands.run(list(command), cwd=cwd, user=user, timeout=timeout)
+                click.echo(json.dumps(result.__dict__, indent=2))
+            else:
+                result = sb.commands.run(
+                    list(command),
+                    cwd=cwd,
+                    user=user,
+                    timeout=timeout,
+                    on_stdout=lambda s: (sys.stdout.write(s), sys.stdout.flush()),
+                    on_stderr=lambda s: (sys.stderr.write(s), sys.stderr.flush()),
+                )
+    except sdk.SandboxError as exc:
+        _fail(exc)
+    sys.exit(result.exit_code)
+
+
+@main.command()
+@click.argument("sandbox_id")
+@click.option("--offset", type=int, default=0)
+def logs(sandbox_id: str, offset: int) -> None:
+    """Prints the entrypoint's output."""
+    sys.stdout.write(_call("GET", f"/api/v1/sandboxes/{sandbox_id}/logs", params={"offset": offset}).text)
+
+
+@main.command()
+@click.argument("source")
+@click.argument("destination")
+def cp(source: str, destination: str) -> None:
+    """Copies files: `cp ./local ID:/path` uploads, `cp ID:/path ./local` downloads (dirs too)."""
+    if ":" in destination and not os.path.exists(destination):
+        sandbox_id, path = destination.split(":", 1)
+        local = Path(source)
+        if local.is_dir():
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w") as tar:
+                tar.add(local, arcname=".")
+            _call("PUT", f"/api/v1/sandboxes/{sandbox_id}/archive", params={"path": path}, content=buf.getvalue())
+        else:
+            mode = format(local.stat().st_mode & 0o777, "o")
+            _call(
+                "PUT",
+                f"/api/v1/sandboxes/{sandbox_id}/files",
+                params={"path": path, "mode": mode},
+                content=local.read_bytes(),
+            )
+    elif ":" in source:
+        sandbox_id, path = source.split(":", 1)
+        info = _call("GET", f"/api/v1/sandboxes/{sandbox_id}/files/stat", params={"path": path}).json()
+        if info["type"] == "dir":
+            data = _call("GET", f"/api/v1/sandboxes/{sandbox_id}/archive", params={"path": path}).content
+            Path(destination).mkdir(parents=True, exist_ok=True)
+            with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+                tar.extractall(destination, filter="data")
+        else:
+            target = Path(destination)
+            if target.is_dir():
+                target = target / Path(path).name
+            target.write_bytes(_call("GET", f"/api/v1/sandboxes/{sandbox_id}/files", params={"path": path}).content)
+    else:
+        _fail(RuntimeError("one side must be ID:/path"))
+
+
+@main.command()
+@click.argument("sandbox_id")
+@click.option("--command", "-c", default="", help="Run this instead of a login shell.")
+def shell(sandbox_id: str, command: str) -> None:
+    """An interactive terminal in the sandbox."""
+    from sandboxd.cli.shell import run_shell
+
+    sys.exit(run_shell(sandbox_id, command))
+
+
+@main.group()
+def image() -> None:
+    """Local images."""
+
+
+def _image_store() -> Any:
+    from sandboxd.config import Settings
+    from sandboxd.runtimes.local.images import ImageStore
+
+    settings = Settings()
+    return ImageStore(settings.data_dir / "images", settings.userns_base)
+
+
+@image.command("ls")
+def image_ls() -> None:
+    for name in _image_store().list():
+        click.echo(name)
+
+
+@image.command("build-debian")
+@click.option("--name", default="debian")
+def image_build(name: str) -> None:
+    """Builds Debian minbase + python3 from the apt mirror."""
+    with console.status("mmdebstrap") as status:
+        _image_store().build_debian(name, progress=lambda line: status.update(line[:100]))
+    click.echo(name)
+
+
+@image.command("import")
+@click.argument("name")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("--ref", default=None, help="Tag inside an OCI layout.")
+def image_import(name: str, source: Path, ref: str | None) -> None:
+    """Imports a rootfs tarball or a local OCI image layout directory."""
+    store = _image_store()
+    if source.is_dir():
+        store.import_oci_layout(name, source, ref)
+    else:
+        store.import_tarball(name, source)
+    click.echo(name)
+
+
+@image.command("rm")
+@click.argument("name")
+def image_rm(name: str) -> None:
+    _image_store().delete(name)

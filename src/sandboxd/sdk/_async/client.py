@@ -1,0 +1,305 @@
+"""The asynchronous SDK. The synchronous one in ../_sync is generated from this file by
+scripts/unasync.py: edit here, then run it (CI runs it with --check)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from sandboxd.sdk._errors import CommandExitError, SandboxError, raise_for_status
+from sandboxd.sdk._models import CommandResult, ProcessInfo
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+def _client(url: str | None, api_key: str | None, timeout: float) -> httpx.AsyncClient:
+    base = url or os.environ.get("SANDBOXD_URL", DEFAULT_URL)
+    key = api_key or os.environ.get("SANDBOXD_API_KEY")
+    if not key:
+        raise SandboxError("UNAUTHORIZED", "no API key: pass api_key= or set SANDBOXD_API_KEY")
+    return httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=timeout)
+
+
+async def _check(response: httpx.Response) -> httpx.Response:
+    if response.is_error:
+        await response.aread()
+        raise_for_status(response)
+    return response
+
+
+@dataclass
+class AsyncCommandHandle:
+    """A process left running in the background."""
+
+    sandbox: AsyncSandbox
+    id: str
+    pid: int
+
+    async def status(self) -> ProcessInfo:
+        r = await _check(await self.sandbox._http.get(f"{self.sandbox._path}/processes/{self.id}"))
+        return ProcessInfo(**r.json())
+
+    async def logs(self, offset: int = 0) -> tuple[str, str, int]:
+        """(stdout, stderr, next offset) of the output produced so far."""
+        r = await _check(
+            await self.sandbox._http.get(f"{self.sandbox._path}/processes/{self.id}/logs", params={"offset": offset})
+        )
+        body = r.json()
+        return body["stdout"], body["stderr"], body["next_offset"]
+
+    async def wait(
+        self,
+        on_stdout: Callable[[str], object] | None = None,
+        on_stderr: Callable[[str], object] | None = None,
+    ) -> CommandResult:
+        """Follows the output until the process ends."""
+        path = f"{self.sandbox._path}/processes/{self.id}/logs"
+        return await _follow(self.sandbox._http, "GET", path, None, {"follow": True}, on_stdout, on_stderr)
+
+    async def send_stdin(self, data: str, eof: bool = False) -> None:
+        path = f"{self.sandbox._path}/processes/{self.id}/stdin"
+        await _check(await self.sandbox._http.post(path, json={"data": data, "eof": eof}))
+
+    async def kill(self, signal: str | int = "SIGKILL") -> None:
+        path = f"{self.sandbox._path}/processes/{self.id}/signal"
+        await _check(await self.sandbox._http.post(path, json={"signal": signal}))
+
+
+async def _follow(
+    http: httpx.AsyncClient,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    params: dict[str, Any] | None,
+    on_stdout: Callable[[str], object] | None,
+    on_stderr: Callable[[str], object] | None,
+) -> CommandResult:
+    out: dict[str, list[str]] = {"stdout": [], "stderr": []}
+    async with http.stream(method, path, json=body, params=params, timeout=None) as response:
+        await _check(response)
+        event = ""
+        async for line in response.aiter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                data = json.loads(line[6:])
+                if event in out:
+                    out[event].append(data["data"])
+                    callback = on_stdout if event == "stdout" else on_stderr
+                    if callback is not None:
+                        callback(data["data"])
+                elif event == "exit":
+                    return CommandResult(
+                        stdout="".join(out["stdout"]),
+                        stderr="".join(out["stderr"]),
+                        exit_code=data["exit_code"],
+                        duration_ms=data["duration_ms"],
+                        timed_out=data["timed_out"],
+                        signal=data["signal"],
+                        oom_killed=data.get("oom_killed", False),
+                        process_id=data["id"],
+                    )
+    raise SandboxError("STREAM_ENDED", "the output stream ended before the process did")
+
+
+class AsyncCommands:
+    def __init__(self, sandbox: AsyncSandbox) -> None:
+        self._sandbox = sandbox
+
+    async def run(
+        self,
+        cmd: str | list[str],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        user: str | None = None,
+        timeout: float | None = None,
+        stdin: str | None = None,
+        background: bool = False,
+        check: bool = False,
+        on_stdout: Callable[[str], object] | None = None,
+        on_stderr: Callable[[str], object] | None = None,
+    ) -> Any:
+        """Runs cmd (a shell line, or an argv list). Returns a CommandResult, or with
+        background=True an AsyncCommandHandle at once. check=True raises CommandExitError on a
+        non-zero exit."""
+        body: dict[str, Any] = {"command": cmd, "env": env or {}, "background": background}
+        for key, value in (("cwd", cwd), ("user", user), ("timeout", timeout), ("stdin", stdin)):
+            if value is not None:
+                body[key] = value
+        http, path = self._sandbox._http, self._sandbox._path
+        if background:
+            r = await _check(await http.post(f"{path}/commands", json=body))
+            info = r.json()
+            return AsyncCommandHandle(self._sandbox, info["id"], info["pid"])
+        if on_stdout or on_stderr:
+            result = await _follow(http, "POST", f"{path}/commands/stream", body, None, on_stdout, on_stderr)
+        else:
+            r = await _check(await http.post(f"{path}/commands", json=body, timeout=None))
+            result = CommandResult(**r.json())
+        if check and result.exit_code != 0:
+            raise CommandExitError(result)
+        return result
+
+    async def list(self) -> list[ProcessInfo]:
+        r = await _check(await self._sandbox._http.get(f"{self._sandbox._path}/processes"))
+        return [ProcessInfo(**p) for p in r.json()]
+
+
+class AsyncFiles:
+    def __init__(self, sandbox: AsyncSandbox) -> None:
+        self._sandbox = sandbox
+
+    async def read(self, path: str) -> bytes:
+        r = await _check(await self._sandbox._http.get(f"{self._sandbox._path}/files", params={"path": path}))
+        return r.content
+
+    async def read_text(self, path: str) -> str:
+        return (await self.read(path)).decode()
+
+    async def write(self, path: str, data: bytes | str, mode: int = 0o644) -> dict[str, Any]:
+        content = data.encode() if isinstance(data, str) else data
+        params = {"path": path, "mode": format(mode, "o")}
+        r = await _check(await self._sandbox._http.put(f"{self._sandbox._path}/files", params=params, content=content))
+        return dict(r.json())
+
+    async def list(self, path: str) -> list[dict[str, Any]]:
+        r = await _check(await self._sandbox._http.get(f"{self._sandbox._path}/files/list", params={"path": path}))
+        return list(r.json())
+
+    async def stat(self, path: str) -> dict[str, Any]:
+        r = await _check(await self._sandbox._http.get(f"{self._sandbox._path}/files/stat", params={"path": path}))
+        return dict(r.json())
+
+    async def exists(self, path: str) -> bool:
+        try:
+            await self.stat(path)
+        except SandboxError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def mkdir(self, path: str) -> None:
+        await _check(await self._sandbox._http.post(f"{self._sandbox._path}/files/mkdir", json={"path": path}))
+
+    async def remove(self, path: str, recursive: bool = False) -> None:
+        params = {"path": path, "recursive": str(recursive).lower()}
+        await _check(await self._sandbox._http.delete(f"{self._sandbox._path}/files", params=params))
+
+    async def move(self, source: str, destination: str) -> None:
+        body = {"source": source, "destination": destination}
+        await _check(await self._sandbox._http.post(f"{self._sandbox._path}/files/move", json=body))
+
+    async def download_tar(self, path: str) -> bytes:
+        r = await _check(await self._sandbox._http.get(f"{self._sandbox._path}/archive", params={"path": path}))
+        return r.content
+
+    async def upload_tar(self, path: str, tar: bytes) -> None:
+        params = {"path": path}
+        await _check(await self._sandbox._http.put(f"{self._sandbox._path}/archive", params=params, content=tar))
+
+
+class AsyncSandbox:
+    """A sandbox on a sandboxd server. Use as a context manager to kill it on exit."""
+
+    def __init__(self, info: dict[str, Any], http: httpx.AsyncClient) -> None:
+        self.id: str = info["id"]
+        self.info = info
+        self._http = http
+        self._path = f"/api/v1/sandboxes/{self.id}"
+        self.commands = AsyncCommands(self)
+        self.files = AsyncFiles(self)
+
+    @classmethod
+    async def create(
+        cls,
+        image: str | None = None,
+        *,
+        cpu: float | None = None,
+        memory_mb: int | None = None,
+        pids: int | None = None,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        entrypoint: list[str] | None = None,
+        metadata: dict[str, str] | None = None,
+        timeout: int | None = None,
+        internet_access: bool = True,
+        url: str | None = None,
+        api_key: str | None = None,
+        request_timeout: float = 120.0,
+    ) -> AsyncSandbox:
+        body: dict[str, Any] = {"internet_access": internet_access}
+        for key, value in (
+            ("image", image),
+            ("cpu", cpu),
+            ("memory_mb", memory_mb),
+            ("pids", pids),
+            ("env", env),
+            ("cwd", cwd),
+            ("entrypoint", entrypoint),
+            ("metadata", metadata),
+            ("timeout", timeout),
+        ):
+            if value is not None:
+                body[key] = value
+        http = _client(url, api_key, request_timeout)
+        try:
+            r = await _check(await http.post("/api/v1/sandboxes", json=body))
+        except BaseException:
+            await http.aclose()
+            raise
+        sandbox = cls(r.json(), http)
+        if sandbox.state != "running":
+            status = sandbox.info["status"]
+            await sandbox.close()
+            raise SandboxError(status["reason"].upper(), status["message"] or "the sandbox did not start")
+        return sandbox
+
+    @classmethod
+    async def connect(cls, sandbox_id: str, *, url: str | None = None, api_key: str | None = None) -> AsyncSandbox:
+        http = _client(url, api_key, 120.0)
+        try:
+            r = await _check(await http.get(f"/api/v1/sandboxes/{sandbox_id}"))
+        except BaseException:
+            await http.aclose()
+            raise
+        return cls(r.json(), http)
+
+    @property
+    def state(self) -> str:
+        return str(self.info["status"]["state"])
+
+    async def refresh(self) -> dict[str, Any]:
+        r = await _check(await self._http.get(self._path))
+        self.info = r.json()
+        return self.info
+
+    async def set_timeout(self, seconds: int) -> None:
+        r = await _check(await self._http.post(f"{self._path}/timeout", json={"timeout": seconds}))
+        self.info = r.json()
+
+    async def logs(self) -> str:
+        r = await _check(await self._http.get(f"{self._path}/logs"))
+        return r.text
+
+    async def kill(self) -> None:
+        r = await _check(await self._http.delete(self._path))
+        self.info = r.json()
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncSandbox:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            await self.kill()
+        finally:
+            await self.close()
