@@ -21,6 +21,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8080
     data_dir: Path = Path("/var/lib/sandboxd")
+    images_dir: Path | None = None  # default: <data_dir>/images
     api_key: str | None = None
     oci_runtime: Literal["auto", "runc", "crun"] = "auto"
     bridge: str = "sbxd0"
@@ -54,6 +55,10 @@ class Settings(BaseSettings):
         if config_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
         return tuple(sources)
+
+    @property
+    def image_root(self) -> Path:
+        return self.images_dir or self.data_dir / "images"
 
     def resolved_api_key(self) -> str:
         """The configured key, else the one kept in the data directory (made on first start)."""

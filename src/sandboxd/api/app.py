@@ -29,7 +29,7 @@ log = logging.getLogger("sandboxd")
 def build_runtime(settings: Settings) -> LocalRuntime:
     return LocalRuntime(
         data_dir=settings.data_dir,
-        images=ImageStore(settings.data_dir / "images", settings.userns_base),
+        images=ImageStore(settings.image_root, settings.userns_base),
         network=Network(settings.bridge, settings.subnet),
         binary=choose_binary(settings.oci_runtime),
         id_base=settings.userns_base,

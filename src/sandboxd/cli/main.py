@@ -61,7 +61,7 @@ def serve(host: str | None, port: int | None) -> None:
         overrides["port"] = port
     settings = Settings(**overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    images = ImageStore(settings.data_dir / "images", settings.userns_base)
+    images = ImageStore(settings.image_root, settings.userns_base)
     if settings.default_image == "debian" and not images.exists("debian"):
         with console.status("building the debian image (mmdebstrap, minbase + python3)") as status:
             images.build_debian(progress=lambda line: status.update(f"building debian: {line[:100]}"))
@@ -277,7 +277,7 @@ def _image_store() -> Any:
     from sandboxd.runtimes.local.images import ImageStore
 
     settings = Settings()
-    return ImageStore(settings.data_dir / "images", settings.userns_base)
+    return ImageStore(settings.image_root, settings.userns_base)
 
 
 @image.command("ls")
@@ -313,3 +313,5 @@ def image_import(name: str, source: Path, ref: str | None) -> None:
 @click.argument("name")
 def image_rm(name: str) -> None:
     _image_store().delete(name)
+if __name__ == "__main__":
+    main()

@@ -41,4 +41,7 @@ class Runtime(Protocol):
 
     def logs_path(self, sandbox_id: str) -> str: ...
 
+    def forget(self, sandbox_id: str) -> None:
+        """Drops what outlives a sandbox (its logs) once its record is purged."""
+
     def oom_kills(self, sandbox_id: str) -> int: ...

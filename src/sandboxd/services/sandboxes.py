@@ -244,7 +244,8 @@ class SandboxService:
         for sandbox in self.store.expired(now):
             with contextlib.suppress(SandboxNotFound):
                 await self.delete(sandbox.id, "timeout", "the sandbox's timeout passed")
-        self.store.purge_ended(now - timedelta(seconds=self.settings.retention_seconds))
+        for sandbox_id in self.store.purge_ended(now - timedelta(seconds=self.settings.retention_seconds)):
+            self.runtime.forget(sandbox_id)
 
     async def reaper(self) -> None:
         while True:

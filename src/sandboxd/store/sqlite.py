@@ -96,10 +96,12 @@ class SqliteStore:
         with self.engine.connect() as conn:
             return [Sandbox.model_validate(doc) for doc in conn.execute(query).scalars()]
 
-    def purge_ended(self, before: datetime) -> int:
+    def purge_ended(self, before: datetime) -> list[str]:
+        old = sandboxes.c.ended_at <= before.timestamp()
         with self.engine.begin() as conn:
-            result = conn.execute(sandboxes.delete().where(sandboxes.c.ended_at <= before.timestamp()))
-            return result.rowcount
+            ids = list(conn.execute(sa.select(sandboxes.c.id).where(old)).scalars())
+            conn.execute(sandboxes.delete().where(old))
+        return ids
 
     def delete(self, sandbox_id: str) -> None:
         with self.engine.begin() as conn:

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import ipaddress
 import json
+import os
 
 from sandboxd.errors import RuntimeFailure
 
@@ -117,11 +118,13 @@ class Network:
         await run("nsenter", "-t", str(pid), "-n", "ip", "-batch", "-", stdin=inside)
 
     async def orphan_veths(self, keep: set[str]) -> list[str]:
-        links = json.loads(await run("ip", "-j", "link", "show"))
+        links = json.loads(await run("ip", "-j", "link", "show", "master", self.bridge, check=False) or "[]")
         wanted = {veth_name(i) for i in keep}
         return [
             link["ifname"] for link in links if link["ifname"].startswith(VETH_PREFIX) and link["ifname"] not in wanted
         ]
 
-    async def delete_veth(self, name: str) -> None:
+    async def delete_veth(self, name: str, missing_ok: bool = False) -> None:
+        if missing_ok and not os.path.exists(f"/sys/class/net/{name}"):
+            return
         await run("ip", "link", "del", name, check=False)

@@ -58,6 +58,7 @@ class LocalRuntime:
     ) -> None:
         self.root = data_dir / "sandboxes"
         self.state_dir = data_dir / "runc"
+        self.log_dir = data_dir / "logs"  # kept after the sandbox, until its record is purged
         self.images = images
         self.network = network
         self.binary = binary
@@ -66,6 +67,7 @@ class LocalRuntime:
     async def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         self.images.remove_partials()
         await self.network.setup_host()
 
@@ -97,7 +99,7 @@ class LocalRuntime:
                     python=image.python,
                 )
                 (home / "config.json").write_text(json.dumps(config))
-                log = os.open(home / "entrypoint.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                log = os.open(self.logs_path(sandbox_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
                 try:
                     # The listening socket becomes the agent's stdin; its log becomes stdout/stderr.
                     await self._runc(
@@ -155,7 +157,7 @@ class LocalRuntime:
 
     def read_log_tail(self, sandbox_id: str, size: int = 2000) -> str:
         try:
-            data = (self.root / sandbox_id / "entrypoint.log").read_bytes()
+            data = Path(self.logs_path(sandbox_id)).read_bytes()
         except OSError:
             return ""
         return data[-size:].decode(errors="replace").strip()
@@ -167,8 +169,7 @@ class LocalRuntime:
         self._remove_cgroups(sandbox_id)
         self.network.release(record.get("address"))
         # The veth goes with the namespace; one left by a crash between its steps is removed here.
-        if veth_name(sandbox_id) in await self.network.orphan_veths(set()):
-            await self.network.delete_veth(veth_name(sandbox_id))
+        await self.network.delete_veth(veth_name(sandbox_id), missing_ok=True)
 
     def _remove_home(self, home: Path) -> None:
         for point in mounts.mounts_under(home):
@@ -196,13 +197,13 @@ class LocalRuntime:
             self.network.reserve(str(record["address"]))
 
     async def sweep(self, known: set[str]) -> list[str]:
+        # Only what this server owns: containers in its runc root, directories under its data dir
+        # and veths on its bridge. Another sandboxd on the same host keeps its own.
         found: set[str] = set()
         listing = await self._runc("list", "--format", "json", check=False)
         found.update(c["id"] for c in json.loads(listing or "null") or [])
         if self.root.exists():
             found.update(p.name for p in self.root.iterdir())
-        for controller in CGROUP_ROOT.iterdir():
-            found.update(p.name.removeprefix("sandboxd-") for p in controller.glob("sandboxd-*"))
         orphans = sorted(found - known)
         for sandbox_id in orphans:
             await self.destroy(sandbox_id, {})
@@ -219,7 +220,11 @@ class LocalRuntime:
         return Agent(connect)
 
     def logs_path(self, sandbox_id: str) -> str:
-        return str(self.root / sandbox_id / "entrypoint.log")
+        return str(self.log_dir / f"{sandbox_id}.log")
+
+    def forget(self, sandbox_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.logs_path(sandbox_id))
 
     def oom_kills(self, sandbox_id: str) -> int:
         for path, key in (

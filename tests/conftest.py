@@ -1,0 +1,179 @@
+"""Real servers, real sandboxes. The suite needs root, as CI has.
+
+One server runs for the session; tests that kill or restart a server start their own, with their own
+data directory, bridge and subnet, so that its reconcile never touches the session server's
+sandboxes. The debian image is built once into a cache directory shared by all of them. At the end
+the suite checks that nothing of sandboxd is left on the host.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sandboxd import Sandbox
+from sandboxd.runtimes.local.images import ImageStore
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGE_CACHE = Path(os.environ.get("SANDBOXD_TEST_IMAGES", "/var/tmp/sandboxd-test-images"))
+USERNS_BASE = 1_000_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """A `sandboxd serve` process of its own."""
+
+    def __init__(self, data_dir: Path, bridge: str, subnet: str, **env: str) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.key = "test-key-" + os.urandom(8).hex()
+        self.bridge = bridge
+        self.env = {
+            **os.environ,
+            "SANDBOXD_DATA_DIR": str(data_dir),
+            "SANDBOXD_IMAGES_DIR": str(IMAGE_CACHE),
+            "SANDBOXD_PORT": str(self.port),
+            "SANDBOXD_API_KEY": self.key,
+            "SANDBOXD_BRIDGE": bridge,
+            "SANDBOXD_SUBNET": subnet,
+            "SANDBOXD_REAPER_INTERVAL": "0.2",
+            **env,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = data_dir / "server.log"
+
+    def start(self) -> Server:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "sandboxd.cli.main", "serve"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"server did not become ready: {self.log.read_text()[-3000:]}")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.key}"}, timeout=60)
+
+    def delete_all(self) -> None:
+        with self.client() as http:
+            for item in http.get("/api/v1/sandboxes", params={"limit": 1000}).json()["items"]:
+                if item["status"]["state"] not in ("terminated", "failed"):
+                    http.delete(f"/api/v1/sandboxes/{item['id']}")
+
+    def create(self, **kwargs: object) -> Sandbox:
+        return Sandbox.create(url=self.url, api_key=self.key, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def image_cache() -> Path:
+    if os.geteuid() != 0:
+        pytest.fail("the suite runs real sandboxes and needs root")
+    store = ImageStore(IMAGE_CACHE, USERNS_BASE)
+    if not store.exists("debian"):
+        store.build_debian()
+    return IMAGE_CACHE
+
+
+@pytest.fixture(scope="session")
+def workdir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="sandboxd-test-", dir="/var/tmp"))
+    path.chmod(0o755)  # sandbox root (a mapped uid) must traverse it to reach its rootfs
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def server(image_cache: Path, workdir: Path) -> Iterator[Server]:
+    srv = Server(workdir / "main", "sbxdtest0", "10.77.0.0/24").start()
+    yield srv
+    srv.delete_all()
+    srv.stop()
+    assert_no_leaks(srv.data_dir, srv.bridge)
+    teardown_bridge(srv.bridge)
+
+
+@pytest.fixture
+def sandbox(server: Server) -> Iterator[Sandbox]:
+    with server.create(memory_mb=256, timeout=300) as sb:
+        yield sb
+
+
+def teardown_bridge(bridge: str) -> None:
+    subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)
+
+
+def leaks(data_dir: Path, bridge: str) -> list[str]:
+    found = []
+    mounts = [ln.split()[1] for ln in Path("/proc/mounts").read_text().splitlines() if str(data_dir) in ln]
+    if mounts:
+        found.append(f"mounts: {mounts}")
+    state = data_dir / "runc"
+    if state.exists():
+        listed = subprocess.run(["runc", "--root", str(state), "list", "-q"], capture_output=True, text=True)
+        if listed.stdout.strip():
+            found.append(f"runc containers: {listed.stdout.split()}")
+    sandboxes = data_dir / "sandboxes"
+    ids = [p.name for p in sandboxes.iterdir()] if sandboxes.exists() else []
+    if ids:
+        found.append(f"sandbox dirs: {ids}")
+    cgroups = [str(p) for p in Path("/sys/fs/cgroup").glob("*/sandboxd-*")]
+    cgroups += [str(p) for p in Path("/sys/fs/cgroup").glob("sandboxd-*")]
+    if cgroups:
+        found.append(f"cgroups: {cgroups}")
+    veths = subprocess.run(["ip", "-o", "link", "show", "master", bridge], capture_output=True, text=True).stdout
+    if veths.strip():
+        found.append(f"veths: {veths.strip()}")
+    agents = subprocess.run(["pgrep", "-f", "/.sandboxd/agent.py"], capture_output=True, text=True).stdout
+    if agents.strip():
+        found.append(f"agent processes: {agents.split()}")
+    return found
+
+
+def assert_no_leaks(data_dir: Path, bridge: str) -> None:
+    deadline = time.monotonic() + 5
+    while (found := leaks(data_dir, bridge)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not found, f"left behind: {found}"
