@@ -59,7 +59,8 @@ class CommandService:
             "cwd": cmd.cwd or sandbox.spec.cwd,
             "user": cmd.user,
             "timeout": cmd.timeout,
-            "stdin": cmd.stdin is not None,
+            # Background processes keep a stdin pipe for later writes; others read /dev/null.
+            "stdin": cmd.stdin is not None or cmd.background,
             **extra,
         }
 
