@@ -364,6 +364,33 @@ def stat_of(path, name=None):
     return out
 
 
+def safe_members(tar, dest):
+    """Members that stay inside dest: no absolute names, "..", links out of the tree or devices.
+
+    The same rules as tarfile's "data" filter, which the image's Python may be too old to have.
+    """
+    root = os.path.realpath(dest)
+
+    def inside(path):
+        real = os.path.realpath(os.path.join(root, path))
+        return real == root or real.startswith(root + os.sep)
+
+    for member in tar:
+        name = member.name
+        if name.startswith("/") or ".." in name.split("/") or not inside(name):
+            raise tarfile.TarError("refused %r: outside the target directory" % name)
+        if member.isdev() or member.isfifo():
+            raise tarfile.TarError("refused %r: device or fifo" % name)
+        if member.issym():
+            target = os.path.join(os.path.dirname(name), member.linkname)
+            if member.linkname.startswith("/") or not inside(target):
+                raise tarfile.TarError("refused %r: symlink out of the target directory" % name)
+        if member.islnk() and (member.linkname.startswith("/") or not inside(member.linkname)):
+            raise tarfile.TarError("refused %r: hardlink out of the target directory" % name)
+        member.mode &= 0o777  # no setuid/setgid bits from an uploaded archive
+        yield member
+
+
 class SockReader:
     """A file-like view of DATA frames until END, for tarfile and copyfileobj."""
 
@@ -487,8 +514,7 @@ def handle(sock):
             path = req["path"]
             os.makedirs(path, exist_ok=True)
             with tarfile.open(fileobj=SockReader(sock), mode="r|") as tar:
-                # The "data" filter refuses absolute names, "..", links out of the tree and devices.
-                tar.extractall(path, filter="data")
+                tar.extractall(path, members=safe_members(tar, path))
             send(sock, REPLY, stat_of(path))
         else:
             send(sock, ERROR, {"code": "BAD_REQUEST", "message": "unknown op %s" % op})

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from sandboxd import Sandbox, SandboxError
+from tests.conftest import Server
+
+
+def test_write_read_stat_list_mkdir_move_remove(sandbox: Sandbox) -> None:
+    big = os.urandom(3 * 1024 * 1024 + 17)  # several frames each way
+    info = sandbox.files.write("/work/deep/big.bin", big, mode=0o600)
+    assert info["size"] == len(big) and info["mode"] == 0o600
+    assert sandbox.files.read("/work/deep/big.bin") == big
+    assert sandbox.commands.run("sha256sum /work/deep/big.bin | cut -c1-8").stdout.strip() == __import__(
+        "hashlib"
+    ).sha256(big).hexdigest()[:8]
+    sandbox.files.mkdir("/work/a/b/c")
+    assert sandbox.files.stat("/work/a/b/c")["type"] == "dir"
+    sandbox.files.write("/work/a/b/c/f.txt", "text")
+    names = [e["name"] for e in sandbox.files.list("/work/a/b/c")]
+    assert names == ["f.txt"]
+    sandbox.files.move("/work/a/b/c/f.txt", "/work/moved.txt")
+    assert sandbox.files.read("/work/moved.txt") == b"text"
+    assert not sandbox.files.exists("/work/a/b/c/f.txt")
+    sandbox.files.remove("/work/moved.txt")
+    assert not sandbox.files.exists("/work/moved.txt")
+    with pytest.raises(SandboxError) as err:
+        sandbox.files.remove("/work/a")
+    assert err.value.status == 409  # not empty, and not asked to recurse
+    sandbox.files.remove("/work/a", recursive=True)
+    assert not sandbox.files.exists("/work/a")
+    with pytest.raises(SandboxError) as err:
+        sandbox.files.read("/work/nothing-here")
+    assert err.value.status == 404
+
+
+def test_directory_round_trip_as_tar(sandbox: Sandbox) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in (("top.txt", b"1"), ("sub/inner.txt", b"22")):
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    sandbox.files.upload_tar("/work/tree", buf.getvalue())
+    assert sandbox.commands.run("cat /work/tree/sub/inner.txt").stdout == "22"
+    data = sandbox.files.download_tar("/work/tree")
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        names = sorted(m.name for m in tar.getmembers() if m.isfile())
+    assert names == ["./sub/inner.txt", "./top.txt"]
+
+
+def test_hostile_tar_is_refused(sandbox: Sandbox) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        member = tarfile.TarInfo("../../escape.txt")
+        member.size = 1
+        tar.addfile(member, io.BytesIO(b"x"))
+    with pytest.raises(SandboxError) as err:
+        sandbox.files.upload_tar("/work/t", buf.getvalue())
+    assert err.value.status == 400
+    assert not sandbox.files.exists("/escape.txt")
+
+
+def test_paths_are_checked_and_resolved_inside_the_sandbox(server: Server, sandbox: Sandbox) -> None:
+    marker = Path("/var/tmp/sandboxd-host-secret")
+    marker.write_text("host secret")
+    try:
+        with server.client() as http:
+            base = f"/api/v1/sandboxes/{sandbox.id}"
+            for path in ("/work/../etc/passwd", "relative/path", "../x"):
+                r = http.get(f"{base}/files", params={"path": path})
+                assert r.status_code == 400 and r.json()["field"] == "path", path
+            # An absolute host path is just a path inside the sandbox: the host file is not there.
+            assert http.get(f"{base}/files", params={"path": str(marker)}).status_code == 404
+            # Symlinks planted inside the sandbox resolve against the sandbox's root, not the host's.
+            made = sandbox.commands.run(f"mkdir -p /work && ln -s {marker} /work/link-file && ln -s / /work/link-root")
+            assert made.exit_code == 0, made.stderr
+            assert http.get(f"{base}/files", params={"path": "/work/link-file"}).status_code == 404
+            hostname = http.get(f"{base}/files", params={"path": "/work/link-root/etc/hostname"}).text
+            assert hostname.strip() == sandbox.commands.run("hostname").stdout.strip()
+            # Writing through a symlink to a host path creates nothing on the host.
+            http.put(f"{base}/files", params={"path": "/work/link-root/var/tmp/planted"}, content=b"x")
+            assert not Path("/var/tmp/planted").exists()
+            assert sandbox.files.read("/var/tmp/planted") == b"x"
+    finally:
+        marker.unlink()
