@@ -75,7 +75,8 @@ class CommandService:
                 await conn.send(proto.EOF)
             async for item in self._frames(conn):
                 if isinstance(item, Exit):
-                    killed = item.info.get("signal") == signals.SIGKILL
+                    # A shell reports its child's SIGKILL as exit 137 rather than dying of it.
+                    killed = item.info.get("signal") == signals.SIGKILL or item.info.get("exit_code") == 137
                     oom = killed and self.sandboxes.runtime.oom_kills(sandbox_id) > oom_before
                     item.info["oom_killed"] = oom and not item.info.get("timed_out")
                 yield item

@@ -1,0 +1,82 @@
+"""Limits proven from inside the sandbox."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from tests.conftest import Server
+
+
+def test_memory_limit_oom_kills_and_is_reported(server: Server) -> None:
+    with server.create(memory_mb=64) as sb:
+        r = sb.commands.run(["python3", "-c", "b = bytearray(256 * 1024 * 1024); print(len(b))"])
+        assert r.exit_code == 137 and r.signal == 9
+        assert r.oom_killed and not r.timed_out
+        assert r.stdout == ""
+        through_shell = sb.commands.run("python3 -c 'b = bytearray(256 * 1024 * 1024)'")
+        assert through_shell.exit_code == 137 and through_shell.oom_killed
+        # Below the limit is fine, and the sandbox survives its OOM.
+        ok = sb.commands.run("python3 -c 'b = bytearray(16 * 1024 * 1024); print(len(b))'")
+        assert ok.exit_code == 0 and not ok.oom_killed
+
+
+def test_fork_bomb_hits_the_pids_limit_and_host_stays_responsive(server: Server) -> None:
+    with server.create(pids=64, memory_mb=256) as sb:
+        bomb = "bomb() { bomb | bomb & }; bomb; sleep 2; echo done"
+        sb.commands.run(bomb, timeout=8)
+        start = time.monotonic()
+        assert httpx.get(server.url + "/healthz", timeout=5).status_code == 200
+        assert time.monotonic() - start < 2
+        # The bomb was contained: the limit held, and the sandbox still answers once it is gone.
+        count = sb.commands.run("cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max")
+        assert count.stdout.strip() == "64"
+        sb.commands.run("pkill -9 -f bomb; pkill -9 sh; true")
+        deadline = time.monotonic() + 10
+        while True:
+            r = sb.commands.run("python3 -c 'import os; print(len([p for p in os.listdir(\"/proc\") if p.isdigit()]))'")
+            if r.exit_code == 0 and int(r.stdout) < 10:
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+
+
+def test_fork_past_pids_limit_fails_inside(server: Server) -> None:
+    with server.create(pids=16) as sb:
+        code = (
+            "import os, time\n"
+            "kids = []\n"
+            "try:\n"
+            "    for _ in range(64):\n"
+            "        pid = os.fork()\n"
+            "        if pid == 0:\n"
+            "            time.sleep(30); os._exit(0)\n"
+            "        kids.append(pid)\n"
+            "except OSError as e:\n"
+            "    print('refused after', len(kids), e.errno)\n"
+            "for k in kids: os.kill(k, 9)\n"
+        )
+        sb.files.write("/tmp/forks.py", code)
+        r = sb.commands.run("python3 /tmp/forks.py")
+        assert r.stdout.startswith("refused after"), r
+        assert int(r.stdout.split()[2]) < 16
+
+
+def test_cpu_quota_is_enforced(server: Server) -> None:
+    spin = (
+        "import time, threading\n"
+        "def spin():\n"
+        "    end = time.time() + 2\n"
+        "    while time.time() < end: pass\n"
+        "ts = [threading.Thread(target=spin) for _ in range(2)]\n"
+        "[t.start() for t in ts]; [t.join() for t in ts]\n"
+        "import os; t = os.times(); print(t.user + t.system)\n"
+    )
+    with server.create(cpu=0.25) as sb:
+        sb.files.write("/tmp/spin.py", spin)
+        used = float(sb.commands.run("python3 /tmp/spin.py").stdout)
+        # 2 s of wall time at a quarter of a core is about 0.5 s of CPU; unlimited would be 2-4 s.
+        assert used < 1.0, used
+        quota = sb.commands.run("cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.cfs_period_us")
+        assert quota.stdout.split() == ["25000", "100000"]
