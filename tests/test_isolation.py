@@ -1,0 +1,191 @@
+"""Isolation, proven by trying to break it from inside."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from pathlib import Path
+
+from sandboxd import Sandbox
+from tests.conftest import Server
+
+# Docker's default set: chown dac_override fowner fsetid kill setgid setuid setpcap net_bind_service
+# net_raw sys_chroot mknod audit_write setfcap.
+DOCKER_DEFAULT_CAPS = 0x00000000A80425FB
+
+
+def run(sb: Sandbox, cmd: str) -> tuple[int, str]:
+    r = sb.commands.run(cmd)
+    return r.exit_code, r.stdout + r.stderr
+
+
+def test_no_host_processes_visible(sandbox: Sandbox) -> None:
+    code, out = run(sandbox, "ps -eo pid,args --no-headers")
+    pids = [int(line.split()[0]) for line in out.strip().splitlines()]
+    assert 1 in pids and len(pids) < 10, out
+    assert "agent.py" in out.splitlines()[0]  # pid 1 is the sandbox's own init
+    assert str(os.getpid()) not in [str(p) for p in pids] or len(pids) < 10
+
+
+def test_root_inside_is_not_root_outside(sandbox: Sandbox) -> None:
+    _, uid_map = run(sandbox, "cat /proc/self/uid_map")
+    assert uid_map.split() == ["0", "1000000", "65536"]
+    r = sandbox.commands.run("sleep 30", background=True)
+    host_pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    owners = set()
+    for pid in host_pids:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if cmdline == b"sleep\x0030\x00":
+                owners.add(os.stat(f"/proc/{pid}").st_uid)
+        except OSError:
+            continue
+    r.kill()
+    assert owners == {1_000_000}
+
+
+def test_capabilities_and_no_new_privileges(sandbox: Sandbox) -> None:
+    _, status = run(sandbox, "grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status")
+    fields = dict(line.split(":\t") for line in status.strip().splitlines())
+    assert int(fields["CapEff"], 16) == DOCKER_DEFAULT_CAPS
+    assert int(fields["CapBnd"], 16) == DOCKER_DEFAULT_CAPS
+    assert fields["NoNewPrivs"].strip() == "1"
+    assert fields["Seccomp"].strip() == "2"
+
+
+def test_mount_umount_unshare_and_modules_refused(sandbox: Sandbox) -> None:
+    code, out = run(sandbox, "mkdir -p /mnt/x && mount -t tmpfs none /mnt/x")
+    assert code != 0 and ("denied" in out or "not permitted" in out), out
+    code, out = run(sandbox, "umount /proc")
+    assert code != 0, out
+    code, out = run(sandbox, "unshare -U true")
+    assert code != 0, out
+    probe = (
+        "import ctypes, os\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "for name, nr in (('init_module', 175), ('finit_module', 313), ('delete_module', 176)):\n"
+        "    rc = libc.syscall(nr, 0, 0, 0)\n"
+        "    print(name, rc, ctypes.get_errno())\n"
+    )
+    sandbox.files.write("/tmp/mod.py", probe)
+    _, out = run(sandbox, "python3 /tmp/mod.py")
+    for line in out.strip().splitlines():
+        name, rc, errno = line.split()
+        assert rc == "-1" and errno == "1", line  # EPERM
+
+
+def test_proc_sys_and_sys_are_read_only(sandbox: Sandbox) -> None:
+    probe = (
+        "import sys\n"
+        "for path in sys.argv[1:]:\n"
+        "    try:\n"
+        "        open(path, 'w').write('1')\n"
+        "        print(path, 'written')\n"
+        "    except OSError as e:\n"
+        "        print(path, e.errno)\n"
+    )
+    sandbox.files.write("/tmp/w.py", probe)
+    # hostname and ip_forward belong to the sandbox's own uts and net namespaces: root in the sandbox
+    # could write them through a writable /proc/sys. drop_caches is the host's.
+    targets = "/proc/sys/kernel/hostname /proc/sys/net/ipv4/ip_forward /proc/sys/vm/drop_caches"
+    _, out = run(sandbox, f"python3 /tmp/w.py {targets}")
+    results = dict(line.split() for line in out.strip().splitlines())
+    assert set(results) == set(targets.split())
+    for path, errno in results.items():
+        assert errno in ("30", "13"), (path, errno)  # EROFS or EACCES, never written
+    code, out = run(sandbox, "touch /sys/kernel/x")
+    assert code != 0, out
+    # Masked: /proc/keys and /proc/timer_list read as empty (where the kernel has them).
+    code, out = run(sandbox, "cat /proc/keys /proc/timer_list 2>/dev/null | wc -c")
+    assert out.strip() == "0"
+
+
+def test_host_root_not_reachable(sandbox: Sandbox) -> None:
+    marker = Path("/var/tmp/sandboxd-isolation-marker")
+    marker.write_text("host only")
+    try:
+        code, out = run(sandbox, f"cat {marker}; ls /proc/1/root/var/tmp; cat /proc/1/root{marker}")
+        assert "host only" not in out
+        # chroot escape: with CAP_SYS_CHROOT a classic double-chroot only reaches the sandbox's root.
+        escape = (
+            "import os\n"
+            "os.makedirs('/tmp/jail', exist_ok=True)\n"
+            "fd = os.open('/', os.O_RDONLY)\n"
+            "os.chroot('/tmp/jail')\n"
+            "os.fchdir(fd)\n"
+            "for _ in range(64): os.chdir('..')\n"
+            "os.chroot('.')\n"
+            f"print(os.path.exists('{marker}'), open('/etc/hostname').read().strip())\n"
+        )
+        sandbox.files.write("/tmp/escape.py", escape)
+        _, out = run(sandbox, "python3 /tmp/escape.py")
+        assert out.split()[0] == "False", out
+        assert out.split()[1].startswith("sbx-")
+    finally:
+        marker.unlink()
+
+
+def test_devices_are_limited(sandbox: Sandbox) -> None:
+    code, out = run(sandbox, "ls /dev")
+    assert "vda" not in out and "kvm" not in out and "mem" not in out.split()
+    code, out = run(sandbox, "mknod /tmp/disk b 254 0 && head -c 1 /tmp/disk")
+    assert code != 0, out
+
+
+class HostServer:
+    """A TCP server on the host, listening on every address, that counts connections."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("0.0.0.0", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.hits = 0
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.hits += 1
+            conn.sendall(b"hello from host\n")
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+CONNECT = (
+    "import socket, sys\n"
+    "try:\n"
+    "    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)\n"
+    "    print(s.recv(100).decode().strip())\n"
+    "except OSError as e:\n"
+    "    print('refused', e)\n"
+)
+
+
+def test_internet_access_false_means_loopback_only(server: Server) -> None:
+    host = HostServer()
+    gateway = "10.77.0.1"  # the session server's bridge address (conftest)
+    try:
+        with server.create(internet_access=True) as open_sb, server.create(internet_access=False) as closed_sb:
+            for sb in (open_sb, closed_sb):
+                sb.files.write("/tmp/connect.py", CONNECT)
+            # Positive control: the same server is reachable from a sandbox with network access.
+            assert open_sb.commands.run(f"python3 /tmp/connect.py {gateway} {host.port}").stdout.startswith("hello")
+            out = closed_sb.commands.run(f"python3 /tmp/connect.py {gateway} {host.port}").stdout
+            assert out.startswith("refused"), out
+            links = closed_sb.commands.run("ls /sys/class/net").stdout.split()
+            assert links == ["lo"]
+            lo = closed_sb.commands.run(
+                "python3 -c \"import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print('ok')\""
+            )
+            assert lo.stdout == "ok\n"
+        assert host.hits == 1
+    finally:
+        host.close()
