@@ -23,10 +23,14 @@ RULES = [
     (r"\baclose\b", "close"),
     (r"\baread\b", "read"),
     (r"\baiter_lines\b", "iter_lines"),
-    (r"The asynchronous SDK\. The synchronous one in \.\./_sync is generated from this file by",
-     "GENERATED from ../_async/client.py by scripts/unasync.py: do not edit. It is made by"),
-    (r"scripts/unasync\.py: edit here, then run it \(CI runs it with --check\)\.",
-     "scripts/unasync.py, which CI runs with --check."),
+    (
+        r"The asynchronous SDK\. The synchronous one in \.\./_sync is generated from this file by",
+        "GENERATED from ../_async/client.py by scripts/unasync.py: do not edit. It is made by",
+    ),
+    (
+        r"scripts/unasync\.py: edit here, then run it \(CI runs it with --check\)\.",
+        "scripts/unasync.py, which CI runs with --check.",
+    ),
 ]
 
 

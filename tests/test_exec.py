@@ -48,12 +48,15 @@ def test_stream_delivers_output_as_it_happens(server: Server, sandbox: Sandbox) 
     assert [s for _, s in seen] == ["first\n", "E:second\n"]
     assert seen[0][0] < seen[1][0] - 0.5  # the first line arrived before the command finished
     assert r.exit_code == 0 and r.stdout == "first\n" and r.stderr == "second\n"
-    with server.client() as http, http.stream(
-        "POST", f"/api/v1/sandboxes/{sandbox.id}/commands/stream", json={"command": "printf abc; exit 2"}
-    ) as resp:
+    with (
+        server.client() as http,
+        http.stream(
+            "POST", f"/api/v1/sandboxes/{sandbox.id}/commands/stream", json={"command": "printf abc; exit 2"}
+        ) as resp,
+    ):
         assert resp.headers["content-type"].startswith("text/event-stream")
         text = "".join(resp.iter_text())
-    assert "event: stdout\nid: 3\ndata: {\"data\": \"abc\"}" in text
+    assert 'event: stdout\nid: 3\ndata: {"data": "abc"}' in text
     exit_data = json.loads(text.split("event: exit\ndata: ")[1])
     assert exit_data["exit_code"] == 2
 

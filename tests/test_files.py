@@ -16,9 +16,10 @@ def test_write_read_stat_list_mkdir_move_remove(sandbox: Sandbox) -> None:
     info = sandbox.files.write("/work/deep/big.bin", big, mode=0o600)
     assert info["size"] == len(big) and info["mode"] == 0o600
     assert sandbox.files.read("/work/deep/big.bin") == big
-    assert sandbox.commands.run("sha256sum /work/deep/big.bin | cut -c1-8").stdout.strip() == __import__(
-        "hashlib"
-    ).sha256(big).hexdigest()[:8]
+    assert (
+        sandbox.commands.run("sha256sum /work/deep/big.bin | cut -c1-8").stdout.strip()
+        == __import__("hashlib").sha256(big).hexdigest()[:8]
+    )
     sandbox.files.mkdir("/work/a/b/c")
     assert sandbox.files.stat("/work/a/b/c")["type"] == "dir"
     sandbox.files.write("/work/a/b/c/f.txt", "text")

@@ -313,5 +313,7 @@ def image_import(name: str, source: Path, ref: str | None) -> None:
 @click.argument("name")
 def image_rm(name: str) -> None:
     _image_store().delete(name)
+
+
 if __name__ == "__main__":
     main()

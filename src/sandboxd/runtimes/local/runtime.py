@@ -69,7 +69,26 @@ class LocalRuntime:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.images.remove_partials()
+        await self._wait_for_stragglers()
         await self.network.setup_host()
+
+    async def _wait_for_stragglers(self, limit: float = 15.0) -> None:
+        """A killed server's `runc create` can still be running: reconciling before it ends would
+        miss the container it is about to leave behind."""
+        marker = str(self.state_dir).encode()
+        deadline = asyncio.get_running_loop().time() + limit
+        while asyncio.get_running_loop().time() < deadline:
+            busy = False
+            for entry in os.listdir("/proc"):
+                if entry.isdigit() and entry != str(os.getpid()):
+                    try:
+                        with open(f"/proc/{entry}/cmdline", "rb") as f:
+                            busy = busy or marker in f.read()
+                    except OSError:
+                        continue
+            if not busy:
+                return
+            await asyncio.sleep(0.05)
 
     # -- create / destroy ------------------------------------------------------------------------
 

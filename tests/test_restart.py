@@ -1,0 +1,137 @@
+"""The server can die at any moment; sandboxes and the host must not care."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import Server, assert_no_leaks, teardown_bridge
+
+
+@pytest.fixture
+def own_server(image_cache: Path, workdir: Path, request: pytest.FixtureRequest) -> Iterator[Server]:
+    name = request.node.name[:20]
+    srv = Server(workdir / name, "sbxdtest1", "10.77.1.0/24").start()
+    yield srv
+    if srv.proc is None or srv.proc.poll() is not None:
+        srv.start()
+    srv.delete_all()
+    srv.stop()
+    assert_no_leaks(srv.data_dir, srv.bridge)
+    teardown_bridge(srv.bridge)
+
+
+def state(http: httpx.Client, sid: str) -> dict[str, str]:
+    return dict(http.get(f"/api/v1/sandboxes/{sid}").json()["status"])
+
+
+def test_running_sandboxes_survive_a_server_kill(own_server: Server) -> None:
+    sb = own_server.create(timeout=600)
+    sb.files.write("/root/kept.txt", "still here")
+    bg = sb.commands.run("for i in $(seq 1 100); do echo tick $i; sleep 0.1; done", background=True)
+    sb.close()  # its HTTP client; the sandbox itself lives on
+    own_server.kill9()
+    time.sleep(0.3)
+    own_server.start()
+    with own_server.client() as http:
+        assert state(http, sb.id)["state"] == "running"
+        r = http.post(f"/api/v1/sandboxes/{sb.id}/commands", json={"command": "cat /root/kept.txt"}).json()
+        assert r["stdout"] == "still here"
+        # The background process kept running, with its output, through the restart.
+        logs = http.get(f"/api/v1/sandboxes/{sb.id}/processes/{bg.id}/logs").json()
+        assert "tick 1\n" in logs["stdout"] and logs["process"]["running"]
+        assert http.delete(f"/api/v1/sandboxes/{sb.id}").json()["status"]["state"] == "terminated"
+
+
+def test_vanished_sandbox_is_marked_failed(own_server: Server) -> None:
+    sb = own_server.create()
+    sb.close()
+    own_server.kill9()
+    state_dir = own_server.data_dir / "runc"
+    subprocess.run(["runc", "--root", str(state_dir), "kill", sb.id, "KILL"], check=True)
+    time.sleep(0.3)
+    own_server.start()
+    with own_server.client() as http:
+        status = state(http, sb.id)
+    assert status["state"] == "failed" and status["reason"] == "vanished"
+
+
+def test_sandbox_whose_init_dies_is_marked_failed(own_server: Server) -> None:
+    sb = own_server.create()
+    sb.close()
+    subprocess.run(["runc", "--root", str(own_server.data_dir / "runc"), "kill", sb.id, "KILL"], check=True)
+    with own_server.client() as http:
+        deadline = time.monotonic() + 10
+        while (status := state(http, sb.id))["state"] == "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    assert status["state"] == "failed" and status["reason"] == "sandbox_exited"
+
+
+@pytest.mark.parametrize("delay", [0.02, 0.06, 0.1])
+def test_kill_9_in_the_middle_of_create_leaves_nothing(own_server: Server, delay: float) -> None:
+    results: list[object] = []
+
+    def create() -> None:
+        try:
+            with own_server.client() as http:
+                results.append(http.post("/api/v1/sandboxes", json={"metadata": {"t": "midcreate"}}))
+        except httpx.HTTPError as exc:
+            results.append(exc)
+
+    thread = threading.Thread(target=create)
+    thread.start()
+    time.sleep(delay)
+    own_server.kill9()
+    thread.join()
+    own_server.start()
+    with own_server.client() as http:
+        items = http.get("/api/v1/sandboxes", params={"label": "t=midcreate"}).json()["items"]
+        for item in items:
+            # Either it finished before the kill, or it is failed with the reason; never stuck.
+            assert item["status"]["state"] in ("running", "failed"), item
+            if item["status"]["state"] == "failed":
+                assert item["status"]["reason"] == "server_restarted"
+            else:
+                http.delete(f"/api/v1/sandboxes/{item['id']}")
+    assert_no_leaks(own_server.data_dir, own_server.bridge)
+
+
+def test_reaper_destroys_expired_sandboxes_also_across_restarts(own_server: Server) -> None:
+    with own_server.client() as http:
+        quick = http.post("/api/v1/sandboxes", json={"timeout": 1}).json()["id"]
+        later = http.post("/api/v1/sandboxes", json={"timeout": 3}).json()["id"]
+        deadline = time.monotonic() + 10
+        while state(http, quick)["state"] != "terminated":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert state(http, quick)["reason"] == "timeout"
+        assert state(http, later)["state"] == "running"
+    own_server.kill9()
+    time.sleep(3.5)  # the second sandbox's timeout passes while no server runs
+    own_server.start()
+    with own_server.client() as http:
+        deadline = time.monotonic() + 10
+        while state(http, later)["state"] != "terminated":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert state(http, later)["reason"] == "timeout"
+
+
+def test_orphans_without_a_record_are_removed(own_server: Server) -> None:
+    sb = own_server.create()
+    sb.close()
+    own_server.kill9()
+    (own_server.data_dir / "sandboxd.db").unlink()  # the store forgot it: the runtime still has it
+    for extra in ("sandboxd.db-wal", "sandboxd.db-shm"):
+        (own_server.data_dir / extra).unlink(missing_ok=True)
+    own_server.start()
+    assert_no_leaks(own_server.data_dir, own_server.bridge)
+    with own_server.client() as http:
+        assert http.get(f"/api/v1/sandboxes/{sb.id}").status_code == 404
