@@ -107,14 +107,19 @@ class Server:
         return Sandbox.create(url=self.url, api_key=self.key, **kwargs)  # type: ignore[arg-type]
 
 
-@pytest.fixture(scope="session")
-def image_cache() -> Path:
-    if os.geteuid() != 0:
-        pytest.fail("the suite runs real sandboxes and needs root")
+def image_cache_path() -> Path:
+    """The debian image, built once per machine into a cache shared by tests and the benchmark."""
     store = ImageStore(IMAGE_CACHE, USERNS_BASE)
     if not store.exists("debian"):
         store.build_debian()
     return IMAGE_CACHE
+
+
+@pytest.fixture(scope="session")
+def image_cache() -> Path:
+    if os.geteuid() != 0:
+        pytest.fail("the suite runs real sandboxes and needs root")
+    return image_cache_path()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,128 @@
+"""Benchmark: sandboxd against the OCI runtime driven straight from the shell, in one run.
+
+    .venv/bin/python bench/bench.py [--runs 30]
+
+Starts its own server (own data dir, bridge and subnet; the image cache shared with the tests) and
+prints median and p90 in milliseconds for:
+  create→running, create→first exec done, exec of `true` over HTTP, delete;
+  baselines: `runc run` of the same bundle (process `true`), and `runc exec` of `true` in a running
+  sandbox, which is what exec would cost without the in-sandbox agent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sandboxd.runtimes.local import mounts  # noqa: E402
+from tests.conftest import Server, image_cache_path, teardown_bridge  # noqa: E402
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p * (len(ordered) - 1)))]
+
+
+def report(name: str, values: list[float]) -> None:
+    med, p90 = statistics.median(values), pct(values, 0.9)
+    sys.stdout.write(f"{name:<44} {med:8.1f} {p90:8.1f} {len(values):6d}\n")
+
+
+def timed(fn) -> float:  # type: ignore[no-untyped-def]
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=30)
+    args = parser.parse_args()
+    image_cache_path()
+    work = Path(tempfile.mkdtemp(prefix="sandboxd-bench-", dir="/var/tmp"))
+    work.chmod(0o755)
+    server = Server(work / "data", "sbxdbench0", "10.77.9.0/24").start()
+    results: dict[str, list[float]] = {}
+    try:
+        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {server.key}"}, timeout=60) as http:
+            http.post("/api/v1/sandboxes", json={}).raise_for_status()  # warm caches once
+            server.delete_all()
+            for _ in range(args.runs):
+                t0 = time.perf_counter()
+                sid = http.post("/api/v1/sandboxes", json={}).json()["id"]
+                t1 = time.perf_counter()
+                http.post(f"/api/v1/sandboxes/{sid}/commands", json={"command": ["true"]}).raise_for_status()
+                t2 = time.perf_counter()
+                results.setdefault("create → running", []).append((t1 - t0) * 1000)
+                results.setdefault("create → first exec done", []).append((t2 - t0) * 1000)
+                results.setdefault("delete", []).append(timed(lambda: http.delete(f"/api/v1/sandboxes/{sid}")))
+
+            sid = http.post("/api/v1/sandboxes", json={}).json()["id"]
+            body = {"command": ["true"]}
+            for _ in range(max(args.runs, 100)):
+                results.setdefault("exec `true` over HTTP (agent)", []).append(
+                    timed(lambda: http.post(f"/api/v1/sandboxes/{sid}/commands", json=body).raise_for_status())
+                )
+            state = str(server.data_dir / "runc")
+            for _ in range(args.runs):
+                results.setdefault("baseline: runc exec `true` (no HTTP)", []).append(
+                    timed(lambda: subprocess.run(["runc", "--root", state, "exec", sid, "/bin/true"], check=True))
+                )
+            bundle_src = json.loads((server.data_dir / "sandboxes" / sid / "config.json").read_text())
+            http.delete(f"/api/v1/sandboxes/{sid}")
+            results["baseline: runc run of the same bundle"] = baseline_runc_run(work, bundle_src, args.runs)
+    finally:
+        server.delete_all()
+        server.stop()
+        teardown_bridge(server.bridge)
+        shutil.rmtree(work, ignore_errors=True)
+    sys.stdout.write(f"{'milliseconds':<44} {'p50':>8} {'p90':>8} {'runs':>6}\n")
+    for name, values in results.items():
+        report(name, values)
+
+
+def baseline_runc_run(work: Path, config: dict, runs: int) -> list[float]:  # type: ignore[type-arg]
+    """`runc run` of the sandbox's own bundle with `true` as its process: create, start, wait, delete."""
+    image = image_cache_path() / "debian" / "rootfs"
+    times = []
+    for i in range(runs):
+        bundle = work / f"bundle{i}"
+        for sub in ("upper", "work", "rootfs"):
+            (bundle / sub).mkdir(parents=True)
+        os.chown(bundle / "upper", 1_000_000, 1_000_000)
+        mounts.mount_overlay(image, bundle / "upper", bundle / "work", bundle / "rootfs")
+        cfg = json.loads(json.dumps(config))
+        cfg["root"]["path"] = str(bundle / "rootfs")
+        cfg["process"]["args"] = ["/bin/true"]
+        cfg["mounts"] = [m for m in cfg["mounts"] if m["destination"] != "/.sandboxd/agent.py"]
+        cfg["linux"]["cgroupsPath"] = f"/sandboxd-bench-{i}"
+        (bundle / "config.json").write_text(json.dumps(cfg))
+        root = str(work / "runc-baseline")
+        times.append(
+            timed(
+                lambda b=bundle, n=i: subprocess.run(
+                    ["runc", "--root", root, "run", "--bundle", str(b), f"bench-{n}"],
+                    check=True,
+                    stdin=subprocess.DEVNULL,
+                )
+            )
+        )
+        mounts.unmount(bundle / "rootfs")
+    return times
+
+
+if __name__ == "__main__":
+    main()
