@@ -68,7 +68,7 @@ def main() -> None:
                 t2 = time.perf_counter()
                 results.setdefault("create → running", []).append((t1 - t0) * 1000)
                 results.setdefault("create → first exec done", []).append((t2 - t0) * 1000)
-                results.setdefault("delete", []).append(timed(lambda: http.delete(f"/api/v1/sandboxes/{sid}")))
+                results.setdefault("delete", []).append(timed(lambda s=sid: http.delete(f"/api/v1/sandboxes/{s}")))
 
             sid = http.post("/api/v1/sandboxes", json={}).json()["id"]
             body = {"command": ["true"]}
@@ -113,7 +113,7 @@ def baseline_runc_run(work: Path, config: dict, runs: int) -> list[float]:  # ty
         root = str(work / "runc-baseline")
         times.append(
             timed(
-                lambda b=bundle, n=i: subprocess.run(
+                lambda b=bundle, n=i, root=root: subprocess.run(
                     ["runc", "--root", root, "run", "--bundle", str(b), f"bench-{n}"],
                     check=True,
                     stdin=subprocess.DEVNULL,
