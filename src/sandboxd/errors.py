@@ -75,3 +75,10 @@ class RuntimeFailure(SandboxdError):
 class NotReady(SandboxdError):
     code = "NOT_READY"
     status = 503
+
+
+class SandboxExhausted(SandboxdError):
+    """The sandbox is at a limit (pids) that stops it from starting anything more right now."""
+
+    code = "SANDBOX_EXHAUSTED"
+    status = 503

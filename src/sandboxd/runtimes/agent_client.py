@@ -12,7 +12,7 @@ import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from sandboxd.errors import Conflict, Forbidden, InvalidRequest, NotFoundInSandbox, RuntimeFailure
+from sandboxd.errors import Conflict, Forbidden, InvalidRequest, NotFoundInSandbox, RuntimeFailure, SandboxExhausted
 
 REQ, STDOUT, STDERR, EXIT, STDIN, EOF, SIGNAL, RESIZE, DATA, END, REPLY, ERROR = range(1, 13)
 HEADER = struct.Struct(">BI")
@@ -30,6 +30,8 @@ def raise_agent_error(payload: bytes) -> None:
         raise Conflict(message)
     if code == "FORBIDDEN":
         raise Forbidden(message)
+    if code == "EXHAUSTED":
+        raise SandboxExhausted(message)
     raise RuntimeFailure(f"agent: {message}")
 
 

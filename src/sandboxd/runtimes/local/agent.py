@@ -17,6 +17,7 @@ import json
 import os
 import pty
 import pwd
+import selectors
 import shutil
 import signal
 import socket
@@ -34,6 +35,7 @@ HEADER = struct.Struct(">BI")
 OUTPUT_CAP = 16 * 1024 * 1024  # bytes of output kept per process; older output is dropped
 KEEP_ENDED = 256  # ended processes kept for status/log queries
 CHUNK = 65536
+PIDS_EXHAUSTED = "the sandbox has no processes left under its pids limit"
 
 
 def send(sock, kind, payload=b""):
@@ -57,12 +59,16 @@ def recv(sock):
     return kind, recv_exact(sock, size) if size else b""
 
 
+class Exhausted(Exception):
+    """No thread or process can be started: the sandbox is at its pids limit."""
+
+
 class Proc:
     """One started process: its output buffer, exit status and the waiters on either."""
 
     def __init__(self, pid_id, popen, master, timeout):
         self.id = pid_id
-        self.popen = popen
+        self.popen = popen  # set once started
         self.master = master  # pty master fd, or None
         self.started = time.time()
         self.ended = None
@@ -74,10 +80,8 @@ class Proc:
         self.size = 0  # total bytes ever produced
         self.cond = threading.Condition()
         self.open_streams = 0
-        if timeout:
-            timer = threading.Timer(timeout, self.expire)
-            timer.daemon = True
-            timer.start()
+        self.killing = False
+        self.deadline = time.time() + timeout if timeout else None
 
     def append(self, kind, data):
         with self.cond:
@@ -105,13 +109,20 @@ class Proc:
             self.cond.notify_all()
 
     def done(self):
-        # Output is complete once the process has exited and its pipes are drained.
-        return self.ended is not None and self.open_streams <= 0
+        # Output is complete once the process has exited and its pipes are drained; after a
+        # timeout, once the rest of its tree is gone too.
+        return self.ended is not None and self.open_streams <= 0 and not self.killing
 
     def expire(self):
-        if self.ended is None:
+        if self.ended is None and self.popen is not None:
             self.timed_out = True
-            kill_tree(self.popen.pid, signal.SIGKILL)
+            self.killing = True
+            try:
+                kill_tree(self.popen.pid, signal.SIGKILL)
+            finally:
+                with self.cond:
+                    self.killing = False
+                    self.cond.notify_all()
 
     def info(self):
         return {
@@ -133,36 +144,44 @@ LOCK = threading.Lock()
 COUNTER = [0]
 
 
-def children_of(pid):
-    kids = {}
+def tree_of(root):
+    """Pids in root's session or process group, and their descendants: what a command started."""
+    stats = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open("/proc/%s/stat" % entry) as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                    fields = f.read().rsplit(")", 1)[1].split()
+                stats[int(entry)] = (int(fields[1]), int(fields[2]), int(fields[3]))  # ppid pgrp sid
             except (OSError, ValueError, IndexError):
                 continue
-            kids.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        for c in kids.get(p, []):
-            found.append(c)
-            todo.append(c)
+    found = set(p for p, (_, pgrp, sid) in stats.items() if pgrp == root or sid == root)
+    found.add(root)
+    grew = True
+    while grew:
+        grew = False
+        for p, (ppid, _, _) in stats.items():
+            if ppid in found and p not in found and p != 1:
+                found.add(p)
+                grew = True
+    found.discard(os.getpid())
     return found
 
 
 def kill_tree(pid, sig):
-    # The process group covers the usual case; the /proc walk catches children that called setsid.
-    for target in [pid] + children_of(pid):
-        try:
-            os.kill(target, sig)
-        except OSError:
-            pass
-    try:
-        os.killpg(pid, sig)
-    except OSError:
-        pass
+    # Session and group cover the usual case; the parent walk catches children that called setsid.
+    # For SIGKILL, repeat until nothing is left: a fork bomb forks again between two passes.
+    for _ in range(200 if sig == signal.SIGKILL else 1):
+        alive = False
+        for target in tree_of(pid):
+            try:
+                os.kill(target, sig)
+                alive = True
+            except OSError:
+                pass
+        if not alive:
+            return
+        time.sleep(0.005)
 
 
 def reaper():
@@ -186,24 +205,6 @@ def reaper():
 
 ENTRY_DONE = threading.Event()
 CHILDREN = threading.Event()
-
-
-def pump(proc, fd, kind):
-    try:
-        while True:
-            try:
-                data = os.read(fd, CHUNK)
-            except OSError:  # EIO from a pty whose last writer closed
-                break
-            if not data:
-                break
-            proc.append(kind, data)
-    finally:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-        proc.stream_closed()
 
 
 def identity(user):
@@ -234,6 +235,8 @@ def spawn(req):
     kwargs = dict(cwd=cwd, env=env, start_new_session=True, close_fds=True)
     if uid is not None:
         kwargs.update(user=uid, group=gid, extra_groups=groups)
+    # Output fds are made here and read by the one I/O thread, so starting a process needs no new
+    # thread: a command that fills the pids limit at once cannot starve its own output readers.
     if use_pty:
         master, slave = pty.openpty()
         set_size(master, req.get("rows") or 24, req.get("cols") or 80)
@@ -243,40 +246,116 @@ def spawn(req):
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
         kwargs["preexec_fn"] = make_controlling
+        readers, writers = [(os.dup(master), STDOUT)], [slave]
     else:
-        kwargs.update(
-            stdin=subprocess.PIPE if req.get("stdin") else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        kwargs.update(stdin=subprocess.PIPE if req.get("stdin") else subprocess.DEVNULL, stdout=out_w, stderr=err_w)
+        readers, writers = [(out_r, STDOUT), (err_r, STDERR)], [out_w, err_w]
     proc_id = req.get("id")
     with LOCK:
         if proc_id is None:
             COUNTER[0] += 1
             proc_id = "p%d" % COUNTER[0]
+        proc = Proc(proc_id, None, master, req.get("timeout"))
         try:
-            popen = subprocess.Popen(req["argv"], **kwargs)
-        except FileNotFoundError:
-            raise ValueError("command not found: %s" % req["argv"][0])
-        except PermissionError:
-            raise ValueError("permission denied: %s" % req["argv"][0])
-        proc = Proc(proc_id, popen, master, req.get("timeout"))
+            proc.popen = subprocess.Popen(req["argv"], **kwargs)
+        except (OSError, subprocess.SubprocessError) as exc:
+            for fd, _ in readers:
+                os.close(fd)
+            if master is not None:
+                os.close(master)
+            if isinstance(exc, FileNotFoundError):
+                raise ValueError("command not found: %s" % req["argv"][0])
+            if isinstance(exc, PermissionError):
+                raise ValueError("permission denied: %s" % req["argv"][0])
+            if isinstance(exc, BlockingIOError):
+                raise Exhausted(PIDS_EXHAUSTED)
+            raise
+        finally:
+            for fd in writers:
+                os.close(fd)
         PROCS[proc_id] = proc
         CHILDREN.set()
         ended = [p for p in PROCS.values() if p.ended is not None]
         for old in ended[: max(0, len(ended) - KEEP_ENDED)]:
             PROCS.pop(old.id, None)
-    if use_pty:
-        os.close(slave)
-        proc.open_streams = 1
-        threading.Thread(target=pump, args=(proc, os.dup(master), STDOUT), daemon=True).start()
-    else:
-        proc.open_streams = 2
-        for pipe, kind in ((popen.stdout, STDOUT), (popen.stderr, STDERR)):
-            fd = os.dup(pipe.fileno())
-            pipe.close()
-            threading.Thread(target=pump, args=(proc, fd, kind), daemon=True).start()
+    proc.open_streams = len(readers)
+    IO.watch(proc, readers)
+    if proc.deadline is not None:
+        TIMEOUTS.add(proc)
     return proc
+
+
+class OutputReader:
+    """One thread that reads the output of every process, so spawning never needs a thread."""
+
+    def __init__(self):
+        self.selector = selectors.DefaultSelector()
+        self.wake_r, self.wake_w = os.pipe()
+        self.selector.register(self.wake_r, selectors.EVENT_READ, None)
+        self.pending = []
+        self.lock = threading.Lock()
+
+    def watch(self, proc, readers):
+        with self.lock:
+            self.pending.extend((proc, fd, kind) for fd, kind in readers)
+        os.write(self.wake_w, b"x")
+
+    def run(self):
+        while True:
+            for key, _ in self.selector.select():
+                if key.data is None:
+                    os.read(self.wake_r, 4096)
+                    with self.lock:
+                        pending, self.pending = self.pending, []
+                    for proc, fd, kind in pending:
+                        self.selector.register(fd, selectors.EVENT_READ, (proc, kind))
+                    continue
+                proc, kind = key.data
+                try:
+                    data = os.read(key.fd, CHUNK)
+                except OSError:  # EIO from a pty whose last writer closed
+                    data = b""
+                if data:
+                    proc.append(kind, data)
+                else:
+                    self.selector.unregister(key.fd)
+                    os.close(key.fd)
+                    proc.stream_closed()
+
+
+class Timeouts:
+    """One thread that kills processes whose timeout has passed."""
+
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.procs = []
+
+    def add(self, proc):
+        with self.cond:
+            self.procs.append(proc)
+            self.cond.notify()
+
+    def run(self):
+        while True:
+            with self.cond:
+                live = [p for p in self.procs if p.ended is None]
+                self.procs = live
+                due = [p for p in live if p.deadline <= time.time()]
+                if not due:
+                    nearest = min([p.deadline for p in live] or [time.time() + 3600])
+                    self.cond.wait(max(nearest - time.time(), 0.001))
+                    continue
+            for proc in due:
+                proc.expire()
+                with self.cond:
+                    if proc in self.procs:
+                        self.procs.remove(proc)
+
+
+IO = OutputReader()
+TIMEOUTS = Timeouts()
 
 
 def set_size(fd, rows, cols):
@@ -318,7 +397,10 @@ def control(proc, sock):
 
 
 def attach(proc, sock, offset, follow=True):
-    threading.Thread(target=control, args=(proc, sock), daemon=True).start()
+    try:
+        threading.Thread(target=control, args=(proc, sock), daemon=True).start()
+    except RuntimeError:
+        pass  # at the pids limit: output still flows, stdin/resize/signal frames wait for a retry
     pos = max(offset, 0)
     while True:
         with proc.cond:
@@ -522,6 +604,10 @@ def handle(sock):
         return
     except LookupError as exc:
         send(sock, ERROR, {"code": "NOT_FOUND", "message": str(exc.args[0])})
+    except Exhausted as exc:
+        send(sock, ERROR, {"code": "EXHAUSTED", "message": str(exc)})
+    except BlockingIOError:  # fork() refused with EAGAIN
+        send(sock, ERROR, {"code": "EXHAUSTED", "message": PIDS_EXHAUSTED})
     except ValueError as exc:
         send(sock, ERROR, {"code": "BAD_REQUEST", "message": str(exc)})
     except tarfile.TarError as exc:
@@ -559,14 +645,22 @@ def main():
     os.dup2(null, 0)
     os.close(null)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    threading.Thread(target=reaper, daemon=True).start()
+    for target in (reaper, IO.run, TIMEOUTS.run):
+        threading.Thread(target=target, daemon=True).start()
     config = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
     if config.get("entrypoint"):
         # The entrypoint writes to the agent's own stdout/stderr: the host's log file.
         spawn_entry(config)
     while True:
         conn, _ = listener.accept()
-        threading.Thread(target=serve_one, args=(conn,), daemon=True).start()
+        try:
+            threading.Thread(target=serve_one, args=(conn,), daemon=True).start()
+        except RuntimeError:
+            # No thread left under the pids limit: say so rather than die.
+            try:
+                send(conn, ERROR, {"code": "EXHAUSTED", "message": PIDS_EXHAUSTED})
+            finally:
+                conn.close()
 
 
 def spawn_entry(config):
@@ -574,7 +668,7 @@ def spawn_entry(config):
         popen = subprocess.Popen(
             config["entrypoint"],
             cwd=config.get("cwd") or "/",
-            env=config.get("env") or {},
+            env=dict(os.environ),  # the sandbox env, given to the agent by the OCI config
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
