@@ -38,8 +38,19 @@ def test_fork_bomb_hits_the_pids_limit_and_host_stays_responsive(server: Server)
 
 
 def test_exhausted_pids_is_a_clear_error_not_a_dead_sandbox(server: Server) -> None:
+    hog_code = (
+        "import os, time\n"
+        "while True:\n"  # take every pid the limit allows, and keep them
+        "    try:\n"
+        "        if os.fork() == 0:\n"
+        "            time.sleep(300); os._exit(0)\n"
+        "    except OSError:\n"
+        "        break\n"
+        "time.sleep(300)\n"
+    )
     with server.create(pids=32) as sb:
-        hog = sb.commands.run("for i in $(seq 1 100); do sleep 300 & done; wait", background=True)
+        sb.files.write("/tmp/hog.py", hog_code)
+        hog = sb.commands.run(["python3", "/tmp/hog.py"], background=True)
         deadline = time.monotonic() + 10
         while True:
             try:

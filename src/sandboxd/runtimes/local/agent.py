@@ -505,13 +505,18 @@ class SockWriter:
         pass
 
 
-def handle(sock):
+QUICK = ("signal", "status", "list", "stdin", "stat")
+
+
+def handle(sock, quick_only=False):
     kind, payload = recv(sock)
     if kind != REQ:
         return
     req = json.loads(payload)
     op = req["op"]
     try:
+        if quick_only and op not in QUICK:
+            raise Exhausted(PIDS_EXHAUSTED)
         if op == "spawn":
             proc = spawn(req)
             send(sock, REPLY, proc.info())
@@ -626,9 +631,9 @@ def handle(sock):
         send(sock, ERROR, {"code": code, "message": "%s: %s" % (exc.strerror, req.get("path", ""))})
 
 
-def serve_one(conn):
+def serve_one(conn, quick_only=False):
     try:
-        handle(conn)
+        handle(conn, quick_only)
     except Exception as exc:  # noqa: BLE001 - one bad request must not take the agent down
         try:
             send(conn, ERROR, {"code": "INTERNAL", "message": repr(exc)})
@@ -656,11 +661,11 @@ def main():
         try:
             threading.Thread(target=serve_one, args=(conn,), daemon=True).start()
         except RuntimeError:
-            # No thread left under the pids limit: say so rather than die.
-            try:
-                send(conn, ERROR, {"code": "EXHAUSTED", "message": PIDS_EXHAUSTED})
-            finally:
-                conn.close()
+            # No thread left under the pids limit. Requests that return at once (signal, status)
+            # are served right here, so a sandbox at its limit can still be told to kill; the
+            # rest are refused rather than let the agent die.
+            conn.settimeout(5)
+            serve_one(conn, quick_only=True)
 
 
 def spawn_entry(config):
