@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 
 from sandboxd import Sandbox
@@ -31,16 +32,17 @@ def test_no_host_processes_visible(sandbox: Sandbox) -> None:
 def test_root_inside_is_not_root_outside(sandbox: Sandbox) -> None:
     _, uid_map = run(sandbox, "cat /proc/self/uid_map")
     assert uid_map.split() == ["0", "1000000", "65536"]
-    r = sandbox.commands.run("sleep 30", background=True)
-    host_pids = [p for p in os.listdir("/proc") if p.isdigit()]
-    owners = set()
-    for pid in host_pids:
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if cmdline == b"sleep\x0030\x00":
-                owners.add(os.stat(f"/proc/{pid}").st_uid)
-        except OSError:
-            continue
+    r = sandbox.commands.run("sleep 31.5", background=True)
+    owners: set[int] = set()
+    deadline = time.monotonic() + 5
+    while not owners and time.monotonic() < deadline:
+        for pid in [p for p in os.listdir("/proc") if p.isdigit()]:
+            try:
+                if Path(f"/proc/{pid}/cmdline").read_bytes() == b"sleep\x0031.5\x00":
+                    owners.add(os.stat(f"/proc/{pid}").st_uid)
+            except OSError:
+                continue
+        time.sleep(0.02)
     r.kill()
     assert owners == {1_000_000}
 
