@@ -70,11 +70,23 @@ def test_mount_umount_unshare_and_modules_refused(sandbox: Sandbox) -> None:
         "    rc = libc.syscall(nr, 0, 0, 0)\n"
         "    print(name, rc, ctypes.get_errno())\n"
     )
+    probe += (
+        "import signal\n"
+        "for flag in (0x10000000, 0x20000000, 0x40000000, 0x00020000):\n"  # NEWUSER NEWPID NEWNET NEWNS
+        "    rc = libc.syscall(56, flag | signal.SIGCHLD, 0, 0, 0, 0)\n"
+        "    if rc == 0:\n"
+        "        os._exit(0)\n"
+        "    print('clone-%x' % flag, rc, ctypes.get_errno())\n"
+    )
     sandbox.files.write("/tmp/mod.py", probe)
     _, out = run(sandbox, "python3 /tmp/mod.py")
-    for line in out.strip().splitlines():
+    lines = out.strip().splitlines()
+    assert len(lines) == 7, out
+    for line in lines:
         name, rc, errno = line.split()
         assert rc == "-1" and errno == "1", line  # EPERM
+    # Plain fork still works: only namespace flags are refused.
+    assert sandbox.commands.run("sh -c 'echo $$' | wc -l").stdout.strip() == "1"
 
 
 def test_proc_sys_and_sys_are_read_only(sandbox: Sandbox) -> None:

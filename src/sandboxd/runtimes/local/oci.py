@@ -102,6 +102,10 @@ READONLY_PATHS = [
     "/proc/sysrq-trigger",
 ]
 
+# clone() with any of these flags makes new namespaces: refused, like unshare and setns.
+CLONE_NAMESPACE_FLAGS = [0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000]
+EPERM, ENOSYS = 1, 38
+
 AGENT_PATH = "/.sandboxd/agent.py"
 CPU_PERIOD_US = 100_000
 
@@ -216,7 +220,19 @@ def build_config(
                 "defaultAction": "SCMP_ACT_ALLOW",
                 "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
                 "syscalls": [
-                    {"names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": 1},
+                    {"names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM},
+                    *(
+                        {
+                            "names": ["clone"],
+                            "action": "SCMP_ACT_ERRNO",
+                            "errnoRet": EPERM,
+                            "args": [{"index": 0, "value": flag, "valueTwo": flag, "op": "SCMP_CMP_MASKED_EQ"}],
+                        }
+                        for flag in CLONE_NAMESPACE_FLAGS
+                    ),
+                    # clone3 passes its flags in memory, out of seccomp's sight: ENOSYS makes libc
+                    # fall back to clone, where the flags can be checked.
+                    {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS},
                 ],
             },
             "maskedPaths": MASKED_PATHS,

@@ -151,19 +151,13 @@ class LocalRuntime:
         # The overlay root takes its owner from the upper dir: root of the sandbox's user namespace.
         os.chown(home / "upper", self.idmap.host_id, self.idmap.host_id)
         mounts.mount_overlay(lower, home / "upper", home / "work", home / "rootfs")
-        etc = home / "rootfs" / "etc"
         hostname = sandbox_id.replace("_", "-")[:63]
         files = {
             "hostname": f"{hostname}\n",
             "hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost\n{address or '127.0.1.1'}\t{hostname}\n",
             "resolv.conf": _resolv_conf() if address else "",
         }
-        for name, text in files.items():
-            path = etc / name
-            if path.is_symlink():
-                path.unlink()
-            path.write_text(text)
-            os.chown(path, self.idmap.host_id, self.idmap.host_id)
+        write_etc_files(home / "rootfs", files, self.idmap.host_id)
 
     async def _wait_ready(self, sandbox_id: str) -> None:
         """Returns once the agent answers: the sandbox can run commands."""
@@ -278,6 +272,28 @@ class LocalRuntime:
                 raise RuntimeFailure(f"{self.binary} {args[0]} failed: {message}")
             return ""
         return (out or b"").decode()
+
+
+def write_etc_files(rootfs: Path, files: dict[str, str], owner: int) -> None:
+    """Writes files into the image's /etc without following any symlink the image put there.
+
+    The host writes these as root before the sandbox starts, so an image whose /etc (or
+    /etc/hosts) is a symlink to a host path must not redirect the write: every step is O_NOFOLLOW
+    relative to a directory fd, and an /etc that is not a plain directory is refused."""
+    try:
+        etc = os.open(rootfs / "etc", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise InvalidRequest("image", f"the image's /etc is not a directory: {exc.strerror}") from None
+    try:
+        for name, text in files.items():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=etc)
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=etc)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                os.fchown(f.fileno(), owner, owner)
+    finally:
+        os.close(etc)
 
 
 def _resolv_conf() -> str:
