@@ -21,6 +21,9 @@ class Runtime(Protocol):
     async def start(self) -> None:
         """Prepares the host (bridge, directories); called once when the server starts."""
 
+    def check(self, spec: SandboxSpec) -> None:
+        """Refuses, before anything is made, a spec this runtime cannot run (unknown image ...)."""
+
     async def create(self, sandbox_id: str, spec: SandboxSpec) -> dict[str, Any]:
         """Builds and starts a sandbox; returns the record a restarted server re-attaches with.
 

@@ -64,7 +64,7 @@ class SandboxService:
 
     async def create(self, req: CreateSandbox, wait: bool = True) -> Sandbox:
         spec = self.build_spec(req)
-        self.runtime_check_image(spec.image)
+        self.runtime.check(spec)
         now = utcnow()
         sandbox = Sandbox(
             id=new_id(),
@@ -81,11 +81,6 @@ class SandboxService:
             await asyncio.shield(task)
             return self.get(sandbox.id)
         return sandbox
-
-    def runtime_check_image(self, image: str) -> None:
-        images = getattr(self.runtime, "images", None)
-        if images is not None:
-            images.get(image)  # raises ImageNotFound naming the field
 
     async def _start(self, sandbox: Sandbox) -> None:
         async with self._lock(sandbox.id):

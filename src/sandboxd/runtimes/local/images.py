@@ -156,9 +156,10 @@ def shift_ownership(root: Path, base: int) -> None:
 
 
 def _rootfs_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
-    # The "tar" filter refuses absolute paths, ".." and links out of the tree but, unlike "data",
-    # keeps owners, modes and device nodes that a root filesystem needs.
-    return tarfile.tar_filter(member, dest)
+    # The "tar" filter refuses absolute paths, ".." and links out of the tree and keeps owners; a
+    # root filesystem also needs its setuid and sticky bits (su, /tmp), which that filter clears.
+    checked = tarfile.tar_filter(member, dest)
+    return checked.replace(mode=member.mode, deep=False) if checked is not None else None
 
 
 def _oci_layers(layout: Path, ref: str | None) -> list[Path]:

@@ -22,7 +22,7 @@ from sandboxd.errors import InvalidRequest, RuntimeFailure
 from sandboxd.runtimes.agent_client import Agent, AgentConnection, unix_connector
 from sandboxd.runtimes.base import Liveness
 from sandboxd.runtimes.local import mounts, oci
-from sandboxd.runtimes.local.images import ImageStore
+from sandboxd.runtimes.local.images import Image, ImageStore
 from sandboxd.runtimes.local.network import Network, veth_name
 
 AGENT_SOURCE = Path(__file__).with_name("agent.py")
@@ -92,10 +92,18 @@ class LocalRuntime:
 
     # -- create / destroy ------------------------------------------------------------------------
 
-    async def create(self, sandbox_id: str, spec: SandboxSpec) -> dict[str, Any]:
-        image = self.images.get(spec.image)
+    def check(self, spec: SandboxSpec) -> None:
+        self._python(spec.image)
+
+    def _python(self, name: str) -> tuple[Image, str]:
+        image = self.images.get(name)
         if image.python is None:
-            raise InvalidRequest("image", f"image {spec.image!r} has no python3 to run the agent")
+            # The agent, PID 1 of every sandbox, runs on the image's own python3.
+            raise InvalidRequest("image", f"image {name!r} has no python3 to run the sandbox agent")
+        return image, image.python
+
+    async def create(self, sandbox_id: str, spec: SandboxSpec) -> dict[str, Any]:
+        image, python = self._python(spec.image)
         home = self.root / sandbox_id
         record: dict[str, Any] = {"address": None}
         try:
@@ -115,7 +123,7 @@ class LocalRuntime:
                     idmap=self.idmap,
                     agent_host_path=str(AGENT_SOURCE),
                     agent_config=json.dumps({"entrypoint": spec.entrypoint, "cwd": spec.cwd}),
-                    python=image.python,
+                    python=python,
                 )
                 (home / "config.json").write_text(json.dumps(config))
                 log = os.open(self.logs_path(sandbox_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
