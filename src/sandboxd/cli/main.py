@@ -193,7 +193,7 @@ def exec_(
     sdk = _sdk()
     try:
         sb = sdk.Sandbox.connect(sandbox_id)
-        with sb._http:
+        try:
             if as_json:
                 result = sb.commands.run(list(command), cwd=cwd, user=user, timeout=timeout)
                 click.echo(json.dumps(result.__dict__, indent=2))
@@ -206,6 +206,8 @@ def exec_(
                     on_stdout=lambda s: (sys.stdout.write(s), sys.stdout.flush()),
                     on_stderr=lambda s: (sys.stderr.write(s), sys.stderr.flush()),
                 )
+        finally:
+            sb.close()
     except sdk.SandboxError as exc:
         _fail(exc)
     sys.exit(result.exit_code)
