@@ -63,12 +63,12 @@ class ImageStore:
                 DEBIAN_SUITE,
                 str(staging),
             ]
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                if progress:
-                    progress(line.rstrip())
-            if proc.wait() != 0:
+            with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    if progress:
+                        progress(line.rstrip())
+            if proc.returncode != 0:
                 raise RuntimeError(f"mmdebstrap failed with exit code {proc.returncode}")
 
         return self._install(name, step)
