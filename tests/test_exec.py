@@ -104,3 +104,13 @@ def test_exec_through_http_is_fast_enough_to_matter(server: Server, sandbox: San
         for _ in range(5):
             r = http.post(f"/api/v1/sandboxes/{sandbox.id}/commands", json={"command": ["true"]})
             assert r.json()["exit_code"] == 0
+
+
+def test_huge_output_is_truncated_in_sync_results_but_kept_in_logs(server: Server, sandbox: Sandbox) -> None:
+    r = sandbox.commands.run("head -c 10485760 /dev/zero | tr '\\0' a")
+    assert r.truncated and len(r.stdout) == 8 * 1024 * 1024 and r.exit_code == 0
+    with server.client() as http:
+        tail = http.get(
+            f"/api/v1/sandboxes/{sandbox.id}/processes/{r.process_id}/logs", params={"offset": 10485760 - 5}
+        ).json()
+    assert tail["stdout"] == "aaaaa" and tail["next_offset"] == 10485760

@@ -47,6 +47,14 @@ def test_root_inside_is_not_root_outside(sandbox: Sandbox) -> None:
     assert owners == {1_000_000}
 
 
+def test_the_agent_cannot_be_inspected_from_inside(sandbox: Sandbox) -> None:
+    # PID 1 holds the socket the host talks through: its fds and memory stay out of reach.
+    probes = ("readlink -v /proc/1/fd/0", "cat /proc/1/environ", "head -c 1 /proc/1/mem", "readlink -v /proc/1/root")
+    for probe in probes:
+        code, out = run(sandbox, probe)
+        assert code != 0 and "denied" in out.lower(), (probe, out)
+
+
 def test_capabilities_and_no_new_privileges(sandbox: Sandbox) -> None:
     _, status = run(sandbox, "grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status")
     fields = dict(line.split(":\t") for line in status.strip().splitlines())

@@ -71,6 +71,9 @@ class CommandResultOut(BaseModel):
     timed_out: bool
     signal: int | None
     oom_killed: bool
+    truncated: bool = Field(
+        False, description="Output past 8 MiB per stream was left out; read it from the process logs."
+    )
 
 
 class ProcessOut(BaseModel):

@@ -17,6 +17,9 @@ from sandboxd.errors import Conflict, Forbidden, InvalidRequest, NotFoundInSandb
 REQ, STDOUT, STDERR, EXIT, STDIN, EOF, SIGNAL, RESIZE, DATA, END, REPLY, ERROR = range(1, 13)
 HEADER = struct.Struct(">BI")
 CHUNK = 65536
+# The agent runs inside the sandbox, so what it sends is untrusted: a frame may not make the
+# server allocate more than this.
+MAX_FRAME = 64 * 1024 * 1024
 
 
 def raise_agent_error(payload: bytes) -> None:
@@ -48,6 +51,8 @@ class AgentConnection:
     async def recv(self) -> tuple[int, bytes]:
         try:
             kind, size = HEADER.unpack(await self.reader.readexactly(HEADER.size))
+            if size > MAX_FRAME:
+                raise RuntimeFailure(f"the sandbox agent sent an oversized frame ({size} bytes)")
             return kind, await self.reader.readexactly(size) if size else b""
         except asyncio.IncompleteReadError as exc:
             raise RuntimeFailure("the sandbox agent closed the connection") from exc

@@ -13,6 +13,7 @@ class CommandResult:
     signal: int | None
     oom_killed: bool
     process_id: str
+    truncated: bool = False
 
 
 @dataclass

@@ -37,6 +37,7 @@ class CommandResult:
     signal: int | None
     oom_killed: bool
     process_id: str
+    truncated: bool = False
 
 
 @dataclass
@@ -45,6 +46,7 @@ class Exit:
 
 
 STREAMS = {proto.STDOUT: "stdout", proto.STDERR: "stderr"}
+MAX_SYNC_OUTPUT = 8 * 1024 * 1024  # bytes per stream in a synchronous result
 
 
 class CommandService:
@@ -85,10 +87,18 @@ class CommandService:
 
     async def run(self, sandbox_id: str, cmd: RunCommand) -> CommandResult:
         out: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
+        kept = {"stdout": 0, "stderr": 0}
+        truncated = False
         info: dict[str, Any] = {}
         async for item in self.stream(sandbox_id, cmd):
             if isinstance(item, Output):
-                out[item.stream].append(item.data)
+                # The server holds a synchronous result in memory: keep the head of each stream and
+                # leave the rest to the process log (offsets), which stream instead.
+                room = MAX_SYNC_OUTPUT - kept[item.stream]
+                if len(item.data) > room:
+                    truncated = True
+                out[item.stream].append(item.data[: max(room, 0)])
+                kept[item.stream] += min(len(item.data), max(room, 0))
             else:
                 info = item.info
         return CommandResult(
@@ -100,6 +110,7 @@ class CommandService:
             signal=info["signal"],
             oom_killed=info["oom_killed"],
             process_id=info["id"],
+            truncated=truncated,
         )
 
     async def start(self, sandbox_id: str, cmd: RunCommand) -> dict[str, Any]:

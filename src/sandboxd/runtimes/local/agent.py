@@ -643,7 +643,19 @@ def serve_one(conn, quick_only=False):
         conn.close()
 
 
+def make_undumpable():
+    # Other processes of the sandbox run as the same uid: without this they could read the
+    # agent's memory and file descriptors through /proc/1.
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE, 0
+    except (OSError, AttributeError):
+        pass
+
+
 def main():
+    make_undumpable()
     # The listening socket arrives as stdin; stdin proper is /dev/null from here on.
     listener = socket.socket(fileno=os.dup(0))
     null = os.open(os.devnull, os.O_RDONLY)
