@@ -8,6 +8,7 @@ the suite checks that nothing of sandboxd is left on the host.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -24,6 +25,7 @@ import pytest
 
 from sandboxd import Sandbox
 from sandboxd.runtimes.local.images import ImageStore
+from sandboxd.runtimes.local.network import Network
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_CACHE = Path(os.environ.get("SANDBOXD_TEST_IMAGES", "/var/tmp/sandboxd-test-images"))
@@ -138,6 +140,49 @@ def server(image_cache: Path, workdir: Path) -> Iterator[Server]:
     srv.stop()
     assert_no_leaks(srv.data_dir, srv.bridge)
     teardown_bridge(srv.bridge)
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    assert "sandboxd_" not in tables, tables
+
+
+class InternetHost:
+    """A host on "the internet": its own network namespace, reached from sandboxes only through the
+    host's NAT, running a TCP server that greets whoever connects."""
+
+    NETNS, LINK, ADDRESS, PEER = "sbxd-testnet", "sbxdth0", "10.77.200.2", "10.77.200.1"
+    SERVER = (
+        "import socket\n"
+        "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        "s.bind(('0.0.0.0', 8000)); s.listen(16)\n"
+        "while True:\n"
+        "    c, addr = s.accept(); c.sendall(b'hello from the test host ' + addr[0].encode() + b'\\n'); c.close()\n"
+    )
+
+    def __init__(self) -> None:
+        self.port = 8000
+        for cmd in (
+            f"netns add {self.NETNS}",
+            f"link add {self.LINK} type veth peer name eth0 netns {self.NETNS}",
+            f"addr add {self.PEER}/30 dev {self.LINK}",
+            f"link set {self.LINK} up",
+            f"-n {self.NETNS} addr add {self.ADDRESS}/30 dev eth0",
+            f"-n {self.NETNS} link set eth0 up",
+            f"-n {self.NETNS} link set lo up",
+        ):
+            subprocess.run(["ip", *cmd.split()], check=True)
+        self.proc = subprocess.Popen(["ip", "netns", "exec", self.NETNS, sys.executable, "-c", self.SERVER])
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        subprocess.run(["ip", "link", "del", self.LINK], capture_output=True, check=False)
+        subprocess.run(["ip", "netns", "del", self.NETNS], capture_output=True, check=False)
+
+
+@pytest.fixture(scope="session")
+def test_host() -> Iterator[InternetHost]:
+    host = InternetHost()
+    yield host
+    host.close()
 
 
 @pytest.fixture
@@ -147,7 +192,7 @@ def sandbox(server: Server) -> Iterator[Sandbox]:
 
 
 def teardown_bridge(bridge: str) -> None:
-    subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)
+    asyncio.run(Network(bridge, "10.0.0.0/30").teardown_host())  # the subnet plays no part here
 
 
 def leaks(data_dir: Path, bridge: str) -> list[str]:

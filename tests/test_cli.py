@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import Server, free_port
+from tests.conftest import Server, free_port, teardown_bridge
 
 
 def cli(server: Server, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -84,4 +84,4 @@ def test_serve_generates_a_key_and_reads_a_config_file(image_cache: Path, workdi
             http.delete(f"/api/v1/sandboxes/{made['id']}")
     finally:
         server.stop()
-        subprocess.run(["ip", "link", "del", "sbxdtest2"], capture_output=True, check=False)
+        teardown_bridge("sbxdtest2")

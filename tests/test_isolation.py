@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from sandboxd import Sandbox
-from tests.conftest import Server
+from tests.conftest import InternetHost, Server
 
 # Docker's default set: chown dac_override fowner fsetid kill setgid setuid setpcap net_bind_service
 # net_raw sys_chroot mknod audit_write setfcap.
@@ -189,25 +189,55 @@ CONNECT = (
     "except OSError as e:\n"
     "    print('refused', e)\n"
 )
+GATEWAY = "10.77.0.1"  # the session server's bridge address (conftest)
 
 
-def test_internet_access_false_means_loopback_only(server: Server) -> None:
+def connect(sb: Sandbox, address: str, port: int) -> str:
+    sb.files.write("/tmp/connect.py", CONNECT)
+    return sb.commands.run(f"python3 /tmp/connect.py {address} {port}").stdout.strip()
+
+
+def test_internet_access_goes_out_through_nat(server: Server, test_host: InternetHost) -> None:
+    with server.create(internet_access=True) as sb:
+        out = connect(sb, test_host.ADDRESS, test_host.port)
+        # Reached, and seen from the host's side of the NAT, not with the sandbox's own address.
+        assert out == f"hello from the test host {test_host.PEER}", out
+
+
+def test_internet_access_false_means_loopback_only(server: Server, test_host: InternetHost) -> None:
     host = HostServer()
-    gateway = "10.77.0.1"  # the session server's bridge address (conftest)
     try:
-        with server.create(internet_access=True) as open_sb, server.create(internet_access=False) as closed_sb:
-            for sb in (open_sb, closed_sb):
-                sb.files.write("/tmp/connect.py", CONNECT)
-            # Positive control: the same server is reachable from a sandbox with network access.
-            assert open_sb.commands.run(f"python3 /tmp/connect.py {gateway} {host.port}").stdout.startswith("hello")
-            out = closed_sb.commands.run(f"python3 /tmp/connect.py {gateway} {host.port}").stdout
-            assert out.startswith("refused"), out
-            links = closed_sb.commands.run("ls /sys/class/net").stdout.split()
-            assert links == ["lo"]
-            lo = closed_sb.commands.run(
+        with server.create(internet_access=False) as sb:
+            assert connect(sb, test_host.ADDRESS, test_host.port).startswith("refused")
+            assert connect(sb, GATEWAY, host.port).startswith("refused")
+            assert sb.commands.run("ls /sys/class/net").stdout.split() == ["lo"]
+            lo = sb.commands.run(
                 "python3 -c \"import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print('ok')\""
             )
             assert lo.stdout == "ok\n"
-        assert host.hits == 1
+        assert host.hits == 0
+    finally:
+        host.close()
+
+
+def test_sandboxes_cannot_reach_the_host_or_each_other(server: Server, test_host: InternetHost) -> None:
+    host = HostServer()
+    listener = (
+        "import socket\n"
+        "s = socket.socket(); s.bind(('0.0.0.0', 9000)); s.listen(4)\n"
+        "while True:\n"
+        "    c, _ = s.accept(); c.sendall(b'hello from a sandbox\\n'); c.close()\n"
+    )
+    try:
+        with server.create() as a, server.create() as b:
+            a.files.write("/tmp/listen.py", listener)
+            a.commands.run("python3 /tmp/listen.py", background=True)
+            address = a.commands.run("hostname -I").stdout.split()[0]
+            assert connect(a, "127.0.0.1", 9000) == "hello from a sandbox"  # it is listening
+            assert connect(b, address, 9000).startswith("refused")
+            assert connect(b, GATEWAY, host.port).startswith("refused")
+            assert connect(b, "169.254.169.254", 80).startswith("refused")
+            assert connect(b, test_host.ADDRESS, test_host.port).startswith("hello")  # while this works
+        assert host.hits == 0
     finally:
         host.close()

@@ -16,7 +16,6 @@ import os
 from sandboxd.errors import RuntimeFailure
 
 VETH_PREFIX = "sbxv"
-NFT_TABLE = "sandboxd"
 
 
 def veth_name(sandbox_id: str) -> str:
@@ -42,6 +41,8 @@ class Network:
         self.bridge = bridge
         self.subnet = ipaddress.ip_network(subnet)
         self.gateway = next(self.subnet.hosts())
+        # One table per bridge: several servers on one host (tests do this) keep their own rules.
+        self.table = f"sandboxd_{bridge}".replace("-", "_")
         self._used: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
         self._lock = asyncio.Lock()
 
@@ -60,18 +61,30 @@ class Network:
             )
         with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
             f.write("1")
-        # Outbound NAT for the sandbox subnet; replaced whole so a restart never duplicates rules.
+        # Outbound NAT for the sandbox subnet, and the host closed to its sandboxes: a sandbox
+        # reaches the outside, not the services of the machine it runs on, nor link-local
+        # metadata addresses. Replaced whole, so a restart never duplicates rules.
+        t, br = self.table, self.bridge
         await run(
             "nft",
             "-f",
             "-",
             stdin=(
-                f"table ip {NFT_TABLE} {{}}\n"
-                f"delete table ip {NFT_TABLE}\n"
-                f"table ip {NFT_TABLE} {{\n"
+                f"table ip {t} {{}}\n"
+                f"delete table ip {t}\n"
+                f"table ip {t} {{\n"
                 f"  chain postrouting {{\n"
                 f"    type nat hook postrouting priority srcnat; policy accept;\n"
-                f'    ip saddr {self.subnet} oifname != "{self.bridge}" masquerade\n'
+                f'    ip saddr {self.subnet} oifname != "{br}" masquerade\n'
+                f"  }}\n"
+                f"  chain input {{\n"
+                f"    type filter hook input priority filter; policy accept;\n"
+                f'    iifname "{br}" ct state established,related accept\n'
+                f'    iifname "{br}" drop\n'
+                f"  }}\n"
+                f"  chain forward {{\n"
+                f"    type filter hook forward priority filter; policy accept;\n"
+                f'    iifname "{br}" ip daddr 169.254.0.0/16 drop\n'
                 f"  }}\n"
                 f"}}\n"
             ),
@@ -79,7 +92,7 @@ class Network:
 
     async def teardown_host(self) -> None:
         await run("ip", "link", "del", self.bridge, check=False)
-        await run("nft", "delete", "table", "ip", NFT_TABLE, check=False)
+        await run("nft", "delete", "table", "ip", self.table, check=False)
 
     def reserve(self, address: str) -> None:
         self._used.add(ipaddress.ip_address(address))
@@ -108,6 +121,9 @@ class Network:
                 stdin=(
                     f"link add {host_end} type veth peer name eth0 netns {pid}\n"
                     f"link set {host_end} master {self.bridge} up\n"
+                    # Isolated bridge ports forward only to the host side: sandboxes cannot
+                    # reach each other.
+                    f"link set dev {host_end} type bridge_slave isolated on\n"
                 ),
             )
             inside += (
