@@ -23,6 +23,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path("/var/lib/sandboxd")
     images_dir: Path | None = None  # default: <data_dir>/images
     api_key: str | None = None
+    runtime: Literal["local"] = "local"
     oci_runtime: Literal["auto", "runc", "crun"] = "auto"
     bridge: str = "sbxd0"
     subnet: str = "10.88.0.0/16"

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from sandboxd.domain import Sandbox
 from sandboxd.runtimes import agent_client as proto
 from sandboxd.runtimes.agent_client import AgentConnection
 from sandboxd.services.requests import RunCommand
@@ -53,8 +54,8 @@ class CommandService:
     def __init__(self, sandboxes: SandboxService) -> None:
         self.sandboxes = sandboxes
 
-    def _spawn_args(self, sandbox_id: str, cmd: RunCommand, **extra: Any) -> dict[str, Any]:
-        sandbox = self.sandboxes.running(sandbox_id)
+    @staticmethod
+    def _spawn_args(sandbox: Sandbox, cmd: RunCommand, **extra: Any) -> dict[str, Any]:
         return {
             "argv": cmd.argv(),
             "env": {**sandbox.spec.env, **cmd.env},
@@ -68,9 +69,9 @@ class CommandService:
 
     async def stream(self, sandbox_id: str, cmd: RunCommand) -> AsyncIterator[Output | Exit]:
         """Starts a command and yields its output as it comes, then its exit."""
-        _, agent = self.sandboxes.agent(sandbox_id)
+        sandbox, agent = self.sandboxes.agent(sandbox_id)
         oom_before = self.sandboxes.runtime.oom_kills(sandbox_id)
-        conn, info = await agent.open("spawn", **self._spawn_args(sandbox_id, cmd, attach=True))
+        conn, info = await agent.open("spawn", **self._spawn_args(sandbox, cmd, attach=True))
         try:
             if cmd.stdin is not None:
                 await conn.send(proto.STDIN, cmd.stdin.encode())
@@ -115,8 +116,8 @@ class CommandService:
 
     async def start(self, sandbox_id: str, cmd: RunCommand) -> dict[str, Any]:
         """Starts a background process; returns its status with the id to address it by."""
-        _, agent = self.sandboxes.agent(sandbox_id)
-        info = await agent.call("spawn", **self._spawn_args(sandbox_id, cmd))
+        sandbox, agent = self.sandboxes.agent(sandbox_id)
+        info = await agent.call("spawn", **self._spawn_args(sandbox, cmd))
         if cmd.stdin is not None:
             await agent.call("stdin", id=info["id"], data=cmd.stdin, eof=True)
         return dict(info)
@@ -152,8 +153,8 @@ class CommandService:
 
     async def terminal(self, sandbox_id: str, cmd: RunCommand, rows: int, cols: int) -> AgentConnection:
         """Starts a process on a PTY; the caller relays STDIN/RESIZE frames and reads output."""
-        _, agent = self.sandboxes.agent(sandbox_id)
-        args = self._spawn_args(sandbox_id, cmd, attach=True, pty=True, rows=rows, cols=cols)
+        sandbox, agent = self.sandboxes.agent(sandbox_id)
+        args = self._spawn_args(sandbox, cmd, attach=True, pty=True, rows=rows, cols=cols)
         args["env"].setdefault("TERM", "xterm-256color")
         conn, _ = await agent.open("spawn", **args)
         return conn

@@ -145,6 +145,11 @@ class SandboxService:
         self.store.update(sandbox)
         return sandbox
 
+    def logs_path(self, sandbox_id: str) -> str:
+        """Where the entrypoint's output is kept; it outlives the sandbox until the record goes."""
+        self.get(sandbox_id)
+        return self.runtime.logs_path(sandbox_id)
+
     def running(self, sandbox_id: str) -> Sandbox:
         sandbox = self.get(sandbox_id)
         if sandbox.status.state != State.RUNNING:

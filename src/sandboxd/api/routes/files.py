@@ -79,8 +79,7 @@ async def entrypoint_logs(
     sandbox_id: str, service: Sandboxes, offset: Annotated[int, Query(ge=0)] = 0
 ) -> StreamingResponse:
     """Output of the sandbox's entrypoint (stdout and stderr interleaved), from a byte offset."""
-    service.get(sandbox_id)
-    path = service.runtime.logs_path(sandbox_id)
+    path = service.logs_path(sandbox_id)
 
     async def chunks() -> AsyncIterator[bytes]:
         try:

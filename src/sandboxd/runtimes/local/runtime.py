@@ -184,6 +184,11 @@ class LocalRuntime:
         return data[-size:].decode(errors="replace").strip()
 
     async def destroy(self, sandbox_id: str, record: dict[str, Any]) -> None:
+        # Kill, watch the init's pid go, then delete: `delete --force` alone polls in 100 ms steps.
+        pid = record.get("pid")
+        if isinstance(pid, int):
+            await self._runc("kill", sandbox_id, "KILL", check=False)
+            await _wait_gone(pid)
         await self._runc("delete", "--force", sandbox_id, check=False)
         home = self.root / sandbox_id
         await asyncio.to_thread(self._remove_home, home)
@@ -280,6 +285,19 @@ class LocalRuntime:
                 raise RuntimeFailure(f"{self.binary} {args[0]} failed: {message}")
             return ""
         return (out or b"").decode()
+
+
+async def _wait_gone(pid: int, limit: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while loop.time() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    return
+        except OSError:
+            return
+        await asyncio.sleep(0.002)
 
 
 def write_etc_files(rootfs: Path, files: dict[str, str], owner: int) -> None:

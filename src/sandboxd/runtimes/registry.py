@@ -1,0 +1,31 @@
+"""Backends by name: config picks one, nothing else knows which."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sandboxd.config import Settings
+from sandboxd.runtimes.base import Runtime
+
+
+def _local(settings: Settings) -> Runtime:
+    from sandboxd.runtimes.local.images import ImageStore
+    from sandboxd.runtimes.local.network import Network
+    from sandboxd.runtimes.local.runtime import LocalRuntime, choose_binary
+
+    return LocalRuntime(
+        data_dir=settings.data_dir,
+        images=ImageStore(settings.image_root, settings.userns_base),
+        network=Network(settings.bridge, settings.subnet),
+        binary=choose_binary(settings.oci_runtime),
+        id_base=settings.userns_base,
+        id_size=settings.userns_size,
+    )
+
+
+# A Kubernetes backend registers here, behind the same protocol.
+RUNTIMES: dict[str, Callable[[Settings], Runtime]] = {"local": _local}
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    return RUNTIMES[settings.runtime](settings)
