@@ -17,6 +17,7 @@ from sandboxd.api.deps import require_key
 from sandboxd.api.routes import commands, files, health, sandboxes, terminal
 from sandboxd.config import Settings
 from sandboxd.domain import new_id
+from sandboxd.logs import request_id
 from sandboxd.runtimes.registry import build_runtime
 from sandboxd.services.commands import CommandService
 from sandboxd.services.files import FileService
@@ -43,6 +44,7 @@ class RequestIdMiddleware:
         headers = dict(scope["headers"])
         rid = headers.get(b"x-request-id", b"").decode("latin-1") or new_id("req_")
         scope.setdefault("state", {})["request_id"] = rid
+        request_id.set(rid)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -46,12 +46,11 @@ def main() -> None:
 @click.option("--port", type=int, default=None, help="Overrides SANDBOXD_PORT.")
 def serve(host: str | None, port: int | None) -> None:
     """Runs the API server (prepares the default image on first start)."""
-    import logging
-
     import uvicorn
 
     from sandboxd.api.app import create_app
     from sandboxd.config import Settings
+    from sandboxd.logs import configure as configure_logs
     from sandboxd.runtimes.local.images import ImageStore
 
     overrides: dict[str, Any] = {}
@@ -60,7 +59,7 @@ def serve(host: str | None, port: int | None) -> None:
     if port:
         overrides["port"] = port
     settings = Settings(**overrides)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logs()
     images = ImageStore(settings.image_root, settings.userns_base)
     if settings.default_image == "debian" and not images.exists("debian"):
         with console.status("building the debian image (mmdebstrap, minbase + python3)") as status:
@@ -70,7 +69,9 @@ def serve(host: str | None, port: int | None) -> None:
     err.print(f"sandboxd on http://{settings.host}:{settings.port}  data: {settings.data_dir}")
     err.print(f"export SANDBOXD_URL=http://{settings.host}:{settings.port} SANDBOXD_API_KEY={key}")
     # The stdlib loop: uvloop spawns subprocesses (runc, ip) ~25 ms slower per create, measured.
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info", loop="asyncio")
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_level="info", loop="asyncio", log_config=None
+    )
 
 
 def _sandbox_table(items: list[dict[str, Any]]) -> Table:

@@ -90,7 +90,7 @@ class SandboxService:
                 self._transition(sandbox.id, State.FAILED, "create_failed", exc.message)
                 return
             except Exception as exc:
-                log.exception("create of %s failed", sandbox.id)
+                log.exception("create failed", extra={"sandbox_id": sandbox.id})
                 self._transition(sandbox.id, State.FAILED, "create_failed", str(exc))
                 return
             current = self.store.get(sandbox.id)
@@ -165,11 +165,11 @@ class SandboxService:
     def _transition(self, sandbox_id: str, state: State, reason: str, message: str = "") -> Sandbox:
         sandbox = self.get(sandbox_id)
         if state != sandbox.status.state and state not in TRANSITIONS[sandbox.status.state]:
-            log.warning("ignored %s -> %s for %s", sandbox.status.state, state, sandbox_id)
+            log.warning("ignored %s -> %s", sandbox.status.state, state, extra={"sandbox_id": sandbox_id})
             return sandbox
         sandbox.status = Status(state=state, reason=reason, message=message, changed_at=utcnow())
         self.store.update(sandbox)
-        log.info("sandbox %s is %s (%s)", sandbox_id, state.value, reason, extra={"sandbox_id": sandbox_id})
+        log.info("%s (%s) %s", state.value, reason, message, extra={"sandbox_id": sandbox_id})
         return sandbox
 
     def _lock(self, sandbox_id: str) -> asyncio.Lock:
