@@ -55,16 +55,33 @@ def test_directory_round_trip_as_tar(sandbox: Sandbox) -> None:
     assert names == ["./sub/inner.txt", "./top.txt"]
 
 
-def test_hostile_tar_is_refused(sandbox: Sandbox) -> None:
+def hostile_tar(kind: str) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        member = tarfile.TarInfo("../../escape.txt")
-        member.size = 1
-        tar.addfile(member, io.BytesIO(b"x"))
+        if kind == "dotdot":
+            member = tarfile.TarInfo("../../escape.txt")
+            member.size = 1
+            tar.addfile(member, io.BytesIO(b"x"))
+        else:  # a symlink out of the tree, then a write through it, then a lot more data
+            link = tarfile.TarInfo("l")
+            link.type, link.linkname = tarfile.SYMTYPE, "/etc"
+            tar.addfile(link)
+            member = tarfile.TarInfo("l/escape.txt")
+            member.size = 1
+            tar.addfile(member, io.BytesIO(b"x"))
+            big = tarfile.TarInfo("padding.bin")
+            big.size = 8 * 1024 * 1024
+            tar.addfile(big, io.BytesIO(bytes(big.size)))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "symlink"])
+def test_hostile_tar_is_refused(sandbox: Sandbox, kind: str) -> None:
     with pytest.raises(SandboxError) as err:
-        sandbox.files.upload_tar("/work/t", buf.getvalue())
-    assert err.value.status == 400
+        sandbox.files.upload_tar("/work/t", hostile_tar(kind))
+    assert err.value.status == 400 and "refused" in err.value.message
     assert not sandbox.files.exists("/escape.txt")
+    assert not sandbox.files.exists("/etc/escape.txt")
 
 
 def test_paths_are_checked_and_resolved_inside_the_sandbox(server: Server, sandbox: Sandbox) -> None:

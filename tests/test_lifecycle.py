@@ -112,6 +112,30 @@ def test_entrypoint_logs_and_exit(server: Server) -> None:
         assert "code 7" in state["message"]
 
 
+def test_entrypoint_log_on_disk_is_capped(server: Server) -> None:
+    with server.client() as http:
+        body = {"entrypoint": ["sh", "-c", "head -c 40000000 /dev/zero | tr '\\0' y; echo; echo end"]}
+        sid = http.post("/api/v1/sandboxes", json=body).json()["id"]
+        deadline = time.monotonic() + 30
+        while http.get(f"/api/v1/sandboxes/{sid}").json()["status"]["state"] != "terminated":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        log = http.get(f"/api/v1/sandboxes/{sid}/logs").content
+    assert 16 * 1024 * 1024 <= len(log) < 16 * 1024 * 1024 + 200
+    assert log.endswith(b"[sandboxd: log truncated here; later output is not kept on disk]\n")
+
+
+def test_entrypoint_that_cannot_start_says_why(server: Server) -> None:
+    with server.client() as http:
+        sid = http.post("/api/v1/sandboxes", json={"entrypoint": ["/no/such/program"]}).json()["id"]
+        deadline = time.monotonic() + 10
+        while (state := http.get(f"/api/v1/sandboxes/{sid}").json()["status"])["state"] == "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert state["state"] in ("failed", "terminated")
+        assert "command not found: /no/such/program" in http.get(f"/api/v1/sandboxes/{sid}/logs").text
+
+
 def test_connect_to_unknown_sandbox(server: Server) -> None:
     with pytest.raises(SandboxError) as err:
         Sandbox.connect("sbx_nope", url=server.url, api_key=server.key)

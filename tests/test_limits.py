@@ -23,6 +23,20 @@ def test_memory_limit_oom_kills_and_is_reported(server: Server) -> None:
         assert ok.exit_code == 0 and not ok.oom_killed
 
 
+def test_the_agent_survives_memory_pressure_and_tmp_is_on_disk(server: Server) -> None:
+    with server.create(memory_mb=128) as sb:
+        # /tmp is the sandbox's disk like the rest of its root, not memory counted against the limit.
+        big = sb.commands.run("head -c 200000000 /dev/zero > /tmp/fill && stat -c %s /tmp/fill")
+        assert big.exit_code == 0 and big.stdout == "200000000\n"
+        # Many processes each below the limit, together above it: the kernel kills commands, and
+        # the sandbox's init (which runs every command) lives on.
+        hogs = sb.commands.run(
+            "for i in 1 2 3 4; do python3 -c 'b = bytearray(60 * 1024 * 1024); import time; time.sleep(5)' & done; wait"
+        )
+        assert hogs.exit_code == 0
+        assert sb.commands.run("echo alive").stdout == "alive\n"
+
+
 def test_fork_bomb_hits_the_pids_limit_and_host_stays_responsive(server: Server) -> None:
     with server.create(pids=64, memory_mb=256) as sb:
         bomb = sb.commands.run("bomb() { bomb | bomb & }; bomb; sleep 100", timeout=3)

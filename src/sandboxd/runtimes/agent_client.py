@@ -54,7 +54,7 @@ class AgentConnection:
             if size > MAX_FRAME:
                 raise RuntimeFailure(f"the sandbox agent sent an oversized frame ({size} bytes)")
             return kind, await self.reader.readexactly(size) if size else b""
-        except asyncio.IncompleteReadError as exc:
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
             raise RuntimeFailure("the sandbox agent closed the connection") from exc
 
     async def request(self, op: str, **args: Any) -> None:

@@ -29,7 +29,11 @@ class FileService:
 
     async def read(self, sandbox_id: str, path: str) -> tuple[int, AsyncIterator[bytes]]:
         """The file's size and an iterator over its content; errors surface before the first byte."""
-        conn, info = await self._agent(sandbox_id).open("read", path=sandbox_path(path))
+        info, chunks = await self._download(sandbox_id, "read", path)
+        return int(info["size"]), chunks
+
+    async def _download(self, sandbox_id: str, op: str, path: str) -> tuple[dict[str, Any], AsyncIterator[bytes]]:
+        conn, info = await self._agent(sandbox_id).open(op, path=sandbox_path(path))
 
         async def chunks() -> AsyncIterator[bytes]:
             try:
@@ -38,18 +42,26 @@ class FileService:
             finally:
                 await conn.close()
 
-        return int(info["size"]), chunks()
+        return dict(info), chunks()
 
     async def write(
         self, sandbox_id: str, path: str, body: AsyncIterator[bytes], mode: int, parents: bool = True
     ) -> dict[str, Any]:
+        return await self._upload(sandbox_id, body, "write", path=sandbox_path(path), mode=mode, parents=parents)
+
+    async def _upload(self, sandbox_id: str, body: AsyncIterator[bytes], op: str, **args: Any) -> dict[str, Any]:
+        """Streams body to the agent as DATA frames. The agent may refuse midway (a bad path, a
+        hostile archive) and hang up: its ERROR frame then explains, not the broken pipe."""
         conn = await self._agent(sandbox_id).connect()
         try:
-            await conn.request("write", path=sandbox_path(path), mode=mode, parents=parents)
-            async for chunk in body:
-                for start in range(0, len(chunk), proto.CHUNK):
-                    await conn.send(proto.DATA, chunk[start : start + proto.CHUNK])
-            await conn.send(proto.END)
+            await conn.request(op, **args)
+            try:
+                async for chunk in body:
+                    for start in range(0, len(chunk), proto.CHUNK):
+                        await conn.send(proto.DATA, chunk[start : start + proto.CHUNK])
+                await conn.send(proto.END)
+            except ConnectionError:
+                pass
             return dict(await conn.reply())
         finally:
             await conn.close()
@@ -59,25 +71,7 @@ class FileService:
         return await self._agent(sandbox_id).call(op, **checked)
 
     async def download_tar(self, sandbox_id: str, path: str) -> AsyncIterator[bytes]:
-        conn, _ = await self._agent(sandbox_id).open("tar_get", path=sandbox_path(path))
-
-        async def chunks() -> AsyncIterator[bytes]:
-            try:
-                async for chunk in conn.data():
-                    yield chunk
-            finally:
-                await conn.close()
-
-        return chunks()
+        return (await self._download(sandbox_id, "tar_get", path))[1]
 
     async def upload_tar(self, sandbox_id: str, path: str, body: AsyncIterator[bytes]) -> dict[str, Any]:
-        conn = await self._agent(sandbox_id).connect()
-        try:
-            await conn.request("tar_put", path=sandbox_path(path))
-            async for chunk in body:
-                for start in range(0, len(chunk), proto.CHUNK):
-                    await conn.send(proto.DATA, chunk[start : start + proto.CHUNK])
-            await conn.send(proto.END)
-            return dict(await conn.reply())
-        finally:
-            await conn.close()
+        return await self._upload(sandbox_id, body, "tar_put", path=sandbox_path(path))

@@ -36,6 +36,7 @@ OUTPUT_CAP = 16 * 1024 * 1024  # bytes of output kept per process; older output 
 KEEP_ENDED = 256  # ended processes kept for status/log queries
 CHUNK = 65536
 PIDS_EXHAUSTED = "the sandbox has no processes left under its pids limit"
+LOG_CAP = 16 * 1024 * 1024  # bytes of entrypoint output kept in the host's log file
 
 
 def send(sock, kind, payload=b""):
@@ -81,9 +82,12 @@ class Proc:
         self.cond = threading.Condition()
         self.open_streams = 0
         self.killing = False
+        self.tee = None  # called with each piece of output (the entrypoint's log copy)
         self.deadline = time.time() + timeout if timeout else None
 
     def append(self, kind, data):
+        if self.tee is not None:
+            self.tee(kind, data)
         with self.cond:
             self.chunks.append((self.size, kind, data))
             self.size += len(data)
@@ -277,6 +281,7 @@ def spawn(req):
                 os.close(fd)
         PROCS[proc_id] = proc
         CHILDREN.set()
+        prefer_for_oom(proc.popen.pid)
         ended = [p for p in PROCS.values() if p.ended is not None]
         for old in ended[: max(0, len(ended) - KEEP_ENDED)]:
             PROCS.pop(old.id, None)
@@ -356,6 +361,17 @@ class Timeouts:
 
 IO = OutputReader()
 TIMEOUTS = Timeouts()
+
+
+def prefer_for_oom(pid):
+    # At the memory limit the kernel kills the process with the highest score. Commands score
+    # above the agent, so the sandbox loses the command, not its init (which cannot lower its own
+    # score without CAP_SYS_RESOURCE).
+    try:
+        with open("/proc/%d/oom_score_adj" % pid, "w") as f:
+            f.write("500")
+    except OSError:
+        pass
 
 
 def set_size(fd, rows, cols):
@@ -479,6 +495,14 @@ class SockReader:
     def __init__(self, sock):
         self.sock, self.buf, self.eof = sock, b"", False
 
+    def drain(self):
+        try:
+            while not self.eof:
+                self.read(CHUNK)
+                self.buf = b""
+        except (EOFError, OSError):
+            pass
+
     def read(self, n=-1):
         while not self.eof and (n < 0 or len(self.buf) < n):
             kind, payload = recv(self.sock)
@@ -508,12 +532,15 @@ class SockWriter:
 QUICK = ("signal", "status", "list", "stdin", "stat")
 
 
-def handle(sock, quick_only=False):
+def dispatch(sock, quick_only):
     kind, payload = recv(sock)
     if kind != REQ:
         return
     req = json.loads(payload)
     op = req["op"]
+    # An upload refused midway (bad path, hostile archive) still reads the client's remaining
+    # frames before answering, so the client gets the error rather than a broken pipe.
+    upload = SockReader(sock) if op in ("write", "tar_put") else None
     try:
         if quick_only and op not in QUICK:
             raise Exhausted(PIDS_EXHAUSTED)
@@ -542,7 +569,11 @@ def handle(sock, quick_only=False):
         elif op == "wait_entrypoint":
             send(sock, REPLY, {"waiting": True})
             ENTRY_DONE.wait()
-            send(sock, REPLY, PROCS["entrypoint"].info())
+            proc = PROCS["entrypoint"]
+            with proc.cond:  # its last output reaches the log before the host tears down
+                while not proc.done():
+                    proc.cond.wait()
+            send(sock, REPLY, proc.info())
         elif op == "read":
             with open(req["path"], "rb") as f:
                 send(sock, REPLY, {"size": os.fstat(f.fileno()).st_size})
@@ -559,7 +590,7 @@ def handle(sock, quick_only=False):
             tmp = "%s.sandboxd-%d" % (path, os.getpid())
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "wb") as f:
-                shutil.copyfileobj(SockReader(sock), f, CHUNK)
+                shutil.copyfileobj(upload, f, CHUNK)
             os.chmod(tmp, req.get("mode", 0o644))
             os.replace(tmp, path)
             send(sock, REPLY, stat_of(path))
@@ -600,13 +631,22 @@ def handle(sock, quick_only=False):
         elif op == "tar_put":
             path = req["path"]
             os.makedirs(path, exist_ok=True)
-            with tarfile.open(fileobj=SockReader(sock), mode="r|") as tar:
+            with tarfile.open(fileobj=upload, mode="r|") as tar:
                 tar.extractall(path, members=safe_members(tar, path))
             send(sock, REPLY, stat_of(path))
         else:
             send(sock, ERROR, {"code": "BAD_REQUEST", "message": "unknown op %s" % op})
     except (EOFError, BrokenPipeError, ConnectionResetError):
         return
+    except Exception:
+        if upload is not None and not upload.eof:
+            upload.drain()
+        raise
+
+
+def handle(sock, quick_only=False):
+    try:
+        dispatch(sock, quick_only)
     except LookupError as exc:
         send(sock, ERROR, {"code": "NOT_FOUND", "message": str(exc.args[0])})
     except Exhausted as exc:
@@ -628,7 +668,7 @@ def handle(sock, quick_only=False):
             errno.EPERM: "FORBIDDEN",
             errno.ELOOP: "BAD_REQUEST",
         }.get(exc.errno, "INTERNAL")
-        send(sock, ERROR, {"code": code, "message": "%s: %s" % (exc.strerror, req.get("path", ""))})
+        send(sock, ERROR, {"code": code, "message": "%s: %s" % (exc.strerror, exc.filename or "")})
 
 
 def serve_one(conn, quick_only=False):
@@ -666,8 +706,11 @@ def main():
         threading.Thread(target=target, daemon=True).start()
     config = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
     if config.get("entrypoint"):
-        # The entrypoint writes to the agent's own stdout/stderr: the host's log file.
-        spawn_entry(config)
+        try:
+            spawn_entry(config)
+        except ValueError as exc:  # not found, not executable: say so in the log, end the sandbox
+            os.write(1, ("sandboxd: entrypoint failed to start: %s\n" % exc).encode())
+            os._exit(127)
     while True:
         conn, _ = listener.accept()
         try:
@@ -681,16 +724,35 @@ def main():
 
 
 def spawn_entry(config):
-    with LOCK:
-        popen = subprocess.Popen(
-            config["entrypoint"],
-            cwd=config.get("cwd") or "/",
-            env=dict(os.environ),  # the sandbox env, given to the agent by the OCI config
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        PROCS["entrypoint"] = Proc("entrypoint", popen, None, None)
-        CHILDREN.set()
+    # The entrypoint's output goes through the agent like any command's (a bounded buffer), and
+    # is copied to the host's log file up to LOG_CAP bytes: a chatty entrypoint cannot fill the
+    # host's disk.
+    proc = spawn(
+        {
+            "id": "entrypoint",
+            "argv": config["entrypoint"],
+            "env": dict(os.environ),  # the sandbox env, given to the agent by the OCI config
+            "cwd": config.get("cwd") or "/",
+        }
+    )
+    proc.tee = LogCopy(LOG_CAP)
+
+
+class LogCopy:
+    def __init__(self, cap):
+        self.left = cap
+
+    def __call__(self, kind, data):
+        if self.left <= 0:
+            return
+        chunk = data[: self.left]
+        self.left -= len(chunk)
+        if self.left <= 0:
+            chunk += b"\n[sandboxd: log truncated here; later output is not kept on disk]\n"
+        try:
+            os.write(1, chunk)
+        except OSError:
+            self.left = 0
 
 
 if __name__ == "__main__":

@@ -18,6 +18,11 @@ from sandboxd.errors import RuntimeFailure
 VETH_PREFIX = "sbxv"
 
 
+def _disable_ipv6(link: str) -> None:
+    with open(f"/proc/sys/net/ipv6/conf/{link}/disable_ipv6", "w") as f:
+        f.write("1")
+
+
 def veth_name(sandbox_id: str) -> str:
     # Interface names are at most 15 bytes; a hash of the id keeps them unique and stable.
     return VETH_PREFIX + hashlib.sha256(sandbox_id.encode()).hexdigest()[:11]
@@ -61,6 +66,9 @@ class Network:
             )
         with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
             f.write("1")
+        # Sandboxes get IPv4 only. Without this the bridge has an IPv6 link-local address through
+        # which a sandbox reaches every host service listening on "::".
+        _disable_ipv6(self.bridge)
         # Outbound NAT for the sandbox subnet, and the host closed to its sandboxes: a sandbox
         # reaches the outside, not the services of the machine it runs on, nor link-local
         # metadata addresses. Replaced whole, so a restart never duplicates rules.
@@ -70,9 +78,9 @@ class Network:
             "-f",
             "-",
             stdin=(
-                f"table ip {t} {{}}\n"
-                f"delete table ip {t}\n"
-                f"table ip {t} {{\n"
+                f"table inet {t} {{}}\n"
+                f"delete table inet {t}\n"
+                f"table inet {t} {{\n"
                 f"  chain postrouting {{\n"
                 f"    type nat hook postrouting priority srcnat; policy accept;\n"
                 f'    ip saddr {self.subnet} oifname != "{br}" masquerade\n'
@@ -85,6 +93,10 @@ class Network:
                 f"  chain forward {{\n"
                 f"    type filter hook forward priority filter; policy accept;\n"
                 f'    iifname "{br}" ip daddr 169.254.0.0/16 drop\n'
+                # Isolated bridge ports stop sandbox-to-sandbox frames; this stops the host from
+                # routing the same traffic back out of the bridge.
+                f'    iifname "{br}" oifname "{br}" drop\n'
+                f'    iifname "{br}" meta nfproto ipv6 drop\n'
                 f"  }}\n"
                 f"}}\n"
             ),
@@ -92,7 +104,7 @@ class Network:
 
     async def teardown_host(self) -> None:
         await run("ip", "link", "del", self.bridge, check=False)
-        await run("nft", "delete", "table", "ip", self.table, check=False)
+        await run("nft", "delete", "table", "inet", self.table, check=False)
 
     def reserve(self, address: str) -> None:
         self._used.add(ipaddress.ip_address(address))
@@ -126,6 +138,7 @@ class Network:
                     f"link set dev {host_end} type bridge_slave isolated on\n"
                 ),
             )
+            _disable_ipv6(host_end)
             inside += (
                 f"addr add {address}/{self.subnet.prefixlen} dev eth0\n"
                 "link set eth0 up\n"

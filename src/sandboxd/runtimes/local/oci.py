@@ -6,15 +6,16 @@ import resource
 from dataclasses import dataclass
 from typing import Any
 
-# Docker's default capability set: enough for package managers and servers, nothing that
-# administers the kernel (no SYS_ADMIN, NET_ADMIN, SYS_MODULE, SYS_PTRACE, SYS_TIME ...).
+# Docker's default capability set less NET_RAW: enough for package managers and servers, nothing
+# that administers the kernel (no SYS_ADMIN, NET_ADMIN, SYS_MODULE, SYS_PTRACE, SYS_TIME ...).
+# NET_RAW would let a sandbox forge packets on the shared bridge (ARP replies that steal another
+# sandbox's address, spoofed sources); ping works without it through ping_group_range below.
 DEFAULT_CAPABILITIES = [
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
     "CAP_FSETID",
     "CAP_FOWNER",
     "CAP_MKNOD",
-    "CAP_NET_RAW",
     "CAP_SETGID",
     "CAP_SETUID",
     "CAP_SETFCAP",
@@ -43,6 +44,9 @@ DENIED_SYSCALLS = [
     "fspick",
     "get_kernel_syms",
     "init_module",
+    "io_uring_enter",
+    "io_uring_register",
+    "io_uring_setup",
     "ioperm",
     "iopl",
     "kcmp",
@@ -194,12 +198,6 @@ def build_config(
                 "options": ["nosuid", "noexec", "nodev", "relatime", "ro"],
             },
             {
-                "destination": "/tmp",
-                "type": "tmpfs",
-                "source": "tmpfs",
-                "options": ["nosuid", "nodev", "mode=1777"],
-            },
-            {
                 "destination": AGENT_PATH,
                 "type": "bind",
                 "source": agent_host_path,
@@ -211,6 +209,11 @@ def build_config(
             "gidMappings": mapping,
             "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount", "cgroup", "user")],
             "cgroupsPath": cgroup_path,
+            "sysctl": {
+                "net.ipv4.ping_group_range": f"0 {idmap.size - 1}",  # every mapped group
+                "net.ipv6.conf.all.disable_ipv6": "1",
+                "net.ipv6.conf.default.disable_ipv6": "1",
+            },
             "resources": {
                 "devices": [{"allow": False, "access": "rwm"}],
                 "memory": {"limit": memory, "swap": memory},
