@@ -114,3 +114,42 @@ def test_huge_output_is_truncated_in_sync_results_but_kept_in_logs(server: Serve
             f"/api/v1/sandboxes/{sandbox.id}/processes/{r.process_id}/logs", params={"offset": 10485760 - 5}
         ).json()
     assert tail["stdout"] == "aaaaa" and tail["next_offset"] == 10485760
+
+
+def test_background_children_do_not_hold_a_run_open(sandbox: Sandbox) -> None:
+    start = time.monotonic()
+    r = sandbox.commands.run("sleep 30 & echo started", timeout=60)
+    assert r.stdout == "started\n" and r.exit_code == 0
+    assert time.monotonic() - start < 5
+    assert sandbox.commands.run("pgrep -c -x sleep").stdout.strip() == "1"  # and it runs on
+    sandbox.commands.run("pkill -x sleep")
+
+
+def test_stdin_to_a_finished_process_is_a_conflict(server: Server, sandbox: Sandbox) -> None:
+    done = sandbox.commands.run("true", background=True)
+    deadline = time.monotonic() + 5
+    while done.status().running:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    with server.client() as http:
+        r = http.post(f"/api/v1/sandboxes/{sandbox.id}/processes/{done.id}/stdin", json={"data": "x"})
+    assert r.status_code == 409, r.text
+    echo = sandbox.commands.run(["cat"], stdin="héllo €")
+    assert echo.stdout == "héllo €"
+    bg = sandbox.commands.run(["cat"], background=True)
+    bg.send_stdin("naïve ✓\n", eof=True)
+    assert bg.wait().stdout == "naïve ✓\n"
+
+
+def test_streamed_utf8_split_between_reads_is_not_mangled(sandbox: Sandbox) -> None:
+    code = (
+        "import os, time\n"
+        "os.write(1, b'caf\\xc3')\n"  # the first byte of é
+        "time.sleep(0.3)\n"
+        "os.write(1, b'\\xa9!\\n')\n"
+    )
+    sandbox.files.write("/tmp/split.py", code)
+    pieces: list[str] = []
+    r = sandbox.commands.run("python3 /tmp/split.py", on_stdout=pieces.append)
+    assert "".join(pieces) == "café!\n" and r.stdout == "café!\n"
+    assert len(pieces) == 2  # it really came in two reads

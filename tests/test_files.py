@@ -40,6 +40,16 @@ def test_write_read_stat_list_mkdir_move_remove(sandbox: Sandbox) -> None:
     assert err.value.status == 404
 
 
+def test_proc_and_growing_files_read_whole(server: Server, sandbox: Sandbox) -> None:
+    meminfo = sandbox.files.read("/proc/meminfo")
+    assert meminfo.startswith(b"MemTotal:")  # its stat size is 0
+    hostname = sandbox.files.read("/proc/sys/kernel/hostname")
+    assert hostname.decode().strip() == sandbox.commands.run("hostname").stdout.strip()
+    with pytest.raises(SandboxError) as err:
+        sandbox.files.read("/etc")
+    assert err.value.status == 400
+
+
 def test_directory_round_trip_as_tar(sandbox: Sandbox) -> None:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:

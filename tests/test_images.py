@@ -133,3 +133,45 @@ def test_image_without_python_is_a_clear_error(server: Server, tmp_path: Path, i
     with pytest.raises(SandboxError) as err:
         server.create(image=image_name)
     assert err.value.status == 400 and err.value.field == "image" and "python3" in err.value.message
+
+
+@pytest.mark.parametrize(
+    "name", ["../../../../../../../var/tmp/.wh.sandboxd-wh-marker", "/var/tmp/.wh.sandboxd-wh-marker"]
+)
+def test_hostile_whiteouts_touch_nothing_outside(server: Server, tmp_path: Path, image_name: str, name: str) -> None:
+    marker = Path("/var/tmp/sandboxd-wh-marker")
+    marker.write_text("host file")
+    try:
+        layout = tmp_path / "layout"
+        (layout / "blobs" / "sha256").mkdir(parents=True)
+        layer = io.BytesIO()
+        with tarfile.open(fileobj=layer, mode="w") as tar:
+            add_bytes(tar, name)
+        layers = [{"mediaType": "application/vnd.oci.image.layer.v1.tar", **write_blob(layout, layer.getvalue())}]
+        config = write_blob(layout, b"{}")
+        entry = write_blob(layout, json.dumps({"schemaVersion": 2, "config": config, "layers": layers}).encode())
+        (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [entry]}))
+        done = cli(server, "image", "import", image_name, str(layout))
+        assert done.returncode != 0 and "outside the image" in done.stderr, done.stderr
+        assert marker.read_text() == "host file"
+    finally:
+        marker.unlink()
+
+
+def test_a_create_that_fails_is_an_error_with_the_record_kept(server: Server, tmp_path: Path, image_name: str) -> None:
+    # An image whose /etc is a symlink passes the checks before create and is refused by the
+    # runtime, which will not write the sandbox's /etc/hosts through it.
+    odd = tmp_path / "odd.tar"
+    with tarfile.open(odd, "w") as tar:
+        for name, target in (("etc", "tmp"), ("usr/bin/python3", "../../bin/false")):
+            link = tarfile.TarInfo(name)
+            link.type, link.linkname = tarfile.SYMTYPE, target
+            tar.addfile(link)
+    assert cli(server, "image", "import", image_name, str(odd)).returncode == 0
+    with server.client() as http:
+        r = http.post("/api/v1/sandboxes", json={"image": image_name, "metadata": {"t": image_name}})
+        assert r.status_code == 400 and r.json()["field"] == "image", r.text
+        assert "/etc is not a directory" in r.json()["message"]
+        failed = http.get("/api/v1/sandboxes", params={"label": f"t={image_name}"}).json()["items"]
+    assert [(s["status"]["state"], s["status"]["reason"]) for s in failed] == [("failed", "create_failed")]
+    assert not (server.data_dir / "sandboxes" / failed[0]["id"]).exists()

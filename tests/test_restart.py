@@ -135,3 +135,12 @@ def test_orphans_without_a_record_are_removed(own_server: Server) -> None:
     assert_no_leaks(own_server.data_dir, own_server.bridge)
     with own_server.client() as http:
         assert http.get(f"/api/v1/sandboxes/{sb.id}").status_code == 404
+
+
+def test_one_data_directory_one_server(own_server: Server) -> None:
+    second = Server(own_server.data_dir, "sbxdtest3", "10.77.3.0/24")
+    with pytest.raises(RuntimeError) as err:
+        second.start()
+    assert "another sandboxd server is using" in str(err.value)
+    with own_server.client() as http:  # the first one is untouched
+        assert http.get("/api/v1/sandboxes").status_code == 200

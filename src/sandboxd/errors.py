@@ -82,3 +82,8 @@ class SandboxExhausted(SandboxdError):
 
     code = "SANDBOX_EXHAUSTED"
     status = 503
+
+
+class NoSpace(SandboxdError):
+    code = "NO_SPACE"
+    status = 507

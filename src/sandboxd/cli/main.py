@@ -111,6 +111,13 @@ def _call(method: str, path: str, **kwargs: Any) -> Any:
     return r
 
 
+def _pairs(items: tuple[str, ...], option: str) -> dict[str, str]:
+    for item in items:
+        if "=" not in item:
+            raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint=option)
+    return dict(item.split("=", 1) for item in items)
+
+
 @main.command()
 @click.option("--image", default=None)
 @click.option("--cpu", type=float, default=None)
@@ -132,8 +139,8 @@ def create(
 ) -> None:
     """Creates a sandbox and prints it."""
     body: dict[str, Any] = {
-        "env": dict(e.split("=", 1) for e in env),
-        "metadata": dict(lb.split("=", 1) for lb in label),
+        "env": _pairs(env, "--env"),
+        "metadata": _pairs(label, "--label"),
         "internet_access": not no_internet,
     }
     for key, value in (("image", image), ("cpu", cpu), ("memory_mb", memory_mb), ("timeout", timeout)):
@@ -231,6 +238,8 @@ def cp(source: str, destination: str) -> None:
     if ":" in destination and not os.path.exists(destination):
         sandbox_id, path = destination.split(":", 1)
         local = Path(source)
+        if path.endswith("/") and not local.is_dir():
+            path += local.name  # like cp: into the directory
         if local.is_dir():
             buf = io.BytesIO()
             with tarfile.open(fileobj=buf, mode="w") as tar:

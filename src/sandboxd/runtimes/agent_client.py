@@ -12,7 +12,15 @@ import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from sandboxd.errors import Conflict, Forbidden, InvalidRequest, NotFoundInSandbox, RuntimeFailure, SandboxExhausted
+from sandboxd.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NoSpace,
+    NotFoundInSandbox,
+    RuntimeFailure,
+    SandboxExhausted,
+)
 
 REQ, STDOUT, STDERR, EXIT, STDIN, EOF, SIGNAL, RESIZE, DATA, END, REPLY, ERROR = range(1, 13)
 HEADER = struct.Struct(">BI")
@@ -28,7 +36,9 @@ def raise_agent_error(payload: bytes) -> None:
     if code == "NOT_FOUND":
         raise NotFoundInSandbox(message)
     if code == "BAD_REQUEST":
-        raise InvalidRequest("request", message)
+        raise InvalidRequest(body.get("field") or "path", message)
+    if code == "NO_SPACE":
+        raise NoSpace(message)
     if code == "CONFLICT":
         raise Conflict(message)
     if code == "FORBIDDEN":
@@ -112,21 +122,6 @@ class Agent:
         except BaseException:
             await conn.close()
             raise
-
-    async def stream(self, op: str, **args: Any) -> AsyncIterator[tuple[int, bytes]]:
-        """Frames of a request that streams process output, ending with its EXIT frame."""
-        conn = await self.connect()
-        try:
-            await conn.request(op, **args)
-            while True:
-                kind, payload = await conn.recv()
-                if kind == ERROR:
-                    raise_agent_error(payload)
-                yield kind, payload
-                if kind == EXIT:
-                    return
-        finally:
-            await conn.close()
 
 
 async def unix_connector(path: str) -> AgentConnection:

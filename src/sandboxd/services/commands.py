@@ -6,9 +6,10 @@ a restart of the server.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal as signals
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,7 @@ class CommandService:
         return {
             "argv": cmd.argv(),
             "env": {**sandbox.spec.env, **cmd.env},
+            "home_set": "HOME" in cmd.env,  # else a user's own home replaces the sandbox's
             "cwd": cmd.cwd or sandbox.spec.cwd,
             "user": cmd.user,
             "timeout": cmd.timeout,
@@ -68,38 +70,39 @@ class CommandService:
         }
 
     async def stream(self, sandbox_id: str, cmd: RunCommand) -> AsyncIterator[Output | Exit]:
-        """Starts a command and yields its output as it comes, then its exit."""
+        """Starts a command (errors raise here, before any output) and returns its output as it
+        comes, then its exit."""
         sandbox, agent = self.sandboxes.agent(sandbox_id)
         oom_before = self.sandboxes.runtime.oom_kills(sandbox_id)
-        conn, info = await agent.open("spawn", **self._spawn_args(sandbox, cmd, attach=True))
+        conn, _ = await agent.open("spawn", **self._spawn_args(sandbox, cmd, attach=True))
         try:
             if cmd.stdin is not None:
                 await conn.send(proto.STDIN, cmd.stdin.encode())
                 await conn.send(proto.EOF)
-            async for item in self._frames(conn):
-                if isinstance(item, Exit):
-                    # A shell reports its child's SIGKILL as exit 137 rather than dying of it.
-                    killed = item.info.get("signal") == signals.SIGKILL or item.info.get("exit_code") == 137
-                    oom = killed and self.sandboxes.runtime.oom_kills(sandbox_id) > oom_before
-                    item.info["oom_killed"] = oom and not item.info.get("timed_out")
-                yield item
-        finally:
+        except BaseException:
             await conn.close()
+            raise
+        return self._frames(conn, 0, lambda info: self._mark_oom(sandbox_id, oom_before, info))
+
+    def _mark_oom(self, sandbox_id: str, before: int, info: dict[str, Any]) -> None:
+        # A shell reports its child's SIGKILL as exit 137 rather than dying of it.
+        killed = info.get("signal") == signals.SIGKILL or info.get("exit_code") == 137
+        oom = killed and self.sandboxes.runtime.oom_kills(sandbox_id) > before
+        info["oom_killed"] = oom and not info.get("timed_out")
 
     async def run(self, sandbox_id: str, cmd: RunCommand) -> CommandResult:
         out: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
         kept = {"stdout": 0, "stderr": 0}
         truncated = False
         info: dict[str, Any] = {}
-        async for item in self.stream(sandbox_id, cmd):
+        async for item in await self.stream(sandbox_id, cmd):
             if isinstance(item, Output):
                 # The server holds a synchronous result in memory: keep the head of each stream and
-                # leave the rest to the process log (offsets), which stream instead.
-                room = MAX_SYNC_OUTPUT - kept[item.stream]
-                if len(item.data) > room:
-                    truncated = True
-                out[item.stream].append(item.data[: max(room, 0)])
-                kept[item.stream] += min(len(item.data), max(room, 0))
+                # leave the rest to the process log (offsets), which streams instead.
+                room = max(MAX_SYNC_OUTPUT - kept[item.stream], 0)
+                truncated = truncated or len(item.data) > room
+                out[item.stream].append(item.data[:room])
+                kept[item.stream] += min(len(item.data), room)
             else:
                 info = item.info
         return CommandResult(
@@ -119,7 +122,11 @@ class CommandService:
         sandbox, agent = self.sandboxes.agent(sandbox_id)
         info = await agent.call("spawn", **self._spawn_args(sandbox, cmd))
         if cmd.stdin is not None:
-            await agent.call("stdin", id=info["id"], data=cmd.stdin, eof=True)
+            try:
+                await agent.call("stdin", id=info["id"], data=cmd.stdin, eof=True)
+            except BaseException:
+                await agent.call("signal", id=info["id"], signal=signals.SIGKILL)
+                raise
         return dict(info)
 
     async def list(self, sandbox_id: str) -> list[dict[str, Any]]:
@@ -139,36 +146,74 @@ class CommandService:
         return dict(await agent.call("stdin", id=process_id, data=data, eof=eof))
 
     async def logs(self, sandbox_id: str, process_id: str, offset: int, follow: bool) -> AsyncIterator[Output | Exit]:
-        """Output from offset on; with follow, until the process ends."""
+        """Output from offset on (or from the oldest kept, if that was dropped); with follow, until
+        the process ends. An unknown process raises here, before any output."""
         _, agent = self.sandboxes.agent(sandbox_id)
-        conn, _ = await agent.open("status", id=process_id)  # 404 before any streaming starts
-        await conn.close()
-        conn = await agent.connect()
-        try:
-            await conn.request("attach", id=process_id, offset=offset, follow=follow)
-            async for item in self._frames(conn, start=offset):
-                yield item
-        finally:
-            await conn.close()
+        conn, first = await agent.open("attach", id=process_id, offset=offset, follow=follow)
+        return self._frames(conn, int(first["offset"]), None)
 
-    async def terminal(self, sandbox_id: str, cmd: RunCommand, rows: int, cols: int) -> AgentConnection:
-        """Starts a process on a PTY; the caller relays STDIN/RESIZE frames and reads output."""
+    async def terminal(self, sandbox_id: str, cmd: RunCommand, rows: int, cols: int) -> Terminal:
+        """Starts a process on a PTY."""
         sandbox, agent = self.sandboxes.agent(sandbox_id)
         args = self._spawn_args(sandbox, cmd, attach=True, pty=True, rows=rows, cols=cols)
         args["env"].setdefault("TERM", "xterm-256color")
         conn, _ = await agent.open("spawn", **args)
-        return conn
+        return Terminal(conn)
 
     @staticmethod
-    async def _frames(conn: AgentConnection, start: int = 0) -> AsyncIterator[Output | Exit]:
+    async def _frames(
+        conn: AgentConnection, start: int, on_exit: Callable[[dict[str, Any]], None] | None
+    ) -> AsyncIterator[Output | Exit]:
         offset = start
+        try:
+            while True:
+                kind, payload = await conn.recv()
+                if kind in STREAMS:
+                    offset += len(payload)
+                    yield Output(STREAMS[kind], payload, offset)
+                elif kind == proto.EXIT:
+                    info = json.loads(payload)
+                    if on_exit is not None:
+                        on_exit(info)
+                    yield Exit(info)
+                    return
+                elif kind == proto.ERROR:
+                    proto.raise_agent_error(payload)
+        finally:
+            await conn.close()
+
+
+class Terminal:
+    """A process on a PTY: write keystrokes, resize, signal, read output until its exit."""
+
+    def __init__(self, conn: AgentConnection) -> None:
+        self._conn = conn
+        self.exit: dict[str, Any] | None = None
+
+    async def write(self, data: bytes) -> None:
+        await self._conn.send(proto.STDIN, data)
+
+    async def resize(self, rows: int, cols: int) -> None:
+        await self._conn.send(proto.RESIZE, json.dumps({"rows": rows, "cols": cols}).encode())
+
+    async def signal(self, number: int) -> None:
+        await self._conn.send(proto.SIGNAL, json.dumps({"signal": number}).encode())
+
+    async def read(self) -> bytes | None:
+        """The next output, or None once the process has exited (its status is in .exit)."""
         while True:
-            kind, payload = await conn.recv()
-            if kind in STREAMS:
-                offset += len(payload)
-                yield Output(STREAMS[kind], payload, offset)
-            elif kind == proto.EXIT:
-                yield Exit(json.loads(payload))
-                return
-            elif kind == proto.ERROR:
+            kind, payload = await self._conn.recv()
+            if kind == proto.STDOUT:
+                return payload
+            if kind == proto.EXIT:
+                self.exit = json.loads(payload)
+                return None
+            if kind == proto.ERROR:
                 proto.raise_agent_error(payload)
+
+    async def close(self) -> None:
+        if self.exit is None:
+            # The client left first: hang up as a closed terminal would.
+            with contextlib.suppress(Exception):
+                await self.signal(signals.SIGHUP)
+        await self._conn.close()

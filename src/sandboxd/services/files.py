@@ -27,10 +27,11 @@ class FileService:
     def _agent(self, sandbox_id: str) -> Agent:
         return self.sandboxes.agent(sandbox_id)[1]
 
-    async def read(self, sandbox_id: str, path: str) -> tuple[int, AsyncIterator[bytes]]:
-        """The file's size and an iterator over its content; errors surface before the first byte."""
+    async def read(self, sandbox_id: str, path: str) -> tuple[int | None, AsyncIterator[bytes]]:
+        """The file's size (None for files whose size says nothing, as in /proc) and an iterator
+        over its content; errors surface before the first byte."""
         info, chunks = await self._download(sandbox_id, "read", path)
-        return int(info["size"]), chunks
+        return info["size"], chunks
 
     async def _download(self, sandbox_id: str, op: str, path: str) -> tuple[dict[str, Any], AsyncIterator[bytes]]:
         conn, info = await self._agent(sandbox_id).open(op, path=sandbox_path(path))

@@ -8,13 +8,20 @@ whose resources may be half made, a ``stopping`` one whose resources may be half
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
 from sandboxd.config import Settings
 from sandboxd.domain import TRANSITIONS, Limits, Sandbox, SandboxSpec, State, Status, new_id, utcnow
-from sandboxd.errors import InvalidRequest, RuntimeFailure, SandboxdError, SandboxNotFound, SandboxNotRunning
+from sandboxd.errors import (
+    InvalidRequest,
+    RuntimeFailure,
+    SandboxdError,
+    SandboxExhausted,
+    SandboxNotFound,
+    SandboxNotRunning,
+)
 from sandboxd.runtimes.agent_client import Agent
 from sandboxd.runtimes.base import Liveness, Runtime
 from sandboxd.services.requests import CreateSandbox
@@ -30,7 +37,7 @@ class SandboxService:
         self.settings = settings
         self.store = store
         self.runtime = runtime
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[SandboxdError | None]] = set()
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -78,30 +85,35 @@ class SandboxService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         if wait:
-            await asyncio.shield(task)
+            error = await asyncio.shield(task)
+            if error is not None:
+                # The record stays (failed, with the reason); the caller gets the error itself.
+                raise error
             return self.get(sandbox.id)
         return sandbox
 
-    async def _start(self, sandbox: Sandbox) -> None:
+    async def _start(self, sandbox: Sandbox) -> SandboxdError | None:
+        """Runs the runtime's create; returns the error that failed it, if one did."""
         async with self._lock(sandbox.id):
             try:
                 record = await self.runtime.create(sandbox.id, sandbox.spec)
             except SandboxdError as exc:
                 self._transition(sandbox.id, State.FAILED, "create_failed", exc.message)
-                return
+                return exc
             except Exception as exc:
                 log.exception("create failed", extra={"sandbox_id": sandbox.id})
                 self._transition(sandbox.id, State.FAILED, "create_failed", str(exc))
-                return
+                return RuntimeFailure(f"sandbox {sandbox.id} failed to start: {exc}")
             current = self.store.get(sandbox.id)
             if current is None or current.status.state != State.PENDING:
                 # Deleted while starting: the delete is waiting on our lock to finish the job.
                 await self.runtime.destroy(sandbox.id, record)
-                return
+                return None
             current.runtime = record
             self.store.update(current)
             self._transition(sandbox.id, State.RUNNING, "started")
             self._watch(sandbox.id)
+            return None
 
     def get(self, sandbox_id: str) -> Sandbox:
         sandbox = self.store.get(sandbox_id)
@@ -145,10 +157,22 @@ class SandboxService:
         self.store.update(sandbox)
         return sandbox
 
-    def logs_path(self, sandbox_id: str) -> str:
-        """Where the entrypoint's output is kept; it outlives the sandbox until the record goes."""
+    def entrypoint_logs(self, sandbox_id: str, offset: int) -> AsyncIterator[bytes]:
+        """The entrypoint's output from a byte offset; it outlives the sandbox until the record
+        goes. Unknown sandboxes raise here, not in the iteration."""
         self.get(sandbox_id)
-        return self.runtime.logs_path(sandbox_id)
+        path = self.runtime.logs_path(sandbox_id)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    while chunk := f.read(65536):
+                        yield chunk
+            except FileNotFoundError:
+                return
+
+        return chunks()
 
     def running(self, sandbox_id: str) -> Sandbox:
         sandbox = self.get(sandbox_id)
@@ -186,16 +210,21 @@ class SandboxService:
         sandbox = self.get(sandbox_id)
         agent = self.runtime.agent(sandbox_id, sandbox.runtime)
         info = None
-        try:
-            conn, _ = await agent.open("wait_entrypoint")
+        for attempt in range(100):
             try:
-                info = await conn.reply()
-            finally:
-                await conn.close()
-        except (RuntimeFailure, OSError):
-            info = None
-        except asyncio.CancelledError:
-            return
+                conn, _ = await agent.open("wait_entrypoint")
+                try:
+                    info = await conn.reply()
+                finally:
+                    await conn.close()
+                break
+            except SandboxExhausted:
+                # At its pids limit the agent cannot take the connection yet: not a death.
+                await asyncio.sleep(min(0.1 * 2**attempt, 5.0))
+            except (SandboxdError, OSError):
+                break
+            except asyncio.CancelledError:
+                return
         self._watchers.pop(sandbox_id, None)
         if info is not None:
             await self.delete(sandbox_id, "entrypoint_exited", f"entrypoint exited with code {info['exit_code']}")
@@ -216,36 +245,49 @@ class SandboxService:
     # -- background duties -----------------------------------------------------------------------
 
     async def reconcile(self) -> None:
-        """Brings store and runtime back in line after a (re)start of the server."""
+        """Brings store and runtime back in line after a (re)start of the server. One sandbox
+        that cannot be cleaned up is logged and left for the next start, never blocks the rest."""
         kept: set[str] = set()
         for sandbox in self.store.active():
-            state = sandbox.status.state
-            if state == State.RUNNING:
-                alive = await self.runtime.liveness(sandbox.id, sandbox.runtime)
-                if alive == Liveness.RUNNING:
-                    self.runtime.adopt(sandbox.id, sandbox.runtime)
-                    kept.add(sandbox.id)
-                    self._watch(sandbox.id)
-                    continue
-                await self.runtime.destroy(sandbox.id, sandbox.runtime)
-                self._transition(sandbox.id, State.FAILED, "vanished", "the sandbox stopped while the server was down")
-            elif state == State.PENDING:
-                await self.runtime.destroy(sandbox.id, sandbox.runtime)
-                self._transition(sandbox.id, State.FAILED, "server_restarted", "the server stopped during create")
-            else:  # stopping
-                await self.runtime.destroy(sandbox.id, sandbox.runtime)
-                self._transition(sandbox.id, State.TERMINATED, sandbox.status.reason, sandbox.status.message)
+            try:
+                await self._reconcile_one(sandbox, kept)
+            except Exception:
+                log.exception("reconcile failed", extra={"sandbox_id": sandbox.id})
+                kept.add(sandbox.id)  # not swept as an orphan while its record still says active
         orphans = await self.runtime.sweep(kept)
         if orphans:
             log.warning("removed %d orphaned sandbox(es): %s", len(orphans), ", ".join(orphans))
 
+    async def _reconcile_one(self, sandbox: Sandbox, kept: set[str]) -> None:
+        state = sandbox.status.state
+        if state == State.RUNNING:
+            alive = await self.runtime.liveness(sandbox.id, sandbox.runtime)
+            if alive == Liveness.RUNNING:
+                self.runtime.adopt(sandbox.id, sandbox.runtime)
+                kept.add(sandbox.id)
+                self._watch(sandbox.id)
+                return
+            await self.runtime.destroy(sandbox.id, sandbox.runtime)
+            self._transition(sandbox.id, State.FAILED, "vanished", "the sandbox stopped while the server was down")
+        elif state == State.PENDING:
+            await self.runtime.destroy(sandbox.id, sandbox.runtime)
+            self._transition(sandbox.id, State.FAILED, "server_restarted", "the server stopped during create")
+        else:  # stopping
+            await self.runtime.destroy(sandbox.id, sandbox.runtime)
+            self._transition(sandbox.id, State.TERMINATED, sandbox.status.reason, sandbox.status.message)
+
     async def reap_once(self, now: datetime | None = None) -> None:
         now = now or utcnow()
         for sandbox in self.store.expired(now):
-            with contextlib.suppress(SandboxNotFound):
+            try:
                 await self.delete(sandbox.id, "timeout", "the sandbox's timeout passed")
+            except SandboxNotFound:
+                continue
+            except Exception:  # one that cannot be destroyed must not stop the others
+                log.exception("reaping failed", extra={"sandbox_id": sandbox.id})
         for sandbox_id in self.store.purge_ended(now - timedelta(seconds=self.settings.retention_seconds)):
             self.runtime.forget(sandbox_id)
+            self._locks.pop(sandbox_id, None)
 
     async def reaper(self) -> None:
         while True:

@@ -102,7 +102,3 @@ class SqliteStore:
             ids = list(conn.execute(sa.select(sandboxes.c.id).where(old)).scalars())
             conn.execute(sandboxes.delete().where(old))
         return ids
-
-    def delete(self, sandbox_id: str) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(sandboxes.delete().where(sandboxes.c.id == sandbox_id))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -24,28 +25,15 @@ SSE_DOC: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _event(item: Output | Exit) -> str:
-    if isinstance(item, Output):
-        data = json.dumps({"data": item.data.decode(errors="replace")})
-        return f"event: {item.stream}\nid: {item.offset}\ndata: {data}\n\n"
-    return f"event: exit\ndata: {json.dumps(item.info)}\n\n"
-
-
 async def _sse(items: AsyncIterator[Output | Exit]) -> AsyncIterator[str]:
+    # One decoder per stream: a character split between two reads is not mangled.
+    decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in ("stdout", "stderr")}
     async for item in items:
-        yield _event(item)
-
-
-async def _primed(items: AsyncIterator[Output | Exit]) -> AsyncIterator[Output | Exit]:
-    """Starts the stream before the response does, so a bad request is still an error status."""
-    first = await anext(items)
-
-    async def rest() -> AsyncIterator[Output | Exit]:
-        yield first
-        async for item in items:
-            yield item
-
-    return rest()
+        if isinstance(item, Output):
+            data = json.dumps({"data": decoders[item.stream].decode(item.data)})
+            yield f"event: {item.stream}\nid: {item.offset}\ndata: {data}\n\n"
+        else:
+            yield f"event: exit\ndata: {json.dumps(item.info)}\n\n"
 
 
 @router.post("/commands", response_model=CommandResultOut | ProcessOut)
@@ -62,8 +50,7 @@ async def run_command(
 
 @router.post("/commands/stream", responses=SSE_DOC, response_class=StreamingResponse)
 async def stream_command(sandbox_id: str, body: RunCommand, service: Commands) -> StreamingResponse:
-    items = await _primed(service.stream(sandbox_id, body))
-    return StreamingResponse(_sse(items), media_type="text/event-stream")
+    return StreamingResponse(_sse(await service.stream(sandbox_id, body)), media_type="text/event-stream")
 
 
 @router.get("/processes", response_model=list[ProcessOut])
@@ -84,9 +71,9 @@ async def process_logs(
     offset: Annotated[int, Query(ge=0)] = 0,
     follow: Annotated[bool, Query(description="Stream as SSE until the process ends.")] = False,
 ) -> ProcessLogs | StreamingResponse:
-    items = service.logs(sandbox_id, process_id, offset, follow)
+    items = await service.logs(sandbox_id, process_id, offset, follow)
     if follow:
-        return StreamingResponse(_sse(await _primed(items)), media_type="text/event-stream")
+        return StreamingResponse(_sse(items), media_type="text/event-stream")
     out: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
     end, info = offset, {}
     async for item in items:

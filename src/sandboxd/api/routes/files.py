@@ -22,7 +22,8 @@ async def _body(request: Request) -> AsyncIterator[bytes]:
 @router.get("/files", response_class=StreamingResponse, responses={200: {"content": {"application/octet-stream": {}}}})
 async def read_file(sandbox_id: str, path: PathQ, service: Files) -> StreamingResponse:
     size, chunks = await service.read(sandbox_id, path)
-    return StreamingResponse(chunks, media_type="application/octet-stream", headers={"Content-Length": str(size)})
+    headers = {"Content-Length": str(size)} if size is not None else {}  # /proc files: read to the end
+    return StreamingResponse(chunks, media_type="application/octet-stream", headers=headers)
 
 
 @router.put("/files", response_model=FileInfo)
@@ -79,15 +80,4 @@ async def entrypoint_logs(
     sandbox_id: str, service: Sandboxes, offset: Annotated[int, Query(ge=0)] = 0
 ) -> StreamingResponse:
     """Output of the sandbox's entrypoint (stdout and stderr interleaved), from a byte offset."""
-    path = service.logs_path(sandbox_id)
-
-    async def chunks() -> AsyncIterator[bytes]:
-        try:
-            with open(path, "rb") as f:
-                f.seek(offset)
-                while chunk := f.read(65536):
-                    yield chunk
-        except FileNotFoundError:
-            return
-
-    return StreamingResponse(chunks(), media_type="text/plain")
+    return StreamingResponse(service.entrypoint_logs(sandbox_id, offset), media_type="text/plain")

@@ -9,11 +9,10 @@ import contextlib
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Depends, Query, WebSocket
 
 from sandboxd.api.deps import websocket_key
 from sandboxd.errors import SandboxdError
-from sandboxd.runtimes import agent_client as proto
 from sandboxd.services.commands import CommandService
 from sandboxd.services.requests import RunCommand
 
@@ -31,10 +30,10 @@ async def terminal(
     user: str | None = None,
 ) -> None:
     commands: CommandService = websocket.app.state.commands
-    argv = ["/bin/sh", "-c", command] if command else ["/bin/sh", "-c", "exec bash -l 2>/dev/null || exec sh -l"]
+    argv = ["/bin/sh", "-c", command or "exec bash -l 2>/dev/null || exec sh -l"]
     await websocket.accept()
     try:
-        conn = await commands.terminal(sandbox_id, RunCommand(command=argv, user=user), rows, cols)
+        term = await commands.terminal(sandbox_id, RunCommand(command=argv, user=user), rows, cols)
     except SandboxdError as exc:
         await websocket.send_text(json.dumps({"type": "error", "code": exc.code, "message": exc.message}))
         await websocket.close(code=4404 if exc.status == 404 else 4400)
@@ -46,40 +45,31 @@ async def terminal(
             if msg["type"] == "websocket.disconnect":
                 return
             if msg.get("bytes"):
-                data = msg["bytes"]
-                if data[0] == STDIN:
-                    await conn.send(proto.STDIN, data[1:])
+                if msg["bytes"][0] == STDIN:
+                    await term.write(msg["bytes"][1:])
             elif msg.get("text"):
-                control = json.loads(msg["text"])
-                if control.get("type") == "resize":
-                    size = {"rows": int(control["rows"]), "cols": int(control["cols"])}
-                    await conn.send(proto.RESIZE, json.dumps(size).encode())
-                elif control.get("type") == "signal":
-                    await conn.send(proto.SIGNAL, json.dumps({"signal": int(control["signal"])}).encode())
+                try:
+                    control = json.loads(msg["text"])
+                    if control.get("type") == "resize":
+                        await term.resize(int(control["rows"]), int(control["cols"]))
+                    elif control.get("type") == "signal":
+                        await term.signal(int(control["signal"]))
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    continue  # a malformed control frame is ignored, not the end of the session
 
     async def to_client() -> None:
-        while True:
-            kind, payload = await conn.recv()
-            if kind == proto.STDOUT:
-                await websocket.send_bytes(bytes([OUTPUT]) + payload)
-            elif kind == proto.EXIT:
-                await websocket.send_text(json.dumps({"type": "exit", **json.loads(payload)}))
-                return
+        while (data := await term.read()) is not None:
+            await websocket.send_bytes(bytes([OUTPUT]) + data)
+        await websocket.send_text(json.dumps({"type": "exit", **(term.exit or {})}))
 
     reader = asyncio.create_task(from_client())
     writer = asyncio.create_task(to_client())
     try:
-        done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
-        if writer in done:
-            with contextlib.suppress(Exception):
-                await websocket.close()
-        else:
-            # The client left: hang up the terminal as a closed terminal would.
-            await conn.send(proto.SIGNAL, json.dumps({"signal": 1}).encode())
-    except (WebSocketDisconnect, SandboxdError):
-        pass
+        await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in (reader, writer):
             task.cancel()
         await asyncio.gather(reader, writer, return_exceptions=True)
-        await conn.close()
+        await term.close()  # hangs up the shell unless it already exited
+        with contextlib.suppress(Exception):
+            await websocket.close()

@@ -7,7 +7,7 @@ and is bind-mounted read-only into the sandbox; it never imports sandboxd.
 
 The host hands it a listening unix socket as its stdin; the socket's path lives in a host directory
 the sandbox cannot see. Every connection carries one request. Frames are
-``type:u8 length:u32 payload``; see ``protocol.py`` on the host side for the same constants.
+``type:u8 length:u32 payload``; runtimes/agent_client.py on the host side has the same constants.
 """
 
 import errno
@@ -17,6 +17,7 @@ import json
 import os
 import pty
 import pwd
+import select
 import selectors
 import shutil
 import signal
@@ -26,6 +27,7 @@ import struct
 import subprocess
 import sys
 import tarfile
+import tempfile
 import termios
 import threading
 import time
@@ -37,6 +39,7 @@ KEEP_ENDED = 256  # ended processes kept for status/log queries
 CHUNK = 65536
 PIDS_EXHAUSTED = "the sandbox has no processes left under its pids limit"
 LOG_CAP = 16 * 1024 * 1024  # bytes of entrypoint output kept in the host's log file
+DRAIN_GRACE = 0.2  # seconds to collect output after the top process exits
 
 
 def send(sock, kind, payload=b""):
@@ -114,8 +117,26 @@ class Proc:
 
     def done(self):
         # Output is complete once the process has exited and its pipes are drained; after a
-        # timeout, once the rest of its tree is gone too.
-        return self.ended is not None and self.open_streams <= 0 and not self.killing
+        # timeout, once the rest of its tree is gone too. Children it left running in the
+        # background may hold its pipes forever (`server &`): after a short grace the run is over
+        # and they carry on detached.
+        if self.ended is None or self.killing:
+            return False
+        return self.open_streams <= 0 or time.time() - self.ended > DRAIN_GRACE
+
+    def wait_done(self, stop=None):
+        """Waits (holding cond) until done, or until stop() says the waiter has gone."""
+        while not self.done() and not (stop and stop()):
+            self.cond.wait(DRAIN_GRACE if self.ended is not None else 1.0)
+
+    def close_master(self):
+        with self.cond:
+            if self.master is not None:
+                try:
+                    os.close(self.master)
+                except OSError:
+                    pass
+                self.master = None
 
     def expire(self):
         if self.ended is None and self.popen is not None:
@@ -220,7 +241,7 @@ def identity(user):
         groups = [g.gr_gid for g in grp.getgrall() if entry.pw_name in g.gr_mem]
     except KeyError:
         if not str(user).isdigit():
-            raise ValueError("unknown user %r in the sandbox" % user)
+            raise BadField("user", "unknown user %r in the sandbox" % user)
         uid = gid = int(user)
         home, groups = "/", []
     return uid, gid, home, groups
@@ -229,11 +250,11 @@ def identity(user):
 def spawn(req):
     uid, gid, home, groups = identity(req.get("user"))
     env = dict(req.get("env") or {})
-    if home and "HOME" not in (req.get("env_override") or {}):
+    if home and not req.get("home_set"):
         env["HOME"] = home
     cwd = req.get("cwd") or "/"
     if not os.path.isdir(cwd):
-        raise ValueError("working directory %s does not exist in the sandbox" % cwd)
+        raise BadField("cwd", "working directory %s does not exist in the sandbox" % cwd)
     use_pty = bool(req.get("pty"))
     master = None
     kwargs = dict(cwd=cwd, env=env, start_new_session=True, close_fds=True)
@@ -262,6 +283,7 @@ def spawn(req):
             COUNTER[0] += 1
             proc_id = "p%d" % COUNTER[0]
         proc = Proc(proc_id, None, master, req.get("timeout"))
+        proc.tee = req.get("tee")
         try:
             proc.popen = subprocess.Popen(req["argv"], **kwargs)
         except (OSError, subprocess.SubprocessError) as exc:
@@ -270,9 +292,9 @@ def spawn(req):
             if master is not None:
                 os.close(master)
             if isinstance(exc, FileNotFoundError):
-                raise ValueError("command not found: %s" % req["argv"][0])
+                raise BadField("command", "command not found: %s" % req["argv"][0])
             if isinstance(exc, PermissionError):
-                raise ValueError("permission denied: %s" % req["argv"][0])
+                raise BadField("command", "permission denied: %s" % req["argv"][0])
             if isinstance(exc, BlockingIOError):
                 raise Exhausted(PIDS_EXHAUSTED)
             raise
@@ -282,9 +304,10 @@ def spawn(req):
         PROCS[proc_id] = proc
         CHILDREN.set()
         prefer_for_oom(proc.popen.pid)
-        ended = [p for p in PROCS.values() if p.ended is not None]
+        ended = [p for p in PROCS.values() if p.ended is not None and p.id != "entrypoint"]
         for old in ended[: max(0, len(ended) - KEEP_ENDED)]:
             PROCS.pop(old.id, None)
+            old.close_master()
     proc.open_streams = len(readers)
     IO.watch(proc, readers)
     if proc.deadline is not None:
@@ -375,53 +398,88 @@ def prefer_for_oom(pid):
 
 
 def set_size(fd, rows, cols):
+    rows, cols = max(1, min(int(rows), 1000)), max(1, min(int(cols), 1000))
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
+class StdinClosed(Exception):
+    pass
+
+
+class BadField(ValueError):
+    """A request value that is wrong inside this sandbox (no such user, cwd or command)."""
+
+    def __init__(self, field, message):
+        ValueError.__init__(self, message)
+        self.field = field
+
+
 def write_stdin(proc, data):
-    if proc.master is not None:
-        os.write(proc.master, data)
-    elif proc.popen.stdin is not None:
-        proc.popen.stdin.write(data)
-        proc.popen.stdin.flush()
+    try:
+        if proc.master is not None:
+            os.write(proc.master, data)
+        elif proc.popen.stdin is not None and not proc.popen.stdin.closed:
+            proc.popen.stdin.write(data)
+            proc.popen.stdin.flush()
+        else:
+            raise StdinClosed("process %s has no open stdin" % proc.id)
+    except (BrokenPipeError, ValueError):
+        raise StdinClosed("process %s has closed its stdin" % proc.id)
 
 
 def close_stdin(proc):
-    if proc.master is not None:
-        os.write(proc.master, b"\x04")
-    elif proc.popen.stdin is not None:
-        proc.popen.stdin.close()
+    try:
+        if proc.master is not None:
+            os.write(proc.master, b"\x04")
+        elif proc.popen.stdin is not None:
+            proc.popen.stdin.close()
+    except (BrokenPipeError, OSError):
+        pass
 
 
-def control(proc, sock):
-    """Reads stdin, resize and signal frames that the client sends while it is attached."""
+def control(proc, sock, gone):
+    """Reads stdin, resize and signal frames that the client sends while it is attached; marks
+    the attachment gone when the client hangs up, so its waiting thread ends too."""
     try:
         while True:
             kind, payload = recv(sock)
-            if kind == STDIN:
-                write_stdin(proc, payload)
-            elif kind == EOF:
-                close_stdin(proc)
-            elif kind == RESIZE and proc.master is not None:
-                size = json.loads(payload)
-                set_size(proc.master, size["rows"], size["cols"])
-                os.killpg(proc.popen.pid, signal.SIGWINCH)
-            elif kind == SIGNAL:
-                kill_tree(proc.popen.pid, json.loads(payload)["signal"])
-    except (EOFError, OSError, ValueError):
-        return
+            try:
+                if kind == STDIN:
+                    write_stdin(proc, payload)
+                elif kind == EOF:
+                    close_stdin(proc)
+                elif kind == RESIZE and proc.master is not None:
+                    size = json.loads(payload)
+                    set_size(proc.master, size["rows"], size["cols"])
+                    os.killpg(proc.popen.pid, signal.SIGWINCH)
+                elif kind == SIGNAL:
+                    kill_tree(proc.popen.pid, int(json.loads(payload)["signal"]))
+            except (StdinClosed, ValueError, KeyError, TypeError, struct.error, ProcessLookupError):
+                continue  # a bad or late control frame is dropped, the session goes on
+    except (EOFError, OSError):
+        pass
+    finally:
+        gone.append(True)
+        with proc.cond:
+            proc.cond.notify_all()
 
 
-def attach(proc, sock, offset, follow=True):
+def attach(proc, sock, offset, follow=True, announce=False):
+    gone = []
+    if announce:  # where the output sent starts: older output may have been dropped (OUTPUT_CAP)
+        with proc.cond:
+            send(sock, REPLY, {"offset": max(offset, proc.base)})
     try:
-        threading.Thread(target=control, args=(proc, sock), daemon=True).start()
+        threading.Thread(target=control, args=(proc, sock, gone), daemon=True).start()
     except RuntimeError:
         pass  # at the pids limit: output still flows, stdin/resize/signal frames wait for a retry
-    pos = max(offset, 0)
+    pos = max(offset, proc.base)
     while True:
         with proc.cond:
-            while follow and not proc.done() and (not proc.chunks or proc.size <= pos):
-                proc.cond.wait()
+            while follow and not proc.done() and not gone and proc.size <= pos:
+                proc.cond.wait(DRAIN_GRACE if proc.ended is not None else None)
+            if gone:
+                return
             pending = [c for c in proc.chunks if c[0] + len(c[2]) > pos]
             finished = proc.done()
         for off, kind, data in pending:
@@ -432,6 +490,8 @@ def attach(proc, sock, offset, follow=True):
             info = proc.info()
             info["offset"] = pos
             send(sock, EXIT, info)
+            if finished and proc.master is not None:
+                proc.close_master()  # a terminal's pty goes with its process
             return
 
 
@@ -550,9 +610,11 @@ def dispatch(sock, quick_only):
             if req.get("attach"):
                 attach(proc, sock, 0)
         elif op == "attach":
-            attach(lookup(req), sock, req.get("offset", 0), req.get("follow", True))
+            attach(lookup(req), sock, req.get("offset", 0), req.get("follow", True), announce=True)
         elif op == "list":
-            send(sock, REPLY, [p.info() for p in PROCS.values() if p.id != "entrypoint"])
+            with LOCK:
+                procs = [p for p in PROCS.values() if p.id != "entrypoint"]
+            send(sock, REPLY, [p.info() for p in procs])
         elif op == "status":
             send(sock, REPLY, lookup(req).info())
         elif op == "signal":
@@ -562,37 +624,53 @@ def dispatch(sock, quick_only):
         elif op == "stdin":
             proc = lookup(req)
             if req.get("data"):
-                write_stdin(proc, req["data"].encode("latin-1"))
+                write_stdin(proc, req["data"].encode("utf-8"))
             if req.get("eof"):
                 close_stdin(proc)
             send(sock, REPLY, proc.info())
         elif op == "wait_entrypoint":
             send(sock, REPLY, {"waiting": True})
-            ENTRY_DONE.wait()
+            # Until the entrypoint ends, or the host hangs up (a restarted server opens anew).
+            while not ENTRY_DONE.wait(1.0):
+                readable, _, _ = select.select([sock], [], [], 0)
+                if readable and not sock.recv(1, socket.MSG_PEEK):
+                    return
             proc = PROCS["entrypoint"]
             with proc.cond:  # its last output reaches the log before the host tears down
-                while not proc.done():
-                    proc.cond.wait()
+                proc.wait_done()
             send(sock, REPLY, proc.info())
         elif op == "read":
             with open(req["path"], "rb") as f:
-                send(sock, REPLY, {"size": os.fstat(f.fileno()).st_size})
-                while True:
-                    data = f.read(CHUNK)
+                st = os.fstat(f.fileno())
+                if stat.S_ISDIR(st.st_mode):
+                    raise IsADirectoryError(errno.EISDIR, "Is a directory", req["path"])
+                # A regular file is sent as the size it had when opened, so the length the host
+                # announces holds even while something appends to it; others (/proc) to the end.
+                sized = stat.S_ISREG(st.st_mode) and st.st_size > 0
+                send(sock, REPLY, {"size": st.st_size if sized else None})
+                left = st.st_size if sized else -1
+                while left != 0:
+                    data = f.read(CHUNK if left < 0 else min(CHUNK, left))
                     if not data:
                         break
+                    left -= len(data) if left > 0 else 0
                     send(sock, DATA, data)
             send(sock, END)
         elif op == "write":
             path = req["path"]
             if req.get("parents"):
                 os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = "%s.sandboxd-%d" % (path, os.getpid())
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                shutil.copyfileobj(upload, f, CHUNK)
-            os.chmod(tmp, req.get("mode", 0o644))
-            os.replace(tmp, path)
+            if os.path.isdir(path):
+                raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+            fd, tmp = tempfile.mkstemp(prefix=".sandboxd-", dir=os.path.dirname(path) or "/")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    shutil.copyfileobj(upload, f, CHUNK)
+                    os.fchmod(f.fileno(), req.get("mode", 0o644))
+                os.replace(tmp, path)
+            finally:
+                if os.path.lexists(tmp):
+                    os.unlink(tmp)
             send(sock, REPLY, stat_of(path))
         elif op == "list_dir":
             path = req["path"]
@@ -633,6 +711,9 @@ def dispatch(sock, quick_only):
             os.makedirs(path, exist_ok=True)
             with tarfile.open(fileobj=upload, mode="r|") as tar:
                 tar.extractall(path, members=safe_members(tar, path))
+            # tarfile stops at the end-of-archive marker; the record padding and END are still
+            # unread, and closing a unix socket with unread data resets it under our reply.
+            upload.drain()
             send(sock, REPLY, stat_of(path))
         else:
             send(sock, ERROR, {"code": "BAD_REQUEST", "message": "unknown op %s" % op})
@@ -651,10 +732,12 @@ def handle(sock, quick_only=False):
         send(sock, ERROR, {"code": "NOT_FOUND", "message": str(exc.args[0])})
     except Exhausted as exc:
         send(sock, ERROR, {"code": "EXHAUSTED", "message": str(exc)})
+    except StdinClosed as exc:
+        send(sock, ERROR, {"code": "CONFLICT", "message": str(exc)})
     except BlockingIOError:  # fork() refused with EAGAIN
         send(sock, ERROR, {"code": "EXHAUSTED", "message": PIDS_EXHAUSTED})
     except ValueError as exc:
-        send(sock, ERROR, {"code": "BAD_REQUEST", "message": str(exc)})
+        send(sock, ERROR, {"code": "BAD_REQUEST", "message": str(exc), "field": getattr(exc, "field", None)})
     except tarfile.TarError as exc:
         send(sock, ERROR, {"code": "BAD_REQUEST", "message": "archive refused: %s" % exc})
     except OSError as exc:
@@ -667,6 +750,11 @@ def handle(sock, quick_only=False):
             errno.EACCES: "FORBIDDEN",
             errno.EPERM: "FORBIDDEN",
             errno.ELOOP: "BAD_REQUEST",
+            errno.ENAMETOOLONG: "BAD_REQUEST",
+            errno.EROFS: "FORBIDDEN",
+            errno.ENOSPC: "NO_SPACE",
+            errno.EDQUOT: "NO_SPACE",
+            errno.EFBIG: "NO_SPACE",
         }.get(exc.errno, "INTERNAL")
         send(sock, ERROR, {"code": code, "message": "%s: %s" % (exc.strerror, exc.filename or "")})
 
@@ -727,15 +815,15 @@ def spawn_entry(config):
     # The entrypoint's output goes through the agent like any command's (a bounded buffer), and
     # is copied to the host's log file up to LOG_CAP bytes: a chatty entrypoint cannot fill the
     # host's disk.
-    proc = spawn(
+    spawn(
         {
             "id": "entrypoint",
             "argv": config["entrypoint"],
             "env": dict(os.environ),  # the sandbox env, given to the agent by the OCI config
             "cwd": config.get("cwd") or "/",
+            "tee": LogCopy(LOG_CAP),
         }
     )
-    proc.tee = LogCopy(LOG_CAP)
 
 
 class LogCopy:

@@ -187,18 +187,32 @@ def _apply_layer(tar: tarfile.TarFile, root: Path) -> None:
     members = []
     for member in tar:
         parent, _, base = member.name.rstrip("/").rpartition("/")
-        if base == ".wh..wh..opq":  # opaque directory: drop what lower layers put there
-            target = root / parent
-            if target.is_dir():
-                for child in target.iterdir():
-                    _remove(child)
-            continue
         if base.startswith(".wh."):
-            _remove(root / parent / base[4:])
+            # Whiteouts delete from lower layers: their names get the same checks as any member,
+            # or "/etc/.wh.shadow" would delete the host's /etc/shadow.
+            target = _inside(root, parent)
+            if base == ".wh..wh..opq":  # opaque directory: drop what lower layers put there
+                if target.is_dir() and not target.is_symlink():
+                    for child in target.iterdir():
+                        _remove(child)
+            else:
+                _remove(_inside(root, f"{parent}/{base[4:]}"))
             continue
         members.append(member)
     for member in members:
         tar.extract(member, root, filter=_rootfs_filter)
+
+
+def _inside(root: Path, name: str) -> Path:
+    """root/name, refused if it is absolute, has "..", or resolves (through symlinks) outside."""
+    if name.startswith("/") or ".." in name.split("/"):
+        raise InvalidRequest("layer", f"refused layer entry {name!r}: outside the image")
+    path = root / name
+    real_root = os.path.realpath(root)
+    real_parent = os.path.realpath(path.parent)
+    if real_parent != real_root and not real_parent.startswith(real_root + os.sep):
+        raise InvalidRequest("layer", f"refused layer entry {name!r}: outside the image")
+    return path
 
 
 def _remove(path: Path) -> None:

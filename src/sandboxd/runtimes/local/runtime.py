@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import shutil
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from sandboxd.runtimes.local.network import Network, veth_name
 AGENT_SOURCE = Path(__file__).with_name("agent.py")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 READY_TIMEOUT = 10.0
+ENTRYPOINT_FAILED = "sandboxd: entrypoint failed to start:"  # written by agent.py
 
 
 def choose_binary(preference: str) -> str:
@@ -65,12 +68,27 @@ class LocalRuntime:
         self.idmap = oci.IdMap(id_base, id_size)
 
     async def start(self) -> None:
+        self._lock_data_dir()
         self.root.mkdir(parents=True, exist_ok=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.images.remove_partials()
         await self._wait_for_stragglers()
         await self.network.setup_host()
+
+    def _lock_data_dir(self) -> None:
+        """One server per data directory: a second would sweep the first's sandboxes as orphans."""
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self.root.parent / "server.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeFailure(f"another sandboxd server is using {self.root.parent}") from None
+        # The agent's socket lives at <data_dir>/sandboxes/<id>/agent.sock: unix socket paths
+        # are limited to 107 bytes.
+        longest = len(str(self.root / "sbx_01234567890123456789012345" / "agent.sock"))
+        if longest > 107:
+            raise RuntimeFailure(f"the data directory path is too long for unix sockets: {self.root.parent}")
 
     async def _wait_for_stragglers(self, limit: float = 15.0) -> None:
         """A killed server's `runc create` can still be running: reconciling before it ends would
@@ -174,6 +192,8 @@ class LocalRuntime:
             await asyncio.wait_for(agent.call("list"), READY_TIMEOUT)
         except (TimeoutError, RuntimeFailure) as exc:
             log = self.read_log_tail(sandbox_id)
+            if ENTRYPOINT_FAILED in log:  # the agent's own words: the request named a bad program
+                raise InvalidRequest("entrypoint", log.split(ENTRYPOINT_FAILED, 1)[1].strip()) from exc
             raise RuntimeFailure(f"the sandbox did not become ready: {log or exc}") from exc
 
     def read_log_tail(self, sandbox_id: str, size: int = 2000) -> str:
@@ -190,12 +210,22 @@ class LocalRuntime:
             await self._runc("kill", sandbox_id, "KILL", check=False)
             await _wait_gone(pid)
         await self._runc("delete", "--force", sandbox_id, check=False)
-        home = self.root / sandbox_id
-        await asyncio.to_thread(self._remove_home, home)
+        # Every step runs even if one before it failed; the first failure is raised at the end.
+        failures: list[Exception] = []
+        steps: list[Callable[[], Awaitable[None]]] = [
+            lambda: asyncio.to_thread(self._remove_home, self.root / sandbox_id),
+            # The veth goes with the namespace; one left by a crash between steps goes here.
+            lambda: self.network.delete_veth(veth_name(sandbox_id), missing_ok=True),
+        ]
+        for step in steps:
+            try:
+                await step()
+            except Exception as exc:
+                failures.append(exc)
         self._remove_cgroups(sandbox_id)
         self.network.release(record.get("address"))
-        # The veth goes with the namespace; one left by a crash between its steps is removed here.
-        await self.network.delete_veth(veth_name(sandbox_id), missing_ok=True)
+        if failures:
+            raise failures[0]
 
     def _remove_home(self, home: Path) -> None:
         for point in mounts.mounts_under(home):

@@ -180,7 +180,7 @@ class AsyncFiles:
         try:
             await self.stat(path)
         except SandboxError as exc:
-            if exc.status == 404:
+            if exc.code == "NOT_FOUND":  # the file; a missing sandbox still raises
                 return False
             raise
         return True
@@ -298,8 +298,11 @@ class AsyncSandbox:
     async def __aenter__(self) -> AsyncSandbox:
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
         try:
             await self.kill()
+        except SandboxError:
+            if exc_type is None:  # never hide the error that ended the block
+                raise
         finally:
             await self.close()

@@ -180,7 +180,7 @@ class Files:
         try:
             self.stat(path)
         except SandboxError as exc:
-            if exc.status == 404:
+            if exc.code == "NOT_FOUND":  # the file; a missing sandbox still raises
                 return False
             raise
         return True
@@ -298,8 +298,11 @@ class Sandbox:
     def __enter__(self) -> Sandbox:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
         try:
             self.kill()
+        except SandboxError:
+            if exc_type is None:  # never hide the error that ended the block
+                raise
         finally:
             self.close()
