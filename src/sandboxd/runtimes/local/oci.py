@@ -171,7 +171,8 @@ def build_config(
                 "destination": "/dev/pts",
                 "type": "devpts",
                 "source": "devpts",
-                "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
+                # max: ptys are counted host-wide (kernel.pty.max); one sandbox must not use them all.
+                "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "max=256"],
             },
             {
                 "destination": "/dev/shm",

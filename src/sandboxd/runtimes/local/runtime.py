@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import shutil
 import socket
@@ -27,6 +28,7 @@ from sandboxd.runtimes.local import mounts, oci
 from sandboxd.runtimes.local.images import Image, ImageStore
 from sandboxd.runtimes.local.network import Network, veth_name
 
+log = logging.getLogger("sandboxd.runtime")
 AGENT_SOURCE = Path(__file__).with_name("agent.py")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 READY_TIMEOUT = 10.0
@@ -144,7 +146,7 @@ class LocalRuntime:
                     python=python,
                 )
                 (home / "config.json").write_text(json.dumps(config))
-                log = os.open(self.logs_path(sandbox_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                log_fd = os.open(self.logs_path(sandbox_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
                 try:
                     # The listening socket becomes the agent's stdin; its log becomes stdout/stderr.
                     await self._runc(
@@ -155,10 +157,10 @@ class LocalRuntime:
                         str(home / "pid"),
                         sandbox_id,
                         stdin=listener.fileno(),
-                        stdout=log,
+                        stdout=log_fd,
                     )
                 finally:
-                    os.close(log)
+                    os.close(log_fd)
             finally:
                 listener.close()
             pid = int((home / "pid").read_text())
@@ -167,7 +169,10 @@ class LocalRuntime:
             await self._runc("start", sandbox_id)
             await self._wait_ready(sandbox_id)
         except BaseException:
-            await asyncio.shield(self.destroy(sandbox_id, record))
+            try:
+                await asyncio.shield(self.destroy(sandbox_id, record))
+            except Exception:  # the create's own error is the one to report
+                log.exception("cleanup after a failed create failed", extra={"sandbox_id": sandbox_id})
             raise
         return record
 
