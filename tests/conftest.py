@@ -227,3 +227,8 @@ def assert_no_leaks(data_dir: Path, bridge: str) -> None:
     while (found := leaks(data_dir, bridge)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not found, f"left behind: {found}"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"

@@ -151,3 +151,20 @@ def test_metrics_and_openapi(server: Server, sandbox: Sandbox) -> None:
     spec = httpx.get(server.url + "/openapi.json").json()
     assert "/api/v1/sandboxes/{sandbox_id}/commands" in spec["paths"]
     assert httpx.get(server.url + "/docs").status_code == 200
+
+
+@pytest.mark.anyio
+async def test_concurrent_creates_get_their_own_sandboxes(server: Server) -> None:
+    import asyncio
+
+    sandboxes = await asyncio.gather(
+        *(AsyncSandbox.create(url=server.url, api_key=server.key, memory_mb=128) for _ in range(6))
+    )
+    try:
+        results = await asyncio.gather(*(sb.commands.run("hostname; hostname -I") for sb in sandboxes))
+        names = {r.stdout.split()[0] for r in results}
+        addresses = {r.stdout.split()[1] for r in results}
+        assert len(names) == 6 and len(addresses) == 6
+    finally:
+        await asyncio.gather(*(sb.__aexit__(None, None, None) for sb in sandboxes))
+    assert all(sb.state == "terminated" for sb in sandboxes)
