@@ -216,6 +216,9 @@ def leaks(data_dir: Path, bridge: str) -> list[str]:
     veths = subprocess.run(["ip", "-o", "link", "show", "master", bridge], capture_output=True, text=True).stdout
     if veths.strip():
         found.append(f"veths: {veths.strip()}")
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    if [n for n in netns.split("\n") if n and not n.startswith(InternetHost.NETNS)]:
+        found.append(f"network namespaces: {netns.strip()}")
     agents = subprocess.run(["pgrep", "-f", "/.sandboxd/agent.py"], capture_output=True, text=True).stdout
     if agents.strip():
         found.append(f"agent processes: {agents.split()}")

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 console = Console()
 err = Console(stderr=True)
@@ -75,7 +75,9 @@ def serve(host: str | None, port: int | None) -> None:
 
 
 def _sandbox_table(items: list[dict[str, Any]]) -> Table:
-    table = Table("ID", "STATE", "REASON", "IMAGE", "CPU", "MEMORY", "EXPIRES")
+    table = Table("STATE", "REASON", "IMAGE", "CPU", "MEMORY", "EXPIRES")
+    # Ids are copied into the next command: never shortened, whatever the terminal's width.
+    table.columns.insert(0, Column("ID", no_wrap=True, min_width=30))
     for s in items:
         table.add_row(
             s["id"],
