@@ -66,8 +66,9 @@ def serve(host: str | None, port: int | None) -> None:
             images.build_debian(progress=lambda line: status.update(f"building debian: {line[:100]}"))
         err.print("[green]built image 'debian'[/green]")
     key = settings.resolved_api_key()
-    err.print(f"sandboxd on http://{settings.host}:{settings.port}  data: {settings.data_dir}")
-    err.print(f"export SANDBOXD_URL=http://{settings.host}:{settings.port} SANDBOXD_API_KEY={key}")
+    # Plain lines, never wrapped: the export line is meant to be pasted into a shell.
+    click.echo(f"sandboxd on http://{settings.host}:{settings.port}  data: {settings.data_dir}", err=True)
+    click.echo(f"export SANDBOXD_URL=http://{settings.host}:{settings.port} SANDBOXD_API_KEY={key}", err=True)
     # The stdlib loop: uvloop spawns subprocesses (runc, ip) ~25 ms slower per create, measured.
     uvicorn.run(
         create_app(settings), host=settings.host, port=settings.port, log_level="info", loop="asyncio", log_config=None
