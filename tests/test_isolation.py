@@ -48,6 +48,12 @@ def test_root_inside_is_not_root_outside(sandbox: Sandbox) -> None:
     assert owners == {1_000_000}
 
 
+def test_mount_table_shows_no_host_paths(server: Server, sandbox: Sandbox) -> None:
+    mounts = sandbox.files.read("/proc/self/mountinfo").decode()
+    assert str(server.data_dir) not in mounts
+    assert "sandboxd-test-images" not in mounts
+
+
 def test_the_agent_cannot_be_inspected_from_inside(sandbox: Sandbox) -> None:
     # PID 1 holds the socket the host talks through: its fds and memory stay out of reach.
     probes = ("readlink -v /proc/1/fd/0", "cat /proc/1/environ", "head -c 1 /proc/1/mem", "readlink -v /proc/1/root")

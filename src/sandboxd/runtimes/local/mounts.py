@@ -12,10 +12,18 @@ MNT_DETACH = 2
 
 
 def mount_overlay(lower: Path, upper: Path, work: Path, target: Path) -> None:
-    options = f"lowerdir={lower},upperdir={upper},workdir={work}".encode()
-    if _libc.mount(b"overlay", str(target).encode(), b"overlay", 0, options) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount overlay on {target}: {os.strerror(err)}")
+    # The layers are named through /proc/self/fd: the mount options, which the sandbox can read in
+    # its /proc/mounts, then show no host paths.
+    fds = [os.open(path, os.O_PATH | os.O_DIRECTORY) for path in (lower, upper, work)]
+    try:
+        names = [f"/proc/self/fd/{fd}" for fd in fds]
+        options = "lowerdir={},upperdir={},workdir={}".format(*names).encode()
+        if _libc.mount(b"overlay", str(target).encode(), b"overlay", 0, options) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"mount overlay on {target}: {os.strerror(err)}")
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def unmount(target: Path) -> None:
