@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     userns_base: int = 1_000_000
     userns_size: int = 65536
     default_image: str = "debian"
+    # Credentials per registry host, e.g. {"registry.example.com": {"username": "u", "password": "p"}}.
+    registry_auth: dict[str, dict[str, str]] = {}
     default_timeout: int = 300
     max_timeout: int = 7 * 24 * 3600
     default_cpu: float = 1.0

@@ -51,7 +51,7 @@ def serve(host: str | None, port: int | None) -> None:
     from sandboxd.api.app import create_app
     from sandboxd.config import Settings
     from sandboxd.logs import configure as configure_logs
-    from sandboxd.runtimes.local.images import ImageStore
+    from sandboxd.runtimes.registry import image_store
 
     overrides: dict[str, Any] = {}
     if host:
@@ -60,7 +60,7 @@ def serve(host: str | None, port: int | None) -> None:
         overrides["port"] = port
     settings = Settings(**overrides)
     configure_logs()
-    images = ImageStore(settings.image_root, settings.userns_base)
+    images = image_store(settings)
     if settings.default_image == "debian" and not images.exists("debian"):
         with console.status("building the debian image (mmdebstrap, minbase + python3)") as status:
             images.build_debian(progress=lambda line: status.update(f"building debian: {line[:100]}"))
@@ -290,10 +290,9 @@ def image() -> None:
 
 def _image_store() -> Any:
     from sandboxd.config import Settings
-    from sandboxd.runtimes.local.images import ImageStore
+    from sandboxd.runtimes.registry import image_store
 
-    settings = Settings()
-    return ImageStore(settings.image_root, settings.userns_base)
+    return image_store(Settings())
 
 
 @image.command("ls")
@@ -323,6 +322,27 @@ def image_import(name: str, source: Path, ref: str | None) -> None:
     else:
         store.import_tarball(name, source)
     click.echo(name)
+
+
+@image.command("pull")
+@click.argument("reference")
+def image_pull(reference: str) -> None:
+    """Pulls name[:tag|@digest] from an OCI/Docker registry (credentials: SANDBOXD_REGISTRY_AUTH)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err
+    ) as bar:
+        task = bar.add_task(reference, total=None)
+
+        def advance(_ref: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total or None)
+
+        try:
+            _image_store().pull(reference, progress=advance)
+        except Exception as exc:  # noqa: BLE001 - shown to the operator as one line
+            _fail(exc)
+    click.echo(reference)
 
 
 @image.command("rm")

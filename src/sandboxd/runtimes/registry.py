@@ -3,24 +3,35 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from sandboxd.config import Settings
 from sandboxd.runtimes.base import Runtime
 
+if TYPE_CHECKING:
+    from sandboxd.runtimes.local.images import ImageStore
+
 
 def _local(settings: Settings) -> Runtime:
-    from sandboxd.runtimes.local.images import ImageStore
     from sandboxd.runtimes.local.network import Network
     from sandboxd.runtimes.local.runtime import LocalRuntime, choose_binary
 
     return LocalRuntime(
         data_dir=settings.data_dir,
-        images=ImageStore(settings.image_root, settings.userns_base),
+        images=image_store(settings),
         network=Network(settings.bridge, settings.subnet),
         binary=choose_binary(settings.oci_runtime),
         id_base=settings.userns_base,
         id_size=settings.userns_size,
     )
+
+
+def image_store(settings: Settings) -> ImageStore:
+    from sandboxd.runtimes.local.images import ImageStore
+    from sandboxd.runtimes.local.registry import Credentials
+
+    auth = {host: Credentials(c["username"], c["password"]) for host, c in settings.registry_auth.items()}
+    return ImageStore(settings.image_root, settings.userns_base, registry_auth=auth)
 
 
 # A Kubernetes backend registers here, behind the same protocol.

@@ -8,6 +8,9 @@ renamed into place only when complete, so a crash never leaves a half image that
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import io
 import json
 import os
 import shutil
@@ -15,12 +18,18 @@ import stat
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import quote, unquote
+
+import zstandard
 
 from sandboxd.errors import ImageNotFound, InvalidRequest
 from sandboxd.runtimes.local.mounts import mounts_under, unmount
+from sandboxd.runtimes.local.registry import Credentials, RegistryClient, looks_like_reference, parse_reference
 
 DEBIAN_SUITE = "bookworm"
 DEBIAN_PACKAGES = ["python3", "ca-certificates", "procps"]
@@ -34,22 +43,67 @@ class Image:
 
 
 class ImageStore:
-    def __init__(self, root: Path, id_base: int) -> None:
+    def __init__(
+        self,
+        root: Path,
+        id_base: int,
+        registry_auth: dict[str, Credentials] | None = None,
+        max_layer_bytes: int = 8 << 30,
+    ) -> None:
         self.root = root
         self.id_base = id_base
+        self.blobs = root / ".blobs"  # registry blobs by digest, shared by every image
+        self.registry_auth = registry_auth or {}
+        self.max_layer_bytes = max_layer_bytes
+        self._pulls: dict[str, threading.Lock] = {}
+        self._pulls_lock = threading.Lock()
         root.mkdir(parents=True, exist_ok=True)
 
     def get(self, name: str) -> Image:
-        rootfs = self.root / _safe_name(name) / "rootfs"
+        rootfs = self.root / _dir_name(name) / "rootfs"
         if not rootfs.is_dir():
             raise ImageNotFound(name)
         return Image(name=name, rootfs=rootfs, python=_find_python(rootfs))
 
     def list(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if (p / "rootfs").is_dir())
+        return sorted(unquote(p.name) for p in self.root.iterdir() if (p / "rootfs").is_dir())
 
     def exists(self, name: str) -> bool:
-        return (self.root / _safe_name(name) / "rootfs").is_dir()
+        return (self.root / _dir_name(name) / "rootfs").is_dir()
+
+    def pull(self, reference: str, progress: Callable[[str, int, int], None] | None = None) -> Image:
+        """Pulls name[:tag|@digest] from its registry into a local image named by the reference.
+
+        Concurrent pulls of one reference pull once: the others wait and find it there."""
+        ref = parse_reference(reference)
+        with self._pulls_lock:
+            lock = self._pulls.setdefault(reference, threading.Lock())
+        with lock:
+            if self.exists(reference):
+                return self.get(reference)
+            client = RegistryClient(ref, self.registry_auth.get(ref.registry))
+            try:
+                manifest, _ = client.resolve()
+                layers = manifest["layers"]
+                total = sum(int(layer.get("size", 0)) for layer in layers)
+                done = [0]
+
+                def advance(n: int) -> None:
+                    done[0] += n
+                    if progress:
+                        progress(str(ref), done[0], total)
+
+                paths = [client.blob(layer["digest"], self.blobs, advance) for layer in layers]
+            finally:
+                client.close()
+
+            def fill(staging: Path) -> None:
+                for path in paths:
+                    with _open_layer(path, self.max_layer_bytes) as stream:
+                        with tarfile.open(fileobj=stream, mode="r|") as tar:
+                            _apply_layer(tar, staging)
+
+            return self._install(reference, fill)
 
     def build_debian(self, name: str = "debian", progress: Callable[[str], None] | None = None) -> Image:
         """Builds Debian minbase plus python3 from the configured apt mirror with mmdebstrap."""
@@ -85,19 +139,20 @@ class ImageStore:
 
         def step(staging: Path) -> None:
             for layer in _oci_layers(layout, ref):
-                with tarfile.open(layer) as tar:
-                    _apply_layer(tar, staging)
+                with _open_layer(layer, self.max_layer_bytes) as stream:
+                    with tarfile.open(fileobj=stream, mode="r|") as tar:
+                        _apply_layer(tar, staging)
 
         return self._install(name, step)
 
     def delete(self, name: str) -> None:
-        path = self.root / _safe_name(name)
+        path = self.root / _dir_name(name)
         if not path.exists():
             raise ImageNotFound(name)
         shutil.rmtree(path)
 
     def _install(self, name: str, fill: Callable[[Path], None]) -> Image:
-        target = self.root / _safe_name(name)
+        target = self.root / _dir_name(name)
         if target.exists():
             raise InvalidRequest("name", f"image {name!r} already exists")
         tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=self.root))
@@ -124,6 +179,43 @@ def _remove_tree(path: Path) -> None:
         unmount(point)
     if not mounts_under(path):
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _dir_name(name: str) -> str:
+    # A registry reference (host:port/repo:tag) is kept under its quoted form: one path component.
+    return quote(name, safe="") if looks_like_reference(name) else _safe_name(name)
+
+
+class _Capped(io.RawIOBase):
+    """A decompressed layer stream that refuses to grow past a limit (decompression bombs)."""
+
+    def __init__(self, inner: Any, limit: int) -> None:
+        self.inner, self.left = inner, limit
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.inner.read(len(buffer))
+        self.left -= len(data)
+        if self.left < 0:
+            raise InvalidRequest("image", "a layer unpacks to more than the allowed size")
+        buffer[: len(data)] = data
+        return len(data)
+
+
+@contextlib.contextmanager
+def _open_layer(path: Path, limit: int) -> Iterator[BinaryIO]:
+    """A layer blob as an uncompressed tar stream, whatever its compression (gzip, zstd, none)."""
+    with open(path, "rb") as raw:
+        magic = raw.read(4)
+        raw.seek(0)
+        inner: Any = raw
+        if magic[:2] == b"\x1f\x8b":
+            inner = gzip.GzipFile(fileobj=raw)
+        elif magic == b"\x28\xb5\x2f\xfd":
+            inner = zstandard.ZstdDecompressor().stream_reader(raw)
+        yield io.BufferedReader(_Capped(inner, limit), 1 << 20)
 
 
 def _safe_name(name: str) -> str:
@@ -184,12 +276,13 @@ def _oci_layers(layout: Path, ref: str | None) -> list[Path]:
 
 
 def _apply_layer(tar: tarfile.TarFile, root: Path) -> None:
-    members = []
+    """Applies one layer in archive order: whiteouts delete from the layers below, the rest is
+    extracted through the same safety filter as any root filesystem."""
     for member in tar:
         parent, _, base = member.name.rstrip("/").rpartition("/")
         if base.startswith(".wh."):
-            # Whiteouts delete from lower layers: their names get the same checks as any member,
-            # or "/etc/.wh.shadow" would delete the host's /etc/shadow.
+            # Whiteouts get the same checks as any member, or "/etc/.wh.shadow" would delete the
+            # host's /etc/shadow.
             target = _inside(root, parent)
             if base == ".wh..wh..opq":  # opaque directory: drop what lower layers put there
                 if target.is_dir() and not target.is_symlink():
@@ -198,8 +291,6 @@ def _apply_layer(tar: tarfile.TarFile, root: Path) -> None:
             else:
                 _remove(_inside(root, f"{parent}/{base[4:]}"))
             continue
-        members.append(member)
-    for member in members:
         tar.extract(member, root, filter=_rootfs_filter)
 
 

@@ -27,6 +27,7 @@ from sandboxd.runtimes.base import Liveness
 from sandboxd.runtimes.local import mounts, oci
 from sandboxd.runtimes.local.images import Image, ImageStore
 from sandboxd.runtimes.local.network import Network, veth_name
+from sandboxd.runtimes.local.registry import looks_like_reference, parse_reference
 
 log = logging.getLogger("sandboxd.runtime")
 AGENT_SOURCE = Path(__file__).with_name("agent.py")
@@ -113,6 +114,9 @@ class LocalRuntime:
     # -- create / destroy ------------------------------------------------------------------------
 
     def check(self, spec: SandboxSpec) -> None:
+        if looks_like_reference(spec.image) and not self.images.exists(spec.image):
+            parse_reference(spec.image)  # a malformed reference is a 400 now; the pull comes in create
+            return
         self._python(spec.image)
 
     def _python(self, name: str) -> tuple[Image, str]:
@@ -123,6 +127,8 @@ class LocalRuntime:
         return image, image.python
 
     async def create(self, sandbox_id: str, spec: SandboxSpec) -> dict[str, Any]:
+        if looks_like_reference(spec.image):
+            await asyncio.to_thread(self.images.pull, spec.image)
         image, python = self._python(spec.image)
         home = self.root / sandbox_id
         record: dict[str, Any] = {"address": None}
