@@ -14,7 +14,7 @@ from tests.conftest import Server
     ("body", "status", "field", "words"),
     [
         ({"image": "no-such-image"}, 400, "image", "not available"),
-        ({"image": "../../etc"}, 400, "image", "invalid image name"),
+        ({"image": "../../etc"}, 400, "image", "invalid repository name"),
         ({"env": {"1BAD": "x"}}, 400, "env", "invalid environment variable name"),
         ({"env": {"A-B": "x"}}, 400, "env", "invalid environment variable name"),
         ({"cpu": 0}, 400, "cpu", "greater than 0"),
