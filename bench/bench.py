@@ -28,7 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sandboxd.runtimes.local import mounts  # noqa: E402
-from tests.conftest import Server, image_cache_path, teardown_bridge  # noqa: E402
+from sandboxd.runtimes.local.images import ImageStore  # noqa: E402
+from tests.conftest import USERNS_BASE, Server, image_cache_path, teardown_bridge  # noqa: E402
+from tests.test_registry import TAR, Registry, tar_bytes  # noqa: E402
 
 
 def pct(values: list[float], p: float) -> float:
@@ -84,6 +86,7 @@ def main() -> None:
             bundle_src = json.loads((server.data_dir / "sandboxes" / sid / "config.json").read_text())
             http.delete(f"/api/v1/sandboxes/{sid}")
             results["baseline: runc run of the same bundle"] = baseline_runc_run(work, bundle_src, args.runs)
+            results.update(registry_figures(work, http, args.runs))
     finally:
         server.delete_all()
         server.stop()
@@ -92,6 +95,45 @@ def main() -> None:
     sys.stdout.write(f"{'milliseconds':<44} {'p50':>8} {'p90':>8} {'runs':>6}\n")
     for name, values in results.items():
         report(name, values)
+
+
+def registry_figures(work: Path, http: httpx.Client, runs: int) -> dict[str, list[float]]:
+    """Pull of a 50 MB image from a loopback registry (fresh store each time), and create from a
+    pulled, cached image next to create from the base image."""
+    (work / "registry").mkdir()
+    registry = Registry(work / "registry")
+    out: dict[str, list[float]] = {}
+    try:
+        registry.push_image("bench", "big", [(tar_bytes(("blob.bin", os.urandom(50 * 1024 * 1024))), TAR)])
+        base = image_cache_path() / "debian" / "rootfs"
+        with open(work / "base.tar", "wb") as f:
+            import tarfile
+
+            with tarfile.open(fileobj=f, mode="w") as tar:
+                tar.add(base, arcname=".")
+        registry.push_image("bench", "debian", [((work / "base.tar").read_bytes(), TAR)])
+        for i in range(min(runs, 10)):
+            store = ImageStore(work / f"pull{i}", USERNS_BASE)
+            out.setdefault("pull 50 MB image (loopback registry)", []).append(
+                timed(lambda s=store: s.pull(f"{registry.host}/bench:big"))
+            )
+            shutil.rmtree(work / f"pull{i}")
+        cached = f"{registry.host}/bench:debian"
+        first = http.post("/api/v1/sandboxes", json={"image": cached}).json()["id"]  # pulls once
+        http.delete(f"/api/v1/sandboxes/{first}")
+        for image in ("debian", cached):
+            label = "create → running, base image" if image == "debian" else "create → running, pulled cached image"
+            for _ in range(runs):
+                start = time.perf_counter()
+                sid = http.post("/api/v1/sandboxes", json={"image": image}).json()["id"]
+                out.setdefault(label, []).append((time.perf_counter() - start) * 1000)
+                http.delete(f"/api/v1/sandboxes/{sid}")
+        shared = ImageStore(image_cache_path(), USERNS_BASE)
+        shared.delete(cached)
+        shared.gc()
+    finally:
+        registry.close()
+    return out
 
 
 def baseline_runc_run(work: Path, config: dict, runs: int) -> list[float]:  # type: ignore[type-arg]

@@ -255,3 +255,20 @@ def test_references_are_parsed_like_docker() -> None:
     for bad in ("UPPER/x", "a b", "host/x@sha256:short", ""):
         with pytest.raises(InvalidRequest):
             parse_reference(bad)
+
+
+def test_inspect_delete_refused_in_use_and_gc(server: Server, registry: Registry) -> None:
+    registry.push_image("small", "v1", [(tar_bytes(("usr/bin/python3", b"")), TAR)])
+    ref = f"{registry.host}/small:v1"
+    assert cli(server, "image", "pull", ref).returncode == 0
+    info = json.loads(cli(server, "image", "inspect", ref).stdout)
+    assert info["reference"] == ref and info["digest"].startswith("sha256:") and len(info["layers"]) == 1
+    with server.create() as sb:  # a sandbox on the debian image: debian cannot go
+        refused = cli(server, "image", "rm", "debian")
+        assert refused.returncode == 1 and "in use" in refused.stderr
+        assert sb.commands.run("true").exit_code == 0
+    assert cli(server, "image", "rm", ref).returncode == 0
+    collected = cli(server, "image", "gc").stdout.split()
+    assert info["layers"][0] in collected
+    blob = info["layers"][0].split(":")[1]
+    assert not (Path(server.env["SANDBOXD_IMAGES_DIR"]) / ".blobs" / "sha256" / blob).exists()

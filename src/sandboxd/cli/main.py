@@ -348,7 +348,36 @@ def image_pull(reference: str) -> None:
 @image.command("rm")
 @click.argument("name")
 def image_rm(name: str) -> None:
-    _image_store().delete(name)
+    """Removes an image; refused while a sandbox is built on it."""
+    from sandboxd.config import Settings
+
+    store = _image_store()
+    sandboxes = Settings().data_dir / "sandboxes"
+    rootfs = str(store.get(name).rootfs) if store.exists(name) else None
+
+    def in_use(_name: str) -> bool:
+        return any(marker.read_text() == rootfs for marker in sandboxes.glob("*/image"))
+
+    try:
+        store.delete(name, in_use)
+    except Exception as exc:  # noqa: BLE001 - one line for the operator
+        _fail(exc)
+
+
+@image.command("inspect")
+@click.argument("name")
+def image_inspect(name: str) -> None:
+    try:
+        click.echo(json.dumps(_image_store().inspect(name), indent=2))
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
+
+
+@image.command("gc")
+def image_gc() -> None:
+    """Deletes downloaded layers that no image uses any more."""
+    for digest in _image_store().gc():
+        click.echo(digest)
 
 
 if __name__ == "__main__":

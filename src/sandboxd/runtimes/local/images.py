@@ -8,6 +8,7 @@ renamed into place only when complete, so a crash never leaves a half image that
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import gzip
 import io
@@ -27,7 +28,7 @@ from urllib.parse import quote, unquote
 
 import zstandard
 
-from sandboxd.errors import ImageNotFound, InvalidRequest
+from sandboxd.errors import Conflict, ImageNotFound, InvalidRequest
 from sandboxd.runtimes.local.mounts import mounts_under, unmount
 from sandboxd.runtimes.local.registry import Credentials, RegistryClient, looks_like_reference, parse_reference
 
@@ -83,7 +84,7 @@ class ImageStore:
                 return self.get(reference)
             client = RegistryClient(ref, self.registry_auth.get(ref.registry))
             try:
-                manifest, _ = client.resolve()
+                manifest, manifest_digest = client.resolve()
                 layers = manifest["layers"]
                 total = sum(int(layer.get("size", 0)) for layer in layers)
                 done = [0]
@@ -103,7 +104,13 @@ class ImageStore:
                         with tarfile.open(fileobj=stream, mode="r|") as tar:
                             _apply_layer(tar, staging)
 
-            return self._install(reference, fill)
+            meta = {
+                "reference": str(ref),
+                "digest": manifest_digest,
+                "layers": [layer["digest"] for layer in layers],
+                "blobs": [layer["digest"] for layer in layers],
+            }
+            return self._install(reference, fill, meta)
 
     def build_debian(self, name: str = "debian", progress: Callable[[str], None] | None = None) -> Image:
         """Builds Debian minbase plus python3 from the configured apt mirror with mmdebstrap."""
@@ -145,13 +152,37 @@ class ImageStore:
 
         return self._install(name, step)
 
-    def delete(self, name: str) -> None:
+    def inspect(self, name: str) -> dict[str, Any]:
+        """What is known of an image: its source, digest and layers (for pulled images)."""
+        image = self.get(name)
+        meta_path = image.rootfs.parent / "image.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        return {"name": name, "python": image.python, **meta}
+
+    def delete(self, name: str, in_use: Callable[[str], bool] = lambda _name: False) -> None:
+        """Removes an image, unless a sandbox's root is built on it (its files would vanish under
+        the running sandbox)."""
         path = self.root / _dir_name(name)
         if not path.exists():
             raise ImageNotFound(name)
+        if in_use(name):
+            raise Conflict(f"image {name!r} is in use by a sandbox")
         shutil.rmtree(path)
 
-    def _install(self, name: str, fill: Callable[[Path], None]) -> Image:
+    def gc(self) -> builtins.list[str]:
+        """Deletes downloaded blobs that no image refers to; returns their digests."""
+        wanted: set[str] = set()
+        for meta in self.root.glob("*/image.json"):
+            wanted.update(json.loads(meta.read_text()).get("blobs", []))
+        removed = []
+        for blob in (self.blobs / "sha256").glob("*") if self.blobs.exists() else []:
+            digest = f"sha256:{blob.name}"
+            if digest not in wanted:
+                blob.unlink()
+                removed.append(digest)
+        return removed
+
+    def _install(self, name: str, fill: Callable[[Path], None], meta: dict[str, Any] | None = None) -> Image:
         target = self.root / _dir_name(name)
         if target.exists():
             raise InvalidRequest("name", f"image {name!r} already exists")
@@ -161,6 +192,7 @@ class ImageStore:
             staging.mkdir()
             fill(staging)
             shift_ownership(staging, self.id_base)
+            (tmp / "image.json").write_text(json.dumps(meta or {}))
             os.rename(tmp, target)
         except BaseException:
             _remove_tree(tmp)

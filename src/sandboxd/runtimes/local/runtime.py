@@ -185,6 +185,7 @@ class LocalRuntime:
     def _prepare_root(self, sandbox_id: str, home: Path, lower: Path, address: str | None) -> None:
         for sub in ("upper", "work", "rootfs"):
             (home / sub).mkdir(parents=True, exist_ok=True)
+        (home / "image").write_text(str(lower))  # image deletion checks this: in use while here
         # The overlay root takes its owner from the upper dir: root of the sandbox's user namespace.
         os.chown(home / "upper", self.idmap.host_id, self.idmap.host_id)
         mounts.mount_overlay(lower, home / "upper", home / "work", home / "rootfs")
