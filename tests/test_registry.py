@@ -272,3 +272,23 @@ def test_inspect_delete_refused_in_use_and_gc(server: Server, registry: Registry
     assert info["layers"][0] in collected
     blob = info["layers"][0].split(":")[1]
     assert not (Path(server.env["SANDBOXD_IMAGES_DIR"]) / ".blobs" / "sha256" / blob).exists()
+
+
+def test_pull_progress_is_visible_while_a_create_waits(server: Server, registry: Registry, base_layer: Path) -> None:  # noqa: F811
+    registry.push_image("progress", "v1", [(base_layer.read_bytes(), TAR)])
+    ref = f"{registry.host}/progress:v1"
+    seen: list[str] = []
+    try:
+        with server.client() as http:
+            sid = http.post("/api/v1/sandboxes", params={"wait": "false"}, json={"image": ref}).json()["id"]
+            deadline = time.monotonic() + 60
+            while (status := http.get(f"/api/v1/sandboxes/{sid}").json()["status"])["state"] == "pending":
+                if status["reason"] == "pulling":
+                    seen.append(status["message"])
+                assert time.monotonic() < deadline
+                time.sleep(0.005)
+            assert status["state"] == "running"
+            http.delete(f"/api/v1/sandboxes/{sid}")
+        assert seen and all(ref in m and " MB" in m for m in seen), seen
+    finally:
+        cli(server, "image", "rm", ref)

@@ -35,7 +35,7 @@ class FlakyRuntime:
     async def start(self) -> None:
         return None
 
-    async def create(self, sandbox_id: str, spec: SandboxSpec) -> dict[str, Any]:
+    async def create(self, sandbox_id: str, spec: SandboxSpec, progress: Any = None) -> dict[str, Any]:
         self.alive.add(sandbox_id)
         return {}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from sandboxd.domain import SandboxSpec
@@ -24,8 +25,11 @@ class Runtime(Protocol):
     def check(self, spec: SandboxSpec) -> None:
         """Refuses, before anything is made, a spec this runtime cannot run (unknown image ...)."""
 
-    async def create(self, sandbox_id: str, spec: SandboxSpec) -> dict[str, Any]:
+    async def create(
+        self, sandbox_id: str, spec: SandboxSpec, progress: Callable[[str, str], None] | None = None
+    ) -> dict[str, Any]:
         """Builds and starts a sandbox; returns the record a restarted server re-attaches with.
+        progress(step, message) reports long steps (a pull) from any thread.
 
         On failure everything it made is already removed."""
 

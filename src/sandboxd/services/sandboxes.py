@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 
 from sandboxd.config import Settings
@@ -96,7 +97,7 @@ class SandboxService:
         """Runs the runtime's create; returns the error that failed it, if one did."""
         async with self._lock(sandbox.id):
             try:
-                record = await self.runtime.create(sandbox.id, sandbox.spec)
+                record = await self.runtime.create(sandbox.id, sandbox.spec, self._progress(sandbox.id))
             except SandboxdError as exc:
                 self._transition(sandbox.id, State.FAILED, "create_failed", exc.message)
                 return exc
@@ -114,6 +115,25 @@ class SandboxService:
             self._transition(sandbox.id, State.RUNNING, "started")
             self._watch(sandbox.id)
             return None
+
+    def _progress(self, sandbox_id: str) -> Callable[[str, str], None]:
+        """A progress reporter the runtime may call from any thread: the pending sandbox's reason
+        and message show it (at most a few writes a second)."""
+        loop = asyncio.get_running_loop()
+        last = [0.0]
+
+        def write(step: str, message: str) -> None:
+            current = self.store.get(sandbox_id)
+            if current is not None and current.status.state == State.PENDING:
+                current.status = Status(state=State.PENDING, reason=step, message=message, changed_at=utcnow())
+                self.store.update(current)
+
+        def report(step: str, message: str) -> None:
+            if time.monotonic() - last[0] >= 0.2:
+                last[0] = time.monotonic()
+                loop.call_soon_threadsafe(write, step, message)
+
+        return report
 
     def get(self, sandbox_id: str) -> Sandbox:
         sandbox = self.store.get(sandbox_id)

@@ -126,9 +126,16 @@ class LocalRuntime:
             raise InvalidRequest("image", f"image {name!r} has no python3 to run the sandbox agent")
         return image, image.python
 
-    async def create(self, sandbox_id: str, spec: SandboxSpec) -> dict[str, Any]:
+    async def create(
+        self, sandbox_id: str, spec: SandboxSpec, progress: Callable[[str, str], None] | None = None
+    ) -> dict[str, Any]:
         if looks_like_reference(spec.image):
-            await asyncio.to_thread(self.images.pull, spec.image)
+
+            def pulled(ref: str, done: int, total: int) -> None:
+                if progress:
+                    progress("pulling", f"{ref}: {done / 1e6:.1f} of {total / 1e6:.1f} MB")
+
+            await asyncio.to_thread(self.images.pull, spec.image, pulled)
         image, python = self._python(spec.image)
         home = self.root / sandbox_id
         record: dict[str, Any] = {"address": None}
