@@ -100,6 +100,8 @@ class ImageStore:
 
             def fill(staging: Path) -> None:
                 for path in paths:
+                    if progress:  # unpacking takes a while too, also when every blob was cached
+                        progress(str(ref), done[0], total)
                     with _open_layer(path, self.max_layer_bytes) as stream:
                         with tarfile.open(fileobj=stream, mode="r|") as tar:
                             _apply_layer(tar, staging)
