@@ -222,8 +222,26 @@ def test_private_repository_needs_credentials(server: Server, tmp_path: Path) ->
         assert pulled.returncode == 0, pulled.stderr
         rootfs = ImageStore(Path(server.env["SANDBOXD_IMAGES_DIR"]), USERNS_BASE).get(ref).rootfs
         assert (rootfs / "hello.txt").read_bytes() == b"private"
+        # Per request (OpenSandbox's image.auth): used for the pull, never stored or shown.
+        private.push_image("secret/app", "v2", [(tar_bytes(("usr/bin/python3", b""), ("v2.txt", b"2")), TAR)])
+        v2 = f"{private.host}/secret/app:v2"
+        with server.client() as http:
+            body = {"image": v2, "image_auth": {"username": "alice", "password": "nope"}}
+            assert http.post("/api/v1/sandboxes", json=body).status_code == 400
+            body["image_auth"]["password"] = "s3cret"  # type: ignore[index]
+            r = http.post("/api/v1/sandboxes", json=body, params={"wait": "false"})
+            assert r.status_code == 202 and "s3cret" not in r.text
+            deadline = time.monotonic() + 30
+            while http.get(f"/api/v1/sandboxes/{r.json()['id']}").json()["status"]["state"] == "pending":
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            http.delete(f"/api/v1/sandboxes/{r.json()['id']}")  # (its image has no working python3)
+        assert ImageStore(Path(server.env["SANDBOXD_IMAGES_DIR"]), USERNS_BASE).exists(v2)
+        stored = b"".join(p.read_bytes() for p in server.data_dir.glob("sandboxd.db*"))
+        assert b"s3cret" not in stored
     finally:
-        cli(server, "image", "rm", f"{private.host}/secret/app:v1")
+        for tag in ("v1", "v2"):
+            cli(server, "image", "rm", f"{private.host}/secret/app:{tag}")
         private.close()
 
 

@@ -35,7 +35,9 @@ class FlakyRuntime:
     async def start(self) -> None:
         return None
 
-    async def create(self, sandbox_id: str, spec: SandboxSpec, progress: Any = None) -> dict[str, Any]:
+    async def create(
+        self, sandbox_id: str, spec: SandboxSpec, progress: Any = None, image_auth: Any = None
+    ) -> dict[str, Any]:
         self.alive.add(sandbox_id)
         return {}
 

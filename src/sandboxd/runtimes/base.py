@@ -26,10 +26,15 @@ class Runtime(Protocol):
         """Refuses, before anything is made, a spec this runtime cannot run (unknown image ...)."""
 
     async def create(
-        self, sandbox_id: str, spec: SandboxSpec, progress: Callable[[str, str], None] | None = None
+        self,
+        sandbox_id: str,
+        spec: SandboxSpec,
+        progress: Callable[[str, str], None] | None = None,
+        image_auth: tuple[str, str] | None = None,
     ) -> dict[str, Any]:
         """Builds and starts a sandbox; returns the record a restarted server re-attaches with.
-        progress(step, message) reports long steps (a pull) from any thread.
+        progress(step, message) reports long steps (a pull) from any thread; image_auth is
+        (username, password) for this pull only.
 
         On failure everything it made is already removed."""
 

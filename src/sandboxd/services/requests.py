@@ -33,6 +33,13 @@ def check_sandbox_path(path: str) -> str:
     return posixpath.normpath(path)
 
 
+class RegistryAuth(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    username: str = Field(min_length=1)
+    password: str = Field(min_length=1, json_schema_extra={"writeOnly": True})
+
+
 class CreateSandbox(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -48,6 +55,9 @@ class CreateSandbox(BaseModel):
     pids: int | None = Field(None, ge=8)
     timeout: int | None = Field(None, ge=1, description="Seconds until the sandbox is destroyed.")
     internet_access: bool = True
+    image_auth: RegistryAuth | None = Field(
+        None, description="Registry credentials for pulling this image; used once, never stored."
+    )
 
     _env = field_validator("env")(check_env)
     _cwd = field_validator("cwd")(check_sandbox_path)

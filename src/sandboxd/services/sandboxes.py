@@ -82,7 +82,9 @@ class SandboxService:
             expires_at=now + timedelta(seconds=spec.timeout),
         )
         self.store.insert(sandbox)
-        task = asyncio.create_task(self._start(sandbox))
+        # Credentials go to the runtime for this create only: they are not part of the record.
+        auth = (req.image_auth.username, req.image_auth.password) if req.image_auth else None
+        task = asyncio.create_task(self._start(sandbox, auth))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         if wait:
@@ -93,11 +95,11 @@ class SandboxService:
             return self.get(sandbox.id)
         return sandbox
 
-    async def _start(self, sandbox: Sandbox) -> SandboxdError | None:
+    async def _start(self, sandbox: Sandbox, auth: tuple[str, str] | None = None) -> SandboxdError | None:
         """Runs the runtime's create; returns the error that failed it, if one did."""
         async with self._lock(sandbox.id):
             try:
-                record = await self.runtime.create(sandbox.id, sandbox.spec, self._progress(sandbox.id))
+                record = await self.runtime.create(sandbox.id, sandbox.spec, self._progress(sandbox.id), auth)
             except SandboxdError as exc:
                 self._transition(sandbox.id, State.FAILED, "create_failed", exc.message)
                 return exc

@@ -72,7 +72,12 @@ class ImageStore:
     def exists(self, name: str) -> bool:
         return (self.root / _dir_name(name) / "rootfs").is_dir()
 
-    def pull(self, reference: str, progress: Callable[[str, int, int], None] | None = None) -> Image:
+    def pull(
+        self,
+        reference: str,
+        progress: Callable[[str, int, int], None] | None = None,
+        credentials: Credentials | None = None,
+    ) -> Image:
         """Pulls name[:tag|@digest] from its registry into a local image named by the reference.
 
         Concurrent pulls of one reference pull once: the others wait and find it there."""
@@ -82,7 +87,7 @@ class ImageStore:
         with lock:
             if self.exists(reference):
                 return self.get(reference)
-            client = RegistryClient(ref, self.registry_auth.get(ref.registry))
+            client = RegistryClient(ref, credentials or self.registry_auth.get(ref.registry))
             try:
                 manifest, manifest_digest = client.resolve()
                 layers = manifest["layers"]

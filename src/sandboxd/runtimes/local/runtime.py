@@ -27,7 +27,7 @@ from sandboxd.runtimes.base import Liveness
 from sandboxd.runtimes.local import mounts, oci
 from sandboxd.runtimes.local.images import Image, ImageStore
 from sandboxd.runtimes.local.network import Network, veth_name
-from sandboxd.runtimes.local.registry import looks_like_reference, parse_reference
+from sandboxd.runtimes.local.registry import Credentials, looks_like_reference, parse_reference
 
 log = logging.getLogger("sandboxd.runtime")
 AGENT_SOURCE = Path(__file__).with_name("agent.py")
@@ -127,7 +127,11 @@ class LocalRuntime:
         return image, image.python
 
     async def create(
-        self, sandbox_id: str, spec: SandboxSpec, progress: Callable[[str, str], None] | None = None
+        self,
+        sandbox_id: str,
+        spec: SandboxSpec,
+        progress: Callable[[str, str], None] | None = None,
+        image_auth: tuple[str, str] | None = None,
     ) -> dict[str, Any]:
         if looks_like_reference(spec.image):
 
@@ -135,7 +139,8 @@ class LocalRuntime:
                 if progress:
                     progress("pulling", f"{ref}: {done / 1e6:.1f} of {total / 1e6:.1f} MB")
 
-            await asyncio.to_thread(self.images.pull, spec.image, pulled)
+            credentials = Credentials(*image_auth) if image_auth else None
+            await asyncio.to_thread(self.images.pull, spec.image, pulled, credentials)
         image, python = self._python(spec.image)
         home = self.root / sandbox_id
         record: dict[str, Any] = {"address": None}
