@@ -6,6 +6,7 @@ import enum
 import os
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -65,6 +66,7 @@ class SandboxSpec(BaseModel):
     limits: Limits
     timeout: int
     internet_access: bool = True
+    source: dict[str, Any] | None = None  # a services.sources.Source, as given
 
 
 class Status(BaseModel):

@@ -113,6 +113,23 @@ class Agent:
         finally:
             await conn.close()
 
+    async def upload(self, body: AsyncIterator[bytes], op: str, **args: Any) -> Any:
+        """Streams body as DATA frames for an upload op. The agent may refuse midway (a bad
+        path, a hostile archive) and hang up: its ERROR frame then explains, not the broken pipe."""
+        conn = await self.connect()
+        try:
+            await conn.request(op, **args)
+            try:
+                async for chunk in body:
+                    for start in range(0, len(chunk), CHUNK):
+                        await conn.send(DATA, chunk[start : start + CHUNK])
+                await conn.send(END)
+            except ConnectionError:
+                pass
+            return await conn.reply()
+        finally:
+            await conn.close()
+
     async def open(self, op: str, **args: Any) -> tuple[AgentConnection, Any]:
         """Starts a streaming request and returns the connection after its first reply."""
         conn = await self.connect()

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from sandboxd.errors import InvalidRequest
-from sandboxd.runtimes import agent_client as proto
 from sandboxd.runtimes.agent_client import Agent
 from sandboxd.services.requests import check_sandbox_path
 from sandboxd.services.sandboxes import SandboxService
@@ -51,21 +50,7 @@ class FileService:
         return await self._upload(sandbox_id, body, "write", path=sandbox_path(path), mode=mode, parents=parents)
 
     async def _upload(self, sandbox_id: str, body: AsyncIterator[bytes], op: str, **args: Any) -> dict[str, Any]:
-        """Streams body to the agent as DATA frames. The agent may refuse midway (a bad path, a
-        hostile archive) and hang up: its ERROR frame then explains, not the broken pipe."""
-        conn = await self._agent(sandbox_id).connect()
-        try:
-            await conn.request(op, **args)
-            try:
-                async for chunk in body:
-                    for start in range(0, len(chunk), proto.CHUNK):
-                        await conn.send(proto.DATA, chunk[start : start + proto.CHUNK])
-                await conn.send(proto.END)
-            except ConnectionError:
-                pass
-            return dict(await conn.reply())
-        finally:
-            await conn.close()
+        return dict(await self._agent(sandbox_id).upload(body, op, **args))
 
     async def call(self, sandbox_id: str, op: str, **paths: Any) -> Any:
         checked = {k: sandbox_path(v, k) if k in ("path", "source", "destination") else v for k, v in paths.items()}

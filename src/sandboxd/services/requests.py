@@ -9,6 +9,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from sandboxd.services.sources import Source
+
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,62}[A-Za-z0-9])?$")
 
@@ -55,6 +57,9 @@ class CreateSandbox(BaseModel):
     pids: int | None = Field(None, ge=8)
     timeout: int | None = Field(None, ge=1, description="Seconds until the sandbox is destroyed.")
     internet_access: bool = True
+    source: Source | None = Field(
+        None, discriminator="type", description="A git repository or tarball unpacked into cwd at create."
+    )
     image_auth: RegistryAuth | None = Field(
         None, description="Registry credentials for pulling this image; used once, never stored."
     )

@@ -26,6 +26,7 @@ from sandboxd.errors import (
 from sandboxd.runtimes.agent_client import Agent
 from sandboxd.runtimes.base import Liveness, Runtime
 from sandboxd.services.requests import CreateSandbox
+from sandboxd.services.sources import GitSource, TarballSource, git_archive, tarball_archive
 from sandboxd.store.base import SandboxStore
 
 log = logging.getLogger("sandboxd.lifecycle")
@@ -68,6 +69,7 @@ class SandboxService:
             limits=Limits(cpu=cpu, memory_mb=memory, pids=pids),
             timeout=timeout,
             internet_access=req.internet_access,
+            source=req.source.model_dump() if req.source else None,
         )
 
     async def create(self, req: CreateSandbox, wait: bool = True) -> Sandbox:
@@ -114,9 +116,32 @@ class SandboxService:
                 return None
             current.runtime = record
             self.store.update(current)
+            if sandbox.spec.source:
+                error = await self._fill_from_source(current)
+                if error is not None:
+                    return error
             self._transition(sandbox.id, State.RUNNING, "started")
             self._watch(sandbox.id)
             return None
+
+    async def _fill_from_source(self, sandbox: Sandbox) -> SandboxdError | None:
+        """Unpacks the requested git repository or tarball into the sandbox's cwd; on failure the
+        sandbox is removed and the error (naming what failed) is returned."""
+        source = sandbox.spec.source or {}
+        self._progress(sandbox.id)("fetching_source", str(source.get("url")))
+        try:
+            if source["type"] == "git":
+                archive = git_archive(GitSource.model_validate(source))
+            else:
+                archive = tarball_archive(TarballSource.model_validate(source))
+            agent = self.runtime.agent(sandbox.id, sandbox.runtime)
+            await agent.upload(archive, "tar_put", path=sandbox.spec.cwd)
+        except SandboxdError as exc:
+            await self.runtime.destroy(sandbox.id, sandbox.runtime)
+            message = exc.message
+            self._transition(sandbox.id, State.FAILED, "source_failed", message)
+            return exc if exc.field == "source" else InvalidRequest("source", message)
+        return None
 
     def _progress(self, sandbox_id: str) -> Callable[[str, str], None]:
         """A progress reporter the runtime may call from any thread: the pending sandbox's reason

@@ -230,6 +230,8 @@ class AsyncSandbox:
         metadata: dict[str, str] | None = None,
         timeout: int | None = None,
         internet_access: bool = True,
+        source: dict[str, Any] | None = None,
+        image_auth: dict[str, str] | None = None,
         url: str | None = None,
         api_key: str | None = None,
         request_timeout: float = 120.0,
@@ -245,6 +247,8 @@ class AsyncSandbox:
             ("entrypoint", entrypoint),
             ("metadata", metadata),
             ("timeout", timeout),
+            ("source", source),  # {"type": "git", "url", "revision", "depth"} or {"type": "tarball", "url"}
+            ("image_auth", image_auth),  # {"username", "password"} for a private registry image
         ):
             if value is not None:
                 body[key] = value
