@@ -124,9 +124,9 @@ class Proc:
             return False
         return self.open_streams <= 0 or time.time() - self.ended > DRAIN_GRACE
 
-    def wait_done(self, stop=None):
-        """Waits (holding cond) until done, or until stop() says the waiter has gone."""
-        while not self.done() and not (stop and stop()):
+    def wait_done(self):
+        """Waits (holding cond) until done."""
+        while not self.done():
             self.cond.wait(DRAIN_GRACE if self.ended is not None else 1.0)
 
     def close_master(self):

@@ -6,6 +6,8 @@ import resource
 from dataclasses import dataclass
 from typing import Any
 
+from sandboxd.domain import Limits
+
 # Docker's default capability set less NET_RAW: enough for package managers and servers, nothing
 # that administers the kernel (no SYS_ADMIN, NET_ADMIN, SYS_MODULE, SYS_PTRACE, SYS_TIME ...).
 # NET_RAW would let a sandbox forge packets on the shared bridge (ARP replies that steal another
@@ -113,13 +115,6 @@ EPERM, ENOSYS = 1, 38
 
 AGENT_PATH = "/.sandboxd/agent.py"
 CPU_PERIOD_US = 100_000
-
-
-@dataclass(frozen=True)
-class Limits:
-    cpu: float
-    memory_mb: int
-    pids: int
 
 
 @dataclass(frozen=True)

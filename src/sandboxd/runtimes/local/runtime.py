@@ -156,7 +156,7 @@ class LocalRuntime:
                     hostname=sandbox_id.replace("_", "-")[:63],
                     env=spec.env,
                     cwd=spec.cwd,
-                    limits=oci.Limits(spec.limits.cpu, spec.limits.memory_mb, spec.limits.pids),
+                    limits=spec.limits,
                     cgroup_path=f"/sandboxd-{sandbox_id}",
                     idmap=self.idmap,
                     agent_host_path=str(AGENT_SOURCE),
