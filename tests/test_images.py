@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from sandboxd import SandboxError
+from sandboxd.runtimes.local.images import ImageStore
 from tests.conftest import USERNS_BASE, Server
 
 
@@ -37,7 +38,7 @@ def base_layer(image_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
     path = tmp_path_factory.mktemp("layers") / "base.tar"
     with tarfile.open(path, "w") as tar:
-        tar.add(image_cache / "debian" / "rootfs", arcname=".", filter=unshift)
+        tar.add(ImageStore(image_cache, USERNS_BASE).get("debian").layers[0], arcname=".", filter=unshift)
     return path
 
 

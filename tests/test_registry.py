@@ -220,7 +220,7 @@ def test_private_repository_needs_credentials(server: Server, tmp_path: Path) ->
         right = json.dumps({private.host: {"username": "alice", "password": "s3cret"}})
         pulled = cli(server, "image", "pull", ref, SANDBOXD_REGISTRY_AUTH=right)
         assert pulled.returncode == 0, pulled.stderr
-        rootfs = ImageStore(Path(server.env["SANDBOXD_IMAGES_DIR"]), USERNS_BASE).get(ref).rootfs
+        rootfs = ImageStore(Path(server.env["SANDBOXD_IMAGES_DIR"]), USERNS_BASE).get(ref).layers[-1]
         assert (rootfs / "hello.txt").read_bytes() == b"private"
         # Per request (OpenSandbox's image.auth): used for the pull, never stored or shown.
         private.push_image("secret/app", "v2", [(tar_bytes(("usr/bin/python3", b""), ("v2.txt", b"2")), TAR)])
@@ -287,9 +287,11 @@ def test_inspect_delete_refused_in_use_and_gc(server: Server, registry: Registry
         assert sb.commands.run("true").exit_code == 0
     assert cli(server, "image", "rm", ref).returncode == 0
     collected = cli(server, "image", "gc").stdout.split()
-    assert info["layers"][0] in collected
-    blob = info["layers"][0].split(":")[1]
-    assert not (Path(server.env["SANDBOXD_IMAGES_DIR"]) / ".blobs" / "sha256" / blob).exists()
+    images_dir = Path(server.env["SANDBOXD_IMAGES_DIR"])
+    assert info["blobs"][0] in collected and f"layer:{info['layers'][0]}" in collected
+    assert not (images_dir / ".blobs" / "sha256" / info["blobs"][0].split(":")[1]).exists()
+    assert not (images_dir / ".layers" / info["layers"][0]).exists()
+    assert ImageStore(images_dir, USERNS_BASE).get("debian").python  # what is in use stays
 
 
 def test_pull_progress_is_visible_while_a_create_waits(server: Server, registry: Registry, base_layer: Path) -> None:  # noqa: F811

@@ -47,6 +47,9 @@ class FlakyRuntime:
         self.alive.discard(sandbox_id)
         self.destroyed.append(sandbox_id)
 
+    def image_config(self, name: str) -> dict[str, Any]:
+        return {}
+
     async def liveness(self, sandbox_id: str, record: dict[str, Any]) -> Liveness:
         return Liveness.RUNNING if sandbox_id in self.alive else Liveness.MISSING
 

@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     max_memory_mb: int = 16384
     max_pids: int = 32768
     retention_seconds: int = 3600
+    # Runtime names → template names. A template that was never built is built on first use from
+    # <name>.toml in template_dirs or the definitions shipped with sandboxd.
+    runtimes: dict[str, str] = {"python3.11": "python3.11", "node18": "node18"}
+    template_dirs: list[Path] = []
+    build_memory_mb: int = 2048  # limits of the sandboxes that run template build steps
+    build_pids: int = 4096
     reaper_interval: float = 1.0
 
     @classmethod

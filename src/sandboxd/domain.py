@@ -55,18 +55,41 @@ class Limits(BaseModel):
     pids: int
 
 
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
 class SandboxSpec(BaseModel):
-    """A create request after defaults and validation: what the runtime is asked to build."""
+    """A create request after defaults and validation: what the runtime is asked to build.
+
+    Fields left unset (cwd, user, entrypoint, ready_check, env entries) take the image's config:
+    ``resolved`` fills them in once the image is known (it may first have to be pulled)."""
 
     image: str
+    layers: list[str] = Field(default_factory=list)  # more layers over the image's (template builds)
     entrypoint: list[str] | None = None
     env: dict[str, str] = Field(default_factory=dict)
-    cwd: str = "/"
+    cwd: str | None = None
+    user: str | None = None
+    ready_check: dict[str, Any] | None = None  # {command, interval, timeout}, from a template
     metadata: dict[str, str] = Field(default_factory=dict)
     limits: Limits
     timeout: int
     internet_access: bool = True
     source: dict[str, Any] | None = None  # a services.sources.Source, as given
+    template: str | None = None  # "name:version" when started from a template
+
+    def resolved(self, image_config: dict[str, Any]) -> SandboxSpec:
+        """This spec over the image's defaults; the request wins wherever it said something."""
+        env = {"PATH": DEFAULT_PATH, "HOME": "/root", **image_config.get("env", {}), **self.env}
+        return self.model_copy(
+            update={
+                "env": env,
+                "cwd": self.cwd or image_config.get("cwd") or "/",
+                "user": self.user or image_config.get("user"),
+                "entrypoint": self.entrypoint or image_config.get("entrypoint"),
+                "ready_check": self.ready_check or image_config.get("ready_check"),
+            }
+        )
 
 
 class Status(BaseModel):
@@ -83,3 +106,27 @@ class Sandbox(BaseModel):
     created_at: datetime
     expires_at: datetime | None
     runtime: dict[str, object] = Field(default_factory=dict)  # the runtime handle's record
+
+
+class BuildState(enum.StrEnum):
+    BUILDING = "building"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class TemplateVersion(BaseModel):
+    """One build of a template: its recipe as given, and the image it made."""
+
+    name: str
+    version: int
+    definition: dict[str, Any]  # a services.requests.CreateTemplate, as given
+    state: BuildState
+    message: str = ""
+    image: str | None = None  # the local image, once built
+    steps_cached: int = 0  # steps whose layer came from the cache
+    created_at: datetime
+    finished_at: datetime | None = None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"

@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sandboxd.api import errors
 from sandboxd.api.deps import require_key
-from sandboxd.api.routes import commands, files, health, sandboxes, terminal
+from sandboxd.api.routes import commands, files, health, sandboxes, templates, terminal
 from sandboxd.config import Settings
 from sandboxd.domain import new_id
 from sandboxd.logs import request_id
@@ -22,6 +22,7 @@ from sandboxd.runtimes.registry import build_runtime
 from sandboxd.services.commands import CommandService
 from sandboxd.services.files import FileService
 from sandboxd.services.sandboxes import SandboxService
+from sandboxd.services.templates import TemplateService
 from sandboxd.store.sqlite import SqliteStore
 
 log = logging.getLogger("sandboxd")
@@ -72,7 +73,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sandboxes = service
         app.state.commands = CommandService(service)
         app.state.files = FileService(service)
+        app.state.templates = TemplateService(cfg, app.state.store, service, app.state.commands)
+        service.templates = app.state.templates
         await service.reconcile()
+        await app.state.templates.reconcile()
         reaper = asyncio.create_task(service.reaper())
         app.state.ready = True
         try:
@@ -81,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.ready = False
             reaper.cancel()
             await asyncio.gather(reaper, return_exceptions=True)
+            await app.state.templates.shutdown()
             await service.shutdown()
             app.state.store.engine.dispose()
 
@@ -98,7 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(health.router)
     auth = [Depends(require_key)]
-    for module in (sandboxes, commands, files):
+    for module in (sandboxes, commands, files, templates):
         app.include_router(module.router, dependencies=auth)
     app.include_router(terminal.router)
     return app

@@ -12,6 +12,7 @@ from sandboxd.errors import Unauthorized
 from sandboxd.services.commands import CommandService
 from sandboxd.services.files import FileService
 from sandboxd.services.sandboxes import SandboxService
+from sandboxd.services.templates import TemplateService
 
 bearer = HTTPBearer(auto_error=False, description="The server's API key.")
 
@@ -44,6 +45,11 @@ def _files(request: Request) -> FileService:
     return request.app.state.files  # type: ignore[no-any-return]
 
 
+def _templates(request: Request) -> TemplateService:
+    return request.app.state.templates  # type: ignore[no-any-return]
+
+
 Sandboxes = Annotated[SandboxService, Depends(_sandboxes)]
 Commands = Annotated[CommandService, Depends(_commands)]
 Files = Annotated[FileService, Depends(_files)]
+Templates = Annotated[TemplateService, Depends(_templates)]

@@ -22,7 +22,9 @@ class SandboxOut(BaseModel):
     image: str
     entrypoint: list[str] | None
     env: dict[str, str]
-    cwd: str
+    cwd: str | None = Field(description="Working directory; the image's until the sandbox has started.")
+    user: str | None = Field(description="Default user of commands and the entrypoint; root if none.")
+    template: str | None = Field(description="name:version of the template it was started from.")
     metadata: dict[str, str]
     cpu: float
     memory_mb: int
@@ -42,6 +44,8 @@ class SandboxOut(BaseModel):
             entrypoint=spec.entrypoint,
             env=spec.env,
             cwd=spec.cwd,
+            user=spec.user,
+            template=spec.template,
             metadata=spec.metadata,
             cpu=spec.limits.cpu,
             memory_mb=spec.limits.memory_mb,

@@ -350,13 +350,13 @@ def image_pull(reference: str) -> None:
 def image_rm(name: str) -> None:
     """Removes an image; refused while a sandbox is built on it."""
     from sandboxd.config import Settings
+    from sandboxd.runtimes.local.runtime import images_in_use
 
     store = _image_store()
-    sandboxes = Settings().data_dir / "sandboxes"
-    rootfs = str(store.get(name).rootfs) if store.exists(name) else None
+    in_use_names, _ = images_in_use(Settings().data_dir)
 
-    def in_use(_name: str) -> bool:
-        return any(marker.read_text() == rootfs for marker in sandboxes.glob("*/image"))
+    def in_use(name: str) -> bool:
+        return name in in_use_names
 
     try:
         store.delete(name, in_use)
@@ -375,9 +375,13 @@ def image_inspect(name: str) -> None:
 
 @image.command("gc")
 def image_gc() -> None:
-    """Deletes downloaded layers that no image uses any more."""
-    for digest in _image_store().gc():
-        click.echo(digest)
+    """Deletes downloaded blobs and layers that no image, build cache or sandbox uses."""
+    from sandboxd.config import Settings
+    from sandboxd.runtimes.local.runtime import images_in_use
+
+    _, layers = images_in_use(Settings().data_dir)
+    for item in _image_store().gc(keep_layers=layers):
+        click.echo(item)
 
 
 if __name__ == "__main__":

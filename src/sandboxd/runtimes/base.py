@@ -38,6 +38,10 @@ class Runtime(Protocol):
 
         On failure everything it made is already removed."""
 
+    async def commit(self, sandbox_id: str, record: dict[str, Any]) -> str:
+        """Stops the sandbox and keeps its writable layer as a new layer; returns the layer id.
+        destroy must still be called."""
+
     async def destroy(self, sandbox_id: str, record: dict[str, Any]) -> None:
         """Stops the sandbox and removes all it owns. Safe to call on a half-made sandbox."""
 
@@ -50,6 +54,29 @@ class Runtime(Protocol):
         """Removes everything of sandboxes not in known; returns their ids."""
 
     def agent(self, sandbox_id: str, record: dict[str, Any]) -> Agent: ...
+
+    # Images and template layers. A layer cache key names a base image and a chain of build steps.
+
+    async def ensure_image(
+        self,
+        name: str,
+        progress: Callable[[str, str], None] | None = None,
+        image_auth: tuple[str, str] | None = None,
+    ) -> list[str]:
+        """Makes the image available (pulls a registry reference); returns its layer ids."""
+
+    def image_config(self, name: str) -> dict[str, Any]:
+        """The defaults a sandbox of this image gets: env, cwd, user, entrypoint, ready_check."""
+
+    def cached_layer(self, key: str) -> str | None: ...
+
+    def cache_layer(self, key: str, layer_id: str) -> None: ...
+
+    def save_image(self, name: str, base: str, layers: list[str], config: dict[str, Any], meta: dict[str, Any]) -> None:
+        """Registers an image made of base's layers plus layers, with config for its sandboxes."""
+
+    def delete_image(self, name: str) -> None:
+        """Removes an image; Conflict while a sandbox is built on it."""
 
     def logs_path(self, sandbox_id: str) -> str: ...
 

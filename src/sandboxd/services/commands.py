@@ -62,7 +62,7 @@ class CommandService:
             "env": {**sandbox.spec.env, **cmd.env},
             "home_set": "HOME" in cmd.env,  # else a user's own home replaces the sandbox's
             "cwd": cmd.cwd or sandbox.spec.cwd,
-            "user": cmd.user,
+            "user": cmd.user or sandbox.spec.user,
             "timeout": cmd.timeout,
             # Background processes keep a stdin pipe for later writes; others read /dev/null.
             "stdin": cmd.stdin is not None or cmd.background,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import posixpath
 import re
 import signal
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sandboxd.services.sources import Source
 
@@ -45,12 +45,18 @@ class RegistryAuth(BaseModel):
 class CreateSandbox(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    image: str | None = Field(None, description="Image name; the server's default image if omitted.")
+    image: str | None = Field(
+        None,
+        description="Image name or registry reference; the server's default image if no image, template or runtime.",
+    )
+    template: str | None = Field(None, description="Template name (its newest ready version) or name:version.")
+    runtime: str | None = Field(None, description="A runtime the server is configured with, e.g. python3.11 or node18.")
     entrypoint: list[str] | None = Field(
         None, min_length=1, description="Main process; without one the sandbox idles under its init."
     )
     env: dict[str, str] = Field(default_factory=dict)
-    cwd: str = "/"
+    cwd: str | None = Field(None, description="Working directory; the image's, else /.")
+    user: str | None = Field(None, description="Default user for commands and the entrypoint; the image's, else root.")
     metadata: dict[str, str] = Field(default_factory=dict, description="Labels to filter lists by.")
     cpu: float | None = Field(None, gt=0, description="CPU cores (fractions allowed).")
     memory_mb: int | None = Field(None, ge=16)
@@ -65,7 +71,18 @@ class CreateSandbox(BaseModel):
     )
 
     _env = field_validator("env")(check_env)
-    _cwd = field_validator("cwd")(check_sandbox_path)
+
+    @field_validator("cwd")
+    @classmethod
+    def _cwd(cls, value: str | None) -> str | None:
+        return None if value is None else check_sandbox_path(value)
+
+    @model_validator(mode="after")
+    def _one_image(self) -> CreateSandbox:
+        given = [name for name in ("image", "template", "runtime") if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of image, template and runtime, not {' and '.join(given)}")
+        return self
 
     @field_validator("metadata")
     @classmethod
@@ -123,3 +140,88 @@ def signal_number(value: str | int) -> int:
         return int(signal.Signals[name])
     except KeyError:
         raise ValueError(f"unknown signal {value!r}") from None
+
+
+# -- templates -------------------------------------------------------------------------------------
+
+TEMPLATE_NAME = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+MAX_COPY_BYTES = 4 * 1024 * 1024
+
+
+class RunStep(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["run"]
+    command: str | list[str] = Field(description="A shell command line (/bin/sh -c) or an argv list.")
+    timeout: float = Field(1800, gt=0, le=4 * 3600, description="Seconds before the step fails.")
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: str | list[str]) -> str | list[str]:
+        if not value or (isinstance(value, list) and not value[0]):
+            raise ValueError("must not be empty")
+        return value
+
+
+class CopyStep(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["copy"]
+    path: str = Field(description="Absolute path of the file in the image.")
+    # Base64 of MAX_COPY_BYTES at most; larger files belong in a source or a run step.
+    content: str = Field(max_length=(MAX_COPY_BYTES + 2) // 3 * 4, description="The file's content (at most 4 MiB).")
+    encoding: Literal["utf-8", "base64"] = "utf-8"
+    mode: int = Field(0o644, ge=0, le=0o7777)
+
+    _path = field_validator("path")(check_sandbox_path)
+
+
+class EnvStep(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["env"]
+    env: dict[str, str] = Field(min_length=1)
+
+    _env = field_validator("env")(check_env)
+
+
+class WorkdirStep(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["workdir"]
+    path: str
+
+    _path = field_validator("path")(check_sandbox_path)
+
+
+class UserStep(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["user"]
+    user: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.][A-Za-z0-9_.-]*$")
+
+
+Step = Annotated[RunStep | CopyStep | EnvStep | WorkdirStep | UserStep, Field(discriminator="type")]
+
+
+class ReadyCheck(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    command: str | list[str] = Field(description="Succeeds (exit 0) once the sandbox is ready.")
+    interval: float = Field(0.2, gt=0, le=60)
+    timeout: float = Field(30, gt=0, le=600, description="Seconds before the sandbox is failed as not ready.")
+
+
+class CreateTemplate(BaseModel):
+    """A named recipe: a base image plus steps. Each build of a name is a new version."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=TEMPLATE_NAME)
+    base: str | None = Field(None, description="Base image; the server's default image if omitted.")
+    steps: list[Step] = Field(default_factory=list, max_length=100)
+    start_command: str | list[str] | None = Field(
+        None, description="Started in every sandbox of the template, unless its create names an entrypoint."
+    )
+    ready_check: ReadyCheck | None = Field(None, description="A create returns once this passes.")
+    description: str = Field("", max_length=1000)

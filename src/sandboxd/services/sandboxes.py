@@ -8,22 +8,26 @@ whose resources may be half made, a ``stopping`` one whose resources may be half
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 from sandboxd.config import Settings
 from sandboxd.domain import TRANSITIONS, Limits, Sandbox, SandboxSpec, State, Status, new_id, utcnow
 from sandboxd.errors import (
     InvalidRequest,
+    NotReady,
     RuntimeFailure,
     SandboxdError,
     SandboxExhausted,
     SandboxNotFound,
     SandboxNotRunning,
 )
-from sandboxd.runtimes.agent_client import Agent
+from sandboxd.runtimes import agent_client as proto
+from sandboxd.runtimes.agent_client import Agent, AgentConnection
 from sandboxd.runtimes.base import Liveness, Runtime
 from sandboxd.services.requests import CreateSandbox
 from sandboxd.services.sources import GitSource, TarballSource, git_archive, tarball_archive
@@ -31,7 +35,15 @@ from sandboxd.store.base import SandboxStore
 
 log = logging.getLogger("sandboxd.lifecycle")
 
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+class Templates(Protocol):
+    """What create needs of the template service (which is built on this one)."""
+
+    def runtime_template(self, runtime: str) -> str: ...
+
+    def check(self, template: str) -> None: ...
+
+    async def image_for(self, template: str, progress: Callable[[str, str], None]) -> tuple[str, str]: ...
 
 
 class SandboxService:
@@ -42,6 +54,7 @@ class SandboxService:
         self._tasks: set[asyncio.Task[SandboxdError | None]] = set()
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self.templates: Templates | None = None  # set once the template service exists
 
     # -- requests --------------------------------------------------------------------------------
 
@@ -59,12 +72,19 @@ class SandboxService:
             raise InvalidRequest("pids", f"pids must be at most {s.max_pids}")
         if timeout > s.max_timeout:
             raise InvalidRequest("timeout", f"timeout must be at most {s.max_timeout} seconds")
-        env = {"PATH": DEFAULT_PATH, "HOME": "/root", **req.env}
+        template = req.template
+        if req.runtime is not None:
+            if self.templates is None:
+                raise InvalidRequest("runtime", "this server has no templates")
+            template = self.templates.runtime_template(req.runtime)
         return SandboxSpec(
-            image=req.image or s.default_image,
+            # A template's image is known once it is resolved (and maybe built) in _start.
+            image=req.image or ("" if template else s.default_image),
+            template=template,
             entrypoint=req.entrypoint,
-            env=env,
+            env=req.env,
             cwd=req.cwd,
+            user=req.user,
             metadata=req.metadata,
             limits=Limits(cpu=cpu, memory_mb=memory, pids=pids),
             timeout=timeout,
@@ -74,7 +94,18 @@ class SandboxService:
 
     async def create(self, req: CreateSandbox, wait: bool = True) -> Sandbox:
         spec = self.build_spec(req)
-        self.runtime.check(spec)
+        # Credentials go to the runtime for this create only: they are not part of the record.
+        auth = (req.image_auth.username, req.image_auth.password) if req.image_auth else None
+        return await self.launch(spec, auth, wait)
+
+    async def launch(self, spec: SandboxSpec, auth: tuple[str, str] | None = None, wait: bool = True) -> Sandbox:
+        """Creates a sandbox from a finished spec (the API's requests and template builds)."""
+        if spec.template:
+            if self.templates is None:
+                raise InvalidRequest("template", "this server has no templates")
+            self.templates.check(spec.template)
+        else:
+            self.runtime.check(spec)
         now = utcnow()
         sandbox = Sandbox(
             id=new_id(),
@@ -84,8 +115,6 @@ class SandboxService:
             expires_at=now + timedelta(seconds=spec.timeout),
         )
         self.store.insert(sandbox)
-        # Credentials go to the runtime for this create only: they are not part of the record.
-        auth = (req.image_auth.username, req.image_auth.password) if req.image_auth else None
         task = asyncio.create_task(self._start(sandbox, auth))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -101,7 +130,13 @@ class SandboxService:
         """Runs the runtime's create; returns the error that failed it, if one did."""
         async with self._lock(sandbox.id):
             try:
+                if sandbox.spec.template and self.templates is not None:
+                    image, ref = await self.templates.image_for(sandbox.spec.template, self._progress(sandbox.id))
+                    sandbox.spec = sandbox.spec.model_copy(update={"image": image, "template": ref})
+                    self._save_spec(sandbox.id, sandbox.spec)
                 record = await self.runtime.create(sandbox.id, sandbox.spec, self._progress(sandbox.id), auth)
+                # The record shows what the sandbox got: the image's env, cwd and user under the request's.
+                sandbox.spec = sandbox.spec.resolved(self.runtime.image_config(sandbox.spec.image))
             except SandboxdError as exc:
                 self._transition(sandbox.id, State.FAILED, "create_failed", exc.message)
                 return exc
@@ -115,9 +150,14 @@ class SandboxService:
                 await self.runtime.destroy(sandbox.id, record)
                 return None
             current.runtime = record
+            current.spec = sandbox.spec
             self.store.update(current)
             if sandbox.spec.source:
                 error = await self._fill_from_source(current)
+                if error is not None:
+                    return error
+            if sandbox.spec.ready_check:
+                error = await self._wait_until_ready(current)
                 if error is not None:
                     return error
             self._transition(sandbox.id, State.RUNNING, "started")
@@ -142,6 +182,47 @@ class SandboxService:
             self._transition(sandbox.id, State.FAILED, "source_failed", message)
             return exc if exc.field == "source" else InvalidRequest("source", message)
         return None
+
+    def _save_spec(self, sandbox_id: str, spec: SandboxSpec) -> None:
+        current = self.store.get(sandbox_id)
+        if current is not None:
+            current.spec = spec
+            self.store.update(current)
+
+    async def _wait_until_ready(self, sandbox: Sandbox) -> SandboxdError | None:
+        """Runs the template's readiness check until it passes; past its timeout the sandbox is
+        removed and the error carries the check's last output."""
+        check = sandbox.spec.ready_check or {}
+        command = check["command"]
+        argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
+        agent = self.runtime.agent(sandbox.id, sandbox.runtime)
+        self._progress(sandbox.id)("waiting_ready", "running the readiness check")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + float(check.get("timeout", 30))
+        last = ""
+        while loop.time() < deadline:
+            try:
+                conn, _ = await agent.open(
+                    "spawn",
+                    argv=argv,
+                    env=sandbox.spec.env,
+                    cwd=sandbox.spec.cwd,
+                    user=sandbox.spec.user,
+                    attach=True,
+                    stdin=False,
+                    timeout=max(deadline - loop.time(), 0.1),
+                )
+                output, info = await _collect(conn)
+                if info.get("exit_code") == 0:
+                    return None
+                last = output.decode(errors="replace").strip()[-500:] or f"exit code {info.get('exit_code')}"
+            except SandboxdError as exc:
+                last = exc.message
+            await asyncio.sleep(float(check.get("interval", 0.2)))
+        await self.runtime.destroy(sandbox.id, sandbox.runtime)
+        message = f"the readiness check did not pass within {check.get('timeout', 30)} s: {last}"
+        self._transition(sandbox.id, State.FAILED, "not_ready", message)
+        return NotReady(message, "template")
 
     def _progress(self, sandbox_id: str) -> Callable[[str, str], None]:
         """A progress reporter the runtime may call from any thread: the pending sandbox's reason
@@ -350,3 +431,19 @@ class SandboxService:
             task.cancel()
         await asyncio.gather(*self._watchers.values(), *self._tasks, return_exceptions=True)
         self._watchers.clear()
+
+
+async def _collect(conn: AgentConnection) -> tuple[bytes, dict[str, Any]]:
+    """A spawned command's output and exit info, read to the end."""
+    output: list[bytes] = []
+    try:
+        while True:
+            kind, payload = await conn.recv()
+            if kind in (proto.STDOUT, proto.STDERR):
+                output.append(payload)
+            elif kind == proto.EXIT:
+                return b"".join(output), dict(json.loads(payload))
+            elif kind == proto.ERROR:
+                proto.raise_agent_error(payload)
+    finally:
+        await conn.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
-from sandboxd.domain import Sandbox, State
+from sandboxd.domain import Sandbox, State, TemplateVersion
 
 
 class SandboxStore(Protocol):
@@ -31,3 +31,17 @@ class SandboxStore(Protocol):
         """Active sandboxes whose timeout has passed."""
 
     def purge_ended(self, before: datetime) -> list[str]: ...
+
+
+class TemplateStore(Protocol):
+    def insert_template(self, version: TemplateVersion) -> None:
+        """Raises ValueError if name:version exists (two builds racing for one number)."""
+
+    def update_template(self, version: TemplateVersion) -> None: ...
+
+    def get_template(self, name: str, version: int | None = None, ready: bool = False) -> TemplateVersion | None:
+        """One version, or the newest (the newest ready one with ready=True)."""
+
+    def find_templates(self, name: str | None = None) -> list[TemplateVersion]: ...
+
+    def delete_template(self, name: str, version: int) -> None: ...

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from sandboxd.domain import Sandbox, State
+from sandboxd.domain import BuildState, Sandbox, State, TemplateVersion
 
 metadata = sa.MetaData()
 sandboxes = sa.Table(
@@ -22,6 +22,15 @@ sandboxes = sa.Table(
     sa.Column("expires_at", sa.Float, index=True),
     sa.Column("ended_at", sa.Float, index=True),
     sa.Column("labels", sa.JSON, nullable=False),
+    sa.Column("doc", sa.JSON, nullable=False),
+)
+
+templates = sa.Table(
+    "templates",
+    metadata,
+    sa.Column("name", sa.String, primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("state", sa.String, nullable=False),
     sa.Column("doc", sa.JSON, nullable=False),
 )
 
@@ -102,3 +111,50 @@ class SqliteStore:
             ids = list(conn.execute(sa.select(sandboxes.c.id).where(old)).scalars())
             conn.execute(sandboxes.delete().where(old))
         return ids
+
+    # -- templates -------------------------------------------------------------------------------
+
+    def insert_template(self, version: TemplateVersion) -> None:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(templates.insert().values(**_template_row(version)))
+        except sa.exc.IntegrityError:
+            raise ValueError(f"template {version.ref} exists") from None
+
+    def update_template(self, version: TemplateVersion) -> None:
+        row = _template_row(version)
+        where = (templates.c.name == version.name) & (templates.c.version == version.version)
+        with self.engine.begin() as conn:
+            conn.execute(templates.update().where(where).values(**row))
+
+    def get_template(self, name: str, version: int | None = None, ready: bool = False) -> TemplateVersion | None:
+        query = sa.select(templates.c.doc).where(templates.c.name == name)
+        if version is not None:
+            query = query.where(templates.c.version == version)
+        if ready:
+            query = query.where(templates.c.state == BuildState.READY.value)
+        query = query.order_by(templates.c.version.desc()).limit(1)
+        with self.engine.connect() as conn:
+            doc = conn.execute(query).scalar()
+        return TemplateVersion.model_validate(doc) if doc else None
+
+    def find_templates(self, name: str | None = None) -> list[TemplateVersion]:
+        query = sa.select(templates.c.doc).order_by(templates.c.name, templates.c.version)
+        if name is not None:
+            query = query.where(templates.c.name == name)
+        with self.engine.connect() as conn:
+            return [TemplateVersion.model_validate(doc) for doc in conn.execute(query).scalars()]
+
+    def delete_template(self, name: str, version: int) -> None:
+        where = (templates.c.name == name) & (templates.c.version == version)
+        with self.engine.begin() as conn:
+            conn.execute(templates.delete().where(where))
+
+
+def _template_row(version: TemplateVersion) -> dict[str, object]:
+    return {
+        "name": version.name,
+        "version": version.version,
+        "state": version.state.value,
+        "doc": json.loads(version.model_dump_json()),
+    }

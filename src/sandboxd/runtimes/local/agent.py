@@ -821,6 +821,7 @@ def spawn_entry(config):
             "argv": config["entrypoint"],
             "env": dict(os.environ),  # the sandbox env, given to the agent by the OCI config
             "cwd": config.get("cwd") or "/",
+            "user": config.get("user"),
             "tee": LogCopy(LOG_CAP),
         }
     )

@@ -1,16 +1,28 @@
-"""Local images: read-only root filesystems, shared by every sandbox started from them.
+"""Local images: stacks of read-only layers, shared by every sandbox and every image built on them.
 
-An image is a directory ``images/<name>/rootfs`` whose files are owned by the user-namespace range
-that sandboxes run in (container uid N is host uid base+N), so that root inside a sandbox owns its
-files without being root on the host. Images are built or imported into a temporary directory and
-renamed into place only when complete, so a crash never leaves a half image that looks usable.
+A layer is a directory ``images/.layers/<id>`` in overlayfs's own format (a deletion is a 0/0
+character device, an opaque directory carries ``trusted.overlay.opaque``), so a sandbox's root is
+one overlay mount whose lower dirs are its image's layers, and a sandbox's upper dir can itself
+become a layer (template builds). Files are owned by the user-namespace range that sandboxes run in
+(container uid N is host uid base+N), so root inside owns its files without being root on the host.
+
+An image is ``images/<name>/image.json``: its layers (bottom first), the config sandboxes started
+from it get (env, cwd, user, start command, readiness check), and where it came from. Layers and
+images are made in a temporary directory and renamed into place only when complete, so a crash never
+leaves a half one that looks usable. Registry blobs are kept by digest in ``images/.blobs``.
+
+Garbage collection takes an exclusive lock on ``images/.gc.lock``; pulls and builds hold it shared
+while they make layers that no image refers to yet, in this process or another (the CLI).
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
+import fcntl
+import functools
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -21,26 +33,29 @@ import tarfile
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote, unquote
 
 import zstandard
 
-from sandboxd.errors import Conflict, ImageNotFound, InvalidRequest
+from sandboxd.errors import Conflict, ImageNotFound, InvalidRequest, RuntimeFailure
 from sandboxd.runtimes.local.mounts import mounts_under, unmount
 from sandboxd.runtimes.local.registry import Credentials, RegistryClient, looks_like_reference, parse_reference
 
 DEBIAN_SUITE = "bookworm"
 DEBIAN_PACKAGES = ["python3", "ca-certificates", "procps"]
+OPAQUE_XATTR = "trusted.overlay.opaque"
 
 
 @dataclass(frozen=True)
 class Image:
     name: str
-    rootfs: Path
+    layers: tuple[Path, ...]  # bottom first
     python: str | None  # the interpreter that runs the agent, if the image has one
+    config: dict[str, Any] = field(default_factory=dict)  # env, cwd, user, entrypoint, ready_check
+    layer_ids: tuple[str, ...] = ()
 
 
 class ImageStore:
@@ -54,23 +69,56 @@ class ImageStore:
         self.root = root
         self.id_base = id_base
         self.blobs = root / ".blobs"  # registry blobs by digest, shared by every image
+        self.layer_root = root / ".layers"
+        self.cache_root = root / ".cache"  # template step cache: key → layer id
         self.registry_auth = registry_auth or {}
         self.max_layer_bytes = max_layer_bytes
         self._pulls: dict[str, threading.Lock] = {}
         self._pulls_lock = threading.Lock()
-        root.mkdir(parents=True, exist_ok=True)
+        for path in (root, self.layer_root, self.cache_root):
+            path.mkdir(parents=True, exist_ok=True)
+        self._migrate_flat_images()
+
+    # -- reading ---------------------------------------------------------------------------------
 
     def get(self, name: str) -> Image:
-        rootfs = self.root / _dir_name(name) / "rootfs"
-        if not rootfs.is_dir():
-            raise ImageNotFound(name)
-        return Image(name=name, rootfs=rootfs, python=_find_python(rootfs))
+        meta = self._meta(name)
+        ids = tuple(meta["layers"])
+        layers = tuple(self.layer_root / layer_id for layer_id in ids)
+        if not all(path.is_dir() for path in layers):
+            raise RuntimeFailure(f"image {name!r} is missing layers; delete and import it again")
+        return Image(
+            name=name, layers=layers, python=_find_python(layers), config=meta.get("config", {}), layer_ids=ids
+        )
+
+    def _meta(self, name: str) -> dict[str, Any]:
+        path = self.root / _dir_name(name) / "image.json"
+        try:
+            meta: dict[str, Any] = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ImageNotFound(name) from None
+        return meta
 
     def list(self) -> list[str]:
-        return sorted(unquote(p.name) for p in self.root.iterdir() if (p / "rootfs").is_dir())
+        return sorted(unquote(p.name) for p in self.root.iterdir() if (p / "image.json").is_file())
 
     def exists(self, name: str) -> bool:
-        return (self.root / _dir_name(name) / "rootfs").is_dir()
+        return (self.root / _dir_name(name) / "image.json").is_file()
+
+    def layer_paths(self, ids: builtins.list[str]) -> builtins.list[Path]:
+        paths = [self.layer_root / _safe_layer_id(layer_id) for layer_id in ids]
+        for path in paths:
+            if not path.is_dir():
+                raise RuntimeFailure(f"layer {path.name} is missing")
+        return paths
+
+    def inspect(self, name: str) -> dict[str, Any]:
+        """What is known of an image: its layers, config, source and digest (for pulled images)."""
+        image = self.get(name)
+        meta = self._meta(name)
+        return {"name": name, "python": image.python, **meta}
+
+    # -- making images ---------------------------------------------------------------------------
 
     def pull(
         self,
@@ -79,12 +127,13 @@ class ImageStore:
         credentials: Credentials | None = None,
     ) -> Image:
         """Pulls name[:tag|@digest] from its registry into a local image named by the reference.
+        Each layer blob becomes one layer directory, shared with every image that has that blob.
 
         Concurrent pulls of one reference pull once: the others wait and find it there."""
         ref = parse_reference(reference)
         with self._pulls_lock:
             lock = self._pulls.setdefault(reference, threading.Lock())
-        with lock:
+        with lock, self._building():
             if self.exists(reference):
                 return self.get(reference)
             client = RegistryClient(ref, credentials or self.registry_auth.get(ref.registry))
@@ -100,29 +149,28 @@ class ImageStore:
                         progress(str(ref), done[0], total)
 
                 paths = [client.blob(layer["digest"], self.blobs, advance) for layer in layers]
+                config_digest = manifest.get("config", {}).get("digest")
+                config_path = client.blob(config_digest, self.blobs) if config_digest else None
             finally:
                 client.close()
-
-            def fill(staging: Path) -> None:
-                for path in paths:
-                    if progress:  # unpacking takes a while too, also when every blob was cached
-                        progress(str(ref), done[0], total)
-                    with _open_layer(path, self.max_layer_bytes) as stream:
-                        with tarfile.open(fileobj=stream, mode="r|") as tar:
-                            _apply_layer(tar, staging)
-
+            ids = []
+            for layer, path in zip(layers, paths, strict=True):
+                if progress:  # unpacking takes a while too, also when every blob was cached
+                    progress(str(ref), done[0], total)
+                layer_id = str(layer["digest"]).replace(":", "-")
+                ids.append(self._make_layer(layer_id, functools.partial(self._unpack_blob, path)))
             meta = {
                 "reference": str(ref),
                 "digest": manifest_digest,
-                "layers": [layer["digest"] for layer in layers],
-                "blobs": [layer["digest"] for layer in layers],
+                "blobs": [layer["digest"] for layer in layers] + ([config_digest] if config_digest else []),
+                "config": _oci_config(config_path),
             }
-            return self._install(reference, fill, meta)
+            return self._install(reference, ids, meta)
 
     def build_debian(self, name: str = "debian", progress: Callable[[str], None] | None = None) -> Image:
         """Builds Debian minbase plus python3 from the configured apt mirror with mmdebstrap."""
 
-        def step(staging: Path) -> None:
+        def fill(staging: Path) -> None:
             cmd = [
                 "mmdebstrap",
                 "--variant=minbase",
@@ -138,77 +186,206 @@ class ImageStore:
                         progress(line.rstrip())
             if proc.returncode != 0:
                 raise RuntimeError(f"mmdebstrap failed with exit code {proc.returncode}")
+            # The sandbox gets its own /dev; device nodes the build made there are not kept.
+            _remove_device_nodes(staging / "dev")
 
-        return self._install(name, step)
+        self._check_new(name)
+        with self._building():
+            return self._install(name, [self._make_layer(_new_layer_id(), fill)], {"source": "mmdebstrap"})
 
     def import_tarball(self, name: str, tarball: Path) -> Image:
-        def step(staging: Path) -> None:
-            with tarfile.open(tarball) as tar:
+        """A root filesystem tarball as a one-layer image."""
+
+        def fill(staging: Path) -> None:
+            with _layer_errors(), tarfile.open(tarball) as tar:
                 tar.extractall(staging, filter=_rootfs_filter)
 
-        return self._install(name, step)
+        self._check_new(name)
+        with self._building():
+            return self._install(name, [self._make_layer(_new_layer_id(), fill)], {"source": "tarball"})
 
     def import_oci_layout(self, name: str, layout: Path, ref: str | None = None) -> Image:
-        """Unpacks a local OCI image layout (index.json → manifest → layers) with whiteouts."""
+        """A local OCI image layout (index.json → manifest → layers), one layer per blob."""
+        self._check_new(name)
+        with self._building():
+            ids = []
+            for blob in _oci_layers(layout, ref):
+                digest = hashlib.sha256()
+                with open(blob, "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        digest.update(chunk)
+                layer_id = "sha256-" + digest.hexdigest()
+                ids.append(self._make_layer(layer_id, functools.partial(self._unpack_blob, blob)))
+            return self._install(name, ids, {"source": "oci-layout"})
 
-        def step(staging: Path) -> None:
-            for layer in _oci_layers(layout, ref):
-                with _open_layer(layer, self.max_layer_bytes) as stream:
-                    with tarfile.open(fileobj=stream, mode="r|") as tar:
-                        _apply_layer(tar, staging)
+    def add_layer(self, upper: Path) -> str:
+        """Takes a sandbox's upper dir (already in overlay format) as a new layer; returns its id.
+        The directory is moved, not copied, when it is on the same filesystem."""
+        layer_id = _new_layer_id()
+        target = self.layer_root / layer_id
+        try:
+            os.rename(upper, target)
+        except OSError:
+            tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=self.root))
+            try:
+                # cp -a keeps what a layer is made of: owners, modes, xattrs, 0/0 devices.
+                subprocess.run(["cp", "-a", "--", f"{upper}/.", str(tmp)], check=True, capture_output=True)
+                os.rename(tmp, target)
+            except BaseException:
+                _remove_tree(tmp)
+                raise
+        return layer_id
 
-        return self._install(name, step)
+    def create_image(
+        self, name: str, layer_ids: builtins.list[str], config: dict[str, Any], meta: dict[str, Any]
+    ) -> Image:
+        """An image made of existing layers (a template's result) with the config sandboxes get."""
+        self.layer_paths(layer_ids)
+        return self._install(name, layer_ids, {**meta, "config": config})
 
-    def inspect(self, name: str) -> dict[str, Any]:
-        """What is known of an image: its source, digest and layers (for pulled images)."""
-        image = self.get(name)
-        meta_path = image.rootfs.parent / "image.json"
-        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        return {"name": name, "python": image.python, **meta}
+    # -- template step cache ---------------------------------------------------------------------
+
+    def cached_layer(self, key: str) -> str | None:
+        try:
+            layer_id = (self.cache_root / _safe_layer_id(key)).read_text().strip()
+        except FileNotFoundError:
+            return None
+        return layer_id if (self.layer_root / layer_id).is_dir() else None
+
+    def cache_layer(self, key: str, layer_id: str) -> None:
+        path = self.cache_root / _safe_layer_id(key)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(layer_id)
+        os.rename(tmp, path)
+
+    def clear_cache(self) -> None:
+        for path in self.cache_root.iterdir():
+            path.unlink()
+
+    # -- removing --------------------------------------------------------------------------------
 
     def delete(self, name: str, in_use: Callable[[str], bool] = lambda _name: False) -> None:
         """Removes an image, unless a sandbox's root is built on it (its files would vanish under
-        the running sandbox)."""
+        the running sandbox). Its layers stay until gc: other images may share them."""
         path = self.root / _dir_name(name)
-        if not path.exists():
+        if not (path / "image.json").exists():
             raise ImageNotFound(name)
         if in_use(name):
             raise Conflict(f"image {name!r} is in use by a sandbox")
         shutil.rmtree(path)
 
-    def gc(self) -> builtins.list[str]:
-        """Deletes downloaded blobs that no image refers to; returns their digests."""
-        wanted: set[str] = set()
-        for meta in self.root.glob("*/image.json"):
-            wanted.update(json.loads(meta.read_text()).get("blobs", []))
-        removed = []
-        for blob in (self.blobs / "sha256").glob("*") if self.blobs.exists() else []:
-            digest = f"sha256:{blob.name}"
-            if digest not in wanted:
-                blob.unlink()
-                removed.append(digest)
-        return removed
+    def gc(self, keep_layers: set[str] | None = None) -> builtins.list[str]:
+        """Deletes blobs and layers that no image, cache entry or running sandbox (keep_layers)
+        refers to; returns what it removed. Waits for pulls and builds in progress."""
+        with self._lock(fcntl.LOCK_EX):
+            wanted_blobs: set[str] = set()
+            wanted_layers: set[str] = set(keep_layers or ())
+            for name in self.list():
+                meta = self._meta(name)
+                wanted_blobs.update(meta.get("blobs", []))
+                wanted_layers.update(meta.get("layers", []))
+            wanted_layers.update(p.read_text().strip() for p in self.cache_root.iterdir() if not p.name.startswith("."))
+            removed = []
+            for blob in (self.blobs / "sha256").glob("*") if self.blobs.exists() else []:
+                digest = f"sha256:{blob.name}"
+                if digest not in wanted_blobs and not blob.name.startswith("."):
+                    blob.unlink()
+                    removed.append(digest)
+            for layer in self.layer_root.iterdir():
+                if layer.name not in wanted_layers:
+                    _remove_tree(layer)
+                    removed.append(f"layer:{layer.name}")
+            return removed
 
-    def _install(self, name: str, fill: Callable[[Path], None], meta: dict[str, Any] | None = None) -> Image:
+    def remove_partials(self) -> None:
+        for path in self.root.glob(".partial-*"):
+            _remove_tree(path)
+
+    # -- internals -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _lock(self, mode: int) -> Iterator[None]:
+        fd = os.open(self.root / ".gc.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, mode)
+            yield
+        finally:
+            os.close(fd)
+
+    def _building(self) -> contextlib.AbstractContextManager[None]:
+        """Held while making layers no image refers to yet: gc waits for it."""
+        return self._lock(fcntl.LOCK_SH)
+
+    def _check_new(self, name: str) -> None:
+        _dir_name(name)
+        if self.exists(name):
+            raise InvalidRequest("name", f"image {name!r} already exists")
+
+    def _unpack_blob(self, blob: Path, staging: Path) -> None:
+        with _layer_errors(), _open_layer(blob, self.max_layer_bytes) as stream:
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                _apply_layer(tar, staging)
+
+    def _make_layer(self, layer_id: str, fill: Callable[[Path], None]) -> str:
+        """The layer directory for layer_id, filled (and owner-shifted) unless it already exists."""
+        target = self.layer_root / _safe_layer_id(layer_id)
+        if target.is_dir():
+            return layer_id
+        tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=self.root))
+        try:
+            staging = tmp / "fs"
+            staging.mkdir()
+            fill(staging)
+            shift_ownership(staging, self.id_base)
+            try:
+                os.rename(staging, target)
+            except OSError:
+                if not target.is_dir():  # not a concurrent maker of the same layer: a real failure
+                    raise
+        finally:
+            _remove_tree(tmp)
+        return layer_id
+
+    def _install(self, name: str, layer_ids: builtins.list[str], meta: dict[str, Any]) -> Image:
         target = self.root / _dir_name(name)
         if target.exists():
             raise InvalidRequest("name", f"image {name!r} already exists")
         tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=self.root))
         try:
-            staging = tmp / "rootfs"
-            staging.mkdir()
-            fill(staging)
-            shift_ownership(staging, self.id_base)
-            (tmp / "image.json").write_text(json.dumps(meta or {}))
+            (tmp / "image.json").write_text(json.dumps({**meta, "layers": layer_ids}))
             os.rename(tmp, target)
         except BaseException:
             _remove_tree(tmp)
             raise
         return self.get(name)
 
-    def remove_partials(self) -> None:
-        for path in self.root.glob(".partial-*"):
-            _remove_tree(path)
+    def _migrate_flat_images(self) -> None:
+        """Images of earlier versions were one flat ``rootfs`` directory: it becomes their layer."""
+        for rootfs in self.root.glob("*/rootfs"):
+            image_dir = rootfs.parent
+            if image_dir.name.startswith("."):
+                continue
+            meta_path = image_dir / "image.json"
+            meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+            layer_id = _new_layer_id()
+            try:
+                os.rename(rootfs, self.layer_root / layer_id)
+            except FileNotFoundError:  # another process migrated it first
+                continue
+            meta.pop("layers", None)
+            tmp = meta_path.with_name(".image.json.tmp")
+            tmp.write_text(json.dumps({**meta, "layers": [layer_id]}))
+            os.rename(tmp, meta_path)
+
+
+def _new_layer_id() -> str:
+    return "local-" + os.urandom(16).hex()
+
+
+def _safe_layer_id(layer_id: str) -> str:
+    if not layer_id or "/" in layer_id or layer_id.startswith(".") or len(layer_id) > 160:
+        raise RuntimeFailure(f"invalid layer id {layer_id!r}")
+    return layer_id
 
 
 def _remove_tree(path: Path) -> None:
@@ -220,9 +397,35 @@ def _remove_tree(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _remove_device_nodes(root: Path) -> None:
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            if stat.S_ISCHR(os.lstat(path).st_mode) or stat.S_ISBLK(os.lstat(path).st_mode):
+                os.unlink(path)
+
+
 def _dir_name(name: str) -> str:
     # A registry reference (host:port/repo:tag) is kept under its quoted form: one path component.
     return quote(name, safe="") if looks_like_reference(name) else _safe_name(name)
+
+
+def _oci_config(path: Path | None) -> dict[str, Any]:
+    """The parts of an OCI image config a sandbox takes: environment, working dir and user. The
+    image's Cmd is not run: a sandbox idles until asked, unless its create names an entrypoint."""
+    if path is None:
+        return {}
+    try:
+        config = json.loads(path.read_text()).get("config") or {}
+    except (ValueError, AttributeError):
+        return {}
+    env = dict(item.split("=", 1) for item in config.get("Env") or [] if "=" in item)
+    result: dict[str, Any] = {"env": env} if env else {}
+    if config.get("WorkingDir"):
+        result["cwd"] = config["WorkingDir"]
+    if config.get("User"):
+        result["user"] = config["User"]
+    return result
 
 
 class _Capped(io.RawIOBase):
@@ -257,16 +460,29 @@ def _open_layer(path: Path, limit: int) -> Iterator[BinaryIO]:
         yield io.BufferedReader(_Capped(inner, limit), 1 << 20)
 
 
+@contextlib.contextmanager
+def _layer_errors() -> Iterator[None]:
+    """A layer that is not a readable tar, or asks for what tarfile refuses, is the image's fault."""
+    try:
+        yield
+    except (tarfile.TarError, EOFError, zstandard.ZstdError, gzip.BadGzipFile) as exc:
+        raise InvalidRequest("image", f"unreadable layer: {exc}") from None
+
+
 def _safe_name(name: str) -> str:
     if not name or "/" in name or name.startswith(".") or len(name) > 128:
         raise InvalidRequest("image", f"invalid image name {name!r}")
     return name
 
 
-def _find_python(rootfs: Path) -> str | None:
+def _find_python(layers: tuple[Path, ...]) -> str | None:
     for candidate in ("usr/bin/python3", "usr/local/bin/python3", "bin/python3"):
-        if os.path.lexists(rootfs / candidate):
-            return "/" + candidate
+        for layer in reversed(layers):  # the top layer that has the path decides
+            path = layer / candidate
+            if os.path.lexists(path):
+                if stat.S_ISCHR(os.lstat(path).st_mode):  # a whiteout: deleted above the base
+                    break
+                return "/" + candidate
     return None
 
 
@@ -289,6 +505,12 @@ def shift_ownership(root: Path, base: int) -> None:
 def _rootfs_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
     # The "tar" filter refuses absolute paths, ".." and links out of the tree and keeps owners; a
     # root filesystem also needs its setuid and sticky bits (su, /tmp), which that filter clears.
+    if member.ischr() or member.isblk():
+        # Every sandbox gets its own /dev, so device nodes there are dropped; elsewhere they are
+        # a layer asking for raw access to a host device, and refused.
+        if member.name.lstrip("./").startswith("dev/"):
+            return None
+        raise InvalidRequest("image", f"refused layer entry {member.name!r}: device nodes are not allowed")
     checked = tarfile.tar_filter(member, dest)
     return checked.replace(mode=member.mode, deep=False) if checked is not None else None
 
@@ -315,20 +537,22 @@ def _oci_layers(layout: Path, ref: str | None) -> list[Path]:
 
 
 def _apply_layer(tar: tarfile.TarFile, root: Path) -> None:
-    """Applies one layer in archive order: whiteouts delete from the layers below, the rest is
-    extracted through the same safety filter as any root filesystem."""
+    """Unpacks one layer into its own directory, turning OCI whiteouts into overlayfs's: ``.wh.x``
+    becomes a 0/0 character device named x, ``.wh..wh..opq`` the opaque xattr on its directory.
+    Everything else goes through the same safety filter as any root filesystem."""
     for member in tar:
         parent, _, base = member.name.rstrip("/").rpartition("/")
         if base.startswith(".wh."):
-            # Whiteouts get the same checks as any member, or "/etc/.wh.shadow" would delete the
-            # host's /etc/shadow.
-            target = _inside(root, parent)
-            if base == ".wh..wh..opq":  # opaque directory: drop what lower layers put there
-                if target.is_dir() and not target.is_symlink():
-                    for child in target.iterdir():
-                        _remove(child)
+            # Whiteouts get the same checks as any member, or "/etc/.wh.shadow" would reach the
+            # host's /etc.
+            directory = _inside(root, f"{parent}/{base}" if parent else base).parent
+            directory.mkdir(parents=True, exist_ok=True)
+            if base == ".wh..wh..opq":
+                os.setxattr(directory, OPAQUE_XATTR, b"y", follow_symlinks=False)
             else:
-                _remove(_inside(root, f"{parent}/{base[4:]}"))
+                target = _inside(root, f"{parent}/{base[4:]}" if parent else base[4:])
+                _remove(target)
+                os.mknod(target, stat.S_IFCHR | 0o600, os.makedev(0, 0))
             continue
         tar.extract(member, root, filter=_rootfs_filter)
 

@@ -11,13 +11,15 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 MNT_DETACH = 2
 
 
-def mount_overlay(lower: Path, upper: Path, work: Path, target: Path) -> None:
-    # The layers are named through /proc/self/fd: the mount options, which the sandbox can read in
-    # its /proc/mounts, then show no host paths.
-    fds = [os.open(path, os.O_PATH | os.O_DIRECTORY) for path in (lower, upper, work)]
+def mount_overlay(lowers: list[Path], upper: Path, work: Path, target: Path) -> None:
+    """lowers are the image's layers, top first. They are named through /proc/self/fd: the mount
+    options, which the sandbox can read in its /proc/mounts, then show no host paths."""
+    fds = [os.open(path, os.O_PATH | os.O_DIRECTORY) for path in (*lowers, upper, work)]
     try:
         names = [f"/proc/self/fd/{fd}" for fd in fds]
-        options = "lowerdir={},upperdir={},workdir={}".format(*names).encode()
+        options = "lowerdir={},upperdir={},workdir={}".format(":".join(names[:-2]), *names[-2:]).encode()
+        if len(options) >= 4096:  # the kernel takes one page of options
+            raise OSError(7, f"too many layers ({len(lowers)}) for one overlay mount")
         if _libc.mount(b"overlay", str(target).encode(), b"overlay", 0, options) != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"mount overlay on {target}: {os.strerror(err)}")

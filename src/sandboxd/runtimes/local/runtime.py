@@ -119,6 +119,42 @@ class LocalRuntime:
             return
         self._python(spec.image)
 
+    # -- images and template layers ------------------------------------------------------------
+
+    async def ensure_image(
+        self,
+        name: str,
+        progress: Callable[[str, str], None] | None = None,
+        image_auth: tuple[str, str] | None = None,
+    ) -> list[str]:
+        """Pulls a registry reference that is not here yet; returns the image's layer ids."""
+        if looks_like_reference(name) and not self.images.exists(name):
+
+            def pulled(ref: str, done: int, total: int) -> None:
+                if progress:
+                    progress("pulling", f"{ref}: {done / 1e6:.1f} of {total / 1e6:.1f} MB")
+
+            credentials = Credentials(*image_auth) if image_auth else None
+            await asyncio.to_thread(self.images.pull, name, pulled, credentials)
+        return list(self._python(name)[0].layer_ids)
+
+    def image_config(self, name: str) -> dict[str, Any]:
+        return self.images.get(name).config
+
+    def cached_layer(self, key: str) -> str | None:
+        return self.images.cached_layer(key)
+
+    def cache_layer(self, key: str, layer_id: str) -> None:
+        self.images.cache_layer(key, layer_id)
+
+    def save_image(self, name: str, base: str, layers: list[str], config: dict[str, Any], meta: dict[str, Any]) -> None:
+        base_image = self.images.get(base)
+        self.images.create_image(name, [*base_image.layer_ids, *layers], config, {**meta, "base": base})
+
+    def delete_image(self, name: str) -> None:
+        in_use, _ = images_in_use(self.root.parent)
+        self.images.delete(name, lambda n: n in in_use)
+
     def _python(self, name: str) -> tuple[Image, str]:
         image = self.images.get(name)
         if image.python is None:
@@ -133,20 +169,17 @@ class LocalRuntime:
         progress: Callable[[str, str], None] | None = None,
         image_auth: tuple[str, str] | None = None,
     ) -> dict[str, Any]:
-        if looks_like_reference(spec.image):
-
-            def pulled(ref: str, done: int, total: int) -> None:
-                if progress:
-                    progress("pulling", f"{ref}: {done / 1e6:.1f} of {total / 1e6:.1f} MB")
-
-            credentials = Credentials(*image_auth) if image_auth else None
-            await asyncio.to_thread(self.images.pull, spec.image, pulled, credentials)
+        await self.ensure_image(spec.image, progress, image_auth)
         image, python = self._python(spec.image)
+        spec = spec.resolved(image.config)
+        # overlayfs wants the top layer first.
+        lowers = [*reversed(self.images.layer_paths(spec.layers)), *reversed(image.layers)]
         home = self.root / sandbox_id
         record: dict[str, Any] = {"address": None}
         try:
             record["address"] = await self.network.allocate() if spec.internet_access else None
-            await asyncio.to_thread(self._prepare_root, sandbox_id, home, image.rootfs, record["address"])
+            marker = {"image": spec.image, "layers": [*image.layer_ids, *spec.layers]}
+            await asyncio.to_thread(self._prepare_root, sandbox_id, home, lowers, marker, record["address"])
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 listener.bind(str(home / "agent.sock"))
@@ -155,12 +188,12 @@ class LocalRuntime:
                     rootfs=str(home / "rootfs"),
                     hostname=sandbox_id.replace("_", "-")[:63],
                     env=spec.env,
-                    cwd=spec.cwd,
+                    cwd=spec.cwd or "/",
                     limits=spec.limits,
                     cgroup_path=f"/sandboxd-{sandbox_id}",
                     idmap=self.idmap,
                     agent_host_path=str(AGENT_SOURCE),
-                    agent_config=json.dumps({"entrypoint": spec.entrypoint, "cwd": spec.cwd}),
+                    agent_config=json.dumps({"entrypoint": spec.entrypoint, "cwd": spec.cwd, "user": spec.user}),
                     python=python,
                 )
                 (home / "config.json").write_text(json.dumps(config))
@@ -194,13 +227,16 @@ class LocalRuntime:
             raise
         return record
 
-    def _prepare_root(self, sandbox_id: str, home: Path, lower: Path, address: str | None) -> None:
+    def _prepare_root(
+        self, sandbox_id: str, home: Path, lowers: list[Path], marker: dict[str, Any], address: str | None
+    ) -> None:
         for sub in ("upper", "work", "rootfs"):
             (home / sub).mkdir(parents=True, exist_ok=True)
-        (home / "image").write_text(str(lower))  # image deletion checks this: in use while here
+        # Image deletion and layer gc read this: what the sandbox's root is built on.
+        (home / "image").write_text(json.dumps(marker))
         # The overlay root takes its owner from the upper dir: root of the sandbox's user namespace.
         os.chown(home / "upper", self.idmap.host_id, self.idmap.host_id)
-        mounts.mount_overlay(lower, home / "upper", home / "work", home / "rootfs")
+        mounts.mount_overlay(lowers, home / "upper", home / "work", home / "rootfs")
         hostname = sandbox_id.replace("_", "-")[:63]
         files = {
             "hostname": f"{hostname}\n",
@@ -251,11 +287,26 @@ class LocalRuntime:
         if failures:
             raise failures[0]
 
-    def _remove_home(self, home: Path) -> None:
+    async def commit(self, sandbox_id: str, record: dict[str, Any]) -> str:
+        """Stops the sandbox and keeps its writable layer as a new image layer; returns its id.
+        The sandbox must still be destroyed afterwards (it has no root any more)."""
+        pid = record.get("pid")
+        if isinstance(pid, int):
+            await self._runc("kill", sandbox_id, "KILL", check=False)
+            await _wait_gone(pid)
+        await self._runc("delete", "--force", sandbox_id, check=False)
+        home = self.root / sandbox_id
+        await asyncio.to_thread(self._remove_home_mounts, home)
+        return await asyncio.to_thread(self.images.add_layer, home / "upper")
+
+    def _remove_home_mounts(self, home: Path) -> None:
         for point in mounts.mounts_under(home):
             mounts.unmount(point)
-        if mounts.mounts_under(home):  # never rmtree through a mount into someone else's files
+        if mounts.mounts_under(home):
             raise RuntimeFailure(f"could not unmount everything under {home}")
+
+    def _remove_home(self, home: Path) -> None:
+        self._remove_home_mounts(home)  # never rmtree through a mount into someone else's files
         shutil.rmtree(home, ignore_errors=True)
 
     def _remove_cgroups(self, sandbox_id: str) -> None:
@@ -384,3 +435,17 @@ def _resolv_conf() -> str:
         lines = []
     servers = [ln for ln in lines if ln.startswith("nameserver") and "127." not in ln and "::1" not in ln]
     return "\n".join(servers) + "\n" if servers else ""
+
+
+def images_in_use(data_dir: Path) -> tuple[set[str], set[str]]:
+    """The images and layers that this data dir's sandboxes are built on."""
+    names: set[str] = set()
+    layers: set[str] = set()
+    for path in (data_dir / "sandboxes").glob("*/image"):
+        try:
+            marker = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        names.add(str(marker.get("image")))
+        layers.update(marker.get("layers", []))
+    return names, layers

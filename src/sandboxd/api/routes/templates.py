@@ -1,0 +1,109 @@
+"""Templates (build, versions, build logs) and the runtimes that name them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response, status
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from sandboxd.api.deps import Templates
+from sandboxd.domain import BuildState, TemplateVersion
+from sandboxd.services.requests import CreateTemplate
+
+router = APIRouter(prefix="/api/v1", tags=["templates"])
+
+
+class TemplateOut(BaseModel):
+    name: str
+    version: int
+    ref: str = Field(description="name:version, as sandboxes name it in `template`.")
+    state: BuildState
+    message: str
+    image: str | None
+    steps_cached: int = Field(description="Steps whose layer came from the build cache.")
+    definition: dict[str, Any]
+    created_at: datetime
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, v: TemplateVersion) -> TemplateOut:
+        return cls(ref=v.ref, **v.model_dump())
+
+
+class TemplateList(BaseModel):
+    items: list[TemplateOut]
+
+
+class RuntimeOut(BaseModel):
+    name: str
+    template: str
+    built: str | None = Field(description="name:version of its newest ready build; built on first use if none.")
+
+
+class RuntimeList(BaseModel):
+    items: list[RuntimeOut]
+
+
+@router.post("/templates", status_code=status.HTTP_202_ACCEPTED, response_model=TemplateOut)
+async def build_template(
+    body: CreateTemplate,
+    service: Templates,
+    response: Response,
+    wait: Annotated[bool, Query(description="Answer once the build has ended (201), not at its start.")] = False,
+) -> TemplateOut:
+    """Builds the next version of a template. Follow its log at .../versions/{version}/logs?follow=true."""
+    version = await service.build(body)
+    response.headers["Location"] = f"/api/v1/templates/{version.name}/versions/{version.version}"
+    if wait:
+        version = await service.wait(version)
+        response.status_code = status.HTTP_201_CREATED
+    return TemplateOut.of(version)
+
+
+@router.get("/templates", response_model=TemplateList)
+async def list_templates(service: Templates, name: str | None = None) -> TemplateList:
+    return TemplateList(items=[TemplateOut.of(v) for v in service.find(name)])
+
+
+@router.get("/templates/{name}", response_model=TemplateOut)
+async def get_template(name: str, service: Templates) -> TemplateOut:
+    """The newest version."""
+    return TemplateOut.of(service.get(name))
+
+
+@router.get("/templates/{name}/versions/{version}", response_model=TemplateOut)
+async def get_template_version(name: str, version: int, service: Templates) -> TemplateOut:
+    return TemplateOut.of(service.get(name, version))
+
+
+@router.get(
+    "/templates/{name}/versions/{version}/logs",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/plain": {}}}},
+)
+async def template_logs(
+    name: str,
+    version: int,
+    service: Templates,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    follow: Annotated[bool, Query(description="Keep streaming until the build ends.")] = False,
+) -> StreamingResponse:
+    return StreamingResponse(service.logs(name, version, offset, follow), media_type="text/plain")
+
+
+@router.delete("/templates/{name}/versions/{version}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_template_version(name: str, version: int, service: Templates) -> None:
+    """Removes the version and its image; refused while a sandbox runs on it."""
+    await service.delete(name, version)
+
+
+@router.get("/runtimes", response_model=RuntimeList)
+async def list_runtimes(service: Templates) -> RuntimeList:
+    items = []
+    for runtime, template in sorted(service.settings.runtimes.items()):
+        built = service.store.get_template(template, ready=True)
+        items.append(RuntimeOut(name=runtime, template=template, built=built.ref if built else None))
+    return RuntimeList(items=items)

@@ -1,0 +1,358 @@
+"""Templates: named, versioned recipes (a base image plus steps) built once into an image that
+sandboxes start from many times; and runtimes, names such as ``node18`` that resolve to them.
+
+A build runs each step that changes files (run, copy) in a sandbox of its own, started on the base
+image plus the layers of the steps before it, and keeps that sandbox's writable layer as the step's
+layer. Steps that only change settings (env, workdir, user) make no layer. Every step has a cache
+key: the hash of the base image's layers and of every step up to it, so a rebuild reuses the
+longest unchanged prefix of steps and runs only the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import tomllib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from sandboxd.config import Settings
+from sandboxd.domain import BuildState, Limits, SandboxSpec, TemplateVersion, utcnow
+from sandboxd.errors import Conflict, InvalidRequest, SandboxdError
+from sandboxd.services.commands import CommandService, Output
+from sandboxd.services.requests import CopyStep, CreateTemplate, EnvStep, RunCommand, RunStep, UserStep, WorkdirStep
+from sandboxd.services.sandboxes import SandboxService
+from sandboxd.store.base import TemplateStore
+
+log = logging.getLogger("sandboxd.templates")
+
+BUILD_LABEL = "sandboxd.template-build"  # on the sandboxes that run build steps
+SHIPPED = Path(__file__).resolve().parents[1] / "templates"  # the project's runtime definitions
+
+
+class TemplateNotFound(SandboxdError):
+    code = "TEMPLATE_NOT_FOUND"
+    status = 404
+
+    def __init__(self, ref: str) -> None:
+        super().__init__(f"template {ref!r} not found", "template")
+
+
+@dataclass
+class _Context:
+    """What settings steps have set so far: the build's later steps and its image get them."""
+
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    user: str | None = None
+
+
+class TemplateService:
+    def __init__(
+        self, settings: Settings, store: TemplateStore, sandboxes: SandboxService, commands: CommandService
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.sandboxes = sandboxes
+        self.commands = commands
+        self.runtime = sandboxes.runtime
+        self.log_dir = settings.data_dir / "builds"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._builds: dict[str, asyncio.Task[None]] = {}
+        self._name_locks: dict[str, asyncio.Lock] = {}
+
+    # -- building --------------------------------------------------------------------------------
+
+    async def build(self, definition: CreateTemplate) -> TemplateVersion:
+        """Starts building the next version of definition.name; returns it while it builds."""
+        async with self._name_locks.setdefault(definition.name, asyncio.Lock()):
+            latest = self.store.get_template(definition.name)
+            version = TemplateVersion(
+                name=definition.name,
+                version=(latest.version + 1) if latest else 1,
+                definition=definition.model_dump(mode="json"),
+                state=BuildState.BUILDING,
+                created_at=utcnow(),
+            )
+            self.store.insert_template(version)
+        self.log_path(version).write_bytes(b"")
+        task = asyncio.create_task(self._build(version, definition))
+        self._builds[version.ref] = task
+        task.add_done_callback(lambda _t: self._builds.pop(version.ref, None))
+        return version
+
+    async def wait(self, version: TemplateVersion) -> TemplateVersion:
+        task = self._builds.get(version.ref)
+        if task is not None:
+            await asyncio.shield(task)
+        return self.get(version.name, version.version)
+
+    async def _build(self, version: TemplateVersion, definition: CreateTemplate) -> None:
+        with open(self.log_path(version), "ab", buffering=0) as out:
+
+            def say(line: str) -> None:
+                out.write((line.rstrip("\n") + "\n").encode())
+
+            try:
+                image, cached = await self._run_steps(version, definition, say)
+                version.state, version.image, version.steps_cached = BuildState.READY, image, cached
+                say(f"==> built {version.ref} ({cached} of {len(definition.steps)} steps from the cache)")
+            except SandboxdError as exc:
+                version.state, version.message = BuildState.FAILED, exc.message
+                say(f"==> build failed: {exc.message}")
+            except Exception as exc:
+                log.exception("template build failed", extra={"template": version.ref})
+                version.state, version.message = BuildState.FAILED, f"build failed: {exc}"
+                say(f"==> build failed: {exc}")
+            finally:
+                version.finished_at = utcnow()
+                self.store.update_template(version)
+
+    async def _run_steps(
+        self, version: TemplateVersion, definition: CreateTemplate, say: Callable[[str], None]
+    ) -> tuple[str, int]:
+        base = definition.base or self.settings.default_image
+        say(f"==> base image {base}")
+        base_layers = await self.runtime.ensure_image(base, lambda _step, msg: say(f"    {msg}"))
+        base_config = self.runtime.image_config(base)
+        ctx = _Context(env=dict(base_config.get("env", {})), cwd=base_config.get("cwd"), user=base_config.get("user"))
+        key = _hash("base", base_layers)
+        layers: list[str] = []
+        cached = 0
+        for number, step in enumerate(definition.steps, 1):
+            key = _hash(key, step.model_dump(mode="json"))
+            say(f"==> step {number}/{len(definition.steps)}: {_describe(step)}")
+            if isinstance(step, EnvStep):
+                ctx.env.update(step.env)
+            elif isinstance(step, UserStep):
+                ctx.user = step.user
+            elif (layer := self.runtime.cached_layer(key)) is not None:
+                say("    cached")
+                cached += 1
+                layers.append(layer)
+            else:
+                layer = await self._layer_step(version, base, layers, ctx, step, number, say)
+                self.runtime.cache_layer(key, layer)
+                layers.append(layer)
+            if isinstance(step, WorkdirStep):
+                ctx.cwd = step.path
+        config: dict[str, Any] = {"env": ctx.env, "cwd": ctx.cwd, "user": ctx.user}
+        if definition.start_command is not None:
+            start = definition.start_command
+            config["entrypoint"] = ["/bin/sh", "-c", start] if isinstance(start, str) else start
+        if definition.ready_check is not None:
+            config["ready_check"] = definition.ready_check.model_dump(mode="json")
+        image = f"{version.name}:{version.version}"
+        meta = {"template": version.ref}
+        await asyncio.to_thread(self.runtime.save_image, image, base, layers, config, meta)
+        return image, cached
+
+    async def _layer_step(
+        self,
+        version: TemplateVersion,
+        base: str,
+        layers: list[str],
+        ctx: _Context,
+        step: RunStep | CopyStep | WorkdirStep,
+        number: int,
+        say: Callable[[str], None],
+    ) -> str:
+        """Runs one step in a sandbox of its own and returns its writable layer as a new layer."""
+        s = self.settings
+        timeout = step.timeout if isinstance(step, RunStep) else 60.0
+        spec = SandboxSpec(
+            image=base,
+            layers=list(layers),
+            env=ctx.env,
+            cwd="/",  # a workdir step's directory exists only once that step has run
+            metadata={BUILD_LABEL: version.ref},
+            limits=Limits(cpu=s.max_cpu, memory_mb=s.build_memory_mb, pids=s.build_pids),
+            timeout=int(timeout) + 120,
+        )
+        sandbox = await self.sandboxes.launch(spec)
+        try:
+            if isinstance(step, RunStep):
+                cmd = RunCommand(command=step.command, user=ctx.user, cwd=ctx.cwd, timeout=step.timeout)
+                exit_info: dict[str, Any] = {}
+                pending = b""
+                async for item in await self.commands.stream(sandbox.id, cmd):
+                    if isinstance(item, Output):
+                        pending += item.data
+                        *lines, pending = pending.split(b"\n")
+                        for line in lines:
+                            say("    " + line.decode(errors="replace"))
+                    else:
+                        exit_info = item.info
+                if pending:
+                    say("    " + pending.decode(errors="replace"))
+                if exit_info.get("timed_out"):
+                    raise InvalidRequest("steps", f"step {number} (run) timed out after {step.timeout:g} s")
+                if exit_info.get("exit_code") != 0:
+                    raise InvalidRequest("steps", f"step {number} (run) exited with code {exit_info.get('exit_code')}")
+            elif isinstance(step, WorkdirStep):  # made like Docker's WORKDIR: it exists afterwards
+                await self.runtime.agent(sandbox.id, sandbox.runtime).call("mkdir", path=step.path)
+            else:
+                data = base64.b64decode(step.content) if step.encoding == "base64" else step.content.encode()
+
+                async def body() -> AsyncIterator[bytes]:
+                    yield data
+
+                agent = self.runtime.agent(sandbox.id, sandbox.runtime)
+                await agent.upload(body(), "write", path=step.path, mode=step.mode, parents=True)
+                say(f"    wrote {len(data)} bytes")
+            return await self.runtime.commit(sandbox.id, sandbox.runtime)
+        finally:
+            await self.sandboxes.delete(sandbox.id, "template_step_done")
+
+    # -- reading and removing --------------------------------------------------------------------
+
+    def get(self, name: str, version: int | None = None) -> TemplateVersion:
+        found = self.store.get_template(name, version)
+        if found is None:
+            raise TemplateNotFound(name if version is None else f"{name}:{version}")
+        return found
+
+    def find(self, name: str | None = None) -> list[TemplateVersion]:
+        return self.store.find_templates(name)
+
+    def log_path(self, version: TemplateVersion) -> Path:
+        return self.log_dir / f"{version.name}-{version.version}.log"
+
+    def logs(self, name: str, version: int, offset: int, follow: bool) -> AsyncIterator[bytes]:
+        """The build log from a byte offset; with follow, until the build ends."""
+        found = self.get(name, version)
+        path = self.log_path(found)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            position = offset
+            while True:
+                building = self.get(name, version).state == BuildState.BUILDING
+                try:
+                    with open(path, "rb") as f:
+                        f.seek(position)
+                        while chunk := f.read(65536):
+                            position += len(chunk)
+                            yield chunk
+                except FileNotFoundError:
+                    return
+                if not (follow and building):
+                    return
+                await asyncio.sleep(0.1)
+
+        return chunks()
+
+    async def delete(self, name: str, version: int) -> None:
+        found = self.get(name, version)
+        if found.state == BuildState.BUILDING:
+            raise Conflict(f"template {found.ref} is still building")
+        if found.image is not None:
+            try:
+                await asyncio.to_thread(self.runtime.delete_image, found.image)
+            except SandboxdError as exc:
+                if exc.code != "IMAGE_NOT_FOUND":
+                    raise
+        self.store.delete_template(name, version)
+        self.log_path(found).unlink(missing_ok=True)
+
+    # -- sandboxes from templates and runtimes ---------------------------------------------------
+
+    def runtime_template(self, runtime: str) -> str:
+        """The template a runtime name stands for, or a 400 that lists the configured ones."""
+        template = self.settings.runtimes.get(runtime)
+        if template is None:
+            configured = ", ".join(sorted(self.settings.runtimes)) or "none"
+            raise InvalidRequest(
+                "runtime", f"runtime {runtime!r} is not configured on this server (configured: {configured})"
+            )
+        return template
+
+    def check(self, template: str) -> None:
+        """Refuses at once a template that neither exists nor can be built from a definition."""
+        name, version = _split_ref(template)
+        if self.store.get_template(name, version, ready=version is None) is not None:
+            return
+        if version is None and self.definition(name) is not None:
+            return  # built on first use
+        raise TemplateNotFound(template)
+
+    async def image_for(self, template: str, progress: Callable[[str, str], None]) -> tuple[str, str]:
+        """(image, name:version) for a template reference; a runtime's template that was never
+        built is built now, its progress shown on the waiting sandbox."""
+        name, version = _split_ref(template)
+        found = self.store.get_template(name, version, ready=version is None)
+        if found is None and version is None:
+            definition = self.definition(name)
+            if definition is None:
+                raise TemplateNotFound(template)
+            async with self._name_locks.setdefault(f"first-build:{name}", asyncio.Lock()):
+                found = self.store.get_template(name, ready=True)
+                if found is None:
+                    progress("building_template", f"building template {name} (first use)")
+                    found = await self.wait(await self.build(definition))
+        if found is None:
+            raise TemplateNotFound(template)
+        if found.state != BuildState.READY or found.image is None:
+            raise InvalidRequest("template", f"template {found.ref} is {found.state.value}: {found.message}")
+        return found.image, found.ref
+
+    def definition(self, name: str) -> CreateTemplate | None:
+        """A template definition file ``<name>.toml`` from the configured directories."""
+        for directory in [*self.settings.template_dirs, SHIPPED]:
+            path = Path(directory) / f"{name}.toml"
+            if path.is_file():
+                try:
+                    return CreateTemplate.model_validate({"name": name, **tomllib.loads(path.read_text())})
+                except (ValidationError, tomllib.TOMLDecodeError) as exc:
+                    raise InvalidRequest("template", f"template definition {path} is invalid: {exc}") from None
+        return None
+
+    async def reconcile(self) -> None:
+        """Builds cut short by a server stop failed; their step sandboxes go."""
+        for version in self.store.find_templates():
+            if version.state == BuildState.BUILDING and version.ref not in self._builds:
+                version.state, version.message = BuildState.FAILED, "the server stopped during the build"
+                version.finished_at = utcnow()
+                self.store.update_template(version)
+        for sandbox in self.sandboxes.store.active():
+            if BUILD_LABEL in sandbox.spec.metadata:
+                try:
+                    await self.sandboxes.delete(sandbox.id, "template_build_ended")
+                except SandboxdError:
+                    log.exception("could not remove a build sandbox", extra={"sandbox_id": sandbox.id})
+
+    async def shutdown(self) -> None:
+        for task in list(self._builds.values()):
+            task.cancel()
+        await asyncio.gather(*self._builds.values(), return_exceptions=True)
+
+
+def _split_ref(ref: str) -> tuple[str, int | None]:
+    name, _, version = ref.partition(":")
+    if not version:
+        return name, None
+    if not version.isdigit():
+        raise InvalidRequest("template", f"invalid template version in {ref!r}: a number is expected")
+    return name, int(version)
+
+
+def _hash(previous: str, item: object) -> str:
+    return hashlib.sha256(f"{previous}\n{json.dumps(item, sort_keys=True)}".encode()).hexdigest()
+
+
+def _describe(step: RunStep | CopyStep | EnvStep | WorkdirStep | UserStep) -> str:
+    if isinstance(step, RunStep):
+        return f"run {step.command if isinstance(step.command, str) else ' '.join(step.command)}"
+    if isinstance(step, CopyStep):
+        return f"copy {step.path}"
+    if isinstance(step, EnvStep):
+        return "env " + " ".join(f"{k}={v}" for k, v in step.env.items())
+    if isinstance(step, WorkdirStep):
+        return f"workdir {step.path}"
+    return f"user {step.user}"
