@@ -13,6 +13,7 @@ RULES = [
     (r"\bAsyncCommands\b", "Commands"),
     (r"\bAsyncFiles\b", "Files"),
     (r"\bAsyncCommandHandle\b", "CommandHandle"),
+    (r"\bAsyncTemplates\b", "Templates"),
     (r"\bAsyncClient\b", "Client"),
     (r"\basync def\b", "def"),
     (r"\basync with\b", "with"),

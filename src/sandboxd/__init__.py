@@ -2,7 +2,7 @@
 
 from typing import Any
 
-__all__ = ["AsyncSandbox", "CommandExitError", "Sandbox", "SandboxError"]
+__all__ = ["AsyncSandbox", "AsyncTemplates", "CommandExitError", "Sandbox", "SandboxError", "Templates"]
 
 
 def __getattr__(name: str) -> Any:

@@ -26,7 +26,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
-        loc = [str(p) for p in first["loc"] if p not in ("body", "query", "path")]
+        # The first element says where (body, query, path); a field may itself be named "path".
+        loc = [str(p) for p in first["loc"][1:]]
         field = ".".join(loc) or None
         message = str(first["msg"]).removeprefix("Value error, ")
         body = _body(request, "INVALID_REQUEST", f"{field}: {message}" if field else message, field)

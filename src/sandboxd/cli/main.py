@@ -123,6 +123,8 @@ def _pairs(items: tuple[str, ...], option: str) -> dict[str, str]:
 
 @main.command()
 @click.option("--image", default=None)
+@click.option("--template", default=None, help="name or name:version")
+@click.option("--runtime", default=None, help="e.g. python3.11, node18")
 @click.option("--cpu", type=float, default=None)
 @click.option("--memory", "memory_mb", type=int, default=None, help="MB")
 @click.option("--timeout", type=int, default=None, help="seconds")
@@ -132,6 +134,8 @@ def _pairs(items: tuple[str, ...], option: str) -> dict[str, str]:
 @click.option("--json", "as_json", is_flag=True)
 def create(
     image: str | None,
+    template: str | None,
+    runtime: str | None,
     cpu: float | None,
     memory_mb: int | None,
     timeout: int | None,
@@ -146,7 +150,8 @@ def create(
         "metadata": _pairs(label, "--label"),
         "internet_access": not no_internet,
     }
-    for key, value in (("image", image), ("cpu", cpu), ("memory_mb", memory_mb), ("timeout", timeout)):
+    options = {"image": image, "template": template, "runtime": runtime, "cpu": cpu, "memory_mb": memory_mb}
+    for key, value in [*options.items(), ("timeout", timeout)]:
         if value is not None:
             body[key] = value
     data = _call("POST", "/api/v1/sandboxes", json=body).json()
@@ -281,6 +286,72 @@ def shell(sandbox_id: str, command: str) -> None:
     from sandboxd.cli.shell import run_shell
 
     sys.exit(run_shell(sandbox_id, command))
+
+
+@main.group()
+def template() -> None:
+    """Templates: images built from a base and steps, on the server."""
+
+
+@template.command("build")
+@click.argument("definition", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=False)
+@click.option("--name", default=None, help="Defaults to the file's name without .toml.")
+@click.option("--runtime", default=None, help="Build the template a runtime names, from its definition.")
+def template_build(definition: Path | None, name: str | None, runtime: str | None) -> None:
+    """Builds a template from a TOML definition (base, steps, start_command, ready_check) and
+    prints its build log as it runs."""
+    import tomllib
+
+    if runtime is not None:
+        request: tuple[str, dict[str, Any] | None] = (f"/api/v1/runtimes/{runtime}/build", None)
+    elif definition is not None:
+        request = ("/api/v1/templates", {"name": name or definition.stem, **tomllib.loads(definition.read_text())})
+    else:
+        raise click.UsageError("give a definition file or --runtime")
+    with _http() as http:
+        r = http.post(request[0], json=request[1])
+        if r.is_error:
+            _fail(RuntimeError(r.json().get("message", r.text)))
+        started = r.json()
+        path = f"/api/v1/templates/{started['name']}/versions/{started['version']}"
+        with http.stream("GET", f"{path}/logs", params={"follow": True}, timeout=None) as logs:
+            for line in logs.iter_lines():
+                click.echo(line)
+        result = http.get(path).json()
+    if result["state"] != "ready":
+        _fail(RuntimeError(result["message"]))
+    err.print(f"[green]built {result['ref']}[/green]")
+
+
+@template.command("ls")
+@click.option("--json", "as_json", is_flag=True)
+def template_ls(as_json: bool) -> None:
+    items = _call("GET", "/api/v1/templates").json()["items"]
+    table = Table("REF", "STATE", "IMAGE", "CACHED STEPS", Column("MESSAGE", overflow="fold"))
+    for item in items:
+        table.add_row(item["ref"], item["state"], item["image"] or "", str(item["steps_cached"]), item["message"])
+    _emit(items, as_json, table)
+
+
+@template.command("rm")
+@click.argument("ref")
+def template_rm(ref: str) -> None:
+    """Removes one version (name:version) and its image."""
+    name, _, version = ref.partition(":")
+    if not version.isdigit():
+        raise click.BadParameter("expected name:version", param_hint="REF")
+    _call("DELETE", f"/api/v1/templates/{name}/versions/{version}")
+
+
+@main.command("runtimes")
+@click.option("--json", "as_json", is_flag=True)
+def runtimes_(as_json: bool) -> None:
+    """Lists the runtimes the server is configured with."""
+    items = _call("GET", "/api/v1/runtimes").json()["items"]
+    table = Table("RUNTIME", "TEMPLATE", "BUILT")
+    for item in items:
+        table.add_row(item["name"], item["template"], item["built"] or "(on first use)")
+    _emit(items, as_json, table)
 
 
 @main.group()

@@ -271,6 +271,24 @@ class SandboxService:
             await self._teardown(current)
             return self._transition(sandbox_id, State.TERMINATED, reason, message)
 
+    async def commit_and_delete(self, sandbox_id: str, reason: str) -> str:
+        """Ends a running sandbox keeping its writable layer, which becomes a new layer; returns
+        its id. The watcher goes first: it would take the init's death for a crash and remove the
+        sandbox's directories while the layer is being taken."""
+        self.running(sandbox_id)
+        self._transition(sandbox_id, State.STOPPING, reason)
+        async with self._lock(sandbox_id):
+            current = self.get(sandbox_id)
+            watcher = self._watchers.pop(sandbox_id, None)
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+            try:
+                return await self.runtime.commit(sandbox_id, current.runtime)
+            finally:
+                await self._teardown(current)
+                self._transition(sandbox_id, State.TERMINATED, reason)
+
     async def _teardown(self, sandbox: Sandbox) -> None:
         watcher = self._watchers.pop(sandbox.id, None)
         if watcher is not None and watcher is not asyncio.current_task():

@@ -15,6 +15,7 @@ import base64
 import hashlib
 import json
 import logging
+import re
 import tomllib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -27,7 +28,16 @@ from sandboxd.config import Settings
 from sandboxd.domain import BuildState, Limits, SandboxSpec, TemplateVersion, utcnow
 from sandboxd.errors import Conflict, InvalidRequest, SandboxdError
 from sandboxd.services.commands import CommandService, Output
-from sandboxd.services.requests import CopyStep, CreateTemplate, EnvStep, RunCommand, RunStep, UserStep, WorkdirStep
+from sandboxd.services.requests import (
+    TEMPLATE_NAME,
+    CopyStep,
+    CreateTemplate,
+    EnvStep,
+    RunCommand,
+    RunStep,
+    UserStep,
+    WorkdirStep,
+)
 from sandboxd.services.sandboxes import SandboxService
 from sandboxd.store.base import TemplateStore
 
@@ -207,9 +217,10 @@ class TemplateService:
                 agent = self.runtime.agent(sandbox.id, sandbox.runtime)
                 await agent.upload(body(), "write", path=step.path, mode=step.mode, parents=True)
                 say(f"    wrote {len(data)} bytes")
-            return await self.runtime.commit(sandbox.id, sandbox.runtime)
-        finally:
-            await self.sandboxes.delete(sandbox.id, "template_step_done")
+        except BaseException:
+            await self.sandboxes.delete(sandbox.id, "template_step_failed")
+            raise
+        return await self.sandboxes.commit_and_delete(sandbox.id, "template_step_done")
 
     # -- reading and removing --------------------------------------------------------------------
 
@@ -273,6 +284,13 @@ class TemplateService:
             )
         return template
 
+    def runtime_definition(self, runtime: str) -> CreateTemplate:
+        template = self.runtime_template(runtime)
+        definition = self.definition(template)
+        if definition is None:
+            raise InvalidRequest("runtime", f"runtime {runtime!r} names template {template!r}, which has no definition")
+        return definition
+
     def check(self, template: str) -> None:
         """Refuses at once a template that neither exists nor can be built from a definition."""
         name, version = _split_ref(template)
@@ -303,14 +321,23 @@ class TemplateService:
         return found.image, found.ref
 
     def definition(self, name: str) -> CreateTemplate | None:
-        """A template definition file ``<name>.toml`` from the configured directories."""
-        for directory in [*self.settings.template_dirs, SHIPPED]:
+        """The definition ``<name>.toml`` from the configured directories or those shipped."""
+        path = self.definition_file(name, self.settings.template_dirs)
+        if path is None:
+            return None
+        try:
+            return CreateTemplate.model_validate({"name": name, **tomllib.loads(path.read_text())})
+        except (ValidationError, tomllib.TOMLDecodeError) as exc:
+            raise InvalidRequest("template", f"template definition {path} is invalid: {exc}") from None
+
+    @staticmethod
+    def definition_file(name: str, directories: list[Path]) -> Path | None:
+        if not re.match(TEMPLATE_NAME, name):
+            return None
+        for directory in [*directories, SHIPPED]:
             path = Path(directory) / f"{name}.toml"
             if path.is_file():
-                try:
-                    return CreateTemplate.model_validate({"name": name, **tomllib.loads(path.read_text())})
-                except (ValidationError, tomllib.TOMLDecodeError) as exc:
-                    raise InvalidRequest("template", f"template definition {path} is invalid: {exc}") from None
+                return path
         return None
 
     async def reconcile(self) -> None:

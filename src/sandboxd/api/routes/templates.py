@@ -107,3 +107,11 @@ async def list_runtimes(service: Templates) -> RuntimeList:
         built = service.store.get_template(template, ready=True)
         items.append(RuntimeOut(name=runtime, template=template, built=built.ref if built else None))
     return RuntimeList(items=items)
+
+
+@router.post("/runtimes/{runtime}/build", status_code=status.HTTP_202_ACCEPTED, response_model=TemplateOut)
+async def build_runtime(runtime: str, service: Templates, response: Response) -> TemplateOut:
+    """Builds (again) the template a runtime names, from its definition on the server."""
+    version = await service.build(service.runtime_definition(runtime))
+    response.headers["Location"] = f"/api/v1/templates/{version.name}/versions/{version.version}"
+    return TemplateOut.of(version)

@@ -221,11 +221,14 @@ class AsyncSandbox:
         cls,
         image: str | None = None,
         *,
+        template: str | None = None,
+        runtime: str | None = None,
         cpu: float | None = None,
         memory_mb: int | None = None,
         pids: int | None = None,
         env: dict[str, str] | None = None,
         cwd: str | None = None,
+        user: str | None = None,
         entrypoint: list[str] | None = None,
         metadata: dict[str, str] | None = None,
         timeout: int | None = None,
@@ -239,11 +242,14 @@ class AsyncSandbox:
         body: dict[str, Any] = {"internet_access": internet_access}
         for key, value in (
             ("image", image),
+            ("template", template),  # "name" (its newest ready version) or "name:version"
+            ("runtime", runtime),  # e.g. "python3.11", "node18": as the server is configured
             ("cpu", cpu),
             ("memory_mb", memory_mb),
             ("pids", pids),
             ("env", env),
             ("cwd", cwd),
+            ("user", user),
             ("entrypoint", entrypoint),
             ("metadata", metadata),
             ("timeout", timeout),
@@ -310,3 +316,59 @@ class AsyncSandbox:
                 raise
         finally:
             await self.close()
+
+
+class AsyncTemplates:
+    """Templates on a sandboxd server: build (with the build log as it comes), list, remove.
+
+    A step is a dict: {"type": "run", "command": ...}, {"type": "copy", "path", "content"},
+    {"type": "env", "env": {...}}, {"type": "workdir", "path"} or {"type": "user", "user"}."""
+
+    def __init__(self, *, url: str | None = None, api_key: str | None = None, request_timeout: float = 120.0) -> None:
+        self._http = _client(url, api_key, request_timeout)
+
+    async def build(
+        self,
+        name: str,
+        steps: list[dict[str, Any]] | None = None,
+        *,
+        base: str | None = None,
+        start_command: str | list[str] | None = None,
+        ready_check: dict[str, Any] | None = None,
+        on_log: Callable[[str], None] | None = None,
+    ) -> dict[str, Any]:
+        """Builds the next version of name and returns it once the build has ended (its state is
+        "ready" or "failed", with the reason in "message"). on_log gets each build log line."""
+        body: dict[str, Any] = {"name": name, "steps": steps or []}
+        for key, value in (("base", base), ("start_command", start_command), ("ready_check", ready_check)):
+            if value is not None:
+                body[key] = value
+        started = (await _check(await self._http.post("/api/v1/templates", json=body))).json()
+        path = f"/api/v1/templates/{name}/versions/{started['version']}"
+        async with self._http.stream("GET", f"{path}/logs", params={"follow": True}, timeout=None) as r:
+            await _check(r)
+            async for line in r.aiter_lines():
+                if on_log is not None:
+                    on_log(line)
+        return dict((await _check(await self._http.get(path))).json())
+
+    async def get(self, name: str, version: int | None = None) -> dict[str, Any]:
+        path = f"/api/v1/templates/{name}" + (f"/versions/{version}" if version is not None else "")
+        return dict((await _check(await self._http.get(path))).json())
+
+    async def list(self, name: str | None = None) -> list[dict[str, Any]]:
+        params = {"name": name} if name else {}
+        r = await _check(await self._http.get("/api/v1/templates", params=params))
+        return list(r.json()["items"])
+
+    async def delete(self, name: str, version: int) -> None:
+        await _check(await self._http.delete(f"/api/v1/templates/{name}/versions/{version}"))
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncTemplates:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
