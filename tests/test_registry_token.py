@@ -136,6 +136,7 @@ def test_concurrent_creates_of_one_image_pull_it_once(
         assert all(s["state"] == "running" for s in states), states
         for i in ids:
             http.delete(f"/api/v1/sandboxes/{i}")
+    ImageStore(Path(server.env["SANDBOXD_IMAGES_DIR"]), USERNS_BASE).delete(ref)  # the cache is shared
     blob_gets = {path: n for path, n in front.seen.items() if "/team/once/blobs/" in path}
     manifest_gets = {path: n for path, n in front.seen.items() if "/team/once/manifests/" in path}
     assert blob_gets and all(n == 1 for n in blob_gets.values()), blob_gets

@@ -159,9 +159,14 @@ class TemplateService:
             config["entrypoint"] = ["/bin/sh", "-c", start] if isinstance(start, str) else start
         if definition.ready_check is not None:
             config["ready_check"] = definition.ready_check.model_dump(mode="json")
-        image = f"{version.name}:{version.version}"
-        meta = {"template": version.ref}
-        await asyncio.to_thread(self.runtime.save_image, image, base, layers, config, meta)
+        # Named by content: a rebuild that changes nothing, here or by another server sharing the
+        # image directory, finds its image already there.
+        image = f"template-{version.name}-{_hash(key, config)[:16]}"
+        try:
+            await asyncio.to_thread(self.runtime.save_image, image, base, layers, config, {"template": version.name})
+        except InvalidRequest as exc:
+            if "already exists" not in exc.message:
+                raise
         return image, cached
 
     async def _layer_step(
@@ -263,7 +268,8 @@ class TemplateService:
         found = self.get(name, version)
         if found.state == BuildState.BUILDING:
             raise Conflict(f"template {found.ref} is still building")
-        if found.image is not None:
+        shared = any(v.image == found.image and v.version != version for v in self.store.find_templates(name))
+        if found.image is not None and not shared:
             try:
                 await asyncio.to_thread(self.runtime.delete_image, found.image)
             except SandboxdError as exc:
