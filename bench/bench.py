@@ -87,6 +87,7 @@ def main() -> None:
             http.delete(f"/api/v1/sandboxes/{sid}")
             results["baseline: runc run of the same bundle"] = baseline_runc_run(work, bundle_src, args.runs)
             results.update(registry_figures(work, http, args.runs))
+            results.update(template_figures(http, args.runs))
     finally:
         server.delete_all()
         server.stop()
@@ -105,7 +106,7 @@ def registry_figures(work: Path, http: httpx.Client, runs: int) -> dict[str, lis
     out: dict[str, list[float]] = {}
     try:
         registry.push_image("bench", "big", [(tar_bytes(("blob.bin", os.urandom(50 * 1024 * 1024))), TAR)])
-        base = image_cache_path() / "debian" / "rootfs"
+        base = ImageStore(image_cache_path(), USERNS_BASE).get("debian").layers[0]
         with open(work / "base.tar", "wb") as f:
             import tarfile
 
@@ -136,9 +137,44 @@ def registry_figures(work: Path, http: httpx.Client, runs: int) -> dict[str, lis
     return out
 
 
+def template_figures(http: httpx.Client, runs: int) -> dict[str, list[float]]:
+    """A three-step template: built cold (steps unique to the run), rebuilt with every step in the
+    cache, and sandboxes started from it (four layers) next to the base image (one)."""
+    out: dict[str, list[float]] = {}
+
+    def build(name: str, marker: str) -> dict[str, object]:
+        steps = [
+            {"type": "run", "command": f"echo {marker} > /opt/one"},
+            {"type": "copy", "path": "/opt/two", "content": marker},
+            {"type": "run", "command": "python3 -c 'print(1)' > /opt/three"},
+        ]
+        r = http.post("/api/v1/templates", params={"wait": True}, json={"name": name, "steps": steps}, timeout=300)
+        r.raise_for_status()
+        assert r.json()["state"] == "ready", r.text
+        return dict(r.json())
+
+    name = "bench-" + os.urandom(4).hex()
+    for i in range(min(runs, 5)):
+        out.setdefault("template build, cold (3 steps)", []).append(timed(lambda i=i: build(name, f"{name}-{i}")))
+    for _ in range(runs):
+        out.setdefault("template build, warm step cache", []).append(timed(lambda: build(name, f"{name}-0")))
+    for label, body in (
+        ("create → running, base image (again)", {}),
+        ("create → running, template", {"template": name}),
+    ):
+        for _ in range(runs):
+            start = time.perf_counter()
+            sid = http.post("/api/v1/sandboxes", json=body).json()["id"]
+            out.setdefault(label, []).append((time.perf_counter() - start) * 1000)
+            http.delete(f"/api/v1/sandboxes/{sid}")
+    for version in http.get("/api/v1/templates", params={"name": name}).json()["items"]:
+        http.delete(f"/api/v1/templates/{name}/versions/{version['version']}")
+    return out
+
+
 def baseline_runc_run(work: Path, config: dict, runs: int) -> list[float]:  # type: ignore[type-arg]
     """`runc run` of the sandbox's own bundle with `true` as its process: create, start, wait, delete."""
-    image = image_cache_path() / "debian" / "rootfs"
+    image = list(reversed(ImageStore(image_cache_path(), USERNS_BASE).get("debian").layers))
     times = []
     for i in range(runs):
         bundle = work / f"bundle{i}"
