@@ -85,3 +85,27 @@ def test_serve_generates_a_key_and_reads_a_config_file(image_cache: Path, workdi
     finally:
         server.stop()
         teardown_bridge("sbxdtest2")
+
+
+def test_cli_builds_a_template_and_starts_from_it(server: Server, tmp_path: Path) -> None:
+    name = "cli-" + os.urandom(3).hex()
+    definition = tmp_path / f"{name}.toml"
+    definition.write_text(
+        f'[[steps]]\ntype = "run"\ncommand = "echo built-{name} > /opt/tag && echo step-output-{name}"\n'
+        '[[steps]]\ntype = "env"\nenv = { TAG = "from-env" }\n'
+    )
+    built = cli(server, "template", "build", str(definition))
+    assert built.returncode == 0, built.stderr
+    assert f"    step-output-{name}" in built.stdout.splitlines() and f"built {name}:1" in built.stderr
+    assert f"{name}:1" in cli(server, "template", "ls").stdout
+    created = json.loads(cli(server, "create", "--template", name, "--json").stdout)
+    try:
+        run = cli(server, "exec", created["id"], "--", "sh", "-c", "cat /opt/tag; echo $TAG")
+        assert run.stdout == f"built-{name}\nfrom-env\n"
+    finally:
+        cli(server, "kill", created["id"])
+    assert cli(server, "template", "rm", f"{name}:1").returncode == 0
+    failed = cli(server, "template", "build", "--name", name, str(definition.with_name("missing.toml")))
+    assert failed.returncode == 2  # click: the file does not exist
+    runtimes = cli(server, "runtimes")
+    assert "python3.11" in runtimes.stdout and "node18" in runtimes.stdout

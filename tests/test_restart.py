@@ -144,3 +144,26 @@ def test_one_data_directory_one_server(own_server: Server) -> None:
     assert "another sandboxd server is using" in str(err.value)
     with own_server.client() as http:  # the first one is untouched
         assert http.get("/api/v1/sandboxes").status_code == 200
+
+
+def test_a_build_cut_short_by_a_kill_fails_and_leaves_nothing(own_server: Server) -> None:
+    marker = str(time.time_ns())  # the step cache is shared: this step must be new
+    with own_server.client() as http:
+        body = {"name": "cut", "steps": [{"type": "run", "command": f"echo {marker}; sleep 60"}]}
+        assert http.post("/api/v1/templates", json=body).status_code == 202
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if f"\n    {marker}\n" in http.get("/api/v1/templates/cut/versions/1/logs").text:  # its output
+                break
+            time.sleep(0.05)
+        building = http.get("/api/v1/sandboxes", params={"label": "sandboxd.template-build=cut:1"}).json()["items"]
+        assert [b["status"]["state"] for b in building] == ["running"]
+    own_server.kill9()
+    time.sleep(0.3)
+    own_server.start()
+    with own_server.client() as http:
+        version = http.get("/api/v1/templates/cut/versions/1").json()
+        assert version["state"] == "failed" and version["message"] == "the server stopped during the build"
+        assert state(http, building[0]["id"])["state"] == "terminated"
+        # The name is free for the next build.
+        assert http.post("/api/v1/templates", json={"name": "cut"}, params={"wait": True}).json()["version"] == 2
