@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     max_cpu: float = float(os.cpu_count() or 1)
     max_memory_mb: int = 16384
     max_pids: int = 32768
+    # Ports are reached at http://{sandbox id}-{port}.{proxy_domain}:{port}/ (*.localhost resolves to
+    # loopback by itself; a real deployment points a wildcard DNS record at the server).
+    proxy_domain: str = "localhost"
+    external_url: str | None = None  # how clients reach the API, for the URLs it hands out
     retention_seconds: int = 3600
     # Runtime names → template names. A template that was never built is built on first use from
     # <name>.toml in template_dirs or the definitions shipped with sandboxd.
@@ -64,6 +68,9 @@ class Settings(BaseSettings):
         if config_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
         return tuple(sources)
+
+    def public_url(self) -> str:
+        return (self.external_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     @property
     def image_root(self) -> Path:

@@ -74,7 +74,10 @@ class SandboxSpec(BaseModel):
     metadata: dict[str, str] = Field(default_factory=dict)
     limits: Limits
     timeout: int
-    internet_access: bool = True
+    internet_access: bool = True  # False is the same as egress {"mode": "deny_all"}
+    egress: dict[str, Any] | None = None  # a services.requests.EgressPolicy; None: allow all
+    ports: list[int] = Field(default_factory=list)  # reachable through the server's port proxy
+    public_traffic: bool = False  # ports reachable without the sandbox's traffic token
     source: dict[str, Any] | None = None  # a services.sources.Source, as given
     template: str | None = None  # "name:version" when started from a template
 
@@ -106,6 +109,7 @@ class Sandbox(BaseModel):
     created_at: datetime
     expires_at: datetime | None
     runtime: dict[str, object] = Field(default_factory=dict)  # the runtime handle's record
+    traffic_token: str = ""  # required on port traffic unless spec.public_traffic
 
 
 class BuildState(enum.StrEnum):

@@ -8,19 +8,22 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpx
 from fastapi import Depends, FastAPI
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sandboxd.api import errors
 from sandboxd.api.deps import require_key
-from sandboxd.api.routes import commands, files, health, sandboxes, templates, terminal
+from sandboxd.api.proxy import PortProxy
+from sandboxd.api.routes import commands, files, health, ports, sandboxes, templates, terminal
 from sandboxd.config import Settings
 from sandboxd.domain import new_id
 from sandboxd.logs import request_id
 from sandboxd.runtimes.registry import build_runtime
 from sandboxd.services.commands import CommandService
 from sandboxd.services.files import FileService
+from sandboxd.services.ports import PortService
 from sandboxd.services.sandboxes import SandboxService
 from sandboxd.services.templates import TemplateService
 from sandboxd.store.sqlite import SqliteStore
@@ -75,6 +78,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.files = FileService(service)
         app.state.templates = TemplateService(cfg, app.state.store, service, app.state.commands)
         service.templates = app.state.templates
+        app.state.ports = PortService(cfg, service)
+        # One pool of connections to sandboxes for the port proxy; no time limit on reading a
+        # response (streams), a short one on connecting (a closed port answers at once anyway).
+        app.state.proxy_client = httpx.AsyncClient(
+            timeout=httpx.Timeout(None, connect=5.0), limits=httpx.Limits(max_connections=1000), trust_env=False
+        )
         await service.reconcile()
         await app.state.templates.reconcile()
         reaper = asyncio.create_task(service.reaper())
@@ -87,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.gather(reaper, return_exceptions=True)
             await app.state.templates.shutdown()
             await service.shutdown()
+            await app.state.proxy_client.aclose()
             app.state.store.engine.dispose()
 
     app = FastAPI(
@@ -100,10 +110,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
 
     app.add_middleware(RequestIdMiddleware, counts=app.state.request_counts)
+    app.add_middleware(PortProxy, proxy_domain=(settings or Settings()).proxy_domain)
 
     app.include_router(health.router)
     auth = [Depends(require_key)]
-    for module in (sandboxes, commands, files, templates):
+    for module in (sandboxes, commands, files, templates, ports):
         app.include_router(module.router, dependencies=auth)
     app.include_router(terminal.router)
     return app

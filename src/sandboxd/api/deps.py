@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sandboxd.errors import Unauthorized
 from sandboxd.services.commands import CommandService
 from sandboxd.services.files import FileService
+from sandboxd.services.ports import PortService
 from sandboxd.services.sandboxes import SandboxService
 from sandboxd.services.templates import TemplateService
 
@@ -45,6 +46,10 @@ def _files(request: Request) -> FileService:
     return request.app.state.files  # type: ignore[no-any-return]
 
 
+def _ports(request: Request) -> PortService:
+    return request.app.state.ports  # type: ignore[no-any-return]
+
+
 def _templates(request: Request) -> TemplateService:
     return request.app.state.templates  # type: ignore[no-any-return]
 
@@ -53,3 +58,4 @@ Sandboxes = Annotated[SandboxService, Depends(_sandboxes)]
 Commands = Annotated[CommandService, Depends(_commands)]
 Files = Annotated[FileService, Depends(_files)]
 Templates = Annotated[TemplateService, Depends(_templates)]
+Ports = Annotated[PortService, Depends(_ports)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -31,6 +32,10 @@ class SandboxOut(BaseModel):
     pids: int
     timeout: int
     internet_access: bool
+    egress: dict[str, Any] | None = Field(description="The egress policy; null: allow all.")
+    ports: list[int]
+    public_traffic: bool
+    traffic_token: str = Field(description="Send as X-Sandbox-Token (or ?sbx_token=) to reach its ports.")
     created_at: datetime
     expires_at: datetime | None
 
@@ -52,6 +57,10 @@ class SandboxOut(BaseModel):
             pids=spec.limits.pids,
             timeout=spec.timeout,
             internet_access=spec.internet_access,
+            egress=spec.egress,
+            ports=spec.ports,
+            public_traffic=spec.public_traffic,
+            traffic_token=sb.traffic_token,
             created_at=sb.created_at,
             expires_at=sb.expires_at,
         )

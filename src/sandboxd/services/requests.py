@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import posixpath
 import re
 import signal
@@ -42,6 +43,99 @@ class RegistryAuth(BaseModel):
     password: str = Field(min_length=1, json_schema_extra={"writeOnly": True})
 
 
+DOMAIN = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def check_egress_target(value: str) -> str:
+    """A domain (example.com), a wildcard (*.example.com: its subdomains) or an IPv4 CIDR."""
+    value = value.strip().lower().rstrip(".")
+    try:
+        network = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        if not DOMAIN.match(value) or len(value) > 253 or "." not in value.removeprefix("*."):
+            raise ValueError(f"{value!r} is neither a domain, a *.wildcard domain nor an IPv4 CIDR") from None
+        return value
+    if network.version != 4:
+        raise ValueError(f"{value!r}: sandboxes have IPv4 only")
+    return str(network)
+
+
+class EgressRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["allow", "deny"]
+    target: str = Field(description="example.com, *.example.com or an IPv4 CIDR (10.0.0.0/8, 1.2.3.4).")
+
+    _target = field_validator("target")(check_egress_target)
+
+
+class EgressPolicy(BaseModel):
+    """What a sandbox may reach. allow_all (with deny rules), deny_all, or custom: rules in order
+    (the first that matches decides), then the allowed domains and CIDRs, then default_action."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["allow_all", "deny_all", "custom"] = "allow_all"
+    allowed_domains: list[str] = Field(default_factory=list, max_length=50)
+    allowed_cidrs: list[str] = Field(default_factory=list, max_length=10)
+    rules: list[EgressRule] = Field(default_factory=list, max_length=100)
+    default_action: Literal["allow", "deny"] | None = Field(
+        None, description="Past every rule; deny for custom, allow for allow_all."
+    )
+
+    @field_validator("allowed_domains")
+    @classmethod
+    def _domains(cls, values: list[str]) -> list[str]:
+        checked = [check_egress_target(v) for v in values]
+        for value in checked:
+            if value[0].isdigit() and "/" in value:
+                raise ValueError(f"{value!r} is a CIDR: put it in allowed_cidrs")
+        return checked
+
+    @field_validator("allowed_cidrs")
+    @classmethod
+    def _cidrs(cls, values: list[str]) -> list[str]:
+        checked = []
+        for value in values:
+            try:
+                network = ipaddress.ip_network(value.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{value!r} is not a CIDR") from None
+            if network.version != 4:
+                raise ValueError(f"{value!r}: sandboxes have IPv4 only")
+            checked.append(str(network))
+        return checked
+
+    @model_validator(mode="after")
+    def _mode(self) -> EgressPolicy:
+        if self.mode != "custom" and (self.allowed_domains or self.allowed_cidrs):
+            raise ValueError("allowed_domains and allowed_cidrs need mode custom")
+        if self.mode == "deny_all" and self.rules:
+            raise ValueError("deny_all takes no rules; use custom with default_action deny")
+        return self
+
+    def compiled(self) -> tuple[list[tuple[str, str]], str]:
+        """(ordered (action, target) rules, default action): the one form enforcement reads."""
+        if self.mode == "deny_all":
+            return [], "deny"
+        rules: list[tuple[str, str]] = [(r.action, r.target) for r in self.rules]
+        rules += [("allow", d) for d in self.allowed_domains] + [("allow", c) for c in self.allowed_cidrs]
+        default: str = self.default_action or ("deny" if self.mode == "custom" else "allow")
+        return rules, default
+
+
+MAX_PORTS = 15
+
+
+def check_ports(ports: list[int]) -> list[int]:
+    if len(ports) > MAX_PORTS:
+        raise ValueError(f"at most {MAX_PORTS} ports")
+    for port in ports:
+        if not 1 <= port <= 65535:
+            raise ValueError(f"port {port} is not between 1 and 65535")
+    return sorted(set(ports))
+
+
 class CreateSandbox(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -62,7 +156,10 @@ class CreateSandbox(BaseModel):
     memory_mb: int | None = Field(None, ge=16)
     pids: int | None = Field(None, ge=8)
     timeout: int | None = Field(None, ge=1, description="Seconds until the sandbox is destroyed.")
-    internet_access: bool = True
+    internet_access: bool = Field(True, description="false: no egress at all (egress mode deny_all).")
+    egress: EgressPolicy | None = Field(None, description="What the sandbox may reach; all if omitted.")
+    ports: list[int] = Field(default_factory=list, description="Ports to expose through the proxy (at most 15).")
+    public_traffic: bool = Field(False, description="Exposed ports answer without the sandbox's traffic token.")
     source: Source | None = Field(
         None, discriminator="type", description="A git repository or tarball unpacked into cwd at create."
     )
@@ -71,6 +168,7 @@ class CreateSandbox(BaseModel):
     )
 
     _env = field_validator("env")(check_env)
+    _ports = field_validator("ports")(check_ports)
 
     @field_validator("cwd")
     @classmethod
@@ -79,6 +177,8 @@ class CreateSandbox(BaseModel):
 
     @model_validator(mode="after")
     def _one_image(self) -> CreateSandbox:
+        if not self.internet_access and self.egress is not None and self.egress.mode != "deny_all":
+            raise ValueError("internet_access false and an egress policy that allows traffic contradict")
         given = [name for name in ("image", "template", "runtime") if getattr(self, name) is not None]
         if len(given) > 1:
             raise ValueError(f"give one of image, template and runtime, not {' and '.join(given)}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
@@ -72,6 +73,12 @@ class SandboxService:
             raise InvalidRequest("pids", f"pids must be at most {s.max_pids}")
         if timeout > s.max_timeout:
             raise InvalidRequest("timeout", f"timeout must be at most {s.max_timeout} seconds")
+        if (
+            req.egress is not None
+            and req.egress.mode != "deny_all"
+            and not getattr(self.runtime, "egress_policies", False)
+        ):
+            raise InvalidRequest("egress", "this server's runtime cannot enforce egress policies yet")
         template = req.template
         if req.runtime is not None:
             if self.templates is None:
@@ -89,6 +96,9 @@ class SandboxService:
             limits=Limits(cpu=cpu, memory_mb=memory, pids=pids),
             timeout=timeout,
             internet_access=req.internet_access,
+            egress=(req.egress.model_dump() if req.egress else None) if req.internet_access else {"mode": "deny_all"},
+            ports=req.ports,
+            public_traffic=req.public_traffic,
             source=req.source.model_dump() if req.source else None,
         )
 
@@ -113,6 +123,7 @@ class SandboxService:
             status=Status(state=State.PENDING, reason="creating", changed_at=now),
             created_at=now,
             expires_at=now + timedelta(seconds=spec.timeout),
+            traffic_token=secrets.token_urlsafe(24),
         )
         self.store.insert(sandbox)
         task = asyncio.create_task(self._start(sandbox, auth))

@@ -233,13 +233,16 @@ class AsyncSandbox:
         metadata: dict[str, str] | None = None,
         timeout: int | None = None,
         internet_access: bool = True,
+        egress: dict[str, Any] | None = None,
+        ports: list[int] | None = None,
+        public_traffic: bool = False,
         source: dict[str, Any] | None = None,
         image_auth: dict[str, str] | None = None,
         url: str | None = None,
         api_key: str | None = None,
         request_timeout: float = 120.0,
     ) -> AsyncSandbox:
-        body: dict[str, Any] = {"internet_access": internet_access}
+        body: dict[str, Any] = {"internet_access": internet_access, "public_traffic": public_traffic}
         for key, value in (
             ("image", image),
             ("template", template),  # "name" (its newest ready version) or "name:version"
@@ -253,6 +256,8 @@ class AsyncSandbox:
             ("entrypoint", entrypoint),
             ("metadata", metadata),
             ("timeout", timeout),
+            ("egress", egress),  # {"mode": "allow_all"|"deny_all"|"custom", "allowed_domains", "rules"...}
+            ("ports", ports),  # reachable through the server's proxy; see port_url()
             ("source", source),  # {"type": "git", "url", "revision", "depth"} or {"type": "tarball", "url"}
             ("image_auth", image_auth),  # {"username", "password"} for a private registry image
         ):
@@ -293,6 +298,20 @@ class AsyncSandbox:
     async def set_timeout(self, seconds: int) -> None:
         r = await _check(await self._http.post(f"{self._path}/timeout", json={"timeout": seconds}))
         self.info = r.json()
+
+    async def expose_port(self, port: int) -> dict[str, Any]:
+        """Exposes a port; the result has its `url` (send the sandbox's traffic token with requests)."""
+        return dict((await _check(await self._http.post(f"{self._path}/ports", json={"port": port}))).json())
+
+    async def port_url(self, port: int, signed: bool = False, expires_in: int = 3600) -> str:
+        """The URL of an exposed port; signed=True: one that works without the token until it expires."""
+        params = {"signed": signed, "expires_in": expires_in}
+        r = await _check(await self._http.get(f"{self._path}/ports/{port}", params=params))
+        return str(r.json()["url"])
+
+    @property
+    def traffic_token(self) -> str:
+        return str(self.info["traffic_token"])
 
     async def logs(self) -> str:
         r = await _check(await self._http.get(f"{self._path}/logs"))

@@ -1,0 +1,248 @@
+"""The port proxy: HTTP (streamed both ways) and WebSocket traffic to a sandbox's exposed ports.
+
+Two routes reach a port: the host ``{sandbox id}-{port}.{proxy_domain}`` (the whole path goes to the
+sandbox), and the path ``/api/v1/sandboxes/{id}/ports/{port}/...`` (the rest of the path goes). This
+is plain ASGI in front of the application, so proxied requests skip FastAPI's routing and the API's
+key check: they are admitted by the sandbox's traffic token instead (or the API key, on the path
+route). Credentials meant for sandboxd are removed before a request reaches the sandbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import re
+from collections.abc import AsyncIterator
+from http.cookies import SimpleCookie
+from urllib.parse import parse_qsl, urlencode
+
+import httpx
+import websockets
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from websockets.asyncio.client import connect as ws_connect
+
+from sandboxd.errors import SandboxdError
+from sandboxd.services.ports import SIGNATURE_QUERY, TOKEN_HEADER, TOKEN_QUERY, PortService, PortUnreachable, Target
+
+SANDBOX_ID = r"sbx[_-][0-9a-z]{26}"
+PATH_ROUTE = re.compile(rf"^/api/v1/sandboxes/({SANDBOX_ID})/ports/(\d{{1,5}})(/.*)$")
+# Hop-by-hop headers end at the proxy (RFC 9110 7.6.1); host and length are set again per hop.
+HOP = {
+    b"connection",
+    b"keep-alive",
+    b"proxy-authenticate",
+    b"proxy-authorization",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+    b"content-length",
+}
+WS_HOP = HOP | {b"host", b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions"}
+WS_HOP |= {b"sec-websocket-protocol"}
+
+
+class PortProxy:
+    def __init__(self, app: ASGIApp, proxy_domain: str) -> None:
+        self.app = app
+        self.host_route = re.compile(rf"^({SANDBOX_ID})-(\d{{1,5}})\.{re.escape(proxy_domain)}(:\d+)?$")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
+        by_host = self.host_route.match(host)
+        by_path = None if by_host else PATH_ROUTE.match(scope["path"])
+        if by_host is None and by_path is None:
+            await self.app(scope, receive, send)
+            return
+        match = by_host or by_path
+        assert match is not None
+        sandbox_id, port = match.group(1).replace("-", "_", 1), int(match.group(2))
+        path = scope["path"] if by_host else match.group(3)
+        state = scope["app"].state
+        ports: PortService = state.ports
+        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        token, signature, cookie_name = _credentials(scope, query, port)
+        api_key_ok = by_path is not None and _has_api_key(scope, state.api_key)
+        try:
+            target = ports.target(sandbox_id, port, token, signature, api_key_ok)
+        except SandboxdError as exc:
+            await _refuse(scope, receive, send, exc)
+            return
+        forward_query = urlencode([(k, v) for k, v in query if k not in (TOKEN_QUERY, SIGNATURE_QUERY)])
+        path_qs = path + (f"?{forward_query}" if forward_query else "")
+        drop = {TOKEN_HEADER.encode()} | ({b"authorization", b"x-api-key"} if api_key_ok else set())
+        # A signed URL's first use leaves a cookie, so the page's own requests get in too.
+        set_cookie = f"{cookie_name}={signature}; Path=/; HttpOnly; SameSite=Lax" if by_host and signature else None
+        if scope["type"] == "http":
+            await _proxy_http(scope, receive, send, state.proxy_client, target, path_qs, drop, set_cookie)
+        else:
+            await _proxy_websocket(scope, receive, send, target, path_qs, drop)
+
+
+def _credentials(scope: Scope, query: list[tuple[str, str]], port: int) -> tuple[str | None, str | None, str]:
+    headers = dict(scope["headers"])
+    params = dict(query)
+    cookie_name = f"sbx_auth_{port}"
+    token = headers.get(TOKEN_HEADER.encode(), b"").decode("latin-1") or params.get(TOKEN_QUERY)
+    signature = params.get(SIGNATURE_QUERY)
+    if signature is None and b"cookie" in headers:
+        cookies: SimpleCookie = SimpleCookie()
+        with contextlib.suppress(Exception):
+            cookies.load(headers[b"cookie"].decode("latin-1"))
+        if cookie_name in cookies:
+            signature = cookies[cookie_name].value
+    return token, signature, cookie_name
+
+
+def _has_api_key(scope: Scope, expected: str) -> bool:
+    headers = dict(scope["headers"])
+    given = headers.get(b"authorization", b"").decode("latin-1").removeprefix("Bearer ").strip()
+    given = given or headers.get(b"x-api-key", b"").decode("latin-1")
+    return bool(given) and hmac.compare_digest(given.encode(), expected.encode())
+
+
+async def _refuse(scope: Scope, receive: Receive, send: Send, exc: SandboxdError) -> None:
+    body = json.dumps({"code": exc.code, "message": exc.message}).encode()
+    if scope["type"] == "websocket":
+        await receive()  # websocket.connect
+        if "websocket.http.response" not in scope.get("extensions", {}):
+            await send({"type": "websocket.close", "code": 1008 if exc.status < 500 else 1011})
+            return
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": exc.status,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": body})
+        return
+    await send(
+        {
+            "type": "http.response.start",
+            "status": exc.status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _proxy_http(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    client: httpx.AsyncClient,
+    target: Target,
+    path_qs: str,
+    drop: set[bytes],
+    set_cookie: str | None,
+) -> None:
+    headers = [(k, v) for k, v in scope["headers"] if k.lower() not in HOP and k.lower() not in drop]
+    client_addr = scope.get("client") or ("", 0)
+    headers.append((b"x-forwarded-for", str(client_addr[0]).encode()))
+    has_body = any(k.lower() in (b"content-length", b"transfer-encoding") for k, _ in scope["headers"])
+    length = dict(scope["headers"]).get(b"content-length")
+    if length is not None:
+        headers.append((b"content-length", length))
+
+    async def body() -> AsyncIterator[bytes]:
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            yield message.get("body", b"")
+            if not message.get("more_body"):
+                return
+
+    request = client.build_request(
+        scope["method"],
+        f"http://{target.address}:{target.port}{path_qs}",
+        headers=headers,
+        content=body() if has_body else None,
+    )
+    try:
+        response = await client.send(request, stream=True)
+    except (httpx.ConnectError, httpx.ConnectTimeout):
+        await _refuse(scope, receive, send, _not_listening(target))
+        return
+    except httpx.HTTPError as exc:
+        await _refuse(scope, receive, send, PortUnreachable(f"port {target.port}: {exc}"))
+        return
+    try:
+        out = [(k, v) for k, v in response.headers.raw if k.lower() not in HOP or k.lower() == b"content-length"]
+        if set_cookie:
+            out.append((b"set-cookie", set_cookie.encode()))
+        await send({"type": "http.response.start", "status": response.status_code, "headers": out})
+        async for chunk in response.aiter_raw():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    except httpx.HTTPError:
+        return  # the sandbox's side broke off midway: the client's response ends short
+    finally:
+        await response.aclose()
+
+
+def _not_listening(target: Target) -> PortUnreachable:
+    return PortUnreachable(
+        f"nothing is listening on port {target.port} in sandbox {target.sandbox_id} "
+        "(a server there must listen on 0.0.0.0, not only 127.0.0.1)"
+    )
+
+
+async def _proxy_websocket(
+    scope: Scope, receive: Receive, send: Send, target: Target, path_qs: str, drop: set[bytes]
+) -> None:
+    headers = [
+        (k.decode("latin-1"), v.decode("latin-1"))
+        for k, v in scope["headers"]
+        if k.lower() not in WS_HOP and k.lower() not in drop
+    ]
+    protocols = scope.get("subprotocols") or None
+    try:
+        upstream = await ws_connect(
+            f"ws://{target.address}:{target.port}{path_qs}",
+            additional_headers=headers,
+            subprotocols=protocols,
+            open_timeout=5,
+            max_size=None,
+            compression=None,
+        )
+    except (OSError, TimeoutError, websockets.exceptions.InvalidHandshake):
+        await _refuse(scope, receive, send, _not_listening(target))
+        return
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
+
+    async def client_to_sandbox() -> None:
+        while True:
+            message: Message = await receive()
+            if message["type"] == "websocket.disconnect":
+                await upstream.close()
+                return
+            data = message.get("bytes")
+            await upstream.send(data if data is not None else message.get("text", ""))
+
+    async def sandbox_to_client() -> None:
+        try:
+            async for data in upstream:
+                key = "bytes" if isinstance(data, bytes) else "text"
+                await send({"type": "websocket.send", key: data})
+        except websockets.exceptions.ConnectionClosed:
+            pass
+        code = upstream.close_code or 1000
+        with contextlib.suppress(Exception):
+            await send({"type": "websocket.close", "code": code})
+
+    tasks = [asyncio.create_task(client_to_sandbox()), asyncio.create_task(sandbox_to_client())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await upstream.close()

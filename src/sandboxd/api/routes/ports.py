@@ -1,0 +1,52 @@
+"""Exposing a sandbox's ports. The traffic itself goes through api/proxy.py."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+from pydantic import BaseModel, Field
+
+from sandboxd.api.deps import Ports
+
+router = APIRouter(prefix="/api/v1/sandboxes/{sandbox_id}/ports", tags=["ports"])
+
+
+class PortOut(BaseModel):
+    port: int
+    url: str = Field(description="Host route: http://{id}-{port}.{proxy_domain}:{server port}/")
+    path_url: str = Field(description="Path route under the API.")
+    public: bool = Field(description="Reachable without the sandbox's traffic token.")
+    expires_at: int | None = Field(None, description="For a signed URL: when it stops working (Unix time).")
+
+
+class ExposePort(BaseModel):
+    port: int = Field(ge=1, le=65535)
+
+
+@router.get("", response_model=list[PortOut])
+async def list_ports(sandbox_id: str, service: Ports) -> list[PortOut]:
+    return [PortOut.model_validate(p) for p in service.list(sandbox_id)]
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=PortOut)
+async def expose_port(sandbox_id: str, body: ExposePort, service: Ports) -> PortOut:
+    return PortOut.model_validate(service.expose(sandbox_id, body.port))
+
+
+@router.get("/{port}", response_model=PortOut)
+async def port_url(
+    sandbox_id: str,
+    port: int,
+    service: Ports,
+    signed: Annotated[bool, Query(description="A URL that carries its own expiring signature.")] = False,
+    expires_in: Annotated[int, Query(ge=1, le=7 * 24 * 3600)] = 3600,
+) -> PortOut:
+    if signed:
+        return PortOut.model_validate(service.sign(sandbox_id, port, expires_in))
+    return PortOut.model_validate(service.describe_exposed(sandbox_id, port))
+
+
+@router.delete("/{port}", status_code=status.HTTP_204_NO_CONTENT)
+async def unexpose_port(sandbox_id: str, port: int, service: Ports) -> None:
+    service.unexpose(sandbox_id, port)

@@ -1,0 +1,123 @@
+"""Ports of a sandbox reached through the server: which are exposed, who may reach them, and where.
+
+Every sandbox has a traffic token. Traffic to its ports carries it (``X-Sandbox-Token`` header or
+``sbx_token`` query parameter), or a signed, expiring ``sbx_sig`` made from it, unless the sandbox
+was created with ``public_traffic``. The server's API key is accepted on the path route too.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass
+
+from sandboxd.config import Settings
+from sandboxd.domain import Sandbox
+from sandboxd.errors import Conflict, Forbidden, InvalidRequest, NotFoundInSandbox, SandboxdError
+from sandboxd.services.requests import MAX_PORTS
+from sandboxd.services.sandboxes import SandboxService
+
+TOKEN_HEADER = "x-sandbox-token"
+TOKEN_QUERY = "sbx_token"
+SIGNATURE_QUERY = "sbx_sig"
+
+
+class PortUnreachable(SandboxdError):
+    code = "PORT_NOT_LISTENING"
+    status = 502
+
+
+@dataclass(frozen=True)
+class Target:
+    sandbox_id: str
+    address: str
+    port: int
+
+
+class PortService:
+    def __init__(self, settings: Settings, sandboxes: SandboxService) -> None:
+        self.settings = settings
+        self.sandboxes = sandboxes
+
+    # -- exposing --------------------------------------------------------------------------------
+
+    def list(self, sandbox_id: str) -> list[dict[str, object]]:
+        sandbox = self.sandboxes.get(sandbox_id)
+        return [self.describe(sandbox, port) for port in sandbox.spec.ports]
+
+    def describe(self, sandbox: Sandbox, port: int) -> dict[str, object]:
+        host = f"{sandbox.id.replace('_', '-')}-{port}.{self.settings.proxy_domain}"
+        return {
+            "port": port,
+            "url": f"http://{host}:{self.settings.port}/",
+            "path_url": f"{self.settings.public_url()}/api/v1/sandboxes/{sandbox.id}/ports/{port}/",
+            "public": sandbox.spec.public_traffic,
+        }
+
+    def describe_exposed(self, sandbox_id: str, port: int) -> dict[str, object]:
+        sandbox = self.sandboxes.get(sandbox_id)
+        if port not in sandbox.spec.ports:
+            raise NotFoundInSandbox(f"port {port} is not exposed")
+        return self.describe(sandbox, port)
+
+    def expose(self, sandbox_id: str, port: int) -> dict[str, object]:
+        if not 1 <= port <= 65535:
+            raise InvalidRequest("port", f"port {port} is not between 1 and 65535")
+        sandbox = self.sandboxes.running(sandbox_id)
+        if port not in sandbox.spec.ports:
+            if len(sandbox.spec.ports) >= MAX_PORTS:
+                raise Conflict(f"sandbox {sandbox_id} already exposes {MAX_PORTS} ports")
+            sandbox.spec = sandbox.spec.model_copy(update={"ports": sorted([*sandbox.spec.ports, port])})
+            self.sandboxes.store.update(sandbox)
+        return self.describe(sandbox, port)
+
+    def unexpose(self, sandbox_id: str, port: int) -> None:
+        sandbox = self.sandboxes.get(sandbox_id)
+        if port not in sandbox.spec.ports:
+            raise NotFoundInSandbox(f"port {port} is not exposed")
+        sandbox.spec = sandbox.spec.model_copy(update={"ports": [p for p in sandbox.spec.ports if p != port]})
+        self.sandboxes.store.update(sandbox)
+
+    def sign(self, sandbox_id: str, port: int, expires_in: int) -> dict[str, object]:
+        sandbox = self.sandboxes.get(sandbox_id)
+        described = self.describe_exposed(sandbox_id, port)
+        expires = int(time.time()) + expires_in
+        signature = f"{expires}.{_mac(sandbox.traffic_token, port, expires)}"
+        return {**described, "url": f"{described['url']}?{SIGNATURE_QUERY}={signature}", "expires_at": expires}
+
+    # -- admitting traffic -----------------------------------------------------------------------
+
+    def target(
+        self, sandbox_id: str, port: int, token: str | None, signature: str | None, api_key_ok: bool = False
+    ) -> Target:
+        """Where traffic for sandbox_id:port goes, if the caller may send it there."""
+        sandbox = self.sandboxes.get(sandbox_id)  # unknown: 404
+        if port not in sandbox.spec.ports:
+            raise NotFoundInSandbox(f"port {port} of sandbox {sandbox_id} is not exposed")
+        if not (sandbox.spec.public_traffic or api_key_ok or self._admitted(sandbox, port, token, signature)):
+            raise Forbidden(
+                f"port {port} of sandbox {sandbox_id} is private: send its traffic token "
+                f"({TOKEN_HEADER} header or {TOKEN_QUERY} parameter) or a signed URL"
+            )
+        sandbox = self.sandboxes.running(sandbox_id)
+        address = sandbox.runtime.get("address")
+        if not isinstance(address, str):
+            raise PortUnreachable(f"sandbox {sandbox_id} has no network address")
+        return Target(sandbox_id, address, port)
+
+    @staticmethod
+    def _admitted(sandbox: Sandbox, port: int, token: str | None, signature: str | None) -> bool:
+        if token is not None and hmac.compare_digest(token.encode(), sandbox.traffic_token.encode()):
+            return True
+        if signature:
+            expires, _, mac = signature.partition(".")
+            if expires.isdigit() and int(expires) >= time.time():
+                return hmac.compare_digest(mac.encode(), _mac(sandbox.traffic_token, port, int(expires)).encode())
+        return False
+
+
+def _mac(token: str, port: int, expires: int) -> str:
+    digest = hmac.new(token.encode(), f"{port}:{expires}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
