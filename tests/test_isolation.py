@@ -211,17 +211,21 @@ def test_internet_access_goes_out_through_nat(server: Server, test_host: Interne
         assert out == f"hello from the test host {test_host.PEER}", out
 
 
-def test_internet_access_false_means_loopback_only(server: Server, test_host: InternetHost) -> None:
+def test_internet_access_false_refuses_all_egress(server: Server, test_host: InternetHost) -> None:
+    """No egress at all (deny_all): the sandbox keeps an interface only so that its ports can be
+    reached through the server's proxy."""
     host = HostServer()
     try:
         with server.create(internet_access=False) as sb:
             assert connect(sb, test_host.ADDRESS, test_host.port).startswith("refused")
             assert connect(sb, GATEWAY, host.port).startswith("refused")
-            assert sb.commands.run("ls /sys/class/net").stdout.split() == ["lo"]
+            assert sb.info["egress"]["mode"] == "deny_all"
             lo = sb.commands.run(
                 "python3 -c \"import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print('ok')\""
             )
             assert lo.stdout == "ok\n"
+            with server.client() as http:
+                assert http.get(f"/api/v1/sandboxes/{sb.id}/egress").json()["refused_packets"] >= 1
         assert host.hits == 0
     finally:
         host.close()

@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     # loopback by itself; a real deployment points a wildcard DNS record at the server).
     proxy_domain: str = "localhost"
     external_url: str | None = None  # how clients reach the API, for the URLs it hands out
+    # The sandboxes' resolver asks these (host or host:port); none: the host's own resolvers.
+    dns_upstream: list[str] = []
     retention_seconds: int = 3600
     # Runtime names → template names. A template that was never built is built on first use from
     # <name>.toml in template_dirs or the definitions shipped with sandboxd.

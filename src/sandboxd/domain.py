@@ -75,7 +75,9 @@ class SandboxSpec(BaseModel):
     limits: Limits
     timeout: int
     internet_access: bool = True  # False is the same as egress {"mode": "deny_all"}
-    egress: dict[str, Any] | None = None  # a services.requests.EgressPolicy; None: allow all
+    egress: dict[str, Any] | None = None  # a services.requests.EgressPolicy as given; None: allow all
+    # What runtimes enforce: {"rules": [[action, target], ...], "default": "allow"|"deny"}.
+    egress_rules: dict[str, Any] | None = None
     ports: list[int] = Field(default_factory=list)  # reachable through the server's port proxy
     public_traffic: bool = False  # ports reachable without the sandbox's traffic token
     source: dict[str, Any] | None = None  # a services.sources.Source, as given

@@ -55,6 +55,12 @@ class Runtime(Protocol):
 
     def agent(self, sandbox_id: str, record: dict[str, Any]) -> Agent: ...
 
+    async def set_egress(self, sandbox_id: str, record: dict[str, Any], rules: dict[str, Any]) -> dict[str, Any]:
+        """Enforces new egress rules ({"rules", "default"}) on a running sandbox; returns its record."""
+
+    async def egress_refusals(self, sandbox_id: str) -> dict[str, int]:
+        """Policy violations so far: refused_packets, refused_lookups."""
+
     # Images and template layers. A layer cache key names a base image and a chain of build steps.
 
     async def ensure_image(

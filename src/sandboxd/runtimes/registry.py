@@ -23,6 +23,7 @@ def _local(settings: Settings) -> Runtime:
         binary=choose_binary(settings.oci_runtime),
         id_base=settings.userns_base,
         id_size=settings.userns_size,
+        dns_upstream=settings.dns_upstream,
     )
 
 

@@ -30,7 +30,7 @@ from sandboxd.errors import (
 from sandboxd.runtimes import agent_client as proto
 from sandboxd.runtimes.agent_client import Agent, AgentConnection
 from sandboxd.runtimes.base import Liveness, Runtime
-from sandboxd.services.requests import CreateSandbox
+from sandboxd.services.requests import CreateSandbox, EgressPolicy
 from sandboxd.services.sources import GitSource, TarballSource, git_archive, tarball_archive
 from sandboxd.store.base import SandboxStore
 
@@ -73,12 +73,7 @@ class SandboxService:
             raise InvalidRequest("pids", f"pids must be at most {s.max_pids}")
         if timeout > s.max_timeout:
             raise InvalidRequest("timeout", f"timeout must be at most {s.max_timeout} seconds")
-        if (
-            req.egress is not None
-            and req.egress.mode != "deny_all"
-            and not getattr(self.runtime, "egress_policies", False)
-        ):
-            raise InvalidRequest("egress", "this server's runtime cannot enforce egress policies yet")
+        egress = req.egress or EgressPolicy(mode="allow_all" if req.internet_access else "deny_all")
         template = req.template
         if req.runtime is not None:
             if self.templates is None:
@@ -96,7 +91,8 @@ class SandboxService:
             limits=Limits(cpu=cpu, memory_mb=memory, pids=pids),
             timeout=timeout,
             internet_access=req.internet_access,
-            egress=(req.egress.model_dump() if req.egress else None) if req.internet_access else {"mode": "deny_all"},
+            egress=egress.model_dump(),
+            egress_rules=_rules(egress),
             ports=req.ports,
             public_traffic=req.public_traffic,
             source=req.source.model_dump() if req.source else None,
@@ -314,6 +310,27 @@ class SandboxService:
         self.store.update(sandbox)
         return sandbox
 
+    async def set_egress(self, sandbox_id: str, policy: EgressPolicy) -> Sandbox:
+        """Changes a running sandbox's egress policy; it holds from the next packet on."""
+        async with self._lock(sandbox_id):
+            sandbox = self.running(sandbox_id)
+            rules = _rules(policy)
+            sandbox.runtime = await self.runtime.set_egress(sandbox_id, sandbox.runtime, rules)
+            sandbox.spec = sandbox.spec.model_copy(
+                update={
+                    "egress": policy.model_dump(),
+                    "egress_rules": rules,
+                    "internet_access": policy.mode != "deny_all",
+                }
+            )
+            self.store.update(sandbox)
+            return sandbox
+
+    async def egress_status(self, sandbox_id: str) -> dict[str, Any]:
+        sandbox = self.get(sandbox_id)
+        counts = await self.runtime.egress_refusals(sandbox_id) if not sandbox.status.state.ended else {}
+        return {"policy": sandbox.spec.egress, **counts}
+
     def entrypoint_logs(self, sandbox_id: str, offset: int) -> AsyncIterator[bytes]:
         """The entrypoint's output from a byte offset; it outlives the sandbox until the record
         goes. Unknown sandboxes raise here, not in the iteration."""
@@ -460,6 +477,11 @@ class SandboxService:
             task.cancel()
         await asyncio.gather(*self._watchers.values(), *self._tasks, return_exceptions=True)
         self._watchers.clear()
+
+
+def _rules(policy: EgressPolicy) -> dict[str, Any]:
+    rules, default = policy.compiled()
+    return {"rules": [list(rule) for rule in rules], "default": default}
 
 
 async def _collect(conn: AgentConnection) -> tuple[bytes, dict[str, Any]]:

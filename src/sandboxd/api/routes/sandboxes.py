@@ -1,14 +1,15 @@
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response, status
+from pydantic import BaseModel, Field
 
 from sandboxd.api.deps import Sandboxes
 from sandboxd.api.models import RenewTimeout, SandboxList, SandboxOut
 from sandboxd.domain import State
 from sandboxd.errors import InvalidRequest
-from sandboxd.services.requests import CreateSandbox
+from sandboxd.services.requests import CreateSandbox, EgressPolicy
 
 router = APIRouter(prefix="/api/v1/sandboxes", tags=["sandboxes"])
 
@@ -60,3 +61,23 @@ async def delete_sandbox(sandbox_id: str, service: Sandboxes) -> SandboxOut:
 @router.post("/{sandbox_id}/timeout", response_model=SandboxOut)
 async def renew_timeout(sandbox_id: str, body: RenewTimeout, service: Sandboxes) -> SandboxOut:
     return SandboxOut.of(service.renew(sandbox_id, body.timeout))
+
+
+class EgressOut(BaseModel):
+    policy: dict[str, Any] | None
+    refused_packets: int = Field(0, description="Packets the policy refused (connections, datagrams).")
+    refused_lookups: int = Field(0, description="DNS lookups of names the policy refused.")
+
+
+@router.get("/{sandbox_id}/egress", response_model=EgressOut)
+async def get_egress(sandbox_id: str, service: Sandboxes) -> EgressOut:
+    """The sandbox's egress policy and how often it refused something."""
+    return EgressOut(**await service.egress_status(sandbox_id))
+
+
+@router.put("/{sandbox_id}/egress", response_model=EgressOut)
+async def set_egress(sandbox_id: str, body: EgressPolicy, service: Sandboxes) -> EgressOut:
+    """Replaces the policy of a running sandbox; it applies from the next packet and lookup on.
+    Connections to targets it no longer allows are cut."""
+    await service.set_egress(sandbox_id, body)
+    return EgressOut(**await service.egress_status(sandbox_id))

@@ -69,36 +69,39 @@ class Network:
         # Sandboxes get IPv4 only. Without this the bridge has an IPv6 link-local address through
         # which a sandbox reaches every host service listening on "::".
         _disable_ipv6(self.bridge)
-        # Outbound NAT for the sandbox subnet, and the host closed to its sandboxes: a sandbox
-        # reaches the outside, not the services of the machine it runs on, nor link-local
-        # metadata addresses. Replaced whole, so a restart never duplicates rules.
-        t, br = self.table, self.bridge
+        # Outbound NAT for the sandbox subnet, and the host closed to its sandboxes but for its DNS
+        # resolver: a sandbox reaches the outside as its egress policy (egress.py) allows, never
+        # the services of the machine it runs on. The base chains are refilled on every start; the
+        # per-sandbox chains and the map that leads to them stay, so running sandboxes keep their
+        # policy across a restart.
+        t, br, gw = self.table, self.bridge, self.gateway
         await run(
             "nft",
             "-f",
             "-",
             stdin=(
-                f"table inet {t} {{}}\n"
-                f"delete table inet {t}\n"
-                f"table inet {t} {{\n"
-                f"  chain postrouting {{\n"
-                f"    type nat hook postrouting priority srcnat; policy accept;\n"
-                f'    ip saddr {self.subnet} oifname != "{br}" masquerade\n'
-                f"  }}\n"
-                f"  chain input {{\n"
-                f"    type filter hook input priority filter; policy accept;\n"
-                f'    iifname "{br}" ct state established,related accept\n'
-                f'    iifname "{br}" drop\n'
-                f"  }}\n"
-                f"  chain forward {{\n"
-                f"    type filter hook forward priority filter; policy accept;\n"
-                f'    iifname "{br}" ip daddr 169.254.0.0/16 drop\n'
+                f"add table inet {t}\n"
+                f"add map inet {t} egress {{ type ipv4_addr : verdict; }}\n"
+                f"add chain inet {t} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}\n"
+                f"add chain inet {t} input {{ type filter hook input priority filter; policy accept; }}\n"
+                f"add chain inet {t} forward {{ type filter hook forward priority filter; policy accept; }}\n"
+                f"add chain inet {t} refuse\n"
+                f"flush chain inet {t} postrouting\n"
+                f"flush chain inet {t} input\n"
+                f"flush chain inet {t} forward\n"
+                f"flush chain inet {t} refuse\n"
+                f'add rule inet {t} postrouting ip saddr {self.subnet} oifname != "{br}" masquerade\n'
+                f'add rule inet {t} input iifname "{br}" ct state established,related accept\n'
+                f'add rule inet {t} input iifname "{br}" ip daddr {gw} meta l4proto {{ tcp, udp }} th dport 53 accept\n'
+                f'add rule inet {t} input iifname "{br}" drop\n'
                 # Isolated bridge ports stop sandbox-to-sandbox frames; this stops the host from
                 # routing the same traffic back out of the bridge.
-                f'    iifname "{br}" oifname "{br}" drop\n'
-                f'    iifname "{br}" meta nfproto ipv6 drop\n'
-                f"  }}\n"
-                f"}}\n"
+                f'add rule inet {t} forward iifname "{br}" oifname "{br}" drop\n'
+                f'add rule inet {t} forward iifname "{br}" meta nfproto ipv6 drop\n'
+                f'add rule inet {t} forward iifname "{br}" ip saddr vmap @egress\n'
+                f'add rule inet {t} forward iifname "{br}" drop\n'
+                f"add rule inet {t} refuse meta l4proto tcp reject with tcp reset\n"
+                f"add rule inet {t} refuse reject with icmpx admin-prohibited\n"
             ),
         )
 

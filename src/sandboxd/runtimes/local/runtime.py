@@ -25,6 +25,8 @@ from sandboxd.errors import InvalidRequest, RuntimeFailure
 from sandboxd.runtimes.agent_client import Agent, AgentConnection, unix_connector
 from sandboxd.runtimes.base import Liveness
 from sandboxd.runtimes.local import mounts, oci
+from sandboxd.runtimes.local.dns import Resolver, upstreams_from
+from sandboxd.runtimes.local.egress import EgressTable, Policy
 from sandboxd.runtimes.local.images import Image, ImageStore
 from sandboxd.runtimes.local.network import Network, veth_name
 from sandboxd.runtimes.local.registry import Credentials, looks_like_reference, parse_reference
@@ -61,6 +63,7 @@ class LocalRuntime:
         binary: str,
         id_base: int,
         id_size: int,
+        dns_upstream: list[str] | None = None,
     ) -> None:
         self.root = data_dir / "sandboxes"
         self.state_dir = data_dir / "runc"
@@ -69,6 +72,15 @@ class LocalRuntime:
         self.network = network
         self.binary = binary
         self.idmap = oci.IdMap(id_base, id_size)
+        self.egress = EgressTable(network.table)
+        self._policies: dict[str, tuple[str, Policy]] = {}  # sandbox address → (id, egress policy)
+        self.resolver = Resolver(
+            str(network.gateway),
+            upstreams_from(dns_upstream or []),
+            self._policies.get,
+            self.egress,
+            blocked=[network.subnet],  # type: ignore[list-item]
+        )
 
     async def start(self) -> None:
         self._lock_data_dir()
@@ -78,6 +90,7 @@ class LocalRuntime:
         self.images.remove_partials()
         await self._wait_for_stragglers()
         await self.network.setup_host()
+        await self.resolver.start()
 
     def _lock_data_dir(self) -> None:
         """One server per data directory: a second would sweep the first's sandboxes as orphans."""
@@ -177,7 +190,11 @@ class LocalRuntime:
         home = self.root / sandbox_id
         record: dict[str, Any] = {"address": None}
         try:
-            record["address"] = await self.network.allocate() if spec.internet_access else None
+            # Every sandbox has an address: its ports are reached through it, and its egress
+            # policy (deny all for internet_access=false) decides what it reaches.
+            record["address"] = await self.network.allocate()
+            policy = Policy.of(spec.egress_rules)
+            record["egress"] = policy.record()
             marker = {"image": spec.image, "layers": [*image.layer_ids, *spec.layers]}
             await asyncio.to_thread(self._prepare_root, sandbox_id, home, lowers, marker, record["address"])
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -217,6 +234,9 @@ class LocalRuntime:
             pid = int((home / "pid").read_text())
             record["pid"] = pid
             await self.network.attach(sandbox_id, pid, record["address"])
+            # The policy holds before the sandbox's first process runs.
+            await self.egress.apply(sandbox_id, record["address"], policy)
+            self._policies[record["address"]] = (sandbox_id, policy)
             await self._runc("start", sandbox_id)
             await self._wait_ready(sandbox_id)
         except BaseException:
@@ -241,7 +261,8 @@ class LocalRuntime:
         files = {
             "hostname": f"{hostname}\n",
             "hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost\n{address or '127.0.1.1'}\t{hostname}\n",
-            "resolv.conf": _resolv_conf() if address else "",
+            # The server's resolver on the bridge: it answers only what the egress policy allows.
+            "resolv.conf": f"nameserver {self.network.gateway}\n" if address else "",
         }
         write_etc_files(home / "rootfs", files, self.idmap.host_id)
 
@@ -283,7 +304,14 @@ class LocalRuntime:
             except Exception as exc:
                 failures.append(exc)
         self._remove_cgroups(sandbox_id)
-        self.network.release(record.get("address"))
+        address = record.get("address")
+        if isinstance(address, str):
+            self._policies.pop(address, None)
+        try:
+            await self.egress.remove(sandbox_id, address if isinstance(address, str) else None)
+        except Exception as exc:
+            failures.append(exc)
+        self.network.release(address if isinstance(address, str) else None)
         if failures:
             raise failures[0]
 
@@ -324,8 +352,25 @@ class LocalRuntime:
         return Liveness.RUNNING if json.loads(out).get("status") == "running" else Liveness.STOPPED
 
     def adopt(self, sandbox_id: str, record: dict[str, Any]) -> None:
+        # Its nftables chain outlived the server; the resolver needs the policy again.
         if record.get("address"):
             self.network.reserve(str(record["address"]))
+            self._policies[str(record["address"])] = (sandbox_id, Policy.of(record.get("egress")))
+
+    async def set_egress(self, sandbox_id: str, record: dict[str, Any], rules: dict[str, Any]) -> dict[str, Any]:
+        address = record.get("address")
+        if not isinstance(address, str):
+            raise RuntimeFailure(f"sandbox {sandbox_id} has no network address")
+        policy = Policy.of(rules)
+        await self.egress.apply(sandbox_id, address, policy)
+        self._policies[address] = (sandbox_id, policy)
+        return {**record, "egress": policy.record()}
+
+    async def egress_refusals(self, sandbox_id: str) -> dict[str, int]:
+        return {
+            "refused_packets": await self.egress.refused(sandbox_id),
+            "refused_lookups": self.resolver.refused[sandbox_id],
+        }
 
     async def sweep(self, known: set[str]) -> list[str]:
         # Only what this server owns: containers in its runc root, directories under its data dir
@@ -340,6 +385,8 @@ class LocalRuntime:
             await self.destroy(sandbox_id, {})
         for veth in await self.network.orphan_veths(known):
             await self.network.delete_veth(veth)
+        for orphan_tag in await self.egress.orphans(known):
+            await self.egress.remove_tag(orphan_tag)
         return orphans
 
     def agent(self, sandbox_id: str, record: dict[str, Any]) -> Agent:
@@ -425,16 +472,6 @@ def write_etc_files(rootfs: Path, files: dict[str, str], owner: int) -> None:
                 os.fchown(f.fileno(), owner, owner)
     finally:
         os.close(etc)
-
-
-def _resolv_conf() -> str:
-    """The host's resolvers, unless they only listen on the host's own loopback."""
-    try:
-        lines = Path("/etc/resolv.conf").read_text().splitlines()
-    except OSError:
-        lines = []
-    servers = [ln for ln in lines if ln.startswith("nameserver") and "127." not in ln and "::1" not in ln]
-    return "\n".join(servers) + "\n" if servers else ""
 
 
 def images_in_use(data_dir: Path) -> tuple[set[str], set[str]]:

@@ -1,0 +1,186 @@
+"""The sandboxes' DNS resolver, on the bridge's address: only names a sandbox's policy allows resolve.
+
+Each query is matched to its sandbox by source address. A name the policy refuses gets NXDOMAIN
+(and its addresses, resolved here, go to the sandbox's deny set, so connecting by IP fails too). An
+allowed name is resolved upstream; its IPv4 answers are admitted in the kernel for their TTL before
+the answer is sent, so the connection that follows gets through. Answers that point at loopback,
+link-local or the sandboxes' own subnet are dropped (DNS rebinding). There is no IPv6: AAAA queries
+get an empty answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import struct
+from collections import Counter
+from collections.abc import Callable
+
+import dns.asyncquery
+import dns.exception
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+
+from sandboxd.runtimes.local.egress import EgressTable, Policy
+
+log = logging.getLogger("sandboxd.dns")
+UPSTREAM_TIMEOUT = 3.0
+
+
+class Resolver:
+    def __init__(
+        self,
+        address: str,
+        upstreams: list[tuple[str, int]],
+        lookup: Callable[[str], tuple[str, Policy] | None],
+        egress: EgressTable,
+        blocked: list[ipaddress.IPv4Network],
+    ) -> None:
+        self.address = address
+        self.upstreams = upstreams
+        self.lookup = lookup  # source address → (sandbox id, its policy)
+        self.egress = egress
+        self.blocked = [
+            ipaddress.IPv4Network("127.0.0.0/8"),
+            ipaddress.IPv4Network("169.254.0.0/16"),
+            ipaddress.IPv4Network("0.0.0.0/8"),
+            ipaddress.IPv4Network("224.0.0.0/4"),
+            *blocked,
+        ]
+        self.refused: Counter[str] = Counter()  # lookups refused, by sandbox id
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        resolver = self
+
+        class Udp(asyncio.DatagramProtocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                assert isinstance(transport, asyncio.DatagramTransport)
+                self.transport = transport
+
+            def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+                task = loop.create_task(resolver._reply_udp(self.transport, data, addr))
+                _tasks.add(task)
+                task.add_done_callback(_tasks.discard)
+
+        transport, _ = await loop.create_datagram_endpoint(Udp, local_addr=(self.address, 53))
+        self._udp = transport
+        self._tcp = await asyncio.start_server(self._serve_tcp, self.address, 53)
+
+    async def stop(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+        if self._tcp is not None:
+            self._tcp.close()
+            await self._tcp.wait_closed()
+
+    async def _reply_udp(self, transport: asyncio.DatagramTransport, data: bytes, addr: tuple[str, int]) -> None:
+        reply = await self.answer(data, addr[0], max_size=512)
+        if reply:
+            transport.sendto(reply, addr)
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        source = writer.get_extra_info("peername")[0]
+        try:
+            while True:
+                size = struct.unpack(">H", await reader.readexactly(2))[0]
+                reply = await self.answer(await reader.readexactly(size), source, max_size=65535)
+                if not reply:
+                    return
+                writer.write(struct.pack(">H", len(reply)) + reply)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def answer(self, wire: bytes, source: str, max_size: int) -> bytes:
+        try:
+            query = dns.message.from_wire(wire)
+        except dns.exception.DNSException:
+            return b""
+        found = self.lookup(source)
+        if found is None or len(query.question) != 1:
+            return _reply(query, dns.rcode.REFUSED)
+        sandbox_id, policy = found
+        question = query.question[0]
+        name = question.name.to_text(omit_final_dot=True)
+        if policy.decide(name) == "deny":
+            self.refused[sandbox_id] += 1
+            if question.rdtype == dns.rdatatype.A:
+                # Its addresses are refused too, or the sandbox could still connect by IP.
+                denied = await self._resolve(query)
+                if denied is not None:
+                    await self.egress.admit(sandbox_id, self._addresses(denied), allow=False)
+            return _reply(query, dns.rcode.NXDOMAIN)
+        if question.rdtype == dns.rdatatype.AAAA:
+            return _reply(query, dns.rcode.NOERROR)  # IPv4 only: nothing to offer
+        response = await self._resolve(query)
+        if response is None:
+            return _reply(query, dns.rcode.SERVFAIL)
+        admitted = self._addresses(response)
+        if policy.default == "deny":
+            await self.egress.admit(sandbox_id, admitted, allow=True)
+        return response.to_wire(max_size=max_size)
+
+    async def _resolve(self, query: dns.message.Message) -> dns.message.Message | None:
+        for host, port in self.upstreams:
+            try:
+                response = await dns.asyncquery.udp(query, host, port=port, timeout=UPSTREAM_TIMEOUT)
+                if response.flags & dns.flags.TC:
+                    response = await dns.asyncquery.tcp(query, host, port=port, timeout=UPSTREAM_TIMEOUT)
+                return response
+            except (dns.exception.DNSException, OSError) as exc:
+                log.warning("upstream resolver %s:%d failed: %s", host, port, exc)
+        return None
+
+    def _addresses(self, response: dns.message.Message) -> list[tuple[str, int]]:
+        """The answer's IPv4 addresses, with their TTLs; addresses nobody may be pointed at are
+        removed from the response itself."""
+        found = []
+        kept_sets = []
+        for rrset in response.answer:
+            if rrset.rdtype != dns.rdatatype.A:
+                kept_sets.append(rrset)
+                continue
+            kept = [item for item in rrset if not any(ipaddress.IPv4Address(item.address) in n for n in self.blocked)]
+            found += [(str(item.address), rrset.ttl) for item in kept]
+            if kept:
+                kept_sets.append(dns.rrset.from_rdata_list(rrset.name, rrset.ttl, kept))
+        response.answer = kept_sets
+        return found
+
+
+_tasks: set[asyncio.Task[None]] = set()
+
+
+def _reply(query: dns.message.Message, rcode: dns.rcode.Rcode) -> bytes:
+    response = dns.message.make_response(query)
+    response.set_rcode(rcode)
+    response.flags |= dns.flags.RA
+    return bytes(response.to_wire())
+
+
+def upstreams_from(configured: list[str]) -> list[tuple[str, int]]:
+    """host or host:port entries; with none configured, the host's own resolvers."""
+    entries = configured
+    if not entries:
+        try:
+            with open("/etc/resolv.conf") as f:
+                entries = [ln.split()[1] for ln in f if ln.startswith("nameserver") and len(ln.split()) > 1]
+        except OSError:
+            entries = []
+    out = []
+    for entry in entries:
+        host, _, port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "53")
+        out.append((host, int(port or 53)))
+    return out

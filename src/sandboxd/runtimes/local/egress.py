@@ -1,0 +1,196 @@
+"""Egress policy in the kernel: one nftables chain per sandbox, reached through a verdict map keyed
+by the sandbox's address, in the host's forward path (the sandbox cannot touch it).
+
+A sandbox's chain checks, in order: its CIDR rules (first match wins), link-local and loopback
+(refused unless a CIDR rule allowed them above), the addresses that names it may not reach resolved
+to, the addresses that names it may reach resolved to (each admitted for its DNS record's TTL by the
+resolver, dns.py), then the policy's default. Refusals are counted per sandbox and answered with a
+TCP reset or an ICMP "administratively prohibited", so programs fail at once rather than time out.
+A sandbox without a map entry has no egress at all (the forward chain ends in a drop).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import ipaddress
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sandboxd.errors import RuntimeFailure
+from sandboxd.runtimes.local.network import run
+
+MIN_ADMIT_SECONDS = 10  # a TTL of 0 still lets the connection that follows the lookup through
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A compiled egress policy: (action, target) rules in order, then a default action."""
+
+    rules: tuple[tuple[str, str], ...] = ()
+    default: str = "allow"
+
+    @classmethod
+    def of(cls, egress: Any) -> Policy:
+        """From a record's {"rules": [[action, target], ...], "default": ...}; None: allow all."""
+        if not egress:
+            return cls()
+        rules = [(str(action), str(target)) for action, target in egress.get("rules", [])]
+        return cls(tuple(rules), str(egress.get("default", "allow")))
+
+    def record(self) -> dict[str, object]:
+        return {"rules": [list(r) for r in self.rules], "default": self.default}
+
+    def cidr_rules(self) -> list[tuple[str, ipaddress.IPv4Network]]:
+        return [(action, ipaddress.IPv4Network(target)) for action, target in self.rules if _is_cidr(target)]
+
+    def decide(self, name: str) -> str:
+        """allow or deny for a DNS name: the first domain rule that matches, else the default."""
+        name = name.lower().rstrip(".")
+        for action, target in self.rules:
+            if _is_cidr(target):
+                continue  # a CIDR rule says nothing about names
+            if target.startswith("*."):
+                if fnmatch.fnmatchcase(name, target) and name != target[2:]:
+                    return action
+            elif name == target:
+                return action
+        return self.default
+
+
+def _is_cidr(target: str) -> bool:
+    try:
+        ipaddress.IPv4Network(target)
+    except ValueError:
+        return False
+    return True
+
+
+def tag(sandbox_id: str) -> str:
+    return hashlib.sha256(sandbox_id.encode()).hexdigest()[:12]
+
+
+@dataclass
+class EgressTable:
+    """The per-sandbox objects in one server's nftables table."""
+
+    table: str
+
+    async def apply(self, sandbox_id: str, address: str, policy: Policy) -> None:
+        """Creates or replaces the sandbox's chain, in one transaction; admitted addresses from
+        the previous policy are forgotten (names are looked up again under the new one)."""
+        t, h = self.table, tag(sandbox_id)
+        lines = [
+            f"add set inet {t} allow_{h} {{ type ipv4_addr; flags timeout; }}",
+            f"add set inet {t} deny_{h} {{ type ipv4_addr; flags timeout; }}",
+            f"add counter inet {t} refused_{h}",
+            f"add chain inet {t} egress_{h}",
+            f"flush chain inet {t} egress_{h}",
+            f"flush set inet {t} allow_{h}",
+            f"flush set inet {t} deny_{h}",
+        ]
+        refuse = f'counter name "refused_{h}" goto refuse'
+        for action, network in policy.cidr_rules():
+            lines.append(f"add rule inet {t} egress_{h} ip daddr {network} {'accept' if action == 'allow' else refuse}")
+        lines += [
+            f"add rule inet {t} egress_{h} ip daddr {{ 169.254.0.0/16, 127.0.0.0/8, 0.0.0.0/8 }} {refuse}",
+            f"add rule inet {t} egress_{h} ip daddr @deny_{h} {refuse}",
+            f"add rule inet {t} egress_{h} ip daddr @allow_{h} accept",
+            f"add rule inet {t} egress_{h} {'accept' if policy.default == 'allow' else refuse}",
+            # The same element again (a policy change) is no error; another sandbox's, left at
+            # this address by a crash, is: it goes, then the transaction runs again.
+            f"add element inet {t} egress {{ {address} : jump egress_{h} }}",
+        ]
+        script = "\n".join(lines) + "\n"
+        try:
+            await run("nft", "-f", "-", stdin=script)
+        except RuntimeFailure as exc:
+            if "File exists" not in exc.message:
+                raise
+            await run("nft", "delete", "element", "inet", t, "egress", f"{{ {address} }}", check=False)
+            await run("nft", "-f", "-", stdin=script)
+
+    async def admit(self, sandbox_id: str, addresses: list[tuple[str, int]], allow: bool) -> None:
+        """Adds resolved addresses, each for its TTL, to the sandbox's allow or deny set."""
+        if not addresses:
+            return
+        t, h = self.table, tag(sandbox_id)
+        target = f"{'allow' if allow else 'deny'}_{h}"
+        elements = ", ".join(f"{ip} timeout {max(ttl, MIN_ADMIT_SECONDS)}s" for ip, ttl in addresses)
+        plain = ", ".join(ip for ip, _ in addresses)
+        # Re-adding refreshes the timeout: delete (after an add that makes it exist), then add.
+        await run(
+            "nft",
+            "-f",
+            "-",
+            stdin=(
+                f"add element inet {t} {target} {{ {plain} }}\n"
+                f"delete element inet {t} {target} {{ {plain} }}\n"
+                f"add element inet {t} {target} {{ {elements} }}\n"
+            ),
+        )
+
+    async def remove(self, sandbox_id: str, address: str | None) -> None:
+        t, h = self.table, tag(sandbox_id)
+        # Each object is made (a no-op if it exists) before it is deleted, so one transaction
+        # removes whatever part of them a crash left.
+        lines = [f"add chain inet {t} egress_{h}"]
+        if address:
+            lines += [
+                f"add element inet {t} egress {{ {address} : jump egress_{h} }}",
+                f"delete element inet {t} egress {{ {address} }}",
+            ]
+        lines += [
+            f"delete chain inet {t} egress_{h}",
+            f"add set inet {t} allow_{h} {{ type ipv4_addr; flags timeout; }}",
+            f"delete set inet {t} allow_{h}",
+            f"add set inet {t} deny_{h} {{ type ipv4_addr; flags timeout; }}",
+            f"delete set inet {t} deny_{h}",
+            f"add counter inet {t} refused_{h}",
+            f"delete counter inet {t} refused_{h}",
+        ]
+        try:
+            await run("nft", "-f", "-", stdin="\n".join(lines) + "\n")
+        except RuntimeFailure:
+            await self.remove_tag(h)  # the address maps to another sandbox's chain: leave that
+
+    async def refused(self, sandbox_id: str) -> int:
+        """Packets refused so far by the sandbox's policy."""
+        out = await run("nft", "-j", "list", "counter", "inet", self.table, f"refused_{tag(sandbox_id)}", check=False)
+        for item in json.loads(out or '{"nftables": []}').get("nftables", []):
+            if "counter" in item:
+                return int(item["counter"].get("packets", 0))
+        return 0
+
+    async def orphans(self, keep: set[str]) -> list[str]:
+        """Tags of per-sandbox chains whose sandbox is not in keep (left by a crash)."""
+        out = await run("nft", "-j", "list", "chains", "inet", check=False)
+        wanted = {tag(i) for i in keep}
+        found = []
+        for item in json.loads(out or '{"nftables": []}').get("nftables", []):
+            chain = item.get("chain")
+            if chain and chain.get("table") == self.table and chain["name"].startswith("egress_"):
+                h = chain["name"].removeprefix("egress_")
+                if h not in wanted:
+                    found.append(h)
+        return found
+
+    async def remove_tag(self, h: str) -> None:
+        t = self.table
+        out = await run("nft", "-j", "list", "map", "inet", t, "egress", check=False)
+        elements = []
+        for item in json.loads(out or '{"nftables": []}').get("nftables", []):
+            for element in (item.get("map") or {}).get("elem", []):
+                key, verdict = element
+                if (verdict.get("jump") or {}).get("target") == f"egress_{h}":
+                    elements.append(key)
+        lines = [f"delete element inet {t} egress {{ {key} }}" for key in elements]
+        lines += [
+            f"delete chain inet {t} egress_{h}",
+            f"delete set inet {t} allow_{h}",
+            f"delete set inet {t} deny_{h}",
+            f"delete counter inet {t} refused_{h}",
+        ]
+        for line in lines:
+            await run("nft", line, check=False)
