@@ -93,3 +93,55 @@ def test_gc_waits_for_a_pull_in_progress(registry: Registry, tmp_path: Path) -> 
     assert list((tmp_path / "images" / ".blobs" / "sha256").iterdir())
     image = store.get(f"{registry.host}/slow/app:v1")
     assert (image.layers[0] / "app.txt").read_bytes() == b"app"
+
+
+def hardlink_tar(link: str, target: str, then: bytes | None = None) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo(link)
+        info.type, info.linkname, info.mode = tarfile.LNKTYPE, target, 0o4777
+        tar.addfile(info)
+        if then is not None:  # the same name again as a file: written through the link, if it were one
+            data = tarfile.TarInfo(link)
+            data.size = len(then)
+            tar.addfile(data, io.BytesIO(then))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("target", ["../../../../../../../var/tmp/sandboxd-hl-victim", "/var/tmp/sandboxd-hl-victim"])
+def test_hard_links_out_of_the_layer_are_refused(registry: Registry, tmp_path: Path, target: str) -> None:
+    victim = Path("/var/tmp/sandboxd-hl-victim")
+    victim.write_text("precious")
+    victim.chmod(0o644)
+    try:
+        registry.push_image("hl/evil", "v1", [(hardlink_tar("x", target, b"attacker"), TAR)])
+        store = ImageStore(tmp_path / "images", USERNS_BASE)
+        with pytest.raises(InvalidRequest, match="a hard link to"):
+            store.pull(f"{registry.host}/hl/evil:v1")
+        tarball = tmp_path / "evil.tar"
+        tarball.write_bytes(hardlink_tar("x", target, b"attacker"))
+        with pytest.raises(InvalidRequest, match="a hard link to"):
+            store.import_tarball("evil", tarball)
+        assert victim.read_text() == "precious" and victim.stat().st_mode & 0o7777 == 0o644
+        assert victim.stat().st_nlink == 1 and victim.stat().st_uid == 0
+    finally:
+        victim.unlink()
+
+
+def test_hard_links_inside_a_layer_work_and_a_rewrite_does_not_write_through(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in (("usr/bin/python3", b""), ("a", b"original")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("b")
+        link.type, link.linkname = tarfile.LNKTYPE, "a"
+        tar.addfile(link)
+        again = tarfile.TarInfo("b")
+        again.size = 3
+        tar.addfile(again, io.BytesIO(b"new"))
+    (tmp_path / "ok.tar").write_bytes(buf.getvalue())
+    image = ImageStore(tmp_path / "images", USERNS_BASE).import_tarball("ok", tmp_path / "ok.tar")
+    assert (image.layers[0] / "a").read_bytes() == b"original"  # b was replaced, not written through
+    assert (image.layers[0] / "b").read_bytes() == b"new"

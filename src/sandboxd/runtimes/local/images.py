@@ -198,7 +198,8 @@ class ImageStore:
 
         def fill(staging: Path) -> None:
             with _layer_errors(), tarfile.open(tarball) as tar:
-                tar.extractall(staging, filter=_rootfs_filter)
+                for member in tar:
+                    _extract(tar, member, staging)
 
         self._check_new(name)
         with self._building():
@@ -511,6 +512,20 @@ def _rootfs_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None
         if member.name.lstrip("./").startswith("dev/"):
             return None
         raise InvalidRequest("image", f"refused layer entry {member.name!r}: device nodes are not allowed")
+    if member.islnk():
+        # A hard link's target is a path from the archive's root. Python's own filter (before
+        # 3.11.13) lets it point anywhere, and the link would then share an inode with a host file.
+        target = member.linkname
+        resolved = os.path.realpath(os.path.join(dest, target))
+        real_dest = os.path.realpath(dest)
+        if (
+            target.startswith("/")
+            or ".." in target.split("/")
+            or not resolved.startswith(real_dest + os.sep)
+            or os.path.islink(os.path.join(dest, target))
+            or not os.path.isfile(resolved)
+        ):
+            raise InvalidRequest("image", f"refused layer entry {member.name!r}: a hard link to {target!r}")
     checked = tarfile.tar_filter(member, dest)
     return checked.replace(mode=member.mode, deep=False) if checked is not None else None
 
@@ -554,7 +569,19 @@ def _apply_layer(tar: tarfile.TarFile, root: Path) -> None:
                 _remove(target)
                 os.mknod(target, stat.S_IFCHR | 0o600, os.makedev(0, 0))
             continue
-        tar.extract(member, root, filter=_rootfs_filter)
+        _extract(tar, member, root)
+
+
+def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, root: Path) -> None:
+    """One member, through the filter. Whatever is already at its path goes first (but a
+    directory kept as a directory): extraction opens an existing file for writing, which would
+    write through a hard link planted earlier in the same archive."""
+    name = member.name.rstrip("/").removeprefix("./")
+    if name and name != ".":
+        path = _inside(root, name)
+        if os.path.lexists(path) and not (member.isdir() and path.is_dir() and not path.is_symlink()):
+            _remove(path)
+    tar.extract(member, root, filter=_rootfs_filter)
 
 
 def _inside(root: Path, name: str) -> Path:
