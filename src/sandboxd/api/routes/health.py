@@ -27,8 +27,12 @@ async def metrics(request: Request) -> str:
     """Prometheus text format."""
     store = request.app.state.store
     counts = dict.fromkeys(State, 0)
+    refusals = []
     for sandbox in store.active():
         counts[sandbox.status.state] += 1
+        if sandbox.status.state == State.RUNNING:
+            found = await request.app.state.sandboxes.runtime.egress_refusals(sandbox.id)
+            refusals.append((sandbox.id, found))
     lines = [
         "# HELP sandboxd_sandboxes Sandboxes not yet ended, by state.",
         "# TYPE sandboxd_sandboxes gauge",
@@ -39,5 +43,11 @@ async def metrics(request: Request) -> str:
             f'sandboxd_http_requests_total{{code="{code}"}} {n}'
             for code, n in sorted(request.app.state.request_counts.items())
         ),
+        "# HELP sandboxd_egress_refused_packets_total Packets a running sandbox's egress policy refused.",
+        "# TYPE sandboxd_egress_refused_packets_total counter",
+        *(f'sandboxd_egress_refused_packets_total{{sandbox="{i}"}} {c["refused_packets"]}' for i, c in refusals),
+        "# HELP sandboxd_egress_refused_lookups_total DNS lookups a running sandbox's egress policy refused.",
+        "# TYPE sandboxd_egress_refused_lookups_total counter",
+        *(f'sandboxd_egress_refused_lookups_total{{sandbox="{i}"}} {c["refused_lookups"]}' for i, c in refusals),
     ]
     return "\n".join(lines) + "\n"

@@ -61,12 +61,8 @@ class Resolver:
         resolver = self
 
         class Udp(asyncio.DatagramProtocol):
-            def connection_made(self, transport: asyncio.BaseTransport) -> None:
-                assert isinstance(transport, asyncio.DatagramTransport)
-                self.transport = transport
-
             def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-                task = loop.create_task(resolver._reply_udp(self.transport, data, addr))
+                task = loop.create_task(resolver._reply_udp(data, addr))
                 _tasks.add(task)
                 task.add_done_callback(_tasks.discard)
 
@@ -81,10 +77,10 @@ class Resolver:
             self._tcp.close()
             await self._tcp.wait_closed()
 
-    async def _reply_udp(self, transport: asyncio.DatagramTransport, data: bytes, addr: tuple[str, int]) -> None:
+    async def _reply_udp(self, data: bytes, addr: tuple[str, int]) -> None:
         reply = await self.answer(data, addr[0], max_size=512)
-        if reply:
-            transport.sendto(reply, addr)
+        if reply and self._udp is not None:
+            self._udp.sendto(reply, addr)
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         source = writer.get_extra_info("peername")[0]

@@ -1,0 +1,228 @@
+"""Egress policies, proven from inside sandboxes against test hosts in the tests' own network
+namespaces, named by a test DNS zone that the server's resolver asks upstream."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dns.message
+import dns.rcode
+import dns.rrset
+import httpx
+import pytest
+
+from sandboxd import Sandbox
+from tests.conftest import Server, assert_no_leaks, teardown_bridge
+
+GREETER = (
+    "import socket, threading, http.server\n"
+    "class H(http.server.BaseHTTPRequestHandler):\n"
+    "    def do_GET(self):\n"
+    "        body = ('web of ' + self.server.server_address[0]).encode()\n"
+    "        self.send_response(200); self.send_header('Content-Length', str(len(body))); self.end_headers()\n"
+    "        self.wfile.write(body)\n"
+    "    def log_message(self, *a): pass\n"
+    "threading.Thread(target=http.server.ThreadingHTTPServer(('0.0.0.0', 8080), H).serve_forever).start()\n"
+    "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    "s.bind(('0.0.0.0', 8000)); s.listen(16)\n"
+    "while True:\n"
+    "    c, addr = s.accept(); c.sendall(b'hello'); c.close()\n"
+)
+
+
+class NetnsHost:
+    """A host on "the internet" in a network namespace of its own, behind a /30 on this machine."""
+
+    def __init__(self, name: str, peer: str, address: str) -> None:
+        self.netns, self.link, self.peer, self.address = f"sbxd-{name}", f"sbxd{name}", peer, address
+        for cmd in (
+            f"netns add {self.netns}",
+            f"link add {self.link} type veth peer name eth0 netns {self.netns}",
+            f"addr add {peer}/30 dev {self.link}",
+            f"link set {self.link} up",
+            f"-n {self.netns} addr add {address}/30 dev eth0",
+            f"-n {self.netns} link set eth0 up",
+            f"-n {self.netns} link set lo up",
+        ):
+            subprocess.run(["ip", *cmd.split()], check=True)
+        self.proc = subprocess.Popen(["ip", "netns", "exec", self.netns, sys.executable, "-c", GREETER])
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        subprocess.run(["ip", "link", "del", self.link], capture_output=True, check=False)
+        subprocess.run(["ip", "netns", "del", self.netns], capture_output=True, check=False)
+
+
+class Zone:
+    """An authoritative DNS server for the test zone, on loopback: name → IPv4 addresses."""
+
+    def __init__(self, records: dict[str, list[str]]) -> None:
+        self.records = records
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.queries: list[str] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                data, peer = self.sock.recvfrom(4096)
+            except OSError:
+                return
+            query = dns.message.from_wire(data)
+            name = query.question[0].name.to_text(omit_final_dot=True)
+            self.queries.append(name)
+            response = dns.message.make_response(query)
+            if name not in self.records:
+                response.set_rcode(dns.rcode.NXDOMAIN)
+            elif query.question[0].rdtype == 1:  # A
+                response.answer.append(dns.rrset.from_text(name + ".", 30, "IN", "A", *self.records[name]))
+            self.sock.sendto(response.to_wire(), peer)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+A_PEER, A = "10.77.210.1", "10.77.210.2"
+B_PEER, B = "10.77.211.1", "10.77.211.2"
+ZONE = {
+    "allowed.test": [A],
+    "a.wild.test": [A],
+    "wild.test": [B],
+    "other.test": [B],
+    "denied.test": [A],
+    "rebind.test": ["169.254.169.254", "10.77.4.1"],  # metadata, and the sandboxes' gateway
+}
+
+
+@pytest.fixture(scope="module")
+def net(image_cache: Path, workdir: Path) -> Iterator[Server]:
+    hosts: list[NetnsHost] = []
+    zone = Zone(ZONE)
+    server = Server(workdir / "egress", "sbxdtest4", "10.77.4.0/24", SANDBOXD_DNS_UPSTREAM=f'["{zone.address}"]')
+    try:
+        hosts += [NetnsHost("ta", A_PEER, A), NetnsHost("tb", B_PEER, B)]
+        server.start()
+        yield server
+        server.delete_all()
+        server.stop()
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            server.stop()
+        zone.close()
+        for host in hosts:
+            host.close()
+    assert_no_leaks(server.data_dir, server.bridge)
+    teardown_bridge(server.bridge)
+
+
+PROBE = (
+    "import socket, sys\n"
+    "target = sys.argv[1]\n"
+    "try:\n"
+    "    address = socket.gethostbyname(target)\n"
+    "except OSError as e:\n"
+    "    print('nxdomain'); sys.exit()\n"
+    "try:\n"
+    "    s = socket.create_connection((address, 8000), timeout=3)\n"
+    "    print('reached', address, s.recv(10).decode())\n"
+    "except OSError as e:\n"
+    "    print('refused', address, e.errno)\n"
+)
+
+
+def reach(sb: Sandbox, target: str) -> str:
+    """'reached <ip> hello', 'refused <ip> <errno>' or 'nxdomain', as seen from inside the sandbox."""
+    if not sb.files.exists("/tmp/probe.py"):
+        sb.files.write("/tmp/probe.py", PROBE)
+    return str(sb.commands.run(f"python3 /tmp/probe.py {target}").stdout.strip())
+
+
+def test_allow_all_reaches_everything_and_deny_all_nothing(net: Server) -> None:
+    with net.create() as sb:
+        assert reach(sb, "allowed.test") == f"reached {A} hello"
+        assert reach(sb, B) == f"reached {B} hello"
+        assert reach(sb, "no-such-name.test") == "nxdomain"
+    with net.create(egress={"mode": "deny_all"}) as sb:
+        assert reach(sb, "allowed.test") == "nxdomain"
+        start = time.monotonic()
+        assert reach(sb, A).startswith(f"refused {A}")
+        assert time.monotonic() - start < 2  # refused at once, not left to time out
+
+
+def test_custom_reaches_exactly_the_allowed_names_wildcards_and_cidrs(net: Server) -> None:
+    policy = {"mode": "custom", "allowed_domains": ["allowed.test", "*.wild.test"]}
+    with net.create(egress=policy) as sb:
+        assert reach(sb, A).startswith(f"refused {A}")  # by raw IP, before any name led there
+        assert reach(sb, "allowed.test") == f"reached {A} hello"
+        assert reach(sb, "a.wild.test") == f"reached {A} hello"
+        assert reach(sb, "wild.test") == "nxdomain"  # a wildcard covers subdomains, not the name itself
+        assert reach(sb, "other.test") == "nxdomain"
+        assert reach(sb, B).startswith(f"refused {B}")  # other.test's address, never admitted
+        web = sb.commands.run(
+            "python3 -c \"import urllib.request; print(urllib.request.urlopen('http://allowed.test:8080').read().decode())\""
+        )
+        assert web.stdout.strip() == "web of 0.0.0.0", web.stderr  # plain HTTP, no proxy setting
+        with net.client() as http:
+            counts = http.get(f"/api/v1/sandboxes/{sb.id}/egress").json()
+        assert counts["refused_lookups"] >= 2 and counts["refused_packets"] >= 2
+        metrics = httpx.get(f"{net.url}/metrics").text
+        assert f'sandboxd_egress_refused_packets_total{{sandbox="{sb.id}"}}' in metrics
+    with net.create(egress={"mode": "custom", "allowed_cidrs": [f"{B_PEER[:-2]}.0/30"]}) as sb:
+        assert reach(sb, B) == f"reached {B} hello"
+        assert reach(sb, A).startswith(f"refused {A}")
+
+
+def test_deny_rules_over_allow_all_hold_for_names_and_their_addresses(net: Server) -> None:
+    policy = {"mode": "allow_all", "rules": [{"action": "deny", "target": "denied.test"}]}
+    with net.create(egress=policy) as sb:
+        assert reach(sb, "other.test") == f"reached {B} hello"
+        assert reach(sb, "denied.test") == "nxdomain"
+        assert reach(sb, A).startswith(f"refused {A}")  # denied.test's address, looked up by the server
+
+
+def test_rebinding_and_metadata_tricks_fail(net: Server) -> None:
+    policy = {"mode": "custom", "allowed_domains": ["rebind.test"], "allowed_cidrs": ["10.0.0.0/8"]}
+    with net.create(egress=policy) as sb:
+        assert reach(sb, "rebind.test") == "nxdomain"  # its answers pointed inward: all removed
+        assert reach(sb, "169.254.169.254").startswith("refused")
+        assert reach(sb, "10.77.4.1").startswith("refused")  # the host itself, even inside an allowed CIDR
+        assert reach(sb, A) == f"reached {A} hello"  # the CIDR rule itself works
+
+
+def test_a_policy_changes_while_the_sandbox_runs(net: Server) -> None:
+    with net.create() as sb, net.client() as http:
+        assert reach(sb, B) == f"reached {B} hello"
+        changed = http.put(f"/api/v1/sandboxes/{sb.id}/egress", json={"mode": "deny_all"})
+        assert changed.status_code == 200 and changed.json()["policy"]["mode"] == "deny_all"
+        assert reach(sb, B).startswith(f"refused {B}")
+        assert reach(sb, "other.test") == "nxdomain"
+        http.put(f"/api/v1/sandboxes/{sb.id}/egress", json={"mode": "custom", "allowed_domains": ["other.test"]})
+        assert reach(sb, "other.test") == f"reached {B} hello"
+        assert reach(sb, "allowed.test") == "nxdomain"
+        assert http.get(f"/api/v1/sandboxes/{sb.id}").json()["egress"]["allowed_domains"] == ["other.test"]
+
+
+@pytest.mark.parametrize(
+    ("egress", "field"),
+    [
+        ({"mode": "custom", "allowed_domains": ["not a domain"]}, "egress.allowed_domains"),
+        ({"mode": "custom", "allowed_cidrs": ["10.0.0.0/33"]}, "egress.allowed_cidrs"),
+        ({"mode": "custom", "allowed_cidrs": ["::1/128"]}, "egress.allowed_cidrs"),
+        ({"mode": "custom", "allowed_domains": [f"d{i}.test" for i in range(51)]}, "egress.allowed_domains"),
+        ({"mode": "allow_all", "rules": [{"action": "maybe", "target": "x.test"}]}, "egress.rules.0.action"),
+        ({"mode": "deny_all", "allowed_domains": ["x.test"]}, "egress"),
+    ],
+)
+def test_bad_policies_are_refused_by_field(net: Server, egress: dict[str, object], field: str) -> None:
+    with net.client() as http:
+        r = http.post("/api/v1/sandboxes", json={"egress": egress})
+    assert r.status_code == 400 and r.json()["field"] == field, r.text
