@@ -120,7 +120,18 @@ def test_a_readiness_check_that_never_passes_fails_the_create(server: Server) ->
             assert "did not pass within 1" in r.json()["message"] and "not yet" in r.json()["message"]
             failed = http.get("/api/v1/sandboxes", params={"label": f"t={name}"}).json()["items"]
             assert [f["status"]["reason"] for f in failed] == ["not_ready"]
+        # The check belongs to the template's own start command: a caller's entrypoint skips it.
+        with server.create(template=name, entrypoint=["sleep", "100"]) as sb:
+            assert sb.state == "running"
         templates.delete(name, 1)
+
+
+def test_user_and_group_and_reserved_labels(server: Server) -> None:
+    with server.create(user="65534:100") as sb:  # OCI images say user:group
+        assert sb.commands.run("id -u; id -g").stdout == "65534\n100\n"
+    with server.client() as http:
+        r = http.post("/api/v1/sandboxes", json={"metadata": {"sandboxd.template-build": "x:1"}})
+        assert r.status_code == 400 and r.json()["field"] == "metadata"
 
 
 @pytest.mark.parametrize(

@@ -71,6 +71,7 @@ class SandboxSpec(BaseModel):
     cwd: str | None = None
     user: str | None = None
     ready_check: dict[str, Any] | None = None  # {command, interval, timeout}, from a template
+    image_start: bool = True  # take the image's start command and readiness check (not in builds)
     metadata: dict[str, str] = Field(default_factory=dict)
     limits: Limits
     timeout: int
@@ -91,8 +92,10 @@ class SandboxSpec(BaseModel):
                 "env": env,
                 "cwd": self.cwd or image_config.get("cwd") or "/",
                 "user": self.user or image_config.get("user"),
-                "entrypoint": self.entrypoint or image_config.get("entrypoint"),
-                "ready_check": self.ready_check or image_config.get("ready_check"),
+                "entrypoint": self.entrypoint or (image_config.get("entrypoint") if self.image_start else None),
+                # The image's readiness check is about its own start command: not a caller's.
+                "ready_check": self.ready_check
+                or (image_config.get("ready_check") if self.image_start and not self.entrypoint else None),
             }
         )
 

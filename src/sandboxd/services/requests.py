@@ -192,6 +192,8 @@ class CreateSandbox(BaseModel):
         for key, value in labels.items():
             if not LABEL_KEY.match(key):
                 raise ValueError(f"invalid label key {key!r}")
+            if key.startswith("sandboxd."):
+                raise ValueError(f"label keys starting with sandboxd. are the server's own: {key!r}")
             if len(value) > 256:
                 raise ValueError(f"label {key} is longer than 256 characters")
         return labels

@@ -135,12 +135,21 @@ class SandboxService:
 
     async def _start(self, sandbox: Sandbox, auth: tuple[str, str] | None = None) -> SandboxdError | None:
         """Runs the runtime's create; returns the error that failed it, if one did."""
-        async with self._lock(sandbox.id):
+        if sandbox.spec.template and self.templates is not None:
+            # Outside the sandbox's lock: a first-use build can take minutes, and a delete (or the
+            # reaper) must not wait for it. Nothing of the sandbox exists yet.
             try:
-                if sandbox.spec.template and self.templates is not None:
-                    image, ref = await self.templates.image_for(sandbox.spec.template, self._progress(sandbox.id))
-                    sandbox.spec = sandbox.spec.model_copy(update={"image": image, "template": ref})
-                    self._save_spec(sandbox.id, sandbox.spec)
+                image, ref = await self.templates.image_for(sandbox.spec.template, self._progress(sandbox.id))
+            except SandboxdError as exc:
+                self._transition(sandbox.id, State.FAILED, "create_failed", exc.message)
+                return exc
+            sandbox.spec = sandbox.spec.model_copy(update={"image": image, "template": ref})
+            self._save_spec(sandbox.id, sandbox.spec)
+        async with self._lock(sandbox.id):
+            current = self.store.get(sandbox.id)
+            if current is None or current.status.state != State.PENDING:
+                return None  # deleted while its template was being built
+            try:
                 record = await self.runtime.create(sandbox.id, sandbox.spec, self._progress(sandbox.id), auth)
                 # The record shows what the sandbox got: the image's env, cwd and user under the request's.
                 sandbox.spec = sandbox.spec.resolved(self.runtime.image_config(sandbox.spec.image))

@@ -43,7 +43,9 @@ from sandboxd.store.base import TemplateStore
 
 log = logging.getLogger("sandboxd.templates")
 
-BUILD_LABEL = "sandboxd.template-build"  # on the sandboxes that run build steps
+BUILD_LABEL = "sandboxd.template-build"
+LOG_CAP = 16 * 1024 * 1024  # bytes of step output kept in a build log
+MAX_LINE = 64 * 1024  # on the sandboxes that run build steps
 SHIPPED = Path(__file__).resolve().parents[1] / "templates"  # the project's runtime definitions
 
 
@@ -106,9 +108,17 @@ class TemplateService:
 
     async def _build(self, version: TemplateVersion, definition: CreateTemplate) -> None:
         with open(self.log_path(version), "ab", buffering=0) as out:
+            left = [LOG_CAP]
 
             def say(line: str) -> None:
-                out.write((line.rstrip("\n") + "\n").encode())
+                # A step printing without end cannot fill the disk: past the cap, only the
+                # build's own lines (==>) are kept.
+                data = (line.rstrip("\n") + "\n").encode()
+                if left[0] > 0 or line.startswith("==>"):
+                    if 0 < left[0] < len(data) + 1:
+                        data = b"==> the build log is over its size limit: step output is dropped from here\n"
+                    left[0] -= len(data)
+                    out.write(data)
 
             try:
                 image, cached = await self._run_steps(version, definition, say)
@@ -133,11 +143,12 @@ class TemplateService:
         base_layers = await self.runtime.ensure_image(base, lambda _step, msg: say(f"    {msg}"))
         base_config = self.runtime.image_config(base)
         ctx = _Context(env=dict(base_config.get("env", {})), cwd=base_config.get("cwd"), user=base_config.get("user"))
-        key = _hash("base", base_layers)
         layers: list[str] = []
         cached = 0
         for number, step in enumerate(definition.steps, 1):
-            key = _hash(key, step.model_dump(mode="json"))
+            # A step's result depends on exactly the layers under it and the settings it runs
+            # with: the key names those, so a cache hit is always the layer this step would make.
+            key = _hash("step", {"parents": [*base_layers, *layers], "context": vars(ctx), "step": step.model_dump()})
             say(f"==> step {number}/{len(definition.steps)}: {_describe(step)}")
             if isinstance(step, EnvStep):
                 ctx.env.update(step.env)
@@ -161,7 +172,7 @@ class TemplateService:
             config["ready_check"] = definition.ready_check.model_dump(mode="json")
         # Named by content: a rebuild that changes nothing, here or by another server sharing the
         # image directory, finds its image already there.
-        image = f"template-{version.name}-{_hash(key, config)[:16]}"
+        image = f"template-{version.name}-{_hash('image', {'layers': [*base_layers, *layers], 'config': config})[:16]}"
         try:
             await asyncio.to_thread(self.runtime.save_image, image, base, layers, config, {"template": version.name})
         except InvalidRequest as exc:
@@ -187,6 +198,7 @@ class TemplateService:
             layers=list(layers),
             env=ctx.env,
             cwd="/",  # a workdir step's directory exists only once that step has run
+            image_start=False,  # a base template's start command and readiness check stay out of builds
             metadata={BUILD_LABEL: version.ref},
             limits=Limits(cpu=s.max_cpu, memory_mb=s.build_memory_mb, pids=s.build_pids),
             timeout=int(timeout) + 120,
@@ -201,6 +213,8 @@ class TemplateService:
                     if isinstance(item, Output):
                         pending += item.data
                         *lines, pending = pending.split(b"\n")
+                        if len(pending) > MAX_LINE:  # output without newlines is cut into lines
+                            lines, pending = [*lines, pending], b""
                         for line in lines:
                             say("    " + line.decode(errors="replace"))
                     else:
@@ -323,7 +337,7 @@ class TemplateService:
         if found is None:
             raise TemplateNotFound(template)
         if found.state != BuildState.READY or found.image is None:
-            raise InvalidRequest("template", f"template {found.ref} is {found.state.value}: {found.message}")
+            raise Conflict(f"template {found.ref} is {found.state.value}: {found.message}", "template")
         return found.image, found.ref
 
     def definition(self, name: str) -> CreateTemplate | None:

@@ -235,6 +235,18 @@ CHILDREN = threading.Event()
 def identity(user):
     if user is None:
         return None, None, None, None
+    user, _, group = str(user).partition(":")  # an OCI image's User may be user:group
+    uid, gid, home, groups = _user(user)
+    if group:
+        try:
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise BadField("user", "unknown group %r in the sandbox" % group)
+        groups = []
+    return uid, gid, home, groups
+
+
+def _user(user):
     try:
         entry = pwd.getpwuid(int(user)) if str(user).isdigit() else pwd.getpwnam(user)
         uid, gid, home = entry.pw_uid, entry.pw_gid, entry.pw_dir

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import errno
 import fcntl
 import functools
 import gzip
@@ -32,6 +33,7 @@ import subprocess
 import tarfile
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +49,8 @@ from sandboxd.runtimes.local.registry import Credentials, RegistryClient, looks_
 DEBIAN_SUITE = "bookworm"
 DEBIAN_PACKAGES = ["python3", "ca-certificates", "procps"]
 OPAQUE_XATTR = "trusted.overlay.opaque"
+MAX_LAYERS = 200  # overlayfs takes one page of mount options: about 230 lower dirs named by fd
+GC_GRACE_SECONDS = 3600
 
 
 @dataclass(frozen=True)
@@ -224,6 +228,7 @@ class ImageStore:
         The directory is moved, not copied, when it is on the same filesystem."""
         layer_id = _new_layer_id()
         target = self.layer_root / layer_id
+        os.utime(upper)  # its age is how gc tells it from an abandoned layer until it is cached
         try:
             os.rename(upper, target)
         except OSError:
@@ -293,14 +298,19 @@ class ImageStore:
                     blob.unlink()
                     removed.append(digest)
             for layer in self.layer_root.iterdir():
-                if layer.name not in wanted_layers:
+                # A layer a build step has just made (pulls hold the lock until their image is
+                # in place) is in no cache entry or image yet: young ones stay.
+                young = layer.name.startswith("local-") and time.time() - layer.stat().st_mtime < GC_GRACE_SECONDS
+                if layer.name not in wanted_layers and not young:
                     _remove_tree(layer)
                     removed.append(f"layer:{layer.name}")
             return removed
 
     def remove_partials(self) -> None:
+        """Leftovers of pulls and imports a crash cut short (not those another process is making)."""
         for path in self.root.glob(".partial-*"):
-            _remove_tree(path)
+            if time.time() - path.stat().st_mtime > GC_GRACE_SECONDS:
+                _remove_tree(path)
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -351,10 +361,17 @@ class ImageStore:
         target = self.root / _dir_name(name)
         if target.exists():
             raise InvalidRequest("name", f"image {name!r} already exists")
+        if len(layer_ids) > MAX_LAYERS:
+            raise InvalidRequest("image", f"an image of {len(layer_ids)} layers is more than {MAX_LAYERS}")
         tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=self.root))
         try:
             (tmp / "image.json").write_text(json.dumps({**meta, "layers": layer_ids}))
             os.rename(tmp, target)
+        except OSError as exc:
+            _remove_tree(tmp)
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):  # made meanwhile by someone else
+                raise InvalidRequest("name", f"image {name!r} already exists") from None
+            raise
         except BaseException:
             _remove_tree(tmp)
             raise
@@ -368,15 +385,15 @@ class ImageStore:
                 continue
             meta_path = image_dir / "image.json"
             meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-            layer_id = _new_layer_id()
-            try:
-                os.rename(rootfs, self.layer_root / layer_id)
-            except FileNotFoundError:  # another process migrated it first
-                continue
+            # The layer's id is fixed by the image's name, and image.json names it before the
+            # rename: a crash in between leaves a rootfs that the next start moves.
+            layer_id = "migrated-" + hashlib.sha256(image_dir.name.encode()).hexdigest()[:24]
             meta.pop("layers", None)
             tmp = meta_path.with_name(".image.json.tmp")
             tmp.write_text(json.dumps({**meta, "layers": [layer_id]}))
             os.rename(tmp, meta_path)
+            with contextlib.suppress(FileNotFoundError):  # another process migrated it first
+                os.rename(rootfs, self.layer_root / layer_id)
 
 
 def _new_layer_id() -> str:

@@ -28,8 +28,9 @@ def mount_overlay(lowers: list[Path], upper: Path, work: Path, target: Path) -> 
             os.close(fd)
 
 
-def unmount(target: Path) -> None:
-    if _libc.umount2(str(target).encode(), MNT_DETACH) != 0:
+def unmount(target: Path, lazy: bool = True) -> None:
+    """lazy=False fails (EBUSY) while anything still uses the mount, instead of detaching it."""
+    if _libc.umount2(str(target).encode(), MNT_DETACH if lazy else 0) != 0:
         err = ctypes.get_errno()
         if err not in (22, 2):  # EINVAL: not a mount point; ENOENT: already gone
             raise OSError(err, f"umount {target}: {os.strerror(err)}")

@@ -321,9 +321,13 @@ class LocalRuntime:
         pid = record.get("pid")
         if isinstance(pid, int):
             await self._runc("kill", sandbox_id, "KILL", check=False)
-            await _wait_gone(pid)
+            # With its init gone the kernel has killed the rest of its pid namespace: nothing
+            # writes to the upper dir any more. Otherwise the layer is not taken.
+            if not await _wait_gone(pid):
+                raise RuntimeFailure(f"sandbox {sandbox_id} did not stop; its layer is not kept")
         await self._runc("delete", "--force", sandbox_id, check=False)
         home = self.root / sandbox_id
+        await asyncio.to_thread(mounts.unmount, home / "rootfs", lazy=False)
         await asyncio.to_thread(self._remove_home_mounts, home)
         return await asyncio.to_thread(self.images.add_layer, home / "upper")
 
@@ -439,17 +443,18 @@ class LocalRuntime:
         return (out or b"").decode()
 
 
-async def _wait_gone(pid: int, limit: float = 5.0) -> None:
+async def _wait_gone(pid: int, limit: float = 5.0) -> bool:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit
     while loop.time() < deadline:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-                    return
+                    return True
         except OSError:
-            return
+            return True
         await asyncio.sleep(0.002)
+    return False
 
 
 def write_etc_files(rootfs: Path, files: dict[str, str], owner: int) -> None:
