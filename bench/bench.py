@@ -88,6 +88,7 @@ def main() -> None:
             results["baseline: runc run of the same bundle"] = baseline_runc_run(work, bundle_src, args.runs)
             results.update(registry_figures(work, http, args.runs))
             results.update(template_figures(http, args.runs))
+        results.update(network_figures(work, args.runs))
     finally:
         server.delete_all()
         server.stop()
@@ -170,6 +171,97 @@ def template_figures(http: httpx.Client, runs: int) -> dict[str, list[float]]:
     for version in http.get("/api/v1/templates", params={"name": name}).json()["items"]:
         http.delete(f"/api/v1/templates/{name}/versions/{version['version']}")
     return out
+
+
+CLIENT = (
+    "import socket, sys, time, urllib.request\n"
+    "times = []\n"
+    "for _ in range(int(sys.argv[2])):\n"
+    "    start = time.perf_counter()\n"
+    "    urllib.request.urlopen(sys.argv[1]).read()\n"  # a new lookup and connection each time
+    "    times.append((time.perf_counter() - start) * 1000)\n"
+    "print(' '.join(f'{t:.3f}' for t in times))\n"
+)
+
+
+# A keep-alive HTTP server that answers each request in one write (two small writes would meet
+# Nagle and delayed ACKs, and time those instead of the path).
+ECHO_APP = (
+    "import socket, threading\n"
+    "def serve(c):\n"
+    "    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n"
+    "    buf = b''\n"
+    "    while True:\n"
+    "        data = c.recv(65536)\n"
+    "        if not data: return\n"
+    "        buf += data\n"
+    "        while b'\\r\\n\\r\\n' in buf:\n"
+    "            _, buf = buf.split(b'\\r\\n\\r\\n', 1)\n"
+    "            c.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok')\n"
+    "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    "s.bind(('0.0.0.0', 8000)); s.listen(64)\n"
+    "while True:\n"
+    "    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()\n"
+)
+
+
+def network_figures(work: Path, runs: int) -> dict[str, list[float]]:
+    """Requests from inside a sandbox to a test host by name, through a custom egress policy
+    (the resolver admits the address, the kernel checks it) next to an allow-all sandbox; and the
+    port proxy next to connecting to the sandbox's port directly, both from the host."""
+    from tests.test_egress import A_PEER, ZONE, A, NetnsHost, Zone
+
+    out: dict[str, list[float]] = {}
+    zone = Zone(ZONE)
+    host = NetnsHost("ta", A_PEER, A)
+    server = Server(work / "net", "sbxdbench1", "10.77.8.0/24", SANDBOXD_DNS_UPSTREAM=f'["{zone.address}"]')
+    try:
+        server.start()
+        count = max(runs, 50)
+        for label, egress in (
+            ("egress: HTTP by name, allow-all sandbox", {"mode": "allow_all"}),
+            ("egress: HTTP by name, custom policy", {"mode": "custom", "allowed_domains": ["allowed.test"]}),
+        ):
+            with server.create(egress=egress) as sb:
+                sb.files.write("/tmp/client.py", CLIENT)
+                result = sb.commands.run(f"python3 /tmp/client.py http://allowed.test:8080/ {count + 5}")
+                out[label] = [float(t) for t in result.stdout.split()][5:]
+        with server.create(ports=[8000]) as sb:
+            sb.files.write("/srv/app.py", ECHO_APP)
+            sb.commands.run("python3 /srv/app.py 8000", background=True)
+            time.sleep(0.5)
+            direct = f"http://{server_address(server, sb.id)}:8000/x"
+            proxied = {
+                "Host": f"{sb.id.replace('_', '-')}-8000.localhost:{server.port}",
+                "X-Sandbox-Token": sb.traffic_token,
+            }
+            with httpx.Client(timeout=10) as http:
+                for _ in range(10):  # warm both connection pools
+                    http.get(direct)
+                    http.get(f"{server.url}/x", headers=proxied)
+                for _ in range(max(runs, 200)):
+                    out.setdefault("port: direct to the sandbox (keep-alive)", []).append(
+                        timed(lambda: http.get(direct))
+                    )
+                    out.setdefault("port: through the proxy (keep-alive)", []).append(
+                        timed(lambda: http.get(f"{server.url}/x", headers=proxied))
+                    )
+    finally:
+        server.delete_all()
+        server.stop()
+        teardown_bridge(server.bridge)
+        zone.close()
+        host.close()
+    return out
+
+
+def server_address(server: Server, sandbox_id: str) -> str:
+    """The sandbox's address on the bridge, from the server's own record (the API does not show it)."""
+    import sqlite3
+
+    with sqlite3.connect(server.data_dir / "sandboxd.db") as db:
+        doc = db.execute("select doc from sandboxes where id = ?", (sandbox_id,)).fetchone()[0]
+    return str(json.loads(doc)["runtime"]["address"])
 
 
 def baseline_runc_run(work: Path, config: dict, runs: int) -> list[float]:  # type: ignore[type-arg]

@@ -23,6 +23,8 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *a): pass
     def reply(self, body, ctype="application/json"):
         self.send_response(200); self.send_header("Content-Type", ctype)
+        if self.path.startswith("/set-cookie"):
+            self.send_header("Set-Cookie", "session=secret-of-this-sandbox; Path=/")
         self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
     def do_GET(self):
         if self.headers.get("Upgrade", "").lower() == "websocket":
@@ -91,6 +93,12 @@ def test_host_and_path_routes_need_the_token_and_do_not_pass_it_on(server: Serve
         assert "x-sandbox-token" not in seen and seen["host"] == host["Host"]  # the app sees its public host
         by_query = http.get(f"/q?sbx_token={token}&b=2", headers=host)
         assert by_query.status_code == 200 and by_query.json()["path"] == "/q?b=2"
+        # A cookie the app sets goes to the client, and the proxy keeps none for later requests.
+        set_cookie = http.get("/set-cookie", headers={**host, "X-Sandbox-Token": token})
+        assert "secret-of-this-sandbox" in set_cookie.headers["set-cookie"]
+        http.cookies.clear()
+        after = http.get("/after", headers={**host, "X-Sandbox-Token": token}).json()["headers"]
+        assert "cookie" not in {k.lower() for k in after}
 
         path = f"/api/v1/sandboxes/{app.id}/ports/8000"
         assert http.get(f"{path}/p").status_code == 403

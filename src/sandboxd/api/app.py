@@ -7,6 +7,7 @@ import logging
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
 from fastapi import Depends, FastAPI
@@ -81,8 +82,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.ports = PortService(cfg, service)
         # One pool of connections to sandboxes for the port proxy; no time limit on reading a
         # response (streams), a short one on connecting (a closed port answers at once anyway).
+        # It keeps no cookies: one sandbox's Set-Cookie must never ride along to another.
         app.state.proxy_client = httpx.AsyncClient(
-            timeout=httpx.Timeout(None, connect=5.0), limits=httpx.Limits(max_connections=1000), trust_env=False
+            timeout=httpx.Timeout(None, connect=5.0),
+            limits=httpx.Limits(max_connections=1000),
+            trust_env=False,
+            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
         )
         await service.reconcile()
         await app.state.templates.reconcile()

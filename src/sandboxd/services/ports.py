@@ -14,11 +14,12 @@ import time
 from dataclasses import dataclass
 
 from sandboxd.config import Settings
-from sandboxd.domain import Sandbox
-from sandboxd.errors import Conflict, Forbidden, InvalidRequest, NotFoundInSandbox, SandboxdError
+from sandboxd.domain import Sandbox, State
+from sandboxd.errors import Conflict, Forbidden, InvalidRequest, NotFoundInSandbox, SandboxdError, SandboxNotRunning
 from sandboxd.services.requests import MAX_PORTS
 from sandboxd.services.sandboxes import SandboxService
 
+RECORD_TTL = 1.0
 TOKEN_HEADER = "x-sandbox-token"
 TOKEN_QUERY = "sbx_token"
 SIGNATURE_QUERY = "sbx_sig"
@@ -40,6 +41,10 @@ class PortService:
     def __init__(self, settings: Settings, sandboxes: SandboxService) -> None:
         self.settings = settings
         self.sandboxes = sandboxes
+        # The proxy looks a sandbox up on every request; a record read and validated costs more
+        # than the rest of the hop. Records are kept for a second (a deleted sandbox's address
+        # stops answering anyway); exposing or hiding a port here drops the entry at once.
+        self._recent: dict[str, tuple[float, Sandbox]] = {}
 
     # -- exposing --------------------------------------------------------------------------------
 
@@ -71,6 +76,7 @@ class PortService:
                 raise Conflict(f"sandbox {sandbox_id} already exposes {MAX_PORTS} ports")
             sandbox.spec = sandbox.spec.model_copy(update={"ports": sorted([*sandbox.spec.ports, port])})
             self.sandboxes.store.update(sandbox)
+            self._recent.pop(sandbox_id, None)
         return self.describe(sandbox, port)
 
     def unexpose(self, sandbox_id: str, port: int) -> None:
@@ -79,6 +85,7 @@ class PortService:
             raise NotFoundInSandbox(f"port {port} is not exposed")
         sandbox.spec = sandbox.spec.model_copy(update={"ports": [p for p in sandbox.spec.ports if p != port]})
         self.sandboxes.store.update(sandbox)
+        self._recent.pop(sandbox_id, None)
 
     def sign(self, sandbox_id: str, port: int, expires_in: int) -> dict[str, object]:
         sandbox = self.sandboxes.get(sandbox_id)
@@ -93,7 +100,15 @@ class PortService:
         self, sandbox_id: str, port: int, token: str | None, signature: str | None, api_key_ok: bool = False
     ) -> Target:
         """Where traffic for sandbox_id:port goes, if the caller may send it there."""
-        sandbox = self.sandboxes.get(sandbox_id)  # unknown: 404
+        now = time.monotonic()
+        cached = self._recent.get(sandbox_id)
+        if cached is not None and now - cached[0] < RECORD_TTL:
+            sandbox = cached[1]
+        else:
+            sandbox = self.sandboxes.get(sandbox_id)  # unknown: 404
+            if len(self._recent) > 10000:
+                self._recent.clear()
+            self._recent[sandbox_id] = (now, sandbox)
         if port not in sandbox.spec.ports:
             raise NotFoundInSandbox(f"port {port} of sandbox {sandbox_id} is not exposed")
         if not (sandbox.spec.public_traffic or api_key_ok or self._admitted(sandbox, port, token, signature)):
@@ -101,7 +116,8 @@ class PortService:
                 f"port {port} of sandbox {sandbox_id} is private: send its traffic token "
                 f"({TOKEN_HEADER} header or {TOKEN_QUERY} parameter) or a signed URL"
             )
-        sandbox = self.sandboxes.running(sandbox_id)
+        if sandbox.status.state != State.RUNNING:
+            raise SandboxNotRunning(sandbox_id, sandbox.status.state.value)
         address = sandbox.runtime.get("address")
         if not isinstance(address, str):
             raise PortUnreachable(f"sandbox {sandbox_id} has no network address")
