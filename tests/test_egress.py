@@ -100,16 +100,97 @@ ZONE = {
     "other.test": [B],
     "denied.test": [A],
     "rebind.test": ["169.254.169.254", "10.77.4.1"],  # metadata, and the sandboxes' gateway
+    "api.secure.test": [A],  # brokered: headers injected
+    "other.secure.test": [A],  # same server, not brokered
 }
+SECRET = "Bearer s3cr3t-" + "token-never-inside"
+
+# An HTTPS and HTTP server on test host A that reports what it received, without echoing the
+# secret back (that would put it into the sandbox).
+WEB = (
+    "import http.server, json, ssl, sys, threading\n"
+    "class H(http.server.BaseHTTPRequestHandler):\n"
+    "    def do_GET(self):\n"
+    "        body = json.dumps({'auth_ok': self.headers.get('Authorization') == sys.argv[3],\n"
+    "                           'headers': sorted(k.lower() for k in self.headers.keys())}).encode()\n"
+    "        self.send_response(200); self.send_header('Content-Length', str(len(body))); self.end_headers()\n"
+    "        self.wfile.write(body)\n"
+    "    def log_message(self, *a): pass\n"
+    "plain = http.server.ThreadingHTTPServer(('0.0.0.0', 80), H)\n"
+    "threading.Thread(target=plain.serve_forever, daemon=True).start()\n"
+    "tls = http.server.ThreadingHTTPServer(('0.0.0.0', 443), H)\n"
+    "ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(sys.argv[1], sys.argv[2])\n"
+    "tls.socket = ctx.wrap_socket(tls.socket, server_side=True)\n"
+    "tls.serve_forever()\n"
+)
+
+
+def make_test_ca(directory: Path) -> Path:
+    """A CA for the test zone and a certificate from it for the *.secure.test servers."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test zone CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    key = ec.generate_private_key(ec.SECP256R1())
+    names = [x509.DNSName("api.secure.test"), x509.DNSName("other.secure.test")]
+    cert = (
+        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "secure.test")]))
+        .issuer_name(ca_name).public_key(key.public_key()).serial_number(2)
+        .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False).sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    pem = serialization.Encoding.PEM
+    (directory / "ca.pem").write_bytes(ca.public_bytes(pem))
+    (directory / "server.pem").write_bytes(cert.public_bytes(pem))
+    (directory / "server.key").write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return directory / "ca.pem"
 
 
 @pytest.fixture(scope="module")
 def net(image_cache: Path, workdir: Path) -> Iterator[Server]:
     hosts: list[NetnsHost] = []
     zone = Zone(ZONE)
-    server = Server(workdir / "egress", "sbxdtest4", "10.77.4.0/24", SANDBOXD_DNS_UPSTREAM=f'["{zone.address}"]')
+    certs = workdir / "egress-certs"
+    certs.mkdir(exist_ok=True)
+    test_ca = make_test_ca(certs)
+    server = Server(
+        workdir / "egress",
+        "sbxdtest4",
+        "10.77.4.0/24",
+        SANDBOXD_DNS_UPSTREAM=f'["{zone.address}"]',
+        SANDBOXD_BROKER_UPSTREAM_CA=str(test_ca),  # the broker verifies the test servers against it
+    )
+    web = None
     try:
         hosts += [NetnsHost("ta", A_PEER, A), NetnsHost("tb", B_PEER, B)]
+        web = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                "sbxd-ta",
+                sys.executable,
+                "-c",
+                WEB,
+                str(certs / "server.pem"),
+                str(certs / "server.key"),
+                SECRET,
+            ]
+        )
         server.start()
         yield server
         server.delete_all()
@@ -117,6 +198,9 @@ def net(image_cache: Path, workdir: Path) -> Iterator[Server]:
     finally:
         if server.proc is not None and server.proc.poll() is None:
             server.stop()
+        if web is not None:
+            web.kill()
+            web.wait()
         zone.close()
         for host in hosts:
             host.close()
@@ -226,3 +310,56 @@ def test_bad_policies_are_refused_by_field(net: Server, egress: dict[str, object
     with net.client() as http:
         r = http.post("/api/v1/sandboxes", json={"egress": egress})
     assert r.status_code == 400 and r.json()["field"] == field, r.text
+
+
+FETCH = (
+    "import json, ssl, sys, urllib.request\n"
+    "request = urllib.request.Request(sys.argv[1], headers={'X-Remove-Me': '1', 'Authorization': 'Bearer mine'})\n"
+    "context = None if len(sys.argv) < 3 else ssl._create_unverified_context()\n"
+    "try:\n"
+    "    print(urllib.request.urlopen(request, context=context, timeout=5).read().decode())\n"
+    "except Exception as e:\n"
+    "    print(json.dumps({'error': str(e)}))\n"
+)
+
+
+def fetch(sb: Sandbox, url: str, unverified: bool = False) -> dict[str, object]:
+    import json
+
+    if not sb.files.exists("/tmp/fetch.py"):
+        sb.files.write("/tmp/fetch.py", FETCH)
+    out = sb.commands.run(f"python3 /tmp/fetch.py {url}" + (" unverified" if unverified else "")).stdout
+    return dict(json.loads(out))
+
+
+def test_credentials_are_brokered_over_https_and_never_inside(net: Server) -> None:
+    transform = {
+        "domain": "api.secure.test",
+        "inject_headers": {"Authorization": SECRET},
+        "strip_headers": ["X-Remove-Me"],
+    }
+    with net.create(transforms=[transform], env={"NOT_THE_SECRET": "x"}) as sb:
+        brokered = fetch(sb, "https://api.secure.test/")  # verified: the sandbox trusts the broker's CA
+        assert brokered.get("auth_ok") is True, brokered
+        assert "x-remove-me" not in brokered["headers"]  # type: ignore[operator]
+        plain = fetch(sb, "http://api.secure.test/")
+        assert plain.get("auth_ok") is True and "x-remove-me" not in plain["headers"]  # type: ignore[operator]
+        # Another name on the same server is passed through untouched: its certificate is the
+        # test zone's own (which the sandbox does not trust), and no header is added.
+        passthrough = fetch(sb, "https://other.secure.test/")
+        assert "certificate verify failed" in str(passthrough.get("error")), passthrough
+        untouched = fetch(sb, "https://other.secure.test/", unverified=True)
+        assert untouched.get("auth_ok") is False and "x-remove-me" in untouched["headers"]  # type: ignore[operator]
+        # The secret is nowhere inside: not in files, environments or command lines.
+        # (the pattern comes in on stdin, assembled by printf, so grep's own command line lacks it)
+        search = (
+            "printf 's3cr3t-%s\\n' token | grep -rlsF -f - /etc /root /tmp /usr/local /proc/[0-9]*/environ "
+            "/proc/[0-9]*/cmdline 2>/dev/null"
+        )
+        sb.files.write("/tmp/canary", "s3cr3t-" + "token")  # the search does find it where it is
+        assert sb.commands.run(search).stdout == "/tmp/canary\n"
+        sb.files.remove("/tmp/canary")
+        found = sb.commands.run(search)
+        assert found.stdout == "", found.stdout
+        assert SECRET not in str(sb.refresh())  # the API shows the header's name only
+        assert sb.info["transforms"][0]["inject_headers"] == {"Authorization": "***"}

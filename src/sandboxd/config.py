@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     external_url: str | None = None  # how clients reach the API, for the URLs it hands out
     # The sandboxes' resolver asks these (host or host:port); none: the host's own resolvers.
     dns_upstream: list[str] = []
+    # More CAs the credential broker trusts for upstream servers (besides the host's).
+    broker_upstream_ca: Path | None = None
     retention_seconds: int = 3600
     # Runtime names → template names. A template that was never built is built on first use from
     # <name>.toml in template_dirs or the definitions shipped with sandboxd.

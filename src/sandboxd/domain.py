@@ -79,6 +79,7 @@ class SandboxSpec(BaseModel):
     egress: dict[str, Any] | None = None  # a services.requests.EgressPolicy as given; None: allow all
     # What runtimes enforce: {"rules": [[action, target], ...], "default": "allow"|"deny"}.
     egress_rules: dict[str, Any] | None = None
+    transforms: list[dict[str, Any]] = Field(default_factory=list)  # credential brokering rules
     ports: list[int] = Field(default_factory=list)  # reachable through the server's port proxy
     public_traffic: bool = False  # ports reachable without the sandbox's traffic token
     source: dict[str, Any] | None = None  # a services.sources.Source, as given

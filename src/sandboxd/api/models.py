@@ -33,6 +33,7 @@ class SandboxOut(BaseModel):
     timeout: int
     internet_access: bool
     egress: dict[str, Any] | None = Field(description="The egress policy; null: allow all.")
+    transforms: list[dict[str, Any]] = Field(description="Credential brokering; injected values are not shown.")
     ports: list[int]
     public_traffic: bool
     traffic_token: str = Field(description="Send as X-Sandbox-Token (or ?sbx_token=) to reach its ports.")
@@ -58,6 +59,9 @@ class SandboxOut(BaseModel):
             timeout=spec.timeout,
             internet_access=spec.internet_access,
             egress=spec.egress,
+            transforms=[
+                {**t, "inject_headers": dict.fromkeys(t.get("inject_headers", {}), "***")} for t in spec.transforms
+            ],
             ports=spec.ports,
             public_traffic=spec.public_traffic,
             traffic_token=sb.traffic_token,

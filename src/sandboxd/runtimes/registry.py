@@ -24,6 +24,7 @@ def _local(settings: Settings) -> Runtime:
         id_base=settings.userns_base,
         id_size=settings.userns_size,
         dns_upstream=settings.dns_upstream,
+        broker_upstream_ca=settings.broker_upstream_ca,
     )
 
 

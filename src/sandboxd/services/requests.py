@@ -124,6 +124,50 @@ class EgressPolicy(BaseModel):
         return rules, default
 
 
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+class Transform(BaseModel):
+    """Credential brokering for one domain: requests from the sandbox to it get these headers
+    added (replacing any of the same name) and those removed, outside the sandbox, HTTPS too."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    domain: str = Field(description="example.com or *.example.com.")
+    inject_headers: dict[str, str] = Field(
+        default_factory=dict,
+        json_schema_extra={"writeOnly": True},
+        description="Never shown again, never in the sandbox.",
+    )
+    strip_headers: list[str] = Field(default_factory=list)
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        checked = check_egress_target(value)
+        if "/" in checked:
+            raise ValueError("a domain, not a CIDR")
+        return checked
+
+    @field_validator("inject_headers")
+    @classmethod
+    def _inject(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name, value in headers.items():
+            if not HEADER_NAME.match(name):
+                raise ValueError(f"invalid header name {name!r}")
+            if any(c in value for c in "\r\n\0"):
+                raise ValueError(f"header {name} has a line break or NUL in its value")
+        return headers
+
+    @field_validator("strip_headers")
+    @classmethod
+    def _strip(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not HEADER_NAME.match(name):
+                raise ValueError(f"invalid header name {name!r}")
+        return names
+
+
 MAX_PORTS = 15
 
 
@@ -158,6 +202,9 @@ class CreateSandbox(BaseModel):
     timeout: int | None = Field(None, ge=1, description="Seconds until the sandbox is destroyed.")
     internet_access: bool = Field(True, description="false: no egress at all (egress mode deny_all).")
     egress: EgressPolicy | None = Field(None, description="What the sandbox may reach; all if omitted.")
+    transforms: list[Transform] = Field(
+        default_factory=list, max_length=20, description="Headers injected/stripped on requests to these domains."
+    )
     ports: list[int] = Field(default_factory=list, description="Ports to expose through the proxy (at most 15).")
     public_traffic: bool = Field(False, description="Exposed ports answer without the sandbox's traffic token.")
     source: Source | None = Field(

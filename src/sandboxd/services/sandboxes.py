@@ -37,6 +37,9 @@ from sandboxd.store.base import SandboxStore
 log = logging.getLogger("sandboxd.lifecycle")
 
 
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
+
 class Templates(Protocol):
     """What create needs of the template service (which is built on this one)."""
 
@@ -84,7 +87,8 @@ class SandboxService:
             image=req.image or ("" if template else s.default_image),
             template=template,
             entrypoint=req.entrypoint,
-            env=req.env,
+            # The broker's CA is in the system bundle; Node.js reads only its own unless told.
+            env={"NODE_EXTRA_CA_CERTS": CA_BUNDLE, **req.env} if req.transforms else req.env,
             cwd=req.cwd,
             user=req.user,
             metadata=req.metadata,
@@ -93,6 +97,7 @@ class SandboxService:
             internet_access=req.internet_access,
             egress=egress.model_dump(),
             egress_rules=_rules(egress),
+            transforms=[t.model_dump() for t in req.transforms],
             ports=req.ports,
             public_traffic=req.public_traffic,
             source=req.source.model_dump() if req.source else None,

@@ -26,7 +26,8 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
-from sandboxd.runtimes.local.egress import EgressTable, Policy
+from sandboxd.runtimes.local.broker import find
+from sandboxd.runtimes.local.egress import Attached, EgressTable
 
 log = logging.getLogger("sandboxd.dns")
 UPSTREAM_TIMEOUT = 3.0
@@ -37,13 +38,13 @@ class Resolver:
         self,
         address: str,
         upstreams: list[tuple[str, int]],
-        lookup: Callable[[str], tuple[str, Policy] | None],
+        lookup: Callable[[str], Attached | None],
         egress: EgressTable,
         blocked: list[ipaddress.IPv4Network],
     ) -> None:
         self.address = address
         self.upstreams = upstreams
-        self.lookup = lookup  # source address → (sandbox id, its policy)
+        self.lookup = lookup  # source address → the sandbox there
         self.egress = egress
         self.blocked = [
             ipaddress.IPv4Network("127.0.0.0/8"),
@@ -107,7 +108,7 @@ class Resolver:
         found = self.lookup(source)
         if found is None or len(query.question) != 1:
             return _reply(query, dns.rcode.REFUSED)
-        sandbox_id, policy = found
+        sandbox_id, policy = found.sandbox_id, found.policy
         question = query.question[0]
         name = question.name.to_text(omit_final_dot=True)
         if policy.decide(name) == "deny":
@@ -126,6 +127,8 @@ class Resolver:
         admitted = self._addresses(response)
         if policy.default == "deny":
             await self.egress.admit(sandbox_id, admitted, allow=True)
+        if find(list(found.transforms), name):  # its connections go through the credential broker
+            await self.egress.intercept(source, admitted)
         return response.to_wire(max_size=max_size)
 
     async def _resolve(self, query: dns.message.Message) -> dns.message.Message | None:

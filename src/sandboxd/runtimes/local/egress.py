@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sandboxd.errors import RuntimeFailure
+from sandboxd.runtimes.local.broker import Transform
 from sandboxd.runtimes.local.network import run
 
 MIN_ADMIT_SECONDS = 10  # a TTL of 0 still lets the connection that follows the lookup through
@@ -60,6 +61,15 @@ class Policy:
         return self.default
 
 
+@dataclass(frozen=True)
+class Attached:
+    """What the resolver and the broker know of the sandbox at an address."""
+
+    sandbox_id: str
+    policy: Policy
+    transforms: tuple[Transform, ...] = ()
+
+
 def _is_cidr(target: str) -> bool:
     try:
         ipaddress.IPv4Network(target)
@@ -80,6 +90,7 @@ class EgressTable:
     # What the kernel's sets hold, with expiry times: a lookup answered again within half its TTL
     # needs no nft call (one costs milliseconds).
     _admitted: dict[str, dict[tuple[bool, str], float]] = field(default_factory=dict)
+    _intercepted: dict[str, set[str]] = field(default_factory=dict)  # sandbox address → addresses
 
     async def apply(self, sandbox_id: str, address: str, policy: Policy) -> None:
         """Creates or replaces the sandbox's chain, in one transaction; admitted addresses from
@@ -143,11 +154,37 @@ class EgressTable:
         for ip, ttl in addresses:
             known[(allow, ip)] = now + max(ttl, MIN_ADMIT_SECONDS)
 
+    async def intercept(self, sandbox_address: str, addresses: list[tuple[str, int]]) -> None:
+        """Sends the sandbox's connections to these addresses to the credential broker."""
+        if not addresses:
+            return
+        t = self.table
+        self._intercepted.setdefault(sandbox_address, set()).update(ip for ip, _ in addresses)
+        plain = ", ".join(f"{sandbox_address} . {ip}" for ip, _ in addresses)
+        timed = ", ".join(f"{sandbox_address} . {ip} timeout {max(ttl, MIN_ADMIT_SECONDS)}s" for ip, ttl in addresses)
+        await run(
+            "nft",
+            "-f",
+            "-",
+            stdin=(
+                f"add element inet {t} intercept {{ {plain} }}\n"
+                f"delete element inet {t} intercept {{ {plain} }}\n"
+                f"add element inet {t} intercept {{ {timed} }}\n"
+            ),
+        )
+
     async def remove(self, sandbox_id: str, address: str | None) -> None:
         t, h = self.table, tag(sandbox_id)
         # Each object is made (a no-op if it exists) before it is deleted, so one transaction
         # removes whatever part of them a crash left.
         lines = [f"add chain inet {t} egress_{h}"]
+        # Its redirects to the broker go too, or the next sandbox at this address would inherit them.
+        intercepted = ", ".join(f"{address} . {ip}" for ip in self._intercepted.pop(address or "", set()))
+        if intercepted:
+            lines += [
+                f"add element inet {t} intercept {{ {intercepted} }}",
+                f"delete element inet {t} intercept {{ {intercepted} }}",
+            ]
         if address:
             lines += [
                 f"add element inet {t} egress {{ {address} : jump egress_{h} }}",

@@ -25,8 +25,9 @@ from sandboxd.errors import InvalidRequest, RuntimeFailure
 from sandboxd.runtimes.agent_client import Agent, AgentConnection, unix_connector
 from sandboxd.runtimes.base import Liveness
 from sandboxd.runtimes.local import mounts, oci
+from sandboxd.runtimes.local.broker import Broker, CertificateAuthority, Transform
 from sandboxd.runtimes.local.dns import Resolver, upstreams_from
-from sandboxd.runtimes.local.egress import EgressTable, Policy
+from sandboxd.runtimes.local.egress import Attached, EgressTable, Policy
 from sandboxd.runtimes.local.images import Image, ImageStore
 from sandboxd.runtimes.local.network import Network, veth_name
 from sandboxd.runtimes.local.registry import Credentials, looks_like_reference, parse_reference
@@ -64,6 +65,7 @@ class LocalRuntime:
         id_base: int,
         id_size: int,
         dns_upstream: list[str] | None = None,
+        broker_upstream_ca: Path | None = None,
     ) -> None:
         self.root = data_dir / "sandboxes"
         self.state_dir = data_dir / "runc"
@@ -73,13 +75,20 @@ class LocalRuntime:
         self.binary = binary
         self.idmap = oci.IdMap(id_base, id_size)
         self.egress = EgressTable(network.table)
-        self._policies: dict[str, tuple[str, Policy]] = {}  # sandbox address → (id, egress policy)
+        self._attached: dict[str, Attached] = {}  # sandbox address → its id, egress policy, transforms
         self.resolver = Resolver(
             str(network.gateway),
             upstreams_from(dns_upstream or []),
-            self._policies.get,
+            self._attached.get,
             self.egress,
             blocked=[network.subnet],  # type: ignore[list-item]
+        )
+        self.ca = CertificateAuthority(data_dir / "broker")
+        self.broker = Broker(
+            str(network.gateway),
+            self.ca,
+            lambda address: list(found.transforms) if (found := self._attached.get(address)) else [],
+            upstream_ca=broker_upstream_ca,
         )
 
     async def start(self) -> None:
@@ -91,6 +100,7 @@ class LocalRuntime:
         await self._wait_for_stragglers()
         await self.network.setup_host()
         await self.resolver.start()
+        await self.broker.start()
 
     def _lock_data_dir(self) -> None:
         """One server per data directory: a second would sweep the first's sandboxes as orphans."""
@@ -195,8 +205,11 @@ class LocalRuntime:
             record["address"] = await self.network.allocate()
             policy = Policy.of(spec.egress_rules)
             record["egress"] = policy.record()
+            record["transforms"] = spec.transforms
             marker = {"image": spec.image, "layers": [*image.layer_ids, *spec.layers]}
-            await asyncio.to_thread(self._prepare_root, sandbox_id, home, lowers, marker, record["address"])
+            await asyncio.to_thread(
+                self._prepare_root, sandbox_id, home, lowers, marker, record["address"], bool(spec.transforms)
+            )
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 listener.bind(str(home / "agent.sock"))
@@ -236,7 +249,7 @@ class LocalRuntime:
             await self.network.attach(sandbox_id, pid, record["address"])
             # The policy holds before the sandbox's first process runs.
             await self.egress.apply(sandbox_id, record["address"], policy)
-            self._policies[record["address"]] = (sandbox_id, policy)
+            self._attached[record["address"]] = _attached(sandbox_id, record)
             await self._runc("start", sandbox_id)
             await self._wait_ready(sandbox_id)
         except BaseException:
@@ -248,7 +261,13 @@ class LocalRuntime:
         return record
 
     def _prepare_root(
-        self, sandbox_id: str, home: Path, lowers: list[Path], marker: dict[str, Any], address: str | None
+        self,
+        sandbox_id: str,
+        home: Path,
+        lowers: list[Path],
+        marker: dict[str, Any],
+        address: str | None,
+        transforms: bool = False,
     ) -> None:
         for sub in ("upper", "work", "rootfs"):
             (home / sub).mkdir(parents=True, exist_ok=True)
@@ -265,6 +284,8 @@ class LocalRuntime:
             "resolv.conf": f"nameserver {self.network.gateway}\n" if address else "",
         }
         write_etc_files(home / "rootfs", files, self.idmap.host_id)
+        if transforms:
+            install_ca(home / "rootfs", self.ca.pem, self.idmap.host_id)
 
     async def _wait_ready(self, sandbox_id: str) -> None:
         """Returns once the agent answers: the sandbox can run commands."""
@@ -306,7 +327,7 @@ class LocalRuntime:
         self._remove_cgroups(sandbox_id)
         address = record.get("address")
         if isinstance(address, str):
-            self._policies.pop(address, None)
+            self._attached.pop(address, None)
         try:
             await self.egress.remove(sandbox_id, address if isinstance(address, str) else None)
         except Exception as exc:
@@ -359,7 +380,7 @@ class LocalRuntime:
         # Its nftables chain outlived the server; the resolver needs the policy again.
         if record.get("address"):
             self.network.reserve(str(record["address"]))
-            self._policies[str(record["address"])] = (sandbox_id, Policy.of(record.get("egress")))
+            self._attached[str(record["address"])] = _attached(sandbox_id, record)
 
     async def set_egress(self, sandbox_id: str, record: dict[str, Any], rules: dict[str, Any]) -> dict[str, Any]:
         address = record.get("address")
@@ -367,8 +388,9 @@ class LocalRuntime:
             raise RuntimeFailure(f"sandbox {sandbox_id} has no network address")
         policy = Policy.of(rules)
         await self.egress.apply(sandbox_id, address, policy)
-        self._policies[address] = (sandbox_id, policy)
-        return {**record, "egress": policy.record()}
+        record = {**record, "egress": policy.record()}
+        self._attached[address] = _attached(sandbox_id, record)
+        return record
 
     async def egress_refusals(self, sandbox_id: str) -> dict[str, int]:
         return {
@@ -491,3 +513,46 @@ def images_in_use(data_dir: Path) -> tuple[set[str], set[str]]:
         names.add(str(marker.get("image")))
         layers.update(marker.get("layers", []))
     return names, layers
+
+
+def _attached(sandbox_id: str, record: dict[str, Any]) -> Attached:
+    transforms = tuple(Transform.of(t) for t in record.get("transforms") or [])
+    return Attached(sandbox_id, Policy.of(record.get("egress")), transforms)
+
+
+def install_ca(rootfs: Path, pem: bytes, owner: int) -> None:
+    """Adds the broker's CA to the image's system bundle (/etc/ssl/certs/ca-certificates.crt),
+    every step relative to a directory opened without following symlinks, as write_etc_files."""
+    fds: list[int] = []
+    try:
+        fd = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY)
+        fds.append(fd)
+        for part in ("etc", "ssl", "certs"):
+            try:
+                os.mkdir(part, 0o755, dir_fd=fd)
+                os.chown(part, owner, owner, dir_fd=fd, follow_symlinks=False)
+            except FileExistsError:
+                pass
+            try:
+                fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as exc:
+                raise InvalidRequest(
+                    "image", f"the image's /etc/ssl/certs is not a directory: {exc.strerror}"
+                ) from None
+            fds.append(fd)
+        name = "ca-certificates.crt"
+        try:
+            old = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd)
+            with os.fdopen(old, "rb") as f:
+                bundle = f.read(16 * 1024 * 1024)
+        except OSError:
+            bundle = b""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=fd)
+        new = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=fd)
+        with os.fdopen(new, "wb") as f:
+            f.write(bundle.rstrip(b"\n") + b"\n" + pem)
+            os.fchown(f.fileno(), owner, owner)
+    finally:
+        for fd in fds:
+            os.close(fd)

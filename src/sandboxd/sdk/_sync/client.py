@@ -234,6 +234,7 @@ class Sandbox:
         timeout: int | None = None,
         internet_access: bool = True,
         egress: dict[str, Any] | None = None,
+        transforms: list[dict[str, Any]] | None = None,
         ports: list[int] | None = None,
         public_traffic: bool = False,
         source: dict[str, Any] | None = None,
@@ -257,6 +258,7 @@ class Sandbox:
             ("metadata", metadata),
             ("timeout", timeout),
             ("egress", egress),  # {"mode": "allow_all"|"deny_all"|"custom", "allowed_domains", "rules"...}
+            ("transforms", transforms),  # [{"domain", "inject_headers", "strip_headers"}]: secrets stay outside
             ("ports", ports),  # reachable through the server's proxy; see port_url()
             ("source", source),  # {"type": "git", "url", "revision", "depth"} or {"type": "tarball", "url"}
             ("image_auth", image_auth),  # {"username", "password"} for a private registry image
