@@ -192,6 +192,7 @@ def net(image_cache: Path, workdir: Path) -> Iterator[Server]:
             ]
         )
         server.start()
+        server.zone = zone  # type: ignore[attr-defined]
         yield server
         server.delete_all()
         server.stop()
@@ -251,6 +252,7 @@ def test_custom_reaches_exactly_the_allowed_names_wildcards_and_cidrs(net: Serve
         assert reach(sb, "wild.test") == "nxdomain"  # a wildcard covers subdomains, not the name itself
         assert reach(sb, "other.test") == "nxdomain"
         assert reach(sb, B).startswith(f"refused {B}")  # other.test's address, never admitted
+        assert "other.test" not in net.zone.queries  # type: ignore[attr-defined]  # refused names never leave the host
         web = sb.commands.run(
             "python3 -c \"import urllib.request; print(urllib.request.urlopen('http://allowed.test:8080').read().decode())\""
         )
@@ -314,8 +316,10 @@ def test_bad_policies_are_refused_by_field(net: Server, egress: dict[str, object
 
 FETCH = (
     "import json, ssl, sys, urllib.request\n"
-    "request = urllib.request.Request(sys.argv[1], headers={'X-Remove-Me': '1', 'Authorization': 'Bearer mine'})\n"
-    "context = None if len(sys.argv) < 3 else ssl._create_unverified_context()\n"
+    "headers = {'X-Remove-Me': '1', 'Authorization': 'Bearer mine'}\n"
+    "if len(sys.argv) > 3: headers['Host'] = sys.argv[3]\n"
+    "request = urllib.request.Request(sys.argv[1], headers=headers)\n"
+    "context = None if sys.argv[2] == 'verified' else ssl._create_unverified_context()\n"
     "try:\n"
     "    print(urllib.request.urlopen(request, context=context, timeout=5).read().decode())\n"
     "except Exception as e:\n"
@@ -323,12 +327,13 @@ FETCH = (
 )
 
 
-def fetch(sb: Sandbox, url: str, unverified: bool = False) -> dict[str, object]:
+def fetch(sb: Sandbox, url: str, unverified: bool = False, host: str = "") -> dict[str, object]:
     import json
 
     if not sb.files.exists("/tmp/fetch.py"):
         sb.files.write("/tmp/fetch.py", FETCH)
-    out = sb.commands.run(f"python3 /tmp/fetch.py {url}" + (" unverified" if unverified else "")).stdout
+    mode = "unverified" if unverified else "verified"
+    out = sb.commands.run(f"python3 /tmp/fetch.py {url} {mode} {host}").stdout
     return dict(json.loads(out))
 
 
@@ -342,8 +347,12 @@ def test_credentials_are_brokered_over_https_and_never_inside(net: Server) -> No
         brokered = fetch(sb, "https://api.secure.test/")  # verified: the sandbox trusts the broker's CA
         assert brokered.get("auth_ok") is True, brokered
         assert "x-remove-me" not in brokered["headers"]  # type: ignore[operator]
+        # Plain HTTP is not brokered: a secret never goes out in clear text.
         plain = fetch(sb, "http://api.secure.test/")
-        assert plain.get("auth_ok") is True and "x-remove-me" not in plain["headers"]  # type: ignore[operator]
+        assert plain.get("auth_ok") is False and "x-remove-me" in plain["headers"]  # type: ignore[operator]
+        # Nor does it follow a Host header to another site behind the same address (fronting).
+        fronted = fetch(sb, "https://api.secure.test/", host="other.secure.test")
+        assert "421" in str(fronted.get("error")), fronted
         # Another name on the same server is passed through untouched: its certificate is the
         # test zone's own (which the sandbox does not trust), and no header is added.
         passthrough = fetch(sb, "https://other.secure.test/")
@@ -363,3 +372,41 @@ def test_credentials_are_brokered_over_https_and_never_inside(net: Server) -> No
         assert found.stdout == "", found.stdout
         assert SECRET not in str(sb.refresh())  # the API shows the header's name only
         assert sb.info["transforms"][0]["inject_headers"] == {"Authorization": "***"}
+
+
+def test_nothing_of_a_sandboxs_policy_outlives_it(net: Server) -> None:
+    import json
+
+    def objects() -> str:
+        out = subprocess.run(
+            ["nft", "-j", "list", "table", "inet", "sandboxd_sbxdtest4"], capture_output=True, text=True
+        )
+        return out.stdout
+
+    with net.create(egress={"mode": "custom", "allowed_domains": ["api.secure.test"]},
+                    transforms=[{"domain": "api.secure.test", "inject_headers": {"X-Key": "k"}}]) as sb:  # fmt: skip
+        assert fetch(sb, "https://api.secure.test/").get("auth_ok") is False  # reached through the broker
+        from sandboxd.runtimes.local.egress import tag
+
+        mark = tag(sb.id)
+        assert mark in objects()
+        intercepted = [i for i in json.loads(objects())["nftables"] if i.get("set", {}).get("name") == "intercept"]
+        assert intercepted and intercepted[0]["set"].get("elem")
+    table = json.loads(objects())["nftables"]
+    assert mark not in json.dumps(table)
+    for item in table:
+        if item.get("set", {}).get("name") == "intercept" or item.get("map", {}).get("name") == "egress":
+            assert not (item.get("set") or item.get("map")).get("elem"), item
+
+
+def test_brokering_obeys_the_egress_policy_and_its_changes(net: Server) -> None:
+    transform = {"domain": "api.secure.test", "inject_headers": {"Authorization": SECRET}}
+    # A CIDR rule refusing the brokered name's address holds through the broker too.
+    policy = {"mode": "allow_all", "rules": [{"action": "deny", "target": f"{A}/32"}]}
+    with net.create(egress=policy, transforms=[transform]) as sb:
+        assert "error" in fetch(sb, "https://api.secure.test/")
+    with net.create(transforms=[transform]) as sb, net.client() as http:
+        assert fetch(sb, "https://api.secure.test/").get("auth_ok") is True
+        http.put(f"/api/v1/sandboxes/{sb.id}/egress", json={"mode": "deny_all"})
+        refused = fetch(sb, f"https://{A}/", unverified=True, host="api.secure.test")  # by IP, name cached
+        assert "error" in refused and "auth_ok" not in refused, refused

@@ -100,6 +100,19 @@ def test_host_and_path_routes_need_the_token_and_do_not_pass_it_on(server: Serve
         after = http.get("/after", headers={**host, "X-Sandbox-Token": token}).json()["headers"]
         assert "cookie" not in {k.lower() for k in after}
 
+        # Credentials of sandboxd never reach the app: the API key in any spelling, signed-URL
+        # cookies; X-Forwarded-For is the proxy's own.
+        sent = {
+            **host,
+            "X-Sandbox-Token": token,
+            "Authorization": f"bearer {server.key}",
+            "Cookie": "sbx_auth_8000=1.abc; theirs=1",
+            "X-Forwarded-For": "6.6.6.6",
+        }
+        seen = {k.lower(): v for k, v in http.get("/h", headers=sent).json()["headers"].items()}
+        assert "authorization" not in seen and seen["cookie"] == "theirs=1"
+        assert seen["x-forwarded-for"] == "127.0.0.1"
+
         path = f"/api/v1/sandboxes/{app.id}/ports/8000"
         assert http.get(f"{path}/p").status_code == 403
         with_key = http.get(f"{path}/p/q", headers={"Authorization": f"Bearer {server.key}"})

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Server, assert_no_leaks, teardown_bridge
+from tests.conftest import InternetHost, Server, assert_no_leaks, teardown_bridge
 
 
 @pytest.fixture
@@ -167,3 +167,25 @@ def test_a_build_cut_short_by_a_kill_fails_and_leaves_nothing(own_server: Server
         assert state(http, building[0]["id"])["state"] == "terminated"
         # The name is free for the next build.
         assert http.post("/api/v1/templates", json={"name": "cut"}, params={"wait": True}).json()["version"] == 2
+
+
+def test_egress_policies_hold_across_a_restart(own_server: Server, test_host: InternetHost) -> None:
+    from tests.test_isolation import connect
+
+    open_sb = own_server.create(timeout=600)
+    closed = own_server.create(timeout=600, internet_access=False)
+    try:
+        assert connect(open_sb, test_host.ADDRESS, test_host.port).startswith("hello")
+        assert connect(closed, test_host.ADDRESS, test_host.port).startswith("refused")
+        own_server.kill9()
+        # While no server runs, the kernel still holds each sandbox to its policy.
+        assert connect(closed, test_host.ADDRESS, test_host.port).startswith("refused")
+        own_server.start()
+        assert connect(closed, test_host.ADDRESS, test_host.port).startswith("refused")
+        assert connect(open_sb, test_host.ADDRESS, test_host.port).startswith("hello")
+        # The resolver answers again (refused names get NXDOMAIN without any lookup leaving the host).
+        resolved = closed.commands.run("python3 -c \"import socket; socket.gethostbyname('refused.test')\"")
+        assert "Name or service not known" in resolved.stderr
+    finally:
+        open_sb.close()
+        closed.close()

@@ -85,7 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # It keeps no cookies: one sandbox's Set-Cookie must never ride along to another.
         app.state.proxy_client = httpx.AsyncClient(
             timeout=httpx.Timeout(None, connect=5.0),
-            limits=httpx.Limits(max_connections=1000),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=200),  # capped per sandbox
             trust_env=False,
             cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
         )

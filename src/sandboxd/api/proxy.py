@@ -14,6 +14,7 @@ import contextlib
 import hmac
 import json
 import re
+from collections import Counter
 from collections.abc import AsyncIterator
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qsl, urlencode
@@ -42,11 +43,24 @@ HOP = {
 }
 WS_HOP = HOP | {b"host", b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions"}
 WS_HOP |= {b"sec-websocket-protocol"}
+PER_SANDBOX = 256  # requests and WebSockets open at once through the proxy, per sandbox
+HEADERS_WAIT = 60.0  # for the app's response to begin; the body then takes as long as it takes
+
+
+class Busy(SandboxdError):
+    code = "SANDBOX_PORTS_BUSY"
+    status = 503
+
+
+class Unanswered(SandboxdError):
+    code = "PORT_DID_NOT_ANSWER"
+    status = 504
 
 
 class PortProxy:
     def __init__(self, app: ASGIApp, proxy_domain: str) -> None:
         self.app = app
+        self._open: Counter[str] = Counter()  # requests in flight, by sandbox
         self.host_route = re.compile(rf"^({SANDBOX_ID})-(\d{{1,5}})\.{re.escape(proxy_domain)}(:\d+)?$")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -75,13 +89,24 @@ class PortProxy:
             return
         forward_query = urlencode([(k, v) for k, v in query if k not in (TOKEN_QUERY, SIGNATURE_QUERY)])
         path_qs = path + (f"?{forward_query}" if forward_query else "")
-        drop = {TOKEN_HEADER.encode()} | ({b"authorization", b"x-api-key"} if api_key_ok else set())
+        headers = _forwarded_headers(scope, state.api_key)
         # A signed URL's first use leaves a cookie, so the page's own requests get in too.
         set_cookie = f"{cookie_name}={signature}; Path=/; HttpOnly; SameSite=Lax" if by_host and signature else None
-        if scope["type"] == "http":
-            await _proxy_http(scope, receive, send, state.proxy_client, target, path_qs, drop, set_cookie)
-        else:
-            await _proxy_websocket(scope, receive, send, target, path_qs, drop)
+        # One sandbox's app (slow, or never answering) may hold only so many of the proxy's
+        # connections: the others' ports keep working.
+        if self._open[sandbox_id] >= PER_SANDBOX:
+            await _refuse(scope, receive, send, Busy(f"sandbox {sandbox_id} has {PER_SANDBOX} requests open already"))
+            return
+        self._open[sandbox_id] += 1
+        try:
+            if scope["type"] == "http":
+                await _proxy_http(scope, receive, send, state.proxy_client, target, path_qs, headers, set_cookie)
+            else:
+                await _proxy_websocket(scope, receive, send, target, path_qs, headers)
+        finally:
+            self._open[sandbox_id] -= 1
+            if not self._open[sandbox_id]:
+                del self._open[sandbox_id]
 
 
 def _credentials(scope: Scope, query: list[tuple[str, str]], port: int) -> tuple[str | None, str | None, str]:
@@ -99,11 +124,37 @@ def _credentials(scope: Scope, query: list[tuple[str, str]], port: int) -> tuple
     return token, signature, cookie_name
 
 
+def _is_api_key(name: bytes, value: bytes, expected: str) -> bool:
+    text = value.decode("latin-1").strip()
+    if name.lower() == b"authorization" and text[:7].lower() == "bearer ":
+        text = text[7:].strip()
+    elif name.lower() != b"x-api-key":
+        return False
+    return bool(text) and hmac.compare_digest(text.encode(), expected.encode())
+
+
 def _has_api_key(scope: Scope, expected: str) -> bool:
-    headers = dict(scope["headers"])
-    given = headers.get(b"authorization", b"").decode("latin-1").removeprefix("Bearer ").strip()
-    given = given or headers.get(b"x-api-key", b"").decode("latin-1")
-    return bool(given) and hmac.compare_digest(given.encode(), expected.encode())
+    return any(_is_api_key(k, v, expected) for k, v in scope["headers"])
+
+
+def _forwarded_headers(scope: Scope, api_key: str) -> list[tuple[bytes, bytes]]:
+    """The request's headers as the sandbox's app gets them: without hop-by-hop headers and
+    without any of sandboxd's credentials (traffic token, API key, signed-URL cookies), with
+    X-Forwarded-For set by the proxy alone."""
+    out = []
+    for name, value in scope["headers"]:
+        lower = name.lower()
+        if lower in HOP or lower in (TOKEN_HEADER.encode(), b"x-forwarded-for") or _is_api_key(name, value, api_key):
+            continue
+        if lower == b"cookie":
+            kept = [c for c in value.split(b";") if not c.strip().startswith(b"sbx_auth_")]
+            if not kept:
+                continue
+            value = b";".join(kept).strip()
+        out.append((name, value))
+    client = scope.get("client") or ("", 0)
+    out.append((b"x-forwarded-for", str(client[0]).encode()))
+    return out
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, exc: SandboxdError) -> None:
@@ -139,12 +190,9 @@ async def _proxy_http(
     client: httpx.AsyncClient,
     target: Target,
     path_qs: str,
-    drop: set[bytes],
+    headers: list[tuple[bytes, bytes]],
     set_cookie: str | None,
 ) -> None:
-    headers = [(k, v) for k, v in scope["headers"] if k.lower() not in HOP and k.lower() not in drop]
-    client_addr = scope.get("client") or ("", 0)
-    headers.append((b"x-forwarded-for", str(client_addr[0]).encode()))
     has_body = any(k.lower() in (b"content-length", b"transfer-encoding") for k, _ in scope["headers"])
     length = dict(scope["headers"]).get(b"content-length")
     if length is not None:
@@ -166,7 +214,10 @@ async def _proxy_http(
         content=body() if has_body else None,
     )
     try:
-        response = await client.send(request, stream=True)
+        response = await asyncio.wait_for(client.send(request, stream=True), HEADERS_WAIT)
+    except TimeoutError:
+        await _refuse(scope, receive, send, Unanswered(f"port {target.port} did not answer in {HEADERS_WAIT:g} s"))
+        return
     except (httpx.ConnectError, httpx.ConnectTimeout):
         await _refuse(scope, receive, send, _not_listening(target))
         return
@@ -181,8 +232,8 @@ async def _proxy_http(
         async for chunk in response.aiter_raw():
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
-    except httpx.HTTPError:
-        return  # the sandbox's side broke off midway: the client's response ends short
+    except (httpx.HTTPError, OSError):
+        return  # one side broke off midway: the response ends short
     finally:
         await response.aclose()
 
@@ -195,13 +246,9 @@ def _not_listening(target: Target) -> PortUnreachable:
 
 
 async def _proxy_websocket(
-    scope: Scope, receive: Receive, send: Send, target: Target, path_qs: str, drop: set[bytes]
+    scope: Scope, receive: Receive, send: Send, target: Target, path_qs: str, forwarded: list[tuple[bytes, bytes]]
 ) -> None:
-    headers = [
-        (k.decode("latin-1"), v.decode("latin-1"))
-        for k, v in scope["headers"]
-        if k.lower() not in WS_HOP and k.lower() not in drop
-    ]
+    headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in forwarded if k.lower() not in WS_HOP]
     protocols = scope.get("subprotocols") or None
     try:
         upstream = await ws_connect(

@@ -1,14 +1,15 @@
 """Credential brokering: requests from a sandbox to chosen domains get headers injected (API keys)
 and stripped on the way out, so the secrets never exist inside the sandbox.
 
-Only connections to those domains are intercepted. The resolver (dns.py) puts the pair (sandbox
-address, resolved address) of a brokered name in the ``intercept`` set; the kernel redirects those
-connections (ports 80 and 443) here. The TLS ClientHello is read first: for a brokered name, TLS is
-terminated with a certificate for that name, issued by this server's own CA, which sandboxes with
-brokered domains trust (it is written into their trust store), and the request goes on over a new
-TLS connection to the original address, verified against the host's CAs. Any other name on the
-same address is relayed byte for byte, its TLS session the sandbox's own. Everything else a sandbox
-does never passes through here.
+Only connections to those domains are intercepted, and only HTTPS (port 443: a secret never goes out
+in clear text). The resolver (dns.py) puts the pair (sandbox address, resolved address) of a
+brokered name in the ``intercept`` set; the kernel redirects those connections here. The TLS
+ClientHello is read first: for a brokered name, TLS is terminated with a certificate for that name,
+issued by this server's own CA, which sandboxes with brokered domains trust (it is written into
+their trust store), and each request, whose Host must be that same name, goes on over a new TLS
+connection to the original address, verified against the host's CAs. Any other name on the same
+address is relayed byte for byte, its TLS session the sandbox's own. Everything else a sandbox does
+never passes through here.
 
 HTTP/1.1 only (the TLS side offers no h2), with h11 doing the protocol work; bodies are streamed.
 """
@@ -34,11 +35,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from sandboxd.runtimes.local.network import BROKER_PLAIN_PORT, BROKER_TLS_PORT
+from sandboxd.runtimes.local.network import BROKER_TLS_PORT
 
 log = logging.getLogger("sandboxd.broker")
 SO_ORIGINAL_DST = 80
-TLS_PORT, PLAIN_PORT = BROKER_TLS_PORT, BROKER_PLAIN_PORT  # reached only through the redirect
+IDLE_SECONDS = 300.0
+TLS_PORT = BROKER_TLS_PORT  # reached only through the redirect
 
 
 @dataclass(frozen=True)
@@ -141,11 +143,15 @@ class CertificateAuthority:
 class _Plain:
     """A byte stream over asyncio's reader and writer (TLS or not, asyncio does it)."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, idle: float | None = IDLE_SECONDS
+    ) -> None:
+        self.reader, self.writer, self.idle = reader, writer, idle
 
     async def recv(self) -> bytes:
-        return await self.reader.read(65536)
+        # A brokered connection idle this long is closed: a sandbox cannot hold the server's
+        # descriptors. (Relayed ones keep no such limit: the sandbox's own sessions, untouched.)
+        return await asyncio.wait_for(self.reader.read(65536), self.idle)
 
     async def send(self, data: bytes) -> None:
         self.writer.write(data)
@@ -216,10 +222,7 @@ class Broker:
         if self.upstream_ca is not None:
             self._upstream.load_verify_locations(self.upstream_ca)
         self._upstream.set_alpn_protocols(["http/1.1"])
-        self._servers = [
-            await asyncio.start_server(self._serve_tls, self.address, TLS_PORT),
-            await asyncio.start_server(self._serve_plain, self.address, PLAIN_PORT),
-        ]
+        self._servers = [await asyncio.start_server(self._serve_tls, self.address, TLS_PORT)]
 
     async def stop(self) -> None:
         for server in self._servers:
@@ -240,18 +243,8 @@ class Broker:
                 return
             client = _TlsServer(raw, self.ca.context_for(name), hello)
             await client.handshake()
-            await self._serve(client, original, transforms, name, tls=True)
+            await self._serve(client, original, transforms, name)
         except (TimeoutError, OSError, h11.ProtocolError, ssl.SSLError, ValueError) as exc:
-            log.info("brokered connection ended: %s", exc)
-        finally:
-            await _close(writer)
-
-    async def _serve_plain(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            original, transforms = self._redirected(writer)
-            if original is not None:
-                await self._serve(_Plain(reader, writer), original, transforms, "", tls=False)
-        except (TimeoutError, OSError, h11.ProtocolError, ssl.SSLError) as exc:
             log.info("brokered connection ended: %s", exc)
         finally:
             await _close(writer)
@@ -263,9 +256,7 @@ class Broker:
         original = _original_destination(writer.get_extra_info("socket"))
         return (original if transforms else None), transforms
 
-    async def _serve(
-        self, stream: Stream, original: tuple[str, int], transforms: list[Transform], sni: str, tls: bool
-    ) -> None:
+    async def _serve(self, stream: Stream, original: tuple[str, int], transforms: list[Transform], sni: str) -> None:
         up: tuple[_Plain, h11.Connection] | None = None
         try:
             client = h11.Connection(h11.SERVER)
@@ -273,9 +264,11 @@ class Broker:
                 request = await _next_event(client, stream)
                 if not isinstance(request, h11.Request):
                     return
-                host = sni or _header(request.headers, b"host").split(":")[0]
-                transform = find(transforms, host)
-                if transform is None:  # plain HTTP for a name the sandbox was not brokered for
+                # The request must be for the name TLS was set up with: a Host of another site on
+                # the same address (domain fronting) would carry the secret there.
+                host = _header(request.headers, b"host").rsplit(":", 1)[0].lower().rstrip(".")
+                transform = find(transforms, sni)
+                if transform is None or host != sni:
                     await _send(stream, client, h11.Response(status_code=421, headers=[(b"content-length", b"0")]))
                     return
                 if up is None:
@@ -283,8 +276,8 @@ class Broker:
                         asyncio.open_connection(
                             original[0],
                             original[1],
-                            ssl=self._upstream if tls else None,
-                            server_hostname=host if tls else None,
+                            ssl=self._upstream,
+                            server_hostname=sni,
                         ),
                         10,
                     )
@@ -326,7 +319,8 @@ async def _close(writer: asyncio.StreamWriter) -> None:
 
 async def _relay(client: _Plain, first: bytes, original: tuple[str, int]) -> None:
     reader, writer = await asyncio.wait_for(asyncio.open_connection(*original), 10)
-    upstream = _Plain(reader, writer)
+    upstream = _Plain(reader, writer, idle=None)
+    client = _Plain(client.reader, client.writer, idle=None)
     try:
         await upstream.send(first)
 

@@ -31,6 +31,7 @@ from sandboxd.runtimes.local.egress import Attached, EgressTable
 
 log = logging.getLogger("sandboxd.dns")
 UPSTREAM_TIMEOUT = 3.0
+TCP_IDLE = 10.0
 
 
 class Resolver:
@@ -87,13 +88,15 @@ class Resolver:
         source = writer.get_extra_info("peername")[0]
         try:
             while True:
-                size = struct.unpack(">H", await reader.readexactly(2))[0]
-                reply = await self.answer(await reader.readexactly(size), source, max_size=65535)
+                # An idle connection is closed: a sandbox cannot hold the server's descriptors.
+                size = struct.unpack(">H", await asyncio.wait_for(reader.readexactly(2), TCP_IDLE))[0]
+                query = await asyncio.wait_for(reader.readexactly(size), TCP_IDLE)
+                reply = await self.answer(query, source, max_size=65535)
                 if not reply:
                     return
                 writer.write(struct.pack(">H", len(reply)) + reply)
                 await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
+        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
             pass
         finally:
             writer.close()
@@ -113,8 +116,10 @@ class Resolver:
         name = question.name.to_text(omit_final_dot=True)
         if policy.decide(name) == "deny":
             self.refused[sandbox_id] += 1
-            if question.rdtype == dns.rdatatype.A:
-                # Its addresses are refused too, or the sandbox could still connect by IP.
+            if question.rdtype == dns.rdatatype.A and policy.default == "allow":
+                # Under an allow-all default its addresses must be refused too, or the sandbox
+                # could still connect by IP. (Under a deny default they are refused anyway, and the
+                # name never leaves the host: no lookups to carry data out.)
                 denied = await self._resolve(query)
                 if denied is not None:
                     await self.egress.admit(sandbox_id, self._addresses(denied), allow=False)
@@ -127,8 +132,11 @@ class Resolver:
         admitted = self._addresses(response)
         if policy.default == "deny":
             await self.egress.admit(sandbox_id, admitted, allow=True)
-        if find(list(found.transforms), name):  # its connections go through the credential broker
-            await self.egress.intercept(source, admitted)
+        if find(list(found.transforms), name):
+            # Its HTTPS connections go through the credential broker, which the kernel's egress
+            # chain does not see: addresses a CIDR rule refuses are left to that chain.
+            brokered = [(ip, ttl) for ip, ttl in admitted if policy.decide_address(ip) != "deny"]
+            await self.egress.intercept(source, brokered)
         return response.to_wire(max_size=max_size)
 
     async def _resolve(self, query: dns.message.Message) -> dns.message.Message | None:

@@ -47,6 +47,11 @@ class Policy:
     def cidr_rules(self) -> list[tuple[str, ipaddress.IPv4Network]]:
         return [(action, ipaddress.IPv4Network(target)) for action, target in self.rules if _is_cidr(target)]
 
+    def decide_address(self, address: str) -> str | None:
+        """allow or deny by the first CIDR rule that holds the address; None if none does."""
+        ip = ipaddress.IPv4Address(address)
+        return next((action for action, network in self.cidr_rules() if ip in network), None)
+
     def decide(self, name: str) -> str:
         """allow or deny for a DNS name: the first domain rule that matches, else the default."""
         name = name.lower().rstrip(".")
@@ -117,6 +122,14 @@ class EgressTable:
             # this address by a crash, is: it goes, then the transaction runs again.
             f"add element inet {t} egress {{ {address} : jump egress_{h} }}",
         ]
+        # Redirects to the broker made under the old policy go: a name no longer allowed must not
+        # stay reachable through them.
+        intercepted = ", ".join(f"{address} . {ip}" for ip in self._intercepted.pop(address, set()))
+        if intercepted:
+            lines += [
+                f"add element inet {t} intercept {{ {intercepted} }}",
+                f"delete element inet {t} intercept {{ {intercepted} }}",
+            ]
         script = "\n".join(lines) + "\n"
         self._admitted.pop(h, None)
         try:

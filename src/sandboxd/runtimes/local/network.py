@@ -16,7 +16,7 @@ import os
 from sandboxd.errors import RuntimeFailure
 
 VETH_PREFIX = "sbxv"
-BROKER_TLS_PORT, BROKER_PLAIN_PORT = 15443, 15080  # the credential broker's, on the bridge address
+BROKER_TLS_PORT = 15443  # the credential broker's, on the bridge address
 
 
 def _disable_ipv6(link: str) -> None:
@@ -89,8 +89,6 @@ class Network:
                 f"flush chain inet {t} prerouting\n"
                 f'add rule inet {t} prerouting iifname "{br}" ip saddr . ip daddr @intercept tcp dport 443 '
                 f"redirect to :{BROKER_TLS_PORT}\n"
-                f'add rule inet {t} prerouting iifname "{br}" ip saddr . ip daddr @intercept tcp dport 80 '
-                f"redirect to :{BROKER_PLAIN_PORT}\n"
                 f"add chain inet {t} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}\n"
                 f"add chain inet {t} input {{ type filter hook input priority filter; policy accept; }}\n"
                 f"add chain inet {t} forward {{ type filter hook forward priority filter; policy accept; }}\n"
@@ -103,8 +101,7 @@ class Network:
                 f'add rule inet {t} input iifname "{br}" ct state established,related accept\n'
                 f'add rule inet {t} input iifname "{br}" ip daddr {gw} meta l4proto {{ tcp, udp }} th dport 53 accept\n'
                 # The broker only through the redirect: a sandbox cannot connect to it directly.
-                f'add rule inet {t} input iifname "{br}" ct status dnat tcp dport '
-                f"{{ {BROKER_TLS_PORT}, {BROKER_PLAIN_PORT} }} accept\n"
+                f'add rule inet {t} input iifname "{br}" ct status dnat tcp dport {BROKER_TLS_PORT} accept\n'
                 f'add rule inet {t} input iifname "{br}" drop\n'
                 # Isolated bridge ports stop sandbox-to-sandbox frames; this stops the host from
                 # routing the same traffic back out of the bridge.
