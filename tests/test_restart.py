@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -178,8 +180,17 @@ def test_egress_policies_hold_across_a_restart(own_server: Server, test_host: In
         assert connect(open_sb, test_host.ADDRESS, test_host.port).startswith("hello")
         assert connect(closed, test_host.ADDRESS, test_host.port).startswith("refused")
         own_server.kill9()
-        # While no server runs, the kernel still holds each sandbox to its policy.
-        assert connect(closed, test_host.ADDRESS, test_host.port).startswith("refused")
+        # While no server runs, the kernel still holds each sandbox to its policy: tried from
+        # inside its network namespace, entered from the host.
+        state = subprocess.run(
+            ["runc", "--root", str(own_server.data_dir / "runc"), "state", closed.id], capture_output=True, text=True
+        )
+        pid = json.loads(state.stdout)["pid"]
+        probe = f"import socket; socket.create_connection(('{test_host.ADDRESS}', {test_host.port}), timeout=2)"
+        tried = subprocess.run(
+            ["nsenter", "-t", str(pid), "-n", sys.executable, "-c", probe], capture_output=True, text=True
+        )
+        assert tried.returncode != 0 and "refused" in tried.stderr.lower(), tried.stderr
         own_server.start()
         assert connect(closed, test_host.ADDRESS, test_host.port).startswith("refused")
         assert connect(open_sb, test_host.ADDRESS, test_host.port).startswith("hello")
