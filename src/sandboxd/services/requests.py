@@ -374,3 +374,13 @@ class CreateTemplate(BaseModel):
     )
     ready_check: ReadyCheck | None = Field(None, description="A create returns once this passes.")
     description: str = Field("", max_length=1000)
+
+    @field_validator("steps")
+    @classmethod
+    def _size(
+        cls, steps: list[RunStep | CopyStep | EnvStep | WorkdirStep | UserStep]
+    ) -> list[RunStep | CopyStep | EnvStep | WorkdirStep | UserStep]:
+        total = sum(len(step.content) for step in steps if isinstance(step, CopyStep))
+        if total > MAX_COPY_BYTES * 4:
+            raise ValueError(f"copy steps hold more than {MAX_COPY_BYTES * 4 // (1024 * 1024)} MiB in all")
+        return steps

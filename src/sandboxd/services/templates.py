@@ -399,7 +399,7 @@ def _describe(step: RunStep | CopyStep | EnvStep | WorkdirStep | UserStep) -> st
     if isinstance(step, CopyStep):
         return f"copy {step.path}"
     if isinstance(step, EnvStep):
-        return "env " + " ".join(f"{k}={v}" for k, v in step.env.items())
+        return "env " + " ".join(f"{k}=…" for k in step.env)  # values may be secrets: not in the log
     if isinstance(step, WorkdirStep):
         return f"workdir {step.path}"
     return f"user {step.user}"

@@ -19,6 +19,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from sandboxd.domain import SandboxSpec
 from sandboxd.errors import InvalidRequest, RuntimeFailure
@@ -507,8 +508,13 @@ def images_in_use(data_dir: Path) -> tuple[set[str], set[str]]:
     layers: set[str] = set()
     for path in (data_dir / "sandboxes").glob("*/image"):
         try:
-            marker = json.loads(path.read_text())
-        except (OSError, ValueError):
+            text = path.read_text()
+        except OSError:
+            continue
+        try:
+            marker = json.loads(text)
+        except ValueError:  # a sandbox from before layered images: the path of images/<name>/rootfs
+            names.add(unquote(Path(text.strip()).parent.name))
             continue
         names.add(str(marker.get("image")))
         layers.update(marker.get("layers", []))
