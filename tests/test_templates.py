@@ -74,7 +74,11 @@ def test_build_start_and_rebuild_from_the_cache(server: Server) -> None:
         with server.create(template=f"{name}:1") as sb:  # older versions stay usable
             assert sb.commands.run("cat /tmp/built-by").stdout == "nobody\n/app\n"
 
-        assert [v["version"] for v in templates.list(name)] == [1, 2]
+        fresh = templates.build(name, changed, start_command=SERVE, ready_check={"command": PROBE}, no_cache=True)
+        assert fresh["state"] == "ready" and fresh["steps_cached"] == 0  # every step ran again
+
+        assert [v["version"] for v in templates.list(name)] == [1, 2, 3]
+        templates.delete(name, 3)
         templates.delete(name, 1)
         with pytest.raises(SandboxError, match="not found"):
             templates.get(name, 1)

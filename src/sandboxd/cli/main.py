@@ -305,7 +305,8 @@ def template() -> None:
 @click.argument("definition", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=False)
 @click.option("--name", default=None, help="Defaults to the file's name without .toml.")
 @click.option("--runtime", default=None, help="Build the template a runtime names, from its definition.")
-def template_build(definition: Path | None, name: str | None, runtime: str | None) -> None:
+@click.option("--no-cache", is_flag=True, help="Run every step again.")
+def template_build(definition: Path | None, name: str | None, runtime: str | None, no_cache: bool) -> None:
     """Builds a template from a TOML definition (base, steps, start_command, ready_check) and
     prints its build log as it runs."""
     import tomllib
@@ -317,7 +318,7 @@ def template_build(definition: Path | None, name: str | None, runtime: str | Non
     else:
         raise click.UsageError("give a definition file or --runtime")
     with _http() as http:
-        r = http.post(request[0], json=request[1])
+        r = http.post(request[0], json=request[1], params={"no_cache": True} if no_cache else {})
         if r.is_error:
             _fail(RuntimeError(r.json().get("message", r.text)))
         started = r.json()

@@ -82,8 +82,10 @@ class TemplateService:
 
     # -- building --------------------------------------------------------------------------------
 
-    async def build(self, definition: CreateTemplate) -> TemplateVersion:
-        """Starts building the next version of definition.name; returns it while it builds."""
+    async def build(self, definition: CreateTemplate, no_cache: bool = False) -> TemplateVersion:
+        """Starts building the next version of definition.name; returns it while it builds.
+        no_cache runs every step again (an apt-get upgrade that should pick up new packages);
+        its layers then replace the cached ones."""
         async with self._name_locks.setdefault(definition.name, asyncio.Lock()):
             latest = self.store.get_template(definition.name)
             version = TemplateVersion(
@@ -95,7 +97,7 @@ class TemplateService:
             )
             self.store.insert_template(version)
         self.log_path(version).write_bytes(b"")
-        task = asyncio.create_task(self._build(version, definition))
+        task = asyncio.create_task(self._build(version, definition, no_cache))
         self._builds[version.ref] = task
         task.add_done_callback(lambda _t: self._builds.pop(version.ref, None))
         return version
@@ -106,7 +108,7 @@ class TemplateService:
             await asyncio.shield(task)
         return self.get(version.name, version.version)
 
-    async def _build(self, version: TemplateVersion, definition: CreateTemplate) -> None:
+    async def _build(self, version: TemplateVersion, definition: CreateTemplate, no_cache: bool) -> None:
         with open(self.log_path(version), "ab", buffering=0) as out:
             left = [LOG_CAP]
 
@@ -121,7 +123,7 @@ class TemplateService:
                     out.write(data)
 
             try:
-                image, cached = await self._run_steps(version, definition, say)
+                image, cached = await self._run_steps(version, definition, say, no_cache)
                 version.state, version.image, version.steps_cached = BuildState.READY, image, cached
                 say(f"==> built {version.ref} ({cached} of {len(definition.steps)} steps from the cache)")
             except SandboxdError as exc:
@@ -136,7 +138,7 @@ class TemplateService:
                 self.store.update_template(version)
 
     async def _run_steps(
-        self, version: TemplateVersion, definition: CreateTemplate, say: Callable[[str], None]
+        self, version: TemplateVersion, definition: CreateTemplate, say: Callable[[str], None], no_cache: bool = False
     ) -> tuple[str, int]:
         base = definition.base or self.settings.default_image
         say(f"==> base image {base}")
@@ -154,7 +156,7 @@ class TemplateService:
                 ctx.env.update(step.env)
             elif isinstance(step, UserStep):
                 ctx.user = step.user
-            elif (layer := self.runtime.cached_layer(key)) is not None:
+            elif not no_cache and (layer := self.runtime.cached_layer(key)) is not None:
                 say("    cached")
                 cached += 1
                 layers.append(layer)
@@ -331,7 +333,11 @@ class TemplateService:
                 raise TemplateNotFound(template)
             async with self._name_locks.setdefault(f"first-build:{name}", asyncio.Lock()):
                 found = self.store.get_template(name, ready=True)
-                if found is None:
+                latest = self.store.get_template(name)
+                if found is None and latest is not None and _recent_failure(latest):
+                    # Creates queued behind a failed build get its failure, not a build each.
+                    found = latest
+                elif found is None:
                     progress("building_template", f"building template {name} (first use)")
                     found = await self.wait(await self.build(definition))
         if found is None:
@@ -378,6 +384,15 @@ class TemplateService:
         for task in list(self._builds.values()):
             task.cancel()
         await asyncio.gather(*self._builds.values(), return_exceptions=True)
+
+
+RETRY_FAILED_BUILD_AFTER = 60.0  # seconds before a create builds a runtime's failed template again
+
+
+def _recent_failure(version: TemplateVersion) -> bool:
+    if version.state != BuildState.FAILED or version.finished_at is None:
+        return False
+    return (utcnow() - version.finished_at).total_seconds() < RETRY_FAILED_BUILD_AFTER
 
 
 def _split_ref(ref: str) -> tuple[str, int | None]:

@@ -53,9 +53,10 @@ async def build_template(
     service: Templates,
     response: Response,
     wait: Annotated[bool, Query(description="Answer once the build has ended (201), not at its start.")] = False,
+    no_cache: Annotated[bool, Query(description="Run every step again, cached or not.")] = False,
 ) -> TemplateOut:
     """Builds the next version of a template. Follow its log at .../versions/{version}/logs?follow=true."""
-    version = await service.build(body)
+    version = await service.build(body, no_cache)
     response.headers["Location"] = f"/api/v1/templates/{version.name}/versions/{version.version}"
     if wait:
         version = await service.wait(version)
@@ -110,8 +111,10 @@ async def list_runtimes(service: Templates) -> RuntimeList:
 
 
 @router.post("/runtimes/{runtime}/build", status_code=status.HTTP_202_ACCEPTED, response_model=TemplateOut)
-async def build_runtime(runtime: str, service: Templates, response: Response) -> TemplateOut:
+async def build_runtime(
+    runtime: str, service: Templates, response: Response, no_cache: Annotated[bool, Query()] = False
+) -> TemplateOut:
     """Builds (again) the template a runtime names, from its definition on the server."""
-    version = await service.build(service.runtime_definition(runtime))
+    version = await service.build(service.runtime_definition(runtime), no_cache)
     response.headers["Location"] = f"/api/v1/templates/{version.name}/versions/{version.version}"
     return TemplateOut.of(version)

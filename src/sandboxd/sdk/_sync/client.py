@@ -357,6 +357,7 @@ class Templates:
         start_command: str | list[str] | None = None,
         ready_check: dict[str, Any] | None = None,
         on_log: Callable[[str], None] | None = None,
+        no_cache: bool = False,
     ) -> dict[str, Any]:
         """Builds the next version of name and returns it once the build has ended (its state is
         "ready" or "failed", with the reason in "message"). on_log gets each build log line."""
@@ -364,7 +365,8 @@ class Templates:
         for key, value in (("base", base), ("start_command", start_command), ("ready_check", ready_check)):
             if value is not None:
                 body[key] = value
-        started = (_check(self._http.post("/api/v1/templates", json=body))).json()
+        params = {"no_cache": True} if no_cache else {}
+        started = (_check(self._http.post("/api/v1/templates", json=body, params=params))).json()
         path = f"/api/v1/templates/{name}/versions/{started['version']}"
         with self._http.stream("GET", f"{path}/logs", params={"follow": True}, timeout=None) as r:
             _check(r)
