@@ -23,6 +23,7 @@ from tests.conftest import Server, assert_no_leaks, teardown_bridge
 GREETER = (
     "import socket, threading, http.server\n"
     "class H(http.server.BaseHTTPRequestHandler):\n"
+    "    protocol_version = 'HTTP/1.1'  # keep-alive\n"
     "    def do_GET(self):\n"
     "        body = ('web of ' + self.server.server_address[0]).encode()\n"
     "        self.send_response(200); self.send_header('Content-Length', str(len(body))); self.end_headers()\n"
@@ -84,7 +85,8 @@ class Zone:
             if name not in self.records:
                 response.set_rcode(dns.rcode.NXDOMAIN)
             elif query.question[0].rdtype == 1:  # A
-                response.answer.append(dns.rrset.from_text(name + ".", 30, "IN", "A", *self.records[name]))
+                ttl = 1 if name.startswith("short.") else 30
+                response.answer.append(dns.rrset.from_text(name + ".", ttl, "IN", "A", *self.records[name]))
             self.sock.sendto(response.to_wire(), peer)
 
     def close(self) -> None:
@@ -102,6 +104,7 @@ ZONE = {
     "rebind.test": ["169.254.169.254", "10.77.4.1"],  # metadata, and the sandboxes' gateway
     "api.secure.test": [A],  # brokered: headers injected
     "other.secure.test": [A],  # same server, not brokered
+    "short.test": [A],  # a TTL of one second
 }
 SECRET = "Bearer s3cr3t-" + "token-never-inside"
 
@@ -410,3 +413,24 @@ def test_brokering_obeys_the_egress_policy_and_its_changes(net: Server) -> None:
         http.put(f"/api/v1/sandboxes/{sb.id}/egress", json={"mode": "deny_all"})
         refused = fetch(sb, f"https://{A}/", unverified=True, host="api.secure.test")  # by IP, name cached
         assert "error" in refused and "auth_ok" not in refused, refused
+
+
+KEEP_ALIVE = (  # one TCP connection, two requests 12 s apart: past the address's admission
+    "import socket, time\n"
+    "s = socket.create_connection((socket.gethostbyname('short.test'), 8080), timeout=5)\n"
+    "for pause in (0, 12):\n"
+    "    time.sleep(pause)\n"
+    "    s.sendall(b'GET / HTTP/1.1\\r\\nHost: short.test\\r\\n\\r\\n')\n"
+    "    data = b''\n"
+    "    while not data.endswith(b'0.0.0.0'):\n"
+    "        data += s.recv(4096)\n"
+    "    print(data.split(b'\\r\\n\\r\\n', 1)[1].decode())\n"
+)
+
+
+def test_an_open_connection_outlives_its_addresss_ttl(net: Server) -> None:
+    with net.create(egress={"mode": "custom", "allowed_domains": ["short.test"]}) as sb:
+        sb.files.write("/tmp/keep.py", KEEP_ALIVE)
+        out = sb.commands.run("python3 /tmp/keep.py", timeout=30)
+        assert out.stdout == "web of 0.0.0.0\nweb of 0.0.0.0\n", out.stderr
+        assert reach(sb, A).startswith(f"refused {A}")  # a new connection by IP: admission expired

@@ -91,6 +91,8 @@ def test_host_and_path_routes_need_the_token_and_do_not_pass_it_on(server: Serve
         assert ok.status_code == 200 and ok.json()["path"] == "/hello?a=1"
         seen = {k.lower(): v for k, v in ok.json()["headers"].items()}
         assert "x-sandbox-token" not in seen and seen["host"] == host["Host"]  # the app sees its public host
+        encoded = http.get("/a%2Fb%3Fc%23d", headers={**host, "X-Sandbox-Token": token})
+        assert encoded.json()["path"] == "/a%2Fb%3Fc%23d"  # passed on as sent, not decoded
         by_query = http.get(f"/q?sbx_token={token}&b=2", headers=host)
         assert by_query.status_code == 200 and by_query.json()["path"] == "/q?b=2"
         # A cookie the app sets goes to the client, and the proxy keeps none for later requests.

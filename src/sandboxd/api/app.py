@@ -101,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.gather(reaper, return_exceptions=True)
             await app.state.templates.shutdown()
             await service.shutdown()
+            await runtime.stop()
             await app.state.proxy_client.aclose()
             app.state.store.engine.dispose()
 

@@ -24,7 +24,7 @@ import websockets
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from websockets.asyncio.client import connect as ws_connect
 
-from sandboxd.errors import SandboxdError
+from sandboxd.errors import InvalidRequest, SandboxdError
 from sandboxd.services.ports import SIGNATURE_QUERY, TOKEN_HEADER, TOKEN_QUERY, PortService, PortUnreachable, Target
 
 SANDBOX_ID = r"sbx[_-][0-9a-z]{26}"
@@ -76,7 +76,9 @@ class PortProxy:
         match = by_host or by_path
         assert match is not None
         sandbox_id, port = match.group(1).replace("-", "_", 1), int(match.group(2))
-        path = scope["path"] if by_host else match.group(3)
+        # The path as the client sent it (still percent-encoded: %2F, %3F, %23 stay what they are).
+        raw = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        path = raw if by_host else ("/" + raw.split("/", 7)[7] if raw.count("/") >= 7 else "/")
         state = scope["app"].state
         ports: PortService = state.ports
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
@@ -207,12 +209,16 @@ async def _proxy_http(
             if not message.get("more_body"):
                 return
 
-    request = client.build_request(
-        scope["method"],
-        f"http://{target.address}:{target.port}{path_qs}",
-        headers=headers,
-        content=body() if has_body else None,
-    )
+    try:
+        request = client.build_request(
+            scope["method"],
+            f"http://{target.address}:{target.port}{path_qs}",
+            headers=headers,
+            content=body() if has_body else None,
+        )
+    except httpx.InvalidURL as exc:
+        await _refuse(scope, receive, send, InvalidRequest("path", f"cannot pass this path on: {exc}"))
+        return
     try:
         response = await asyncio.wait_for(client.send(request, stream=True), HEADERS_WAIT)
     except TimeoutError:

@@ -22,6 +22,9 @@ class Runtime(Protocol):
     async def start(self) -> None:
         """Prepares the host (bridge, directories); called once when the server starts."""
 
+    async def stop(self) -> None:
+        """Closes what start opened (listeners); sandboxes keep running."""
+
     def check(self, spec: SandboxSpec) -> None:
         """Refuses, before anything is made, a spec this runtime cannot run (unknown image ...)."""
 

@@ -45,6 +45,11 @@ class PortService:
         # than the rest of the hop. Records are kept for a second (a deleted sandbox's address
         # stops answering anyway); exposing or hiding a port here drops the entry at once.
         self._recent: dict[str, tuple[float, Sandbox]] = {}
+        # A sandbox that stops running is forgotten at once: its address goes to the next one.
+        sandboxes.on_transition.append(self._forget)
+
+    def _forget(self, sandbox_id: str, _state: State) -> None:
+        self._recent.pop(sandbox_id, None)
 
     # -- exposing --------------------------------------------------------------------------------
 

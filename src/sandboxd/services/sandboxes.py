@@ -38,6 +38,8 @@ log = logging.getLogger("sandboxd.lifecycle")
 
 
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+# Runtimes and libraries that read their own CA list unless told (Node.js, certifi users).
+CA_VARIABLES = ("NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
 
 
 class Templates(Protocol):
@@ -59,6 +61,7 @@ class SandboxService:
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.templates: Templates | None = None  # set once the template service exists
+        self.on_transition: list[Callable[[str, State], None]] = []  # told of every state change
 
     # -- requests --------------------------------------------------------------------------------
 
@@ -88,7 +91,7 @@ class SandboxService:
             template=template,
             entrypoint=req.entrypoint,
             # The broker's CA is in the system bundle; Node.js reads only its own unless told.
-            env={"NODE_EXTRA_CA_CERTS": CA_BUNDLE, **req.env} if req.transforms else req.env,
+            env={**dict.fromkeys(CA_VARIABLES, CA_BUNDLE), **req.env} if req.transforms else req.env,
             cwd=req.cwd,
             user=req.user,
             metadata=req.metadata,
@@ -381,6 +384,8 @@ class SandboxService:
             return sandbox
         sandbox.status = Status(state=state, reason=reason, message=message, changed_at=utcnow())
         self.store.update(sandbox)
+        for listener in self.on_transition:
+            listener(sandbox_id, state)
         log.info("%s (%s) %s", state.value, reason, message, extra={"sandbox_id": sandbox_id})
         return sandbox
 

@@ -116,10 +116,12 @@ class CertificateAuthority:
         """A server-side TLS context presenting a certificate for host (made once per name)."""
         if host in self._contexts:
             return self._contexts[host]
+        if len(self._contexts) > 1000:  # a wildcard transform lets a sandbox ask for any number
+            self._contexts.clear()
         now = datetime.datetime.now(datetime.UTC)
         cert = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+            .subject_name(x509.Name([]))  # the name is in the SAN; a CN holds only 64 characters
             .issuer_name(self.cert.subject)
             .public_key(self.leaf_key.public_key())
             .serial_number(x509.random_serial_number())
@@ -214,6 +216,9 @@ class Broker:
     address: str
     ca: CertificateAuthority
     lookup: Callable[[str], list[Transform]]  # sandbox address → its transforms
+    # (sandbox address, server name or None, destination address) → may the sandbox go there now?
+    # Its egress chain never sees what the broker sends on, so the broker asks for every connection.
+    allowed: Callable[[str, str | None, str], bool]
     upstream_ca: Path | None = None  # extra CAs to trust for upstream servers (tests)
     _servers: list[asyncio.Server] = field(default_factory=list)
 
@@ -236,6 +241,8 @@ class Broker:
                 return
             hello = await asyncio.wait_for(_read_client_hello(reader), 10)
             name = _server_name(hello)
+            if not self.allowed(writer.get_extra_info("peername")[0], name, original[0]):
+                return
             if name is None or find(transforms, name) is None:
                 # Not a brokered name (another site on a shared address): relayed untouched, the
                 # TLS session is the sandbox's own with the real server.
@@ -244,7 +251,7 @@ class Broker:
             client = _TlsServer(raw, self.ca.context_for(name), hello)
             await client.handshake()
             await self._serve(client, original, transforms, name)
-        except (TimeoutError, OSError, h11.ProtocolError, ssl.SSLError, ValueError) as exc:
+        except (TimeoutError, OSError, EOFError, h11.ProtocolError, ssl.SSLError, ValueError) as exc:
             log.info("brokered connection ended: %s", exc)
         finally:
             await _close(writer)
@@ -281,7 +288,8 @@ class Broker:
                         ),
                         10,
                     )
-                    up = (_Plain(reader, writer), h11.Connection(h11.CLIENT))
+                    # No idle limit towards the server: a slow answer (a long model call) is fine.
+                    up = (_Plain(reader, writer, idle=None), h11.Connection(h11.CLIENT))
                 upstream, server = up
                 await _send(upstream, server, _rewrite(request, transform))
                 await _pump_body(client, stream, server, upstream)

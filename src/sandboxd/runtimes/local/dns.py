@@ -32,6 +32,7 @@ from sandboxd.runtimes.local.egress import Attached, EgressTable
 log = logging.getLogger("sandboxd.dns")
 UPSTREAM_TIMEOUT = 3.0
 TCP_IDLE = 10.0
+MAX_IN_FLIGHT = 64
 
 
 class Resolver:
@@ -55,6 +56,7 @@ class Resolver:
             *blocked,
         ]
         self.refused: Counter[str] = Counter()  # lookups refused, by sandbox id
+        self._in_flight: Counter[str] = Counter()  # queries being answered, by source address
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
 
@@ -80,18 +82,32 @@ class Resolver:
             await self._tcp.wait_closed()
 
     async def _reply_udp(self, data: bytes, addr: tuple[str, int]) -> None:
-        reply = await self.answer(data, addr[0], max_size=512)
+        # A sandbox gets so many lookups in flight at once; past that, queries are dropped (the
+        # server's sockets and tasks are shared by every sandbox).
+        if self._in_flight[addr[0]] >= MAX_IN_FLIGHT:
+            return
+        self._in_flight[addr[0]] += 1
+        try:
+            reply = await self.answer(data, addr[0], udp=True)
+        finally:
+            self._in_flight[addr[0]] -= 1
+            if not self._in_flight[addr[0]]:
+                del self._in_flight[addr[0]]
         if reply and self._udp is not None:
             self._udp.sendto(reply, addr)
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         source = writer.get_extra_info("peername")[0]
+        if self._in_flight[source] >= MAX_IN_FLIGHT:
+            writer.close()
+            return
+        self._in_flight[source] += 1
         try:
             while True:
                 # An idle connection is closed: a sandbox cannot hold the server's descriptors.
                 size = struct.unpack(">H", await asyncio.wait_for(reader.readexactly(2), TCP_IDLE))[0]
                 query = await asyncio.wait_for(reader.readexactly(size), TCP_IDLE)
-                reply = await self.answer(query, source, max_size=65535)
+                reply = await self.answer(query, source, udp=False)
                 if not reply:
                     return
                 writer.write(struct.pack(">H", len(reply)) + reply)
@@ -99,19 +115,39 @@ class Resolver:
         except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
             pass
         finally:
+            self._in_flight[source] -= 1
+            if not self._in_flight[source]:
+                del self._in_flight[source]
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
-    async def answer(self, wire: bytes, source: str, max_size: int) -> bytes:
+    async def answer(self, wire: bytes, source: str, udp: bool) -> bytes:
         try:
             query = dns.message.from_wire(wire)
         except dns.exception.DNSException:
             return b""
+        try:
+            response = await self._answer(query, source)
+        except Exception:  # nft refused an element, an odd answer: the sandbox may ask again
+            log.exception("lookup failed", extra={"source": source})
+            return _reply(query, dns.rcode.SERVFAIL)
+        if isinstance(response, bytes):
+            return response
+        # Over UDP the answer fits the client's buffer (512 bytes without EDNS) or is cut with
+        # TC set, and the client asks again over TCP.
+        size = (max(query.payload, 512) if query.edns >= 0 else 512) if udp else 65535
+        return bytes(response.to_wire(max_size=size, prefer_truncation=True))
+
+    async def _answer(self, query: dns.message.Message, source: str) -> bytes | dns.message.Message:
         found = self.lookup(source)
         if found is None or len(query.question) != 1:
             return _reply(query, dns.rcode.REFUSED)
         sandbox_id, policy = found.sandbox_id, found.policy
+
+        def still() -> bool:  # the policy this lookup was answered under is still the sandbox's
+            return self.lookup(source) is found
+
         question = query.question[0]
         name = question.name.to_text(omit_final_dot=True)
         if policy.decide(name) == "deny":
@@ -122,7 +158,7 @@ class Resolver:
                 # name never leaves the host: no lookups to carry data out.)
                 denied = await self._resolve(query)
                 if denied is not None:
-                    await self.egress.admit(sandbox_id, self._addresses(denied), allow=False)
+                    await self.egress.admit(sandbox_id, self._addresses(denied), allow=False, current=still)
             return _reply(query, dns.rcode.NXDOMAIN)
         if question.rdtype == dns.rdatatype.AAAA:
             return _reply(query, dns.rcode.NOERROR)  # IPv4 only: nothing to offer
@@ -130,14 +166,18 @@ class Resolver:
         if response is None:
             return _reply(query, dns.rcode.SERVFAIL)
         admitted = self._addresses(response)
+        if self.lookup(source) is not found:
+            # The policy changed (or the sandbox went) while upstream answered: nothing learnt
+            # under the old one may be admitted under the new; the client asks again.
+            return _reply(query, dns.rcode.SERVFAIL)
         if policy.default == "deny":
-            await self.egress.admit(sandbox_id, admitted, allow=True)
+            await self.egress.admit(sandbox_id, admitted, allow=True, current=still)
         if find(list(found.transforms), name):
             # Its HTTPS connections go through the credential broker, which the kernel's egress
             # chain does not see: addresses a CIDR rule refuses are left to that chain.
             brokered = [(ip, ttl) for ip, ttl in admitted if policy.decide_address(ip) != "deny"]
-            await self.egress.intercept(source, brokered)
-        return response.to_wire(max_size=max_size)
+            await self.egress.intercept(sandbox_id, source, brokered, current=still)
+        return response
 
     async def _resolve(self, query: dns.message.Message) -> dns.message.Message | None:
         for host, port in self.upstreams:

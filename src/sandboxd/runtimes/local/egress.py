@@ -11,11 +11,14 @@ A sandbox without a map entry has no egress at all (the forward chain ends in a 
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import hashlib
 import ipaddress
 import json
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,8 +99,29 @@ class EgressTable:
     # needs no nft call (one costs milliseconds).
     _admitted: dict[str, dict[tuple[bool, str], float]] = field(default_factory=dict)
     _intercepted: dict[str, set[str]] = field(default_factory=dict)  # sandbox address → addresses
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    async def load(self) -> None:
+        """What the intercept set holds, by sandbox address (a restarted server removes them with
+        their sandbox's policy)."""
+        out = await run("nft", "-j", "list", "set", "inet", self.table, "intercept", check=False)
+        for item in json.loads(out or '{"nftables": []}').get("nftables", []):
+            for element in (item.get("set") or {}).get("elem", []):
+                value = element.get("elem", {}).get("val", element) if isinstance(element, dict) else element
+                pair = value.get("concat") if isinstance(value, dict) else None
+                if pair and len(pair) == 2:
+                    self._intercepted.setdefault(str(pair[0]), set()).add(str(pair[1]))
+
+    def _lock(self, sandbox_id: str) -> asyncio.Lock:
+        # One sandbox's nft changes one at a time: a lookup answered under an old policy must not
+        # add its addresses after the new policy's chain is in place.
+        return self._locks.setdefault(tag(sandbox_id), asyncio.Lock())
 
     async def apply(self, sandbox_id: str, address: str, policy: Policy) -> None:
+        async with self._lock(sandbox_id):
+            await self._apply(sandbox_id, address, policy)
+
+    async def _apply(self, sandbox_id: str, address: str, policy: Policy) -> None:
         """Creates or replaces the sandbox's chain, in one transaction; admitted addresses from
         the previous policy are forgotten (names are looked up again under the new one)."""
         t, h = self.table, tag(sandbox_id)
@@ -111,13 +135,20 @@ class EgressTable:
             f"flush set inet {t} deny_{h}",
         ]
         refuse = f'counter name "refused_{h}" goto refuse'
+        # A connection this policy accepted carries its generation in its conntrack mark and goes
+        # on past its DNS record's TTL; a new policy is a new generation, so every connection is
+        # checked again under it (and cut if it no longer may go).
+        generation = int.from_bytes(os.urandom(4), "big") | 1
+        accept = f"ct mark set {generation} accept"
+        lines.append(f"add rule inet {t} egress_{h} ct state established,related ct mark {generation} accept")
         for action, network in policy.cidr_rules():
-            lines.append(f"add rule inet {t} egress_{h} ip daddr {network} {'accept' if action == 'allow' else refuse}")
+            target = "" if network.prefixlen == 0 else f"ip daddr {network} "
+            lines.append(f"add rule inet {t} egress_{h} {target}{accept if action == 'allow' else refuse}")
         lines += [
             f"add rule inet {t} egress_{h} ip daddr {{ 169.254.0.0/16, 127.0.0.0/8, 0.0.0.0/8 }} {refuse}",
             f"add rule inet {t} egress_{h} ip daddr @deny_{h} {refuse}",
-            f"add rule inet {t} egress_{h} ip daddr @allow_{h} accept",
-            f"add rule inet {t} egress_{h} {'accept' if policy.default == 'allow' else refuse}",
+            f"add rule inet {t} egress_{h} ip daddr @allow_{h} {accept}",
+            f"add rule inet {t} egress_{h} {accept if policy.default == 'allow' else refuse}",
             # The same element again (a policy change) is no error; another sandbox's, left at
             # this address by a crash, is: it goes, then the transaction runs again.
             f"add element inet {t} egress {{ {address} : jump egress_{h} }}",
@@ -140,11 +171,22 @@ class EgressTable:
             await run("nft", "delete", "element", "inet", t, "egress", f"{{ {address} }}", check=False)
             await run("nft", "-f", "-", stdin=script)
 
-    async def admit(self, sandbox_id: str, addresses: list[tuple[str, int]], allow: bool) -> None:
-        """Adds resolved addresses, each for its TTL, to the sandbox's allow or deny set."""
+    async def admit(
+        self, sandbox_id: str, addresses: list[tuple[str, int]], allow: bool, current: Callable[[], bool]
+    ) -> None:
+        """Adds resolved addresses, each for its TTL, to the sandbox's allow or deny set, if the
+        policy they were resolved under is still current(), checked under the sandbox's lock."""
+        async with self._lock(sandbox_id):
+            if current():
+                await self._admit(sandbox_id, addresses, allow)
+
+    async def _admit(self, sandbox_id: str, addresses: list[tuple[str, int]], allow: bool) -> None:
         t, h = self.table, tag(sandbox_id)
         now = time.monotonic()
         known = self._admitted.setdefault(h, {})
+        for key in [k for k, expiry in known.items() if expiry < now]:
+            del known[key]
+        addresses = list(dict(addresses).items())  # one answer may name an address twice
         addresses = [
             (ip, ttl) for ip, ttl in addresses if known.get((allow, ip), 0) - now < max(ttl, MIN_ADMIT_SECONDS) / 2
         ]
@@ -167,11 +209,19 @@ class EgressTable:
         for ip, ttl in addresses:
             known[(allow, ip)] = now + max(ttl, MIN_ADMIT_SECONDS)
 
-    async def intercept(self, sandbox_address: str, addresses: list[tuple[str, int]]) -> None:
+    async def intercept(
+        self, sandbox_id: str, sandbox_address: str, addresses: list[tuple[str, int]], current: Callable[[], bool]
+    ) -> None:
         """Sends the sandbox's connections to these addresses to the credential broker."""
+        async with self._lock(sandbox_id):
+            if current():
+                await self._intercept(sandbox_address, addresses)
+
+    async def _intercept(self, sandbox_address: str, addresses: list[tuple[str, int]]) -> None:
         if not addresses:
             return
         t = self.table
+        addresses = list(dict(addresses).items())
         self._intercepted.setdefault(sandbox_address, set()).update(ip for ip, _ in addresses)
         plain = ", ".join(f"{sandbox_address} . {ip}" for ip, _ in addresses)
         timed = ", ".join(f"{sandbox_address} . {ip} timeout {max(ttl, MIN_ADMIT_SECONDS)}s" for ip, ttl in addresses)
@@ -187,6 +237,11 @@ class EgressTable:
         )
 
     async def remove(self, sandbox_id: str, address: str | None) -> None:
+        async with self._lock(sandbox_id):
+            await self._remove(sandbox_id, address)
+        self._locks.pop(tag(sandbox_id), None)
+
+    async def _remove(self, sandbox_id: str, address: str | None) -> None:
         t, h = self.table, tag(sandbox_id)
         # Each object is made (a no-op if it exists) before it is deleted, so one transaction
         # removes whatever part of them a crash left.

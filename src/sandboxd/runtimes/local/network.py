@@ -50,6 +50,7 @@ class Network:
         # One table per bridge: several servers on one host (tests do this) keep their own rules.
         self.table = f"sandboxd_{bridge}".replace("-", "_")
         self._used: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+        self._next = 0  # where allocate looks first
         self._lock = asyncio.Lock()
 
     async def setup_host(self) -> None:
@@ -126,10 +127,15 @@ class Network:
             self._used.discard(ipaddress.ip_address(address))
 
     async def allocate(self) -> str:
+        """The next free address after the last one given: a freed address comes back only once
+        the subnet has gone round, so nothing aimed at a deleted sandbox reaches a new one."""
+        first, count = int(self.subnet.network_address) + 1, self.subnet.num_addresses - 2
         async with self._lock:
-            for host in self.subnet.hosts():
+            for i in range(count):
+                host = ipaddress.ip_address(first + (self._next + i) % count)
                 if host != self.gateway and host not in self._used:
                     self._used.add(host)
+                    self._next = (self._next + i + 1) % count
                     return str(host)
         raise RuntimeFailure("no free address left in the sandbox subnet")
 

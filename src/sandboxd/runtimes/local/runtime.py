@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from sandboxd.domain import SandboxSpec
-from sandboxd.errors import InvalidRequest, RuntimeFailure
+from sandboxd.errors import Conflict, InvalidRequest, RuntimeFailure
 from sandboxd.runtimes.agent_client import Agent, AgentConnection, unix_connector
 from sandboxd.runtimes.base import Liveness
 from sandboxd.runtimes.local import mounts, oci
@@ -77,6 +77,7 @@ class LocalRuntime:
         self.idmap = oci.IdMap(id_base, id_size)
         self.egress = EgressTable(network.table)
         self._attached: dict[str, Attached] = {}  # sandbox address → its id, egress policy, transforms
+        self._background: set[asyncio.Task[None]] = set()
         self.resolver = Resolver(
             str(network.gateway),
             upstreams_from(dns_upstream or []),
@@ -89,6 +90,7 @@ class LocalRuntime:
             str(network.gateway),
             self.ca,
             lambda address: list(found.transforms) if (found := self._attached.get(address)) else [],
+            self._broker_allowed,
             upstream_ca=broker_upstream_ca,
         )
 
@@ -100,8 +102,14 @@ class LocalRuntime:
         self.images.remove_partials()
         await self._wait_for_stragglers()
         await self.network.setup_host()
+        await self.egress.load()
         await self.resolver.start()
         await self.broker.start()
+
+    async def stop(self) -> None:
+        await self.resolver.stop()
+        await self.broker.stop()
+        await asyncio.gather(*self._background, return_exceptions=True)
 
     def _lock_data_dir(self) -> None:
         """One server per data directory: a second would sweep the first's sandboxes as orphans."""
@@ -329,6 +337,7 @@ class LocalRuntime:
         address = record.get("address")
         if isinstance(address, str):
             self._attached.pop(address, None)
+        self.resolver.refused.pop(sandbox_id, None)
         try:
             await self.egress.remove(sandbox_id, address if isinstance(address, str) else None)
         except Exception as exc:
@@ -378,19 +387,33 @@ class LocalRuntime:
         return Liveness.RUNNING if json.loads(out).get("status") == "running" else Liveness.STOPPED
 
     def adopt(self, sandbox_id: str, record: dict[str, Any]) -> None:
-        # Its nftables chain outlived the server; the resolver needs the policy again.
+        # Its nftables chain outlived the server, and is applied again all the same: a sandbox of
+        # an older server has none, and the forward chain drops what has no chain.
         if record.get("address"):
-            self.network.reserve(str(record["address"]))
-            self._attached[str(record["address"])] = _attached(sandbox_id, record)
+            address = str(record["address"])
+            self.network.reserve(address)
+            self._attached[address] = found = _attached(sandbox_id, record)
+            task = asyncio.get_running_loop().create_task(self.egress.apply(sandbox_id, address, found.policy))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    def _broker_allowed(self, sandbox_address: str, name: str | None, destination: str) -> bool:
+        found = self._attached.get(sandbox_address)
+        if found is None or found.policy.decide_address(destination) == "deny":
+            return False
+        if name is None:
+            return found.policy.default == "allow"
+        return found.policy.decide(name) == "allow"
 
     async def set_egress(self, sandbox_id: str, record: dict[str, Any], rules: dict[str, Any]) -> dict[str, Any]:
         address = record.get("address")
         if not isinstance(address, str):
-            raise RuntimeFailure(f"sandbox {sandbox_id} has no network address")
+            raise Conflict(f"sandbox {sandbox_id} has no network interface (created by an older server)")
         policy = Policy.of(rules)
-        await self.egress.apply(sandbox_id, address, policy)
         record = {**record, "egress": policy.record()}
+        # Lookups still being answered under the old policy see it is no longer current.
         self._attached[address] = _attached(sandbox_id, record)
+        await self.egress.apply(sandbox_id, address, policy)
         return record
 
     async def egress_refusals(self, sandbox_id: str) -> dict[str, int]:
