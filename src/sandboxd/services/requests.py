@@ -70,8 +70,9 @@ class EgressRule(BaseModel):
 
 
 class EgressPolicy(BaseModel):
-    """What a sandbox may reach. allow_all (with deny rules), deny_all, or custom: rules in order
-    (the first that matches decides), then the allowed domains and CIDRs, then default_action."""
+    """What a sandbox may reach. allow_all (with deny rules), deny_all, or custom: rules, then the
+    allowed domains and CIDRs, then default_action. A connection meets the CIDR rules first (the
+    first that holds its address decides); a lookup meets the domain rules (likewise)."""
 
     model_config = ConfigDict(extra="forbid")
 
