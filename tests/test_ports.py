@@ -29,6 +29,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.headers.get("Upgrade", "").lower() == "websocket":
             return self.websocket()
+        if self.path.startswith("/hang"):
+            time.sleep(5)
         if self.path.startswith("/stream"):
             self.send_response(200); self.send_header("Transfer-Encoding", "chunked"); self.end_headers()
             for i in range(3):
@@ -57,6 +59,7 @@ class Handler(BaseHTTPRequestHandler):
             size = bytes([len(reply)]) if len(reply) < 126 else b"\x7e" + struct.pack(">H", len(reply))
             self.wfile.write(bytes([0x80 | opcode]) + size + reply); self.wfile.flush()
 
+ThreadingHTTPServer.request_queue_size = 512
 ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), Handler).serve_forever()
 """
 
@@ -206,3 +209,35 @@ def test_bad_port_requests(server: Server) -> None:
         assert http.post("/api/v1/sandboxes", json={"ports": [0]}).json()["field"] == "ports"
         unknown = httpx.get(f"{server.url}/", headers={"Host": f"sbx-{'0' * 26}-80.localhost:{server.port}"})
         assert unknown.status_code == 404 and unknown.json()["code"] == "SANDBOX_NOT_FOUND"
+
+
+def test_one_sandbox_cannot_jam_the_proxy_for_the_others(server: Server, app: Sandbox) -> None:
+    """A sandbox whose app holds every request open gets a 503 past its share; others go on."""
+    import asyncio
+
+    from sandboxd.api.proxy import PER_SANDBOX
+
+    with server.create(ports=[8000], public_traffic=True, pids=1024) as slow:
+        slow.files.write("/srv/app.py", APP)
+        slow.commands.run("python3 /srv/app.py 8000", background=True)
+        slow_host = {"Host": host_of(slow, 8000, server)}
+        for _ in range(100):
+            if httpx.get(f"{server.url}/up", headers=slow_host, timeout=5).status_code == 200:
+                break
+            time.sleep(0.05)
+
+        async def jam() -> tuple[list[int], int, int]:
+            limits = httpx.Limits(max_connections=PER_SANDBOX + 10)
+            async with httpx.AsyncClient(base_url=server.url, timeout=30, limits=limits) as http:
+                hanging = [asyncio.create_task(http.get("/hang", headers=slow_host)) for _ in range(PER_SANDBOX)]
+                await asyncio.sleep(2)  # all of them are open in the proxy now
+                extra = await http.get("/hang", headers=slow_host)
+                other = await http.get(
+                    "/fine", headers={"Host": host_of(app, 8000, server), "X-Sandbox-Token": app.traffic_token}
+                )
+                done = await asyncio.gather(*hanging)
+                return [r.status_code for r in done], extra.status_code, other.status_code
+
+        statuses, extra, other = asyncio.run(jam())
+        assert extra == 503 and other == 200
+        assert statuses.count(200) == PER_SANDBOX  # the ones within its share were served
