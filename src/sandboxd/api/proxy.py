@@ -41,8 +41,14 @@ HOP = {
     b"upgrade",
     b"content-length",
 }
-WS_HOP = HOP | {b"host", b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions"}
-WS_HOP |= {b"sec-websocket-protocol"}
+# The WebSocket client library makes its own handshake (and sends the subprotocols it is given).
+WS_HOP = HOP | {
+    b"host",
+    b"sec-websocket-key",
+    b"sec-websocket-version",
+    b"sec-websocket-extensions",
+    b"sec-websocket-protocol",
+}
 PER_SANDBOX = 256  # requests and WebSockets open at once through the proxy, per sandbox
 HEADERS_WAIT = 60.0  # for the app's response to begin; the body then takes as long as it takes
 

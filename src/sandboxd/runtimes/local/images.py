@@ -264,10 +264,6 @@ class ImageStore:
         tmp.write_text(layer_id)
         os.rename(tmp, path)
 
-    def clear_cache(self) -> None:
-        for path in self.cache_root.iterdir():
-            path.unlink()
-
     # -- removing --------------------------------------------------------------------------------
 
     def delete(self, name: str, in_use: Callable[[str], bool] = lambda _name: False) -> None:

@@ -160,6 +160,12 @@ class LocalRuntime:
         image_auth: tuple[str, str] | None = None,
     ) -> list[str]:
         """Pulls a registry reference that is not here yet; returns the image's layer ids."""
+        await self._pull_if_missing(name, progress, image_auth)
+        return list(self._python(name)[0].layer_ids)
+
+    async def _pull_if_missing(
+        self, name: str, progress: Callable[[str, str], None] | None, image_auth: tuple[str, str] | None
+    ) -> None:
         if looks_like_reference(name) and not self.images.exists(name):
 
             def pulled(ref: str, done: int, total: int) -> None:
@@ -168,7 +174,6 @@ class LocalRuntime:
 
             credentials = Credentials(*image_auth) if image_auth else None
             await asyncio.to_thread(self.images.pull, name, pulled, credentials)
-        return list(self._python(name)[0].layer_ids)
 
     def image_config(self, name: str) -> dict[str, Any]:
         return self.images.get(name).config
@@ -201,7 +206,7 @@ class LocalRuntime:
         progress: Callable[[str, str], None] | None = None,
         image_auth: tuple[str, str] | None = None,
     ) -> dict[str, Any]:
-        await self.ensure_image(spec.image, progress, image_auth)
+        await self._pull_if_missing(spec.image, progress, image_auth)
         image, python = self._python(spec.image)
         spec = spec.resolved(image.config)
         # overlayfs wants the top layer first.
@@ -314,13 +319,19 @@ class LocalRuntime:
             return ""
         return data[-size:].decode(errors="replace").strip()
 
-    async def destroy(self, sandbox_id: str, record: dict[str, Any]) -> None:
-        # Kill, watch the init's pid go, then delete: `delete --force` alone polls in 100 ms steps.
+    async def _stop_container(self, sandbox_id: str, record: dict[str, Any]) -> bool:
+        """Kill, watch the init's pid go, then delete (`delete --force` alone polls in 100 ms
+        steps). False if the init outlived the wait."""
+        gone = True
         pid = record.get("pid")
         if isinstance(pid, int):
             await self._runc("kill", sandbox_id, "KILL", check=False)
-            await _wait_gone(pid)
+            gone = await _wait_gone(pid)
         await self._runc("delete", "--force", sandbox_id, check=False)
+        return gone
+
+    async def destroy(self, sandbox_id: str, record: dict[str, Any]) -> None:
+        await self._stop_container(sandbox_id, record)
         # Every step runs even if one before it failed; the first failure is raised at the end.
         failures: list[Exception] = []
         steps: list[Callable[[], Awaitable[None]]] = [
@@ -349,14 +360,10 @@ class LocalRuntime:
     async def commit(self, sandbox_id: str, record: dict[str, Any]) -> str:
         """Stops the sandbox and keeps its writable layer as a new image layer; returns its id.
         The sandbox must still be destroyed afterwards (it has no root any more)."""
-        pid = record.get("pid")
-        if isinstance(pid, int):
-            await self._runc("kill", sandbox_id, "KILL", check=False)
-            # With its init gone the kernel has killed the rest of its pid namespace: nothing
-            # writes to the upper dir any more. Otherwise the layer is not taken.
-            if not await _wait_gone(pid):
-                raise RuntimeFailure(f"sandbox {sandbox_id} did not stop; its layer is not kept")
-        await self._runc("delete", "--force", sandbox_id, check=False)
+        # With its init gone the kernel has killed the rest of its pid namespace: nothing writes
+        # to the upper dir any more. Otherwise the layer is not taken.
+        if not await self._stop_container(sandbox_id, record):
+            raise RuntimeFailure(f"sandbox {sandbox_id} did not stop; its layer is not kept")
         home = self.root / sandbox_id
         await asyncio.to_thread(mounts.unmount, home / "rootfs", lazy=False)
         await asyncio.to_thread(self._remove_home_mounts, home)
