@@ -113,13 +113,56 @@ def _http() -> Any:
 def _call(method: str, path: str, **kwargs: Any) -> Any:
     with _http() as http:
         r = http.request(method, path, **kwargs)
+    _check(r)
+    return r
+
+
+def _check(r: Any) -> None:
     if r.is_error:
+        r.read()
         try:
             body = r.json()
             _fail(RuntimeError(f"{body.get('code')}: {body.get('message')}"))
         except ValueError:
             _fail(RuntimeError(r.text))
-    return r
+
+
+class _ResponseReader(io.RawIOBase):
+    """A streamed HTTP body as a file, for tarfile: the archive is never held whole in memory."""
+
+    def __init__(self, response: Any) -> None:
+        self._chunks = response.iter_bytes()
+        self._left = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._left:
+            self._left = next(self._chunks, b"")
+            if not self._left:
+                return 0
+        n = min(len(buffer), len(self._left))
+        buffer[:n] = self._left[:n]
+        self._left = self._left[n:]
+        return n
+
+
+def _download_dir(sandbox_id: str, path: str, destination: str) -> None:
+    """The sandbox's directory as a tar stream, unpacked by tarsafe's rules: the archive comes from
+    the sandbox's agent, which the sandbox may control, so no member may write outside the
+    destination, go through a symlink, or plant a link that leads out of it."""
+    from sandboxd import tarsafe
+
+    Path(destination).mkdir(parents=True, exist_ok=True)
+    with _http() as http, http.stream("GET", f"/api/v1/sandboxes/{sandbox_id}/archive", params={"path": path}) as r:
+        _check(r)
+        try:
+            tarsafe.extract(io.BufferedReader(_ResponseReader(r), 1 << 20), destination)
+        except tarsafe.UnsafeArchive as exc:
+            _fail(RuntimeError(f"the archive from the sandbox was refused: {exc} (members before it were written)"))
+        except tarfile.TarError as exc:
+            _fail(RuntimeError(f"the archive from the sandbox is not a valid tar: {exc}"))
 
 
 def _pairs(items: tuple[str, ...], option: str) -> dict[str, str]:
@@ -273,10 +316,7 @@ def cp(source: str, destination: str) -> None:
         sandbox_id, path = source.split(":", 1)
         info = _call("GET", f"/api/v1/sandboxes/{sandbox_id}/files/stat", params={"path": path}).json()
         if info["type"] == "dir":
-            data = _call("GET", f"/api/v1/sandboxes/{sandbox_id}/archive", params={"path": path}).content
-            Path(destination).mkdir(parents=True, exist_ok=True)
-            with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-                tar.extractall(destination, filter="data")
+            _download_dir(sandbox_id, path, destination)
         else:
             target = Path(destination)
             if target.is_dir():

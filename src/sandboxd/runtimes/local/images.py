@@ -42,6 +42,7 @@ from urllib.parse import quote, unquote
 
 import zstandard
 
+from sandboxd import tarsafe
 from sandboxd.errors import Conflict, ImageNotFound, InvalidRequest, RuntimeFailure
 from sandboxd.runtimes.local.mounts import mounts_under, unmount
 from sandboxd.runtimes.local.registry import Credentials, RegistryClient, looks_like_reference, parse_reference
@@ -201,9 +202,9 @@ class ImageStore:
         """A root filesystem tarball as a one-layer image."""
 
         def fill(staging: Path) -> None:
-            with _layer_errors(), tarfile.open(tarball) as tar:
-                for member in tar:
-                    _extract(tar, member, staging)
+            with _layer_errors(), tarfile.open(tarball, tarinfo=tarsafe.BoundedTarInfo) as tar, _rootfs(staging) as out:
+                for member in tarsafe.members(tar):
+                    out.extract(tar, member)
 
         self._check_new(name)
         with self._building():
@@ -330,7 +331,7 @@ class ImageStore:
 
     def _unpack_blob(self, blob: Path, staging: Path) -> None:
         with _layer_errors(), _open_layer(blob, self.max_layer_bytes) as stream:
-            with tarfile.open(fileobj=stream, mode="r|") as tar:
+            with tarfile.open(fileobj=stream, mode="r|", tarinfo=tarsafe.BoundedTarInfo) as tar:
                 _apply_layer(tar, staging)
 
     def _make_layer(self, layer_id: str, fill: Callable[[Path], None]) -> str:
@@ -479,6 +480,8 @@ def _layer_errors() -> Iterator[None]:
     """A layer that is not a readable tar, or asks for what tarfile refuses, is the image's fault."""
     try:
         yield
+    except tarsafe.UnsafeArchive as exc:
+        raise InvalidRequest("image", f"refused layer entry {exc.member!r}: {exc.reason}") from None
     except (tarfile.TarError, EOFError, zstandard.ZstdError, gzip.BadGzipFile) as exc:
         raise InvalidRequest("image", f"unreadable layer: {exc}") from None
 
@@ -516,33 +519,6 @@ def shift_ownership(root: Path, base: int) -> None:
                 os.chmod(path, stat.S_IMODE(st.st_mode))
 
 
-def _rootfs_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
-    # The "tar" filter refuses absolute paths, ".." and links out of the tree and keeps owners; a
-    # root filesystem also needs its setuid and sticky bits (su, /tmp), which that filter clears.
-    if member.ischr() or member.isblk():
-        # Every sandbox gets its own /dev, so device nodes there are dropped; elsewhere they are
-        # a layer asking for raw access to a host device, and refused.
-        if member.name.lstrip("./").startswith("dev/"):
-            return None
-        raise InvalidRequest("image", f"refused layer entry {member.name!r}: device nodes are not allowed")
-    if member.islnk():
-        # A hard link's target is a path from the archive's root. Python's own filter (before
-        # 3.11.13) lets it point anywhere, and the link would then share an inode with a host file.
-        target = member.linkname
-        resolved = os.path.realpath(os.path.join(dest, target))
-        real_dest = os.path.realpath(dest)
-        if (
-            target.startswith("/")
-            or ".." in target.split("/")
-            or not resolved.startswith(real_dest + os.sep)
-            or os.path.islink(os.path.join(dest, target))
-            or not os.path.isfile(resolved)
-        ):
-            raise InvalidRequest("image", f"refused layer entry {member.name!r}: a hard link to {target!r}")
-    checked = tarfile.tar_filter(member, dest)
-    return checked.replace(mode=member.mode, deep=False) if checked is not None else None
-
-
 def _oci_layers(layout: Path, ref: str | None) -> list[Path]:
     def blob(digest: str) -> Path:
         algo, _, value = digest.partition(":")
@@ -567,50 +543,39 @@ def _oci_layers(layout: Path, ref: str | None) -> list[Path]:
 def _apply_layer(tar: tarfile.TarFile, root: Path) -> None:
     """Unpacks one layer into its own directory, turning OCI whiteouts into overlayfs's: ``.wh.x``
     becomes a 0/0 character device named x, ``.wh..wh..opq`` the opaque xattr on its directory.
-    Everything else goes through the same safety filter as any root filesystem."""
-    for member in tar:
-        parent, _, base = member.name.rstrip("/").rpartition("/")
-        if base.startswith(".wh."):
-            # Whiteouts get the same checks as any member, or "/etc/.wh.shadow" would reach the
-            # host's /etc.
-            directory = _inside(root, f"{parent}/{base}" if parent else base).parent
-            directory.mkdir(parents=True, exist_ok=True)
-            if base == ".wh..wh..opq":
-                os.setxattr(directory, OPAQUE_XATTR, b"y", follow_symlinks=False)
-            else:
-                target = _inside(root, f"{parent}/{base[4:]}" if parent else base[4:])
-                _remove(target)
-                os.mknod(target, stat.S_IFCHR | 0o600, os.makedev(0, 0))
-            continue
-        _extract(tar, member, root)
+    Whiteouts are reached like any member (component by component, never through a symlink), or
+    "etc/.wh.shadow" under an "etc" symlink would reach the host's /etc."""
+    with _rootfs(root) as out:
+        for member in tarsafe.members(tar):
+            *above, base = tarsafe.split_name(member.name) or ("",)
+            if not base.startswith(".wh."):
+                out.extract(tar, member)
+                continue
+            hidden = base[4:]
+            if hidden in ("", ".", ".."):
+                raise tarsafe.UnsafeArchive(member.name, "a whiteout of nothing, outside the image")
+            directory = out.directory(above, member.name)
+            try:
+                if base == ".wh..wh..opq":
+                    os.setxattr(directory, OPAQUE_XATTR, b"y")
+                else:
+                    out.remove(directory, hidden)
+                    os.mknod(hidden, stat.S_IFCHR | 0o600, os.makedev(0, 0), dir_fd=directory)
+            finally:
+                os.close(directory)
 
 
-def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, root: Path) -> None:
-    """One member, through the filter. Whatever is already at its path goes first (but a
-    directory kept as a directory): extraction opens an existing file for writing, which would
-    write through a hard link planted earlier in the same archive."""
-    name = member.name.rstrip("/").removeprefix("./")
-    if name and name != ".":
-        path = _inside(root, name)
-        if os.path.lexists(path) and not (member.isdir() and path.is_dir() and not path.is_symlink()):
-            _remove(path)
-    tar.extract(member, root, filter=_rootfs_filter)
-
-
-def _inside(root: Path, name: str) -> Path:
-    """root/name, refused if it is absolute, has "..", or resolves (through symlinks) outside."""
-    if name.startswith("/") or ".." in name.split("/"):
-        raise InvalidRequest("layer", f"refused layer entry {name!r}: outside the image")
-    path = root / name
-    real_root = os.path.realpath(root)
-    real_parent = os.path.realpath(path.parent)
-    if real_parent != real_root and not real_parent.startswith(real_root + os.sep):
-        raise InvalidRequest("layer", f"refused layer entry {name!r}: outside the image")
-    return path
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
+def _rootfs(root: Path) -> tarsafe.Extractor:
+    """A root filesystem keeps its owners (shifted afterwards), setuid and sticky bits (su, /tmp)
+    and symlinks to anywhere (they resolve inside the sandbox's own root, never on the host); a
+    later layer entry replaces a whole directory; device nodes under /dev are dropped, since every
+    sandbox gets its own /dev, and refused elsewhere (raw access to a host device)."""
+    rules = tarsafe.Rules(
+        keep_owners=True,
+        keep_special_bits=True,
+        contained_links=False,
+        fifos=True,
+        drop_devices_under="dev",
+        replace_dirs=True,
+    )
+    return tarsafe.Extractor(root, rules)
