@@ -153,7 +153,7 @@ def test_hostile_whiteouts_touch_nothing_outside(server: Server, tmp_path: Path,
         entry = write_blob(layout, json.dumps({"schemaVersion": 2, "config": config, "layers": layers}).encode())
         (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [entry]}))
         done = cli(server, "image", "import", image_name, str(layout))
-        assert done.returncode != 0 and "outside the image" in done.stderr, done.stderr
+        assert done.returncode != 0 and "outside the destination" in done.stderr, done.stderr
         assert marker.read_text() == "host file"
     finally:
         marker.unlink()

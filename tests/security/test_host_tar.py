@@ -58,12 +58,12 @@ def make_tar(*entries: Entry, mode: int = 0o644) -> bytes:
     return buf.getvalue()
 
 
-def cve_2025_4517_tar(dest: Path, climb: int = 1) -> bytes:
+def cve_2025_4517_tar(dest: Path, climb: int = 1, payload: tuple[Entry, ...] | None = None) -> bytes:
     """The archive of CPython's own regression test for CVE-2025-4517, sized for dest: 16 nested
     directories named so that expanding the one-letter symlinks to them takes realpath past PATH_MAX.
     realpath then stops expanding and takes "escape" (a symlink through that chain, then ".." climb
     times) to be inside dest; the kernel resolves it to dest's ancestor `climb` levels up. Through
-    it a hard link reaches the file "flag" there and overwrites it, and a new file is written."""
+    it a new file is written there, and a hard link reaches the file "flag" there to overwrite it."""
     length = (PATH_MAX - len(str(dest)) - 1) // (len(STEPS) + 1)
     component = "d" * length
     entries: list[Entry] = []
@@ -75,10 +75,13 @@ def cve_2025_4517_tar(dest: Path, climb: int = 1) -> bytes:
     linkpath = os.path.join(*STEPS, "l" * 254)
     entries.append((linkpath, "symlink", os.path.join(*[".."] * len(STEPS))))
     entries.append(("escape", "symlink", linkpath + "/.." * climb))
-    entries.append(("flaglink", "hardlink", "escape/flag"))
-    entries.append(("flaglink", "file", b"overwritten from the archive"))
-    entries.append(("escape/newfile", "file", b"written from the archive"))
-    return make_tar(*entries)
+    if payload is None:
+        payload = (
+            ("escape/newfile", "file", b"written from the archive"),
+            ("flaglink", "hardlink", "escape/flag"),
+            ("flaglink", "file", b"overwritten from the archive"),
+        )
+    return make_tar(*entries, *payload)
 
 
 def snapshot(top: Path, skip: Path) -> dict[str, tuple[int, bytes | str]]:
@@ -249,28 +252,32 @@ def test_image_store_refuses_the_cve_archive(area: Path, how: str) -> None:
     # A layer is unpacked into dest/images/.partial-XXXXXXXX/fs: "escape" climbs four levels, to area.
     staging = store.root / ".partial-XXXXXXXX" / "fs"
     data = cve_2025_4517_tar(staging, climb=4)
+    (area / "evil.tar").write_bytes(data)
+    layout = oci_layout(area / "dest", data)
     before = snapshot(area, area / "dest")
-    with pytest.raises(InvalidRequest, match="refused layer entry .*goes through a symlink"):
+    with pytest.raises(InvalidRequest) as err:
         if how == "rootfs tarball":
-            (area / "evil.tar").write_bytes(data)
             store.import_tarball("evil", area / "evil.tar")
         else:
-            store.import_oci_layout("evil", oci_layout(area / "dest", data))
-    assert not store.exists("evil")
-    if how == "rootfs tarball":
-        (area / "evil.tar").unlink()
+            store.import_oci_layout("evil", layout)
     assert_untouched(area, before)
+    assert not store.exists("evil")
+    assert err.value.field == "image" and "goes through a symlink ('a')" in err.value.message, err.value.message
 
 
-def test_whiteouts_do_not_go_through_a_layer_symlink(tmp_path: Path) -> None:
-    victim = tmp_path / "victim"
-    victim.mkdir()
-    (victim / "shadow").write_text("host file")
-    layer = make_tar(("etc", "symlink", str(victim)), ("etc/.wh.shadow", "file", b""))
-    store = ImageStore(tmp_path / "images", USERNS_BASE)
-    with pytest.raises(InvalidRequest, match="goes through a symlink"):
-        store.import_oci_layout("evil", oci_layout(tmp_path, layer))
-    assert (victim / "shadow").read_text() == "host file"
+@pytest.mark.parametrize("whiteout", ["escape/.wh.flag", "escape/.wh..wh..opq"])
+def test_whiteouts_do_not_go_through_a_layer_symlink(area: Path, whiteout: str) -> None:
+    """A whiteout deletes the file it names and puts a device node there: through the CVE's chain,
+    it would delete a host file; an opaque marker would set an xattr on a host directory."""
+    store = ImageStore(area / "dest" / "images", USERNS_BASE)
+    staging = store.root / ".partial-XXXXXXXX" / "fs"
+    layout = oci_layout(area / "dest", cve_2025_4517_tar(staging, climb=4, payload=((whiteout, "file", b""),)))
+    before = snapshot(area, area / "dest")
+    with pytest.raises(InvalidRequest) as err:
+        store.import_oci_layout("evil", layout)
+    assert_untouched(area, before)
+    assert os.listxattr(area) == []
+    assert "goes through a symlink ('a')" in err.value.message, err.value.message
 
 
 # -- the CLI, end to end ---------------------------------------------------------------------------
