@@ -3,13 +3,24 @@
 The server fetches them (the sandbox may have no network) and hands them to the agent as a tar
 stream, so they land through the same checks as any upload: nothing outside the target directory.
 Only network protocols are allowed: git's ext:: and file:// would run commands or read host files.
+
+The caller is not the host: git runs as root here, so no string from the request reaches its
+command line where it could be read as an option (a revision "--pathspec-from-file=/etc/shadow"
+made git read that file). URLs and revisions starting with "-" are refused when the request is
+validated, every one is passed after ``--end-of-options`` or ``--`` or glued to its option, a
+revision is resolved to a commit id with ``rev-parse --verify`` before anything uses it, and an
+error names what failed but never repeats git's output (which could quote a host file); that goes
+to the server's log. git reads no system or global config (no url rewrites or credential helpers
+of the host's root), runs no hooks and copies no templates.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -23,6 +34,19 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sandboxd.errors import InvalidRequest
 
 GIT_PROTOCOLS = "http:https:git"
+# Refnames may not hold these (git check-ref-format); a commit id has none of them either.
+_NOT_IN_REVISION = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{")
+_COMMIT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+log = logging.getLogger(__name__)
+
+
+def _check_url(url: str, schemes: tuple[str, ...], what: str) -> str:
+    if not url.startswith(schemes):
+        raise ValueError(f"must be {what} URL")
+    if any(ord(c) < 0x21 or c == "\x7f" for c in url):
+        raise ValueError("must not contain spaces or control characters")
+    return url
 
 
 class GitSource(BaseModel):
@@ -36,9 +60,19 @@ class GitSource(BaseModel):
     @field_validator("url")
     @classmethod
     def _url(cls, url: str) -> str:
-        if not url.startswith(("http://", "https://", "git://")):
-            raise ValueError("must be an http(s):// or git:// URL")
-        return url
+        return _check_url(url, ("http://", "https://", "git://"), "an http(s):// or git://")
+
+    @field_validator("revision")
+    @classmethod
+    def _revision(cls, revision: str | None) -> str | None:
+        if revision is None:
+            return None
+        if not revision or revision.startswith("-") or len(revision) > 255 or _NOT_IN_REVISION.search(revision):
+            raise ValueError(
+                "must be a branch, tag or commit id: not starting with '-', without spaces, "
+                "control characters, '..', '@{' or any of ~^:?*[\\"
+            )
+        return revision
 
 
 class TarballSource(BaseModel):
@@ -50,28 +84,49 @@ class TarballSource(BaseModel):
     @field_validator("url")
     @classmethod
     def _url(cls, url: str) -> str:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError("must be an http(s):// URL")
-        return url
+        return _check_url(url, ("http://", "https://"), "an http(s)://")
 
 
 Source = GitSource | TarballSource
 
 
-async def _run(what: str, *argv: str, cwd: str | None = None) -> None:
-    env = {**os.environ, "GIT_ALLOW_PROTOCOL": GIT_PROTOCOLS, "GIT_TERMINAL_PROMPT": "0"}
+def _git_env(home: str) -> dict[str, str]:
+    """git's environment: none of the server's own GIT_* variables, no system or global config,
+    network protocols only (also for submodules and redirects), never a prompt."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": home,
+        "LC_ALL": "C",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": "/dev/null",
+        "GIT_ALLOW_PROTOCOL": GIT_PROTOCOLS,
+        "GIT_PROTOCOL_FROM_USER": "0",
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_ASKPASS": "/bin/false",
+    }
+
+
+# Given before every git command: no hooks and no file or ext transports, whatever a config says.
+GIT = ["git", "-c", "core.hooksPath=/dev/null", "-c", "protocol.file.allow=never", "-c", "protocol.ext.allow=never"]
+
+
+async def _git(what: str, *args: str, home: str, cwd: str | None = None) -> str:
+    """Runs git; on failure an error that names what failed and nothing git printed (its output
+    can quote whatever it was made to read), the detail going to the server's log only."""
     proc = await asyncio.create_subprocess_exec(
-        *argv,
+        *GIT,
+        *args,
         cwd=cwd,
-        env=env,
+        env=_git_env(home),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+        stderr=asyncio.subprocess.PIPE,
     )
-    out, _ = await proc.communicate()
+    out, err = await proc.communicate()
     if proc.returncode != 0:
-        tail = out.decode(errors="replace").strip().splitlines()[-3:]
-        raise InvalidRequest("source", f"{what} failed: {' / '.join(tail)}")
+        log.warning("%s failed (exit %s): %s", what, proc.returncode, err.decode(errors="replace").strip()[-2000:])
+        raise InvalidRequest("source", f"{what} failed")
+    return out.decode(errors="replace")
 
 
 async def git_archive(source: GitSource) -> AsyncIterator[bytes]:
@@ -79,14 +134,30 @@ async def git_archive(source: GitSource) -> AsyncIterator[bytes]:
     work = tempfile.mkdtemp(prefix="sandboxd-source-")
     try:
         repo = os.path.join(work, "repo")
-        clone = ["git", "-c", "protocol.file.allow=never", "clone", "--quiet"]
-        if source.depth and not source.revision:
-            clone += ["--depth", str(source.depth)]
-        elif source.depth and source.revision:
-            clone += ["--depth", str(source.depth), "--branch", source.revision]
-        await _run(f"git clone of {source.url}", *clone, "--", source.url, repo)
-        if source.revision and not source.depth:
-            await _run(f"git checkout of {source.revision}", "git", "-C", repo, "checkout", "--quiet", source.revision)
+        clone = ["clone", "--quiet", "--no-local", "--template="]
+        # A shallow clone takes a branch or tag; a commit id needs the history it is in.
+        shallow = bool(source.depth) and not (source.revision and _COMMIT_ID.fullmatch(source.revision))
+        if shallow:
+            clone.append(f"--depth={source.depth}")
+            if source.revision:
+                clone.append(f"--branch={source.revision}")
+        await _git(f"git clone of {source.url}", *clone, "--", source.url, repo, home=work)
+        if source.revision and not shallow:
+            what = f"git checkout of {source.revision}"
+            resolved = await _git(
+                what,
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                "--end-of-options",
+                f"{source.revision}^{{commit}}",
+                home=work,
+                cwd=repo,
+            )
+            commit = resolved.strip()
+            if not _COMMIT_ID.fullmatch(commit):
+                raise InvalidRequest("source", f"{what} failed")
+            await _git(what, "checkout", "--quiet", "--detach", commit, home=work, cwd=repo)
         buf = io.BytesIO()
         await asyncio.to_thread(_tar_dir, repo, buf)
         yield buf.getvalue()
