@@ -36,7 +36,6 @@ def hostile_revisions(secret: Path) -> list[str]:
         f"-c core.pager=cat {secret}",
         f"--output={secret.parent / 'written'}",
         f"HEAD:{secret}",
-        f"main@{{{secret}}}",
         "main\n--pathspec-from-file=/etc/shadow",
     ]
 
@@ -58,7 +57,8 @@ def test_hostile_revisions_and_urls_are_refused_naming_the_field(
     secret: tuple[Path, str],
 ) -> None:
     path, marker = secret
-    cases = [("revision", {"url": f"{git_server}/project", "revision": rev}) for rev in hostile_revisions(path)]
+    revisions = [*hostile_revisions(path), f"main@{{{path}}}"]
+    cases = [("revision", {"url": f"{git_server}/project", "revision": rev}) for rev in revisions]
     cases += [("url", {"url": url}) for url in hostile_urls(path, git_server)]
     with server.client() as http:
         for field, source in cases:
