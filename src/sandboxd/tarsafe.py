@@ -192,6 +192,14 @@ class Extractor:
     # -- members -----------------------------------------------------------------------------------
 
     def extract(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        try:
+            self._extract(tar, member)
+        except OSError as exc:
+            if exc.errno != errno.ENAMETOOLONG:
+                raise
+            raise UnsafeArchive(member.name, "a name component longer than the filesystem takes") from None
+
+    def _extract(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
         parts = split_name(member.name)
         if member.isdir():
             self._dir(member, parts)

@@ -360,3 +360,8 @@ ln -s .. /w/order/q/x
                 assert links_out_of(dest) == []
     finally:
         shutil.rmtree(top, ignore_errors=True)
+
+
+def test_a_name_too_long_for_the_filesystem_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(tarsafe.UnsafeArchive, match="longer than the filesystem takes"):
+        tarsafe.extract(io.BytesIO(make_tar(("x" * 300, "file", b"x"))), tmp_path)

@@ -163,6 +163,8 @@ def _download_dir(sandbox_id: str, path: str, destination: str) -> None:
             _fail(RuntimeError(f"the archive from the sandbox was refused: {exc} (members before it were written)"))
         except tarfile.TarError as exc:
             _fail(RuntimeError(f"the archive from the sandbox is not a valid tar: {exc}"))
+        except OSError as exc:
+            _fail(RuntimeError(f"could not unpack into {destination}: {exc}"))
 
 
 def _pairs(items: tuple[str, ...], option: str) -> dict[str, str]:
