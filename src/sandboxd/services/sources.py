@@ -110,7 +110,7 @@ def _git_env(home: str) -> dict[str, str]:
 GIT = ["git", "-c", "core.hooksPath=/dev/null", "-c", "protocol.file.allow=never", "-c", "protocol.ext.allow=never"]
 
 
-async def _git(what: str, *args: str, home: str, cwd: str | None = None) -> str:
+async def _git(what: str, *args: str, home: str, cwd: str | None = None, why: str = "") -> str:
     """Runs git; on failure an error that names what failed and nothing git printed (its output
     can quote whatever it was made to read), the detail going to the server's log only."""
     proc = await asyncio.create_subprocess_exec(
@@ -125,7 +125,7 @@ async def _git(what: str, *args: str, home: str, cwd: str | None = None) -> str:
     out, err = await proc.communicate()
     if proc.returncode != 0:
         log.warning("%s failed (exit %s): %s", what, proc.returncode, err.decode(errors="replace").strip()[-2000:])
-        raise InvalidRequest("source", f"{what} failed")
+        raise InvalidRequest("source", f"{what} failed{why}")
     return out.decode(errors="replace")
 
 
@@ -143,7 +143,7 @@ async def git_archive(source: GitSource) -> AsyncIterator[bytes]:
                 clone.append(f"--branch={source.revision}")
         await _git(f"git clone of {source.url}", *clone, "--", source.url, repo, home=work)
         if source.revision and not shallow:
-            what = f"git checkout of {source.revision}"
+            what, why = f"git checkout of {source.revision}", ": no such branch, tag or commit"
             resolved = await _git(
                 what,
                 "rev-parse",
@@ -153,10 +153,11 @@ async def git_archive(source: GitSource) -> AsyncIterator[bytes]:
                 f"{source.revision}^{{commit}}",
                 home=work,
                 cwd=repo,
+                why=why,
             )
             commit = resolved.strip()
             if not _COMMIT_ID.fullmatch(commit):
-                raise InvalidRequest("source", f"{what} failed")
+                raise InvalidRequest("source", f"{what} failed{why}")
             await _git(what, "checkout", "--quiet", "--detach", commit, home=work, cwd=repo)
         buf = io.BytesIO()
         await asyncio.to_thread(_tar_dir, repo, buf)
