@@ -365,3 +365,10 @@ ln -s .. /w/order/q/x
 def test_a_name_too_long_for_the_filesystem_is_refused(tmp_path: Path) -> None:
     with pytest.raises(tarsafe.UnsafeArchive, match="longer than the filesystem takes"):
         tarsafe.extract(io.BytesIO(make_tar(("x" * 300, "file", b"x"))), tmp_path)
+
+
+def test_a_size_bound_is_kept(tmp_path: Path) -> None:
+    data = make_tar(("a", "file", b"1234"), ("b", "file", b"5678"))
+    with pytest.raises(tarsafe.UnsafeArchive, match="more than 6 bytes"):
+        tarsafe.extract(io.BytesIO(data), tmp_path, tarsafe.Rules(max_bytes=6))
+    assert not (tmp_path / "b").exists()

@@ -202,9 +202,10 @@ class ImageStore:
         """A root filesystem tarball as a one-layer image."""
 
         def fill(staging: Path) -> None:
-            with _layer_errors(), tarfile.open(tarball, tarinfo=tarsafe.BoundedTarInfo) as tar, _rootfs(staging) as out:
-                for member in tarsafe.members(tar):
-                    out.extract(tar, member)
+            with _layer_errors(), tarfile.open(tarball, tarinfo=tarsafe.BoundedTarInfo) as tar:
+                with _rootfs(staging, max_bytes=self.max_layer_bytes) as out:
+                    for member in tarsafe.members(tar):
+                        out.extract(tar, member)
 
         self._check_new(name)
         with self._building():
@@ -565,7 +566,7 @@ def _apply_layer(tar: tarfile.TarFile, root: Path) -> None:
                 os.close(directory)
 
 
-def _rootfs(root: Path) -> tarsafe.Extractor:
+def _rootfs(root: Path, max_bytes: int | None = None) -> tarsafe.Extractor:
     """A root filesystem keeps its owners (shifted afterwards), setuid and sticky bits (su, /tmp)
     and symlinks to anywhere (they resolve inside the sandbox's own root, never on the host); a
     later layer entry replaces a whole directory; device nodes under /dev are dropped, since every
@@ -577,5 +578,6 @@ def _rootfs(root: Path) -> tarsafe.Extractor:
         fifos=True,
         drop_devices_under="dev",
         replace_dirs=True,
+        max_bytes=max_bytes,
     )
     return tarsafe.Extractor(root, rules)
