@@ -168,7 +168,7 @@ class Extractor:
             kind = "a symlink" if stat.S_ISLNK(os.lstat(name, dir_fd=parent).st_mode) else "a non-directory"
             raise UnsafeArchive(member, f"its path goes through {kind} ({name!r})") from None
 
-    def remove(self, parent: int, name: str, keep_dir: bool = False) -> bool:
+    def remove(self, parent: int, name: str, member: str, keep_dir: bool = False) -> bool:
         """Clears name in parent without following it; True if a directory was kept."""
         try:
             st = os.lstat(name, dir_fd=parent)
@@ -186,7 +186,7 @@ class Extractor:
             except OSError as exc:
                 if exc.errno != errno.ENOTEMPTY:
                     raise
-                raise UnsafeArchive(name, "would replace a directory that is not empty") from None
+                raise UnsafeArchive(member, "would replace a directory that is not empty") from None
         return False
 
     # -- members -----------------------------------------------------------------------------------
@@ -222,7 +222,7 @@ class Extractor:
             if member.islnk():
                 self._hardlink(member, parent, name)
                 return
-            self.remove(parent, name)
+            self.remove(parent, name, member.name)
             if member.isreg():
                 self._file(tar, member, parent, name)
             elif member.issym():
@@ -239,7 +239,7 @@ class Extractor:
             *above, name = parts
             parent = self.directory(above, member.name)
             try:
-                if not self.remove(parent, name, keep_dir=True):
+                if not self.remove(parent, name, member.name, keep_dir=True):
                     os.mkdir(name, 0o700, dir_fd=parent)
             finally:
                 os.close(parent)
@@ -286,7 +286,7 @@ class Extractor:
             existing = _lstat(parent, name)
             if existing is not None and (existing.st_dev, existing.st_ino) == (st.st_dev, st.st_ino):
                 return  # already that file
-            self.remove(parent, name)
+            self.remove(parent, name, member.name)
             os.link(target, name, src_dir_fd=source, dst_dir_fd=parent, follow_symlinks=False)
         finally:
             os.close(source)

@@ -560,7 +560,7 @@ def _apply_layer(tar: tarfile.TarFile, root: Path) -> None:
                 if base == ".wh..wh..opq":
                     os.setxattr(directory, OPAQUE_XATTR, b"y")
                 else:
-                    out.remove(directory, hidden)
+                    out.remove(directory, hidden, member.name)
                     os.mknod(hidden, stat.S_IFCHR | 0o600, os.makedev(0, 0), dir_fd=directory)
             finally:
                 os.close(directory)
