@@ -209,6 +209,16 @@ def leaks(data_dir: Path, bridge: str) -> list[str]:
     ids = [p.name for p in sandboxes.iterdir()] if sandboxes.exists() else []
     if ids:
         found.append(f"sandbox dirs: {ids}")
+    # Sandboxes' writable layers: subvolumes in the scratch volume, a loop-mounted image file.
+    scratch = data_dir / "scratch"
+    subvolumes = [p.name for p in scratch.iterdir()] if scratch.exists() else []
+    if subvolumes:
+        found.append(f"scratch subvolumes: {subvolumes}")
+    loops = subprocess.run(
+        ["losetup", "--list", "--noheadings", "-O", "NAME,BACK-FILE"], capture_output=True, text=True
+    )
+    if str(data_dir) in loops.stdout:
+        found.append(f"loop devices: {[ln for ln in loops.stdout.splitlines() if str(data_dir) in ln]}")
     cgroups = [str(p) for p in Path("/sys/fs/cgroup").glob("*/sandboxd-*")]
     cgroups += [str(p) for p in Path("/sys/fs/cgroup").glob("sandboxd-*")]
     if cgroups:
