@@ -16,7 +16,6 @@ import httpx
 import pytest
 
 from sandboxd import Sandbox
-from sandboxd.runtimes.local.scratch import ScratchVolume
 from tests.conftest import Server, assert_no_leaks, teardown_bridge
 
 MB = 1 << 20
@@ -128,6 +127,8 @@ def test_a_killed_server_restarted_removes_orphan_subvolumes(own_server: Server)
     own_server.kill9()
     thread.join()
     # A sandbox the store no longer knows, and a subvolume a create killed right after making it.
+    from sandboxd.runtimes.local.scratch import ScratchVolume  # here: the other tests run on servers without it
+
     stray = "sbx_0" + "1" * 25
     ScratchVolume(own_server.data_dir, 64).create(stray, 16)
     with sqlite3.connect(own_server.data_dir / "sandboxd.db") as db:
