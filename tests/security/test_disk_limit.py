@@ -104,10 +104,12 @@ def own_server(image_cache: Path, workdir: Path) -> Iterator[Server]:
     yield srv
     if srv.proc is None or srv.proc.poll() is not None:
         srv.start()
-    srv.delete_all()
-    srv.stop()
-    assert_no_leaks(srv.data_dir, srv.bridge)  # also: the image is unmounted, its loop device gone
-    teardown_bridge(srv.bridge)
+    try:
+        srv.delete_all()
+        srv.stop()
+        assert_no_leaks(srv.data_dir, srv.bridge)  # also: the image is unmounted, its loop device gone
+    finally:
+        teardown_bridge(srv.bridge)
 
 
 def test_a_killed_server_restarted_removes_orphan_subvolumes(own_server: Server) -> None:
