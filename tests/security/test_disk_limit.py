@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -144,3 +145,33 @@ def test_a_killed_server_restarted_removes_orphan_subvolumes(own_server: Server)
     assert left == running
     with Sandbox.connect(kept.id, url=own_server.url, api_key=own_server.key) as sb:
         assert sb.files.read("/root/kept.txt") == b"survives the restart"
+
+
+def test_a_data_dir_on_btrfs_is_used_as_it_is(tmp_path: Path) -> None:
+    """No image file when the data directory is already on btrfs: subvolumes go straight into it."""
+    from sandboxd.runtimes.local.scratch import ScratchVolume
+
+    image, mount = tmp_path / "fs.img", tmp_path / "fs"
+    with open(image, "wb") as f:
+        f.truncate(1 << 30)
+    subprocess.run(["mkfs.btrfs", "-q", str(image)], check=True, capture_output=True)
+    mount.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
+    try:
+        volume = ScratchVolume(mount / "data", 64)
+        (mount / "data").mkdir()
+        volume.setup()
+        assert not volume.image.exists()
+        sandbox_id = "sbx_0" + "2" * 25
+        path = volume.create(sandbox_id, 16)
+        written = subprocess.run(
+            ["dd", "if=/dev/zero", f"of={path}/f", "bs=1M", "count=64"], capture_output=True, text=True
+        )
+        assert written.returncode != 0 and "Disk quota exceeded" in written.stderr, written.stderr
+        assert volume.ids() == {sandbox_id}
+        volume.remove(sandbox_id)
+        assert volume.ids() == set()
+        volume.teardown()  # not its mount: left alone
+        assert (mount / "data" / "scratch").is_dir()
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
