@@ -17,7 +17,7 @@ import logging
 import os
 import shutil
 import socket
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -374,8 +374,10 @@ class LocalRuntime:
         except Exception as exc:
             failures.append(exc)
         self.network.release(address if isinstance(address, str) else None)
-        if self.scratch.trim_due():
-            self._in_background(asyncio.to_thread(self.scratch.trim))
+        if self.scratch.trim_due():  # hands freed space back to the host, off the request's path
+            trim = asyncio.get_running_loop().create_task(asyncio.to_thread(self.scratch.trim))
+            self._background.add(trim)
+            trim.add_done_callback(self._background.discard)
         if failures:
             raise failures[0]
 
@@ -425,12 +427,9 @@ class LocalRuntime:
             address = str(record["address"])
             self.network.reserve(address)
             self._attached[address] = found = _attached(sandbox_id, record)
-            self._in_background(self.egress.apply(sandbox_id, address, found.policy))
-
-    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+            task = asyncio.get_running_loop().create_task(self.egress.apply(sandbox_id, address, found.policy))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     def _broker_allowed(self, sandbox_address: str, name: str | None, destination: str) -> bool:
         found = self._attached.get(sandbox_address)
