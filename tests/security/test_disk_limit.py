@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sandboxd import Sandbox
+from sandboxd import Sandbox, SandboxError
 from tests.conftest import Server, assert_no_leaks, teardown_bridge
 
 MB = 1 << 20
@@ -48,6 +48,9 @@ def test_writes_past_disk_mb_fail_and_the_host_keeps_its_space(server: Server) -
         assert sb.files.read("/root/before.txt") == b"written before the disk filled"
         full = sb.commands.run("echo more > /root/more.txt")
         assert full.exit_code != 0, "a write at the limit succeeded"
+        with pytest.raises(SandboxError) as refused:  # through the files API: 507, not a 500
+            sb.files.write("/root/more.txt", b"x" * MB)
+        assert refused.value.status == 507 and refused.value.code == "NO_SPACE", refused.value
         r = sb.commands.run("rm /tmp/fill && sync && dd if=/dev/zero of=/tmp/again bs=1M count=16 && echo ok")
         assert r.stdout.strip().endswith("ok"), r.stderr
 
@@ -66,13 +69,15 @@ def test_inodes_are_bounded_by_the_same_quota(server: Server) -> None:
         "    print('stopped', n, e.errno)\n"
     )
     with server.create(memory_mb=256, disk_mb=16, timeout=300) as sb:
-        _, inodes = host_free(server)
+        space, inodes = host_free(server)
         r = sb.commands.run(["python3", "-c", script], timeout=240)
         words = r.stdout.split()
         assert words[0] == "stopped", r.stdout
         assert int(words[2]) in (28, 122)  # ENOSPC, EDQUOT
         assert int(words[1]) < 100_000
         assert inodes - host_free(server)[1] < 20_000  # the host's inode table is not what they used
+        # Nor its space: the metadata churned through on the way is handed back (discard).
+        assert space - host_free(server)[0] < 256 * MB
         assert sb.commands.run("ls /root/many | wc -l").exit_code == 0
 
 

@@ -374,10 +374,6 @@ class LocalRuntime:
         except Exception as exc:
             failures.append(exc)
         self.network.release(address if isinstance(address, str) else None)
-        if self.scratch.trim_due():  # hands freed space back to the host, off the request's path
-            trim = asyncio.get_running_loop().create_task(asyncio.to_thread(self.scratch.trim))
-            self._background.add(trim)
-            trim.add_done_callback(self._background.discard)
         if failures:
             raise failures[0]
 
