@@ -233,8 +233,8 @@ class ScratchVolume:
         return self.path / name
 
     def remove(self, sandbox_id: str) -> None:
-        """Deletes the sandbox's subvolume with all it holds; its qgroup goes once btrfs has freed
-        the subvolume's extents (in the background)."""
+        """Deletes the sandbox's subvolume with all it holds. Its extents are freed in the
+        background, then the kernel drops its qgroup."""
         if not SANDBOX_NAME.match(sandbox_id):
             return  # create made none for it
         name = sandbox_id
@@ -245,7 +245,9 @@ class ScratchVolume:
         try:
             _ioctl(fd, SNAP_DESTROY, _VolArgs(0, name.encode()), f"delete subvolume {name}")
         except OSError as exc:
-            if exc.errno != errno.ENOENT:
+            if exc.errno == errno.EINVAL:  # a plain directory of that name, not a subvolume
+                shutil.rmtree(self.path / name, ignore_errors=True)
+            elif exc.errno != errno.ENOENT:
                 raise
         finally:
             os.close(fd)
