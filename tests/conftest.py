@@ -9,6 +9,7 @@ the suite checks that nothing of sandboxd is left on the host.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import shutil
 import signal
@@ -195,9 +196,28 @@ def teardown_bridge(bridge: str) -> None:
     asyncio.run(Network(bridge, "10.0.0.0/30").teardown_host())  # the subnet plays no part here
 
 
+def server_running(data_dir: Path) -> bool:
+    """A server holds its data directory's lock while it runs."""
+    try:
+        fd = os.open(data_dir / "server.lock", os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def leaks(data_dir: Path, bridge: str) -> list[str]:
     found = []
     mounts = [ln.split()[1] for ln in Path("/proc/mounts").read_text().splitlines() if str(data_dir) in ln]
+    # A running server keeps its scratch volume (a loop-mounted image) mounted; a stopped one does not.
+    running = server_running(data_dir)
+    if running:
+        mounts = [m for m in mounts if m != str(data_dir / "scratch")]
     if mounts:
         found.append(f"mounts: {mounts}")
     state = data_dir / "runc"
@@ -209,6 +229,16 @@ def leaks(data_dir: Path, bridge: str) -> list[str]:
     ids = [p.name for p in sandboxes.iterdir()] if sandboxes.exists() else []
     if ids:
         found.append(f"sandbox dirs: {ids}")
+    # Sandboxes' writable layers: subvolumes in the scratch volume, a loop-mounted image file.
+    scratch = data_dir / "scratch"
+    subvolumes = [p.name for p in scratch.iterdir()] if scratch.exists() else []
+    if subvolumes:
+        found.append(f"scratch subvolumes: {subvolumes}")
+    loops = subprocess.run(
+        ["losetup", "--list", "--noheadings", "-O", "NAME,BACK-FILE"], capture_output=True, text=True
+    )
+    if str(data_dir) in loops.stdout and not running:
+        found.append(f"loop devices: {[ln for ln in loops.stdout.splitlines() if str(data_dir) in ln]}")
     cgroups = [str(p) for p in Path("/sys/fs/cgroup").glob("*/sandboxd-*")]
     cgroups += [str(p) for p in Path("/sys/fs/cgroup").glob("sandboxd-*")]
     if cgroups:

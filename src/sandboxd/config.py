@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     max_cpu: float = float(os.cpu_count() or 1)
     max_memory_mb: int = 16384
     max_pids: int = 32768
+    # What a sandbox may write (its files, inodes included: they take metadata space), in MB.
+    default_disk_mb: int = 2048
+    max_disk_mb: int = 32768
+    # Sandboxes' writable layers live on btrfs (for its quotas): the data directory's filesystem if
+    # it is btrfs, else a sparse image file of this size in the data directory, loop-mounted.
+    scratch_size_gb: int = 64
     # Ports are reached at http://{sandbox id}-{port}.{proxy_domain}:{port}/ (*.localhost resolves to
     # loopback by itself; a real deployment points a wildcard DNS record at the server).
     proxy_domain: str = "localhost"
@@ -56,6 +62,7 @@ class Settings(BaseSettings):
     template_dirs: list[Path] = []
     build_memory_mb: int = 2048  # limits of the sandboxes that run template build steps
     build_pids: int = 4096
+    build_disk_mb: int = 8192
     reaper_interval: float = 1.0
 
     @classmethod

@@ -53,6 +53,7 @@ class Limits(BaseModel):
     cpu: float
     memory_mb: int
     pids: int
+    disk_mb: int | None = None  # its writable layer, data and metadata; None only in older records
 
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

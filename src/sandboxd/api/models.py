@@ -30,6 +30,7 @@ class SandboxOut(BaseModel):
     cpu: float
     memory_mb: int
     pids: int
+    disk_mb: int | None = Field(description="What it may write, in MB; null for sandboxes from before disk limits.")
     timeout: int
     internet_access: bool
     egress: dict[str, Any] | None = Field(description="The egress policy; null: allow all.")
@@ -56,6 +57,7 @@ class SandboxOut(BaseModel):
             cpu=spec.limits.cpu,
             memory_mb=spec.limits.memory_mb,
             pids=spec.limits.pids,
+            disk_mb=spec.limits.disk_mb,
             timeout=spec.timeout,
             internet_access=spec.internet_access,
             egress=spec.egress,

@@ -180,6 +180,7 @@ def _pairs(items: tuple[str, ...], option: str) -> dict[str, str]:
 @click.option("--runtime", default=None, help="e.g. python3.11, node18")
 @click.option("--cpu", type=float, default=None)
 @click.option("--memory", "memory_mb", type=int, default=None, help="MB")
+@click.option("--disk", "disk_mb", type=int, default=None, help="MB it may write")
 @click.option("--timeout", type=int, default=None, help="seconds")
 @click.option("--env", "-e", multiple=True, help="NAME=VALUE")
 @click.option("--label", "-l", multiple=True, help="key=value")
@@ -191,6 +192,7 @@ def create(
     runtime: str | None,
     cpu: float | None,
     memory_mb: int | None,
+    disk_mb: int | None,
     timeout: int | None,
     env: tuple[str, ...],
     label: tuple[str, ...],
@@ -203,7 +205,14 @@ def create(
         "metadata": _pairs(label, "--label"),
         "internet_access": not no_internet,
     }
-    options = {"image": image, "template": template, "runtime": runtime, "cpu": cpu, "memory_mb": memory_mb}
+    options = {
+        "image": image,
+        "template": template,
+        "runtime": runtime,
+        "cpu": cpu,
+        "memory_mb": memory_mb,
+        "disk_mb": disk_mb,
+    }
     for key, value in [*options.items(), ("timeout", timeout)]:
         if value is not None:
             body[key] = value

@@ -25,6 +25,7 @@ def _local(settings: Settings) -> Runtime:
         id_size=settings.userns_size,
         dns_upstream=settings.dns_upstream,
         broker_upstream_ca=settings.broker_upstream_ca,
+        scratch_size_gb=settings.scratch_size_gb,
     )
 
 

@@ -200,6 +200,11 @@ class CreateSandbox(BaseModel):
     cpu: float | None = Field(None, gt=0, description="CPU cores (fractions allowed).")
     memory_mb: int | None = Field(None, ge=16)
     pids: int | None = Field(None, ge=8)
+    disk_mb: int | None = Field(
+        None,
+        ge=16,
+        description="What the sandbox may write (files, directories, inodes), in MB; the server's default if omitted.",
+    )
     timeout: int | None = Field(None, ge=1, description="Seconds until the sandbox is destroyed.")
     internet_access: bool = Field(True, description="false: no egress at all (egress mode deny_all).")
     egress: EgressPolicy | None = Field(None, description="What the sandbox may reach; all if omitted.")

@@ -70,6 +70,7 @@ class SandboxService:
         cpu = req.cpu if req.cpu is not None else s.default_cpu
         memory = req.memory_mb if req.memory_mb is not None else s.default_memory_mb
         pids = req.pids if req.pids is not None else s.default_pids
+        disk = req.disk_mb if req.disk_mb is not None else s.default_disk_mb
         timeout = req.timeout if req.timeout is not None else s.default_timeout
         if cpu > s.max_cpu:
             raise InvalidRequest("cpu", f"cpu must be at most {s.max_cpu:g}")
@@ -77,6 +78,8 @@ class SandboxService:
             raise InvalidRequest("memory_mb", f"memory_mb must be at most {s.max_memory_mb}")
         if pids > s.max_pids:
             raise InvalidRequest("pids", f"pids must be at most {s.max_pids}")
+        if disk > s.max_disk_mb:
+            raise InvalidRequest("disk_mb", f"disk_mb must be at most {s.max_disk_mb}")
         if timeout > s.max_timeout:
             raise InvalidRequest("timeout", f"timeout must be at most {s.max_timeout} seconds")
         egress = req.egress or EgressPolicy(mode="allow_all" if req.internet_access else "deny_all")
@@ -95,7 +98,7 @@ class SandboxService:
             cwd=req.cwd,
             user=req.user,
             metadata=req.metadata,
-            limits=Limits(cpu=cpu, memory_mb=memory, pids=pids),
+            limits=Limits(cpu=cpu, memory_mb=memory, pids=pids, disk_mb=disk),
             timeout=timeout,
             internet_access=req.internet_access,
             egress=egress.model_dump(),

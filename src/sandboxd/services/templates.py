@@ -202,7 +202,7 @@ class TemplateService:
             cwd="/",  # a workdir step's directory exists only once that step has run
             image_start=False,  # a base template's start command and readiness check stay out of builds
             metadata={BUILD_LABEL: version.ref},
-            limits=Limits(cpu=s.max_cpu, memory_mb=s.build_memory_mb, pids=s.build_pids),
+            limits=Limits(cpu=s.max_cpu, memory_mb=s.build_memory_mb, pids=s.build_pids, disk_mb=s.build_disk_mb),
             timeout=int(timeout) + 120,
         )
         sandbox = await self.sandboxes.launch(spec)

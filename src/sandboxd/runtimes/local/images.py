@@ -236,8 +236,12 @@ class ImageStore:
         except OSError:
             tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=self.root))
             try:
-                # cp -a keeps what a layer is made of: owners, modes, xattrs, 0/0 devices.
-                subprocess.run(["cp", "-a", "--", f"{upper}/.", str(tmp)], check=True, capture_output=True)
+                # cp -a keeps what a layer is made of: owners, modes, xattrs, 0/0 devices. A
+                # sandbox's upper dir is in a subvolume of its own: always a copy (a reflink when
+                # the images are on the same btrfs).
+                subprocess.run(
+                    ["cp", "-a", "--reflink=auto", "--", f"{upper}/.", str(tmp)], check=True, capture_output=True
+                )
                 os.rename(tmp, target)
             except BaseException:
                 _remove_tree(tmp)

@@ -1,7 +1,8 @@
 """The embedded runtime: runc (or crun) driven directly, no daemon.
 
-A sandbox is a directory ``sandboxes/<id>`` holding its bundle (config.json), overlay upper and work
-dirs, the merged root, the agent's socket and the entrypoint log; a runc container of the same id;
+A sandbox is a directory ``sandboxes/<id>`` holding its bundle (config.json), the merged root, the
+agent's socket and the entrypoint log; a btrfs subvolume ``scratch/<id>`` with a disk quota holding
+its overlay upper and work dirs (scratch.py); a runc container of the same id;
 cgroups named ``sandboxd-<id>``; and a network namespace that dies with its processes. Everything is
 named after the id, so a restarted server can find what a crash left behind and remove it.
 """
@@ -32,6 +33,7 @@ from sandboxd.runtimes.local.egress import Attached, EgressTable, Policy
 from sandboxd.runtimes.local.images import Image, ImageStore
 from sandboxd.runtimes.local.network import Network, veth_name
 from sandboxd.runtimes.local.registry import Credentials, looks_like_reference, parse_reference
+from sandboxd.runtimes.local.scratch import ScratchVolume
 
 log = logging.getLogger("sandboxd.runtime")
 AGENT_SOURCE = Path(__file__).with_name("agent.py")
@@ -67,11 +69,13 @@ class LocalRuntime:
         id_size: int,
         dns_upstream: list[str] | None = None,
         broker_upstream_ca: Path | None = None,
+        scratch_size_gb: int = 64,
     ) -> None:
         self.root = data_dir / "sandboxes"
         self.state_dir = data_dir / "runc"
         self.log_dir = data_dir / "logs"  # kept after the sandbox, until its record is purged
         self.images = images
+        self.scratch = ScratchVolume(data_dir, scratch_size_gb)
         self.network = network
         self.binary = binary
         self.idmap = oci.IdMap(id_base, id_size)
@@ -100,6 +104,7 @@ class LocalRuntime:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.images.remove_partials()
+        await asyncio.to_thread(self.scratch.setup)
         await self._wait_for_stragglers()
         await self.network.setup_host()
         await self.egress.load()
@@ -110,6 +115,7 @@ class LocalRuntime:
         await self.resolver.stop()
         await self.broker.stop()
         await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.to_thread(self.scratch.teardown)
 
     def _lock_data_dir(self) -> None:
         """One server per data directory: a second would sweep the first's sandboxes as orphans."""
@@ -222,7 +228,14 @@ class LocalRuntime:
             record["transforms"] = spec.transforms
             marker = {"image": spec.image, "layers": [*image.layer_ids, *spec.layers]}
             await asyncio.to_thread(
-                self._prepare_root, sandbox_id, home, lowers, marker, record["address"], bool(spec.transforms)
+                self._prepare_root,
+                sandbox_id,
+                home,
+                lowers,
+                marker,
+                record["address"],
+                bool(spec.transforms),
+                spec.limits.disk_mb,
             )
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -281,15 +294,21 @@ class LocalRuntime:
         lowers: list[Path],
         marker: dict[str, Any],
         address: str | None,
-        transforms: bool = False,
+        transforms: bool,
+        disk_mb: int | None,
     ) -> None:
-        for sub in ("upper", "work", "rootfs"):
-            (home / sub).mkdir(parents=True, exist_ok=True)
+        if disk_mb is None:  # only records from before disk limits lack one, and they are not created again
+            raise RuntimeFailure("a sandbox needs a disk limit")
+        (home / "rootfs").mkdir(parents=True, exist_ok=True)
         # Image deletion and layer gc read this: what the sandbox's root is built on.
         (home / "image").write_text(json.dumps(marker))
+        # All the sandbox writes lands in its subvolume, which its quota bounds.
+        volume = self.scratch.create(sandbox_id, disk_mb)
+        for sub in ("upper", "work"):
+            (volume / sub).mkdir()
         # The overlay root takes its owner from the upper dir: root of the sandbox's user namespace.
-        os.chown(home / "upper", self.idmap.host_id, self.idmap.host_id)
-        mounts.mount_overlay(lowers, home / "upper", home / "work", home / "rootfs")
+        os.chown(volume / "upper", self.idmap.host_id, self.idmap.host_id)
+        mounts.mount_overlay(lowers, volume / "upper", volume / "work", home / "rootfs")
         hostname = sandbox_id.replace("_", "-")[:63]
         files = {
             "hostname": f"{hostname}\n",
@@ -336,6 +355,7 @@ class LocalRuntime:
         failures: list[Exception] = []
         steps: list[Callable[[], Awaitable[None]]] = [
             lambda: asyncio.to_thread(self._remove_home, self.root / sandbox_id),
+            lambda: asyncio.to_thread(self.scratch.remove, sandbox_id),
             # The veth goes with the namespace; one left by a crash between steps goes here.
             lambda: self.network.delete_veth(veth_name(sandbox_id), missing_ok=True),
         ]
@@ -367,7 +387,10 @@ class LocalRuntime:
         home = self.root / sandbox_id
         await asyncio.to_thread(mounts.unmount, home / "rootfs", lazy=False)
         await asyncio.to_thread(self._remove_home_mounts, home)
-        return await asyncio.to_thread(self.images.add_layer, home / "upper")
+        upper = self.scratch.path / sandbox_id / "upper"
+        if not upper.exists():  # a sandbox from before disk limits
+            upper = home / "upper"
+        return await asyncio.to_thread(self.images.add_layer, upper)
 
     def _remove_home_mounts(self, home: Path) -> None:
         for point in mounts.mounts_under(home):
@@ -437,6 +460,7 @@ class LocalRuntime:
         found.update(c["id"] for c in json.loads(listing or "null") or [])
         if self.root.exists():
             found.update(p.name for p in self.root.iterdir())
+        found.update(self.scratch.ids())
         orphans = sorted(found - known)
         for sandbox_id in orphans:
             await self.destroy(sandbox_id, {})

@@ -226,6 +226,7 @@ class AsyncSandbox:
         cpu: float | None = None,
         memory_mb: int | None = None,
         pids: int | None = None,
+        disk_mb: int | None = None,
         env: dict[str, str] | None = None,
         cwd: str | None = None,
         user: str | None = None,
@@ -251,6 +252,7 @@ class AsyncSandbox:
             ("cpu", cpu),
             ("memory_mb", memory_mb),
             ("pids", pids),
+            ("disk_mb", disk_mb),  # what it may write (files and inodes), MB
             ("env", env),
             ("cwd", cwd),
             ("user", user),
