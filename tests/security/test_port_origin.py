@@ -55,6 +55,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", ctype)
         for name, value in HOSTILE:
+            if name == "Clear-Site-Data" and self.path == "/clear-all":
+                value = '"*"'
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -132,8 +134,12 @@ def test_the_host_route_keeps_every_cookie_on_its_own_host(server: Server, hosti
             attributes = [a.split("=")[0].strip().lower() for a in cookie.split(";")[1:]]
             assert "domain" not in attributes, cookie  # host-only: no sibling, no parent domain
         assert "Secure" in cookies[2] and "HttpOnly" in cookies[3]  # the rest of each is kept
-        # The host route is the sandbox's own origin: its worker serves only it.
+        # The host route is the sandbox's own origin: its worker serves only it, and it clears its
+        # own storage, but not the cookies of the whole site (every sibling sandbox's).
         assert page.headers["service-worker-allowed"] == "/"
+        assert page.headers["clear-site-data"] == '"storage", "cache"'
+        wildcard = http.get("/clear-all", headers={**host, **token})
+        assert wildcard.headers["clear-site-data"] == '"cache", "storage", "executionContexts"'
 
         # A signed URL leaves a cookie that is host-only and lives no longer than the signature.
         api = {"Authorization": f"Bearer {server.key}"}

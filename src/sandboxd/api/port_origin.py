@@ -52,8 +52,31 @@ def path_route_response(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes,
 
 
 def host_route_response(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """A host-route response's headers, with every cookie made host-only."""
-    return [(k, host_only_cookie(v) if k.lower() == b"set-cookie" else v) for k, v in headers]
+    """A host-route response's headers, with every cookie made host-only and Clear-Site-Data
+    kept to what is the origin's own."""
+    out = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower == b"set-cookie":
+            value = host_only_cookie(value)
+        elif lower == b"clear-site-data":
+            value = _own_site_data(value)
+            if not value:
+                continue
+        out.append((name, value))
+    return out
+
+
+# Clear-Site-Data "cookies" clears the cookies of the whole registrable domain (every sibling
+# sandbox's, and the API's under the same one); the other kinds are the origin's own.
+_ORIGIN_DATA = (b'"cache"', b'"storage"', b'"executionContexts"')
+
+
+def _own_site_data(value: bytes) -> bytes:
+    kinds = [k.strip() for k in value.split(b",")]
+    if b'"*"' in kinds:
+        kinds = list(_ORIGIN_DATA)
+    return b", ".join(k for k in kinds if k in _ORIGIN_DATA)
 
 
 def host_only_cookie(value: bytes) -> bytes:
