@@ -111,10 +111,15 @@ def test_the_path_route_gives_a_sandbox_page_no_power_over_the_api_origin(server
         assert "allow-scripts" in sandboxing[0]
 
         # The worker script itself is refused before it reaches the app, whatever the scope asked.
-        for scope_path in ("/sw.js", "/deep/sw.js"):
-            worker = http.get(f"{path}{scope_path}", headers={**key, "Service-Worker": "script"})
+        fetches = [
+            ("/sw.js", {"Service-Worker": "script"}),
+            ("/deep/sw.js", {"Service-Worker": "script", "Sec-Fetch-Dest": "serviceworker"}),
+            ("/shared/sw.js", {"Sec-Fetch-Dest": "sharedworker"}),  # a shared worker is the origin's too
+        ]
+        for script, marks in fetches:
+            worker = http.get(f"{path}{script}", headers={**key, **marks})
             assert worker.status_code == 403 and worker.json()["code"] == "FORBIDDEN", worker.text
-            assert "service worker" in worker.json()["message"]
+            assert "worker" in worker.json()["message"]
         assert not [p for p in seen_by_app(hostile) if p.endswith("sw.js")]
 
         # Cookies of the API's origin (put there by whoever) do not reach any sandbox's app.

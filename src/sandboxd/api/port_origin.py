@@ -42,7 +42,10 @@ ORIGIN_WIDE = {
 # Refresh and Location stay: they navigate, as a link would, and javascript: targets are not
 # followed from a header. The app's own Content-Security-Policy stays too: policies only add up.
 
-SERVICE_WORKER_REQUEST = b"service-worker"  # sent by browsers when they fetch a worker's script
+# Browsers send these when they fetch the script of a worker that would belong to the origin (a
+# service worker's, or a shared worker's, which only a page of the origin itself can start).
+SERVICE_WORKER_REQUEST = b"service-worker"
+WORKER_DESTINATIONS = {b"serviceworker", b"sharedworker"}  # Sec-Fetch-Dest
 
 
 def path_route_response(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

@@ -27,7 +27,12 @@ import websockets
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from websockets.asyncio.client import connect as ws_connect
 
-from sandboxd.api.port_origin import SERVICE_WORKER_REQUEST, host_route_response, path_route_response
+from sandboxd.api.port_origin import (
+    SERVICE_WORKER_REQUEST,
+    WORKER_DESTINATIONS,
+    host_route_response,
+    path_route_response,
+)
 from sandboxd.errors import Forbidden, InvalidRequest, SandboxdError
 from sandboxd.services.ports import SIGNATURE_QUERY, TOKEN_HEADER, TOKEN_QUERY, PortService, PortUnreachable, Target
 
@@ -91,10 +96,10 @@ class PortProxy:
         path = raw if by_host else ("/" + raw.split("/", 7)[7] if raw.count("/") >= 7 else "/")
         state = scope["app"].state
         ports: PortService = state.ports
-        if by_path and any(k.lower() == SERVICE_WORKER_REQUEST for k, _ in scope["headers"]):
-            # A service worker registered from the path route would be the API origin's: refused
+        if by_path and _is_worker_script(scope):
+            # A service (or shared) worker from the path route would be the API origin's: refused
             # whatever its scope, so no sandbox script ever runs as a worker of that origin.
-            refused = Forbidden("service worker scripts are not served on the path route; use the port's host route")
+            refused = Forbidden("worker scripts are not served on the path route; use the port's host route")
             await _refuse(scope, receive, send, refused)
             return
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
@@ -125,6 +130,14 @@ class PortProxy:
             self._open[sandbox_id] -= 1
             if not self._open[sandbox_id]:
                 del self._open[sandbox_id]
+
+
+def _is_worker_script(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        lower = name.lower()
+        if lower == SERVICE_WORKER_REQUEST or (lower == b"sec-fetch-dest" and value.lower() in WORKER_DESTINATIONS):
+            return True
+    return False
 
 
 def _credentials(

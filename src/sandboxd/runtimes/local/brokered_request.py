@@ -37,6 +37,8 @@ ROUTING = {
     b"x-original-host",
 }
 
+FIXED = HOP | ROUTING | {b"content-length", b"transfer-encoding"}
+
 
 class Refused(Exception):
     """A request the broker answers itself, without sending anything upstream."""
@@ -62,11 +64,18 @@ def upstream_request(
     listed = {
         token.strip().lower() for name, value in request.headers if name == b"connection" for token in value.split(b",")
     }
-    listed -= {b"content-length", b"transfer-encoding"}  # the body's framing stays what h11 read
-    dropped = HOP | ROUTING | listed | {n.lower().encode() for n in strip} | {n.lower().encode() for n, _ in inject}
+    listed -= {b"content-length", b"transfer-encoding"}  # the body's framing stays what h11 read...
+    if any(name == b"transfer-encoding" for name, _ in request.headers):
+        # The body is chunked (h11 read it so); a Content-Length beside it goes (RFC 9112 6.3), or a
+        # server reading by length would take the rest of the body for a request of the sandbox's.
+        listed.add(b"content-length")
+    # A transform neither frames the message nor routes it: its names among those are passed over.
+    injected = [(k.encode(), v.encode()) for k, v in inject if k.lower().encode() not in FIXED]
+    stripped = {n.lower().encode() for n in strip} - FIXED
+    dropped = HOP | ROUTING | listed | stripped | {k.lower() for k, _ in injected}
     headers = [(b"host", sni.encode())]
     headers += [(bytes(k), bytes(v)) for k, v in request.headers if k not in dropped]
-    headers += [(k.encode(), v.encode()) for k, v in inject]
+    headers += injected
     return h11.Request(method=bytes(request.method), target=target, headers=headers, http_version="1.1")
 
 
