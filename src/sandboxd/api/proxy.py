@@ -196,9 +196,9 @@ def _forwarded_headers(scope: Scope, api_key: str, cookies: bool) -> list[tuple[
         lower = name.lower()
         if lower in HOP or lower in (TOKEN_HEADER.encode(), b"x-forwarded-for") or _is_api_key(name, value, api_key):
             continue
-        if lower == b"cookie" and not cookies:
-            continue
         if lower == b"cookie":
+            if not cookies:
+                continue
             kept = [c for c in value.split(b";") if not c.strip().startswith(b"sbx_auth_")]
             if not kept:
                 continue

@@ -164,8 +164,8 @@ class CommandService:
     async def logs(
         self, sandbox_id: str, process_id: str, offset: int, follow: bool
     ) -> AsyncIterator[Output | Gap | Exit]:
-        """Output from offset on (or from the oldest kept, if that was dropped); with follow, until
-        the process ends. An unknown process raises here, before any output."""
+        """Output from offset on (after a Gap up to the oldest kept, if that was dropped); with
+        follow, until the process ends. An unknown process raises here, before any output."""
         _, agent = self.sandboxes.agent(sandbox_id)
         conn, first = await agent.open("attach", id=process_id, offset=offset, follow=follow)
         start = first.get("offset") if isinstance(first, dict) else None
