@@ -146,3 +146,33 @@ def test_the_sdk_reports_gaps_and_marks_the_result_truncated(writer: Sandbox) ->
     for a, b in seen:  # the gaps follow each other, forwards, within the output
         assert position <= a < b <= TOTAL
         position = b
+
+
+def test_a_terminal_that_falls_behind_says_how_much_it_lost(server: Server, writer: Sandbox) -> None:
+    import re
+
+    from websockets.sync.client import connect
+
+    url = server.url.replace("http", "ws") + f"/api/v1/sandboxes/{writer.id}/terminal"
+    command = f"stty -onlcr; {COMMAND}"  # the pty passes the pattern's bytes as they are
+    received = bytearray()
+    with connect(f"{url}?command={command.replace(' ', '+')}", additional_headers=server_auth(server)) as ws:
+        first = True
+        while True:
+            message = ws.recv(timeout=60)
+            if isinstance(message, str):
+                assert json.loads(message)["type"] == "exit", message
+                break
+            received += message[1:]
+            if first:
+                first = False
+                time.sleep(4)
+    markers = list(re.finditer(rb"\r\n\[sandboxd: (\d+) bytes of output dropped here\]\r\n", received))
+    assert markers, "the terminal fell behind the buffer, yet nothing says output was dropped"
+    dropped = sum(int(m.group(1)) for m in markers)
+    shown = len(received) - sum(len(m.group(0)) for m in markers)
+    assert shown + dropped == TOTAL
+
+
+def server_auth(server: Server) -> dict[str, str]:
+    return {"Authorization": f"Bearer {server.key}"}

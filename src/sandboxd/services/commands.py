@@ -234,6 +234,7 @@ class Terminal:
 
     def __init__(self, conn: AgentConnection) -> None:
         self._conn = conn
+        self._offset = 0
         self.exit: dict[str, Any] | None = None
 
     async def write(self, data: bytes) -> None:
@@ -250,7 +251,12 @@ class Terminal:
         while True:
             kind, payload = await self._conn.recv()
             if kind == proto.STDOUT:
+                self._offset += len(payload)
                 return payload
+            if kind == proto.GAP:  # the screen would be wrong without a word: say what is missing
+                gap = _gap(payload, self._offset)
+                self._offset = gap.end
+                return f"\r\n[sandboxd: {gap.dropped} bytes of output dropped here]\r\n".encode()
             if kind == proto.EXIT:
                 self.exit = json.loads(payload)
                 return None
