@@ -5,7 +5,7 @@ output is a pattern in which every byte's offset can be read back (16-byte lines
 so each stdout event is checked against the offset its id claims. Every byte the process wrote must
 be either delivered, at its real offset, or inside a gap event that says so, with nothing counted
 twice: on POST …/commands/stream, on …/processes/{id}/logs?follow=true, in the logs' JSON, and in
-the SDK.
+the SDK, and on a terminal (as a marker in its output).
 """
 
 from __future__ import annotations
