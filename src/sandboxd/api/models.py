@@ -112,6 +112,11 @@ class ProcessLogs(BaseModel):
     stdout: str
     stderr: str
     next_offset: int
+    dropped: int = Field(
+        0,
+        description="Bytes between `offset` and `next_offset` that are missing from stdout and stderr: "
+        "they were no longer kept (only the newest 16 MiB of a process's output is).",
+    )
     process: ProcessOut
 
 

@@ -4,7 +4,9 @@ Two routes reach a port: the host ``{sandbox id}-{port}.{proxy_domain}`` (the wh
 sandbox), and the path ``/api/v1/sandboxes/{id}/ports/{port}/...`` (the rest of the path goes). This
 is plain ASGI in front of the application, so proxied requests skip FastAPI's routing and the API's
 key check: they are admitted by the sandbox's traffic token instead (or the API key, on the path
-route). Credentials meant for sandboxd are removed before a request reaches the sandbox.
+route). Credentials meant for sandboxd are removed before a request reaches the sandbox, and what
+the sandbox's response may do in a browser is bounded by the route (port_origin.py): on the path
+route, the API's own origin, its pages run sandboxed and set nothing for the origin.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import contextlib
 import hmac
 import json
 import re
+import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qsl, urlencode
 
@@ -24,7 +27,13 @@ import websockets
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from websockets.asyncio.client import connect as ws_connect
 
-from sandboxd.errors import InvalidRequest, SandboxdError
+from sandboxd.api.port_origin import (
+    SERVICE_WORKER_REQUEST,
+    WORKER_DESTINATIONS,
+    host_route_response,
+    path_route_response,
+)
+from sandboxd.errors import Forbidden, InvalidRequest, SandboxdError
 from sandboxd.services.ports import SIGNATURE_QUERY, TOKEN_HEADER, TOKEN_QUERY, PortService, PortUnreachable, Target
 
 SANDBOX_ID = r"sbx[_-][0-9a-z]{26}"
@@ -87,8 +96,14 @@ class PortProxy:
         path = raw if by_host else ("/" + raw.split("/", 7)[7] if raw.count("/") >= 7 else "/")
         state = scope["app"].state
         ports: PortService = state.ports
+        if by_path and _is_worker_script(scope):
+            # A service (or shared) worker from the path route would be the API origin's: refused
+            # whatever its scope, so no sandbox script ever runs as a worker of that origin.
+            refused = Forbidden("worker scripts are not served on the path route; use the port's host route")
+            await _refuse(scope, receive, send, refused)
+            return
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-        token, signature, cookie_name = _credentials(scope, query, port)
+        token, signature, cookie_name = _credentials(scope, query, port, by_host is not None)
         api_key_ok = by_path is not None and _has_api_key(scope, state.api_key)
         try:
             target = ports.target(sandbox_id, port, token, signature, api_key_ok)
@@ -97,9 +112,8 @@ class PortProxy:
             return
         forward_query = urlencode([(k, v) for k, v in query if k not in (TOKEN_QUERY, SIGNATURE_QUERY)])
         path_qs = path + (f"?{forward_query}" if forward_query else "")
-        headers = _forwarded_headers(scope, state.api_key)
-        # A signed URL's first use leaves a cookie, so the page's own requests get in too.
-        set_cookie = f"{cookie_name}={signature}; Path=/; HttpOnly; SameSite=Lax" if by_host and signature else None
+        headers = _forwarded_headers(scope, state.api_key, cookies=by_host is not None)
+        set_cookie = _signature_cookie(scope, cookie_name, query) if by_host else None
         # One sandbox's app (slow, or never answering) may hold only so many of the proxy's
         # connections: the others' ports keep working.
         if self._open[sandbox_id] >= PER_SANDBOX:
@@ -108,7 +122,8 @@ class PortProxy:
         self._open[sandbox_id] += 1
         try:
             if scope["type"] == "http":
-                await _proxy_http(scope, receive, send, state.proxy_client, target, path_qs, headers, set_cookie)
+                shape = host_route_response if by_host else path_route_response
+                await _proxy_http(scope, receive, send, state.proxy_client, target, path_qs, headers, shape, set_cookie)
             else:
                 await _proxy_websocket(scope, receive, send, target, path_qs, headers)
         finally:
@@ -117,13 +132,27 @@ class PortProxy:
                 del self._open[sandbox_id]
 
 
-def _credentials(scope: Scope, query: list[tuple[str, str]], port: int) -> tuple[str | None, str | None, str]:
+def _is_worker_script(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        lower = name.lower()
+        if lower == SERVICE_WORKER_REQUEST or (lower == b"sec-fetch-dest" and value.lower() in WORKER_DESTINATIONS):
+            return True
+    return False
+
+
+def _credentials(
+    scope: Scope, query: list[tuple[str, str]], port: int, by_host: bool
+) -> tuple[str | None, str | None, str]:
     headers = dict(scope["headers"])
     params = dict(query)
     cookie_name = f"sbx_auth_{port}"
     token = headers.get(TOKEN_HEADER.encode(), b"").decode("latin-1") or params.get(TOKEN_QUERY)
     signature = params.get(SIGNATURE_QUERY)
-    if signature is None and b"cookie" in headers:
+    # The signed-URL cookie exists on the host route only. Sibling sandboxes' hosts are the same
+    # site, so the browser sends it with requests their pages make too: from them it admits nothing
+    # (only the page's own requests, a navigation typed or followed from another site).
+    from_sibling = headers.get(b"sec-fetch-site", b"").lower() == b"same-site"
+    if signature is None and by_host and not from_sibling and b"cookie" in headers:
         cookies: SimpleCookie = SimpleCookie()
         with contextlib.suppress(Exception):
             cookies.load(headers[b"cookie"].decode("latin-1"))
@@ -145,16 +174,31 @@ def _has_api_key(scope: Scope, expected: str) -> bool:
     return any(_is_api_key(k, v, expected) for k, v in scope["headers"])
 
 
-def _forwarded_headers(scope: Scope, api_key: str) -> list[tuple[bytes, bytes]]:
+def _signature_cookie(scope: Scope, cookie_name: str, query: list[tuple[str, str]]) -> str | None:
+    """A signed URL's first use leaves a cookie, so the page's own requests get in too: host-only
+    (no Domain: it stays with this sandbox's port), gone when the signature expires."""
+    signature = dict(query).get(SIGNATURE_QUERY)
+    if not signature:
+        return None
+    expires = signature.partition(".")[0]
+    max_age = max(int(expires) - int(time.time()), 0) if expires.isdigit() else 0
+    secure = "; Secure" if scope.get("scheme") in ("https", "wss") else ""
+    return f"{cookie_name}={signature}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}"
+
+
+def _forwarded_headers(scope: Scope, api_key: str, cookies: bool) -> list[tuple[bytes, bytes]]:
     """The request's headers as the sandbox's app gets them: without hop-by-hop headers and
     without any of sandboxd's credentials (traffic token, API key, signed-URL cookies), with
-    X-Forwarded-For set by the proxy alone."""
+    X-Forwarded-For set by the proxy alone. Without cookies at all on the path route: the API's
+    origin has none of the app's (it may not set any there), only what others put there."""
     out = []
     for name, value in scope["headers"]:
         lower = name.lower()
         if lower in HOP or lower in (TOKEN_HEADER.encode(), b"x-forwarded-for") or _is_api_key(name, value, api_key):
             continue
         if lower == b"cookie":
+            if not cookies:
+                continue
             kept = [c for c in value.split(b";") if not c.strip().startswith(b"sbx_auth_")]
             if not kept:
                 continue
@@ -166,7 +210,8 @@ def _forwarded_headers(scope: Scope, api_key: str) -> list[tuple[bytes, bytes]]:
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, exc: SandboxdError) -> None:
-    body = json.dumps({"code": exc.code, "message": exc.message}).encode()
+    fields = {"field": exc.field} if exc.field else {}
+    body = json.dumps({"code": exc.code, "message": exc.message, **fields}).encode()
     if scope["type"] == "websocket":
         await receive()  # websocket.connect
         if "websocket.http.response" not in scope.get("extensions", {}):
@@ -199,6 +244,7 @@ async def _proxy_http(
     target: Target,
     path_qs: str,
     headers: list[tuple[bytes, bytes]],
+    shape: Callable[[list[tuple[bytes, bytes]]], list[tuple[bytes, bytes]]],
     set_cookie: str | None,
 ) -> None:
     has_body = any(k.lower() in (b"content-length", b"transfer-encoding") for k, _ in scope["headers"])
@@ -237,7 +283,7 @@ async def _proxy_http(
         await _refuse(scope, receive, send, PortUnreachable(f"port {target.port}: {exc}"))
         return
     try:
-        out = [(k, v) for k, v in response.headers.raw if k.lower() not in HOP or k.lower() == b"content-length"]
+        out = shape([(k, v) for k, v in response.headers.raw if k.lower() not in HOP or k.lower() == b"content-length"])
         if set_cookie:
             out.append((b"set-cookie", set_cookie.encode()))
         await send({"type": "http.response.start", "status": response.status_code, "headers": out})

@@ -284,6 +284,9 @@ def exec_(
                     timeout=timeout,
                     on_stdout=lambda s: (sys.stdout.write(s), sys.stdout.flush()),
                     on_stderr=lambda s: (sys.stderr.write(s), sys.stderr.flush()),
+                    on_gap=lambda start, end: sys.stderr.write(
+                        f"\n[sandboxd: {end - start} bytes of output dropped here (offsets {start}-{end})]\n"
+                    ),
                 )
         finally:
             sb.close()

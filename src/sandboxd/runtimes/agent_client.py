@@ -22,7 +22,9 @@ from sandboxd.errors import (
     SandboxExhausted,
 )
 
-REQ, STDOUT, STDERR, EXIT, STDIN, EOF, SIGNAL, RESIZE, DATA, END, REPLY, ERROR = range(1, 13)
+REQ, STDOUT, STDERR, EXIT, STDIN, EOF, SIGNAL, RESIZE, DATA, END, REPLY, ERROR, GAP = range(1, 14)
+# GAP: {"from": a, "to": b} before output that starts at b when the reader's position was a (the
+# agent keeps a bounded buffer per process and drops its oldest output when a reader falls behind).
 HEADER = struct.Struct(">BI")
 CHUNK = 65536
 # The agent runs inside the sandbox, so what it sends is untrusted: a frame may not make the

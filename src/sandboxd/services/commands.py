@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sandboxd.domain import Sandbox
+from sandboxd.errors import RuntimeFailure
 from sandboxd.runtimes import agent_client as proto
 from sandboxd.runtimes.agent_client import AgentConnection
 from sandboxd.services.requests import RunCommand
@@ -27,6 +28,19 @@ class Output:
     stream: str  # "stdout" | "stderr"
     data: bytes
     offset: int
+
+
+@dataclass
+class Gap:
+    """Output between start and end (byte offsets) that is no longer kept: the reader fell behind
+    the bounded buffer of the process's output. The next Output continues at end."""
+
+    start: int
+    end: int
+
+    @property
+    def dropped(self) -> int:
+        return self.end - self.start
 
 
 @dataclass
@@ -69,7 +83,7 @@ class CommandService:
             **extra,
         }
 
-    async def stream(self, sandbox_id: str, cmd: RunCommand) -> AsyncIterator[Output | Exit]:
+    async def stream(self, sandbox_id: str, cmd: RunCommand) -> AsyncIterator[Output | Gap | Exit]:
         """Starts a command (errors raise here, before any output) and returns its output as it
         comes, then its exit."""
         sandbox, agent = self.sandboxes.agent(sandbox_id)
@@ -96,7 +110,9 @@ class CommandService:
         truncated = False
         info: dict[str, Any] = {}
         async for item in await self.stream(sandbox_id, cmd):
-            if isinstance(item, Output):
+            if isinstance(item, Gap):
+                truncated = True  # output in the middle is gone, whatever the cap
+            elif isinstance(item, Output):
                 # The server holds a synchronous result in memory: keep the head of each stream and
                 # leave the rest to the process log (offsets), which streams instead.
                 room = max(MAX_SYNC_OUTPUT - kept[item.stream], 0)
@@ -145,12 +161,18 @@ class CommandService:
         _, agent = self.sandboxes.agent(sandbox_id)
         return dict(await agent.call("stdin", id=process_id, data=data, eof=eof))
 
-    async def logs(self, sandbox_id: str, process_id: str, offset: int, follow: bool) -> AsyncIterator[Output | Exit]:
-        """Output from offset on (or from the oldest kept, if that was dropped); with follow, until
-        the process ends. An unknown process raises here, before any output."""
+    async def logs(
+        self, sandbox_id: str, process_id: str, offset: int, follow: bool
+    ) -> AsyncIterator[Output | Gap | Exit]:
+        """Output from offset on (after a Gap up to the oldest kept, if that was dropped); with
+        follow, until the process ends. An unknown process raises here, before any output."""
         _, agent = self.sandboxes.agent(sandbox_id)
         conn, first = await agent.open("attach", id=process_id, offset=offset, follow=follow)
-        return self._frames(conn, int(first["offset"]), None)
+        start = first.get("offset") if isinstance(first, dict) else None
+        if type(start) is not int or start < offset:
+            await conn.close()
+            raise RuntimeFailure(f"the sandbox agent answered an attach with a bad offset: {start!r:.40}")
+        return self._frames(conn, offset, None, start)
 
     async def terminal(self, sandbox_id: str, cmd: RunCommand, rows: int, cols: int) -> Terminal:
         """Starts a process on a PTY."""
@@ -162,15 +184,26 @@ class CommandService:
 
     @staticmethod
     async def _frames(
-        conn: AgentConnection, start: int, on_exit: Callable[[dict[str, Any]], None] | None
-    ) -> AsyncIterator[Output | Exit]:
-        offset = start
+        conn: AgentConnection,
+        offset: int,
+        on_exit: Callable[[dict[str, Any]], None] | None,
+        start: int | None = None,
+    ) -> AsyncIterator[Output | Gap | Exit]:
+        """The agent's frames as output (each with the offset it ends at), gaps and the exit.
+        offset is where the reader asked to start; start, where the agent said its output starts."""
         try:
+            if start is not None and start > offset:
+                yield Gap(offset, start)
+                offset = start
             while True:
                 kind, payload = await conn.recv()
                 if kind in STREAMS:
                     offset += len(payload)
                     yield Output(STREAMS[kind], payload, offset)
+                elif kind == proto.GAP:
+                    gap = _gap(payload, offset)
+                    offset = gap.end
+                    yield gap
                 elif kind == proto.EXIT:
                     info = json.loads(payload)
                     if on_exit is not None:
@@ -183,11 +216,25 @@ class CommandService:
             await conn.close()
 
 
+def _gap(payload: bytes, offset: int) -> Gap:
+    """A GAP frame, checked: the agent is the sandbox's, and what it says must at least hold
+    together (from the reader's position, forwards)."""
+    try:
+        body = json.loads(payload)
+        start, end = body["from"], body["to"]
+    except (ValueError, TypeError, KeyError):
+        raise RuntimeFailure("the sandbox agent sent a malformed gap frame") from None
+    if not (type(start) is int and type(end) is int and start == offset < end):
+        raise RuntimeFailure(f"the sandbox agent sent a gap that does not follow offset {offset}")
+    return Gap(start, end)
+
+
 class Terminal:
     """A process on a PTY: write keystrokes, resize, signal, read output until its exit."""
 
     def __init__(self, conn: AgentConnection) -> None:
         self._conn = conn
+        self._offset = 0
         self.exit: dict[str, Any] | None = None
 
     async def write(self, data: bytes) -> None:
@@ -204,7 +251,12 @@ class Terminal:
         while True:
             kind, payload = await self._conn.recv()
             if kind == proto.STDOUT:
+                self._offset += len(payload)
                 return payload
+            if kind == proto.GAP:  # the screen would be wrong without a word: say what is missing
+                gap = _gap(payload, self._offset)
+                self._offset = gap.end
+                return f"\r\n[sandboxd: {gap.dropped} bytes of output dropped here]\r\n".encode()
             if kind == proto.EXIT:
                 self.exit = json.loads(payload)
                 return None

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from sandboxd.config import Settings
 from sandboxd.domain import BuildState, Limits, SandboxSpec, TemplateVersion, utcnow
 from sandboxd.errors import Conflict, InvalidRequest, SandboxdError
-from sandboxd.services.commands import CommandService, Output
+from sandboxd.services.commands import CommandService, Gap, Output
 from sandboxd.services.requests import (
     TEMPLATE_NAME,
     CopyStep,
@@ -219,6 +219,9 @@ class TemplateService:
                             lines, pending = [*lines, pending], b""
                         for line in lines:
                             say("    " + line.decode(errors="replace"))
+                    elif isinstance(item, Gap):
+                        pending = b""
+                        say(f"    [sandboxd: {item.dropped} bytes of this step's output were dropped here]")
                     else:
                         exit_info = item.info
                 if pending:

@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from sandboxd.api.deps import Commands
 from sandboxd.api.models import CommandResultOut, ProcessLogs, ProcessOut, SignalIn, StdinIn
 from sandboxd.errors import InvalidRequest
-from sandboxd.services.commands import Exit, Output
+from sandboxd.services.commands import Exit, Gap, Output
 from sandboxd.services.requests import RunCommand, signal_number
 
 router = APIRouter(prefix="/api/v1/sandboxes/{sandbox_id}", tags=["commands"])
@@ -19,19 +19,27 @@ router = APIRouter(prefix="/api/v1/sandboxes/{sandbox_id}", tags=["commands"])
 SSE_DOC: dict[int | str, dict[str, Any]] = {
     200: {
         "description": 'Server-Sent Events: `stdout` and `stderr` events carry {"data"}, with `id:` '
-        "the byte offset to resume from; a final `exit` event carries the result.",
+        "the byte offset to resume from; a final `exit` event carries the result. A reader that falls "
+        "more than the output kept per process (16 MiB) behind loses the oldest output: a `gap` event "
+        '{"from", "to", "dropped"} (its `id:` is `to`) says which bytes are missing before the output '
+        "goes on, so offsets stay real and every byte is either delivered or accounted for.",
         "content": {"text/event-stream": {}},
     }
 }
 
 
-async def _sse(items: AsyncIterator[Output | Exit]) -> AsyncIterator[str]:
+async def _sse(items: AsyncIterator[Output | Gap | Exit]) -> AsyncIterator[str]:
     # One decoder per stream: a character split between two reads is not mangled.
     decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in ("stdout", "stderr")}
     async for item in items:
         if isinstance(item, Output):
             data = json.dumps({"data": decoders[item.stream].decode(item.data)})
             yield f"event: {item.stream}\nid: {item.offset}\ndata: {data}\n\n"
+        elif isinstance(item, Gap):
+            for decoder in decoders.values():
+                decoder.reset()  # a character cut by the gap is not glued to what follows
+            data = json.dumps({"from": item.start, "to": item.end, "dropped": item.dropped})
+            yield f"event: gap\nid: {item.end}\ndata: {data}\n\n"
         else:
             yield f"event: exit\ndata: {json.dumps(item.info)}\n\n"
 
@@ -75,10 +83,12 @@ async def process_logs(
     if follow:
         return StreamingResponse(_sse(items), media_type="text/event-stream")
     out: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
-    end, info = offset, {}
+    end, info, dropped = offset, {}, 0
     async for item in items:
         if isinstance(item, Output):
             out[item.stream].append(item.data)
+        elif isinstance(item, Gap):
+            dropped += item.dropped
         else:
             info = item.info
             end = info.pop("offset", end)
@@ -86,6 +96,7 @@ async def process_logs(
         stdout=b"".join(out["stdout"]).decode(errors="replace"),
         stderr=b"".join(out["stderr"]).decode(errors="replace"),
         next_offset=end,
+        dropped=dropped,
         process=ProcessOut(**info),
     )
 

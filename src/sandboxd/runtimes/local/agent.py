@@ -32,7 +32,7 @@ import termios
 import threading
 import time
 
-REQ, STDOUT, STDERR, EXIT, STDIN, EOF, SIGNAL, RESIZE, DATA, END, REPLY, ERROR = range(1, 13)
+REQ, STDOUT, STDERR, EXIT, STDIN, EOF, SIGNAL, RESIZE, DATA, END, REPLY, ERROR, GAP = range(1, 14)
 HEADER = struct.Struct(">BI")
 OUTPUT_CAP = 16 * 1024 * 1024  # bytes of output kept per process; older output is dropped
 KEEP_ENDED = 256  # ended processes kept for status/log queries
@@ -477,15 +477,20 @@ def control(proc, sock, gone):
 
 
 def attach(proc, sock, offset, follow=True, announce=False):
+    """Sends the output from offset on. Output a slow reader fell behind on is dropped (OUTPUT_CAP):
+    a GAP frame {"from", "to"} says so before the output that follows it, so the offsets the
+    client counts stay real. With announce, the first reply says where the output sent starts."""
     gone = []
-    if announce:  # where the output sent starts: older output may have been dropped (OUTPUT_CAP)
-        with proc.cond:
-            send(sock, REPLY, {"offset": max(offset, proc.base)})
+    with proc.cond:
+        pos = max(offset, proc.base)
+    if announce:
+        send(sock, REPLY, {"offset": pos})
+    elif pos > offset:
+        send(sock, GAP, {"from": offset, "to": pos})
     try:
         threading.Thread(target=control, args=(proc, sock, gone), daemon=True).start()
     except RuntimeError:
         pass  # at the pids limit: output still flows, stdin/resize/signal frames wait for a retry
-    pos = max(offset, proc.base)
     while True:
         with proc.cond:
             while follow and not proc.done() and not gone and proc.size <= pos:
@@ -495,8 +500,10 @@ def attach(proc, sock, offset, follow=True, announce=False):
             pending = [c for c in proc.chunks if c[0] + len(c[2]) > pos]
             finished = proc.done()
         for off, kind, data in pending:
-            start = max(pos - off, 0)
-            send(sock, kind, data[start:])
+            if off > pos:  # dropped from the buffer before it was sent
+                send(sock, GAP, {"from": pos, "to": off})
+                pos = off
+            send(sock, kind, data[pos - off :])
             pos = off + len(data)
         if finished or not follow:
             info = proc.info()

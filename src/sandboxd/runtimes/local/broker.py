@@ -6,8 +6,9 @@ in clear text). The resolver (dns.py) puts the pair (sandbox address, resolved a
 brokered name in the ``intercept`` set; the kernel redirects those connections here. The TLS
 ClientHello is read first: for a brokered name, TLS is terminated with a certificate for that name,
 issued by this server's own CA, which sandboxes with brokered domains trust (it is written into
-their trust store), and each request, whose Host must be that same name, goes on over a new TLS
-connection to the original address, verified against the host's CAs. Any other name on the same
+their trust store), and each request, whose target must be a path and whose Host must be that same
+name, is made anew (brokered_request.py) and goes on over a new TLS connection to the original
+address, verified against the host's CAs. Any other name on the same
 address is relayed byte for byte, its TLS session the sandbox's own. Everything else a sandbox does
 never passes through here.
 
@@ -25,8 +26,9 @@ import os
 import socket
 import ssl
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 
 import h11
@@ -35,6 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from sandboxd.runtimes.local.brokered_request import Refused, upstream_request
 from sandboxd.runtimes.local.network import BROKER_TLS_PORT
 
 log = logging.getLogger("sandboxd.broker")
@@ -250,7 +253,7 @@ class Broker:
                 return
             client = _TlsServer(raw, self.ca.context_for(name), hello)
             await client.handshake()
-            await self._serve(client, original, transforms, name)
+            await self._serve(client, original, transforms, name.rstrip("."))
         except (TimeoutError, OSError, EOFError, h11.ProtocolError, ssl.SSLError, ValueError) as exc:
             log.info("brokered connection ended: %s", exc)
         finally:
@@ -271,12 +274,16 @@ class Broker:
                 request = await _next_event(client, stream)
                 if not isinstance(request, h11.Request):
                     return
-                # The request must be for the name TLS was set up with: a Host of another site on
-                # the same address (domain fronting) would carry the secret there.
-                host = _header(request.headers, b"host").rsplit(":", 1)[0].lower().rstrip(".")
+                # Only a path on the name TLS was set up with goes on, in a request made anew: an
+                # absolute target or a Host of another site on the same address (domain fronting)
+                # would carry the secret there.
                 transform = find(transforms, sni)
-                if transform is None or host != sni:
-                    await _send(stream, client, h11.Response(status_code=421, headers=[(b"content-length", b"0")]))
+                try:
+                    if transform is None:
+                        raise Refused(421, f"{sni} is not brokered for this sandbox")
+                    outgoing = upstream_request(request, sni, original[1], transform.inject, transform.strip)
+                except Refused as refused:
+                    await _refuse(stream, client, refused)
                     return
                 if up is None:
                     reader, writer = await asyncio.wait_for(
@@ -291,7 +298,7 @@ class Broker:
                     # No idle limit towards the server: a slow answer (a long model call) is fine.
                     up = (_Plain(reader, writer, idle=None), h11.Connection(h11.CLIENT))
                 upstream, server = up
-                await _send(upstream, server, _rewrite(request, transform))
+                await _send(upstream, server, outgoing)
                 await _pump_body(client, stream, server, upstream)
                 response = await _next_event(server, upstream)
                 while isinstance(response, h11.InformationalResponse):
@@ -390,18 +397,17 @@ def _server_name(hello: bytes) -> str | None:
     return None
 
 
-def _rewrite(request: h11.Request, transform: Transform) -> h11.Request:
-    drop = {name.lower().encode() for name in transform.strip} | {name.lower().encode() for name, _ in transform.inject}
-    headers = [(k, v) for k, v in request.headers if k.lower() not in drop]
-    headers += [(k.encode(), v.encode()) for k, v in transform.inject]
-    return h11.Request(method=request.method, target=request.target, headers=headers, http_version="1.1")
-
-
-def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str:
-    for key, value in headers:
-        if key.lower() == name:
-            return str(value.decode("latin-1"))
-    return ""
+async def _refuse(stream: Stream, client: h11.Connection, refused: Refused) -> None:
+    body = f"sandboxd credential broker: {refused.reason}\n".encode()
+    headers = [
+        (b"content-type", b"text/plain"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    reason = HTTPStatus(refused.status).phrase.encode()
+    await _send(stream, client, h11.Response(status_code=refused.status, headers=headers, reason=reason))
+    await _send(stream, client, h11.Data(data=body))
+    await _send(stream, client, h11.EndOfMessage())
 
 
 async def _next_event(conn: h11.Connection, stream: Stream) -> object:

@@ -56,10 +56,13 @@ class AsyncCommandHandle:
         self,
         on_stdout: Callable[[str], object] | None = None,
         on_stderr: Callable[[str], object] | None = None,
+        on_gap: Callable[[int, int], object] | None = None,
     ) -> CommandResult:
-        """Follows the output until the process ends."""
+        """Follows the output until the process ends. Output the server no longer keeps (a process
+        far ahead of its reader) is missing: on_gap(from, to) gets its byte offsets, and the
+        result is marked truncated."""
         path = f"{self.sandbox._path}/processes/{self.id}/logs"
-        return await _follow(self.sandbox._http, "GET", path, None, {"follow": True}, on_stdout, on_stderr)
+        return await _follow(self.sandbox._http, "GET", path, None, {"follow": True}, on_stdout, on_stderr, on_gap)
 
     async def send_stdin(self, data: str, eof: bool = False) -> None:
         path = f"{self.sandbox._path}/processes/{self.id}/stdin"
@@ -78,8 +81,10 @@ async def _follow(
     params: dict[str, Any] | None,
     on_stdout: Callable[[str], object] | None,
     on_stderr: Callable[[str], object] | None,
+    on_gap: Callable[[int, int], object] | None = None,
 ) -> CommandResult:
     out: dict[str, list[str]] = {"stdout": [], "stderr": []}
+    truncated = False
     async with http.stream(method, path, json=body, params=params, timeout=None) as response:
         await _check(response)
         event = ""
@@ -93,6 +98,10 @@ async def _follow(
                     callback = on_stdout if event == "stdout" else on_stderr
                     if callback is not None:
                         callback(data["data"])
+                elif event == "gap":  # output between these offsets was dropped before it was sent
+                    truncated = True
+                    if on_gap is not None:
+                        on_gap(data["from"], data["to"])
                 elif event == "exit":
                     return CommandResult(
                         stdout="".join(out["stdout"]),
@@ -103,6 +112,7 @@ async def _follow(
                         signal=data["signal"],
                         oom_killed=data.get("oom_killed", False),
                         process_id=data["id"],
+                        truncated=truncated,
                     )
     raise SandboxError("STREAM_ENDED", "the output stream ended before the process did")
 
@@ -124,10 +134,12 @@ class AsyncCommands:
         check: bool = False,
         on_stdout: Callable[[str], object] | None = None,
         on_stderr: Callable[[str], object] | None = None,
+        on_gap: Callable[[int, int], object] | None = None,
     ) -> Any:
         """Runs cmd (a shell line, or an argv list). Returns a CommandResult, or with
         background=True an AsyncCommandHandle at once. check=True raises CommandExitError on a
-        non-zero exit."""
+        non-zero exit. With callbacks the output streams; on_gap(from, to) is told of output
+        dropped before it was sent (the result is then truncated)."""
         body: dict[str, Any] = {"command": cmd, "env": env or {}, "background": background}
         for key, value in (("cwd", cwd), ("user", user), ("timeout", timeout), ("stdin", stdin)):
             if value is not None:
@@ -137,8 +149,9 @@ class AsyncCommands:
             r = await _check(await http.post(f"{path}/commands", json=body))
             info = r.json()
             return AsyncCommandHandle(self._sandbox, info["id"], info["pid"])
-        if on_stdout or on_stderr:
-            result = await _follow(http, "POST", f"{path}/commands/stream", body, None, on_stdout, on_stderr)
+        if on_stdout or on_stderr or on_gap:
+            stream = f"{path}/commands/stream"
+            result = await _follow(http, "POST", stream, body, None, on_stdout, on_stderr, on_gap)
         else:
             r = await _check(await http.post(f"{path}/commands", json=body, timeout=None))
             result = CommandResult(**r.json())
