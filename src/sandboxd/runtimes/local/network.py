@@ -112,9 +112,10 @@ class Network:
                 f"flush chain inet {t} forward\n"
                 f"flush chain inet {t} refuse\n"
                 f'add rule inet {t} postrouting ip saddr {self.subnet} oifname != "{br}" masquerade\n'
-                f'add rule inet {t} input iifname "{br}" ct state established,related accept\n'
+                # (before the established rule: one UDP socket's queries are one conntrack flow)
                 f'add rule inet {t} input iifname "{br}" udp dport 53 update @dns_rate '
                 f"{{ ip saddr limit rate over {self.dns_rate}/second burst {2 * self.dns_rate} packets }} drop\n"
+                f'add rule inet {t} input iifname "{br}" ct state established,related accept\n'
                 f'add rule inet {t} input iifname "{br}" ip daddr {gw} meta l4proto {{ tcp, udp }} th dport 53 accept\n'
                 # The broker only through the redirect: a sandbox cannot connect to it directly.
                 f'add rule inet {t} input iifname "{br}" ct status dnat tcp dport {BROKER_TLS_PORT} accept\n'
