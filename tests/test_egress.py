@@ -91,7 +91,10 @@ class Zone:
             elif query.question[0].rdtype == 1:  # A
                 ttl = 1 if name.startswith("short.") else 30
                 response.answer.append(dns.rrset.from_text(name + ".", ttl, "IN", "A", *self.records[name]))
-            self.sock.sendto(response.to_wire(), peer)
+            try:
+                self.sock.sendto(response.to_wire(), peer)
+            except OSError:  # closed meanwhile
+                return
 
     def close(self) -> None:
         self.sock.close()
