@@ -4,7 +4,7 @@ lookups (the resolver, its socket and the server's event loop are shared by all)
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -77,3 +77,39 @@ def test_a_dns_flood_from_one_sandbox_leaves_anothers_lookups_alone(net: tuple[S
         assert sent > 20000, sent  # it was a flood
         assert failed == 0 and worst < 0.5, (worst, failed, sent)
         assert api_latency < 0.5, api_latency
+
+
+def test_the_resolvers_queue_serves_sandboxes_in_turn() -> None:
+    """Beyond the kernel's rate limit (UDP only), the resolver's own queue: a sandbox with many
+    slow queries waiting does not hold up another's, and one past its rate is dropped."""
+    import asyncio
+
+    from sandboxd.runtimes.local.fairqueue import FairQueue
+
+    async def scenario() -> tuple[list[str], int]:
+        queue = FairQueue(rate=1000, workers=4)
+        queue.start()
+        order: list[str] = []
+
+        def job(name: str) -> Callable[[], Awaitable[None]]:
+            async def run() -> None:
+                await asyncio.sleep(0.02)
+                order.append(name)
+
+            return run
+
+        for i in range(40):
+            assert queue.submit("10.0.0.2", job(f"flood{i}"))
+        queue.submit("10.0.0.3", job("victim"))
+        while "victim" not in order:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.5)
+        slow = FairQueue(rate=10)  # burst 20, then dropped
+        accepted = sum(slow.submit("10.0.0.4", job("x")) for _ in range(100))
+        await queue.stop()
+        return order, accepted
+
+    order, accepted = asyncio.run(scenario())
+    # The victim's query came in behind 40 of the flooder's and ran among the first few.
+    assert order.index("victim") < 8, order
+    assert accepted == 20  # up to QUEUE_DEPTH waiting; past the burst, dropped

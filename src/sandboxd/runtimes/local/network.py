@@ -8,11 +8,13 @@ the pair: nothing is left to leak but the host bridge itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import ipaddress
 import json
 import logging
 import os
+import socket
 from collections.abc import Sequence
 
 from sandboxd.errors import RuntimeFailure
@@ -23,6 +25,7 @@ log = logging.getLogger("sandboxd.network")
 VETH_PREFIX = "sbxv"
 BROKER_TLS_PORT = 15443  # the credential broker's, on the bridge address
 HOST_RESCAN_SECONDS = 30.0  # the host's networks are read again this often even without a change event
+RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE = 0x10, 0x40  # rtnetlink multicast groups (linux/rtnetlink.h)
 
 
 def _disable_ipv6(link: str) -> None:
@@ -141,35 +144,29 @@ class Network:
         await run("nft", "-f", "-", stdin=script)
 
     async def watch_host(self, inward: InwardNetworks) -> None:
-        """Keeps the inward set in step with the host's addresses and routes: read again on every
-        change the kernel reports (`ip monitor`), and every HOST_RESCAN_SECONDS besides. Runs until
-        cancelled."""
-        await asyncio.to_thread(inward.refresh)
-        await self.set_inward(inward.networks)
+        """Keeps the inward set in step with the host's addresses and routes: read again whenever
+        the kernel reports a change of either (a netlink subscription: no process to leave
+        behind), and every HOST_RESCAN_SECONDS besides. Runs until cancelled."""
+        loop = asyncio.get_running_loop()
         while True:
-            monitor = await asyncio.create_subprocess_exec(
-                "ip", "-4", "monitor", "address", "route",
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-            )  # fmt: skip
-            assert monitor.stdout is not None
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
             try:
+                sock.bind((0, RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE))
+                sock.setblocking(False)
                 while True:
-                    try:
-                        line = await asyncio.wait_for(monitor.stdout.readline(), HOST_RESCAN_SECONDS)
-                    except TimeoutError:
-                        line = b"rescan"
-                    if not line:
-                        break  # the monitor died: start another
-                    await asyncio.sleep(0.05)  # one change often comes as several events: read once
                     if await asyncio.to_thread(inward.refresh):
                         await self.set_inward(inward.networks)
-            except RuntimeFailure:
-                log.exception("updating the host's networks failed")
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(loop.sock_recv(sock, 65536), HOST_RESCAN_SECONDS)
+                    await asyncio.sleep(0.05)  # one change often comes as several messages
+                    with contextlib.suppress(BlockingIOError):
+                        while sock.recv(65536):
+                            pass  # read once for all of them
+            except Exception:  # ENOBUFS (messages lost: read again), nft failing: keep watching
+                log.exception("watching the host's networks failed; starting again")
                 await asyncio.sleep(1)
             finally:
-                if monitor.returncode is None:
-                    monitor.kill()
-                    await monitor.wait()
+                sock.close()
 
     async def teardown_host(self) -> None:
         await run("ip", "link", "del", self.bridge, check=False)
