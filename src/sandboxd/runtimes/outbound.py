@@ -84,9 +84,8 @@ class Fetch:
 
     def _refusal(self, ip: str, literal: bool, inward: list[IPv4Network], trusted: bool) -> str | None:
         address = ipaddress.IPv4Address(ip)
-        if any(address in n for n in self.rules.allow):
-            return None  # the operator named it
-        if any(address in n for n in inward) and not trusted:
+        opened = trusted or any(address in n for n in self.rules.allow)  # the operator named it
+        if not opened and any(address in n for n in inward):
             return "is loopback, link-local, blocked or on this host's own networks"
         if self.policy is not None:
             verdict = self.policy.decide_address(ip) or (self.policy.default if literal else "allow")
