@@ -133,9 +133,17 @@ def workdir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+# The tests' registries and source servers listen on loopback, where server-side fetches go only
+# if the operator lets them (runtimes/outbound.py): the session server is configured so.
+LOOPBACK_FETCHES = {
+    "SANDBOXD_FETCH_ALLOW_CIDRS": '["127.0.0.0/8"]',
+    "SANDBOXD_REGISTRY_ALLOW_HOSTS": '["127.0.0.1"]',
+}
+
+
 @pytest.fixture(scope="session")
 def server(image_cache: Path, workdir: Path) -> Iterator[Server]:
-    srv = Server(workdir / "main", "sbxdtest0", "10.77.0.0/24").start()
+    srv = Server(workdir / "main", "sbxdtest0", "10.77.0.0/24", **LOOPBACK_FETCHES).start()
     yield srv
     srv.delete_all()
     srv.stop()
@@ -147,9 +155,11 @@ def server(image_cache: Path, workdir: Path) -> Iterator[Server]:
 
 class InternetHost:
     """A host on "the internet": its own network namespace, reached from sandboxes only through the
-    host's NAT, running a TCP server that greets whoever connects."""
+    host's NAT, running a TCP server that greets whoever connects. Its link to this machine is an
+    attached network, which sandboxes may not reach; its ADDRESS is beyond it, behind a route
+    through the namespace (as the internet is behind a gateway)."""
 
-    NETNS, LINK, ADDRESS, PEER = "sbxd-testnet", "sbxdth0", "10.77.200.2", "10.77.200.1"
+    NETNS, LINK, ADDRESS, PEER, GATEWAY = "sbxd-testnet", "sbxdth0", "10.77.201.2", "10.77.200.1", "10.77.200.2"
     SERVER = (
         "import socket\n"
         "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
@@ -165,9 +175,11 @@ class InternetHost:
             f"link add {self.LINK} type veth peer name eth0 netns {self.NETNS}",
             f"addr add {self.PEER}/30 dev {self.LINK}",
             f"link set {self.LINK} up",
-            f"-n {self.NETNS} addr add {self.ADDRESS}/30 dev eth0",
+            f"-n {self.NETNS} addr add {self.GATEWAY}/30 dev eth0",
+            f"-n {self.NETNS} addr add {self.ADDRESS}/32 dev lo",
             f"-n {self.NETNS} link set eth0 up",
             f"-n {self.NETNS} link set lo up",
+            f"route add {self.ADDRESS}/32 via {self.GATEWAY}",
         ):
             subprocess.run(["ip", *cmd.split()], check=True)
         self.proc = subprocess.Popen(["ip", "netns", "exec", self.NETNS, sys.executable, "-c", self.SERVER])

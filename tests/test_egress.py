@@ -38,21 +38,25 @@ GREETER = (
 
 
 class NetnsHost:
-    """A host on "the internet" in a network namespace of its own, behind a /30 on this machine."""
+    """A host on "the internet" in a network namespace of its own, linked to this machine by a /30
+    (an attached network, which sandboxes may not reach), serving on an address beyond it: this
+    machine routes there through the namespace, as it reaches the internet through a gateway."""
 
-    def __init__(self, name: str, peer: str, address: str) -> None:
+    def __init__(self, name: str, peer: str, gateway: str, address: str, serve: str = GREETER) -> None:
         self.netns, self.link, self.peer, self.address = f"sbxd-{name}", f"sbxd{name}", peer, address
         for cmd in (
             f"netns add {self.netns}",
             f"link add {self.link} type veth peer name eth0 netns {self.netns}",
             f"addr add {peer}/30 dev {self.link}",
             f"link set {self.link} up",
-            f"-n {self.netns} addr add {address}/30 dev eth0",
+            f"-n {self.netns} addr add {gateway}/30 dev eth0",
+            f"-n {self.netns} addr add {address}/32 dev lo",
             f"-n {self.netns} link set eth0 up",
             f"-n {self.netns} link set lo up",
+            f"route add {address}/32 via {gateway}",
         ):
             subprocess.run(["ip", *cmd.split()], check=True)
-        self.proc = subprocess.Popen(["ip", "netns", "exec", self.netns, sys.executable, "-c", GREETER])
+        self.proc = subprocess.Popen(["ip", "netns", "exec", self.netns, sys.executable, "-c", serve])
 
     def close(self) -> None:
         self.proc.kill()
@@ -87,14 +91,17 @@ class Zone:
             elif query.question[0].rdtype == 1:  # A
                 ttl = 1 if name.startswith("short.") else 30
                 response.answer.append(dns.rrset.from_text(name + ".", ttl, "IN", "A", *self.records[name]))
-            self.sock.sendto(response.to_wire(), peer)
+            try:
+                self.sock.sendto(response.to_wire(), peer)
+            except OSError:  # closed meanwhile
+                return
 
     def close(self) -> None:
         self.sock.close()
 
 
-A_PEER, A = "10.77.210.1", "10.77.210.2"
-B_PEER, B = "10.77.211.1", "10.77.211.2"
+A_PEER, A_GATEWAY, A = "10.77.210.1", "10.77.210.2", "10.77.220.2"
+B_PEER, B_GATEWAY, B = "10.77.211.1", "10.77.211.2", "10.77.221.2"
 ZONE = {
     "allowed.test": [A],
     "a.wild.test": [A],
@@ -179,7 +186,7 @@ def net(image_cache: Path, workdir: Path) -> Iterator[Server]:
     )
     web = None
     try:
-        hosts += [NetnsHost("ta", A_PEER, A), NetnsHost("tb", B_PEER, B)]
+        hosts += [NetnsHost("ta", A_PEER, A_GATEWAY, A), NetnsHost("tb", B_PEER, B_GATEWAY, B)]
         web = subprocess.Popen(
             [
                 "ip",
@@ -265,7 +272,7 @@ def test_custom_reaches_exactly_the_allowed_names_wildcards_and_cidrs(net: Serve
         assert counts["refused_lookups"] >= 2 and counts["refused_packets"] >= 2
         metrics = httpx.get(f"{net.url}/metrics").text
         assert f'sandboxd_egress_refused_packets_total{{sandbox="{sb.id}"}}' in metrics
-    with net.create(egress={"mode": "custom", "allowed_cidrs": [f"{B_PEER[:-2]}.0/30"]}) as sb:
+    with net.create(egress={"mode": "custom", "allowed_cidrs": [f"{B[:-2]}.0/24"]}) as sb:
         assert reach(sb, B) == f"reached {B} hello"
         assert reach(sb, A).startswith(f"refused {A}")
 

@@ -16,7 +16,7 @@ import pytest
 from sandboxd.errors import InvalidRequest
 from sandboxd.runtimes.local.images import OPAQUE_XATTR, ImageStore
 from tests.conftest import USERNS_BASE
-from tests.test_registry import TAR, Registry, tar_bytes
+from tests.test_registry import LOOPBACK_REGISTRY, TAR, Registry, tar_bytes
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_images_share_layers_and_keep_overlay_whiteouts(registry: Registry, tmp_
     two = tar_bytes(("opt/old/.wh..wh..opq", b""), ("opt/old/b", b"b"))
     registry.push_image("share/one", "v1", [(base, TAR), (one, TAR)])
     registry.push_image("share/two", "v1", [(base, TAR), (two, TAR)])
-    store = ImageStore(tmp_path / "images", USERNS_BASE)
+    store = ImageStore(tmp_path / "images", USERNS_BASE, outbound=LOOPBACK_REGISTRY)
     first = store.pull(f"{registry.host}/share/one:v1")
     second = store.pull(f"{registry.host}/share/two:v1")
     assert first.layer_ids[0] == second.layer_ids[0]  # the base blob is unpacked once
@@ -55,7 +55,7 @@ def test_images_share_layers_and_keep_overlay_whiteouts(registry: Registry, tmp_
 def test_device_nodes_are_refused_except_under_dev(registry: Registry, tmp_path: Path) -> None:
     registry.push_image("dev/evil", "v1", [(device_tar("etc/evil"), TAR)])
     registry.push_image("dev/fine", "v1", [(tar_bytes(("usr/bin/python3", b"")), TAR), (device_tar("dev/null"), TAR)])
-    store = ImageStore(tmp_path / "images", USERNS_BASE)
+    store = ImageStore(tmp_path / "images", USERNS_BASE, outbound=LOOPBACK_REGISTRY)
     with pytest.raises(InvalidRequest, match="refused layer entry 'etc/evil': device nodes are not allowed"):
         store.pull(f"{registry.host}/dev/evil:v1")
     assert not store.exists(f"{registry.host}/dev/evil:v1")
@@ -66,7 +66,7 @@ def test_device_nodes_are_refused_except_under_dev(registry: Registry, tmp_path:
 
 def test_gc_waits_for_a_pull_in_progress(registry: Registry, tmp_path: Path) -> None:
     registry.push_image("slow/app", "v1", [(tar_bytes(("usr/bin/python3", b""), ("app.txt", b"app")), TAR)])
-    store = ImageStore(tmp_path / "images", USERNS_BASE)
+    store = ImageStore(tmp_path / "images", USERNS_BASE, outbound=LOOPBACK_REGISTRY)
     downloading, release = threading.Event(), threading.Event()
     pulled: list[object] = []
 
@@ -115,7 +115,7 @@ def test_hard_links_out_of_the_layer_are_refused(registry: Registry, tmp_path: P
     victim.chmod(0o644)
     try:
         registry.push_image("hl/evil", "v1", [(hardlink_tar("x", target, b"attacker"), TAR)])
-        store = ImageStore(tmp_path / "images", USERNS_BASE)
+        store = ImageStore(tmp_path / "images", USERNS_BASE, outbound=LOOPBACK_REGISTRY)
         with pytest.raises(InvalidRequest, match="a hard link to"):
             store.pull(f"{registry.host}/hl/evil:v1")
         tarball = tmp_path / "evil.tar"

@@ -22,12 +22,15 @@ import zstandard
 from sandboxd.errors import InvalidRequest, RuntimeFailure
 from sandboxd.runtimes.local.images import ImageStore
 from sandboxd.runtimes.local.registry import parse_reference
+from sandboxd.runtimes.outbound import OutboundRules
 from tests.conftest import USERNS_BASE, Server, free_port
 from tests.test_images import add_bytes, base_layer  # noqa: F401 - the fixture, shared
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 TAR = "application/vnd.oci.image.layer.v1.tar"
+# The test registries listen on loopback, where a pull may go only if the operator says so.
+LOOPBACK_REGISTRY = OutboundRules(allow_hosts=("127.0.0.1",))
 
 
 class Registry:
@@ -248,7 +251,7 @@ def test_private_repository_needs_credentials(server: Server, tmp_path: Path) ->
 def test_tampered_blob_and_decompression_bomb_are_refused(registry: Registry, tmp_path: Path) -> None:
     bomb = zstandard.ZstdCompressor().compress(tar_bytes(("zeros", bytes(8 * 1024 * 1024))))
     registry.push_image("bomb", "v1", [(bomb, TAR + "+zstd")])
-    store = ImageStore(tmp_path / "images", USERNS_BASE, max_layer_bytes=1024 * 1024)
+    store = ImageStore(tmp_path / "images", USERNS_BASE, max_layer_bytes=1024 * 1024, outbound=LOOPBACK_REGISTRY)
     with pytest.raises(InvalidRequest, match="more than the allowed size"):
         store.pull(f"{registry.host}/bomb:v1")
     assert store.list() == [] and not list((tmp_path / "images").glob(".partial-*"))
@@ -260,7 +263,7 @@ def test_tampered_blob_and_decompression_bomb_are_refused(registry: Registry, tm
     hexdigest = str(digest).split(":")[1]
     data = registry.root / "data/docker/registry/v2/blobs/sha256" / hexdigest[:2] / hexdigest / "data"
     data.write_bytes(tar_bytes(("a.txt", b"tampered")))
-    fresh = ImageStore(tmp_path / "images2", USERNS_BASE)
+    fresh = ImageStore(tmp_path / "images2", USERNS_BASE, outbound=LOOPBACK_REGISTRY)
     with pytest.raises(RuntimeFailure, match="did not match its digest"):
         fresh.pull(f"{registry.host}/tamper:v1")
     assert not list((tmp_path / "images2" / ".blobs").rglob(hexdigest))

@@ -24,7 +24,7 @@ from sandboxd.runtimes.local.images import ImageStore
 from sandboxd.runtimes.local.registry import Credentials
 from tests.conftest import USERNS_BASE, Server
 from tests.test_images import base_layer  # noqa: F401 - the fixture, shared
-from tests.test_registry import TAR, Registry, tar_bytes
+from tests.test_registry import LOOPBACK_REGISTRY, TAR, Registry, tar_bytes
 
 USER, PASSWORD = "bob", "t0ken-pass"
 
@@ -98,7 +98,7 @@ def test_token_auth_pulls_with_the_right_credentials_only(proxy: tuple[Registry,
     registry, front = proxy
     registry.push_image("team/tool", "v1", [(tar_bytes(("usr/bin/python3", b""), ("tool.txt", b"tokened")), TAR)])
     ref = f"{front.host}/team/tool:v1"
-    store = ImageStore(tmp_path / "images", USERNS_BASE)
+    store = ImageStore(tmp_path / "images", USERNS_BASE, outbound=LOOPBACK_REGISTRY)
     with pytest.raises(InvalidRequest, match="refused the credentials"):
         store.pull(ref)  # no credentials: the token endpoint says no
     with pytest.raises(InvalidRequest, match="refused the credentials"):

@@ -55,6 +55,24 @@ class Settings(BaseSettings):
     dns_upstream: list[str] = []
     # More CAs the credential broker trusts for upstream servers (besides the host's).
     broker_upstream_ca: Path | None = None
+    # -- Network boundaries: what sandboxes, and the server on their or a caller's behalf, may reach.
+    # Refused to sandboxes (unless a CIDR rule of theirs lies within one) and to server-side fetches,
+    # as are the host's own addresses and attached networks. 0/8, loopback, link-local and multicast
+    # are refused even if left out; the default adds cloud metadata endpoints.
+    blocked_cidrs: list[str] = [
+        "0.0.0.0/8",
+        "127.0.0.0/8",
+        "169.254.0.0/16",  # AWS, GCP, Azure, OpenStack... 169.254.169.254; AWS ECS 169.254.170.2
+        "100.100.100.200/32",  # Alibaba Cloud
+        "192.0.0.192/32",  # Oracle Cloud (legacy)
+    ]
+    # Server-side fetches (sources, registries and their token realms) refuse loopback, link-local,
+    # blocked_cidrs and the host's own networks; these networks are let through all the same.
+    fetch_allow_cidrs: list[str] = []
+    # Registries (host or host:port) that may be on the host or an attached network, e.g. a private
+    # registry on the LAN; a token realm is let through only on one of these hosts too.
+    registry_allow_hosts: list[str] = []
+    dns_queries_per_second: int = 200  # per sandbox, twice that in a burst; more are dropped
     retention_seconds: int = 3600
     # Runtime names → template names. A template that was never built is built on first use from
     # <name>.toml in template_dirs or the definitions shipped with sandboxd.

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from sandboxd.config import Settings
 from sandboxd.runtimes.base import Runtime
+from sandboxd.runtimes.outbound import OutboundRules
 
 if TYPE_CHECKING:
     from sandboxd.runtimes.local.images import ImageStore
@@ -19,7 +21,8 @@ def _local(settings: Settings) -> Runtime:
     return LocalRuntime(
         data_dir=settings.data_dir,
         images=image_store(settings),
-        network=Network(settings.bridge, settings.subnet),
+        network=Network(settings.bridge, settings.subnet, settings.dns_queries_per_second),
+        blocked_cidrs=outbound_rules(settings).blocked,
         binary=choose_binary(settings.oci_runtime),
         id_base=settings.userns_base,
         id_size=settings.userns_size,
@@ -34,7 +37,20 @@ def image_store(settings: Settings) -> ImageStore:
     from sandboxd.runtimes.local.registry import Credentials
 
     auth = {host: Credentials(c["username"], c["password"]) for host, c in settings.registry_auth.items()}
-    return ImageStore(settings.image_root, settings.userns_base, registry_auth=auth)
+    return ImageStore(settings.image_root, settings.userns_base, registry_auth=auth, outbound=outbound_rules(settings))
+
+
+def outbound_rules(settings: Settings) -> OutboundRules:
+    """The operator's network boundaries for server-side fetches, from the settings."""
+
+    def networks(values: list[str]) -> tuple[ipaddress.IPv4Network, ...]:
+        return tuple(ipaddress.IPv4Network(v.strip(), strict=False) for v in values)
+
+    return OutboundRules(
+        blocked=networks(settings.blocked_cidrs),
+        allow=networks(settings.fetch_allow_cidrs),
+        allow_hosts=tuple(settings.registry_allow_hosts),
+    )
 
 
 # A Kubernetes backend registers here, behind the same protocol.

@@ -30,6 +30,9 @@ from sandboxd.errors import (
 from sandboxd.runtimes import agent_client as proto
 from sandboxd.runtimes.agent_client import Agent, AgentConnection
 from sandboxd.runtimes.base import Liveness, Runtime
+from sandboxd.runtimes.outbound import Fetch
+from sandboxd.runtimes.policy import Policy
+from sandboxd.runtimes.registry import outbound_rules
 from sandboxd.services.requests import CreateSandbox, EgressPolicy
 from sandboxd.services.sources import GitSource, TarballSource, git_archive, tarball_archive
 from sandboxd.store.base import SandboxStore
@@ -196,18 +199,21 @@ class SandboxService:
         sandbox is removed and the error (naming what failed) is returned."""
         source = sandbox.spec.source or {}
         self._progress(sandbox.id)("fetching_source", str(source.get("url")))
+        # Fetched by the server on the sandbox's behalf: under its egress policy, and never from
+        # where the server sits but the sandbox cannot reach.
+        fetch = Fetch(outbound_rules(self.settings), "source.url", Policy.of(sandbox.spec.egress_rules))
         try:
             if source["type"] == "git":
-                archive = git_archive(GitSource.model_validate(source))
+                archive = git_archive(GitSource.model_validate(source), fetch)
             else:
-                archive = tarball_archive(TarballSource.model_validate(source))
+                archive = tarball_archive(TarballSource.model_validate(source), fetch)
             agent = self.runtime.agent(sandbox.id, sandbox.runtime)
             await agent.upload(archive, "tar_put", path=sandbox.spec.cwd)
         except SandboxdError as exc:
             await self.runtime.destroy(sandbox.id, sandbox.runtime)
             message = exc.message
             self._transition(sandbox.id, State.FAILED, "source_failed", message)
-            return exc if exc.field == "source" else InvalidRequest("source", message)
+            return exc if (exc.field or "").startswith("source") else InvalidRequest("source", message)
         return None
 
     def _save_spec(self, sandbox_id: str, spec: SandboxSpec) -> None:

@@ -12,6 +12,11 @@ revision is resolved to a commit id with ``rev-parse --verify`` before anything 
 error names what failed but never repeats git's output (which could quote a host file); that goes
 to the server's log. git reads no system or global config (no url rewrites or credential helpers
 of the host's root), runs no hooks and copies no templates.
+
+Every connection is checked by runtimes/outbound.py against the sandbox's egress policy and the
+server's own network position (no loopback, no host networks): the tarball's through a checked
+HTTP client, redirects included; git's by resolving and checking the host first and pinning git
+to that address (no redirects, no proxies, no host git config rewriting the URL).
 """
 
 from __future__ import annotations
@@ -27,11 +32,14 @@ import tempfile
 import zlib
 from collections.abc import AsyncIterator
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sandboxd.errors import InvalidRequest
+from sandboxd.runtimes import outbound
+from sandboxd.runtimes.outbound import Fetch
 
 GIT_PROTOCOLS = "http:https:git"
 # Refnames may not hold these (git check-ref-format); a commit id has none of them either.
@@ -47,6 +55,9 @@ def _check_url(url: str, schemes: tuple[str, ...], what: str) -> str:
     if any(ord(c) < 0x21 or c == "\x7f" for c in url):
         raise ValueError("must not contain spaces or control characters")
     return url
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443, "git": 9418}
 
 
 class GitSource(BaseModel):
@@ -129,19 +140,40 @@ async def _git(what: str, *args: str, home: str, cwd: str | None = None, why: st
     return out.decode(errors="replace")
 
 
-async def git_archive(source: GitSource) -> AsyncIterator[bytes]:
+async def pinned_git_url(url: str, fetch: Fetch) -> tuple[str, list[str]]:
+    """The URL git is to fetch and the options that pin it to the checked address of its host."""
+    parts = urlsplit(url)
+    try:
+        host, port = parts.hostname, parts.port or DEFAULT_PORTS.get(parts.scheme)
+    except ValueError:
+        raise InvalidRequest(fetch.field, f"{url} has an invalid port") from None
+    if not host or port is None:
+        raise InvalidRequest(fetch.field, f"{url} names no host")
+    address = await asyncio.to_thread(fetch.address, host, port)
+    options = ["-c", "http.followRedirects=false"]  # a redirect would go where nothing was checked
+    if address == host:
+        return url, options
+    if parts.scheme == "git":  # no TLS, no name to keep: connect to the address itself
+        netloc = parts.netloc.rpartition("@")[0] + "@" if "@" in parts.netloc else ""
+        return urlunsplit(parts._replace(netloc=f"{netloc}{address}:{port}")), options
+    # http(s) keeps its host name for TLS and the Host header; curl connects to the address.
+    return url, [*options, "-c", f"http.curloptResolve={host}:{port}:{address}"]
+
+
+async def git_archive(source: GitSource, fetch: Fetch) -> AsyncIterator[bytes]:
     """The checked-out repository (with its .git) as a tar stream."""
     work = tempfile.mkdtemp(prefix="sandboxd-source-")
     try:
         repo = os.path.join(work, "repo")
-        clone = ["clone", "--quiet", "--no-local", "--template="]
+        url, pins = await pinned_git_url(source.url, fetch)
+        clone = [*pins, "clone", "--quiet", "--no-local", "--template="]
         # A shallow clone takes a branch or tag; a commit id needs the history it is in.
         shallow = bool(source.depth) and not (source.revision and _COMMIT_ID.fullmatch(source.revision))
         if shallow:
             clone.append(f"--depth={source.depth}")
             if source.revision:
                 clone.append(f"--branch={source.revision}")
-        await _git(f"git clone of {source.url}", *clone, "--", source.url, repo, home=work)
+        await _git(f"git clone of {source.url}", *clone, "--", url, repo, home=work)
         if source.revision and not shallow:
             what, why = f"git checkout of {source.revision}", ": no such branch, tag or commit"
             resolved = await _git(
@@ -171,10 +203,10 @@ def _tar_dir(path: str, out: io.BytesIO) -> None:
         tar.add(path, arcname=".")
 
 
-async def tarball_archive(source: TarballSource, limit: int = 1 << 30) -> AsyncIterator[bytes]:
+async def tarball_archive(source: TarballSource, fetch: Fetch, limit: int = 1 << 30) -> AsyncIterator[bytes]:
     """The tarball, decompressed if it is gzip, as a tar stream (size-capped)."""
     try:
-        async with httpx.AsyncClient(timeout=60, follow_redirects=True) as http:
+        async with outbound.async_client(fetch, timeout=60, follow_redirects=True) as http:
             async with http.stream("GET", source.url) as response:
                 if response.is_error:
                     raise InvalidRequest("source", f"download of {source.url} failed: HTTP {response.status_code}")

@@ -3,15 +3,22 @@
 Each query is matched to its sandbox by source address. A name the policy refuses gets NXDOMAIN
 (and its addresses, resolved here, go to the sandbox's deny set, so connecting by IP fails too). An
 allowed name is resolved upstream; its IPv4 answers are admitted in the kernel for their TTL before
-the answer is sent, so the connection that follows gets through. Answers that point at loopback,
-link-local or the sandboxes' own subnet are dropped (DNS rebinding). There is no IPv6: AAAA queries
-get an empty answer.
+the answer is sent, so the connection that follows gets through. Answers that point at the sandboxes'
+own subnet or an inward network (loopback, link-local, metadata, the host's own addresses and
+attached networks) are dropped (DNS rebinding), unless a CIDR rule of the sandbox names that network.
+There is no IPv6: AAAA queries get an empty answer. Names are matched on their labels (policy.py).
+
+The resolver is shared by every sandbox, so no sandbox may starve the others: each has a query rate
+(a token bucket here, and the same limit in the kernel for UDP, which drops a flood before it fills
+the shared socket) and its own bounded queue; workers take queries from the sandboxes' queues in
+turn, and only a few of one sandbox's queries are answered at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import struct
@@ -26,13 +33,16 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
+from sandboxd.runtimes.hostnets import ALWAYS_BLOCKED, InwardNetworks
 from sandboxd.runtimes.local.broker import find
 from sandboxd.runtimes.local.egress import Attached, EgressTable
+from sandboxd.runtimes.local.fairqueue import FairQueue
+from sandboxd.runtimes.policy import Policy, hostname_labels
 
 log = logging.getLogger("sandboxd.dns")
 UPSTREAM_TIMEOUT = 3.0
 TCP_IDLE = 10.0
-MAX_IN_FLIGHT = 64
+MAX_IN_FLIGHT = 64  # TCP connections per sandbox
 
 
 class Resolver:
@@ -42,21 +52,20 @@ class Resolver:
         upstreams: list[tuple[str, int]],
         lookup: Callable[[str], Attached | None],
         egress: EgressTable,
-        blocked: list[ipaddress.IPv4Network],
+        subnet: ipaddress.IPv4Network,
+        inward: InwardNetworks | None = None,
+        rate: float = 200,
     ) -> None:
         self.address = address
         self.upstreams = upstreams
         self.lookup = lookup  # source address → the sandbox there
         self.egress = egress
-        self.blocked = [
-            ipaddress.IPv4Network("127.0.0.0/8"),
-            ipaddress.IPv4Network("169.254.0.0/16"),
-            ipaddress.IPv4Network("0.0.0.0/8"),
-            ipaddress.IPv4Network("224.0.0.0/4"),
-            *blocked,
-        ]
+        # Never an answer, whatever the policy: the sandboxes' own subnet (the host, each other).
+        self.never = [*ALWAYS_BLOCKED, subnet]
+        self.inward = inward or InwardNetworks([])
         self.refused: Counter[str] = Counter()  # lookups refused, by sandbox id
-        self._in_flight: Counter[str] = Counter()  # queries being answered, by source address
+        self.queue = FairQueue(rate)
+        self._in_flight: Counter[str] = Counter()  # TCP connections, by source address
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
 
@@ -66,15 +75,17 @@ class Resolver:
 
         class Udp(asyncio.DatagramProtocol):
             def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-                task = loop.create_task(resolver._reply_udp(data, addr))
-                _tasks.add(task)
-                task.add_done_callback(_tasks.discard)
+                # Past its rate or queue the query is dropped unread: the client asks again.
+                resolver.queue.submit(addr[0], lambda: resolver._reply_udp(data, addr))
+
+        self.queue.start()
 
         transport, _ = await loop.create_datagram_endpoint(Udp, local_addr=(self.address, 53))
         self._udp = transport
         self._tcp = await asyncio.start_server(self._serve_tcp, self.address, 53)
 
     async def stop(self) -> None:
+        await self.queue.stop()
         if self._udp is not None:
             self._udp.close()
         if self._tcp is not None:
@@ -82,17 +93,7 @@ class Resolver:
             await self._tcp.wait_closed()
 
     async def _reply_udp(self, data: bytes, addr: tuple[str, int]) -> None:
-        # A sandbox gets so many lookups in flight at once; past that, queries are dropped (the
-        # server's sockets and tasks are shared by every sandbox).
-        if self._in_flight[addr[0]] >= MAX_IN_FLIGHT:
-            return
-        self._in_flight[addr[0]] += 1
-        try:
-            reply = await self.answer(data, addr[0], udp=True)
-        finally:
-            self._in_flight[addr[0]] -= 1
-            if not self._in_flight[addr[0]]:
-                del self._in_flight[addr[0]]
+        reply = await self.answer(data, addr[0], udp=True)
         if reply and self._udp is not None:
             self._udp.sendto(reply, addr)
 
@@ -107,7 +108,7 @@ class Resolver:
                 # An idle connection is closed: a sandbox cannot hold the server's descriptors.
                 size = struct.unpack(">H", await asyncio.wait_for(reader.readexactly(2), TCP_IDLE))[0]
                 query = await asyncio.wait_for(reader.readexactly(size), TCP_IDLE)
-                reply = await self.answer(query, source, udp=False)
+                reply = await self.queue.run(source, functools.partial(self.answer, query, source, udp=False))
                 if not reply:
                     return
                 writer.write(struct.pack(">H", len(reply)) + reply)
@@ -149,8 +150,9 @@ class Resolver:
             return self.lookup(source) is found
 
         question = query.question[0]
-        name = question.name.to_text(omit_final_dot=True)
-        if policy.decide(name) == "deny":
+        labels = hostname_labels(question.name.labels)  # None: not a hostname (a label with a dot...)
+        name = ".".join(labels) if labels else None
+        if policy.decide_labels(labels) == "deny":
             self.refused[sandbox_id] += 1
             if question.rdtype == dns.rdatatype.A and policy.default == "allow":
                 # Under an allow-all default its addresses must be refused too, or the sandbox
@@ -158,21 +160,21 @@ class Resolver:
                 # name never leaves the host: no lookups to carry data out.)
                 denied = await self._resolve(query)
                 if denied is not None:
-                    await self.egress.admit(sandbox_id, self._addresses(denied), allow=False, current=still)
+                    await self.egress.admit(sandbox_id, self._addresses(denied, None), allow=False, current=still)
             return _reply(query, dns.rcode.NXDOMAIN)
         if question.rdtype == dns.rdatatype.AAAA:
             return _reply(query, dns.rcode.NOERROR)  # IPv4 only: nothing to offer
         response = await self._resolve(query)
         if response is None:
             return _reply(query, dns.rcode.SERVFAIL)
-        admitted = self._addresses(response)
+        admitted = self._addresses(response, policy)
         if self.lookup(source) is not found:
             # The policy changed (or the sandbox went) while upstream answered: nothing learnt
             # under the old one may be admitted under the new; the client asks again.
             return _reply(query, dns.rcode.SERVFAIL)
         if policy.default == "deny":
             await self.egress.admit(sandbox_id, admitted, allow=True, current=still)
-        if find(list(found.transforms), name):
+        if name is not None and find(list(found.transforms), name):
             # Its HTTPS connections go through the credential broker, which the kernel's egress
             # chain does not see: addresses a CIDR rule refuses are left to that chain.
             brokered = [(ip, ttl) for ip, ttl in admitted if policy.decide_address(ip) != "deny"]
@@ -190,24 +192,30 @@ class Resolver:
                 log.warning("upstream resolver %s:%d failed: %s", host, port, exc)
         return None
 
-    def _addresses(self, response: dns.message.Message) -> list[tuple[str, int]]:
-        """The answer's IPv4 addresses, with their TTLs; addresses nobody may be pointed at are
-        removed from the response itself."""
+    def _addresses(self, response: dns.message.Message, policy: Policy | None) -> list[tuple[str, int]]:
+        """The answer's IPv4 addresses, with their TTLs; addresses the sandbox may not be pointed
+        at (under this policy; with none, those nobody may reach) are removed from the response."""
         found = []
         kept_sets = []
+        inward = self.inward.networks
         for rrset in response.answer:
             if rrset.rdtype != dns.rdatatype.A:
                 kept_sets.append(rrset)
                 continue
-            kept = [item for item in rrset if not any(ipaddress.IPv4Address(item.address) in n for n in self.blocked)]
+            kept = [item for item in rrset if self._may_point_at(str(item.address), policy, inward)]
             found += [(str(item.address), rrset.ttl) for item in kept]
             if kept:
                 kept_sets.append(dns.rrset.from_rdata_list(rrset.name, rrset.ttl, kept))
         response.answer = kept_sets
         return found
 
-
-_tasks: set[asyncio.Task[None]] = set()
+    def _may_point_at(self, address: str, policy: Policy | None, inward: list[ipaddress.IPv4Network]) -> bool:
+        ip = ipaddress.IPv4Address(address)
+        if any(ip in n for n in self.never):
+            return False
+        if not any(ip in n for n in inward):
+            return True
+        return policy is not None and policy.names_explicitly(address, inward)
 
 
 def _reply(query: dns.message.Message, rcode: dns.rcode.Rcode) -> bytes:

@@ -1,8 +1,10 @@
 """Egress policy in the kernel: one nftables chain per sandbox, reached through a verdict map keyed
 by the sandbox's address, in the host's forward path (the sandbox cannot touch it).
 
-A sandbox's chain checks, in order: its CIDR rules (first match wins), link-local and loopback
-(refused unless a CIDR rule allowed them above), the addresses that names it may not reach resolved
+A sandbox's chain checks, in order: its CIDR rules (first match wins), the inward networks —
+blocked ranges such as loopback, link-local and cloud metadata, and the host's own addresses and
+attached networks (hostnets.py) — which only a CIDR rule lying within one of them opens (a wider
+rule such as 10.0.0.0/8 or 0.0.0.0/0 does not), the addresses that names it may not reach resolved
 to, the addresses that names it may reach resolved to (each admitted for its DNS record's TTL by the
 resolver, dns.py), then the policy's default. Refusals are counted per sandbox and answered with a
 TCP reset or an ICMP "administratively prohibited", so programs fail at once rather than time out.
@@ -12,61 +14,22 @@ A sandbox without a map entry has no egress at all (the forward chain ends in a 
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import hashlib
-import ipaddress
 import json
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from sandboxd.errors import RuntimeFailure
+from sandboxd.runtimes.hostnets import InwardNetworks
 from sandboxd.runtimes.local.broker import Transform
 from sandboxd.runtimes.local.network import run
+from sandboxd.runtimes.policy import Policy
+
+__all__ = ["Attached", "EgressTable", "Policy", "tag"]
 
 MIN_ADMIT_SECONDS = 10  # a TTL of 0 still lets the connection that follows the lookup through
-
-
-@dataclass(frozen=True)
-class Policy:
-    """A compiled egress policy: (action, target) rules in order, then a default action."""
-
-    rules: tuple[tuple[str, str], ...] = ()
-    default: str = "allow"
-
-    @classmethod
-    def of(cls, egress: Any) -> Policy:
-        """From a record's {"rules": [[action, target], ...], "default": ...}; None: allow all."""
-        if not egress:
-            return cls()
-        rules = [(str(action), str(target)) for action, target in egress.get("rules", [])]
-        return cls(tuple(rules), str(egress.get("default", "allow")))
-
-    def record(self) -> dict[str, object]:
-        return {"rules": [list(r) for r in self.rules], "default": self.default}
-
-    def cidr_rules(self) -> list[tuple[str, ipaddress.IPv4Network]]:
-        return [(action, ipaddress.IPv4Network(target)) for action, target in self.rules if _is_cidr(target)]
-
-    def decide_address(self, address: str) -> str | None:
-        """allow or deny by the first CIDR rule that holds the address; None if none does."""
-        ip = ipaddress.IPv4Address(address)
-        return next((action for action, network in self.cidr_rules() if ip in network), None)
-
-    def decide(self, name: str) -> str:
-        """allow or deny for a DNS name: the first domain rule that matches, else the default."""
-        name = name.lower().rstrip(".")
-        for action, target in self.rules:
-            if _is_cidr(target):
-                continue  # a CIDR rule says nothing about names
-            if target.startswith("*."):
-                if fnmatch.fnmatchcase(name, target) and name != target[2:]:
-                    return action
-            elif name == target:
-                return action
-        return self.default
 
 
 @dataclass(frozen=True)
@@ -78,14 +41,6 @@ class Attached:
     transforms: tuple[Transform, ...] = ()
 
 
-def _is_cidr(target: str) -> bool:
-    try:
-        ipaddress.IPv4Network(target)
-    except ValueError:
-        return False
-    return True
-
-
 def tag(sandbox_id: str) -> str:
     return hashlib.sha256(sandbox_id.encode()).hexdigest()[:12]
 
@@ -95,6 +50,7 @@ class EgressTable:
     """The per-sandbox objects in one server's nftables table."""
 
     table: str
+    inward: InwardNetworks = field(default_factory=lambda: InwardNetworks([]))
     # What the kernel's sets hold, with expiry times: a lookup answered again within half its TTL
     # needs no nft call (one costs milliseconds).
     _admitted: dict[str, dict[tuple[bool, str], float]] = field(default_factory=dict)
@@ -143,9 +99,13 @@ class EgressTable:
         lines.append(f"add rule inet {t} egress_{h} ct state established,related ct mark {generation} accept")
         for action, network in policy.cidr_rules():
             target = "" if network.prefixlen == 0 else f"ip daddr {network} "
+            if action == "allow" and not any(network.subnet_of(n) for n in self.inward.networks):
+                # Not an explicit naming of an inward network: it opens none of them, including
+                # any that appears later (the set is live).
+                target += "ip daddr != @inward "
             lines.append(f"add rule inet {t} egress_{h} {target}{accept if action == 'allow' else refuse}")
         lines += [
-            f"add rule inet {t} egress_{h} ip daddr {{ 169.254.0.0/16, 127.0.0.0/8, 0.0.0.0/8 }} {refuse}",
+            f"add rule inet {t} egress_{h} ip daddr @inward {refuse}",
             f"add rule inet {t} egress_{h} ip daddr @deny_{h} {refuse}",
             f"add rule inet {t} egress_{h} ip daddr @allow_{h} {accept}",
             f"add rule inet {t} egress_{h} {accept if policy.default == 'allow' else refuse}",

@@ -46,6 +46,7 @@ from sandboxd import tarsafe
 from sandboxd.errors import Conflict, ImageNotFound, InvalidRequest, RuntimeFailure
 from sandboxd.runtimes.local.mounts import mounts_under, unmount
 from sandboxd.runtimes.local.registry import Credentials, RegistryClient, looks_like_reference, parse_reference
+from sandboxd.runtimes.outbound import OutboundRules
 
 DEBIAN_SUITE = "bookworm"
 DEBIAN_PACKAGES = ["python3", "ca-certificates", "procps"]
@@ -70,6 +71,7 @@ class ImageStore:
         id_base: int,
         registry_auth: dict[str, Credentials] | None = None,
         max_layer_bytes: int = 8 << 30,
+        outbound: OutboundRules | None = None,
     ) -> None:
         self.root = root
         self.id_base = id_base
@@ -78,6 +80,8 @@ class ImageStore:
         self.cache_root = root / ".cache"  # template step cache: key → layer id
         self.registry_auth = registry_auth or {}
         self.max_layer_bytes = max_layer_bytes
+        # Where pulls may connect: by default no registry on this host or its networks.
+        self.outbound = outbound or OutboundRules()
         self._pulls: dict[str, threading.Lock] = {}
         self._pulls_lock = threading.Lock()
         for path in (root, self.layer_root, self.cache_root):
@@ -141,7 +145,7 @@ class ImageStore:
         with lock, self._building():
             if self.exists(reference):
                 return self.get(reference)
-            client = RegistryClient(ref, credentials or self.registry_auth.get(ref.registry))
+            client = RegistryClient(ref, credentials or self.registry_auth.get(ref.registry), self.outbound)
             try:
                 manifest, manifest_digest = client.resolve()
                 layers = manifest["layers"]

@@ -8,15 +8,24 @@ the pair: nothing is left to leak but the host bridge itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import ipaddress
 import json
+import logging
 import os
+import socket
+from collections.abc import Sequence
 
 from sandboxd.errors import RuntimeFailure
+from sandboxd.runtimes.hostnets import InwardNetworks
+
+log = logging.getLogger("sandboxd.network")
 
 VETH_PREFIX = "sbxv"
 BROKER_TLS_PORT = 15443  # the credential broker's, on the bridge address
+HOST_RESCAN_SECONDS = 30.0  # the host's networks are read again this often even without a change event
+RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE = 0x10, 0x40  # rtnetlink multicast groups (linux/rtnetlink.h)
 
 
 def _disable_ipv6(link: str) -> None:
@@ -43,9 +52,10 @@ async def run(*argv: str, stdin: str | None = None, check: bool = True) -> str:
 
 
 class Network:
-    def __init__(self, bridge: str, subnet: str) -> None:
+    def __init__(self, bridge: str, subnet: str, dns_rate: int = 200) -> None:
         self.bridge = bridge
         self.subnet = ipaddress.ip_network(subnet)
+        self.dns_rate = dns_rate  # DNS queries a second per sandbox (twice that in a burst)
         self.gateway = next(self.subnet.hosts())
         # One table per bridge: several servers on one host (tests do this) keep their own rules.
         self.table = f"sandboxd_{bridge}".replace("-", "_")
@@ -84,6 +94,12 @@ class Network:
             stdin=(
                 f"add table inet {t}\n"
                 f"add map inet {t} egress {{ type ipv4_addr : verdict; }}\n"
+                # Blocked ranges and the host's own networks (hostnets.py), kept current by
+                # watch_host: refused unless a sandbox's CIDR rule names them.
+                f"add set inet {t} inward {{ type ipv4_addr; flags interval; }}\n"
+                # Per-sandbox DNS query rate, counted in the kernel: a flood is dropped before it
+                # fills the resolver's socket, which every sandbox shares.
+                f"add set inet {t} dns_rate {{ type ipv4_addr; size 65535; flags dynamic,timeout; timeout 1m; }}\n"
                 # (sandbox, address) pairs whose connections go to the credential broker.
                 f"add set inet {t} intercept {{ type ipv4_addr . ipv4_addr; flags timeout; }}\n"
                 f"add chain inet {t} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}\n"
@@ -99,6 +115,9 @@ class Network:
                 f"flush chain inet {t} forward\n"
                 f"flush chain inet {t} refuse\n"
                 f'add rule inet {t} postrouting ip saddr {self.subnet} oifname != "{br}" masquerade\n'
+                # (before the established rule: one UDP socket's queries are one conntrack flow)
+                f'add rule inet {t} input iifname "{br}" udp dport 53 update @dns_rate '
+                f"{{ ip saddr limit rate over {self.dns_rate}/second burst {2 * self.dns_rate} packets }} drop\n"
                 f'add rule inet {t} input iifname "{br}" ct state established,related accept\n'
                 f'add rule inet {t} input iifname "{br}" ip daddr {gw} meta l4proto {{ tcp, udp }} th dport 53 accept\n'
                 # The broker only through the redirect: a sandbox cannot connect to it directly.
@@ -114,6 +133,40 @@ class Network:
                 f"add rule inet {t} refuse reject with icmpx admin-prohibited\n"
             ),
         )
+
+    async def set_inward(self, networks: Sequence[ipaddress.IPv4Network]) -> None:
+        """Replaces the inward set's elements in one transaction: no moment without them."""
+        t = self.table
+        elements = ", ".join(str(n) for n in networks)
+        script = f"flush set inet {t} inward\n" + (
+            f"add element inet {t} inward {{ {elements} }}\n" if elements else ""
+        )
+        await run("nft", "-f", "-", stdin=script)
+
+    async def watch_host(self, inward: InwardNetworks) -> None:
+        """Keeps the inward set in step with the host's addresses and routes: read again whenever
+        the kernel reports a change of either (a netlink subscription: no process to leave
+        behind), and every HOST_RESCAN_SECONDS besides. Runs until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+            try:
+                sock.bind((0, RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE))
+                sock.setblocking(False)
+                while True:
+                    if await asyncio.to_thread(inward.refresh):
+                        await self.set_inward(inward.networks)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(loop.sock_recv(sock, 65536), HOST_RESCAN_SECONDS)
+                    await asyncio.sleep(0.05)  # one change often comes as several messages
+                    with contextlib.suppress(BlockingIOError):
+                        while sock.recv(65536):
+                            pass  # read once for all of them
+            except Exception:  # ENOBUFS (messages lost: read again), nft failing: keep watching
+                log.exception("watching the host's networks failed; starting again")
+                await asyncio.sleep(1)
+            finally:
+                sock.close()
 
     async def teardown_host(self) -> None:
         await run("ip", "link", "del", self.bridge, check=False)

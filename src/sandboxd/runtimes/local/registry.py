@@ -21,6 +21,8 @@ from typing import Any
 import httpx
 
 from sandboxd.errors import InvalidRequest, RuntimeFailure
+from sandboxd.runtimes import outbound
+from sandboxd.runtimes.outbound import Fetch, OutboundRules
 
 MANIFEST_TYPES = ", ".join(
     [
@@ -87,14 +89,26 @@ class Credentials:
 
 
 class RegistryClient:
-    """One pull's conversation with one registry (http for loopback hosts, https otherwise)."""
+    """One pull's conversation with one registry (http for loopback hosts, https otherwise).
 
-    def __init__(self, ref: Reference, credentials: Credentials | None = None, timeout: float = 60.0) -> None:
+    Every connection it opens — the registry, its redirects (blob CDNs), its token realm — is checked
+    by outbound.py: none reaches the host's own networks unless the operator allowed it."""
+
+    def __init__(
+        self,
+        ref: Reference,
+        credentials: Credentials | None = None,
+        rules: OutboundRules | None = None,
+        timeout: float = 60.0,
+    ) -> None:
         host = ref.registry.split(":")[0]
         scheme = "http" if host in ("localhost", "127.0.0.1", "::1") else "https"
         self.ref = ref
         self.credentials = credentials
-        self.http = httpx.Client(base_url=f"{scheme}://{ref.registry}", timeout=timeout, follow_redirects=True)
+        fetch = Fetch(rules or OutboundRules(), "image", named_hosts=True)
+        self.http = outbound.client(
+            fetch, base_url=f"{scheme}://{ref.registry}", timeout=timeout, follow_redirects=True
+        )
         self._auth: str | None = None
 
     def close(self) -> None:
@@ -128,7 +142,12 @@ class RegistryClient:
         elif scheme.lower() == "bearer" and "realm" in fields:
             query = {k: v for k, v in fields.items() if k in ("service", "scope")}
             query.setdefault("scope", f"repository:{self.ref.repository}:pull")
-            token = httpx.get(fields["realm"], params=query, auth=basic, timeout=30)
+            realm = fields["realm"]
+            if not realm.startswith(("https://", "http://")):
+                raise InvalidRequest("image", f"{self.ref.registry} names a token realm that is not an http(s) URL")
+            # Through the same checks as the registry: a realm on loopback would otherwise have the
+            # server fetch a token from there and hand it to the registry.
+            token = self.http.get(realm, params=query, auth=basic, timeout=30)
             if token.status_code in (401, 403):
                 raise InvalidRequest("image", f"{self.ref.registry} refused the credentials")
             token.raise_for_status()

@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import ipaddress
 import json
 import logging
 import os
 import shutil
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -26,6 +27,7 @@ from sandboxd.domain import SandboxSpec
 from sandboxd.errors import Conflict, InvalidRequest, RuntimeFailure
 from sandboxd.runtimes.agent_client import Agent, AgentConnection, unix_connector
 from sandboxd.runtimes.base import Liveness
+from sandboxd.runtimes.hostnets import InwardNetworks
 from sandboxd.runtimes.local import mounts, oci
 from sandboxd.runtimes.local.broker import Broker, CertificateAuthority, Transform
 from sandboxd.runtimes.local.dns import Resolver, upstreams_from
@@ -70,6 +72,7 @@ class LocalRuntime:
         dns_upstream: list[str] | None = None,
         broker_upstream_ca: Path | None = None,
         scratch_size_gb: int = 64,
+        blocked_cidrs: Sequence[ipaddress.IPv4Network] = (),
     ) -> None:
         self.root = data_dir / "sandboxes"
         self.state_dir = data_dir / "runc"
@@ -79,15 +82,20 @@ class LocalRuntime:
         self.network = network
         self.binary = binary
         self.idmap = oci.IdMap(id_base, id_size)
-        self.egress = EgressTable(network.table)
+        # Blocked ranges and the host's own networks: network.watch_host keeps them current.
+        self.inward = InwardNetworks(blocked_cidrs)
+        self.egress = EgressTable(network.table, self.inward)
         self._attached: dict[str, Attached] = {}  # sandbox address → its id, egress policy, transforms
         self._background: set[asyncio.Task[None]] = set()
+        self._watch: asyncio.Task[None] | None = None
         self.resolver = Resolver(
             str(network.gateway),
             upstreams_from(dns_upstream or []),
             self._attached.get,
             self.egress,
-            blocked=[network.subnet],  # type: ignore[list-item]
+            subnet=network.subnet,  # type: ignore[arg-type]
+            inward=self.inward,
+            rate=network.dns_rate,
         )
         self.ca = CertificateAuthority(data_dir / "broker")
         self.broker = Broker(
@@ -107,11 +115,18 @@ class LocalRuntime:
         await asyncio.to_thread(self.scratch.setup)
         await self._wait_for_stragglers()
         await self.network.setup_host()
+        # The set is filled before any sandbox's chain is applied (apply reads it).
+        await asyncio.to_thread(self.inward.refresh)
+        await self.network.set_inward(self.inward.networks)
+        self._watch = asyncio.get_running_loop().create_task(self.network.watch_host(self.inward))
         await self.egress.load()
         await self.resolver.start()
         await self.broker.start()
 
     async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
         await self.resolver.stop()
         await self.broker.stop()
         await asyncio.gather(*self._background, return_exceptions=True)
