@@ -8,11 +8,13 @@ import asyncio
 import subprocess
 import uuid
 from collections.abc import Iterator
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
 
 from sandboxd.errors import InvalidRequest
+from sandboxd.runtimes.outbound import Fetch, OutboundRules
 from sandboxd.services.sources import GitSource, git_archive
 from tests.conftest import Server
 from tests.test_sources import git_server  # noqa: F401 - the fixture: a git daemon on loopback
@@ -89,7 +91,8 @@ def test_a_revision_that_skips_validation_is_still_no_option(git_server: str, se
 
     async def fetch(revision: str) -> None:
         source = GitSource.model_construct(type="git", url=f"{git_server}/project", revision=revision, depth=None)
-        async for _ in git_archive(source):
+        loopback = Fetch(OutboundRules(allow=(IPv4Network("127.0.0.0/8"),)), "source.url")
+        async for _ in git_archive(source, loopback):
             pass
 
     for revision in hostile_revisions(path):
