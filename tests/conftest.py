@@ -219,7 +219,7 @@ def leaks(data_dir: Path, bridge: str) -> list[str]:
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     if [n for n in netns.split("\n") if n and not n.startswith(InternetHost.NETNS)]:
         found.append(f"network namespaces: {netns.strip()}")
-    agents = subprocess.run(["pgrep", "-f", "/.sandboxd/agent.py"], capture_output=True, text=True).stdout
+    agents = subprocess.run(["pgrep", "-f", "^/.sandboxd/agent "], capture_output=True, text=True).stdout
     if agents.strip():
         found.append(f"agent processes: {agents.split()}")
     return found

@@ -21,6 +21,7 @@ def _local(settings: Settings) -> Runtime:
         images=image_store(settings),
         network=Network(settings.bridge, settings.subnet),
         binary=choose_binary(settings.oci_runtime),
+        agent_binary=settings.agent_binary,
         id_base=settings.userns_base,
         id_size=settings.userns_size,
         dns_upstream=settings.dns_upstream,
