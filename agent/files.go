@@ -96,7 +96,7 @@ func fileOp(c *conn, req *request, up *upload) error {
 	case "write":
 		return writeFile(c, req, up)
 	case "list_dir":
-		entries, err := listDir(req.Path)
+		entries, err := listDir(req.Path, req.Limit, req.After)
 		if err != nil {
 			return err
 		}
@@ -291,8 +291,9 @@ func writeFile(c *conn, req *request, up *upload) error {
 	return replyStat(c, path)
 }
 
-// listDir stats each entry relative to the directory's descriptor, reading names in batches.
-func listDir(path string) ([]fileInfo, error) {
+// listDir returns the entries sorted by name after `after`, at most limit of them (0: all), each
+// statted relative to the directory's descriptor.
+func listDir(path string, limit int, after *string) ([]fileInfo, error) {
 	dirFd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, osError(err, path)
@@ -311,6 +312,15 @@ func listDir(path string) ([]fileInfo, error) {
 		}
 	}
 	sort.Strings(names)
+	if after != nil {
+		names = names[sort.SearchStrings(names, *after):]
+		if len(names) > 0 && names[0] == *after {
+			names = names[1:]
+		}
+	}
+	if limit > 0 && len(names) > limit {
+		names = names[:limit]
+	}
 	entries := make([]fileInfo, 0, len(names))
 	prefix := strings.TrimRight(path, "/") + "/"
 	for _, name := range names {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"runtime/debug"
 	"sort"
 	"strconv"
 	"strings"
@@ -345,15 +346,31 @@ func trimEnded() {
 		return
 	}
 	sort.SliceStable(finished, func(i, j int) bool { return finished[i].ended.Before(finished[j].ended) })
+	var dropped int64
 	for _, p := range finished {
 		if total <= endedBudget {
-			return
+			break
 		}
 		p.mu.Lock()
 		before := p.size - p.base
 		p.dropBelow(max64(endedMinimum, before-(total-endedBudget)))
 		total -= before - (p.size - p.base)
+		dropped += before - (p.size - p.base)
 		p.mu.Unlock()
+	}
+	if dropped >= 8<<20 {
+		go releaseMemory()
+	}
+}
+
+var releasing sync.Mutex
+
+// releaseMemory hands freed output back to the kernel now rather than when the runtime gets to it:
+// the memory is charged to the sandbox.
+func releaseMemory() {
+	if releasing.TryLock() {
+		defer releasing.Unlock()
+		debug.FreeOSMemory()
 	}
 }
 

@@ -22,6 +22,8 @@ type request struct {
 	Mode        *uint32 `json:"mode"`
 	Parents     bool    `json:"parents"`
 	Recursive   bool    `json:"recursive"`
+	Limit       int     `json:"limit"`
+	After       *string `json:"after"`
 }
 
 // fileOps bounds the requests that make blocking file system calls at once: each such call holds

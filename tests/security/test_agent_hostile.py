@@ -325,3 +325,37 @@ def test_mountinfo_shows_no_host_path(server: Server, sandbox: Sandbox) -> None:
             assert root == "/" and {"ro", "nosuid", "nodev"} <= set(options), line
     assert " /.sandboxd " in mountinfo
     assert sandbox.commands.run(["ls", "/.sandboxd"]).stdout.split() == ["agent"]
+
+
+# -- (e) the agent's memory and the server's, against chatty processes and huge directories ------------
+
+
+def pid1_rss_mib(sb: Sandbox) -> float:
+    status = sb.files.read("/proc/1/status").decode()
+    return int(dict(line.split(":", 1) for line in status.splitlines())["VmRSS"].split()[0]) / 1024
+
+
+def test_finished_processes_do_not_pin_their_output(server: Server) -> None:
+    with server.create(memory_mb=512) as sb:
+        jobs = [sb.commands.run("head -c 16M /dev/zero", background=True) for _ in range(6)]
+        deadline = time.monotonic() + 30
+        while any(job.status().running for job in jobs):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        time.sleep(0.5)
+        assert pid1_rss_mib(sb) < 48  # six runs of 16 MiB each, kept whole, would be 96
+        # Offsets keep their meaning: the newest output is still there, at its real offset.
+        last = jobs[-1].status()
+        assert last.output_size == 16 * 1024 * 1024
+
+
+def test_a_huge_directory_is_listed_a_page_at_a_time(sandbox: Sandbox) -> None:
+    sandbox.commands.run(
+        "rm -rf /tmp/many; mkdir /tmp/many && cd /tmp/many && seq -w 1 25000 | xargs touch", check=True
+    )
+    http, path = sandbox._http, sandbox._path
+    first = http.get(f"{path}/files/list", params={"path": "/tmp/many"}).json()
+    assert len(first) == 10_000 and first[0]["name"] == "00001" and first[-1]["name"] == "10000"
+    page = http.get(f"{path}/files/list", params={"path": "/tmp/many", "after": "24990", "limit": 100}).json()
+    assert [e["name"] for e in page] == [f"{n:05d}" for n in range(24991, 25001)]
+    assert http.get(f"{path}/files/list", params={"path": "/tmp/many", "limit": 0}).status_code == 400
