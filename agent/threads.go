@@ -13,8 +13,8 @@ import (
 // each call blocked in the kernel, which only file operations make for long (fileOpSlots at once);
 // pipes, ptys and sockets wait on the poller without a thread.
 const (
-	fileOpSlots     = 3
-	reservedThreads = 2 + fileOpSlots + 2
+	fileOpSlots     = 2
+	reservedThreads = 2 + fileOpSlots
 )
 
 func reserveThreads() {
