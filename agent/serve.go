@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"os"
 	"syscall"
 	"time"
 )
@@ -261,5 +260,3 @@ func waitEntrypoint(c *conn) {
 	}
 	c.sendJSON(frameReply, p.info())
 }
-
-var _ = os.Getpid

@@ -359,3 +359,11 @@ def test_a_huge_directory_is_listed_a_page_at_a_time(sandbox: Sandbox) -> None:
     page = http.get(f"{path}/files/list", params={"path": "/tmp/many", "after": "24990", "limit": 100}).json()
     assert [e["name"] for e in page] == [f"{n:05d}" for n in range(24991, 25001)]
     assert http.get(f"{path}/files/list", params={"path": "/tmp/many", "limit": 0}).status_code == 400
+
+
+def test_a_server_without_its_agent_binary_says_so(workdir: Path) -> None:
+    srv = Server(workdir / "no-agent", "sbxdagent2", "10.77.42.0/24", SANDBOXD_AGENT_BINARY="/nonexistent/agent")
+    with pytest.raises(RuntimeError) as err:
+        srv.start()
+    assert "the sandbox agent binary /nonexistent/agent is missing" in str(err.value)
+    assert "scripts/bootstrap" in str(err.value)
