@@ -356,7 +356,7 @@ def test_a_huge_directory_is_listed_a_page_at_a_time(sandbox: Sandbox) -> None:
     http, path = sandbox._http, sandbox._path
     first = http.get(f"{path}/files/list", params={"path": "/tmp/many"}).json()
     assert len(first) == 10_000 and first[0]["name"] == "00001" and first[-1]["name"] == "10000"
-    page = http.get(f"{path}/files/list", params={"path": "/tmp/many", "after": "24990", "limit": 100}).json()
+    page = sandbox.files.list("/tmp/many", after="24990", limit=100)
     assert [e["name"] for e in page] == [f"{n:05d}" for n in range(24991, 25001)]
     assert http.get(f"{path}/files/list", params={"path": "/tmp/many", "limit": 0}).status_code == 400
 
