@@ -277,7 +277,7 @@ def baseline_runc_run(work: Path, config: dict, runs: int) -> list[float]:  # ty
         cfg = json.loads(json.dumps(config))
         cfg["root"]["path"] = str(bundle / "rootfs")
         cfg["process"]["args"] = ["/bin/true"]
-        cfg["mounts"] = [m for m in cfg["mounts"] if m["destination"] != "/.sandboxd/agent.py"]
+        cfg["mounts"] = [m for m in cfg["mounts"] if m["destination"] != "/.sandboxd"]
         cfg["linux"]["cgroupsPath"] = f"/sandboxd-bench-{i}"
         (bundle / "config.json").write_text(json.dumps(cfg))
         root = str(work / "runc-baseline")

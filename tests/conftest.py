@@ -226,10 +226,11 @@ def server_running(data_dir: Path) -> bool:
 def leaks(data_dir: Path, bridge: str) -> list[str]:
     found = []
     mounts = [ln.split()[1] for ln in Path("/proc/mounts").read_text().splitlines() if str(data_dir) in ln]
-    # A running server keeps its scratch volume (a loop-mounted image) mounted; a stopped one does not.
+    # A running server keeps its scratch volume (a loop-mounted image) and its mount of the agent
+    # binary (agent_mount.py); a stopped one does not.
     running = server_running(data_dir)
     if running:
-        mounts = [m for m in mounts if m != str(data_dir / "scratch")]
+        mounts = [m for m in mounts if m not in (str(data_dir / "scratch"), str(data_dir / "agent"))]
     if mounts:
         found.append(f"mounts: {mounts}")
     state = data_dir / "runc"
@@ -261,7 +262,7 @@ def leaks(data_dir: Path, bridge: str) -> list[str]:
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     if [n for n in netns.split("\n") if n and not n.startswith(InternetHost.NETNS)]:
         found.append(f"network namespaces: {netns.strip()}")
-    agents = subprocess.run(["pgrep", "-f", "/.sandboxd/agent.py"], capture_output=True, text=True).stdout
+    agents = subprocess.run(["pgrep", "-f", "^/.sandboxd/agent "], capture_output=True, text=True).stdout
     if agents.strip():
         found.append(f"agent processes: {agents.split()}")
     return found

@@ -26,7 +26,7 @@ def test_no_host_processes_visible(sandbox: Sandbox) -> None:
     code, out = run(sandbox, "ps -eo pid,args --no-headers")
     pids = [int(line.split()[0]) for line in out.strip().splitlines()]
     assert 1 in pids and len(pids) < 10, out
-    assert "agent.py" in out.splitlines()[0]  # pid 1 is the sandbox's own init
+    assert "/.sandboxd/agent" in out.splitlines()[0]  # pid 1 is the sandbox's own init
     assert str(os.getpid()) not in [str(p) for p in pids] or len(pids) < 10
 
 

@@ -22,6 +22,8 @@ class Settings(BaseSettings):
     port: int = 8080
     data_dir: Path = Path("/var/lib/sandboxd")
     images_dir: Path | None = None  # default: <data_dir>/images
+    # The sandboxes' PID 1: a static binary that scripts/bootstrap builds from agent/ into build/.
+    agent_binary: Path = Path(__file__).resolve().parents[2] / "build" / "sandboxd-agent"
     api_key: str | None = None
     runtime: Literal["local"] = "local"
     oci_runtime: Literal["auto", "runc", "crun"] = "auto"

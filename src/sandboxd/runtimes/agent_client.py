@@ -1,4 +1,4 @@
-"""The host side of the agent protocol (see runtimes/local/agent.py): one request per connection.
+"""The host side of the agent protocol (the agent is agent/ at the top of the repository): one request per connection.
 
 Any runtime whose sandboxes run the agent hands out connections to it; exec, files and terminals
 are built on this and never on a particular runtime.

@@ -24,6 +24,7 @@ def _local(settings: Settings) -> Runtime:
         network=Network(settings.bridge, settings.subnet, settings.dns_queries_per_second),
         blocked_cidrs=outbound_rules(settings).blocked,
         binary=choose_binary(settings.oci_runtime),
+        agent_binary=settings.agent_binary,
         id_base=settings.userns_base,
         id_size=settings.userns_size,
         dns_upstream=settings.dns_upstream,

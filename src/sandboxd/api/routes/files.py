@@ -10,6 +10,7 @@ from sandboxd.api.deps import Files, Sandboxes
 from sandboxd.api.models import FileInfo, MoveIn, PathIn
 
 router = APIRouter(prefix="/api/v1/sandboxes/{sandbox_id}", tags=["files"])
+MAX_LISTING = 100_000
 PathQ = Annotated[str, Query(description="Absolute path inside the sandbox.")]
 
 
@@ -44,8 +45,17 @@ async def remove_file(sandbox_id: str, path: PathQ, service: Files, recursive: b
 
 
 @router.get("/files/list", response_model=list[FileInfo])
-async def list_dir(sandbox_id: str, path: PathQ, service: Files) -> list[FileInfo]:
-    return [FileInfo(**e) for e in await service.call(sandbox_id, "list_dir", path=path)]
+async def list_dir(
+    sandbox_id: str,
+    path: PathQ,
+    service: Files,
+    limit: Annotated[int, Query(ge=1, le=MAX_LISTING, description="At most this many entries, by name.")] = 10_000,
+    after: Annotated[str | None, Query(description="Names sorted after this one: the last page's last.")] = None,
+) -> list[FileInfo]:
+    """A directory's entries sorted by name, a page at a time: a huge directory never sits whole
+    in the server's memory."""
+    entries = await service.call(sandbox_id, "list_dir", path=path, limit=limit, after=after)
+    return [FileInfo(**e) for e in entries[:limit]]  # the agent's answer is bounded here too
 
 
 @router.get("/files/stat", response_model=FileInfo)

@@ -27,10 +27,12 @@ async def terminal(
     cols: Annotated[int, Query(ge=1, le=1000)] = 80,
     rows: Annotated[int, Query(ge=1, le=1000)] = 24,
     command: str = "",
+    argv: Annotated[list[str], Query(description="A program and its arguments, run without a shell")] = [],  # noqa: B006
     user: str | None = None,
 ) -> None:
     commands: CommandService = websocket.app.state.commands
-    argv = ["/bin/sh", "-c", command or "exec bash -l 2>/dev/null || exec sh -l"]
+    if not argv:  # an image without a shell still gets a terminal through argv
+        argv = ["/bin/sh", "-c", command or "exec bash -l 2>/dev/null || exec sh -l"]
     await websocket.accept()
     try:
         term = await commands.terminal(sandbox_id, RunCommand(command=argv, user=user), rows, cols)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 MNT_DETACH = 2
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT = 1, 2, 4, 32
 
 
 def mount_overlay(lowers: list[Path], upper: Path, work: Path, target: Path) -> None:
@@ -26,6 +27,23 @@ def mount_overlay(lowers: list[Path], upper: Path, work: Path, target: Path) -> 
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def mount_tmpfs(target: Path, source: str, options: str, flags: int = MS_NOSUID | MS_NODEV) -> None:
+    if _libc.mount(source.encode(), str(target).encode(), b"tmpfs", flags, options.encode()) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount tmpfs on {target}: {os.strerror(err)}")
+
+
+def remount_readonly(target: Path) -> None:
+    if _libc.mount(None, str(target).encode(), None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"remount {target} read-only: {os.strerror(err)}")
+
+
+def is_mount_point(path: Path) -> bool:
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1].replace("\\040", " ") == str(path) for line in f)
 
 
 def unmount(target: Path, lazy: bool = True) -> None:

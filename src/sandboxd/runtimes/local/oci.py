@@ -113,7 +113,8 @@ READONLY_PATHS = [
 CLONE_NAMESPACE_FLAGS = [0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000]
 EPERM, ENOSYS = 1, 38
 
-AGENT_PATH = "/.sandboxd/agent.py"
+AGENT_DIR = "/.sandboxd"  # a read-only mount holding only the agent (runtimes/local/agent_mount.py)
+AGENT_PATH = f"{AGENT_DIR}/agent"
 CPU_PERIOD_US = 100_000
 
 
@@ -132,9 +133,8 @@ def build_config(
     limits: Limits,
     cgroup_path: str,
     idmap: IdMap,
-    agent_host_path: str,
+    agent_host_dir: str,
     agent_config: str,
-    python: str,
 ) -> dict[str, Any]:
     nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     memory = limits.memory_mb * 1024 * 1024
@@ -144,7 +144,7 @@ def build_config(
         "process": {
             "terminal": False,
             "user": {"uid": 0, "gid": 0},
-            "args": [python, "-I", "-S", AGENT_PATH, agent_config],
+            "args": [AGENT_PATH, agent_config],
             "env": [f"{k}={v}" for k, v in env.items()],
             "cwd": cwd,
             "capabilities": dict.fromkeys(("bounding", "effective", "permitted", "inheritable"), DEFAULT_CAPABILITIES),
@@ -194,9 +194,9 @@ def build_config(
                 "options": ["nosuid", "noexec", "nodev", "relatime", "ro"],
             },
             {
-                "destination": AGENT_PATH,
+                "destination": AGENT_DIR,
                 "type": "bind",
-                "source": agent_host_path,
+                "source": agent_host_dir,
                 "options": ["rbind", "ro", "nosuid", "nodev"],
             },
         ],

@@ -1,10 +1,10 @@
 """The embedded runtime: runc (or crun) driven directly, no daemon.
 
 A sandbox is a directory ``sandboxes/<id>`` holding its bundle (config.json), the merged root, the
-agent's socket and the entrypoint log; a btrfs subvolume ``scratch/<id>`` with a disk quota holding
-its overlay upper and work dirs (scratch.py); a runc container of the same id;
-cgroups named ``sandboxd-<id>``; and a network namespace that dies with its processes. Everything is
-named after the id, so a restarted server can find what a crash left behind and remove it.
+agent's socket and the FIFO its entrypoint log comes through; a btrfs subvolume ``scratch/<id>``
+with a disk quota holding its overlay upper and work dirs (scratch.py); a runc container of the same
+id; cgroups named ``sandboxd-<id>``; and a network namespace that dies with its processes. Everything
+is named after the id, so a restarted server can find what a crash left behind and remove it.
 """
 
 from __future__ import annotations
@@ -29,19 +29,21 @@ from sandboxd.runtimes.agent_client import Agent, AgentConnection, unix_connecto
 from sandboxd.runtimes.base import Liveness
 from sandboxd.runtimes.hostnets import InwardNetworks
 from sandboxd.runtimes.local import mounts, oci
+from sandboxd.runtimes.local.agent_mount import AgentMount
 from sandboxd.runtimes.local.broker import Broker, CertificateAuthority, Transform
 from sandboxd.runtimes.local.dns import Resolver, upstreams_from
 from sandboxd.runtimes.local.egress import Attached, EgressTable, Policy
-from sandboxd.runtimes.local.images import Image, ImageStore
+from sandboxd.runtimes.local.images import ImageStore
+from sandboxd.runtimes.local.logpipe import LogPipe, make_fifo
 from sandboxd.runtimes.local.network import Network, veth_name
 from sandboxd.runtimes.local.registry import Credentials, looks_like_reference, parse_reference
 from sandboxd.runtimes.local.scratch import ScratchVolume
 
 log = logging.getLogger("sandboxd.runtime")
-AGENT_SOURCE = Path(__file__).with_name("agent.py")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 READY_TIMEOUT = 10.0
-ENTRYPOINT_FAILED = "sandboxd: entrypoint failed to start:"  # written by agent.py
+ENTRYPOINT_FAILED = "sandboxd: entrypoint failed to start:"  # written by the agent (agent/main.go)
+LOG_FIFO = "log.fifo"
 
 
 def choose_binary(preference: str) -> str:
@@ -67,6 +69,7 @@ class LocalRuntime:
         images: ImageStore,
         network: Network,
         binary: str,
+        agent_binary: Path,
         id_base: int,
         id_size: int,
         dns_upstream: list[str] | None = None,
@@ -81,6 +84,8 @@ class LocalRuntime:
         self.scratch = ScratchVolume(data_dir, scratch_size_gb)
         self.network = network
         self.binary = binary
+        self.agent_mount = AgentMount(agent_binary, data_dir / "agent")
+        self._log_pipes: dict[str, LogPipe] = {}
         self.idmap = oci.IdMap(id_base, id_size)
         # Blocked ranges and the host's own networks: network.watch_host keeps them current.
         self.inward = InwardNetworks(blocked_cidrs)
@@ -107,7 +112,9 @@ class LocalRuntime:
         )
 
     async def start(self) -> None:
+        self.agent_mount.check()
         self._lock_data_dir()
+        self.agent_mount.mount()
         self.root.mkdir(parents=True, exist_ok=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -130,6 +137,11 @@ class LocalRuntime:
         await self.resolver.stop()
         await self.broker.stop()
         await asyncio.gather(*self._background, return_exceptions=True)
+        for pipe in self._log_pipes.values():
+            pipe.close()
+        self._log_pipes.clear()
+        # Running sandboxes keep their own bind of it; a restarted server mounts a new one.
+        self.agent_mount.unmount()
         await asyncio.to_thread(self.scratch.teardown)
 
     def _lock_data_dir(self) -> None:
@@ -170,7 +182,7 @@ class LocalRuntime:
         if looks_like_reference(spec.image) and not self.images.exists(spec.image):
             parse_reference(spec.image)  # a malformed reference is a 400 now; the pull comes in create
             return
-        self._python(spec.image)
+        self.images.get(spec.image)
 
     # -- images and template layers ------------------------------------------------------------
 
@@ -182,7 +194,7 @@ class LocalRuntime:
     ) -> list[str]:
         """Pulls a registry reference that is not here yet; returns the image's layer ids."""
         await self._pull_if_missing(name, progress, image_auth)
-        return list(self._python(name)[0].layer_ids)
+        return list(self.images.get(name).layer_ids)
 
     async def _pull_if_missing(
         self, name: str, progress: Callable[[str, str], None] | None, image_auth: tuple[str, str] | None
@@ -213,13 +225,6 @@ class LocalRuntime:
         in_use, _ = images_in_use(self.root.parent)
         self.images.delete(name, lambda n: n in in_use)
 
-    def _python(self, name: str) -> tuple[Image, str]:
-        image = self.images.get(name)
-        if image.python is None:
-            # The agent, PID 1 of every sandbox, runs on the image's own python3.
-            raise InvalidRequest("image", f"image {name!r} has no python3 to run the sandbox agent")
-        return image, image.python
-
     async def create(
         self,
         sandbox_id: str,
@@ -228,7 +233,7 @@ class LocalRuntime:
         image_auth: tuple[str, str] | None = None,
     ) -> dict[str, Any]:
         await self._pull_if_missing(spec.image, progress, image_auth)
-        image, python = self._python(spec.image)
+        image = self.images.get(spec.image)
         spec = spec.resolved(image.config)
         # overlayfs wants the top layer first.
         lowers = [*reversed(self.images.layer_paths(spec.layers)), *reversed(image.layers)]
@@ -264,14 +269,14 @@ class LocalRuntime:
                     limits=spec.limits,
                     cgroup_path=f"/sandboxd-{sandbox_id}",
                     idmap=self.idmap,
-                    agent_host_path=str(AGENT_SOURCE),
+                    agent_host_dir=str(self.agent_mount.directory),
                     agent_config=json.dumps({"entrypoint": spec.entrypoint, "cwd": spec.cwd, "user": spec.user}),
-                    python=python,
                 )
                 (home / "config.json").write_text(json.dumps(config))
-                log_fd = os.open(self.logs_path(sandbox_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                pipe = self._open_log_pipe(sandbox_id, create=True)
+                log_fd = pipe.writer()
                 try:
-                    # The listening socket becomes the agent's stdin; its log becomes stdout/stderr.
+                    # The listening socket becomes the agent's stdin; the log FIFO its stdout/stderr.
                     await self._runc(
                         "create",
                         "--bundle",
@@ -295,6 +300,7 @@ class LocalRuntime:
             await self._runc("start", sandbox_id)
             await self._wait_ready(sandbox_id)
         except BaseException:
+            self._close_log_pipe(sandbox_id)
             try:
                 await asyncio.shield(self.destroy(sandbox_id, record))
             except Exception:  # the create's own error is the one to report
@@ -346,7 +352,24 @@ class LocalRuntime:
                 raise InvalidRequest("entrypoint", log.split(ENTRYPOINT_FAILED, 1)[1].strip()) from exc
             raise RuntimeFailure(f"the sandbox did not become ready: {log or exc}") from exc
 
+    def _open_log_pipe(self, sandbox_id: str, create: bool = False) -> LogPipe:
+        fifo = self.root / sandbox_id / LOG_FIFO
+        if create:
+            make_fifo(fifo)
+        pipe = LogPipe(fifo, Path(self.logs_path(sandbox_id)))
+        pipe.open()
+        self._log_pipes[sandbox_id] = pipe
+        return pipe
+
+    def _close_log_pipe(self, sandbox_id: str) -> None:
+        pipe = self._log_pipes.pop(sandbox_id, None)
+        if pipe is not None:
+            pipe.close()
+
     def read_log_tail(self, sandbox_id: str, size: int = 2000) -> str:
+        pipe = self._log_pipes.get(sandbox_id)
+        if pipe is not None:
+            pipe.drain_all()
         try:
             data = Path(self.logs_path(sandbox_id)).read_bytes()
         except OSError:
@@ -366,6 +389,7 @@ class LocalRuntime:
 
     async def destroy(self, sandbox_id: str, record: dict[str, Any]) -> None:
         await self._stop_container(sandbox_id, record)
+        self._close_log_pipe(sandbox_id)
         # Every step runs even if one before it failed; the first failure is raised at the end.
         failures: list[Exception] = []
         steps: list[Callable[[], Awaitable[None]]] = [
@@ -432,6 +456,11 @@ class LocalRuntime:
         return Liveness.RUNNING if json.loads(out).get("status") == "running" else Liveness.STOPPED
 
     def adopt(self, sandbox_id: str, record: dict[str, Any]) -> None:
+        if (self.root / sandbox_id / LOG_FIFO).exists():
+            try:
+                self._open_log_pipe(sandbox_id)
+            except OSError:
+                log.exception("could not reopen the log pipe", extra={"sandbox_id": sandbox_id})
         # Its nftables chain outlived the server, and is applied again all the same: a sandbox of
         # an older server has none, and the forward chain drops what has no chain.
         if record.get("address"):

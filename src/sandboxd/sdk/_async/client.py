@@ -181,8 +181,14 @@ class AsyncFiles:
         r = await _check(await self._sandbox._http.put(f"{self._sandbox._path}/files", params=params, content=content))
         return dict(r.json())
 
-    async def list(self, path: str) -> list[dict[str, Any]]:
-        r = await _check(await self._sandbox._http.get(f"{self._sandbox._path}/files/list", params={"path": path}))
+    async def list(self, path: str, limit: int | None = None, after: str | None = None) -> list[dict[str, Any]]:
+        """Entries sorted by name: at most limit (the server's default 10 000), after the name given."""
+        params: dict[str, Any] = {"path": path}
+        if limit is not None:
+            params["limit"] = limit
+        if after is not None:
+            params["after"] = after
+        r = await _check(await self._sandbox._http.get(f"{self._sandbox._path}/files/list", params=params))
         return list(r.json())
 
     async def stat(self, path: str) -> dict[str, Any]:

@@ -1,0 +1,272 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"syscall"
+	"time"
+)
+
+type request struct {
+	Op string `json:"op"`
+	spawnRequest
+	Offset      *int64  `json:"offset"`
+	Follow      *bool   `json:"follow"`
+	Signal      *int    `json:"signal"`
+	Data        *string `json:"data"`
+	EOF         bool    `json:"eof"`
+	Path        string  `json:"path"`
+	Source      string  `json:"source"`
+	Destination string  `json:"destination"`
+	Mode        *uint32 `json:"mode"`
+	Parents     bool    `json:"parents"`
+	Recursive   bool    `json:"recursive"`
+	Limit       int     `json:"limit"`
+	After       *string `json:"after"`
+}
+
+// fileOps bounds the requests that make blocking file system calls at once: each such call holds
+// an OS thread, and threads were reserved at start (see threads.go) for a sandbox at its pids limit.
+var fileOps = make(chan struct{}, fileOpSlots)
+
+func serve(c *conn) {
+	defer c.c.Close()
+	defer func() {
+		if r := recover(); r != nil {
+			c.sendJSON(frameError, map[string]any{"code": "INTERNAL", "message": fmt.Sprint(r)})
+		}
+	}()
+	kind, payload, err := c.recv()
+	if err != nil || kind != frameReq {
+		return
+	}
+	var req request
+	if err := json.Unmarshal(payload, &req); err != nil {
+		c.sendJSON(frameError, (&agentError{Code: "BAD_REQUEST", Message: "bad request: " + err.Error(), HasField: true}).payload())
+		return
+	}
+	var up *upload
+	if req.Op == "write" || req.Op == "tar_put" {
+		up = &upload{c: c}
+	}
+	if err := dispatch(c, &req, up); err != nil {
+		// An upload refused midway (bad path, hostile archive) still reads the host's remaining
+		// frames before answering, so the host gets the error rather than a broken pipe.
+		if up != nil {
+			up.drain()
+		}
+		e := osError(err, "")
+		c.sendJSON(frameError, e.(*agentError).payload())
+	}
+}
+
+func dispatch(c *conn, req *request, up *upload) error {
+	switch req.Op {
+	case "spawn":
+		env := envList(req.Env)
+		p, err := spawn(&req.spawnRequest, env)
+		if err != nil {
+			return err
+		}
+		if err := c.sendJSON(frameReply, p.info()); err != nil {
+			return nil
+		}
+		if req.Attach {
+			attach(p, c, 0, true, false)
+		}
+	case "attach":
+		p, err := lookup(derefString(req.ID))
+		if err != nil {
+			return err
+		}
+		var offset int64
+		if req.Offset != nil {
+			offset = *req.Offset
+		}
+		attach(p, c, offset, req.Follow == nil || *req.Follow, true)
+	case "list":
+		c.sendJSON(frameReply, listProcs())
+	case "status":
+		p, err := lookup(derefString(req.ID))
+		if err != nil {
+			return err
+		}
+		c.sendJSON(frameReply, p.info())
+	case "signal":
+		p, err := lookup(derefString(req.ID))
+		if err != nil {
+			return err
+		}
+		if req.Signal == nil {
+			return badField("signal", "a signal number is required")
+		}
+		killTree(p.pid, syscall.Signal(*req.Signal))
+		c.sendJSON(frameReply, p.info())
+	case "stdin":
+		p, err := lookup(derefString(req.ID))
+		if err != nil {
+			return err
+		}
+		if req.Data != nil && *req.Data != "" {
+			if err := writeStdin(p, []byte(*req.Data)); err != nil {
+				return err
+			}
+		}
+		if req.EOF {
+			closeStdin(p)
+		}
+		c.sendJSON(frameReply, p.info())
+	case "wait_entrypoint":
+		waitEntrypoint(c)
+	case "stat":
+		info, err := statOf(req.Path, nil)
+		if err != nil {
+			return err
+		}
+		c.sendJSON(frameReply, info)
+	default:
+		if !isFileOp(req.Op) {
+			return &agentError{Code: "BAD_REQUEST", Message: "unknown op " + req.Op}
+		}
+		fileOps <- struct{}{}
+		defer func() { <-fileOps }()
+		return fileOp(c, req, up)
+	}
+	return nil
+}
+
+func derefString(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+// attach sends a process's output from offset on; with follow, until it ends. Meanwhile it takes
+// stdin, resize and signal frames from the host.
+func attach(p *Proc, c *conn, offset int64, follow, announce bool) {
+	p.mu.Lock()
+	pos := max64(offset, p.base)
+	p.mu.Unlock()
+	if announce { // where the output sent starts: older output may have been dropped
+		if c.sendJSON(frameReply, map[string]int64{"offset": pos}) != nil {
+			return
+		}
+	} else if pos > offset {
+		if c.sendJSON(frameGap, map[string]int64{"from": offset, "to": pos}) != nil {
+			return
+		}
+	}
+	gone := make(chan struct{})
+	go control(p, c, gone)
+	for {
+		p.mu.Lock()
+		for follow && !p.doneLocked() && p.size <= pos {
+			ch, ended := p.changed, p.hasEnded
+			p.mu.Unlock()
+			if !p.waitChange(ch, ended, gone) {
+				return
+			}
+			p.mu.Lock()
+		}
+		select {
+		case <-gone:
+			p.mu.Unlock()
+			return
+		default:
+		}
+		pending := p.pendingLocked(pos)
+		finished := p.doneLocked()
+		p.mu.Unlock()
+		for _, ch := range pending {
+			if ch.off > pos { // dropped from the buffer before it was sent: say so, offsets stay real
+				if c.sendJSON(frameGap, map[string]int64{"from": pos, "to": ch.off}) != nil {
+					return
+				}
+				pos = ch.off
+			}
+			if c.send(ch.kind, ch.data[pos-ch.off:]) != nil {
+				return
+			}
+			pos = ch.off + int64(len(ch.data))
+		}
+		if finished || !follow {
+			info := p.info()
+			info.Offset = &pos
+			c.sendJSON(frameExit, info)
+			if finished {
+				p.closeMaster() // a terminal's pty goes with its process
+			}
+			return
+		}
+	}
+}
+
+// control reads the frames the host sends while attached; a bad or late one is dropped. When the
+// host hangs up, gone is closed so that the attachment ends too.
+func control(p *Proc, c *conn, gone chan struct{}) {
+	defer close(gone)
+	for {
+		kind, payload, err := c.recv()
+		if err != nil {
+			return
+		}
+		switch kind {
+		case frameStdin:
+			writeStdin(p, payload)
+		case frameEOF:
+			closeStdin(p)
+		case frameResize:
+			var size struct{ Rows, Cols int }
+			p.mu.Lock()
+			master := p.master
+			p.mu.Unlock()
+			if master != nil && json.Unmarshal(payload, &size) == nil {
+				setSize(master, size.Rows, size.Cols)
+				syscall.Kill(-p.pid, syscall.SIGWINCH)
+			}
+		case frameSignal:
+			var sig struct{ Signal int }
+			if json.Unmarshal(payload, &sig) == nil {
+				killTree(p.pid, syscall.Signal(sig.Signal))
+			}
+		}
+	}
+}
+
+// waitEntrypoint answers when the entrypoint has ended and its output is in the log, or ends when
+// the host hangs up (a restarted server asks anew).
+func waitEntrypoint(c *conn) {
+	if c.sendJSON(frameReply, map[string]bool{"waiting": true}) != nil {
+		return
+	}
+	hungUp := make(chan struct{})
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			if _, err := c.c.Read(buf); err != nil {
+				close(hungUp)
+				return
+			}
+		}
+	}()
+	select {
+	case <-entryDone:
+	case <-hungUp:
+		return
+	}
+	p, err := lookup("entrypoint")
+	if err != nil {
+		return
+	}
+	if !p.waitDone(hungUp) {
+		return
+	}
+	select { // its last output reaches the log before the host tears down
+	case <-logCaughtUp:
+	case <-hungUp:
+		return
+	case <-time.After(5 * time.Second):
+	}
+	c.sendJSON(frameReply, p.info())
+}
