@@ -57,6 +57,15 @@ class Settings(BaseSettings):
     build_memory_mb: int = 2048  # limits of the sandboxes that run template build steps
     build_pids: int = 4096
     reaper_interval: float = 1.0
+    # -- limits on what one HTTP request may cost the server (before and after the API key) --
+    # JSON request bodies; file and archive uploads are streamed and not capped here.
+    max_json_body_mb: float = 10.0
+    # From a connection's first byte (or a request's first byte) to the end of its headers.
+    header_timeout: float = 10.0
+    max_header_bytes: int = 64 * 1024
+    # Longest silence while a request body is still coming, and between requests on one connection.
+    body_idle_timeout: float = 60.0
+    keep_alive_timeout: int = 5
 
     @classmethod
     def settings_customise_sources(

@@ -49,6 +49,7 @@ def serve(host: str | None, port: int | None) -> None:
     import uvicorn
 
     from sandboxd.api.app import create_app
+    from sandboxd.api.http_protocol import GuardedHttpToolsProtocol
     from sandboxd.config import Settings
     from sandboxd.logs import configure as configure_logs
     from sandboxd.runtimes.registry import image_store
@@ -80,6 +81,8 @@ def serve(host: str | None, port: int | None) -> None:
         loop="asyncio",
         log_config=None,
         proxy_headers=False,
+        http=GuardedHttpToolsProtocol.configured(settings.header_timeout, settings.max_header_bytes),
+        timeout_keep_alive=settings.keep_alive_timeout,
     )
 
 

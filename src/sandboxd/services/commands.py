@@ -172,13 +172,13 @@ class CommandService:
                     offset += len(payload)
                     yield Output(STREAMS[kind], payload, offset)
                 elif kind == proto.EXIT:
-                    info = json.loads(payload)
+                    info = proto.agent_json(payload)
                     if on_exit is not None:
                         on_exit(info)
                     yield Exit(info)
                     return
                 elif kind == proto.ERROR:
-                    proto.raise_agent_error(payload)
+                    proto.raise_agent_error(payload, conn.op)
         finally:
             await conn.close()
 
@@ -206,10 +206,10 @@ class Terminal:
             if kind == proto.STDOUT:
                 return payload
             if kind == proto.EXIT:
-                self.exit = json.loads(payload)
+                self.exit = proto.agent_json(payload)
                 return None
             if kind == proto.ERROR:
-                proto.raise_agent_error(payload)
+                proto.raise_agent_error(payload, self._conn.op)
 
     async def close(self) -> None:
         if self.exit is None:
