@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Path, Query
 from pydantic import BaseModel, Field
 
 from sandboxd.domain import Sandbox, State
-
-# Numbers in URLs are bounded like everything else: past these they end in an overflow, not a 400.
-MAX_OFFSET = 2**62
-Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Byte offset to start from.")]
-PortNumber = Annotated[int, Path(ge=1, le=65535)]
-Version = Annotated[int, Path(ge=1, le=2**31)]
 
 
 class SandboxStatus(BaseModel):

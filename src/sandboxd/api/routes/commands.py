@@ -9,7 +9,8 @@ from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import StreamingResponse
 
 from sandboxd.api.deps import Commands
-from sandboxd.api.models import CommandResultOut, Offset, ProcessLogs, ProcessOut, SignalIn, StdinIn
+from sandboxd.api.models import CommandResultOut, ProcessLogs, ProcessOut, SignalIn, StdinIn
+from sandboxd.api.params import Offset
 from sandboxd.api.routing import CheckedRoute
 from sandboxd.errors import InvalidRequest
 from sandboxd.services.commands import Exit, Output

@@ -7,7 +7,8 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from sandboxd.api.deps import Files, Sandboxes
-from sandboxd.api.models import FileInfo, MoveIn, Offset, PathIn
+from sandboxd.api.models import FileInfo, MoveIn, PathIn
+from sandboxd.api.params import Offset
 from sandboxd.api.routing import CheckedRoute
 
 router = APIRouter(prefix="/api/v1/sandboxes/{sandbox_id}", tags=["files"], route_class=CheckedRoute)

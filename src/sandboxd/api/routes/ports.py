@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, status
 from pydantic import BaseModel, Field
 
 from sandboxd.api.deps import Ports
-from sandboxd.api.models import PortNumber
+from sandboxd.api.params import PortNumber
 from sandboxd.api.routing import CheckedRoute
 
 router = APIRouter(prefix="/api/v1/sandboxes/{sandbox_id}/ports", tags=["ports"], route_class=CheckedRoute)

@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from sandboxd.api.deps import Templates
-from sandboxd.api.models import Offset, Version
+from sandboxd.api.params import Offset, Version
 from sandboxd.api.routing import CheckedRoute
 from sandboxd.domain import BuildState, TemplateVersion
 from sandboxd.services.requests import CreateTemplate
