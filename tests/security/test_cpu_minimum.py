@@ -4,6 +4,9 @@ at the minimum is really held to it."""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import pytest
 
 from tests.conftest import Server
@@ -37,3 +40,9 @@ def test_minimum_cpu_is_enforced(server: Server) -> None:
         )
         used_ms = int(r.stdout) / 1000
         assert used_ms < 200, f"{used_ms:.0f} ms of CPU in 2 s at cpu=0.01"
+        sb.commands.run("for i in 1 2 3 4; do sh -c 'while :; do :; done' & done", background=True)
+    # Processes held to 1 % take long to die: the cgroup must still go with the sandbox.
+    deadline = time.monotonic() + 5
+    while (left := list(Path("/sys/fs/cgroup").glob(f"**/sandboxd-{sb.id}"))) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left
