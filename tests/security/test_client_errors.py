@@ -4,6 +4,8 @@ never a 500 and never a dropped connection. Each input below was a 500 or a hang
 from __future__ import annotations
 
 import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -114,12 +116,34 @@ def test_errors_the_sandbox_reports(server: Server, sandbox: Sandbox) -> None:
         assert len(r.json()["message"]) <= 600
 
 
-def test_registry_that_refuses_connections(server: Server) -> None:
-    with socket.socket() as s:  # a loopback port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with server.client() as http:
-        r = http.post("/api/v1/sandboxes", json={"image": f"127.0.0.1:{port}/nothing/here:1"})
+class BrokenRegistry(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        self.send_response(500)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("registry", ["refusing", "failing"])
+def test_registry_failures_are_upstream_errors(server: Server, registry: str) -> None:
+    if registry == "refusing":
+        with socket.socket() as s:  # a loopback port nobody listens on
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        httpd = None
+    else:
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), BrokenRegistry)
+        port = httpd.server_address[1]
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        with server.client() as http:
+            r = http.post("/api/v1/sandboxes", json={"image": f"127.0.0.1:{port}/nothing/here:1"})
+    finally:
+        if httpd is not None:
+            httpd.shutdown()
+            httpd.server_close()
     # 502 (the registry failed), or a 4xx once loopback registries are refused outright.
     assert r.status_code == 502 or 400 <= r.status_code < 500, r.text
     assert r.json()["field"] == "image", r.text

@@ -159,6 +159,8 @@ class ImageStore:
             except httpx.HTTPError as exc:
                 # Refused, timed out, reset, a bad redirect: the registry's failure, not ours.
                 raise UpstreamFailure(f"registry {ref.registry}: {_describe(exc)}", "image") from None
+            except RuntimeFailure as exc:  # the client's word for an answer it cannot use
+                raise UpstreamFailure(exc.message, "image") from None
             finally:
                 client.close()
             ids = []
