@@ -55,8 +55,10 @@ class SandboxRefused(SandboxdError):
     status = 422
 
 
-class AgentProtocolError(SandboxdError):
-    """The agent answered something that is not the protocol."""
+class AgentFailure(RuntimeFailure):
+    """The agent hung up, is gone, or answered something that is not the protocol: the
+    sandbox's failure (it may have killed or replaced its agent), an upstream's to the API.
+    A RuntimeFailure still for whoever waits on an agent to come up."""
 
     code = "SANDBOX_AGENT_ERROR"
     status = 502
@@ -66,7 +68,7 @@ def agent_json(payload: bytes) -> Any:
     try:
         return json.loads(payload)
     except (ValueError, RecursionError):
-        raise AgentProtocolError("the sandbox agent sent a malformed message") from None
+        raise AgentFailure("the sandbox agent sent a malformed message") from None
 
 
 def bounded(text: object) -> str:
@@ -78,7 +80,7 @@ def bounded(text: object) -> str:
 def raise_agent_error(payload: bytes, op: str = "") -> NoReturn:
     body = agent_json(payload)
     if not isinstance(body, dict):
-        raise AgentProtocolError("the sandbox agent sent a malformed error")
+        raise AgentFailure("the sandbox agent sent a malformed error")
     code, message = body.get("code"), bounded(body.get("message"))
     given = body.get("field")
     field = given if isinstance(given, str) and FIELD.fullmatch(given) else OP_FIELDS.get(op, "path")
@@ -105,10 +107,10 @@ class AgentConnection:
         try:
             kind, size = HEADER.unpack(await self.reader.readexactly(HEADER.size))
             if size > MAX_FRAME:
-                raise RuntimeFailure(f"the sandbox agent sent an oversized frame ({size} bytes)")
+                raise AgentFailure(f"the sandbox agent sent an oversized frame ({size} bytes)")
             return kind, await self.reader.readexactly(size) if size else b""
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
-            raise RuntimeFailure("the sandbox agent closed the connection") from exc
+            raise AgentFailure("the sandbox agent closed the connection") from exc
 
     async def request(self, op: str, **args: Any) -> None:
         self.op = op
@@ -119,7 +121,7 @@ class AgentConnection:
         if kind == ERROR:
             raise_agent_error(payload, self.op)
         if kind != REPLY:
-            raise AgentProtocolError(f"unexpected frame {kind} from the sandbox agent")
+            raise AgentFailure(f"unexpected frame {kind} from the sandbox agent")
         return agent_json(payload)
 
     async def data(self) -> AsyncIterator[bytes]:
@@ -189,5 +191,5 @@ async def unix_connector(path: str) -> AgentConnection:
     try:
         reader, writer = await asyncio.open_unix_connection(path, limit=4 * CHUNK)
     except (FileNotFoundError, ConnectionRefusedError) as exc:
-        raise RuntimeFailure("the sandbox agent is not reachable") from exc
+        raise AgentFailure("the sandbox agent is not reachable") from exc
     return AgentConnection(reader, writer)
