@@ -63,9 +63,8 @@ class Settings(BaseSettings):
     # From a connection's first byte (or a request's first byte) to the end of its headers.
     header_timeout: float = 10.0
     max_header_bytes: int = 64 * 1024
-    # Longest silence while a request body is still coming, and between requests on one connection.
-    body_idle_timeout: float = 60.0
-    keep_alive_timeout: int = 5
+    body_idle_timeout: float = 60.0  # longest silence while a request body is still coming
+    keep_alive_timeout: int = 5  # an idle connection between two requests
 
     @classmethod
     def settings_customise_sources(

@@ -41,7 +41,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         in_headers = self._deadline is not None
         super().data_received(data)
         if in_headers and self._deadline is not None:
-            # Still in the headers after this piece: all of it was header bytes.
+            # Still in the headers after this piece: all of it was header bytes. (The piece that
+            # begins a request is not counted: the cap may be passed by one read, 256 KiB.)
             self._header_bytes += len(data)
             if self._header_bytes > self.max_header_bytes:
                 self._give_up(TOO_LARGE)
