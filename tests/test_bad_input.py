@@ -17,7 +17,7 @@ from tests.conftest import Server
         ({"image": "../../etc"}, 400, "image", "invalid repository name"),
         ({"env": {"1BAD": "x"}}, 400, "env", "invalid environment variable name"),
         ({"env": {"A-B": "x"}}, 400, "env", "invalid environment variable name"),
-        ({"cpu": 0}, 400, "cpu", "greater than 0"),
+        ({"cpu": 0}, 400, "cpu", "greater than or equal to 0.01"),
         ({"cpu": 512}, 400, "cpu", "at most"),
         ({"memory_mb": 1}, 400, "memory_mb", "greater than or equal to 16"),
         ({"memory_mb": 10**9}, 400, "memory_mb", "at most"),

@@ -270,7 +270,7 @@ def test_custom_reaches_exactly_the_allowed_names_wildcards_and_cidrs(net: Serve
         with net.client() as http:
             counts = http.get(f"/api/v1/sandboxes/{sb.id}/egress").json()
         assert counts["refused_lookups"] >= 2 and counts["refused_packets"] >= 2
-        metrics = httpx.get(f"{net.url}/metrics").text
+        metrics = httpx.get(f"{net.url}/metrics", headers={"Authorization": f"Bearer {net.key}"}).text
         assert f'sandboxd_egress_refused_packets_total{{sandbox="{sb.id}"}}' in metrics
     with net.create(egress={"mode": "custom", "allowed_cidrs": [f"{B[:-2]}.0/24"]}) as sb:
         assert reach(sb, B) == f"reached {B} hello"

@@ -144,7 +144,7 @@ def test_connect_to_unknown_sandbox(server: Server) -> None:
 def test_metrics_and_openapi(server: Server, sandbox: Sandbox) -> None:
     import httpx
 
-    metrics = httpx.get(server.url + "/metrics").text
+    metrics = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {server.key}"}).text
     assert 'sandboxd_sandboxes{state="running"}' in metrics
     running = [ln for ln in metrics.splitlines() if ln.startswith('sandboxd_sandboxes{state="running"}')]
     assert int(running[0].split()[-1]) >= 1

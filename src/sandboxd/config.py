@@ -84,6 +84,14 @@ class Settings(BaseSettings):
     build_pids: int = 4096
     build_disk_mb: int = 8192
     reaper_interval: float = 1.0
+    # -- limits on what one HTTP request may cost the server (before and after the API key) --
+    # JSON request bodies; file and archive uploads are streamed and not capped here.
+    max_json_body_mb: float = 10.0
+    # From a connection's first byte (or a request's first byte) to the end of its headers.
+    header_timeout: float = 10.0
+    max_header_bytes: int = 64 * 1024
+    body_idle_timeout: float = 60.0  # longest silence while a request body is still coming
+    keep_alive_timeout: int = 5  # an idle connection between two requests
 
     @classmethod
     def settings_customise_sources(

@@ -49,6 +49,11 @@ TRANSITIONS: dict[State, set[State]] = {
 }
 
 
+# The kernel refuses a CFS quota under 1 ms (per 100 ms period), and a quota of 0 leaves runc
+# setting no limit at all: the smallest share of a CPU a sandbox can be given.
+MIN_CPU = 0.01
+
+
 class Limits(BaseModel):
     cpu: float
     memory_mb: int

@@ -87,3 +87,10 @@ class SandboxExhausted(SandboxdError):
 class NoSpace(SandboxdError):
     code = "NO_SPACE"
     status = 507
+
+
+class UpstreamFailure(SandboxdError):
+    """Something the server fetches from on a caller's behalf (a registry, a source URL) failed."""
+
+    code = "UPSTREAM_ERROR"
+    status = 502

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http.cookiejar import CookieJar, DefaultCookiePolicy
+from urllib.parse import quote
 
 import httpx
 from fastapi import Depends, FastAPI
@@ -16,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sandboxd.api import errors
 from sandboxd.api.deps import require_key
+from sandboxd.api.guard import RequestGuard
 from sandboxd.api.proxy import PortProxy
 from sandboxd.api.routes import commands, files, health, ports, sandboxes, templates, terminal
 from sandboxd.config import Settings
@@ -30,6 +33,8 @@ from sandboxd.services.templates import TemplateService
 from sandboxd.store.sqlite import SqliteStore
 
 log = logging.getLogger("sandboxd")
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+PATH_SAFE = "/:@!$&'()*+,;=~"
 
 
 class RequestIdMiddleware:
@@ -46,8 +51,9 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
-        rid = headers.get(b"x-request-id", b"").decode("latin-1") or new_id("req_")
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        # A caller's id is echoed in headers and logs: only if it is a plain token.
+        rid = given if REQUEST_ID.fullmatch(given) else new_id("req_")
         scope.setdefault("state", {})["request_id"] = rid
         request_id.set(rid)
 
@@ -56,7 +62,9 @@ class RequestIdMiddleware:
                 out = MutableHeaders(scope=message)
                 out["X-Request-ID"] = rid
                 if "location" not in out:
-                    out["Location"] = scope["path"]
+                    # The decoded path may hold any character (CR, LF, non-Latin-1): percent-
+                    # encoded, it is always a valid header value.
+                    out["Location"] = quote(scope["path"], safe=PATH_SAFE)
                 self.counts[message["status"]] += 1
             await send(message)
 
@@ -115,11 +123,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ready = False
     errors.install(app)
 
+    # Outermost last: the port proxy, then request ids, then the key and body checks.
+    app.add_middleware(RequestGuard)
     app.add_middleware(RequestIdMiddleware, counts=app.state.request_counts)
     app.add_middleware(PortProxy, proxy_domain=(settings or Settings()).proxy_domain)
 
-    app.include_router(health.router)
     auth = [Depends(require_key)]
+    app.include_router(health.router)
+    app.include_router(health.metrics_router, dependencies=auth)
     for module in (sandboxes, commands, files, templates, ports):
         app.include_router(module.router, dependencies=auth)
     app.include_router(terminal.router)

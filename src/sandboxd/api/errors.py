@@ -9,6 +9,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sandboxd.errors import SandboxdError
 
+HTTP_CODES = {
+    400: "INVALID_REQUEST",
+    401: "UNAUTHORIZED",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    408: "REQUEST_TIMEOUT",
+    413: "REQUEST_TOO_LARGE",
+}
+
 
 def _body(request: Request, code: str, message: str, field: str | None = None) -> dict[str, object]:
     body: dict[str, object] = {"code": code, "message": message}
@@ -36,5 +45,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 401: "UNAUTHORIZED"}.get(exc.status_code, "ERROR")
-        return JSONResponse(_body(request, code, str(exc.detail)), status_code=exc.status_code)
+        code = HTTP_CODES.get(exc.status_code, "ERROR")
+        body = _body(request, code, str(exc.detail), getattr(exc, "field", None))
+        # The body was not read to its end: the connection cannot carry another request.
+        headers = {"Connection": "close"} if exc.status_code in (408, 413) else None
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)

@@ -143,7 +143,7 @@ class FileInfo(BaseModel):
 
 class PathIn(BaseModel):
     path: str
-    mode: int = 0o755
+    mode: int = Field(0o755, ge=0, le=0o7777)
 
 
 class MoveIn(BaseModel):

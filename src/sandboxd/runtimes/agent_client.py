@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from sandboxd.errors import (
     Conflict,
@@ -19,6 +20,7 @@ from sandboxd.errors import (
     NoSpace,
     NotFoundInSandbox,
     RuntimeFailure,
+    SandboxdError,
     SandboxExhausted,
 )
 
@@ -32,28 +34,71 @@ CHUNK = 65536
 MAX_FRAME = 64 * 1024 * 1024
 
 
-def raise_agent_error(payload: bytes) -> None:
-    body = json.loads(payload)
-    code, message = body.get("code"), body.get("message", "")
-    if code == "NOT_FOUND":
-        raise NotFoundInSandbox(message)
+# What the agent says is the sandbox's word: an error it reports is the sandbox refusing the
+# request (422, or the known codes below), never the server failing (500). Its message is shown
+# to the caller, bounded and without control characters; its field only if it looks like one.
+MAX_MESSAGE = 500
+FIELD = re.compile(r"[a-z_][a-z0-9_.]{0,63}")
+KNOWN: dict[str, type[SandboxdError]] = {
+    "NOT_FOUND": NotFoundInSandbox,
+    "NO_SPACE": NoSpace,
+    "CONFLICT": Conflict,
+    "FORBIDDEN": Forbidden,
+    "EXHAUSTED": SandboxExhausted,
+}
+# The argument a failed operation is most likely about, when the agent names none.
+OP_FIELDS = {"spawn": "command", "stdin": "data", "signal": "signal", "attach": "process_id", "move": "destination"}
+
+
+class SandboxRefused(SandboxdError):
+    """The sandbox's agent could not do it, for a reason of its own (an errno, a crash)."""
+
+    code = "SANDBOX_REFUSED"
+    status = 422
+
+
+class AgentFailure(RuntimeFailure):
+    """The agent hung up, is gone, or answered something that is not the protocol: the
+    sandbox's failure (it may have killed or replaced its agent), an upstream's to the API.
+    A RuntimeFailure still for whoever waits on an agent to come up."""
+
+    code = "SANDBOX_AGENT_ERROR"
+    status = 502
+
+
+def agent_json(payload: bytes) -> Any:
+    try:
+        return json.loads(payload)
+    except (ValueError, RecursionError):
+        raise AgentFailure("the sandbox agent sent a malformed message") from None
+
+
+def bounded(text: object) -> str:
+    value = text if isinstance(text, str) else ""
+    value = "".join(c if c.isprintable() else " " for c in value[: MAX_MESSAGE + 1])
+    return value[:MAX_MESSAGE] + ("..." if len(value) > MAX_MESSAGE else "")
+
+
+def raise_agent_error(payload: bytes, op: str = "") -> NoReturn:
+    body = agent_json(payload)
+    if not isinstance(body, dict):
+        raise AgentFailure("the sandbox agent sent a malformed error")
+    code, message = body.get("code"), bounded(body.get("message"))
+    given = body.get("field")
+    field = given if isinstance(given, str) and FIELD.fullmatch(given) else OP_FIELDS.get(op, "path")
     if code == "BAD_REQUEST":
-        raise InvalidRequest(body.get("field") or "path", message)
-    if code == "NO_SPACE":
-        raise NoSpace(message)
-    if code == "CONFLICT":
-        raise Conflict(message)
-    if code == "FORBIDDEN":
-        raise Forbidden(message)
-    if code == "EXHAUSTED":
-        raise SandboxExhausted(message)
-    raise RuntimeFailure(f"agent: {message}")
+        raise InvalidRequest(field, message)
+    known = KNOWN.get(code) if isinstance(code, str) else None
+    if known is not None:
+        raise known(message)
+    raise SandboxRefused(f"the sandbox refused: {message}" if message else "the sandbox refused", field)
 
 
 class AgentConnection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self.op = ""  # the request's, for the field an error is about
 
     async def send(self, kind: int, payload: bytes | dict[str, Any] = b"") -> None:
         data = json.dumps(payload).encode() if isinstance(payload, dict) else payload
@@ -64,21 +109,22 @@ class AgentConnection:
         try:
             kind, size = HEADER.unpack(await self.reader.readexactly(HEADER.size))
             if size > MAX_FRAME:
-                raise RuntimeFailure(f"the sandbox agent sent an oversized frame ({size} bytes)")
+                raise AgentFailure(f"the sandbox agent sent an oversized frame ({size} bytes)")
             return kind, await self.reader.readexactly(size) if size else b""
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
-            raise RuntimeFailure("the sandbox agent closed the connection") from exc
+            raise AgentFailure("the sandbox agent closed the connection") from exc
 
     async def request(self, op: str, **args: Any) -> None:
+        self.op = op
         await self.send(REQ, {"op": op, **args})
 
     async def reply(self) -> Any:
         kind, payload = await self.recv()
         if kind == ERROR:
-            raise_agent_error(payload)
+            raise_agent_error(payload, self.op)
         if kind != REPLY:
-            raise RuntimeFailure(f"unexpected frame {kind} from the sandbox agent")
-        return json.loads(payload)
+            raise AgentFailure(f"unexpected frame {kind} from the sandbox agent")
+        return agent_json(payload)
 
     async def data(self) -> AsyncIterator[bytes]:
         """DATA frames until END."""
@@ -87,7 +133,7 @@ class AgentConnection:
             if kind == END:
                 return
             if kind == ERROR:
-                raise_agent_error(payload)
+                raise_agent_error(payload, self.op)
             yield payload
 
     async def close(self) -> None:
@@ -147,5 +193,5 @@ async def unix_connector(path: str) -> AgentConnection:
     try:
         reader, writer = await asyncio.open_unix_connection(path, limit=4 * CHUNK)
     except (FileNotFoundError, ConnectionRefusedError) as exc:
-        raise RuntimeFailure("the sandbox agent is not reachable") from exc
+        raise AgentFailure("the sandbox agent is not reachable") from exc
     return AgentConnection(reader, writer)

@@ -205,13 +205,13 @@ class CommandService:
                     offset = gap.end
                     yield gap
                 elif kind == proto.EXIT:
-                    info = json.loads(payload)
+                    info = proto.agent_json(payload)
                     if on_exit is not None:
                         on_exit(info)
                     yield Exit(info)
                     return
                 elif kind == proto.ERROR:
-                    proto.raise_agent_error(payload)
+                    proto.raise_agent_error(payload, conn.op)
         finally:
             await conn.close()
 
@@ -258,10 +258,10 @@ class Terminal:
                 self._offset = gap.end
                 return f"\r\n[sandboxd: {gap.dropped} bytes of output dropped here]\r\n".encode()
             if kind == proto.EXIT:
-                self.exit = json.loads(payload)
+                self.exit = proto.agent_json(payload)
                 return None
             if kind == proto.ERROR:
-                proto.raise_agent_error(payload)
+                proto.raise_agent_error(payload, self._conn.op)
 
     async def close(self) -> None:
         if self.exit is None:

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sandboxd.domain import MIN_CPU
 from sandboxd.services.sources import Source
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -197,7 +198,7 @@ class CreateSandbox(BaseModel):
     cwd: str | None = Field(None, description="Working directory; the image's, else /.")
     user: str | None = Field(None, description="Default user for commands and the entrypoint; the image's, else root.")
     metadata: dict[str, str] = Field(default_factory=dict, description="Labels to filter lists by.")
-    cpu: float | None = Field(None, gt=0, description="CPU cores (fractions allowed).")
+    cpu: float | None = Field(None, ge=MIN_CPU, description=f"CPU cores (fractions down to {MIN_CPU:g}).")
     memory_mb: int | None = Field(None, ge=16)
     pids: int | None = Field(None, ge=8)
     disk_mb: int | None = Field(

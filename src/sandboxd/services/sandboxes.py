@@ -8,7 +8,6 @@ whose resources may be half made, a ``stopping`` one whose resources may be half
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 import time
@@ -521,8 +520,8 @@ async def _collect(conn: AgentConnection) -> tuple[bytes, dict[str, Any]]:
             if kind in (proto.STDOUT, proto.STDERR):
                 output.append(payload)
             elif kind == proto.EXIT:
-                return b"".join(output), dict(json.loads(payload))
+                return b"".join(output), dict(proto.agent_json(payload))
             elif kind == proto.ERROR:
-                proto.raise_agent_error(payload)
+                proto.raise_agent_error(payload, conn.op)
     finally:
         await conn.close()

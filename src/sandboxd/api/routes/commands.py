@@ -10,11 +10,13 @@ from fastapi.responses import StreamingResponse
 
 from sandboxd.api.deps import Commands
 from sandboxd.api.models import CommandResultOut, ProcessLogs, ProcessOut, SignalIn, StdinIn
+from sandboxd.api.params import Offset
+from sandboxd.api.routing import CheckedRoute
 from sandboxd.errors import InvalidRequest
 from sandboxd.services.commands import Exit, Gap, Output
 from sandboxd.services.requests import RunCommand, signal_number
 
-router = APIRouter(prefix="/api/v1/sandboxes/{sandbox_id}", tags=["commands"])
+router = APIRouter(prefix="/api/v1/sandboxes/{sandbox_id}", tags=["commands"], route_class=CheckedRoute)
 
 SSE_DOC: dict[int | str, dict[str, Any]] = {
     200: {
@@ -76,7 +78,7 @@ async def process_logs(
     sandbox_id: str,
     process_id: str,
     service: Commands,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     follow: Annotated[bool, Query(description="Stream as SSE until the process ends.")] = False,
 ) -> ProcessLogs | StreamingResponse:
     items = await service.logs(sandbox_id, process_id, offset, follow)

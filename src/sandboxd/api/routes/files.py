@@ -8,8 +8,10 @@ from fastapi.responses import StreamingResponse
 
 from sandboxd.api.deps import Files, Sandboxes
 from sandboxd.api.models import FileInfo, MoveIn, PathIn
+from sandboxd.api.params import Offset
+from sandboxd.api.routing import CheckedRoute
 
-router = APIRouter(prefix="/api/v1/sandboxes/{sandbox_id}", tags=["files"])
+router = APIRouter(prefix="/api/v1/sandboxes/{sandbox_id}", tags=["files"], route_class=CheckedRoute)
 MAX_LISTING = 100_000
 PathQ = Annotated[str, Query(description="Absolute path inside the sandbox.")]
 
@@ -86,8 +88,6 @@ async def upload_archive(sandbox_id: str, path: PathQ, request: Request, service
 
 
 @router.get("/logs", response_class=StreamingResponse, responses={200: {"content": {"text/plain": {}}}})
-async def entrypoint_logs(
-    sandbox_id: str, service: Sandboxes, offset: Annotated[int, Query(ge=0)] = 0
-) -> StreamingResponse:
+async def entrypoint_logs(sandbox_id: str, service: Sandboxes, offset: Offset = 0) -> StreamingResponse:
     """Output of the sandbox's entrypoint (stdout and stderr interleaved), from a byte offset."""
     return StreamingResponse(service.entrypoint_logs(sandbox_id, offset), media_type="text/plain")

@@ -8,8 +8,10 @@ from fastapi import APIRouter, Query, status
 from pydantic import BaseModel, Field
 
 from sandboxd.api.deps import Ports
+from sandboxd.api.params import PortNumber
+from sandboxd.api.routing import CheckedRoute
 
-router = APIRouter(prefix="/api/v1/sandboxes/{sandbox_id}/ports", tags=["ports"])
+router = APIRouter(prefix="/api/v1/sandboxes/{sandbox_id}/ports", tags=["ports"], route_class=CheckedRoute)
 
 
 class PortOut(BaseModel):
@@ -37,7 +39,7 @@ async def expose_port(sandbox_id: str, body: ExposePort, service: Ports) -> Port
 @router.get("/{port}", response_model=PortOut)
 async def port_url(
     sandbox_id: str,
-    port: int,
+    port: PortNumber,
     service: Ports,
     signed: Annotated[bool, Query(description="A URL that carries its own expiring signature.")] = False,
     expires_in: Annotated[int, Query(ge=1, le=7 * 24 * 3600)] = 3600,
@@ -48,5 +50,5 @@ async def port_url(
 
 
 @router.delete("/{port}", status_code=status.HTTP_204_NO_CONTENT)
-async def unexpose_port(sandbox_id: str, port: int, service: Ports) -> None:
+async def unexpose_port(sandbox_id: str, port: PortNumber, service: Ports) -> None:
     service.unexpose(sandbox_id, port)

@@ -7,11 +7,12 @@ from pydantic import BaseModel, Field
 
 from sandboxd.api.deps import Sandboxes
 from sandboxd.api.models import RenewTimeout, SandboxList, SandboxOut
+from sandboxd.api.routing import CheckedRoute
 from sandboxd.domain import State
 from sandboxd.errors import InvalidRequest
 from sandboxd.services.requests import CreateSandbox, EgressPolicy
 
-router = APIRouter(prefix="/api/v1/sandboxes", tags=["sandboxes"])
+router = APIRouter(prefix="/api/v1/sandboxes", tags=["sandboxes"], route_class=CheckedRoute)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=SandboxOut)

@@ -10,10 +10,12 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from sandboxd.api.deps import Templates
+from sandboxd.api.params import Offset, Version
+from sandboxd.api.routing import CheckedRoute
 from sandboxd.domain import BuildState, TemplateVersion
 from sandboxd.services.requests import CreateTemplate
 
-router = APIRouter(prefix="/api/v1", tags=["templates"])
+router = APIRouter(prefix="/api/v1", tags=["templates"], route_class=CheckedRoute)
 
 
 class TemplateOut(BaseModel):
@@ -76,7 +78,7 @@ async def get_template(name: str, service: Templates) -> TemplateOut:
 
 
 @router.get("/templates/{name}/versions/{version}", response_model=TemplateOut)
-async def get_template_version(name: str, version: int, service: Templates) -> TemplateOut:
+async def get_template_version(name: str, version: Version, service: Templates) -> TemplateOut:
     return TemplateOut.of(service.get(name, version))
 
 
@@ -87,16 +89,16 @@ async def get_template_version(name: str, version: int, service: Templates) -> T
 )
 async def template_logs(
     name: str,
-    version: int,
+    version: Version,
     service: Templates,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     follow: Annotated[bool, Query(description="Keep streaming until the build ends.")] = False,
 ) -> StreamingResponse:
     return StreamingResponse(service.logs(name, version, offset, follow), media_type="text/plain")
 
 
 @router.delete("/templates/{name}/versions/{version}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_template_version(name: str, version: int, service: Templates) -> None:
+async def delete_template_version(name: str, version: Version, service: Templates) -> None:
     """Removes the version and its image; refused while a sandbox runs on it."""
     await service.delete(name, version)
 

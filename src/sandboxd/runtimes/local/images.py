@@ -40,10 +40,11 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote, unquote
 
+import httpx
 import zstandard
 
 from sandboxd import tarsafe
-from sandboxd.errors import Conflict, ImageNotFound, InvalidRequest, RuntimeFailure
+from sandboxd.errors import Conflict, ImageNotFound, InvalidRequest, RuntimeFailure, UpstreamFailure
 from sandboxd.runtimes.local.mounts import mounts_under, unmount
 from sandboxd.runtimes.local.registry import Credentials, RegistryClient, looks_like_reference, parse_reference
 from sandboxd.runtimes.outbound import OutboundRules
@@ -160,6 +161,11 @@ class ImageStore:
                 paths = [client.blob(layer["digest"], self.blobs, advance) for layer in layers]
                 config_digest = manifest.get("config", {}).get("digest")
                 config_path = client.blob(config_digest, self.blobs) if config_digest else None
+            except httpx.HTTPError as exc:
+                # Refused, timed out, reset, a bad redirect: the registry's failure, not ours.
+                raise UpstreamFailure(f"registry {ref.registry}: {_describe(exc)}", "image") from None
+            except RuntimeFailure as exc:  # the client's word for an answer it cannot use
+                raise UpstreamFailure(exc.message, "image") from None
             finally:
                 client.close()
             ids = []
@@ -432,6 +438,11 @@ def _remove_device_nodes(root: Path) -> None:
 def _dir_name(name: str) -> str:
     # A registry reference (host:port/repo:tag) is kept under its quoted form: one path component.
     return quote(name, safe="") if looks_like_reference(name) else _safe_name(name)
+
+
+def _describe(exc: httpx.HTTPError) -> str:
+    reason = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
 
 
 def _oci_config(path: Path | None) -> dict[str, Any]:

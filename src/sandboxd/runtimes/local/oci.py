@@ -6,7 +6,7 @@ import resource
 from dataclasses import dataclass
 from typing import Any
 
-from sandboxd.domain import Limits
+from sandboxd.domain import MIN_CPU, Limits
 
 # Docker's default capability set less NET_RAW: enough for package managers and servers, nothing
 # that administers the kernel (no SYS_ADMIN, NET_ADMIN, SYS_MODULE, SYS_PTRACE, SYS_TIME ...).
@@ -118,6 +118,11 @@ AGENT_PATH = f"{AGENT_DIR}/agent"
 CPU_PERIOD_US = 100_000
 
 
+def cpu_quota(cpu: float) -> int:
+    """Microseconds per period; never under the kernel's minimum, where no limit would apply."""
+    return max(round(cpu * CPU_PERIOD_US), round(MIN_CPU * CPU_PERIOD_US))
+
+
 @dataclass(frozen=True)
 class IdMap:
     host_id: int
@@ -213,7 +218,7 @@ def build_config(
             "resources": {
                 "devices": [{"allow": False, "access": "rwm"}],
                 "memory": {"limit": memory, "swap": memory},
-                "cpu": {"quota": int(limits.cpu * CPU_PERIOD_US), "period": CPU_PERIOD_US},
+                "cpu": {"quota": cpu_quota(limits.cpu), "period": CPU_PERIOD_US},
                 "pids": {"limit": limits.pids},
             },
             "seccomp": {

@@ -382,6 +382,9 @@ class LocalRuntime:
         gone = True
         pid = record.get("pid")
         if isinstance(pid, int):
+            # Dying takes CPU time too: at a small quota (cpu=0.01) the killed processes would
+            # still be exiting when their cgroup is removed, and it would be left behind.
+            self._lift_cpu_limit(sandbox_id)
             await self._runc("kill", sandbox_id, "KILL", check=False)
             gone = await _wait_gone(pid)
         await self._runc("delete", "--force", sandbox_id, check=False)
@@ -440,6 +443,16 @@ class LocalRuntime:
     def _remove_home(self, home: Path) -> None:
         self._remove_home_mounts(home)  # never rmtree through a mount into someone else's files
         shutil.rmtree(home, ignore_errors=True)
+
+    def _lift_cpu_limit(self, sandbox_id: str) -> None:
+        name = f"sandboxd-{sandbox_id}"
+        for path, unlimited in (
+            (CGROUP_ROOT / name / "cpu.max", "max"),  # cgroup v2
+            (CGROUP_ROOT / "cpu" / name / "cpu.cfs_quota_us", "-1"),  # v1
+            (CGROUP_ROOT / "cpu,cpuacct" / name / "cpu.cfs_quota_us", "-1"),
+        ):
+            with contextlib.suppress(OSError):
+                path.write_text(unlimited)
 
     def _remove_cgroups(self, sandbox_id: str) -> None:
         name = f"sandboxd-{sandbox_id}"
