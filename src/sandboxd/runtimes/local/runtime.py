@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -32,6 +32,7 @@ from sandboxd.runtimes.local.egress import Attached, EgressTable, Policy
 from sandboxd.runtimes.local.images import Image, ImageStore
 from sandboxd.runtimes.local.network import Network, veth_name
 from sandboxd.runtimes.local.registry import Credentials, looks_like_reference, parse_reference
+from sandboxd.runtimes.local.userns import OwnedNamespace
 
 log = logging.getLogger("sandboxd.runtime")
 AGENT_SOURCE = Path(__file__).with_name("agent.py")
@@ -225,9 +226,11 @@ class LocalRuntime:
                 self._prepare_root, sandbox_id, home, lowers, marker, record["address"], bool(spec.transforms)
             )
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            userns: OwnedNamespace | None = None
             try:
                 listener.bind(str(home / "agent.sock"))
                 listener.listen(128)
+                userns = await OwnedNamespace.make(self._namespace_owner(record["address"]), self.idmap)
                 config = oci.build_config(
                     rootfs=str(home / "rootfs"),
                     hostname=sandbox_id.replace("_", "-")[:63],
@@ -239,13 +242,18 @@ class LocalRuntime:
                     agent_host_path=str(AGENT_SOURCE),
                     agent_config=json.dumps({"entrypoint": spec.entrypoint, "cwd": spec.cwd, "user": spec.user}),
                     python=python,
+                    userns_path=userns.path,
                 )
                 (home / "config.json").write_text(json.dumps(config))
                 log_fd = os.open(self.logs_path(sandbox_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
                 try:
                     # The listening socket becomes the agent's stdin; its log becomes stdout/stderr.
+                    # No session keyring: each would be a key of the sandboxes' shared root uid,
+                    # and the kernel allows a uid 200 (kernel.keys.maxkeys) on the whole host. The
+                    # keyring calls are refused inside anyway.
                     await self._runc(
                         "create",
+                        "--no-new-keyring",
                         "--bundle",
                         str(home),
                         "--pid-file",
@@ -253,11 +261,14 @@ class LocalRuntime:
                         sandbox_id,
                         stdin=listener.fileno(),
                         stdout=log_fd,
+                        prefix=oci.prlimit_command(),
                     )
                 finally:
                     os.close(log_fd)
             finally:
                 listener.close()
+                if userns is not None:  # the sandbox's processes hold its namespace from here
+                    await userns.close()
             pid = int((home / "pid").read_text())
             record["pid"] = pid
             await self.network.attach(sandbox_id, pid, record["address"])
@@ -273,6 +284,12 @@ class LocalRuntime:
                 log.exception("cleanup after a failed create failed", extra={"sandbox_id": sandbox_id})
             raise
         return record
+
+    def _namespace_owner(self, address: str) -> int:
+        """The host uid that owns the sandbox's user namespace (userns.py): one per running
+        sandbox, above the ids mapped into sandboxes, so that the budgets the kernel charges to it
+        are the sandbox's alone."""
+        return self.idmap.host_id + self.idmap.size + self.network.slot(address)
 
     def _prepare_root(
         self,
@@ -475,8 +492,16 @@ class LocalRuntime:
                 continue
         return 0
 
-    async def _runc(self, *args: str, stdin: int | None = None, stdout: int | None = None, check: bool = True) -> str:
+    async def _runc(
+        self,
+        *args: str,
+        stdin: int | None = None,
+        stdout: int | None = None,
+        check: bool = True,
+        prefix: Sequence[str] = (),
+    ) -> str:
         proc = await asyncio.create_subprocess_exec(
+            *prefix,
             self.binary,
             "--root",
             str(self.state_dir),
