@@ -25,7 +25,7 @@ from sandboxd.domain import SandboxSpec
 from sandboxd.errors import Conflict, InvalidRequest, RuntimeFailure
 from sandboxd.runtimes.agent_client import Agent, AgentConnection, unix_connector
 from sandboxd.runtimes.base import Liveness
-from sandboxd.runtimes.local import mounts, oci
+from sandboxd.runtimes.local import mounts, oci, server_process
 from sandboxd.runtimes.local.broker import Broker, CertificateAuthority, Transform
 from sandboxd.runtimes.local.dns import Resolver, upstreams_from
 from sandboxd.runtimes.local.egress import Attached, EgressTable, Policy
@@ -96,6 +96,7 @@ class LocalRuntime:
         )
 
     async def start(self) -> None:
+        server_process.prepare()
         self._lock_data_dir()
         self.root.mkdir(parents=True, exist_ok=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
