@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from sandboxd.runtimes.local import oci
-from sandboxd.sdk import CommandHandle, Sandbox
+from sandboxd.sdk import CommandHandle, Sandbox, SandboxError
 from tests.conftest import Server
 
 # Runs inside the sandbox: take every instance of each budget it will give, report, then hold them.
@@ -148,3 +148,15 @@ def _hold_everything(sb: Sandbox) -> CommandHandle:
         assert time.monotonic() < deadline, "the hog did not report"
         time.sleep(0.1)
     return hog
+
+
+def test_one_sandbox_cannot_be_given_every_pid_of_the_host(server: Server) -> None:
+    # Not the fork bomb itself: taking every pid of this shared machine would starve whatever else
+    # runs on it. A sandbox's pids limit is the most its bomb can take (tests/test_limits.py).
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    with pytest.raises(SandboxError) as refused:
+        server.create(pids=min(pid_max, 32768))
+    assert refused.value.status == 400 and refused.value.field == "pids", refused.value
+    with server.create(pids=pid_max // 2, memory_mb=64) as sb:
+        limit = sb.commands.run("cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max")
+        assert limit.stdout == f"{pid_max // 2}\n"

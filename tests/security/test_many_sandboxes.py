@@ -9,7 +9,6 @@ answers a command, and all go without a trace.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,16 +35,14 @@ def big_server(image_cache: Path, workdir: Path) -> Iterator[Server]:
 
 @pytest.mark.timeout(300)
 def test_three_hundred_sandboxes_run_at_once(big_server: Server) -> None:
-    timings = asyncio.run(_run_many(big_server))
-    # Measured on 2 cores: create all, a command in each, delete all (seconds).
-    print(timings)  # noqa: T201
+    # On 2 cores: 300 creates in about 20 s, a command in each in 1 s, 300 deletes in 7 s.
+    asyncio.run(_run_many(big_server))
 
 
-async def _run_many(server: Server) -> dict[str, float]:
+async def _run_many(server: Server) -> None:
     gate = asyncio.Semaphore(CONCURRENCY)
     headers = {"Authorization": f"Bearer {server.key}"}
     limits = httpx.Limits(max_connections=CONCURRENCY)
-    timings: dict[str, float] = {}
     async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=120, limits=limits) as http:
 
         async def create(i: int) -> str:
@@ -66,19 +63,11 @@ async def _run_many(server: Server) -> dict[str, float]:
                 r = await http.delete(f"/api/v1/sandboxes/{sandbox_id}")
                 assert r.status_code in (200, 204), r.text
 
-        start = time.monotonic()
         ids = await asyncio.gather(*(create(i) for i in range(COUNT)))
-        timings["create"] = time.monotonic() - start
         listing = (await http.get("/api/v1/sandboxes", params={"limit": 1000})).json()["items"]
         states = [item["status"]["state"] for item in listing if item["id"] in ids]
         assert states == ["running"] * COUNT, sorted(set(states))
 
-        start = time.monotonic()
         answers = await asyncio.gather(*(echo(i) for i in ids))
         assert answers == [f"{i}\n" for i in ids]
-        timings["exec"] = time.monotonic() - start
-
-        start = time.monotonic()
         await asyncio.gather(*(delete(i) for i in ids))
-        timings["delete"] = time.monotonic() - start
-    return timings

@@ -43,7 +43,7 @@ class OwnedNamespace:
             "cat",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
             user=owner,
             group=owner,
             extra_groups=[],
@@ -52,7 +52,7 @@ class OwnedNamespace:
         )
         made = cls(proc)
         try:
-            await made._wait_unshared()
+            await made._wait_unshared(owner)
             mapping = f"0 {idmap.host_id} {idmap.size}\n".encode()
             for name in ("uid_map", "gid_map"):
                 _write_once(f"/proc/{proc.pid}/{name}", mapping)
@@ -61,7 +61,7 @@ class OwnedNamespace:
             raise
         return made
 
-    async def _wait_unshared(self) -> None:
+    async def _wait_unshared(self, owner: int) -> None:
         ours = os.readlink("/proc/self/ns/user")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + UNSHARE_TIMEOUT
@@ -72,8 +72,18 @@ class OwnedNamespace:
             except OSError:
                 pass
             if self._proc.returncode is not None or loop.time() > deadline:
-                raise RuntimeFailure("could not make the sandbox's user namespace (unshare --user failed)")
+                raise RuntimeFailure(
+                    f"could not make the sandbox's user namespace as uid {owner} ({await self._stderr()}); "
+                    "unprivileged user namespaces must be allowed (kernel.unprivileged_userns_clone, "
+                    "user.max_user_namespaces)"
+                )
             await asyncio.sleep(0.0005)
+
+    async def _stderr(self) -> str:
+        assert self._proc.stderr is not None
+        if self._proc.returncode is None:
+            return "timed out"
+        return (await self._proc.stderr.read(2000)).decode(errors="replace").strip()
 
     async def close(self) -> None:
         """Ends the holder. A namespace a sandbox joined lives on with the sandbox's processes."""
