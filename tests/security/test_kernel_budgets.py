@@ -134,7 +134,7 @@ def namespace_owner(pid: int) -> int:
     uid = ctypes.c_uint32()
     fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY)
     try:
-        fcntl.ioctl(fd, 0xB704, uid)  # type: ignore[call-overload]
+        fcntl.ioctl(fd, 0xB704, uid)
     finally:
         os.close(fd)
     return uid.value
@@ -143,6 +143,7 @@ def namespace_owner(pid: int) -> int:
 def _hold_everything(sb: Sandbox) -> CommandHandle:
     sb.files.write("/tmp/hog.py", HOG)
     hog = sb.commands.run(["python3", "/tmp/hog.py"], background=True)
+    assert isinstance(hog, CommandHandle)
     deadline = time.monotonic() + 30
     while sb.commands.run("test -e /tmp/report.json").exit_code != 0:
         assert time.monotonic() < deadline, "the hog did not report"
