@@ -7,12 +7,23 @@ import secrets
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+
+def half_of_host_pids() -> int:
+    """Every process and thread of a sandbox also takes a pid of the host's (kernel.pid_max counts
+    them across all pid namespaces): one sandbox at its maximum must leave the host half of them."""
+    try:
+        pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    except (OSError, ValueError):
+        pid_max = 32768  # the kernel's default
+    return min(32768, pid_max // 2)
 
 
 class Settings(BaseSettings):
@@ -42,7 +53,7 @@ class Settings(BaseSettings):
     default_pids: int = 512
     max_cpu: float = float(os.cpu_count() or 1)
     max_memory_mb: int = 16384
-    max_pids: int = 32768
+    max_pids: int = Field(default_factory=half_of_host_pids)
     # What a sandbox may write (its files, inodes included: they take metadata space), in MB.
     default_disk_mb: int = 2048
     max_disk_mb: int = 32768

@@ -63,6 +63,10 @@ class Network:
         self._next = 0  # where allocate looks first
         self._lock = asyncio.Lock()
 
+    def slot(self, address: str) -> int:
+        """The address's index in the subnet: unique among this server's sandboxes while they run."""
+        return int(ipaddress.ip_address(address)) - int(self.subnet.network_address)
+
     async def setup_host(self) -> None:
         links = json.loads(await run("ip", "-j", "link", "show", "type", "bridge"))
         if not any(link["ifname"] == self.bridge for link in links):

@@ -39,6 +39,7 @@ DENIED_SYSCALLS = [
     "clock_settime",
     "create_module",
     "delete_module",
+    "fanotify_init",  # its groups and marks are counted per user of the host, like inotify's
     "finit_module",
     "fsconfig",
     "fsmount",
@@ -109,6 +110,24 @@ READONLY_PATHS = [
     "/proc/sysrq-trigger",
 ]
 
+# Linux AIO contexts are counted host-wide (fs.aio-max-nr): one sandbox could take them all. ENOSYS,
+# as on a kernel built without AIO, is what libaio users (databases) fall back from to threads.
+AIO_SYSCALLS = ["io_setup", "io_destroy", "io_submit", "io_cancel", "io_getevents", "io_pgetevents"]
+
+# Per-user budgets the kernel keeps in each user namespace (/proc/sys/user/max_*), written into the
+# sandbox's own before anything of it runs. The kernel charges them again to the namespace's owner
+# in the host's namespace (userns.py), so these bound what one sandbox takes there too.
+USER_NAMESPACE_LIMITS = {
+    "max_inotify_instances": 64,
+    "max_inotify_watches": 65536,
+    "max_fanotify_groups": 0,
+    "max_fanotify_marks": 0,
+    # New namespaces are refused by seccomp (unshare, setns, clone flags) all the same.
+    **{f"max_{kind}_namespaces": 0 for kind in ("user", "mnt", "pid", "net", "ipc", "uts", "cgroup", "time")},
+}
+# POSIX message queues: bytes a sandbox's uid may hold, three queues of the default size (10 × 8 KiB).
+MSGQUEUE_BYTES = 256 * 1024
+
 # clone() with any of these flags makes new namespaces: refused, like unshare and setns.
 CLONE_NAMESPACE_FLAGS = [0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000]
 EPERM, ENOSYS = 1, 38
@@ -140,8 +159,10 @@ def build_config(
     idmap: IdMap,
     agent_host_dir: str,
     agent_config: str,
+    userns_path: str | None = None,
 ) -> dict[str, Any]:
-    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    """userns_path: a user namespace made beforehand (userns.py) that the sandbox joins, with these
+    id maps already written; None: the runtime makes one."""
     memory = limits.memory_mb * 1024 * 1024
     mapping = [{"containerID": 0, "hostID": idmap.host_id, "size": idmap.size}]
     return {
@@ -153,8 +174,7 @@ def build_config(
             "env": [f"{k}={v}" for k, v in env.items()],
             "cwd": cwd,
             "capabilities": dict.fromkeys(("bounding", "effective", "permitted", "inheritable"), DEFAULT_CAPABILITIES),
-            # The host's hard limit is the ceiling: without CAP_SYS_RESOURCE it cannot be raised.
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": min(nofile, 65536)}],
+            # No "rlimits": see prlimit_command.
             "noNewPrivileges": True,
         },
         "root": {"path": rootfs, "readonly": False},
@@ -208,7 +228,10 @@ def build_config(
         "linux": {
             "uidMappings": mapping,
             "gidMappings": mapping,
-            "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount", "cgroup", "user")],
+            "namespaces": [
+                *({"type": t} for t in ("pid", "network", "ipc", "uts", "mount", "cgroup")),
+                {"type": "user", "path": userns_path} if userns_path else {"type": "user"},
+            ],
             "cgroupsPath": cgroup_path,
             "sysctl": {
                 "net.ipv4.ping_group_range": f"0 {idmap.size - 1}",  # every mapped group
@@ -226,6 +249,7 @@ def build_config(
                 "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
                 "syscalls": [
                     {"names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM},
+                    {"names": AIO_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS},
                     *(
                         {
                             "names": ["clone"],
@@ -243,4 +267,30 @@ def build_config(
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
         },
+        "hooks": {"createContainer": [user_namespace_limits_hook()]},
     }
+
+
+def prlimit_command() -> list[str]:
+    """The command that runs the OCI runtime with the sandbox's resource limits, which its
+    processes inherit. The runtime's own way, config.json's rlimits, sets them on its child from
+    outside once the child is in the sandbox's user namespace: that takes CAP_SYS_RESOURCE over a
+    namespace host root does not own (userns.py), and root may not hold it (it does not in a
+    default Docker container, nor on the machines the tests run on)."""
+    # The host's hard limit is the ceiling: without CAP_SYS_RESOURCE it cannot be raised.
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return [
+        "prlimit",
+        f"--nofile={min(nofile, 65536)}:{nofile}",
+        f"--msgqueue={MSGQUEUE_BYTES}:{MSGQUEUE_BYTES}",
+        "--",
+    ]
+
+
+def user_namespace_limits_hook() -> dict[str, Any]:
+    """Writes USER_NAMESPACE_LIMITS. A createContainer hook runs in the sandbox's namespaces as its
+    root, before its root is pivoted to and before its first process: the one moment something
+    trusted holds the capabilities of the sandbox's user namespace, which these files ask for
+    (runc allows no `user.*` in linux.sysctl)."""
+    writes = " && ".join(f"echo {value} > {name}" for name, value in USER_NAMESPACE_LIMITS.items())
+    return {"path": "/bin/sh", "args": ["sh", "-c", f"cd /proc/sys/user && {writes}"], "timeout": 10}

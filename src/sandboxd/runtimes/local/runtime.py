@@ -28,7 +28,7 @@ from sandboxd.errors import Conflict, InvalidRequest, RuntimeFailure
 from sandboxd.runtimes.agent_client import Agent, AgentConnection, unix_connector
 from sandboxd.runtimes.base import Liveness
 from sandboxd.runtimes.hostnets import InwardNetworks
-from sandboxd.runtimes.local import mounts, oci
+from sandboxd.runtimes.local import mounts, oci, server_process
 from sandboxd.runtimes.local.agent_mount import AgentMount
 from sandboxd.runtimes.local.broker import Broker, CertificateAuthority, Transform
 from sandboxd.runtimes.local.dns import Resolver, upstreams_from
@@ -38,6 +38,7 @@ from sandboxd.runtimes.local.logpipe import LogPipe, make_fifo
 from sandboxd.runtimes.local.network import Network, veth_name
 from sandboxd.runtimes.local.registry import Credentials, looks_like_reference, parse_reference
 from sandboxd.runtimes.local.scratch import ScratchVolume
+from sandboxd.runtimes.local.userns import OwnedNamespace
 
 log = logging.getLogger("sandboxd.runtime")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -112,6 +113,7 @@ class LocalRuntime:
         )
 
     async def start(self) -> None:
+        server_process.prepare()
         self.agent_mount.check()
         self._lock_data_dir()
         self.agent_mount.mount()
@@ -258,9 +260,11 @@ class LocalRuntime:
                 spec.limits.disk_mb,
             )
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            userns: OwnedNamespace | None = None
             try:
                 listener.bind(str(home / "agent.sock"))
                 listener.listen(128)
+                userns = await OwnedNamespace.make(self._namespace_owner(record["address"]), self.idmap)
                 config = oci.build_config(
                     rootfs=str(home / "rootfs"),
                     hostname=sandbox_id.replace("_", "-")[:63],
@@ -271,14 +275,19 @@ class LocalRuntime:
                     idmap=self.idmap,
                     agent_host_dir=str(self.agent_mount.directory),
                     agent_config=json.dumps({"entrypoint": spec.entrypoint, "cwd": spec.cwd, "user": spec.user}),
+                    userns_path=userns.path,
                 )
                 (home / "config.json").write_text(json.dumps(config))
                 pipe = self._open_log_pipe(sandbox_id, create=True)
                 log_fd = pipe.writer()
                 try:
                     # The listening socket becomes the agent's stdin; the log FIFO its stdout/stderr.
+                    # No session keyring: each would be a key of the sandboxes' shared root uid,
+                    # and the kernel allows a uid 200 (kernel.keys.maxkeys) on the whole host. The
+                    # keyring calls are refused inside anyway.
                     await self._runc(
                         "create",
+                        "--no-new-keyring",
                         "--bundle",
                         str(home),
                         "--pid-file",
@@ -286,11 +295,14 @@ class LocalRuntime:
                         sandbox_id,
                         stdin=listener.fileno(),
                         stdout=log_fd,
+                        prefix=oci.prlimit_command(),
                     )
                 finally:
                     os.close(log_fd)
             finally:
                 listener.close()
+                if userns is not None:  # the sandbox's processes hold its namespace from here
+                    await userns.close()
             pid = int((home / "pid").read_text())
             record["pid"] = pid
             await self.network.attach(sandbox_id, pid, record["address"])
@@ -307,6 +319,12 @@ class LocalRuntime:
                 log.exception("cleanup after a failed create failed", extra={"sandbox_id": sandbox_id})
             raise
         return record
+
+    def _namespace_owner(self, address: str) -> int:
+        """The host uid that owns the sandbox's user namespace (userns.py): one per running
+        sandbox, above the ids mapped into sandboxes, so that the budgets the kernel charges to it
+        are the sandbox's alone."""
+        return self.idmap.host_id + self.idmap.size + self.network.slot(address)
 
     def _prepare_root(
         self,
@@ -556,8 +574,16 @@ class LocalRuntime:
                 continue
         return 0
 
-    async def _runc(self, *args: str, stdin: int | None = None, stdout: int | None = None, check: bool = True) -> str:
+    async def _runc(
+        self,
+        *args: str,
+        stdin: int | None = None,
+        stdout: int | None = None,
+        check: bool = True,
+        prefix: Sequence[str] = (),
+    ) -> str:
         proc = await asyncio.create_subprocess_exec(
+            *prefix,
             self.binary,
             "--root",
             str(self.state_dir),
