@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -363,14 +364,21 @@ func trimEnded() {
 	}
 }
 
-var releasing sync.Mutex
+var (
+	releasing     sync.Mutex
+	releaseWanted atomic.Bool
+)
 
 // releaseMemory hands freed output back to the kernel now rather than when the runtime gets to it:
-// the memory is charged to the sandbox.
+// the memory is charged to the sandbox. A request made while a release runs is served by another
+// round, so output dropped meanwhile is not left mapped.
 func releaseMemory() {
-	if releasing.TryLock() {
-		defer releasing.Unlock()
-		debug.FreeOSMemory()
+	releaseWanted.Store(true)
+	for releaseWanted.Load() && releasing.TryLock() {
+		for releaseWanted.Swap(false) {
+			debug.FreeOSMemory()
+		}
+		releasing.Unlock()
 	}
 }
 
