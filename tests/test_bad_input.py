@@ -21,7 +21,7 @@ from tests.conftest import Server
         ({"cpu": 512}, 400, "cpu", "at most"),
         ({"memory_mb": 1}, 400, "memory_mb", "greater than or equal to 16"),
         ({"memory_mb": 10**9}, 400, "memory_mb", "at most"),
-        ({"pids": 2}, 400, "pids", "greater than or equal to 8"),
+        ({"pids": 2}, 400, "pids", "greater than or equal to 16"),
         ({"pids": 10**9}, 400, "pids", "at most"),
         ({"timeout": 0}, 400, "timeout", "greater than or equal to 1"),
         ({"timeout": 10**9}, 400, "timeout", "at most"),

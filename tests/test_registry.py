@@ -19,7 +19,7 @@ import httpx
 import pytest
 import zstandard
 
-from sandboxd.errors import InvalidRequest, RuntimeFailure
+from sandboxd.errors import InvalidRequest, UpstreamFailure
 from sandboxd.runtimes.local.images import ImageStore
 from sandboxd.runtimes.local.registry import parse_reference
 from sandboxd.runtimes.outbound import OutboundRules
@@ -264,7 +264,7 @@ def test_tampered_blob_and_decompression_bomb_are_refused(registry: Registry, tm
     data = registry.root / "data/docker/registry/v2/blobs/sha256" / hexdigest[:2] / hexdigest / "data"
     data.write_bytes(tar_bytes(("a.txt", b"tampered")))
     fresh = ImageStore(tmp_path / "images2", USERNS_BASE, outbound=LOOPBACK_REGISTRY)
-    with pytest.raises(RuntimeFailure, match="did not match its digest"):
+    with pytest.raises(UpstreamFailure, match="did not match its digest"):
         fresh.pull(f"{registry.host}/tamper:v1")
     assert not list((tmp_path / "images2" / ".blobs").rglob(hexdigest))
 

@@ -90,7 +90,7 @@ def raise_agent_error(payload: bytes, op: str = "") -> NoReturn:
         raise InvalidRequest(field, message)
     known = KNOWN.get(code) if isinstance(code, str) else None
     if known is not None:
-        raise known(message)
+        raise known(message, field)
     raise SandboxRefused(f"the sandbox refused: {message}" if message else "the sandbox refused", field)
 
 

@@ -200,7 +200,7 @@ class CreateSandbox(BaseModel):
     metadata: dict[str, str] = Field(default_factory=dict, description="Labels to filter lists by.")
     cpu: float | None = Field(None, ge=MIN_CPU, description=f"CPU cores (fractions down to {MIN_CPU:g}).")
     memory_mb: int | None = Field(None, ge=16)
-    pids: int | None = Field(None, ge=8)
+    pids: int | None = Field(None, ge=16, description="Processes and threads; the agent keeps about 10 of them.")
     disk_mb: int | None = Field(
         None,
         ge=16,
