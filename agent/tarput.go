@@ -216,6 +216,13 @@ func extract(root int, tr *tar.Reader, h *tar.Header) (*dirAttrs, error) {
 		if err != nil {
 			return nil, refused("%s: hardlink out of the target directory", quote(name))
 		}
+		// Only a regular file: linkat would link a symlink itself, and a relative link contained
+		// at its own depth can point out of the tree from another one.
+		var st syscall.Stat_t
+		if fstatat(src, target[len(target)-1], &st, atSymlinkNoFollow) != nil || st.Mode&syscall.S_IFMT != syscall.S_IFREG {
+			syscall.Close(src)
+			return nil, refused("%s: hardlink to something other than a regular file", quote(name))
+		}
 		err = linkat(src, target[len(target)-1], dir, base)
 		syscall.Close(src)
 		if err != nil {

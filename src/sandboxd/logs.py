@@ -18,7 +18,7 @@ SECRET_PARAMS = re.compile(
     r"(?i)([?&;](?:api_key|sbx_token|sbx_sig|token|access_token|signature|sig|password|secret|key)=)[^&;#\s\"']*"
 )
 SECRET_HEADERS = re.compile(
-    r"(?i)((?:authorization|proxy-authorization|x-api-key|x-sandbox-token)[\"']?\s*[:=,]\s*b?[\"']?(?:(?:bearer|basic)\s+)?)"
+    r"(?i)((?:authorization|proxy-authorization|x-api-key|x-sandbox-token)[\"']?\s*[:=,]\s*(?:b?[\"'])?(?:(?:bearer|basic)\s+)?)"
     r"[^\s\"',]+"
 )
 BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")

@@ -69,6 +69,10 @@ class Rules:
     max_bytes: int | None = None  # total of regular files' sizes
 
 
+# git archive writes one global header of about 52 bytes; nothing legitimate needs more than this.
+MAX_GLOBAL_HEADER_BYTES = 64 * 1024
+
+
 class BoundedTarInfo(tarfile.TarInfo):
     """A TarInfo that refuses an extended header (long name, pax records) bigger than
     MAX_HEADER_BYTES before tarfile reads it into memory."""
@@ -76,6 +80,13 @@ class BoundedTarInfo(tarfile.TarInfo):
     def _proc_member(self, archive: tarfile.TarFile) -> Any:
         if self.type in _HEADER_TYPES and self.size > MAX_HEADER_BYTES:
             raise UnsafeArchive(self.name, f"an extended header of {self.size} bytes")
+        if self.type == tarfile.XGLTYPE:
+            # Global pax records stay in memory for the whole archive (tarfile merges them into
+            # pax_headers and walks them for every later member): their total is bounded too.
+            seen = getattr(archive, "_sandboxd_global_bytes", 0) + self.size
+            if seen > MAX_GLOBAL_HEADER_BYTES:
+                raise UnsafeArchive(self.name, f"global extended headers of more than {MAX_GLOBAL_HEADER_BYTES} bytes")
+            setattr(archive, "_sandboxd_global_bytes", seen)  # noqa: B010 - a TarFile has no slot for it
         return super()._proc_member(archive)  # type: ignore[misc]
 
 

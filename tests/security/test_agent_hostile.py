@@ -308,6 +308,28 @@ def test_archive_put_survives_the_pathmax_trick(sandbox: Sandbox) -> None:
     assert status == 400
 
 
+def test_archive_put_hard_links_only_regular_files(sandbox: Sandbox) -> None:
+    """A relative symlink contained at its own depth points out of the tree from another one: a hard
+    link to it (linkat links the symlink itself) must not carry it there."""
+    sandbox.commands.run("rm -rf /work/h; mkdir -p /work/h", check=True)
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        for name in ("a", "a/b"):
+            d = tarfile.TarInfo(name)
+            d.type, d.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(d)
+        link = tarfile.TarInfo("a/b/l")
+        link.type, link.linkname = tarfile.SYMTYPE, "../../outside"
+        tar.addfile(link)
+        hard = tarfile.TarInfo("esc")
+        hard.type, hard.linkname = tarfile.LNKTYPE, "a/b/l"
+        tar.addfile(hard)
+    with pytest.raises(SandboxError) as err:
+        sandbox.files.upload_tar("/work/h", archive.getvalue())
+    assert err.value.status == 400 and "regular file" in str(err.value), err.value
+    assert not sandbox.files.exists("/work/h/esc")
+
+
 # -- (d) no host path in the sandbox's mount table -------------------------------------------------------
 
 

@@ -228,6 +228,19 @@ def test_a_huge_extended_header_is_refused_before_it_is_read(tmp_path: Path) -> 
         tarsafe.extract(io.BytesIO(buf.getvalue()), tmp_path)
 
 
+def test_global_headers_are_bounded_in_total(tmp_path: Path) -> None:
+    """Each global pax header is under the per-header cap, but tarfile keeps them all for the whole
+    archive: thousands of them would hold gigabytes of the server's memory."""
+    buf = io.BytesIO()
+    for i in range(8):
+        buf.write(tarfile.TarInfo.create_pax_global_header({f"k{i}": "v" * 16 * 1024}))
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(tarfile.TarInfo("x"), io.BytesIO(b""))
+    buf.seek(0)
+    with pytest.raises(tarsafe.UnsafeArchive, match="global extended headers"):
+        tarsafe.extract(io.BytesIO(buf.getvalue()), tmp_path)
+
+
 # -- the image store: rootfs tarballs and registry/OCI layers --------------------------------------
 
 

@@ -40,3 +40,19 @@ def check_log(server: Server, sandbox: Sandbox) -> None:
     assert f"/api/v1/sandboxes/{sandbox.id}/terminal?cols=80&api_key=***" in log  # the line is there, redacted
     for secret in (key, token, signature, "not-the-key-but-secret-1"):
         assert secret not in log, secret
+
+
+def test_redaction_covers_the_usual_spellings() -> None:
+    """Whatever logs a header — a traceback, a debug line — the credential is gone, whichever scheme."""
+    from sandboxd.logs import redact
+
+    for line in (
+        "Authorization: Bearer sk_live_abcdefghijklmnop",
+        "Proxy-Authorization: Basic c2tfbGl2ZV9hYmNkZWZnaGlqa2xtbm9w",
+        "{'authorization': b'Bearer sk_live_abcdefghijklmnop'}",
+        "x-api-key: sk_live_abcdefghijklmnop",
+        "GET /api/v1/sandboxes/x/terminal?api_key=sk_live_abcdefghijklmnop&cols=80",
+    ):
+        cleaned = redact(line)
+        assert "sk_live_abcdefghijklmnop" not in cleaned and "c2tfbGl2" not in cleaned, cleaned
+        assert "***" in cleaned, cleaned

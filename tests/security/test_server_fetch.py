@@ -205,3 +205,19 @@ def test_a_token_realm_on_loopback_is_refused(net: Fixture) -> None:
     assert net.registry.total() >= 1  # the listed registry was asked, and answered with its challenge
     assert net.token.total() == 0  # the realm on loopback never was
     assert net.registry.authorized == 0  # so no token (nor anything else) went back to the registry
+
+
+def test_a_git_url_whose_authority_git_reads_otherwise_is_refused(net: Fixture) -> None:
+    """Python finds the far host in these; git decodes the escapes first and finds loopback."""
+    port = net.git.port
+    for url in (
+        f"git://127.0.0.1%3a{port}%2fx%23@{FAR}/project",
+        f"git://127.0.0.1:{port}%2f@{FAR}/project",
+        f"git://[127.0.0.1]@{FAR}:{port}/project",
+        f"git://user@{FAR}/project",
+        f"https://127.0.0.1%3a{port}%2f@{FAR}/project",
+    ):
+        r = net.create({"source": {"type": "git", "url": url}})
+        assert r.status_code == 400, (url, r.text)
+        assert r.json()["field"].startswith("source") and r.json()["field"].endswith("url"), r.text
+    assert net.git.accepted == 0

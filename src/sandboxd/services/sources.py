@@ -54,6 +54,18 @@ def _check_url(url: str, schemes: tuple[str, ...], what: str) -> str:
         raise ValueError(f"must be {what} URL")
     if any(ord(c) < 0x21 or c == "\x7f" for c in url):
         raise ValueError("must not contain spaces or control characters")
+    # The host is checked as Python parses it, but git decodes percent escapes before it finds the
+    # host ("git://127.0.0.1%3a6379%2fx%23@example.com/" reached loopback), and brackets or
+    # backslashes are read differently by each tool: the authority holds none of them.
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError:
+        raise ValueError("is not a valid URL") from None
+    if not parts.hostname or any(c in parts.netloc for c in "%[]\\"):
+        raise ValueError("must name a host without percent escapes, brackets or backslashes")
+    if parts.scheme == "git" and "@" in parts.netloc:
+        raise ValueError("a git:// URL carries no user name")
     return url
 
 
@@ -151,11 +163,11 @@ async def pinned_git_url(url: str, fetch: Fetch) -> tuple[str, list[str]]:
         raise InvalidRequest(fetch.field, f"{url} names no host")
     address = await asyncio.to_thread(fetch.address, host, port)
     options = ["-c", "http.followRedirects=false"]  # a redirect would go where nothing was checked
-    if address == host:
-        return url, options
     if parts.scheme == "git":  # no TLS, no name to keep: connect to the address itself
-        netloc = parts.netloc.rpartition("@")[0] + "@" if "@" in parts.netloc else ""
-        return urlunsplit(parts._replace(netloc=f"{netloc}{address}:{port}")), options
+        # Built from the parsed parts only: nothing of the caller's authority reaches git.
+        return urlunsplit(("git", f"{address}:{port}", parts.path, parts.query, "")), options
+    if address == host:  # an address literal: curl connects to it as it is
+        return url, options
     # http(s) keeps its host name for TLS and the Host header; curl connects to the address.
     return url, [*options, "-c", f"http.curloptResolve={host}:{port}:{address}"]
 
@@ -215,7 +227,7 @@ async def tarball_archive(source: TarballSource, fetch: Fetch, limit: int = 1 <<
                     data += chunk
                     if len(data) > limit:
                         raise InvalidRequest("source", f"{source.url} is larger than {limit} bytes")
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise InvalidRequest("source", f"download of {source.url} failed: {exc}") from None
     raw = bytes(data)
     if raw[:2] == b"\x1f\x8b":

@@ -523,20 +523,37 @@ def _find_python(layers: tuple[Path, ...]) -> str | None:
     return None
 
 
-def shift_ownership(root: Path, base: int) -> None:
-    """Moves every file's owner into the sandbox uid range, keeping setuid/setgid bits.
+def shift_ownership(root: Path, base: int, size: int = 65536) -> None:
+    """Moves every file's owner into the sandbox uid range [base, base+size), keeping setuid/setgid
+    bits.
 
-    chown clears setuid/setgid, so the mode is put back afterwards for everything but symlinks.
+    Owners already in the range are left (a committed upper dir was written by mapped ids). An
+    image's owner past the range would land on a host uid of someone else — the uids above the range
+    own the sandboxes' user namespaces (userns.py) — so it becomes the sandbox's nobody, and loses
+    its setuid/setgid bits. chown clears setuid/setgid, so the mode is put back afterwards for
+    everything but symlinks.
     """
+    nobody = base + 65534 if size > 65534 else base + size - 1
+
+    def mapped(i: int) -> int | None:
+        return i + base if i < size else None
+
     for dirpath, dirnames, filenames in os.walk(root):
         for name in [*dirnames, *filenames, None]:
             path = dirpath if name is None else os.path.join(dirpath, name)
             st = os.lstat(path)
-            if st.st_uid >= base and st.st_gid >= base:
+            if base <= st.st_uid < base + size and base <= st.st_gid < base + size:
                 continue
-            os.lchown(path, st.st_uid + base, st.st_gid + base)
-            if not stat.S_ISLNK(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
-                os.chmod(path, stat.S_IMODE(st.st_mode))
+            uid, gid = mapped(st.st_uid), mapped(st.st_gid)
+            os.lchown(path, nobody if uid is None else uid, nobody if gid is None else gid)
+            if stat.S_ISLNK(st.st_mode) or not st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+                continue
+            keep = stat.S_IMODE(st.st_mode)
+            if uid is None:
+                keep &= ~stat.S_ISUID
+            if gid is None:
+                keep &= ~stat.S_ISGID
+            os.chmod(path, keep)
 
 
 def _oci_layers(layout: Path, ref: str | None) -> list[Path]:

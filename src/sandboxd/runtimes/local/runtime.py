@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import socket
+import stat
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,9 @@ class LocalRuntime:
         self._lock_data_dir()
         self.agent_mount.mount()
         self.root.mkdir(parents=True, exist_ok=True)
+        # Traverse only (the sandboxes' mapped root must reach its rootfs): host users cannot list
+        # sandbox ids, so cannot reach a setuid file a sandbox planted in its root.
+        os.chmod(self.root, 0o711)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.images.remove_partials()
@@ -685,9 +689,10 @@ def install_ca(rootfs: Path, pem: bytes, owner: int) -> None:
             fds.append(fd)
         name = "ca-certificates.crt"
         try:
-            old = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd)
+            # Non-blocking: the image may hold a FIFO here, whose open would wait forever.
+            old = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
             with os.fdopen(old, "rb") as f:
-                bundle = f.read(16 * 1024 * 1024)
+                bundle = f.read(16 * 1024 * 1024) if stat.S_ISREG(os.fstat(f.fileno()).st_mode) else b""
         except OSError:
             bundle = b""
         with contextlib.suppress(FileNotFoundError):

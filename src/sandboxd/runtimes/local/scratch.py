@@ -131,6 +131,9 @@ class ScratchVolume:
                 self._make_image()
             self._mount_image()
             self._check_host_space()
+        # Traverse only: a host user who cannot list sandbox ids cannot reach a setuid file a
+        # sandbox left in its upper dir (the volume's root comes with mkfs's 0755).
+        os.chmod(self.path, 0o711)
         self._enable_quota()
 
     def teardown(self) -> None:
