@@ -169,6 +169,15 @@ func spawn(req *spawnRequest, env []string) (*Proc, error) {
 		master = m
 		readers, kinds = []*os.File{nonBlockingFile(readFd, "pty")}, []byte{frameStdout}
 		childFds = []int{peer, peer, peer}
+	} else if req.ID != nil && *req.ID == "entrypoint" {
+		// The entrypoint's output is one log: one pipe for both streams keeps its lines in the
+		// order they were written (two pipes read apart race, "oops" before "started").
+		outR, outW, err := pipe()
+		if err != nil {
+			return nil, osError(err, "pipe")
+		}
+		readers, kinds = []*os.File{nonBlockingFile(outR, "stdout")}, []byte{frameStdout}
+		childFds = []int{devNull, outW, outW}
 	} else {
 		outR, outW, err := pipe()
 		if err != nil {
