@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 from sandboxd.runtimes.local import mounts  # noqa: E402
 from sandboxd.runtimes.local.images import ImageStore  # noqa: E402
-from tests.conftest import USERNS_BASE, Server, image_cache_path, teardown_bridge  # noqa: E402
-from tests.test_registry import TAR, Registry, tar_bytes  # noqa: E402
+from tests.conftest import LOOPBACK_FETCHES, USERNS_BASE, Server, image_cache_path, teardown_bridge  # noqa: E402
+from tests.test_registry import LOOPBACK_REGISTRY, TAR, Registry, tar_bytes  # noqa: E402
 
 
 def pct(values: list[float], p: float) -> float:
@@ -56,7 +56,7 @@ def main() -> None:
     image_cache_path()
     work = Path(tempfile.mkdtemp(prefix="sandboxd-bench-", dir="/var/tmp"))
     work.chmod(0o755)
-    server = Server(work / "data", "sbxdbench0", "10.77.9.0/24").start()
+    server = Server(work / "data", "sbxdbench0", "10.77.9.0/24", **LOOPBACK_FETCHES).start()
     results: dict[str, list[float]] = {}
     try:
         with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {server.key}"}, timeout=60) as http:
@@ -115,7 +115,7 @@ def registry_figures(work: Path, http: httpx.Client, runs: int) -> dict[str, lis
                 tar.add(base, arcname=".")
         registry.push_image("bench", "debian", [((work / "base.tar").read_bytes(), TAR)])
         for i in range(min(runs, 10)):
-            store = ImageStore(work / f"pull{i}", USERNS_BASE)
+            store = ImageStore(work / f"pull{i}", USERNS_BASE, outbound=LOOPBACK_REGISTRY)
             out.setdefault("pull 50 MB image (loopback registry)", []).append(
                 timed(lambda s=store: s.pull(f"{registry.host}/bench:big"))
             )
@@ -209,11 +209,11 @@ def network_figures(work: Path, runs: int) -> dict[str, list[float]]:
     """Requests from inside a sandbox to a test host by name, through a custom egress policy
     (the resolver admits the address, the kernel checks it) next to an allow-all sandbox; and the
     port proxy next to connecting to the sandbox's port directly, both from the host."""
-    from tests.test_egress import A_PEER, ZONE, A, NetnsHost, Zone
+    from tests.test_egress import A_GATEWAY, A_PEER, ZONE, A, NetnsHost, Zone
 
     out: dict[str, list[float]] = {}
     zone = Zone(ZONE)
-    host = NetnsHost("ta", A_PEER, A)
+    host = NetnsHost("ta", A_PEER, A_GATEWAY, A)
     server = Server(work / "net", "sbxdbench1", "10.77.8.0/24", SANDBOXD_DNS_UPSTREAM=f'["{zone.address}"]')
     try:
         server.start()
