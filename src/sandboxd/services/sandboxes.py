@@ -511,16 +511,22 @@ def _rules(policy: EgressPolicy) -> dict[str, Any]:
     return {"rules": [list(rule) for rule in rules], "default": default}
 
 
+# What a readiness check's output is kept for: its tail goes into an error message. The check runs
+# the sandbox's code, which may print without end.
+COLLECT_TAIL = 64 * 1024
+
+
 async def _collect(conn: AgentConnection) -> tuple[bytes, dict[str, Any]]:
-    """A spawned command's output and exit info, read to the end."""
-    output: list[bytes] = []
+    """A spawned command's exit info and the last COLLECT_TAIL bytes of its output."""
+    output = bytearray()
     try:
         while True:
             kind, payload = await conn.recv()
             if kind in (proto.STDOUT, proto.STDERR):
-                output.append(payload)
+                output += payload
+                del output[:-COLLECT_TAIL]
             elif kind == proto.EXIT:
-                return b"".join(output), dict(proto.agent_json(payload))
+                return bytes(output), dict(proto.agent_json(payload))
             elif kind == proto.ERROR:
                 proto.raise_agent_error(payload, conn.op)
     finally:
