@@ -147,3 +147,13 @@ def test_registry_failures_are_upstream_errors(server: Server, registry: str) ->
     # 502 (the registry failed), or a 4xx once loopback registries are refused outright.
     assert r.status_code == 502 or 400 <= r.status_code < 500, r.text
     assert r.json()["field"] == "image", r.text
+
+
+def test_an_entrypoint_that_cannot_start_is_the_callers_error(server: Server) -> None:
+    """The agent says so in the log and exits at once, maybe while the server is writing its first
+    request: a 400 on the field, however the race goes, never a 500."""
+    with server.client() as http:
+        for argv in ([""], ["/no/such/program"], [""], ["/no/such/program"], [""]):
+            r = http.post("/api/v1/sandboxes", json={"entrypoint": argv, "memory_mb": 16, "pids": 16})
+            assert r.status_code == 400, r.text
+            assert r.json()["field"] == "entrypoint", r.text

@@ -102,8 +102,11 @@ class AgentConnection:
 
     async def send(self, kind: int, payload: bytes | dict[str, Any] = b"") -> None:
         data = json.dumps(payload).encode() if isinstance(payload, dict) else payload
-        self.writer.write(HEADER.pack(kind, len(data)) + data)
-        await self.writer.drain()
+        try:
+            self.writer.write(HEADER.pack(kind, len(data)) + data)
+            await self.writer.drain()
+        except ConnectionError as exc:  # an agent that exits (or is killed) as we write
+            raise AgentFailure("the sandbox agent closed the connection") from exc
 
     async def recv(self) -> tuple[int, bytes]:
         try:
@@ -172,7 +175,7 @@ class Agent:
                     for start in range(0, len(chunk), CHUNK):
                         await conn.send(DATA, chunk[start : start + CHUNK])
                 await conn.send(END)
-            except ConnectionError:
+            except AgentFailure:
                 pass
             return await conn.reply()
         finally:
