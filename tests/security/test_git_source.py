@@ -111,3 +111,17 @@ def test_a_commit_id_with_depth_still_checks_it_out(server: Server, git_server: 
     source = {"type": "git", "url": f"{git_server}/project", "revision": commit, "depth": 1}
     with server.create(cwd="/work", source=source) as sb:
         assert sb.files.read("/work/README") == b"version one\n"
+
+
+def test_a_repository_past_the_size_cap_is_refused(git_server: str) -> None:  # noqa: F811
+    """The caller picks the repository and the server tars it in memory: it is capped like a tarball."""
+    source = GitSource(type="git", url=f"{git_server}/project")
+    loopback = Fetch(OutboundRules(allow=(IPv4Network("127.0.0.0/8"),)), "source.url")
+
+    async def fetch(limit: int) -> int:
+        return sum([len(chunk) async for chunk in git_archive(source, loopback, limit=limit)])
+
+    assert asyncio.run(fetch(1 << 30)) > 0
+    with pytest.raises(InvalidRequest, match="checks out to more than 10 bytes") as err:
+        asyncio.run(fetch(10))
+    assert err.value.field == "source"

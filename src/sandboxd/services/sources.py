@@ -27,6 +27,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import tarfile
 import tempfile
 import zlib
@@ -172,8 +173,9 @@ async def pinned_git_url(url: str, fetch: Fetch) -> tuple[str, list[str]]:
     return url, [*options, "-c", f"http.curloptResolve={host}:{port}:{address}"]
 
 
-async def git_archive(source: GitSource, fetch: Fetch) -> AsyncIterator[bytes]:
-    """The checked-out repository (with its .git) as a tar stream."""
+async def git_archive(source: GitSource, fetch: Fetch, limit: int = 1 << 30) -> AsyncIterator[bytes]:
+    """The checked-out repository (with its .git) as a tar stream (size-capped like a tarball: the
+    caller chose the repository, and the tar is built in the server's memory)."""
     work = tempfile.mkdtemp(prefix="sandboxd-source-")
     try:
         repo = os.path.join(work, "repo")
@@ -203,11 +205,23 @@ async def git_archive(source: GitSource, fetch: Fetch) -> AsyncIterator[bytes]:
             if not _COMMIT_ID.fullmatch(commit):
                 raise InvalidRequest("source", f"{what} failed{why}")
             await _git(what, "checkout", "--quiet", "--detach", commit, home=work, cwd=repo)
+        if await asyncio.to_thread(_tree_bytes, repo) > limit:
+            raise InvalidRequest("source", f"{source.url} checks out to more than {limit} bytes")
         buf = io.BytesIO()
         await asyncio.to_thread(_tar_dir, repo, buf)
         yield buf.getvalue()
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _tree_bytes(path: str) -> int:
+    """The bytes of a tree's regular files (links not followed)."""
+    total = 0
+    for dirpath, _, filenames in os.walk(path):
+        for name in filenames:
+            st = os.lstat(os.path.join(dirpath, name))
+            total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+    return total
 
 
 def _tar_dir(path: str, out: io.BytesIO) -> None:
