@@ -513,14 +513,31 @@ def _safe_name(name: str) -> str:
 
 
 def _find_python(layers: tuple[Path, ...]) -> str | None:
+    """The image's python3, for `image inspect` (the agent needs none). Looked up with lstat one
+    component at a time: a layer's `usr` may be a symlink, and following it would probe host paths."""
     for candidate in ("usr/bin/python3", "usr/local/bin/python3", "bin/python3"):
         for layer in reversed(layers):  # the top layer that has the path decides
-            path = layer / candidate
-            if os.path.lexists(path):
-                if stat.S_ISCHR(os.lstat(path).st_mode):  # a whiteout: deleted above the base
+            mode = _lstat_within(layer, candidate)
+            if mode is not None:
+                if stat.S_ISCHR(mode):  # a whiteout: deleted above the base
                     break
                 return "/" + candidate
     return None
+
+
+def _lstat_within(root: Path, relative: str) -> int | None:
+    """The mode of root/relative, or None if it is missing or any directory on the way is not a
+    real directory (never followed)."""
+    path = root
+    *dirs, name = relative.split("/")
+    try:
+        for part in dirs:
+            path = path / part
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                return None
+        return os.lstat(path / name).st_mode
+    except OSError:
+        return None
 
 
 def shift_ownership(root: Path, base: int, size: int = 65536) -> None:
