@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections import Counter
@@ -21,16 +20,14 @@ from sandboxd.api.deps import require_key
 from sandboxd.api.guard import RequestGuard
 from sandboxd.api.proxy import PortProxy
 from sandboxd.api.routes import commands, files, health, ports, sandboxes, templates, terminal
+from sandboxd.api.state import KEY as STATE_KEY
+from sandboxd.api.state import ApiState
 from sandboxd.config import Settings
 from sandboxd.domain import new_id
 from sandboxd.logs import request_id
+from sandboxd.runtimes.base import Runtime
 from sandboxd.runtimes.registry import build_runtime
-from sandboxd.services.commands import CommandService
-from sandboxd.services.files import FileService
-from sandboxd.services.ports import PortService
-from sandboxd.services.sandboxes import SandboxService
-from sandboxd.services.templates import TemplateService
-from sandboxd.store.sqlite import SqliteStore
+from sandboxd.services.container import Services
 
 log = logging.getLogger("sandboxd")
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -71,47 +68,29 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
+    """The native API. runtime defaults to the one settings name (tests pass a fake)."""
+    cfg = settings or Settings()
+    request_counts: Counter[int] = Counter()
+
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        cfg = settings or Settings()
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        app.state.settings = cfg
-        app.state.api_key = cfg.resolved_api_key()
-        app.state.store = SqliteStore(cfg.data_dir / "sandboxd.db")
-        runtime = build_runtime(cfg)
-        await runtime.start()
-        service = SandboxService(cfg, app.state.store, runtime)
-        app.state.sandboxes = service
-        app.state.commands = CommandService(service)
-        app.state.files = FileService(service)
-        app.state.templates = TemplateService(cfg, app.state.store, service, app.state.commands)
-        service.templates = app.state.templates
-        app.state.ports = PortService(cfg, service)
-        # One pool of connections to sandboxes for the port proxy; no time limit on reading a
-        # response (streams), a short one on connecting (a closed port answers at once anyway).
-        # It keeps no cookies: one sandbox's Set-Cookie must never ride along to another.
-        app.state.proxy_client = httpx.AsyncClient(
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, ApiState]]:
+        services = await Services.start(cfg, runtime or build_runtime(cfg))
+        # No time limit on reading a response (streams), a short one on connecting (a closed
+        # port answers at once anyway). It keeps no cookies: one sandbox's Set-Cookie must never
+        # ride along to another.
+        proxy_client = httpx.AsyncClient(
             timeout=httpx.Timeout(None, connect=5.0),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=200),  # capped per sandbox
             trust_env=False,
             cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
         )
-        await service.reconcile()
-        await app.state.templates.reconcile()
-        reaper = asyncio.create_task(service.reaper())
-        app.state.ready = True
+        state = ApiState(cfg, services, cfg.resolved_api_key(), proxy_client, request_counts)
         try:
-            yield
+            yield {STATE_KEY: state}
         finally:
-            app.state.ready = False
-            reaper.cancel()
-            await asyncio.gather(reaper, return_exceptions=True)
-            await app.state.templates.shutdown()
-            await service.shutdown()
-            await runtime.stop()
-            await app.state.proxy_client.aclose()
-            app.state.store.engine.dispose()
+            await services.close()
+            await proxy_client.aclose()
 
     app = FastAPI(
         title="sandboxd",
@@ -119,14 +98,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Isolated Linux sandboxes for untrusted code.",
         lifespan=lifespan,
     )
-    app.state.request_counts = Counter()
-    app.state.ready = False
     errors.install(app)
 
     # Outermost last: the port proxy, then request ids, then the key and body checks.
     app.add_middleware(RequestGuard)
-    app.add_middleware(RequestIdMiddleware, counts=app.state.request_counts)
-    app.add_middleware(PortProxy, proxy_domain=(settings or Settings()).proxy_domain)
+    app.add_middleware(RequestIdMiddleware, counts=request_counts)
+    app.add_middleware(PortProxy, proxy_domain=cfg.proxy_domain)
 
     auth = [Depends(require_key)]
     app.include_router(health.router)

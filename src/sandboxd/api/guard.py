@@ -16,6 +16,8 @@ import re
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sandboxd.api.state import api_state
+from sandboxd.errors import SandboxdError
 from sandboxd.services.requests import MAX_COPY_BYTES
 
 MIB = 1024 * 1024
@@ -74,7 +76,11 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        state = scope["app"].state
+        try:
+            state = api_state(scope)
+        except SandboxdError as starting:
+            await _reject(scope, send, starting.status, starting.code, starting.message)
+            return
         if needs_key(scope["path"]):
             key = presented_key(scope["headers"])
             if key is None or not hmac.compare_digest(key, state.api_key.encode()):

@@ -33,6 +33,7 @@ from sandboxd.api.port_origin import (
     host_route_response,
     path_route_response,
 )
+from sandboxd.api.state import api_state
 from sandboxd.errors import Forbidden, InvalidRequest, SandboxdError
 from sandboxd.services.ports import SIGNATURE_QUERY, TOKEN_HEADER, TOKEN_QUERY, PortService, PortUnreachable, Target
 
@@ -94,8 +95,12 @@ class PortProxy:
         # The path as the client sent it (still percent-encoded: %2F, %3F, %23 stay what they are).
         raw = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
         path = raw if by_host else ("/" + raw.split("/", 7)[7] if raw.count("/") >= 7 else "/")
-        state = scope["app"].state
-        ports: PortService = state.ports
+        try:
+            state = api_state(scope)
+        except SandboxdError as exc:
+            await _refuse(scope, receive, send, exc)
+            return
+        ports: PortService = state.services.ports
         if by_path and _is_worker_script(scope):
             # A service (or shared) worker from the path route would be the API origin's: refused
             # whatever its scope, so no sandbox script ever runs as a worker of that origin.

@@ -356,6 +356,16 @@ class SandboxService:
         counts = await self.runtime.egress_refusals(sandbox_id) if not sandbox.status.state.ended else {}
         return {"policy": sandbox.spec.egress, **counts}
 
+    async def census(self) -> tuple[dict[State, int], list[tuple[str, dict[str, int]]]]:
+        """Sandboxes not yet ended by state, and each running one's egress refusals (metrics)."""
+        counts = dict.fromkeys(State, 0)
+        refusals = []
+        for sandbox in self.store.active():
+            counts[sandbox.status.state] += 1
+            if sandbox.status.state == State.RUNNING:
+                refusals.append((sandbox.id, await self.runtime.egress_refusals(sandbox.id)))
+        return counts, refusals
+
     def entrypoint_logs(self, sandbox_id: str, offset: int) -> AsyncIterator[bytes]:
         """The entrypoint's output from a byte offset; it outlives the sandbox until the record
         goes. Unknown sandboxes raise here, not in the iteration."""

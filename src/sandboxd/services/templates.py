@@ -309,6 +309,13 @@ class TemplateService:
             )
         return template
 
+    def runtimes(self) -> list[tuple[str, str, TemplateVersion | None]]:
+        """The configured runtimes: name, the template it names, and its newest ready build."""
+        return [
+            (runtime, template, self.store.get_template(template, ready=True))
+            for runtime, template in sorted(self.settings.runtimes.items())
+        ]
+
     def runtime_definition(self, runtime: str) -> CreateTemplate:
         template = self.runtime_template(runtime)
         definition = self.definition(template)

@@ -105,10 +105,10 @@ async def delete_template_version(name: str, version: Version, service: Template
 
 @router.get("/runtimes", response_model=RuntimeList)
 async def list_runtimes(service: Templates) -> RuntimeList:
-    items = []
-    for runtime, template in sorted(service.settings.runtimes.items()):
-        built = service.store.get_template(template, ready=True)
-        items.append(RuntimeOut(name=runtime, template=template, built=built.ref if built else None))
+    items = [
+        RuntimeOut(name=runtime, template=template, built=built.ref if built else None)
+        for runtime, template, built in service.runtimes()
+    ]
     return RuntimeList(items=items)
 
 

@@ -12,6 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, WebSocket
 
 from sandboxd.api.deps import websocket_key
+from sandboxd.api.state import api_state
 from sandboxd.errors import SandboxdError
 from sandboxd.services.commands import CommandService
 from sandboxd.services.requests import RunCommand
@@ -30,7 +31,7 @@ async def terminal(
     argv: Annotated[list[str], Query(description="A program and its arguments, run without a shell")] = [],  # noqa: B006
     user: str | None = None,
 ) -> None:
-    commands: CommandService = websocket.app.state.commands
+    commands: CommandService = api_state(websocket.scope).services.commands
     if not argv:  # an image without a shell still gets a terminal through argv
         argv = ["/bin/sh", "-c", command or "exec bash -l 2>/dev/null || exec sh -l"]
     await websocket.accept()
