@@ -1,6 +1,10 @@
-"""One renderer for every error: {"code", "message", "field"?, "request_id"}."""
+"""Error rendering, one renderer per mounted app: the native API answers
+{"code", "message", "field"?, "request_id"}; a facade installs its own renderer over the same
+domain errors, so its clients get the bodies they parse."""
 
 from __future__ import annotations
+
+from typing import Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,7 +23,13 @@ HTTP_CODES = {
 }
 
 
-def _body(request: Request, code: str, message: str, field: str | None = None) -> dict[str, object]:
+class Render(Protocol):
+    """An error body in one API's shape: its code, message and the field at fault."""
+
+    def __call__(self, request: Request, code: str, message: str, field: str | None = None) -> dict[str, object]: ...
+
+
+def native_body(request: Request, code: str, message: str, field: str | None = None) -> dict[str, object]:
     body: dict[str, object] = {"code": code, "message": message}
     if field:
         body["field"] = field
@@ -27,7 +37,9 @@ def _body(request: Request, code: str, message: str, field: str | None = None) -
     return body
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, render: Render = native_body) -> None:
+    _body = render
+
     @app.exception_handler(SandboxdError)
     async def domain_error(request: Request, exc: SandboxdError) -> JSONResponse:
         return JSONResponse(_body(request, exc.code, exc.message, exc.field), status_code=exc.status)
@@ -40,7 +52,10 @@ def install(app: FastAPI) -> None:
         field = ".".join(loc) or None
         message = str(first["msg"]).removeprefix("Value error, ")
         body = _body(request, "INVALID_REQUEST", f"{field}: {message}" if field else message, field)
-        body["errors"] = [{"field": ".".join(str(p) for p in e["loc"][1:]), "message": e["msg"]} for e in exc.errors()]
+        if render is native_body:  # every failing field, in the native API's shape only
+            body["errors"] = [
+                {"field": ".".join(str(p) for p in e["loc"][1:]), "message": e["msg"]} for e in exc.errors()
+            ]
         return JSONResponse(body, status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
