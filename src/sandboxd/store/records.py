@@ -64,7 +64,9 @@ class RecordMap(Generic[M]):
                 raise ValueError(f"{self.model.__name__}.{field} cannot be patched")
             adapter = self._adapters.get(field)
             if adapter is None:
-                adapter = self._adapters[field] = TypeAdapter(self.model.model_fields[field].annotation)
+                annotation = self.model.model_fields[field].annotation
+                assert annotation is not None
+                adapter = self._adapters[field] = TypeAdapter(annotation)
             values[field] = adapter.validate_python(value)
         row = {f: self._column_value(f, v) for f, v in values.items()}
         if self.derive:

@@ -20,6 +20,20 @@ T = TypeVar("T")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
+def _unwrap(fn: Callable[[sa.Connection], T]) -> Callable[[sa.Connection], T]:
+    """A value the store's column types refuse (a naive datetime) raises its own ValueError."""
+
+    def call(conn: sa.Connection) -> T:
+        try:
+            return fn(conn)
+        except sa.exc.StatementError as e:
+            if not isinstance(e, sa.exc.DBAPIError) and isinstance(e.orig, ValueError):
+                raise e.orig from None
+            raise
+
+    return call
+
+
 class Runner(Protocol):
     dialect: str
 
@@ -37,11 +51,11 @@ class AsyncRunner:
 
     async def read(self, fn: Callable[[sa.Connection], T]) -> T:
         async with self.engine.connect() as conn:
-            return await conn.run_sync(fn)
+            return await conn.run_sync(_unwrap(fn))
 
     async def write(self, fn: Callable[[sa.Connection], T]) -> T:
         async with self.engine.begin() as conn:
-            return await conn.run_sync(fn)
+            return await conn.run_sync(_unwrap(fn))
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -89,7 +103,7 @@ class ThreadRunner:
         def call() -> T:
             conn = self._connection()
             try:
-                return fn(conn)
+                return _unwrap(fn)(conn)
             finally:
                 conn.rollback()  # ends SQLAlchemy's transaction; sqlite3 itself began none for a read
 
@@ -99,7 +113,7 @@ class ThreadRunner:
         def call() -> T:
             conn = self._connection()
             with conn.begin():
-                return fn(conn)
+                return _unwrap(fn)(conn)
 
         return await self._run(call)
 

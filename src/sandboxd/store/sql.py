@@ -209,7 +209,9 @@ class SqlStore(TenancyStore):
                 pass  # another server made it meanwhile
         if await self.get_project(DEFAULT_PROJECT) is None:
             try:
-                await self.create_project(Project(id=DEFAULT_PROJECT, org_id=DEFAULT_ORG, name="default", created_at=now))
+                await self.create_project(
+                    Project(id=DEFAULT_PROJECT, org_id=DEFAULT_ORG, name="default", created_at=now)
+                )
             except DuplicateKey:
                 pass
 

@@ -39,7 +39,7 @@ class UtcDateTime(sa.TypeDecorator[datetime]):
         if value is None:
             return None
         if dialect.name == "sqlite":
-            return EPOCH + value * _MICROSECOND
+            return EPOCH + int(value) * _MICROSECOND
         assert isinstance(value, datetime)
         return value.astimezone(UTC)
 
