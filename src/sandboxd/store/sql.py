@@ -65,7 +65,7 @@ class SqlStore(TenancyStore):
         # then we look for the winner. A holder that ended meanwhile frees the name: try again.
         for _ in range(5):
             try:
-                await self.runner.write(lambda conn: conn.execute(insert))
+                await self.runner.write_one(lambda conn: conn.execute(insert))
                 return sandbox, True
             except sa.exc.IntegrityError:
                 pass
@@ -125,7 +125,7 @@ class SqlStore(TenancyStore):
         if expected_version is not None:
             params["w_version"] = expected_version
         try:
-            row = await self.runner.write(lambda conn: conn.execute(stmt, params).first())
+            row = await self.runner.write_one(lambda conn: conn.execute(stmt, params).first())
         except sa.exc.IntegrityError:
             field = "name" if "name" in patch else "idempotency_key"
             raise DuplicateKey(field, str(patch.get(field, ""))) from None
@@ -140,7 +140,7 @@ class SqlStore(TenancyStore):
 
     async def purge_ended(self, before: datetime) -> list[str]:
         stmt = sandboxes.delete().where(sandboxes.c.ended_at <= before).returning(sandboxes.c.id)
-        return await self.runner.write(lambda conn: list(conn.execute(stmt).scalars()))
+        return await self.runner.write_one(lambda conn: list(conn.execute(stmt).scalars()))
 
     async def _sandboxes(self, query: sa.Select[Any]) -> list[Sandbox]:
         rows = await self.runner.read(lambda conn: list(conn.execute(query)))
@@ -151,7 +151,7 @@ class SqlStore(TenancyStore):
     async def insert_template(self, version: TemplateVersion) -> None:
         insert = templates.insert().values(TEMPLATES.row(version))
         try:
-            await self.runner.write(lambda conn: conn.execute(insert))
+            await self.runner.write_one(lambda conn: conn.execute(insert))
         except sa.exc.IntegrityError:
             raise DuplicateKey("version", version.ref) from None
 
@@ -164,7 +164,7 @@ class SqlStore(TenancyStore):
             .values(TEMPLATES.patch(patch, _TEMPLATE_FROZEN))
             .returning(*TEMPLATES.columns)
         )
-        row = await self.runner.write(lambda conn: conn.execute(stmt).first())
+        row = await self.runner.write_one(lambda conn: conn.execute(stmt).first())
         return TEMPLATES.load(row) if row is not None else None
 
     async def get_template(
@@ -192,7 +192,7 @@ class SqlStore(TenancyStore):
         stmt = templates.delete().where(
             templates.c.project_id == project_id, templates.c.name == name, templates.c.version == version
         )
-        return await self.runner.write(lambda conn: conn.execute(stmt).rowcount > 0)
+        return await self.runner.write_one(lambda conn: conn.execute(stmt).rowcount > 0)
 
     async def _templates(self, query: sa.Select[Any]) -> list[TemplateVersion]:
         rows = await self.runner.read(lambda conn: list(conn.execute(query)))

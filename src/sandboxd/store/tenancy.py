@@ -26,7 +26,7 @@ class TenancyStore:
     async def _insert(self, table: sa.Table, row: dict[str, Any], record_id: str, other: str) -> None:
         """Inserts; a clash is DuplicateKey("id") if the id is taken, else on ``other``."""
         try:
-            await self.runner.write(lambda conn: conn.execute(table.insert().values(row)))
+            await self.runner.write_one(lambda conn: conn.execute(table.insert().values(row)))
         except sa.exc.IntegrityError:
             query = sa.select(table.c.id).where(table.c.id == record_id)
             if await self.runner.read(lambda conn: conn.scalar(query)) is not None:
@@ -45,7 +45,7 @@ class TenancyStore:
         return await self.runner.write(delete)
 
     async def _update_one(self, stmt: sa.Update) -> sa.Row[Any] | None:
-        return await self.runner.write(lambda conn: conn.execute(stmt).first())
+        return await self.runner.write_one(lambda conn: conn.execute(stmt).first())
 
     # -- organizations -----------------------------------------------------------------------------
 
@@ -119,4 +119,4 @@ class TenancyStore:
 
     async def touch_key(self, key_id: str, when: datetime) -> None:
         stmt = api_keys.update().where(api_keys.c.id == key_id).values(last_used_at=when)
-        await self.runner.write(lambda conn: conn.execute(stmt))
+        await self.runner.write_one(lambda conn: conn.execute(stmt))
