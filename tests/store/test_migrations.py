@@ -13,6 +13,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from pydantic import BaseModel
 
+from sandboxd.config import Settings
 from sandboxd.domain import DEFAULT_PROJECT, BuildState, State, TemplateVersion
 from sandboxd.store import migrate
 from sandboxd.store.records import RecordMap
@@ -137,3 +138,15 @@ def test_a_field_without_a_column_is_refused() -> None:
         id: str
 
     assert RecordMap(Tiny, sandboxes).fields == ("id",)
+
+
+def test_urls() -> None:
+    assert str(driver_url("sqlite:////var/lib/sandboxd/sandboxd.db")) == "sqlite:////var/lib/sandboxd/sandboxd.db"
+    assert driver_url("postgresql://u:pw@db:5432/sbx").drivername == "postgresql+asyncpg"
+    assert driver_url("postgres://u:pw@db/sbx").drivername == "postgresql+asyncpg"
+    with pytest.raises(ValueError) as raised:
+        driver_url("mysql://u:hunter2@db/sbx")
+    assert "hunter2" not in str(raised.value)
+    settings = Settings(data_dir=Path("/srv/sbx"), database_url=None)
+    assert settings.resolved_database_url() == "sqlite:////srv/sbx/sandboxd.db"
+    assert Settings(database_url="postgresql://x/y").resolved_database_url() == "postgresql://x/y"
