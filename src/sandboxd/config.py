@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     # The sandboxes' PID 1: a static binary that scripts/bootstrap builds from agent/ into build/.
     agent_binary: Path = Path(__file__).resolve().parents[2] / "build" / "sandboxd-agent"
     api_key: str | None = None
+    # Where records live: sqlite:///path (default: <data_dir>/sandboxd.db) or postgresql://user:pw@host/db.
+    database_url: str | None = None
     runtime: Literal["local"] = "local"
     oci_runtime: Literal["auto", "runc", "crun"] = "auto"
     bridge: str = "sbxd0"
@@ -121,6 +123,9 @@ class Settings(BaseSettings):
 
     def public_url(self) -> str:
         return (self.external_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir}/sandboxd.db"
 
     @property
     def image_root(self) -> Path:

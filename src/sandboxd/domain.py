@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 import os
 import time
 from datetime import UTC, datetime
@@ -11,6 +12,11 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+# The tenant every record made before organizations existed belongs to, and the one a single-key
+# server keeps using: its key is this organization's admin key.
+DEFAULT_ORG = "org_default"
+DEFAULT_PROJECT = "prj_default"
 
 
 def new_id(prefix: str = "sbx_") -> str:
@@ -122,6 +128,10 @@ class Sandbox(BaseModel):
     expires_at: datetime | None
     runtime: dict[str, object] = Field(default_factory=dict)  # the runtime handle's record
     traffic_token: str = ""  # required on port traffic unless spec.public_traffic
+    project_id: str = DEFAULT_PROJECT
+    version: int = 0  # bumped by the store on every update: the compare-and-set token
+    name: str | None = None  # unique among the project's sandboxes that have not ended
+    idempotency_key: str | None = None  # a create retried with this key returns the first sandbox
 
 
 class BuildState(enum.StrEnum):
@@ -142,7 +152,53 @@ class TemplateVersion(BaseModel):
     steps_cached: int = 0  # steps whose layer came from the cache
     created_at: datetime
     finished_at: datetime | None = None
+    project_id: str = DEFAULT_PROJECT  # names are unique per project
 
     @property
     def ref(self) -> str:
         return f"{self.name}:{self.version}"
+
+
+# -- Tenancy: who owns what, and who may do what -------------------------------------------------
+
+
+class Scope(enum.StrEnum):
+    ADMIN = "admin"  # everything, tenancy included
+    WRITE = "write"
+    READ = "read"
+
+
+class Organization(BaseModel):
+    id: str  # org_<ulid>
+    name: str
+    created_at: datetime
+
+
+class Project(BaseModel):
+    id: str  # prj_<ulid>
+    org_id: str
+    name: str  # unique within its organization
+    created_at: datetime
+
+
+class ApiKey(BaseModel):
+    """A key of a project, or of a whole organization when project_id is None.
+
+    Only a hash of the secret is kept: sha256 suffices for a secret of 256 random bits (nothing to
+    brute-force, so no slow hash is needed), and the secret cannot be shown again after creation."""
+
+    id: str  # key_<ulid>
+    name: str
+    org_id: str
+    project_id: str | None
+    scopes: list[Scope]
+    secret_hash: str  # hash_secret(secret)
+    created_at: datetime
+    expires_at: datetime | None = None
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+def hash_secret(secret: str) -> str:
+    """The stored form of a key's secret (hex sha256)."""
+    return hashlib.sha256(secret.encode()).hexdigest()

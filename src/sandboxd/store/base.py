@@ -1,11 +1,13 @@
-"""The repository protocol for sandbox records; SQLite now, Postgres later behind the same calls."""
+"""The repository protocols: ``Store`` (async, scoped by project; store/sql.py on SQLite or PostgreSQL),
+and the synchronous ones of store/sqlite.py that services use until they move to ``Store``."""
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
-from sandboxd.domain import Sandbox, State, TemplateVersion
+from sandboxd.domain import ApiKey, Organization, Project, Sandbox, State, TemplateVersion
 
 
 class SandboxStore(Protocol):
@@ -45,3 +47,126 @@ class TemplateStore(Protocol):
     def find_templates(self, name: str | None = None) -> list[TemplateVersion]: ...
 
     def delete_template(self, name: str, version: int) -> None: ...
+
+
+# -- The async, project-scoped store (store/sql.py); the protocols above go once callers move. -----
+
+
+class DuplicateKey(Exception):
+    """A record with this unique field already exists (an id, a template version, a project name)."""
+
+    def __init__(self, field: str, value: str = "") -> None:
+        super().__init__(f"duplicate {field}" + (f": {value}" if value else ""))
+        self.field = field
+        self.value = value
+
+
+class Store(Protocol):
+    """Every record, scoped by project. ``project_id=None`` means unscoped: the server's own duties
+    (reconcile, reaper), never a caller's request. A record of another project reads as absent."""
+
+    # -- sandboxes ---------------------------------------------------------------------------------
+
+    async def insert_if_absent(self, sandbox: Sandbox) -> tuple[Sandbox, bool]:
+        """(sandbox, True) once inserted; (existing, False) when the project already holds a sandbox
+        with its idempotency_key, or a sandbox not yet ended with its name. DuplicateKey("id") if
+        the id is taken."""
+
+    async def get_sandbox(self, sandbox_id: str, project_id: str | None) -> Sandbox | None: ...
+
+    async def find_sandboxes(
+        self,
+        project_id: str | None,
+        *,
+        states: Collection[State] | None = None,
+        labels: Mapping[str, str] | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[Sandbox]:
+        """In id order (creation order), starting after the id ``after``."""
+
+    async def update_if(
+        self,
+        sandbox_id: str,
+        patch: Mapping[str, Any],
+        *,
+        project_id: str | None = None,
+        expected_states: Collection[State] | None = None,
+        expected_version: int | None = None,
+    ) -> Sandbox | None:
+        """Sets only the patched top-level fields and bumps ``version``, in one conditional UPDATE.
+        The new record, or None if it is missing, in another project, or a condition failed.
+        DuplicateKey("name") if a new name is held by another sandbox not yet ended."""
+
+    async def active(self) -> list[Sandbox]:
+        """Sandboxes not yet ended, in every project: what a restarted server must reconcile."""
+
+    async def expired(self, now: datetime) -> list[Sandbox]:
+        """Sandboxes not yet ended whose expires_at has passed."""
+
+    async def purge_ended(self, before: datetime) -> list[str]:
+        """Deletes sandboxes that ended at or before ``before``; their ids."""
+
+    # -- templates ---------------------------------------------------------------------------------
+
+    async def insert_template(self, version: TemplateVersion) -> None:
+        """DuplicateKey("version") if the project holds name:version (two builds racing for a number)."""
+
+    async def update_template(
+        self, project_id: str, name: str, version: int, patch: Mapping[str, Any]
+    ) -> TemplateVersion | None: ...
+
+    async def get_template(
+        self, project_id: str, name: str, version: int | None = None, ready: bool = False
+    ) -> TemplateVersion | None:
+        """One version, or the newest (the newest ready one with ready=True)."""
+
+    async def find_templates(self, project_id: str, name: str | None = None) -> list[TemplateVersion]: ...
+
+    async def find_all_templates(self) -> list[TemplateVersion]:
+        """Every project's, for reconcile."""
+
+    async def delete_template(self, project_id: str, name: str, version: int) -> bool: ...
+
+    # -- tenancy -----------------------------------------------------------------------------------
+
+    async def create_org(self, org: Organization) -> Organization:
+        """DuplicateKey("id") or DuplicateKey("name")."""
+
+    async def get_org(self, org_id: str) -> Organization | None: ...
+
+    async def find_orgs(self) -> list[Organization]: ...
+
+    async def delete_org(self, org_id: str) -> bool:
+        """With its projects and keys. Sandboxes and templates are the caller's to remove first."""
+
+    async def create_project(self, project: Project) -> Project:
+        """DuplicateKey("name") if the organization has a project of that name."""
+
+    async def get_project(self, project_id: str) -> Project | None: ...
+
+    async def get_project_by_name(self, org_id: str, name: str) -> Project | None: ...
+
+    async def find_projects(self, org_id: str) -> list[Project]: ...
+
+    async def delete_project(self, project_id: str) -> bool:
+        """With its keys. Sandboxes and templates are the caller's to remove first."""
+
+    async def create_key(self, key: ApiKey) -> ApiKey: ...
+
+    async def get_key(self, key_id: str) -> ApiKey | None: ...
+
+    async def get_key_by_hash(self, secret_hash: str) -> ApiKey | None: ...
+
+    async def find_keys(self, org_id: str, project_id: str | None = None) -> list[ApiKey]:
+        """The organization's keys (its own and its projects'), or one project's."""
+
+    async def revoke_key(self, key_id: str, when: datetime) -> ApiKey | None:
+        """Revoked from ``when`` (the first revocation's time stays); None if no such key."""
+
+    async def touch_key(self, key_id: str, when: datetime) -> None: ...
+
+    async def ensure_default_tenant(self) -> None:
+        """The default organization and its default project (DEFAULT_ORG, DEFAULT_PROJECT)."""
+
+    async def close(self) -> None: ...
