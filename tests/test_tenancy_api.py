@@ -33,7 +33,7 @@ class IdleRuntime:
         return []
 
     async def liveness(self, sandbox_id: str, record: dict[str, Any]) -> Liveness:
-        return Liveness.GONE
+        return Liveness.MISSING
 
     def __getattr__(self, name: str) -> Any:
         raise AssertionError(f"the idle runtime has no {name}")
@@ -42,7 +42,7 @@ class IdleRuntime:
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     settings = Settings(data_dir=tmp_path, api_key=SERVER_KEY, reaper_interval=3600)
-    app = create_app(settings, runtime=IdleRuntime())  # type: ignore[arg-type]
+    app = create_app(settings, runtime=IdleRuntime())
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://sandboxd.test") as c:
@@ -193,7 +193,7 @@ async def test_other_orgs_objects_are_not_found(client: httpx.AsyncClient) -> No
 
 async def test_every_api_route_needs_a_key(client: httpx.AsyncClient, tmp_path: Path) -> None:
     """From the API's route table (its OpenAPI document), so a new route cannot be forgotten."""
-    app = create_app(Settings(data_dir=tmp_path), runtime=IdleRuntime())  # type: ignore[arg-type]
+    app = create_app(Settings(data_dir=tmp_path), runtime=IdleRuntime())
     table = [(m, p) for p, ops in app.openapi()["paths"].items() for m in ops if p.startswith(("/api/", "/metrics"))]
     assert len(table) > 25
     for method, route in table:
@@ -207,7 +207,7 @@ def test_terminal_websocket_uses_the_same_check(tmp_path: Path) -> None:
     """httpx has no WebSocket client over ASGI: Starlette's test client, for this one door."""
     from starlette.testclient import TestClient, WebSocketDenialResponse
 
-    app = create_app(Settings(data_dir=tmp_path, api_key=SERVER_KEY), runtime=IdleRuntime())  # type: ignore[arg-type]
+    app = create_app(Settings(data_dir=tmp_path, api_key=SERVER_KEY), runtime=IdleRuntime())
     url = f"/api/v1/sandboxes/{OTHER_SANDBOX}/terminal"
     with TestClient(app) as c:
         c.headers["authorization"] = f"Bearer {SERVER_KEY}"
@@ -222,9 +222,6 @@ def test_terminal_websocket_uses_the_same_check(tmp_path: Path) -> None:
             pass
         assert denied.value.status_code == 404
         # Admitted (by query or header): the route itself then looks for the sandbox.
-        for connect in (
-            lambda: c.websocket_connect(f"{url}?api_key={write}"),
-            lambda: c.websocket_connect(url, headers={"authorization": f"Bearer {write}"}),
-        ):
-            with connect() as ws:
+        for target, headers in ((f"{url}?api_key={write}", {}), (url, {"authorization": f"Bearer {write}"})):
+            with c.websocket_connect(target, headers=headers) as ws:
                 assert "SANDBOX_NOT_FOUND" in ws.receive_text()
