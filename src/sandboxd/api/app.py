@@ -16,10 +16,10 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sandboxd.api import errors
-from sandboxd.api.deps import require_key
+from sandboxd.api.deps import authorize, authorize_admin, authorize_operator, authorize_websocket
 from sandboxd.api.guard import RequestGuard
 from sandboxd.api.proxy import PortProxy
-from sandboxd.api.routes import commands, files, health, ports, sandboxes, templates, terminal
+from sandboxd.api.routes import commands, files, health, ports, sandboxes, templates, tenancy, terminal
 from sandboxd.api.state import KEY as STATE_KEY
 from sandboxd.api.state import ApiState
 from sandboxd.config import Settings
@@ -105,10 +105,12 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.add_middleware(RequestIdMiddleware, counts=request_counts)
     app.add_middleware(PortProxy, proxy_domain=cfg.proxy_domain)
 
-    auth = [Depends(require_key)]
+    # Authorization at the router, never per route: a route added to a router cannot forget it.
+    auth = [Depends(authorize)]
     app.include_router(health.router)
-    app.include_router(health.metrics_router, dependencies=auth)
+    app.include_router(health.metrics_router, dependencies=[*auth, Depends(authorize_operator)])
     for module in (sandboxes, commands, files, templates, ports):
         app.include_router(module.router, dependencies=auth)
-    app.include_router(terminal.router)
+    app.include_router(tenancy.router, dependencies=[*auth, Depends(authorize_admin)])
+    app.include_router(terminal.router, dependencies=[Depends(authorize_websocket)])
     return app

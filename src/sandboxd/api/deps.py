@@ -2,38 +2,80 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
-from fastapi import Depends, Request, WebSocket
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import HTTPConnection
 
-from sandboxd.api.state import ApiState, api_state
-from sandboxd.errors import Unauthorized
+from sandboxd.api.state import PRINCIPAL, ApiState, api_state
+from sandboxd.errors import Forbidden
+from sandboxd.services.auth import PROJECT_HEADER, Principal, scope_for_method
 from sandboxd.services.commands import CommandService
 from sandboxd.services.container import Services
 from sandboxd.services.files import FileService
 from sandboxd.services.ports import PortService
 from sandboxd.services.sandboxes import SandboxService
 from sandboxd.services.templates import TemplateService
+from sandboxd.services.tenancy import TenancyService
+from sandboxd.tenancy_domain import Scope
 
-bearer = HTTPBearer(auto_error=False, description="The server's API key.")
-
-
-def _check(key: str | None, expected: str) -> None:
-    if key is None or not hmac.compare_digest(key.encode(), expected.encode()):
-        raise Unauthorized("a valid API key is required: Authorization: Bearer <key>")
-
-
-def require_key(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
-    _check(creds.credentials if creds else request.headers.get("x-api-key"), api_state(request.scope).api_key)
+bearer = HTTPBearer(
+    auto_error=False,
+    description="An API key: the server's, or one made with POST /api/v1/keys (also accepted as X-API-Key).",
+)
 
 
-def websocket_key(websocket: WebSocket) -> None:
-    # Browsers cannot set headers on a WebSocket: the key may also come as ?api_key=.
-    header = websocket.headers.get("authorization", "")
-    key = header.removeprefix("Bearer ").strip() if header else websocket.query_params.get("api_key")
-    _check(key, api_state(websocket.scope).api_key)
+async def _principal(conn: HTTPConnection) -> Principal:
+    """Who is calling. The request guard has authenticated every HTTP request under /api/ before
+    its body was read, and left the principal in the request's state; otherwise (a WebSocket, a
+    route outside /api/) it is the same check, here."""
+    found = conn.scope.get("state", {}).get(PRINCIPAL)
+    if isinstance(found, Principal):
+        return found
+    headers = dict(conn.headers.items())
+    if conn.scope["type"] == "websocket":
+        # Browsers cannot set headers on a WebSocket: the key and project may come in the query.
+        if "authorization" not in headers and "x-api-key" not in headers and "api_key" in conn.query_params:
+            headers["x-api-key"] = conn.query_params["api_key"]
+        if PROJECT_HEADER not in headers and "project" in conn.query_params:
+            headers[PROJECT_HEADER] = conn.query_params["project"]
+    principal = await api_state(conn.scope).services.auth.authenticate(headers)
+    conn.scope.setdefault("state", {})[PRINCIPAL] = principal
+    return principal
+
+
+async def _documented_principal(
+    conn: HTTPConnection, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> Principal:
+    # creds only puts the scheme in the OpenAPI document; the key is read from the headers.
+    return await _principal(conn)
+
+
+CurrentPrincipal = Annotated[Principal, Depends(_documented_principal)]
+WebSocketPrincipal = Annotated[Principal, Depends(_principal)]
+
+
+def authorize(request: Request, principal: CurrentPrincipal) -> None:
+    """Router-level: every route needs a key, and the scope its method needs (GET and HEAD read,
+    everything else writes), so a route cannot forget either."""
+    principal.require(scope_for_method(request.method))
+
+
+def authorize_admin(principal: CurrentPrincipal) -> None:
+    """Router-level for tenancy: projects and keys are an admin's."""
+    principal.require(Scope.ADMIN)
+
+
+def authorize_operator(principal: CurrentPrincipal) -> None:
+    """Router-level for what spans every project (/metrics names every sandbox): the server's key."""
+    if not principal.operator:
+        raise Forbidden("this needs the server's key")
+
+
+def authorize_websocket(principal: WebSocketPrincipal) -> None:
+    """A WebSocket runs things in a sandbox: it needs write."""
+    principal.require(Scope.WRITE)
 
 
 def _state(request: Request) -> ApiState:
@@ -64,9 +106,14 @@ def _templates(request: Request) -> TemplateService:
     return _services(request).templates
 
 
+def _tenancy(request: Request) -> TenancyService:
+    return _services(request).tenancy
+
+
 State = Annotated[ApiState, Depends(_state)]
 Sandboxes = Annotated[SandboxService, Depends(_sandboxes)]
 Commands = Annotated[CommandService, Depends(_commands)]
 Files = Annotated[FileService, Depends(_files)]
 Templates = Annotated[TemplateService, Depends(_templates)]
 Ports = Annotated[PortService, Depends(_ports)]
+Tenancy = Annotated[TenancyService, Depends(_tenancy)]

@@ -1,5 +1,5 @@
-"""What a request may cost before a route sees it: the API key is checked before a byte of the body
-is read, JSON bodies have a size cap, and a body that stops coming is given up on.
+"""What a request may cost before a route sees it: the API key (and the scope the method needs) is
+checked before a byte of the body is read, JSON bodies have a size cap, and a body that stops coming is given up on.
 
 Plain ASGI inside the port proxy (which admits its own traffic by token, signature or key) and
 outside FastAPI, because FastAPI reads and parses a JSON body before it runs any dependency: a key
@@ -9,15 +9,16 @@ check there comes after the memory is spent.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import re
 
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sandboxd.api.state import api_state
+from sandboxd.api.state import PRINCIPAL, api_state
 from sandboxd.errors import SandboxdError
+from sandboxd.services.auth import scope_for_method
 from sandboxd.services.requests import MAX_COPY_BYTES
 
 MIB = 1024 * 1024
@@ -25,7 +26,6 @@ MIB = 1024 * 1024
 STREAMED = re.compile(r"^/api/v1/sandboxes/[^/]+/(files|archive)$")
 # Template copy steps carry up to 4 x MAX_COPY_BYTES of content inline; room for JSON escapes.
 TEMPLATE_BODY = 2 * 4 * MAX_COPY_BYTES
-UNAUTHORIZED = "a valid API key is required: Authorization: Bearer <key> (or X-API-Key)"
 
 
 class BodyTooLarge(HTTPException):
@@ -51,15 +51,6 @@ def needs_key(path: str) -> bool:
     return path.startswith("/api/") or path == "/metrics"
 
 
-def presented_key(headers: list[tuple[bytes, bytes]]) -> bytes | None:
-    for name, value in headers:
-        if name == b"authorization" and value[:7].lower() == b"bearer ":
-            return value[7:].strip()
-        if name == b"x-api-key":
-            return value.strip()
-    return None
-
-
 def body_limit(method: str, path: str, max_json: int) -> int | None:
     if method == "PUT" and STREAMED.match(path):
         return None
@@ -82,10 +73,14 @@ class RequestGuard:
             await _reject(scope, send, starting.status, starting.code, starting.message)
             return
         if needs_key(scope["path"]):
-            key = presented_key(scope["headers"])
-            if key is None or not hmac.compare_digest(key, state.api_key.encode()):
-                await _reject(scope, send, 401, "UNAUTHORIZED", UNAUTHORIZED)
+            try:
+                principal = await state.services.auth.authenticate(Headers(scope=scope))
+                # The routes check this again (and more: admin routes); here it spares the body.
+                principal.require(scope_for_method(scope["method"]))
+            except SandboxdError as refused:
+                await _reject(scope, send, refused.status, refused.code, refused.message, refused.field)
                 return
+            scope["state"][PRINCIPAL] = principal
         settings = state.settings
         limit = body_limit(scope["method"], scope["path"], int(settings.max_json_body_mb * MIB))
         length = _content_length(scope["headers"])

@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import httpx
 import websockets
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from websockets.asyncio.client import connect as ws_connect
 
@@ -33,9 +34,11 @@ from sandboxd.api.port_origin import (
     host_route_response,
     path_route_response,
 )
-from sandboxd.api.state import api_state
+from sandboxd.api.state import ApiState, api_state
 from sandboxd.errors import Forbidden, InvalidRequest, SandboxdError
+from sandboxd.services.auth import PROJECT_HEADER, looks_like_key, presented_credential, scope_for_method
 from sandboxd.services.ports import SIGNATURE_QUERY, TOKEN_HEADER, TOKEN_QUERY, PortService, PortUnreachable, Target
+from sandboxd.tenancy_domain import Scope as KeyScope
 
 SANDBOX_ID = r"sbx[_-][0-9a-z]{26}"
 PATH_ROUTE = re.compile(rf"^/api/v1/sandboxes/({SANDBOX_ID})/ports/(\d{{1,5}})(/.*)$")
@@ -59,6 +62,8 @@ WS_HOP = HOP | {
     b"sec-websocket-extensions",
     b"sec-websocket-protocol",
 }
+# sandboxd's own headers, and one the proxy sets itself.
+STRIPPED = {TOKEN_HEADER.encode(), PROJECT_HEADER.encode(), b"x-forwarded-for"}
 PER_SANDBOX = 256  # requests and WebSockets open at once through the proxy, per sandbox
 HEADERS_WAIT = 60.0  # for the app's response to begin; the body then takes as long as it takes
 
@@ -109,7 +114,7 @@ class PortProxy:
             return
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         token, signature, cookie_name = _credentials(scope, query, port, by_host is not None)
-        api_key_ok = by_path is not None and _has_api_key(scope, state.api_key)
+        api_key_ok = by_path is not None and await _api_key_admits(scope, state)
         try:
             target = ports.target(sandbox_id, port, token, signature, api_key_ok)
         except SandboxdError as exc:
@@ -166,17 +171,30 @@ def _credentials(
     return token, signature, cookie_name
 
 
-def _is_api_key(name: bytes, value: bytes, expected: str) -> bool:
+def _is_api_key(name: bytes, value: bytes, server_key: str) -> bool:
+    """Whether a header carries a sandboxd key (the server's, or any in the format of ours, valid
+    or not): such a header is meant for sandboxd, never for the sandbox's app."""
     text = value.decode("latin-1").strip()
     if name.lower() == b"authorization" and text[:7].lower() == "bearer ":
         text = text[7:].strip()
     elif name.lower() != b"x-api-key":
         return False
-    return bool(text) and hmac.compare_digest(text.encode(), expected.encode())
+    return bool(text) and (looks_like_key(text) or hmac.compare_digest(text.encode(), server_key.encode()))
 
 
-def _has_api_key(scope: Scope, expected: str) -> bool:
-    return any(_is_api_key(k, v, expected) for k, v in scope["headers"])
+async def _api_key_admits(scope: Scope, state: ApiState) -> bool:
+    """The path route also admits an API key (the one check, services/auth.py) whose scopes allow
+    the method: a read key may GET a port's pages; a WebSocket, like any write, needs write."""
+    headers = Headers(scope=scope)
+    if not presented_credential(headers):
+        return False
+    try:
+        principal = await state.services.auth.authenticate(headers)
+    except SandboxdError:
+        return False  # then the traffic token or a signature may still admit the request
+    needed = scope_for_method(scope["method"]) if scope["type"] == "http" else KeyScope.WRITE
+    # TODO(lead): give ports.target principal.project() so another project's sandbox is a 404.
+    return principal.allows(needed)
 
 
 def _signature_cookie(scope: Scope, cookie_name: str, query: list[tuple[str, str]]) -> str | None:
@@ -199,7 +217,7 @@ def _forwarded_headers(scope: Scope, api_key: str, cookies: bool) -> list[tuple[
     out = []
     for name, value in scope["headers"]:
         lower = name.lower()
-        if lower in HOP or lower in (TOKEN_HEADER.encode(), b"x-forwarded-for") or _is_api_key(name, value, api_key):
+        if lower in HOP or lower in STRIPPED or _is_api_key(name, value, api_key):
             continue
         if lower == b"cookie":
             if not cookies:

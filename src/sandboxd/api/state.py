@@ -15,13 +15,14 @@ from sandboxd.errors import NotReady
 from sandboxd.services.container import Services
 
 KEY = "sandboxd"
+PRINCIPAL = "sandboxd.principal"  # in a request's state: who the request guard found calling
 
 
 @dataclass
 class ApiState:
     settings: Settings
     services: Services
-    api_key: str
+    api_key: str  # the server's own key: never passed on to a sandbox by the port proxy
     # One pool of connections to sandboxes for the port proxy.
     proxy_client: httpx.AsyncClient
     request_counts: Counter[int]

@@ -11,12 +11,16 @@ from dataclasses import dataclass, field
 
 from sandboxd.config import Settings
 from sandboxd.runtimes.base import Runtime
+from sandboxd.services.auth import AuthService
 from sandboxd.services.commands import CommandService
 from sandboxd.services.files import FileService
 from sandboxd.services.ports import PortService
 from sandboxd.services.sandboxes import SandboxService
 from sandboxd.services.templates import TemplateService
+from sandboxd.services.tenancy import InUse, TenancyService
 from sandboxd.store.sqlite import SqliteStore
+from sandboxd.store.tenancy_memory import MemoryTenancyStore
+from sandboxd.tenancy_domain import TenancyStore
 
 log = logging.getLogger("sandboxd")
 
@@ -30,6 +34,8 @@ class Services:
     files: FileService
     templates: TemplateService
     ports: PortService
+    auth: AuthService
+    tenancy: TenancyService
     _store: SqliteStore
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -45,6 +51,7 @@ class Services:
         templates = TemplateService(settings, store, sandboxes, commands)
         # Create resolves templates, and builds create sandboxes: the one cycle, closed here.
         sandboxes.templates = templates
+        auth, tenancy = await start_tenancy(settings, MemoryTenancyStore(), _no_sandboxes_known)
         services = cls(
             settings=settings,
             runtime=runtime,
@@ -54,6 +61,8 @@ class Services:
             templates=templates,
             ports=PortService(settings, sandboxes),
             _store=store,
+            auth=auth,
+            tenancy=tenancy,
         )
         await sandboxes.reconcile()
         await templates.reconcile()
@@ -69,3 +78,23 @@ class Services:
         await self.sandboxes.shutdown()
         await self.runtime.stop()
         self._store.engine.dispose()
+
+
+async def start_tenancy(
+    settings: Settings, store: TenancyStore, has_sandboxes: InUse
+) -> tuple[AuthService, TenancyService]:
+    """The auth and tenancy services over a store that has the default tenant.
+
+    TO WIRE (lead), once the SQL store is in the container: call this with that store
+    (``open_store(settings.resolved_database_url())``) and a ``has_sandboxes(project_id)`` that
+    asks the sandbox service (sandboxes not ended, and templates, in that project), then delete
+    MemoryTenancyStore's use here and ``_no_sandboxes_known``."""
+    await store.ensure_default_tenant()
+    auth = AuthService(store, settings.resolved_api_key())
+    return auth, TenancyService(store, auth, has_sandboxes)
+
+
+async def _no_sandboxes_known(project_id: str) -> bool:
+    """INTERIM: sandboxes have no project until the SQL store lands; every sandbox is the default
+    project's, which cannot be deleted anyway."""
+    return False

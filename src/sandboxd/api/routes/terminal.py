@@ -9,9 +9,8 @@ import contextlib
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, WebSocket
+from fastapi import APIRouter, Query, WebSocket
 
-from sandboxd.api.deps import websocket_key
 from sandboxd.api.state import api_state
 from sandboxd.errors import SandboxdError
 from sandboxd.services.commands import CommandService
@@ -21,7 +20,7 @@ router = APIRouter(prefix="/api/v1/sandboxes/{sandbox_id}", tags=["terminal"])
 STDIN, OUTPUT = 0, 1
 
 
-@router.websocket("/terminal", dependencies=[Depends(websocket_key)])
+@router.websocket("/terminal")
 async def terminal(
     websocket: WebSocket,
     sandbox_id: str,
