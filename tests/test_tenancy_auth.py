@@ -21,7 +21,7 @@ from sandboxd.services.auth import (
 )
 from sandboxd.services.tenancy import TenancyService
 from sandboxd.store.tenancy_memory import MemoryTenancyStore
-from sandboxd.tenancy_domain import DEFAULT_ORG, DEFAULT_PROJECT, Scope
+from sandboxd.domain import DEFAULT_ORG, DEFAULT_PROJECT, Scope
 
 pytestmark = pytest.mark.anyio
 SERVER_KEY = "the-server-key"

@@ -17,6 +17,7 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 # server keeps using: its key is this organization's admin key.
 DEFAULT_ORG = "org_default"
 DEFAULT_PROJECT = "prj_default"
+DEFAULT_PROJECT_NAME = "default"  # every organization has a project of this name
 
 
 def new_id(prefix: str = "sbx_") -> str:

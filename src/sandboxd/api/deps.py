@@ -18,7 +18,7 @@ from sandboxd.services.ports import PortService
 from sandboxd.services.sandboxes import SandboxService
 from sandboxd.services.templates import TemplateService
 from sandboxd.services.tenancy import TenancyService
-from sandboxd.tenancy_domain import Scope
+from sandboxd.domain import Scope
 
 bearer = HTTPBearer(
     auto_error=False,

@@ -25,17 +25,8 @@ from sandboxd.services.auth import (
     highest,
     new_key,
 )
-from sandboxd.tenancy_domain import (
-    DEFAULT_ORG,
-    DEFAULT_PROJECT,
-    DEFAULT_PROJECT_NAME,
-    ApiKey,
-    DuplicateKey,
-    Organization,
-    Project,
-    Scope,
-    TenancyStore,
-)
+from sandboxd.domain import DEFAULT_ORG, DEFAULT_PROJECT, DEFAULT_PROJECT_NAME, ApiKey, Organization, Project, Scope
+from sandboxd.store.base import DuplicateKey, Store as TenancyStore
 
 # Names go into URLs, headers and (later) hostnames: a DNS label.
 NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")

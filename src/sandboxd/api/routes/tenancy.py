@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from sandboxd.api.deps import CurrentPrincipal, Tenancy
 from sandboxd.api.routing import CheckedRoute
-from sandboxd.tenancy_domain import ApiKey, Organization, Project, Scope
+from sandboxd.domain import ApiKey, Organization, Project, Scope
 
 router = APIRouter(prefix="/api/v1", tags=["tenancy"], route_class=CheckedRoute)
 
