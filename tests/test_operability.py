@@ -109,8 +109,9 @@ def test_a_data_directory_from_mktemp_runs_sandboxes_and_stays_private(image_cac
         with server.create() as sb:
             result = sb.commands.run("echo hello from $(id -u)")
             assert result.stdout == "hello from 0\n"
+            # The system's python: the test's own may sit under /root, which nobody cannot pass.
             probe = subprocess.run(
-                ["/usr/bin/python3", "-c", PROBE, str(private_dir), sb.id],  # the venv may sit under /root,
+                ["/usr/bin/python3", "-c", PROBE, str(private_dir), sb.id],
                 capture_output=True,
                 text=True,
                 check=True,
