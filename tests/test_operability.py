@@ -259,3 +259,16 @@ def test_modes_sandboxd_sets_are_umask_proof(private_dir: Path) -> None:
         os.umask(old)
     assert stat.S_IMODE((private_dir / "x").stat().st_mode) == 0o711
     assert stat.S_IMODE(target.stat().st_mode) == 0o711
+
+
+def test_the_own_bridge_made_for_another_subnet_is_named(private_dir: Path) -> None:
+    """An upgrade from the old default (10.88.0.0/16) finds the bridge still holding that network."""
+    bridge = "sbxdop5"
+    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
+    try:
+        subprocess.run(["ip", "addr", "add", "10.77.75.1/24", "dev", bridge], check=True)
+        private_dir.chmod(0o755)
+        result = serve_once(private_dir / "data", bridge, "10.77.76.0/24")
+        assert_one_plain_line(result, bridge, "10.77.75.1/24", "10.77.76.0/24", f"ip link del {bridge}")
+    finally:
+        subprocess.run(["ip", "link", "del", bridge], check=False)
