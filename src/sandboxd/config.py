@@ -41,7 +41,10 @@ class Settings(BaseSettings):
     runtime: Literal["local"] = "local"
     oci_runtime: Literal["auto", "runc", "crun"] = "auto"
     bridge: str = "sbxd0"
-    subnet: str = "10.88.0.0/16"
+    # Not 10.88/16 (podman), 172.17-31 and 192.168.x (docker, LANs), the low 10.x (LANs, VPNs, Azure,
+    # k3s, microk8s), 10.96/12 (Kubernetes services) or 10.244/16 (flannel); an odd second octet is
+    # outside GCP's auto-mode subnets. A collision is refused at start all the same (preflight.py).
+    subnet: str = "10.193.0.0/16"
     # Sandbox uid/gid 0..size-1 are host ids base..base+size-1: root inside is nobody outside.
     userns_base: int = 1_000_000
     userns_size: int = 65536

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import ipaddress
 import json
 import logging
@@ -26,6 +25,7 @@ from urllib.parse import unquote
 
 from sandboxd.domain import SandboxSpec
 from sandboxd.errors import Conflict, InvalidRequest, RuntimeFailure
+from sandboxd.runtimes import datalock
 from sandboxd.runtimes.agent_client import Agent, AgentConnection, unix_connector
 from sandboxd.runtimes.base import Liveness
 from sandboxd.runtimes.hostnets import InwardNetworks
@@ -152,12 +152,7 @@ class LocalRuntime:
 
     def _lock_data_dir(self) -> None:
         """One server per data directory: a second would sweep the first's sandboxes as orphans."""
-        self.root.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(self.root.parent / "server.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeFailure(f"another sandboxd server is using {self.root.parent}") from None
+        datalock.lock(self.root.parent)
         # The agent's socket lives at <data_dir>/sandboxes/<id>/agent.sock: unix socket paths
         # are limited to 107 bytes.
         longest = len(str(self.root / "sbx_01234567890123456789012345" / "agent.sock"))
