@@ -17,7 +17,7 @@ from sandboxd.errors import RuntimeFailure
 from sandboxd.runtimes.agent_client import Agent
 from sandboxd.runtimes.base import Liveness
 from sandboxd.services.requests import CreateSandbox
-from sandboxd.services.sandboxes import SandboxService
+from sandboxd.services.lifecycle import SandboxService
 from sandboxd.store.sqlite import SqliteStore
 
 

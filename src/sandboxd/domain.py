@@ -18,6 +18,9 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 DEFAULT_ORG = "org_default"
 DEFAULT_PROJECT = "prj_default"
 DEFAULT_PROJECT_NAME = "default"  # every organization has a project of this name
+# Where templates the operator defines (shipped or configured definitions, runtimes) are built:
+# every project uses them, none owns them.
+SHARED_PROJECT = "prj_shared"
 
 
 def new_id(prefix: str = "sbx_") -> str:

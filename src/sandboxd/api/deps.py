@@ -15,7 +15,7 @@ from sandboxd.services.commands import CommandService
 from sandboxd.services.container import Services
 from sandboxd.services.files import FileService
 from sandboxd.services.ports import PortService
-from sandboxd.services.sandboxes import SandboxService
+from sandboxd.services.lifecycle import SandboxService
 from sandboxd.services.templates import TemplateService
 from sandboxd.services.tenancy import TenancyService
 from sandboxd.domain import Scope
@@ -117,3 +117,16 @@ Files = Annotated[FileService, Depends(_files)]
 Templates = Annotated[TemplateService, Depends(_templates)]
 Ports = Annotated[PortService, Depends(_ports)]
 Tenancy = Annotated[TenancyService, Depends(_tenancy)]
+
+
+async def _project(principal: CurrentPrincipal) -> str:
+    return principal.project()
+
+
+async def _websocket_project(principal: WebSocketPrincipal) -> str:
+    return principal.project()
+
+
+# The project every call on sandboxes, templates and ports is scoped by.
+ProjectId = Annotated[str, Depends(_project)]
+WebSocketProjectId = Annotated[str, Depends(_websocket_project)]

@@ -114,9 +114,9 @@ class PortProxy:
             return
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         token, signature, cookie_name = _credentials(scope, query, port, by_host is not None)
-        api_key_ok = by_path is not None and await _api_key_admits(scope, state)
+        key_project = await _api_key_project(scope, state) if by_path is not None else None
         try:
-            target = ports.target(sandbox_id, port, token, signature, api_key_ok)
+            target = await ports.target(sandbox_id, port, token, signature, key_project)
         except SandboxdError as exc:
             await _refuse(scope, receive, send, exc)
             return
@@ -182,19 +182,20 @@ def _is_api_key(name: bytes, value: bytes, server_key: str) -> bool:
     return bool(text) and (looks_like_key(text) or hmac.compare_digest(text.encode(), server_key.encode()))
 
 
-async def _api_key_admits(scope: Scope, state: ApiState) -> bool:
+async def _api_key_project(scope: Scope, state: ApiState) -> str | None:
     """The path route also admits an API key (the one check, services/auth.py) whose scopes allow
-    the method: a read key may GET a port's pages; a WebSocket, like any write, needs write."""
+    the method, to the sandboxes of its project: a read key may GET a port's pages; a WebSocket,
+    like any write, needs write. Returns that project, or None (no key, or one that does not
+    admit: the traffic token or a signature may still admit the request)."""
     headers = Headers(scope=scope)
     if not presented_credential(headers):
-        return False
+        return None
     try:
         principal = await state.services.auth.authenticate(headers)
+        needed = scope_for_method(scope["method"]) if scope["type"] == "http" else KeyScope.WRITE
+        return principal.project() if principal.allows(needed) else None
     except SandboxdError:
-        return False  # then the traffic token or a signature may still admit the request
-    needed = scope_for_method(scope["method"]) if scope["type"] == "http" else KeyScope.WRITE
-    # TODO(lead): give ports.target principal.project() so another project's sandbox is a 404.
-    return principal.allows(needed)
+        return None
 
 
 def _signature_cookie(scope: Scope, cookie_name: str, query: list[tuple[str, str]]) -> str | None:

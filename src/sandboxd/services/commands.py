@@ -18,7 +18,7 @@ from sandboxd.errors import RuntimeFailure
 from sandboxd.runtimes import agent_client as proto
 from sandboxd.runtimes.agent_client import AgentConnection
 from sandboxd.services.requests import RunCommand
-from sandboxd.services.sandboxes import SandboxService
+from sandboxd.services.lifecycle import SandboxService
 
 
 @dataclass

@@ -5,9 +5,8 @@ through it, never through another service's attributes."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sandboxd.config import Settings
 from sandboxd.runtimes.base import Runtime
@@ -15,12 +14,12 @@ from sandboxd.services.auth import AuthService
 from sandboxd.services.commands import CommandService
 from sandboxd.services.files import FileService
 from sandboxd.services.ports import PortService
-from sandboxd.services.sandboxes import SandboxService
+from sandboxd.services.lifecycle import SandboxService
 from sandboxd.services.templates import TemplateService
-from sandboxd.services.tenancy import InUse, TenancyService
-from sandboxd.store.sqlite import SqliteStore
-from sandboxd.store.tenancy_memory import MemoryTenancyStore
-from sandboxd.tenancy_domain import TenancyStore
+from sandboxd.services.supervisor import Supervisor
+from sandboxd.services.tenancy import TenancyService
+from sandboxd.store.base import Store
+from sandboxd.store.sql import open_store
 
 log = logging.getLogger("sandboxd")
 
@@ -30,71 +29,60 @@ class Services:
     settings: Settings
     runtime: Runtime
     sandboxes: SandboxService
+    supervisor: Supervisor
     commands: CommandService
     files: FileService
     templates: TemplateService
     ports: PortService
     auth: AuthService
     tenancy: TenancyService
-    _store: SqliteStore
-    _background: list[asyncio.Task[None]] = field(default_factory=list)
+    _store: Store
 
     @classmethod
     async def start(cls, settings: Settings, runtime: Runtime) -> Services:
         """Prepares the runtime, builds the services, and brings the store back in line with
         what is running (after a restart) before anything is served."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        store = SqliteStore(settings.data_dir / "sandboxd.db")
-        await runtime.start()
+        store = await open_store(settings.resolved_database_url())
+        try:
+            await store.ensure_default_tenant()
+            await runtime.start()
+        except BaseException:
+            await store.close()
+            raise
         sandboxes = SandboxService(settings, store, runtime)
+        supervisor = Supervisor(settings, store, runtime, sandboxes)
         commands = CommandService(sandboxes)
-        templates = TemplateService(settings, store, sandboxes, commands)
+        templates = TemplateService(settings, store, runtime, sandboxes, commands)
         # Create resolves templates, and builds create sandboxes: the one cycle, closed here.
         sandboxes.templates = templates
-        auth, tenancy = await start_tenancy(settings, MemoryTenancyStore(), _no_sandboxes_known)
+        auth = AuthService(store, settings.resolved_api_key())
+
+        async def in_use(project_id: str) -> bool:
+            return await sandboxes.has_sandboxes(project_id) or await templates.has_templates(project_id)
+
         services = cls(
             settings=settings,
             runtime=runtime,
             sandboxes=sandboxes,
+            supervisor=supervisor,
             commands=commands,
             files=FileService(sandboxes),
             templates=templates,
             ports=PortService(settings, sandboxes),
-            _store=store,
             auth=auth,
-            tenancy=tenancy,
+            tenancy=TenancyService(store, auth, in_use),
+            _store=store,
         )
-        await sandboxes.reconcile()
+        await supervisor.reconcile()
         await templates.reconcile()
-        services._background.append(asyncio.create_task(sandboxes.reaper()))
+        supervisor.start()
         return services
 
     async def close(self) -> None:
         """Stops background work; running sandboxes keep running for the next server."""
-        for task in self._background:
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.supervisor.shutdown()
         await self.templates.shutdown()
         await self.sandboxes.shutdown()
         await self.runtime.stop()
-        self._store.engine.dispose()
-
-
-async def start_tenancy(
-    settings: Settings, store: TenancyStore, has_sandboxes: InUse
-) -> tuple[AuthService, TenancyService]:
-    """The auth and tenancy services over a store that has the default tenant.
-
-    TO WIRE (lead), once the SQL store is in the container: call this with that store
-    (``open_store(settings.resolved_database_url())``) and a ``has_sandboxes(project_id)`` that
-    asks the sandbox service (sandboxes not ended, and templates, in that project), then delete
-    MemoryTenancyStore's use here and ``_no_sandboxes_known``."""
-    await store.ensure_default_tenant()
-    auth = AuthService(store, settings.resolved_api_key())
-    return auth, TenancyService(store, auth, has_sandboxes)
-
-
-async def _no_sandboxes_known(project_id: str) -> bool:
-    """INTERIM: sandboxes have no project until the SQL store lands; every sandbox is the default
-    project's, which cannot be deleted anyway."""
-    return False
+        await self._store.close()

@@ -9,7 +9,7 @@ from typing import Any
 from sandboxd.errors import InvalidRequest
 from sandboxd.runtimes.agent_client import Agent
 from sandboxd.services.requests import check_sandbox_path
-from sandboxd.services.sandboxes import SandboxService
+from sandboxd.services.lifecycle import SandboxService
 
 
 def sandbox_path(path: str, field: str = "path") -> str:

@@ -14,10 +14,18 @@ import time
 from dataclasses import dataclass
 
 from sandboxd.config import Settings
-from sandboxd.domain import Sandbox, State
-from sandboxd.errors import Conflict, Forbidden, InvalidRequest, NotFoundInSandbox, SandboxdError, SandboxNotRunning
+from sandboxd.domain import Sandbox, SandboxSpec, State
+from sandboxd.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFoundInSandbox,
+    SandboxdError,
+    SandboxNotFound,
+    SandboxNotRunning,
+)
 from sandboxd.services.requests import MAX_PORTS
-from sandboxd.services.sandboxes import SandboxService
+from sandboxd.services.lifecycle import SandboxService
 
 RECORD_TTL = 1.0
 TOKEN_HEADER = "x-sandbox-token"
@@ -53,8 +61,8 @@ class PortService:
 
     # -- exposing --------------------------------------------------------------------------------
 
-    def list(self, sandbox_id: str) -> list[dict[str, object]]:
-        sandbox = self.sandboxes.get(sandbox_id)
+    async def list(self, project_id: str, sandbox_id: str) -> list[dict[str, object]]:
+        sandbox = await self.sandboxes.get(project_id, sandbox_id)
         return [self.describe(sandbox, port) for port in sandbox.spec.ports]
 
     def describe(self, sandbox: Sandbox, port: int) -> dict[str, object]:
@@ -66,57 +74,71 @@ class PortService:
             "public": sandbox.spec.public_traffic,
         }
 
-    def describe_exposed(self, sandbox_id: str, port: int) -> dict[str, object]:
-        sandbox = self.sandboxes.get(sandbox_id)
+    async def describe_exposed(self, project_id: str, sandbox_id: str, port: int) -> dict[str, object]:
+        sandbox = await self.sandboxes.get(project_id, sandbox_id)
         if port not in sandbox.spec.ports:
             raise NotFoundInSandbox(f"port {port} is not exposed")
         return self.describe(sandbox, port)
 
-    def expose(self, sandbox_id: str, port: int) -> dict[str, object]:
+    async def expose(self, project_id: str, sandbox_id: str, port: int) -> dict[str, object]:
         if not 1 <= port <= 65535:
             raise InvalidRequest("port", f"port {port} is not between 1 and 65535")
-        sandbox = self.sandboxes.running(sandbox_id)
-        if port not in sandbox.spec.ports:
-            if len(sandbox.spec.ports) >= MAX_PORTS:
+
+        def add(spec: SandboxSpec) -> SandboxSpec:
+            if port in spec.ports:
+                return spec
+            if len(spec.ports) >= MAX_PORTS:
                 raise Conflict(f"sandbox {sandbox_id} already exposes {MAX_PORTS} ports")
-            sandbox.spec = sandbox.spec.model_copy(update={"ports": sorted([*sandbox.spec.ports, port])})
-            self.sandboxes.store.update(sandbox)
-            self._recent.pop(sandbox_id, None)
+            return spec.model_copy(update={"ports": sorted([*spec.ports, port])})
+
+        sandbox = await self.sandboxes.patch_spec(project_id, sandbox_id, add)
+        self._recent.pop(sandbox_id, None)
         return self.describe(sandbox, port)
 
-    def unexpose(self, sandbox_id: str, port: int) -> None:
-        sandbox = self.sandboxes.get(sandbox_id)
-        if port not in sandbox.spec.ports:
-            raise NotFoundInSandbox(f"port {port} is not exposed")
-        sandbox.spec = sandbox.spec.model_copy(update={"ports": [p for p in sandbox.spec.ports if p != port]})
-        self.sandboxes.store.update(sandbox)
+    async def unexpose(self, project_id: str, sandbox_id: str, port: int) -> None:
+        def remove(spec: SandboxSpec) -> SandboxSpec:
+            if port not in spec.ports:
+                raise NotFoundInSandbox(f"port {port} is not exposed")
+            return spec.model_copy(update={"ports": [p for p in spec.ports if p != port]})
+
+        await self.sandboxes.patch_spec(project_id, sandbox_id, remove, running=False)
         self._recent.pop(sandbox_id, None)
 
-    def sign(self, sandbox_id: str, port: int, expires_in: int) -> dict[str, object]:
-        sandbox = self.sandboxes.get(sandbox_id)
-        described = self.describe_exposed(sandbox_id, port)
+    async def sign(self, project_id: str, sandbox_id: str, port: int, expires_in: int) -> dict[str, object]:
+        sandbox = await self.sandboxes.get(project_id, sandbox_id)
+        described = await self.describe_exposed(project_id, sandbox_id, port)
         expires = int(time.time()) + expires_in
         signature = f"{expires}.{_mac(sandbox.traffic_token, port, expires)}"
         return {**described, "url": f"{described['url']}?{SIGNATURE_QUERY}={signature}", "expires_at": expires}
 
     # -- admitting traffic -----------------------------------------------------------------------
 
-    def target(
-        self, sandbox_id: str, port: int, token: str | None, signature: str | None, api_key_ok: bool = False
+    async def target(
+        self,
+        sandbox_id: str,
+        port: int,
+        token: str | None,
+        signature: str | None,
+        api_key_project: str | None = None,
     ) -> Target:
-        """Where traffic for sandbox_id:port goes, if the caller may send it there."""
+        """Where traffic for sandbox_id:port goes, if the caller may send it there.
+        api_key_project: the project of an API key the request carried (path route only); it
+        admits the sandboxes of that project, and another project's is not found."""
         now = time.monotonic()
         cached = self._recent.get(sandbox_id)
         if cached is not None and now - cached[0] < RECORD_TTL:
             sandbox = cached[1]
         else:
-            sandbox = self.sandboxes.get(sandbox_id)  # unknown: 404
+            sandbox = await self.sandboxes.get(None, sandbox_id)  # unknown: 404
             if len(self._recent) > 10000:
                 self._recent.clear()
             self._recent[sandbox_id] = (now, sandbox)
+        if api_key_project is not None and api_key_project != sandbox.project_id:
+            raise SandboxNotFound(sandbox_id)
         if port not in sandbox.spec.ports:
             raise NotFoundInSandbox(f"port {port} of sandbox {sandbox_id} is not exposed")
-        if not (sandbox.spec.public_traffic or api_key_ok or self._admitted(sandbox, port, token, signature)):
+        admitted = api_key_project is not None or self._admitted(sandbox, port, token, signature)
+        if not (sandbox.spec.public_traffic or admitted):
             raise Forbidden(
                 f"port {port} of sandbox {sandbox_id} is private: send its traffic token "
                 f"({TOKEN_HEADER} header or {TOKEN_QUERY} parameter) or a signed URL"

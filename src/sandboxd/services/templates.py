@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from sandboxd.config import Settings
-from sandboxd.domain import BuildState, Limits, SandboxSpec, TemplateVersion, utcnow
+from sandboxd.domain import SHARED_PROJECT, BuildState, Limits, SandboxSpec, TemplateVersion, utcnow
 from sandboxd.errors import Conflict, InvalidRequest, SandboxdError
 from sandboxd.services.commands import CommandService, Gap, Output
 from sandboxd.services.requests import (
@@ -38,8 +38,9 @@ from sandboxd.services.requests import (
     UserStep,
     WorkdirStep,
 )
-from sandboxd.services.sandboxes import SandboxService
-from sandboxd.store.base import TemplateStore
+from sandboxd.services.lifecycle import SandboxService
+from sandboxd.runtimes.base import Runtime
+from sandboxd.store.base import Store
 
 log = logging.getLogger("sandboxd.templates")
 
@@ -68,13 +69,13 @@ class _Context:
 
 class TemplateService:
     def __init__(
-        self, settings: Settings, store: TemplateStore, sandboxes: SandboxService, commands: CommandService
+        self, settings: Settings, store: Store, runtime: Runtime, sandboxes: SandboxService, commands: CommandService
     ) -> None:
         self.settings = settings
         self.store = store
+        self.runtime = runtime
         self.sandboxes = sandboxes
         self.commands = commands
-        self.runtime = sandboxes.runtime
         self.log_dir = settings.data_dir / "builds"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._builds: dict[str, asyncio.Task[None]] = {}
@@ -82,31 +83,33 @@ class TemplateService:
 
     # -- building --------------------------------------------------------------------------------
 
-    async def build(self, definition: CreateTemplate, no_cache: bool = False) -> TemplateVersion:
-        """Starts building the next version of definition.name; returns it while it builds.
-        no_cache runs every step again (an apt-get upgrade that should pick up new packages);
-        its layers then replace the cached ones."""
-        async with self._name_locks.setdefault(definition.name, asyncio.Lock()):
-            latest = self.store.get_template(definition.name)
+    async def build(self, project_id: str, definition: CreateTemplate, no_cache: bool = False) -> TemplateVersion:
+        """Starts building the next version of definition.name in the project; returns it while
+        it builds. no_cache runs every step again (an apt-get upgrade that should pick up new
+        packages); its layers then replace the cached ones."""
+        async with self._name_locks.setdefault(f"{project_id}/{definition.name}", asyncio.Lock()):
+            latest = await self.store.get_template(project_id, definition.name)
             version = TemplateVersion(
+                project_id=project_id,
                 name=definition.name,
                 version=(latest.version + 1) if latest else 1,
                 definition=definition.model_dump(mode="json"),
                 state=BuildState.BUILDING,
                 created_at=utcnow(),
             )
-            self.store.insert_template(version)
+            await self.store.insert_template(version)
+        self.log_path(version).parent.mkdir(mode=0o700, exist_ok=True)
         self.log_path(version).write_bytes(b"")
         task = asyncio.create_task(self._build(version, definition, no_cache))
-        self._builds[version.ref] = task
-        task.add_done_callback(lambda _t: self._builds.pop(version.ref, None))
+        self._builds[_key(version)] = task
+        task.add_done_callback(lambda _t: self._builds.pop(_key(version), None))
         return version
 
     async def wait(self, version: TemplateVersion) -> TemplateVersion:
-        task = self._builds.get(version.ref)
+        task = self._builds.get(_key(version))
         if task is not None:
             await asyncio.shield(task)
-        return self.get(version.name, version.version)
+        return await self.get(version.project_id, version.name, version.version)
 
     async def _build(self, version: TemplateVersion, definition: CreateTemplate, no_cache: bool) -> None:
         with open(self.log_path(version), "ab", buffering=0) as out:
@@ -135,7 +138,8 @@ class TemplateService:
                 say(f"==> build failed: {exc}")
             finally:
                 version.finished_at = utcnow()
-                self.store.update_template(version)
+                patch = {f: getattr(version, f) for f in ("state", "image", "steps_cached", "message", "finished_at")}
+                await self.store.update_template(version.project_id, version.name, version.version, patch)
 
     async def _run_steps(
         self, version: TemplateVersion, definition: CreateTemplate, say: Callable[[str], None], no_cache: bool = False
@@ -205,13 +209,13 @@ class TemplateService:
             limits=Limits(cpu=s.max_cpu, memory_mb=s.build_memory_mb, pids=s.build_pids, disk_mb=s.build_disk_mb),
             timeout=int(timeout) + 120,
         )
-        sandbox = await self.sandboxes.launch(spec)
+        sandbox = await self.sandboxes.launch(version.project_id, spec)
         try:
             if isinstance(step, RunStep):
                 cmd = RunCommand(command=step.command, user=ctx.user, cwd=ctx.cwd, timeout=step.timeout)
                 exit_info: dict[str, Any] = {}
                 pending = b""
-                async for item in await self.commands.stream(sandbox.id, cmd):
+                async for item in await self.commands.stream(None, sandbox.id, cmd):
                     if isinstance(item, Output):
                         pending += item.data
                         *lines, pending = pending.split(b"\n")
@@ -242,33 +246,46 @@ class TemplateService:
                 await agent.upload(body(), "write", path=step.path, mode=step.mode, parents=True)
                 say(f"    wrote {len(data)} bytes")
         except BaseException:
-            await self.sandboxes.delete(sandbox.id, "template_step_failed")
+            await self.sandboxes.delete(None, sandbox.id, "template_step_failed")
             raise
         return await self.sandboxes.commit_and_delete(sandbox.id, "template_step_done")
 
     # -- reading and removing --------------------------------------------------------------------
 
-    def get(self, name: str, version: int | None = None) -> TemplateVersion:
-        found = self.store.get_template(name, version)
+    async def _find(
+        self, project_id: str, name: str, version: int | None = None, ready: bool = False
+    ) -> TemplateVersion | None:
+        """The project's own template of that name; else, for a name the operator defines (a
+        shipped or configured definition, a runtime's), the shared one."""
+        found = await self.store.get_template(project_id, name, version, ready)
+        if found is None and project_id != SHARED_PROJECT and self.definition(name) is not None:
+            found = await self.store.get_template(SHARED_PROJECT, name, version, ready)
+        return found
+
+    async def get(self, project_id: str, name: str, version: int | None = None) -> TemplateVersion:
+        found = await self._find(project_id, name, version)
         if found is None:
             raise TemplateNotFound(name if version is None else f"{name}:{version}")
         return found
 
-    def find(self, name: str | None = None) -> list[TemplateVersion]:
-        return self.store.find_templates(name)
+    async def find(self, project_id: str, name: str | None = None) -> list[TemplateVersion]:
+        return await self.store.find_templates(project_id, name)
+
+    async def has_templates(self, project_id: str) -> bool:
+        return bool(await self.store.find_templates(project_id))
 
     def log_path(self, version: TemplateVersion) -> Path:
-        return self.log_dir / f"{version.name}-{version.version}.log"
+        return self.log_dir / version.project_id / f"{version.name}-{version.version}.log"
 
-    def logs(self, name: str, version: int, offset: int, follow: bool) -> AsyncIterator[bytes]:
+    async def logs(self, project_id: str, name: str, version: int, offset: int, follow: bool) -> AsyncIterator[bytes]:
         """The build log from a byte offset; with follow, until the build ends."""
-        found = self.get(name, version)
+        found = await self.get(project_id, name, version)
         path = self.log_path(found)
 
         async def chunks() -> AsyncIterator[bytes]:
             position = offset
             while True:
-                building = self.get(name, version).state == BuildState.BUILDING
+                building = (await self.get(project_id, name, version)).state == BuildState.BUILDING
                 try:
                     with open(path, "rb") as f:
                         f.seek(position)
@@ -283,18 +300,25 @@ class TemplateService:
 
         return chunks()
 
-    async def delete(self, name: str, version: int) -> None:
-        found = self.get(name, version)
+    async def delete(self, project_id: str, name: str, version: int) -> None:
+        found = await self.store.get_template(project_id, name, version)  # a project deletes only its own
+        if found is None:
+            raise TemplateNotFound(f"{name}:{version}")
         if found.state == BuildState.BUILDING:
             raise Conflict(f"template {found.ref} is still building")
-        shared = any(v.image == found.image and v.version != version for v in self.store.find_templates(name))
+        # Images are named by content: another version, or another project's identical build,
+        # may be using the same one.
+        shared = any(
+            v.image == found.image and (v.project_id, v.name, v.version) != (project_id, name, version)
+            for v in await self.store.find_all_templates()
+        )
         if found.image is not None and not shared:
             try:
                 await asyncio.to_thread(self.runtime.delete_image, found.image)
             except SandboxdError as exc:
                 if exc.code != "IMAGE_NOT_FOUND":
                     raise
-        self.store.delete_template(name, version)
+        await self.store.delete_template(project_id, name, version)
         self.log_path(found).unlink(missing_ok=True)
 
     # -- sandboxes from templates and runtimes ---------------------------------------------------
@@ -309,10 +333,10 @@ class TemplateService:
             )
         return template
 
-    def runtimes(self) -> list[tuple[str, str, TemplateVersion | None]]:
+    async def runtimes(self) -> list[tuple[str, str, TemplateVersion | None]]:
         """The configured runtimes: name, the template it names, and its newest ready build."""
         return [
-            (runtime, template, self.store.get_template(template, ready=True))
+            (runtime, template, await self.store.get_template(SHARED_PROJECT, template, ready=True))
             for runtime, template in sorted(self.settings.runtimes.items())
         ]
 
@@ -323,33 +347,37 @@ class TemplateService:
             raise InvalidRequest("runtime", f"runtime {runtime!r} names template {template!r}, which has no definition")
         return definition
 
-    def check(self, template: str) -> None:
+    async def build_runtime(self, runtime: str, no_cache: bool = False) -> TemplateVersion:
+        """Builds (again) a runtime's template, shared by every project."""
+        return await self.build(SHARED_PROJECT, self.runtime_definition(runtime), no_cache)
+
+    async def check(self, project_id: str, template: str) -> None:
         """Refuses at once a template that neither exists nor can be built from a definition."""
         name, version = _split_ref(template)
-        if self.store.get_template(name, version, ready=version is None) is not None:
+        if await self._find(project_id, name, version, ready=version is None) is not None:
             return
         if version is None and self.definition(name) is not None:
             return  # built on first use
         raise TemplateNotFound(template)
 
-    async def image_for(self, template: str, progress: Callable[[str, str], None]) -> tuple[str, str]:
-        """(image, name:version) for a template reference; a runtime's template that was never
-        built is built now, its progress shown on the waiting sandbox."""
+    async def image_for(self, project_id: str, template: str, progress: Callable[[str, str], None]) -> tuple[str, str]:
+        """(image, name:version) for a template reference; an operator's template that was never
+        built is built now (shared by every project), its progress shown on the waiting sandbox."""
         name, version = _split_ref(template)
-        found = self.store.get_template(name, version, ready=version is None)
+        found = await self._find(project_id, name, version, ready=version is None)
         if found is None and version is None:
             definition = self.definition(name)
             if definition is None:
                 raise TemplateNotFound(template)
             async with self._name_locks.setdefault(f"first-build:{name}", asyncio.Lock()):
-                found = self.store.get_template(name, ready=True)
-                latest = self.store.get_template(name)
+                found = await self.store.get_template(SHARED_PROJECT, name, ready=True)
+                latest = await self.store.get_template(SHARED_PROJECT, name)
                 if found is None and latest is not None and _recent_failure(latest):
                     # Creates queued behind a failed build get its failure, not a build each.
                     found = latest
                 elif found is None:
                     progress("building_template", f"building template {name} (first use)")
-                    found = await self.wait(await self.build(definition))
+                    found = await self.wait(await self.build(SHARED_PROJECT, definition))
         if found is None:
             raise TemplateNotFound(template)
         if found.state != BuildState.READY or found.image is None:
@@ -378,17 +406,13 @@ class TemplateService:
 
     async def reconcile(self) -> None:
         """Builds cut short by a server stop failed; their step sandboxes go."""
-        for version in self.store.find_templates():
-            if version.state == BuildState.BUILDING and version.ref not in self._builds:
-                version.state, version.message = BuildState.FAILED, "the server stopped during the build"
-                version.finished_at = utcnow()
-                self.store.update_template(version)
-        for sandbox in self.sandboxes.store.active():
-            if BUILD_LABEL in sandbox.spec.metadata:
-                try:
-                    await self.sandboxes.delete(sandbox.id, "template_build_ended")
-                except SandboxdError:
-                    log.exception("could not remove a build sandbox", extra={"sandbox_id": sandbox.id})
+        for version in await self.store.find_all_templates():
+            if version.state == BuildState.BUILDING and _key(version) not in self._builds:
+                patch = {"state": BuildState.FAILED, "message": "the server stopped during the build"}
+                await self.store.update_template(
+                    version.project_id, version.name, version.version, {**patch, "finished_at": utcnow()}
+                )
+        await self.sandboxes.delete_labelled(BUILD_LABEL, "template_build_ended")
 
     async def shutdown(self) -> None:
         for task in list(self._builds.values()):
@@ -403,6 +427,10 @@ def _recent_failure(version: TemplateVersion) -> bool:
     if version.state != BuildState.FAILED or version.finished_at is None:
         return False
     return (utcnow() - version.finished_at).total_seconds() < RETRY_FAILED_BUILD_AFTER
+
+
+def _key(version: TemplateVersion) -> str:
+    return f"{version.project_id}/{version.ref}"
 
 
 def _split_ref(ref: str) -> tuple[str, int | None]:

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 from pydantic import BaseModel, Field
 
-from sandboxd.api.deps import Ports
+from sandboxd.api.deps import Ports, ProjectId
 from sandboxd.api.params import PortNumber
 from sandboxd.api.routing import CheckedRoute
 
@@ -27,13 +27,13 @@ class ExposePort(BaseModel):
 
 
 @router.get("", response_model=list[PortOut])
-async def list_ports(sandbox_id: str, service: Ports) -> list[PortOut]:
-    return [PortOut.model_validate(p) for p in service.list(sandbox_id)]
+async def list_ports(sandbox_id: str, service: Ports, project: ProjectId) -> list[PortOut]:
+    return [PortOut.model_validate(p) for p in await service.list(project, sandbox_id)]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=PortOut)
-async def expose_port(sandbox_id: str, body: ExposePort, service: Ports) -> PortOut:
-    return PortOut.model_validate(service.expose(sandbox_id, body.port))
+async def expose_port(sandbox_id: str, body: ExposePort, service: Ports, project: ProjectId) -> PortOut:
+    return PortOut.model_validate(await service.expose(project, sandbox_id, body.port))
 
 
 @router.get("/{port}", response_model=PortOut)
@@ -41,14 +41,15 @@ async def port_url(
     sandbox_id: str,
     port: PortNumber,
     service: Ports,
+    project: ProjectId,
     signed: Annotated[bool, Query(description="A URL that carries its own expiring signature.")] = False,
     expires_in: Annotated[int, Query(ge=1, le=7 * 24 * 3600)] = 3600,
 ) -> PortOut:
     if signed:
-        return PortOut.model_validate(service.sign(sandbox_id, port, expires_in))
-    return PortOut.model_validate(service.describe_exposed(sandbox_id, port))
+        return PortOut.model_validate(await service.sign(project, sandbox_id, port, expires_in))
+    return PortOut.model_validate(await service.describe_exposed(project, sandbox_id, port))
 
 
 @router.delete("/{port}", status_code=status.HTTP_204_NO_CONTENT)
-async def unexpose_port(sandbox_id: str, port: PortNumber, service: Ports) -> None:
-    service.unexpose(sandbox_id, port)
+async def unexpose_port(sandbox_id: str, port: PortNumber, service: Ports, project: ProjectId) -> None:
+    await service.unexpose(project, sandbox_id, port)

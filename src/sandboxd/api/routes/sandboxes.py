@@ -5,7 +5,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response, status
 from pydantic import BaseModel, Field
 
-from sandboxd.api.deps import Sandboxes
+from sandboxd.api.deps import ProjectId, Sandboxes
 from sandboxd.api.models import RenewTimeout, SandboxList, SandboxOut
 from sandboxd.api.routing import CheckedRoute
 from sandboxd.domain import State
@@ -19,10 +19,11 @@ router = APIRouter(prefix="/api/v1/sandboxes", tags=["sandboxes"], route_class=C
 async def create_sandbox(
     body: CreateSandbox,
     service: Sandboxes,
+    project: ProjectId,
     response: Response,
     wait: Annotated[bool, Query(description="Return once running; false answers 202 while pending.")] = True,
 ) -> SandboxOut:
-    sandbox = await service.create(body, wait=wait)
+    sandbox = await service.create(project, body, wait=wait)
     response.headers["Location"] = f"/api/v1/sandboxes/{sandbox.id}"
     if not wait:
         response.status_code = status.HTTP_202_ACCEPTED
@@ -32,6 +33,7 @@ async def create_sandbox(
 @router.get("", response_model=SandboxList)
 async def list_sandboxes(
     service: Sandboxes,
+    project: ProjectId,
     state: Annotated[list[State] | None, Query(description="Repeat to match any of several.")] = None,
     label: Annotated[list[str] | None, Query(description="key=value; repeat to require several.")] = None,
     cursor: str | None = None,
@@ -43,25 +45,25 @@ async def list_sandboxes(
         if not sep or not key:
             raise InvalidRequest("label", f"label filter {item!r} must be key=value")
         labels[key] = value
-    items = service.find(state, labels, cursor, limit + 1)
+    items = await service.find(project, state, labels, cursor, limit + 1)
     page = items[:limit]
     more = len(items) > limit
     return SandboxList(items=[SandboxOut.of(s) for s in page], next_cursor=page[-1].id if more else None)
 
 
 @router.get("/{sandbox_id}", response_model=SandboxOut)
-async def get_sandbox(sandbox_id: str, service: Sandboxes) -> SandboxOut:
-    return SandboxOut.of(service.get(sandbox_id))
+async def get_sandbox(sandbox_id: str, service: Sandboxes, project: ProjectId) -> SandboxOut:
+    return SandboxOut.of(await service.get(project, sandbox_id))
 
 
 @router.delete("/{sandbox_id}", response_model=SandboxOut)
-async def delete_sandbox(sandbox_id: str, service: Sandboxes) -> SandboxOut:
-    return SandboxOut.of(await service.delete(sandbox_id))
+async def delete_sandbox(sandbox_id: str, service: Sandboxes, project: ProjectId) -> SandboxOut:
+    return SandboxOut.of(await service.delete(project, sandbox_id))
 
 
 @router.post("/{sandbox_id}/timeout", response_model=SandboxOut)
-async def renew_timeout(sandbox_id: str, body: RenewTimeout, service: Sandboxes) -> SandboxOut:
-    return SandboxOut.of(service.renew(sandbox_id, body.timeout))
+async def renew_timeout(sandbox_id: str, body: RenewTimeout, service: Sandboxes, project: ProjectId) -> SandboxOut:
+    return SandboxOut.of(await service.renew(project, sandbox_id, body.timeout))
 
 
 class EgressOut(BaseModel):
@@ -71,14 +73,14 @@ class EgressOut(BaseModel):
 
 
 @router.get("/{sandbox_id}/egress", response_model=EgressOut)
-async def get_egress(sandbox_id: str, service: Sandboxes) -> EgressOut:
+async def get_egress(sandbox_id: str, service: Sandboxes, project: ProjectId) -> EgressOut:
     """The sandbox's egress policy and how often it refused something."""
-    return EgressOut(**await service.egress_status(sandbox_id))
+    return EgressOut(**await service.egress_status(project, sandbox_id))
 
 
 @router.put("/{sandbox_id}/egress", response_model=EgressOut)
-async def set_egress(sandbox_id: str, body: EgressPolicy, service: Sandboxes) -> EgressOut:
+async def set_egress(sandbox_id: str, body: EgressPolicy, service: Sandboxes, project: ProjectId) -> EgressOut:
     """Replaces the policy of a running sandbox; it applies from the next packet and lookup on.
     Connections to targets it no longer allows are cut."""
-    await service.set_egress(sandbox_id, body)
-    return EgressOut(**await service.egress_status(sandbox_id))
+    await service.set_egress(project, sandbox_id, body)
+    return EgressOut(**await service.egress_status(project, sandbox_id))

@@ -1,0 +1,463 @@
+"""Sandbox lifecycle: the state machine, create and delete, and the calls on one sandbox.
+
+Every state change goes through ``transition`` and is written to the store (compare-and-set on
+the state) before anything else happens, so a server killed at any point finds on restart what it
+was doing: a ``pending`` record whose resources may be half made, a ``stopping`` one whose
+resources may be half removed. Other changes patch only their own fields, so a renew, an expose
+and an egress change that land together all survive.
+
+Every public call takes the caller's project: a sandbox of another project is not found. None is
+the server's own duties (builds, the supervisor), which see every project.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from typing import Any, Protocol
+
+from sandboxd.config import Settings
+from sandboxd.domain import TRANSITIONS, Sandbox, SandboxSpec, State, Status, new_id, utcnow
+from sandboxd.errors import (
+    Conflict,
+    InvalidRequest,
+    NotReady,
+    RuntimeFailure,
+    SandboxdError,
+    SandboxExhausted,
+    SandboxNotFound,
+    SandboxNotRunning,
+)
+from sandboxd.runtimes import agent_client as proto
+from sandboxd.runtimes.agent_client import Agent, AgentConnection
+from sandboxd.runtimes.base import Runtime
+from sandboxd.runtimes.outbound import Fetch
+from sandboxd.runtimes.policy import Policy
+from sandboxd.runtimes.registry import outbound_rules
+from sandboxd.services.requests import CreateSandbox, EgressPolicy
+from sandboxd.services.sources import GitSource, TarballSource, git_archive, tarball_archive
+from sandboxd.services.specs import build_spec, egress_rules
+from sandboxd.store.base import Store
+
+log = logging.getLogger("sandboxd.lifecycle")
+
+# The states a sandbox may be in for a change to `state` to be written.
+FROM: dict[State, set[State]] = {
+    state: {before for before, after in TRANSITIONS.items() if state in after} | {state} for state in State
+}
+# How often a field patch is retried when another change of the same record lands in between.
+PATCH_ATTEMPTS = 20
+
+
+class Templates(Protocol):
+    """What create needs of the template service (which is built on this one)."""
+
+    def runtime_template(self, runtime: str) -> str: ...
+
+    async def check(self, project_id: str, template: str) -> None: ...
+
+    async def image_for(
+        self, project_id: str, template: str, progress: Callable[[str, str], None]
+    ) -> tuple[str, str]: ...
+
+
+class SandboxService:
+    def __init__(self, settings: Settings, store: Store, runtime: Runtime) -> None:
+        self.settings = settings
+        self.store = store
+        self.runtime = runtime
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.templates: Templates | None = None  # set once the template service exists
+        self.on_transition: list[Callable[[str, State], None]] = []  # told of every state change
+
+    # -- create ----------------------------------------------------------------------------------
+
+    async def create(self, project_id: str, req: CreateSandbox, wait: bool = True) -> Sandbox:
+        templates = self.templates
+        spec = build_spec(self.settings, req, templates.runtime_template if templates else None)
+        # Credentials go to the runtime for this create only: they are not part of the record.
+        auth = (req.image_auth.username, req.image_auth.password) if req.image_auth else None
+        return await self.launch(project_id, spec, auth, wait)
+
+    async def launch(
+        self,
+        project_id: str,
+        spec: SandboxSpec,
+        auth: tuple[str, str] | None = None,
+        wait: bool = True,
+        *,
+        name: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Sandbox:
+        """Creates a sandbox from a finished spec (the API's requests and template builds).
+        A name or idempotency key already held in the project returns that sandbox (the same
+        key: a retried create) or is a conflict (a name in use)."""
+        if spec.template:
+            if self.templates is None:
+                raise InvalidRequest("template", "this server has no templates")
+            await self.templates.check(project_id, spec.template)
+        else:
+            self.runtime.check(spec)
+        now = utcnow()
+        sandbox = Sandbox(
+            id=new_id(),
+            project_id=project_id,
+            name=name,
+            idempotency_key=idempotency_key,
+            spec=spec,
+            status=Status(state=State.PENDING, reason="creating", changed_at=now),
+            created_at=now,
+            expires_at=now + timedelta(seconds=spec.timeout),
+            traffic_token=secrets.token_urlsafe(24),
+        )
+        stored, inserted = await self.store.insert_if_absent(sandbox)
+        if not inserted:
+            if idempotency_key is not None and stored.idempotency_key == idempotency_key:
+                return stored
+            raise Conflict(f"a sandbox named {name!r} exists in this project", "name")
+        task = asyncio.create_task(self._start(sandbox, auth))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if wait:
+            error = await asyncio.shield(task)
+            if error is not None:
+                # The record stays (failed, with the reason); the caller gets the error itself.
+                raise error
+            return await self.get(project_id, sandbox.id)
+        return sandbox
+
+    async def _start(self, sandbox: Sandbox, auth: tuple[str, str] | None = None) -> SandboxdError | None:
+        """Runs the runtime's create; returns the error that failed it, if one did."""
+        if sandbox.spec.template and self.templates is not None:
+            # Outside the sandbox's lock: a first-use build can take minutes, and a delete (or the
+            # reaper) must not wait for it. Nothing of the sandbox exists yet.
+            try:
+                image, ref = await self.templates.image_for(
+                    sandbox.project_id, sandbox.spec.template, self._progress(sandbox.id)
+                )
+            except SandboxdError as exc:
+                await self.transition(sandbox.id, State.FAILED, "create_failed", exc.message)
+                return exc
+            sandbox.spec = sandbox.spec.model_copy(update={"image": image, "template": ref})
+            await self.store.update_if(sandbox.id, {"spec": sandbox.spec}, expected_states=[State.PENDING])
+        async with self.lock(sandbox.id):
+            current = await self.store.get_sandbox(sandbox.id, None)
+            if current is None or current.status.state != State.PENDING:
+                return None  # deleted while its template was being built
+            try:
+                record = await self.runtime.create(sandbox.id, sandbox.spec, self._progress(sandbox.id), auth)
+                # The record shows what the sandbox got: the image's env, cwd and user under the request's.
+                sandbox.spec = sandbox.spec.resolved(self.runtime.image_config(sandbox.spec.image))
+            except SandboxdError as exc:
+                await self.transition(sandbox.id, State.FAILED, "create_failed", exc.message)
+                return exc
+            except Exception as exc:
+                log.exception("create failed", extra={"sandbox_id": sandbox.id})
+                await self.transition(sandbox.id, State.FAILED, "create_failed", str(exc))
+                return RuntimeFailure(f"sandbox {sandbox.id} failed to start: {exc}")
+            patched = await self.store.update_if(
+                sandbox.id, {"runtime": record, "spec": sandbox.spec}, expected_states=[State.PENDING]
+            )
+            if patched is None:
+                # Deleted while starting: the delete is waiting on our lock to finish the job.
+                await self.runtime.destroy(sandbox.id, record)
+                return None
+            if sandbox.spec.source:
+                error = await self._fill_from_source(patched)
+                if error is not None:
+                    return error
+            if sandbox.spec.ready_check:
+                error = await self._wait_until_ready(patched)
+                if error is not None:
+                    return error
+            await self.transition(sandbox.id, State.RUNNING, "started")
+            return None
+
+    async def _fill_from_source(self, sandbox: Sandbox) -> SandboxdError | None:
+        """Unpacks the requested git repository or tarball into the sandbox's cwd; on failure the
+        sandbox is removed and the error (naming what failed) is returned."""
+        source = sandbox.spec.source or {}
+        self._progress(sandbox.id)("fetching_source", str(source.get("url")))
+        # Fetched by the server on the sandbox's behalf: under its egress policy, and never from
+        # where the server sits but the sandbox cannot reach.
+        fetch = Fetch(outbound_rules(self.settings), "source.url", Policy.of(sandbox.spec.egress_rules))
+        try:
+            if source["type"] == "git":
+                archive = await asyncio.to_thread(git_archive, GitSource.model_validate(source), fetch)
+            else:
+                archive = await asyncio.to_thread(tarball_archive, TarballSource.model_validate(source), fetch)
+            agent = self.runtime.agent(sandbox.id, sandbox.runtime)
+            await agent.upload(archive, "tar_put", path=sandbox.spec.cwd)
+        except SandboxdError as exc:
+            await self.runtime.destroy(sandbox.id, sandbox.runtime)
+            message = exc.message
+            await self.transition(sandbox.id, State.FAILED, "source_failed", message)
+            return exc if (exc.field or "").startswith("source") else InvalidRequest("source", message)
+        return None
+
+    async def _wait_until_ready(self, sandbox: Sandbox) -> SandboxdError | None:
+        """Runs the template's readiness check until it passes; past its timeout the sandbox is
+        removed and the error carries the check's last output."""
+        check = sandbox.spec.ready_check or {}
+        command = check["command"]
+        argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
+        agent = self.runtime.agent(sandbox.id, sandbox.runtime)
+        self._progress(sandbox.id)("waiting_ready", "running the readiness check")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + float(check.get("timeout", 30))
+        last = ""
+        while loop.time() < deadline:
+            try:
+                conn, _ = await agent.open(
+                    "spawn",
+                    argv=argv,
+                    env=sandbox.spec.env,
+                    cwd=sandbox.spec.cwd,
+                    user=sandbox.spec.user,
+                    attach=True,
+                    stdin=False,
+                    timeout=max(deadline - loop.time(), 0.1),
+                )
+                output, info = await _collect(conn)
+                if info.get("exit_code") == 0:
+                    return None
+                last = output.decode(errors="replace").strip()[-500:] or f"exit code {info.get('exit_code')}"
+            except SandboxdError as exc:
+                last = exc.message
+            await asyncio.sleep(float(check.get("interval", 0.2)))
+        await self.runtime.destroy(sandbox.id, sandbox.runtime)
+        message = f"the readiness check did not pass within {check.get('timeout', 30)} s: {last}"
+        await self.transition(sandbox.id, State.FAILED, "not_ready", message)
+        return NotReady(message, "template")
+
+    def _progress(self, sandbox_id: str) -> Callable[[str, str], None]:
+        """A progress reporter the runtime may call from any thread: the pending sandbox's reason
+        and message show it (at most a few writes a second)."""
+        loop = asyncio.get_running_loop()
+        last = [0.0]
+
+        def write(step: str, message: str) -> None:
+            status = Status(state=State.PENDING, reason=step, message=message, changed_at=utcnow())
+            self._background(self.store.update_if(sandbox_id, {"status": status}, expected_states=[State.PENDING]))
+
+        def report(step: str, message: str) -> None:
+            if time.monotonic() - last[0] >= 0.2:
+                last[0] = time.monotonic()
+                loop.call_soon_threadsafe(write, step, message)
+
+        return report
+
+    def _background(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    async def get(self, project_id: str | None, sandbox_id: str) -> Sandbox:
+        sandbox = await self.store.get_sandbox(sandbox_id, project_id)
+        if sandbox is None:
+            raise SandboxNotFound(sandbox_id)
+        return sandbox
+
+    async def find(
+        self,
+        project_id: str,
+        states: list[State] | None,
+        labels: dict[str, str] | None,
+        after: str | None,
+        limit: int,
+    ) -> list[Sandbox]:
+        return await self.store.find_sandboxes(project_id, states=states, labels=labels, after=after, limit=limit)
+
+    async def has_sandboxes(self, project_id: str) -> bool:
+        """Whether the project has a sandbox not yet ended (a project in use is not deleted)."""
+        live = [s for s in State if not s.ended]
+        return bool(await self.store.find_sandboxes(project_id, states=live, limit=1))
+
+    async def running(self, project_id: str | None, sandbox_id: str) -> Sandbox:
+        sandbox = await self.get(project_id, sandbox_id)
+        if sandbox.status.state != State.RUNNING:
+            raise SandboxNotRunning(sandbox_id, sandbox.status.state.value)
+        return sandbox
+
+    async def agent(self, project_id: str | None, sandbox_id: str) -> tuple[Sandbox, Agent]:
+        sandbox = await self.running(project_id, sandbox_id)
+        return sandbox, self.runtime.agent(sandbox.id, sandbox.runtime)
+
+    async def oom_kills(self, sandbox_id: str) -> int:
+        return self.runtime.oom_kills(sandbox_id)
+
+    async def census(self) -> tuple[dict[State, int], list[tuple[str, dict[str, int]]]]:
+        """Sandboxes not yet ended by state, and each running one's egress refusals (metrics)."""
+        counts = dict.fromkeys(State, 0)
+        refusals = []
+        for sandbox in await self.store.active():
+            counts[sandbox.status.state] += 1
+            if sandbox.status.state == State.RUNNING:
+                refusals.append((sandbox.id, await self.runtime.egress_refusals(sandbox.id)))
+        return counts, refusals
+
+    def entrypoint_logs(self, project_id: str, sandbox_id: str, offset: int) -> AsyncIterator[bytes]:
+        """The entrypoint's output from a byte offset; it outlives the sandbox until the record
+        goes. An unknown sandbox raises on the first read."""
+
+        async def chunks() -> AsyncIterator[bytes]:
+            await self.get(project_id, sandbox_id)
+            path = self.runtime.logs_path(sandbox_id)
+            try:
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    while chunk := f.read(65536):
+                        yield chunk
+            except FileNotFoundError:
+                return
+
+        return chunks()
+
+    # -- changing --------------------------------------------------------------------------------
+
+    async def delete(
+        self, project_id: str | None, sandbox_id: str, reason: str = "deleted", message: str = ""
+    ) -> Sandbox:
+        sandbox = await self.get(project_id, sandbox_id)
+        if sandbox.status.state.ended:
+            return sandbox
+        if sandbox.status.state != State.STOPPING:
+            await self.transition(sandbox_id, State.STOPPING, reason, message)
+        async with self.lock(sandbox_id):
+            current = await self.get(None, sandbox_id)
+            if current.status.state.ended:
+                return current
+            await self.runtime.destroy(current.id, current.runtime)
+            return await self.transition(sandbox_id, State.TERMINATED, reason, message)
+
+    async def commit_and_delete(self, sandbox_id: str, reason: str) -> str:
+        """Ends a running sandbox keeping its writable layer, which becomes a new layer; returns
+        its id. Stopping goes first: the supervisor stops watching it, and would otherwise take
+        the init's death for a crash and remove the sandbox's directories while the layer is
+        being taken."""
+        await self.running(None, sandbox_id)
+        await self.transition(sandbox_id, State.STOPPING, reason)
+        async with self.lock(sandbox_id):
+            current = await self.get(None, sandbox_id)
+            try:
+                return await self.runtime.commit(sandbox_id, current.runtime)
+            finally:
+                await self.runtime.destroy(current.id, current.runtime)
+                await self.transition(sandbox_id, State.TERMINATED, reason)
+
+    async def renew(self, project_id: str, sandbox_id: str, timeout: int) -> Sandbox:
+        if timeout > self.settings.max_timeout:
+            raise InvalidRequest("timeout", f"timeout must be at most {self.settings.max_timeout} seconds")
+        await self.running(project_id, sandbox_id)
+        renewed = await self.store.update_if(
+            sandbox_id,
+            {"expires_at": utcnow() + timedelta(seconds=timeout)},
+            project_id=project_id,
+            expected_states=[State.RUNNING],
+        )
+        if renewed is None:
+            await self.running(project_id, sandbox_id)  # the reason it is not running any more
+            raise SandboxNotFound(sandbox_id)
+        return renewed
+
+    async def patch_spec(
+        self, project_id: str, sandbox_id: str, change: Callable[[SandboxSpec], SandboxSpec], running: bool = True
+    ) -> Sandbox:
+        """Applies change to the sandbox's spec and writes only the spec, compare-and-set on the
+        record's version: a change that lands in between is read again, never undone."""
+        for _ in range(PATCH_ATTEMPTS):
+            sandbox = await (self.running if running else self.get)(project_id, sandbox_id)
+            spec = change(sandbox.spec)
+            if spec == sandbox.spec:
+                return sandbox
+            patched = await self.store.update_if(
+                sandbox_id, {"spec": spec}, project_id=project_id, expected_version=sandbox.version
+            )
+            if patched is not None:
+                return patched
+        raise Conflict(f"sandbox {sandbox_id} kept changing; try again")
+
+    async def set_egress(self, project_id: str, sandbox_id: str, policy: EgressPolicy) -> Sandbox:
+        """Changes a running sandbox's egress policy; it holds from the next packet on."""
+        async with self.lock(sandbox_id):
+            sandbox = await self.running(project_id, sandbox_id)
+            rules = egress_rules(policy)
+            record = await self.runtime.set_egress(sandbox_id, sandbox.runtime, rules)
+            await self.store.update_if(sandbox_id, {"runtime": record}, expected_states=[State.RUNNING])
+            update = {"egress": policy.model_dump(), "egress_rules": rules, "internet_access": policy.mode != "deny_all"}
+            return await self.patch_spec(project_id, sandbox_id, lambda spec: spec.model_copy(update=update))
+
+    async def egress_status(self, project_id: str, sandbox_id: str) -> dict[str, Any]:
+        sandbox = await self.get(project_id, sandbox_id)
+        counts = await self.runtime.egress_refusals(sandbox_id) if not sandbox.status.state.ended else {}
+        return {"policy": sandbox.spec.egress, **counts}
+
+    async def delete_labelled(self, label: str, reason: str) -> None:
+        """Deletes every active sandbox carrying a label (the server's own, e.g. build sandboxes
+        a stopped server left behind)."""
+        for sandbox in await self.store.active():
+            if label in sandbox.spec.metadata:
+                try:
+                    await self.delete(None, sandbox.id, reason)
+                except SandboxdError:
+                    log.exception("could not remove a sandbox", extra={"sandbox_id": sandbox.id})
+
+    # -- the state machine -----------------------------------------------------------------------
+
+    async def transition(self, sandbox_id: str, state: State, reason: str, message: str = "") -> Sandbox:
+        """Writes a new state if the current one may change to it; otherwise leaves the record
+        as it is (an older change lost the race) and returns it."""
+        status = Status(state=state, reason=reason, message=message, changed_at=utcnow())
+        changed = await self.store.update_if(sandbox_id, {"status": status}, expected_states=FROM[state])
+        if changed is None:
+            current = await self.get(None, sandbox_id)
+            log.warning("ignored %s -> %s", current.status.state, state, extra={"sandbox_id": sandbox_id})
+            return current
+        for listener in self.on_transition:
+            listener(sandbox_id, state)
+        log.info("%s (%s) %s", state.value, reason, message, extra={"sandbox_id": sandbox_id})
+        return changed
+
+    def lock(self, sandbox_id: str) -> asyncio.Lock:
+        """Held while the runtime makes, changes or removes the sandbox."""
+        return self._locks.setdefault(sandbox_id, asyncio.Lock())
+
+    def forget(self, sandbox_id: str) -> None:
+        """Drops what this process keeps of a sandbox whose record is gone."""
+        self._locks.pop(sandbox_id, None)
+        self.runtime.forget(sandbox_id)
+
+    async def shutdown(self) -> None:
+        """Stops creates in flight; their sandboxes are made good by the next start's reconcile."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+# What a readiness check's output is kept for: its tail goes into an error message. The check runs
+# the sandbox's code, which may print without end.
+COLLECT_TAIL = 64 * 1024
+
+
+async def _collect(conn: AgentConnection) -> tuple[bytes, dict[str, Any]]:
+    """A spawned command's exit info and the last COLLECT_TAIL bytes of its output."""
+    output = bytearray()
+    try:
+        while True:
+            kind, payload = await conn.recv()
+            if kind in (proto.STDOUT, proto.STDERR):
+                output += payload
+                del output[:-COLLECT_TAIL]
+            elif kind == proto.EXIT:
+                return bytes(output), dict(proto.agent_json(payload))
+            elif kind == proto.ERROR:
+                proto.raise_agent_error(payload, conn.op)
+    finally:
+        await conn.close()

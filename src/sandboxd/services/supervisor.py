@@ -1,0 +1,153 @@
+"""The server's own duties towards sandboxes, apart from any request: watching running ones (an
+entrypoint that exits, an init that dies), reconciling store and runtime after a restart, and
+reaping sandboxes past their timeout. Later: warm pools and pause timers.
+
+It acts through the lifecycle service's methods, so its changes take the same locks and obey the
+same state machine as a caller's."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timedelta
+
+from sandboxd.config import Settings
+from sandboxd.domain import Sandbox, State, utcnow
+from sandboxd.errors import SandboxdError, SandboxExhausted, SandboxNotFound
+from sandboxd.runtimes.base import Liveness, Runtime
+from sandboxd.services.lifecycle import SandboxService
+from sandboxd.store.base import Store
+
+log = logging.getLogger("sandboxd.supervisor")
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, store: Store, runtime: Runtime, sandboxes: SandboxService) -> None:
+        self.settings = settings
+        self.store = store
+        self.runtime = runtime
+        self.sandboxes = sandboxes
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._reaper: asyncio.Task[None] | None = None
+        # A sandbox is watched from the moment it runs until it stops running.
+        sandboxes.on_transition.append(self._on_transition)
+
+    def _on_transition(self, sandbox_id: str, state: State) -> None:
+        if state == State.RUNNING:
+            self._watch(sandbox_id)
+            return
+        watcher = self._watchers.pop(sandbox_id, None)
+        if watcher is not None and watcher is not asyncio.current_task():
+            watcher.cancel()
+
+    # -- watching running sandboxes --------------------------------------------------------------
+
+    def _watch(self, sandbox_id: str) -> None:
+        if sandbox_id not in self._watchers:
+            self._watchers[sandbox_id] = asyncio.create_task(self._watch_one(sandbox_id))
+
+    async def _watch_one(self, sandbox_id: str) -> None:
+        """Holds a connection to the agent: it answers when the entrypoint exits, drops if it dies."""
+        sandbox = await self.sandboxes.get(None, sandbox_id)
+        agent = self.runtime.agent(sandbox_id, sandbox.runtime)
+        info = None
+        for attempt in range(100):
+            try:
+                conn, _ = await agent.open("wait_entrypoint")
+                try:
+                    info = await conn.reply()
+                finally:
+                    await conn.close()
+                break
+            except SandboxExhausted:
+                # At its pids limit the agent cannot take the connection yet: not a death.
+                await asyncio.sleep(min(0.1 * 2**attempt, 5.0))
+            except (SandboxdError, OSError):
+                break
+            except asyncio.CancelledError:
+                return
+        self._watchers.pop(sandbox_id, None)
+        if info is not None:
+            message = f"entrypoint exited with code {info['exit_code']}"
+            await self.sandboxes.delete(None, sandbox_id, "entrypoint_exited", message)
+            return
+        oom = self.runtime.oom_kills(sandbox_id) > 0
+        async with self.sandboxes.lock(sandbox_id):
+            current = await self.sandboxes.get(None, sandbox_id)
+            if current.status.state != State.RUNNING:
+                return  # stopped on purpose (a delete, a template's commit) while we waited
+            await self.runtime.destroy(sandbox_id, current.runtime)
+            await self.sandboxes.transition(
+                sandbox_id,
+                State.FAILED,
+                "oom_killed" if oom else "sandbox_exited",
+                "the sandbox's init was killed" + (" by the out-of-memory killer" if oom else ""),
+            )
+
+    # -- after a restart -------------------------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        """Brings store and runtime back in line after a (re)start of the server. One sandbox
+        that cannot be cleaned up is logged and left for the next start, never blocks the rest."""
+        kept: set[str] = set()
+        for sandbox in await self.store.active():
+            try:
+                await self._reconcile_one(sandbox, kept)
+            except Exception:
+                log.exception("reconcile failed", extra={"sandbox_id": sandbox.id})
+                kept.add(sandbox.id)  # not swept as an orphan while its record still says active
+        orphans = await self.runtime.sweep(kept)
+        if orphans:
+            log.warning("removed %d orphaned sandbox(es): %s", len(orphans), ", ".join(orphans))
+
+    async def _reconcile_one(self, sandbox: Sandbox, kept: set[str]) -> None:
+        state = sandbox.status.state
+        transition = self.sandboxes.transition
+        if state == State.RUNNING:
+            alive = await self.runtime.liveness(sandbox.id, sandbox.runtime)
+            if alive == Liveness.RUNNING:
+                self.runtime.adopt(sandbox.id, sandbox.runtime)
+                kept.add(sandbox.id)
+                self._watch(sandbox.id)
+                return
+            await self.runtime.destroy(sandbox.id, sandbox.runtime)
+            await transition(sandbox.id, State.FAILED, "vanished", "the sandbox stopped while the server was down")
+        elif state == State.PENDING:
+            await self.runtime.destroy(sandbox.id, sandbox.runtime)
+            await transition(sandbox.id, State.FAILED, "server_restarted", "the server stopped during create")
+        else:  # stopping
+            await self.runtime.destroy(sandbox.id, sandbox.runtime)
+            await transition(sandbox.id, State.TERMINATED, sandbox.status.reason, sandbox.status.message)
+
+    # -- timeouts and retention ------------------------------------------------------------------
+
+    async def reap_once(self, now: datetime | None = None) -> None:
+        now = now or utcnow()
+        for sandbox in await self.store.expired(now):
+            try:
+                await self.sandboxes.delete(None, sandbox.id, "timeout", "the sandbox's timeout passed")
+            except SandboxNotFound:
+                continue
+            except Exception:  # one that cannot be destroyed must not stop the others
+                log.exception("reaping failed", extra={"sandbox_id": sandbox.id})
+        for sandbox_id in await self.store.purge_ended(now - timedelta(seconds=self.settings.retention_seconds)):
+            self.sandboxes.forget(sandbox_id)
+
+    async def _reap_forever(self) -> None:
+        while True:
+            try:
+                await self.reap_once()
+            except Exception:
+                log.exception("reaper pass failed")
+            await asyncio.sleep(self.settings.reaper_interval)
+
+    def start(self) -> None:
+        self._reaper = asyncio.create_task(self._reap_forever())
+
+    async def shutdown(self) -> None:
+        """Stops watching; running sandboxes keep running for the next server process."""
+        tasks = [*self._watchers.values(), *([self._reaper] if self._reaper else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._watchers.clear()
