@@ -8,6 +8,7 @@ whose resources may be half made, a ``stopping`` one whose resources may be half
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -15,8 +16,9 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from sandboxd.agent import AgentFailure, AgentPort, ProcessStream, Spawn
 from sandboxd.config import Settings
-from sandboxd.domain import TRANSITIONS, Limits, Sandbox, SandboxSpec, State, Status, new_id, utcnow
+from sandboxd.domain import TRANSITIONS, ExitInfo, Limits, Output, Sandbox, SandboxSpec, State, Status, new_id, utcnow
 from sandboxd.errors import (
     InvalidRequest,
     NotReady,
@@ -26,8 +28,6 @@ from sandboxd.errors import (
     SandboxNotFound,
     SandboxNotRunning,
 )
-from sandboxd.runtimes import agent_client as proto
-from sandboxd.runtimes.agent_client import Agent, AgentConnection
 from sandboxd.runtimes.base import Liveness, Runtime
 from sandboxd.runtimes.outbound import Fetch
 from sandboxd.runtimes.policy import Policy
@@ -206,8 +206,7 @@ class SandboxService:
                 archive = git_archive(GitSource.model_validate(source), fetch)
             else:
                 archive = tarball_archive(TarballSource.model_validate(source), fetch)
-            agent = self.runtime.agent(sandbox.id, sandbox.runtime)
-            await agent.upload(archive, "tar_put", path=sandbox.spec.cwd)
+            await self.runtime.agent(sandbox.id, sandbox.runtime).tar_put(sandbox.spec.cwd or "/", archive)
         except SandboxdError as exc:
             await self.runtime.destroy(sandbox.id, sandbox.runtime)
             message = exc.message
@@ -234,20 +233,17 @@ class SandboxService:
         last = ""
         while loop.time() < deadline:
             try:
-                conn, _ = await agent.open(
-                    "spawn",
+                spawn = Spawn(
                     argv=argv,
                     env=sandbox.spec.env,
                     cwd=sandbox.spec.cwd,
                     user=sandbox.spec.user,
-                    attach=True,
-                    stdin=False,
                     timeout=max(deadline - loop.time(), 0.1),
                 )
-                output, info = await _collect(conn)
-                if info.get("exit_code") == 0:
+                output, info = await _collect(await agent.run(spawn))
+                if info.exit_code == 0:
                     return None
-                last = output.decode(errors="replace").strip()[-500:] or f"exit code {info.get('exit_code')}"
+                last = output.decode(errors="replace").strip()[-500:] or f"exit code {info.exit_code}"
             except SandboxdError as exc:
                 last = exc.message
             await asyncio.sleep(float(check.get("interval", 0.2)))
@@ -379,7 +375,7 @@ class SandboxService:
             raise SandboxNotRunning(sandbox_id, sandbox.status.state.value)
         return sandbox
 
-    def agent(self, sandbox_id: str) -> tuple[Sandbox, Agent]:
+    def agent(self, sandbox_id: str) -> tuple[Sandbox, AgentPort]:
         sandbox = self.running(sandbox_id)
         return sandbox, self.runtime.agent(sandbox.id, sandbox.runtime)
 
@@ -413,11 +409,7 @@ class SandboxService:
         info = None
         for attempt in range(100):
             try:
-                conn, _ = await agent.open("wait_entrypoint")
-                try:
-                    info = await conn.reply()
-                finally:
-                    await conn.close()
+                info = await agent.wait_entrypoint()
                 break
             except SandboxExhausted:
                 # At its pids limit the agent cannot take the connection yet: not a death.
@@ -428,7 +420,7 @@ class SandboxService:
                 return
         self._watchers.pop(sandbox_id, None)
         if info is not None:
-            await self.delete(sandbox_id, "entrypoint_exited", f"entrypoint exited with code {info['exit_code']}")
+            await self.delete(sandbox_id, "entrypoint_exited", f"entrypoint exited with code {info.exit_code}")
             return
         current = self.get(sandbox_id)
         if current.status.state != State.RUNNING:
@@ -516,18 +508,14 @@ def _rules(policy: EgressPolicy) -> dict[str, Any]:
 COLLECT_TAIL = 64 * 1024
 
 
-async def _collect(conn: AgentConnection) -> tuple[bytes, dict[str, Any]]:
+async def _collect(stream: ProcessStream) -> tuple[bytes, ExitInfo]:
     """A spawned command's exit info and the last COLLECT_TAIL bytes of its output."""
     output = bytearray()
-    try:
-        while True:
-            kind, payload = await conn.recv()
-            if kind in (proto.STDOUT, proto.STDERR):
-                output += payload
+    async with contextlib.aclosing(aiter(stream)) as items:
+        async for item in items:
+            if isinstance(item, Output):
+                output += item.data
                 del output[:-COLLECT_TAIL]
-            elif kind == proto.EXIT:
-                return bytes(output), dict(proto.agent_json(payload))
-            elif kind == proto.ERROR:
-                proto.raise_agent_error(payload, conn.op)
-    finally:
-        await conn.close()
+            elif isinstance(item, ExitInfo):
+                return bytes(output), item
+    raise AgentFailure("the sandbox agent ended a command's output without its exit")
