@@ -62,8 +62,7 @@ func serveAuthenticated(c net.Conn, token []byte) {
 	ok := authenticate(c, token)
 	<-pendingAuth
 	if !ok {
-		(&conn{c: c}).sendJSON(frameError, map[string]string{"code": "UNAUTHORIZED", "message": "a valid token is required"})
-		c.Close()
+		refuse(c)
 		return
 	}
 	c.SetDeadline(time.Time{})
@@ -87,4 +86,17 @@ func authenticate(c net.Conn, token []byte) bool {
 	// Compared as digests so that neither the content nor the length shows in the timing.
 	a, b := sha256.Sum256(given), sha256.Sum256(token)
 	return subtle.ConstantTimeCompare(a[:], b[:]) == 1
+}
+
+// refuse answers ERROR UNAUTHORIZED and hangs up. What the peer already sent is read and dropped
+// for a moment, bounded in bytes and time: closing with unread data would reset the connection and
+// could lose the answer before the peer reads it.
+func refuse(c net.Conn) {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(time.Second))
+	(&conn{c: c}).sendJSON(frameError, map[string]string{"code": "UNAUTHORIZED", "message": "a valid token is required"})
+	if tcp, ok := c.(*net.TCPConn); ok {
+		tcp.CloseWrite()
+	}
+	io.Copy(io.Discard, io.LimitReader(c, 64<<10))
 }

@@ -29,7 +29,7 @@ type protocolDef struct {
 // Frames are type:u8 length:u32 payload.
 var (
 	frameReq, frameStdout, frameStderr, frameExit, frameStdin, frameEOF, frameSignal byte
-	frameResize, frameData, frameEnd, frameReply, frameError                          byte
+	frameResize, frameData, frameEnd, frameReply, frameError                         byte
 	// frameGap {"from": a, "to": b} comes before output that starts at b when the reader was at a:
 	// the output between was dropped from the buffer before it could be sent.
 	frameGap byte
