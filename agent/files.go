@@ -24,7 +24,7 @@ type fileInfo struct {
 
 func isFileOp(op string) bool {
 	switch op {
-	case "read", "write", "list_dir", "mkdir", "remove", "move", "tar_get", "tar_put":
+	case opRead, opWrite, opListDir, opMkdir, opRemove, opMove, opTarGet, opTarPut:
 		return true
 	}
 	return false
@@ -91,17 +91,17 @@ func statOf(path string, name *string) (*fileInfo, error) {
 
 func fileOp(c *conn, req *request, up *upload) error {
 	switch req.Op {
-	case "read":
+	case opRead:
 		return readFile(c, req.Path)
-	case "write":
+	case opWrite:
 		return writeFile(c, req, up)
-	case "list_dir":
+	case opListDir:
 		entries, err := listDir(req.Path, req.Limit, req.After)
 		if err != nil {
 			return err
 		}
 		return c.sendJSON(frameReply, entries)
-	case "mkdir":
+	case opMkdir:
 		mode := uint32(0o755)
 		if req.Mode != nil {
 			mode = *req.Mode
@@ -110,19 +110,19 @@ func fileOp(c *conn, req *request, up *upload) error {
 			return osError(err, req.Path)
 		}
 		return replyStat(c, req.Path)
-	case "remove":
+	case opRemove:
 		if err := remove(req.Path, req.Recursive); err != nil {
 			return osError(err, req.Path)
 		}
 		return c.sendJSON(frameReply, map[string]string{"removed": req.Path})
-	case "move":
+	case opMove:
 		if err := syscall.Rename(req.Source, req.Destination); err != nil {
 			return osError(err, req.Source)
 		}
 		return replyStat(c, req.Destination)
-	case "tar_get":
+	case opTarGet:
 		return tarGet(c, req.Path)
-	case "tar_put":
+	case opTarPut:
 		return tarPut(c, req.Path, up)
 	}
 	return nil

@@ -6,8 +6,13 @@
 // runtime applied, so everything it starts inherits them.
 //
 // The host hands it a listening unix socket as its stdin; the socket's path lives in a host
-// directory the sandbox cannot see. Every connection carries one request. Frames are
-// type:u8 length:u32 payload; runtimes/agent_client.py on the host side has the same constants.
+// directory the sandbox cannot see. Or, where no such socket can be handed over (a pod), it
+// listens on TCP (--listen tcp:ADDR) and every connection must first show the sandbox's token
+// (--token-file PATH; see auth.go). Every connection carries one request. The protocol is
+// agent/PROTOCOL.md; its numbers are protocol.json, shared with the host.
+//
+//	sandboxd-agent [--listen tcp:ADDR --token-file PATH] [CONFIG-JSON]
+//	sandboxd-agent --protocol     prints the protocol definition it was built with
 package main
 
 import (
@@ -18,6 +23,7 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -32,6 +38,11 @@ type agentConfig struct {
 const entrypointFailed = "sandboxd: entrypoint failed to start: "
 
 func main() {
+	opts := parseArgs(os.Args[1:])
+	if opts.printProtocol {
+		os.Stdout.Write(protocolJSON)
+		return
+	}
 	// Other processes of the sandbox run as the same uid: undumpable, they cannot read the
 	// agent's memory or file descriptors through /proc/1.
 	syscall.RawSyscall6(syscall.SYS_PRCTL, syscall.PR_SET_DUMPABLE, 0, 0, 0, 0, 0)
@@ -43,10 +54,17 @@ func main() {
 	if err != nil {
 		fatal("open /dev/null: %v", err)
 	}
-	// The listening socket arrives as stdin; stdin proper is /dev/null from here on.
-	listenFd, err := dupCloexec(0)
-	if err != nil {
-		fatal("no listening socket on stdin: %v", err)
+	// The token is read (and its file removed) before anything of the sandbox runs.
+	var token []byte
+	if opts.tokenFile != "" {
+		token = readToken(opts.tokenFile)
+	}
+	listenFd := -1
+	if opts.listen == "" {
+		// The listening socket arrives as stdin; stdin proper is /dev/null from here on.
+		if listenFd, err = dupCloexec(0); err != nil {
+			fatal("no listening socket on stdin: %v", err)
+		}
 	}
 	syscall.Dup2(devNull, 0)
 	// stdout is the host's pipe for the entrypoint's log: kept on its own descriptor, non-blocking,
@@ -75,8 +93,8 @@ func main() {
 	reserveThreads()
 
 	var config agentConfig
-	if len(os.Args) > 1 {
-		if err := json.Unmarshal([]byte(os.Args[1]), &config); err != nil {
+	if opts.config != "" {
+		if err := json.Unmarshal([]byte(opts.config), &config); err != nil {
 			fatal("bad configuration: %v", err)
 		}
 	}
@@ -90,20 +108,72 @@ func main() {
 		go copyLog(proc, logOut)
 	}
 
+	if opts.listen != "" {
+		listener, err := net.Listen("tcp", opts.listen)
+		if err != nil {
+			fatal("listen: %v", err)
+		}
+		acceptLoop(listener, func(c net.Conn) { serveAuthenticated(c, token) })
+	}
 	file := os.NewFile(uintptr(listenFd), "listener")
 	listener, err := net.FileListener(file)
 	file.Close()
 	if err != nil {
 		fatal("listen: %v", err)
 	}
+	acceptLoop(listener, func(c net.Conn) { serve(&conn{c: c}) })
+}
+
+func acceptLoop(listener net.Listener, handle func(net.Conn)) {
 	for {
 		c, err := listener.Accept()
 		if err != nil {
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
-		go serve(&conn{c: c})
+		go handle(c)
 	}
+}
+
+type options struct {
+	printProtocol bool
+	listen        string // host:port to listen on with TCP; empty: the socket on stdin
+	tokenFile     string
+	config        string
+}
+
+func parseArgs(args []string) options {
+	var o options
+	for i := 0; i < len(args); i++ {
+		value := func() string {
+			if i+1 >= len(args) {
+				fatal("%s needs a value", args[i])
+			}
+			i++
+			return args[i]
+		}
+		switch args[i] {
+		case "--protocol":
+			o.printProtocol = true
+		case "--listen":
+			addr := value()
+			if !strings.HasPrefix(addr, "tcp:") {
+				fatal("--listen takes tcp:HOST:PORT")
+			}
+			o.listen = strings.TrimPrefix(addr, "tcp:")
+		case "--token-file":
+			o.tokenFile = value()
+		default:
+			if strings.HasPrefix(args[i], "--") || o.config != "" {
+				fatal("unknown argument %q", args[i])
+			}
+			o.config = args[i]
+		}
+	}
+	if !o.printProtocol && (o.listen == "") != (o.tokenFile == "") {
+		fatal("--listen and --token-file go together: a TCP listener always takes a token")
+	}
+	return o
 }
 
 func dupCloexec(fd int) (int, error) {

@@ -1,38 +1,130 @@
 package main
 
 import (
+	_ "embed"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
+	"time"
 )
 
-// Frames are type:u8 length:u32 payload, as runtimes/agent_client.py on the host reads them.
-const (
-	frameReq byte = iota + 1
-	frameStdout
-	frameStderr
-	frameExit
-	frameStdin
-	frameEOF
-	frameSignal
-	frameResize
-	frameData
-	frameEnd
-	frameReply
-	frameError
+// The protocol's numbers and names come from protocol.json, the one definition the host's
+// src/sandboxd/agent/protocol.py is tested against; `sandboxd-agent --protocol` prints it.
+//
+//go:embed protocol.json
+var protocolJSON []byte
+
+type protocolDef struct {
+	Version int              `json:"version"`
+	Frames  map[string]byte  `json:"frames"`
+	Ops     []string         `json:"ops"`
+	Errors  []string         `json:"errors"`
+	Limits  map[string]int64 `json:"limits"`
+}
+
+// Frames are type:u8 length:u32 payload.
+var (
+	frameReq, frameStdout, frameStderr, frameExit, frameStdin, frameEOF, frameSignal byte
+	frameResize, frameData, frameEnd, frameReply, frameError                         byte
 	// frameGap {"from": a, "to": b} comes before output that starts at b when the reader was at a:
 	// the output between was dropped from the buffer before it could be sent.
-	frameGap
+	frameGap byte
+	// frameAuth carries the token, first on every connection of the TCP listener.
+	frameAuth byte
 )
 
-const (
-	chunkSize = 65536
+var (
+	chunkSize int
 	// The host is the only peer, but a request is still read into memory: bound it.
-	maxFrame = 64 << 20
+	maxFrame    uint32
+	minToken    int
+	maxToken    int
+	authTimeout time.Duration
 )
+
+// The ops this agent serves, named once; loadProtocol checks them against protocol.json.
+const (
+	opSpawn          = "spawn"
+	opAttach         = "attach"
+	opList           = "list"
+	opStatus         = "status"
+	opSignal         = "signal"
+	opStdin          = "stdin"
+	opWaitEntrypoint = "wait_entrypoint"
+	opStat           = "stat"
+	opRead           = "read"
+	opWrite          = "write"
+	opListDir        = "list_dir"
+	opMkdir          = "mkdir"
+	opRemove         = "remove"
+	opMove           = "move"
+	opTarGet         = "tar_get"
+	opTarPut         = "tar_put"
+)
+
+var servedOps = []string{opSpawn, opAttach, opList, opStatus, opSignal, opStdin, opWaitEntrypoint, opStat,
+	opRead, opWrite, opListDir, opMkdir, opRemove, opMove, opTarGet, opTarPut}
+
+func init() {
+	if err := loadProtocol(); err != nil {
+		panic("sandboxd agent: protocol.json: " + err.Error())
+	}
+}
+
+// loadProtocol sets the frame kinds and limits from protocol.json and refuses a definition that
+// names an op this agent does not serve (or the reverse): the build then fails its first run.
+func loadProtocol() error {
+	var def protocolDef
+	if err := json.Unmarshal(protocolJSON, &def); err != nil {
+		return err
+	}
+	frames := map[string]*byte{
+		"req": &frameReq, "stdout": &frameStdout, "stderr": &frameStderr, "exit": &frameExit,
+		"stdin": &frameStdin, "eof": &frameEOF, "signal": &frameSignal, "resize": &frameResize,
+		"data": &frameData, "end": &frameEnd, "reply": &frameReply, "error": &frameError,
+		"gap": &frameGap, "auth": &frameAuth,
+	}
+	if len(frames) != len(def.Frames) {
+		return fmt.Errorf("%d frame kinds, the agent knows %d", len(def.Frames), len(frames))
+	}
+	for name, ptr := range frames {
+		kind, ok := def.Frames[name]
+		if !ok || kind == 0 {
+			return fmt.Errorf("no frame kind %q", name)
+		}
+		*ptr = kind
+	}
+	served := map[string]bool{}
+	for _, op := range servedOps {
+		served[op] = true
+	}
+	if len(def.Ops) != len(served) {
+		return fmt.Errorf("%d ops, the agent serves %d", len(def.Ops), len(served))
+	}
+	for _, op := range def.Ops {
+		if !served[op] {
+			return fmt.Errorf("op %q is not served", op)
+		}
+	}
+	limit := func(name string) int64 {
+		if v, ok := def.Limits[name]; ok && v > 0 {
+			return v
+		}
+		panic("sandboxd agent: protocol.json: no limit " + name)
+	}
+	if limit("header_size") != 5 {
+		return errors.New("the header is type:u8 length:u32")
+	}
+	chunkSize = int(limit("chunk"))
+	maxFrame = uint32(limit("max_frame"))
+	minToken, maxToken = int(limit("min_token")), int(limit("max_token"))
+	authTimeout = time.Duration(limit("auth_timeout_ms")) * time.Millisecond
+	return nil
+}
 
 var errFrameTooLarge = errors.New("frame too large")
 

@@ -46,7 +46,7 @@ func serve(c *conn) {
 		return
 	}
 	var up *upload
-	if req.Op == "write" || req.Op == "tar_put" {
+	if req.Op == opWrite || req.Op == opTarPut {
 		up = &upload{c: c}
 	}
 	if err := dispatch(c, &req, up); err != nil {
@@ -62,7 +62,7 @@ func serve(c *conn) {
 
 func dispatch(c *conn, req *request, up *upload) error {
 	switch req.Op {
-	case "spawn":
+	case opSpawn:
 		env := envList(req.Env)
 		p, err := spawn(&req.spawnRequest, env)
 		if err != nil {
@@ -74,7 +74,7 @@ func dispatch(c *conn, req *request, up *upload) error {
 		if req.Attach {
 			attach(p, c, 0, true, false)
 		}
-	case "attach":
+	case opAttach:
 		p, err := lookup(derefString(req.ID))
 		if err != nil {
 			return err
@@ -84,15 +84,15 @@ func dispatch(c *conn, req *request, up *upload) error {
 			offset = *req.Offset
 		}
 		attach(p, c, offset, req.Follow == nil || *req.Follow, true)
-	case "list":
+	case opList:
 		c.sendJSON(frameReply, listProcs())
-	case "status":
+	case opStatus:
 		p, err := lookup(derefString(req.ID))
 		if err != nil {
 			return err
 		}
 		c.sendJSON(frameReply, p.info())
-	case "signal":
+	case opSignal:
 		p, err := lookup(derefString(req.ID))
 		if err != nil {
 			return err
@@ -102,7 +102,7 @@ func dispatch(c *conn, req *request, up *upload) error {
 		}
 		killTree(p.pid, syscall.Signal(*req.Signal))
 		c.sendJSON(frameReply, p.info())
-	case "stdin":
+	case opStdin:
 		p, err := lookup(derefString(req.ID))
 		if err != nil {
 			return err
@@ -116,9 +116,9 @@ func dispatch(c *conn, req *request, up *upload) error {
 			closeStdin(p)
 		}
 		c.sendJSON(frameReply, p.info())
-	case "wait_entrypoint":
+	case opWaitEntrypoint:
 		waitEntrypoint(c)
-	case "stat":
+	case opStat:
 		info, err := statOf(req.Path, nil)
 		if err != nil {
 			return err

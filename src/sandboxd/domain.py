@@ -6,8 +6,9 @@ import enum
 import hashlib
 import os
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -206,3 +207,79 @@ class ApiKey(BaseModel):
 def hash_secret(secret: str) -> str:
     """The stored form of a key's secret (hex sha256)."""
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+# -- what runs and what is stored inside a sandbox (read through its agent) ---------------------------
+
+
+class ProcessInfo(BaseModel):
+    """A process started in a sandbox, as its agent reports it."""
+
+    id: str
+    pid: int
+    running: bool
+    exit_code: int | None
+    signal: int | None
+    timed_out: bool
+    started_at: datetime
+    ended_at: datetime | None
+    duration_ms: float
+    output_size: int = Field(description="Bytes of output it has written so far (stdout and stderr).")
+
+
+class ExitInfo(ProcessInfo):
+    """The end of a stream of a process's output: the process's status then (ended, unless a read
+    without follow ended first), where its output ends, and whether the OOM killer ended it."""
+
+    offset: int | None = Field(None, description="Byte offset after the last output sent.")
+    oom_killed: bool = False
+
+
+class CommandResult(BaseModel):
+    """A command run to completion."""
+
+    process_id: str
+    stdout: str
+    stderr: str
+    exit_code: int
+    duration_ms: float
+    timed_out: bool
+    signal: int | None
+    oom_killed: bool
+    truncated: bool = Field(
+        False, description="Output past 8 MiB per stream was left out; read it from the process logs."
+    )
+
+
+class FileInfo(BaseModel):
+    name: str
+    path: str
+    type: Literal["file", "dir", "symlink", "other"]
+    size: int
+    mode: int
+    uid: int
+    gid: int
+    modified_at: datetime
+    target: str | None = Field(None, description="Where a symlink points.")
+
+
+@dataclass(frozen=True)
+class Output:
+    """One piece of a process's output: the stream it came from and where it ends in the log."""
+
+    stream: Literal["stdout", "stderr"]
+    data: bytes
+    offset: int
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Output between start and end (byte offsets) that is no longer kept: the reader fell behind
+    the bounded buffer of the process's output. The next Output continues at end."""
+
+    start: int
+    end: int
+
+    @property
+    def dropped(self) -> int:
+        return self.end - self.start

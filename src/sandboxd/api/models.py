@@ -7,7 +7,25 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from sandboxd.domain import Sandbox, State
+from sandboxd.domain import CommandResult, ExitInfo, FileInfo, ProcessInfo, Sandbox, State
+
+# The agent's values are the domain's, rendered as they are (times in RFC 3339).
+__all__ = [
+    "CommandResult",
+    "ExitInfo",
+    "FileInfo",
+    "MoveIn",
+    "PathIn",
+    "ProcessInfo",
+    "ProcessLogs",
+    "Removed",
+    "RenewTimeout",
+    "SandboxList",
+    "SandboxOut",
+    "SandboxStatus",
+    "SignalIn",
+    "StdinIn",
+]
 
 
 class SandboxStatus(BaseModel):
@@ -81,33 +99,6 @@ class RenewTimeout(BaseModel):
     timeout: int = Field(ge=1, description="Seconds from now until the sandbox is destroyed.")
 
 
-class CommandResultOut(BaseModel):
-    process_id: str
-    stdout: str
-    stderr: str
-    exit_code: int
-    duration_ms: float
-    timed_out: bool
-    signal: int | None
-    oom_killed: bool
-    truncated: bool = Field(
-        False, description="Output past 8 MiB per stream was left out; read it from the process logs."
-    )
-
-
-class ProcessOut(BaseModel):
-    id: str
-    pid: int
-    running: bool
-    exit_code: int | None
-    signal: int | None
-    timed_out: bool
-    started_at: float
-    ended_at: float | None
-    duration_ms: float
-    output_size: int
-
-
 class ProcessLogs(BaseModel):
     stdout: str
     stderr: str
@@ -117,7 +108,7 @@ class ProcessLogs(BaseModel):
         description="Bytes between `offset` and `next_offset` that are missing from stdout and stderr: "
         "they were no longer kept (only the newest 16 MiB of a process's output is).",
     )
-    process: ProcessOut
+    process: ProcessInfo = Field(description="The process's status when the read ended.")
 
 
 class StdinIn(BaseModel):
@@ -129,16 +120,8 @@ class SignalIn(BaseModel):
     signal: str | int = "SIGTERM"
 
 
-class FileInfo(BaseModel):
-    name: str
-    path: str
-    type: str
-    size: int
-    mode: int
-    uid: int
-    gid: int
-    modified_at: float
-    target: str | None = None
+class Removed(BaseModel):
+    removed: str = Field(description="The path removed.")
 
 
 class PathIn(BaseModel):

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 
 @dataclass
@@ -24,7 +26,24 @@ class ProcessInfo:
     exit_code: int | None
     signal: int | None
     timed_out: bool
-    started_at: float
-    ended_at: float | None
+    started_at: datetime
+    ended_at: datetime | None
     duration_ms: float
     output_size: int
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> ProcessInfo:
+        """The server's JSON (times in RFC 3339); fields a newer server adds are ignored."""
+        ended = body.get("ended_at")
+        return cls(
+            id=body["id"],
+            pid=body["pid"],
+            running=body["running"],
+            exit_code=body["exit_code"],
+            signal=body["signal"],
+            timed_out=body["timed_out"],
+            started_at=datetime.fromisoformat(body["started_at"]),
+            ended_at=datetime.fromisoformat(ended) if ended else None,
+            duration_ms=body["duration_ms"],
+            output_size=body["output_size"],
+        )

@@ -4,10 +4,10 @@ root in its own mount namespace, so '..' tricks and planted symlinks cannot reac
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
+from sandboxd.agent import AgentPort
+from sandboxd.domain import FileInfo
 from sandboxd.errors import InvalidRequest
-from sandboxd.runtimes.agent_client import Agent
 from sandboxd.services.requests import check_sandbox_path
 from sandboxd.services.lifecycle import SandboxService
 
@@ -23,41 +23,41 @@ class FileService:
     def __init__(self, sandboxes: SandboxService) -> None:
         self.sandboxes = sandboxes
 
-    def _agent(self, sandbox_id: str) -> Agent:
+    def _agent(self, sandbox_id: str) -> AgentPort:
         return self.sandboxes.agent(sandbox_id)[1]
 
     async def read(self, sandbox_id: str, path: str) -> tuple[int | None, AsyncIterator[bytes]]:
         """The file's size (None for files whose size says nothing, as in /proc) and an iterator
         over its content; errors surface before the first byte."""
-        info, chunks = await self._download(sandbox_id, "read", path)
-        return info["size"], chunks
-
-    async def _download(self, sandbox_id: str, op: str, path: str) -> tuple[dict[str, Any], AsyncIterator[bytes]]:
-        conn, info = await self._agent(sandbox_id).open(op, path=sandbox_path(path))
-
-        async def chunks() -> AsyncIterator[bytes]:
-            try:
-                async for chunk in conn.data():
-                    yield chunk
-            finally:
-                await conn.close()
-
-        return dict(info), chunks()
+        return await self._agent(sandbox_id).read(sandbox_path(path))
 
     async def write(
         self, sandbox_id: str, path: str, body: AsyncIterator[bytes], mode: int, parents: bool = True
-    ) -> dict[str, Any]:
-        return await self._upload(sandbox_id, body, "write", path=sandbox_path(path), mode=mode, parents=parents)
+    ) -> FileInfo:
+        return await self._agent(sandbox_id).write(sandbox_path(path), body, mode, parents)
 
-    async def _upload(self, sandbox_id: str, body: AsyncIterator[bytes], op: str, **args: Any) -> dict[str, Any]:
-        return dict(await self._agent(sandbox_id).upload(body, op, **args))
+    async def stat(self, sandbox_id: str, path: str) -> FileInfo:
+        return await self._agent(sandbox_id).stat(sandbox_path(path))
 
-    async def call(self, sandbox_id: str, op: str, **paths: Any) -> Any:
-        checked = {k: sandbox_path(v, k) if k in ("path", "source", "destination") else v for k, v in paths.items()}
-        return await self._agent(sandbox_id).call(op, **checked)
+    async def list_dir(self, sandbox_id: str, path: str, limit: int, after: str | None = None) -> list[FileInfo]:
+        """A page of a directory's entries, sorted by name: at most limit, after the name given."""
+        return await self._agent(sandbox_id).list_dir(sandbox_path(path), limit, after)
+
+    async def mkdir(self, sandbox_id: str, path: str, mode: int = 0o755) -> FileInfo:
+        return await self._agent(sandbox_id).mkdir(sandbox_path(path), mode)
+
+    async def remove(self, sandbox_id: str, path: str, recursive: bool = False) -> str:
+        """Removes the file (or with recursive, the tree); returns the path removed."""
+        checked = sandbox_path(path)
+        await self._agent(sandbox_id).remove(checked, recursive)
+        return checked
+
+    async def move(self, sandbox_id: str, source: str, destination: str) -> FileInfo:
+        src, dst = sandbox_path(source, "source"), sandbox_path(destination, "destination")
+        return await self._agent(sandbox_id).move(src, dst)
 
     async def download_tar(self, sandbox_id: str, path: str) -> AsyncIterator[bytes]:
-        return (await self._download(sandbox_id, "tar_get", path))[1]
+        return await self._agent(sandbox_id).tar_get(sandbox_path(path))
 
-    async def upload_tar(self, sandbox_id: str, path: str, body: AsyncIterator[bytes]) -> dict[str, Any]:
-        return await self._upload(sandbox_id, body, "tar_put", path=sandbox_path(path))
+    async def upload_tar(self, sandbox_id: str, path: str, body: AsyncIterator[bytes]) -> FileInfo:
+        return await self._agent(sandbox_id).tar_put(sandbox_path(path), body)

@@ -13,6 +13,7 @@ the server's own duties (builds, the supervisor), which see every project.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -20,8 +21,9 @@ from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Any, Protocol
 
+from sandboxd.agent import AgentFailure, AgentPort, ProcessStream, Spawn
 from sandboxd.config import Settings
-from sandboxd.domain import TRANSITIONS, Sandbox, SandboxSpec, State, Status, new_id, utcnow
+from sandboxd.domain import TRANSITIONS, ExitInfo, Output, Sandbox, SandboxSpec, State, Status, new_id, utcnow
 from sandboxd.errors import (
     Conflict,
     InvalidRequest,
@@ -32,8 +34,6 @@ from sandboxd.errors import (
     SandboxNotFound,
     SandboxNotRunning,
 )
-from sandboxd.runtimes import agent_client as proto
-from sandboxd.runtimes.agent_client import Agent, AgentConnection
 from sandboxd.runtimes.base import Runtime
 from sandboxd.runtimes.outbound import Fetch
 from sandboxd.runtimes.policy import Policy
@@ -191,8 +191,7 @@ class SandboxService:
                 archive = await asyncio.to_thread(git_archive, GitSource.model_validate(source), fetch)
             else:
                 archive = await asyncio.to_thread(tarball_archive, TarballSource.model_validate(source), fetch)
-            agent = self.runtime.agent(sandbox.id, sandbox.runtime)
-            await agent.upload(archive, "tar_put", path=sandbox.spec.cwd)
+            await self.runtime.agent(sandbox.id, sandbox.runtime).tar_put(sandbox.spec.cwd or "/", archive)
         except SandboxdError as exc:
             await self.runtime.destroy(sandbox.id, sandbox.runtime)
             message = exc.message
@@ -213,20 +212,17 @@ class SandboxService:
         last = ""
         while loop.time() < deadline:
             try:
-                conn, _ = await agent.open(
-                    "spawn",
+                spawn = Spawn(
                     argv=argv,
                     env=sandbox.spec.env,
                     cwd=sandbox.spec.cwd,
                     user=sandbox.spec.user,
-                    attach=True,
-                    stdin=False,
                     timeout=max(deadline - loop.time(), 0.1),
                 )
-                output, info = await _collect(conn)
-                if info.get("exit_code") == 0:
+                output, info = await _collect(await agent.run(spawn))
+                if info.exit_code == 0:
                     return None
-                last = output.decode(errors="replace").strip()[-500:] or f"exit code {info.get('exit_code')}"
+                last = output.decode(errors="replace").strip()[-500:] or f"exit code {info.exit_code}"
             except SandboxdError as exc:
                 last = exc.message
             await asyncio.sleep(float(check.get("interval", 0.2)))
@@ -286,7 +282,7 @@ class SandboxService:
             raise SandboxNotRunning(sandbox_id, sandbox.status.state.value)
         return sandbox
 
-    async def agent(self, project_id: str | None, sandbox_id: str) -> tuple[Sandbox, Agent]:
+    async def agent(self, project_id: str | None, sandbox_id: str) -> tuple[Sandbox, AgentPort]:
         sandbox = await self.running(project_id, sandbox_id)
         return sandbox, self.runtime.agent(sandbox.id, sandbox.runtime)
 
@@ -446,18 +442,14 @@ class SandboxService:
 COLLECT_TAIL = 64 * 1024
 
 
-async def _collect(conn: AgentConnection) -> tuple[bytes, dict[str, Any]]:
+async def _collect(stream: ProcessStream) -> tuple[bytes, ExitInfo]:
     """A spawned command's exit info and the last COLLECT_TAIL bytes of its output."""
     output = bytearray()
-    try:
-        while True:
-            kind, payload = await conn.recv()
-            if kind in (proto.STDOUT, proto.STDERR):
-                output += payload
+    async with contextlib.aclosing(aiter(stream)) as items:
+        async for item in items:
+            if isinstance(item, Output):
+                output += item.data
                 del output[:-COLLECT_TAIL]
-            elif kind == proto.EXIT:
-                return bytes(output), dict(proto.agent_json(payload))
-            elif kind == proto.ERROR:
-                proto.raise_agent_error(payload, conn.op)
-    finally:
-        await conn.close()
+            elif isinstance(item, ExitInfo):
+                return bytes(output), item
+    raise AgentFailure("the sandbox agent ended a command's output without its exit")

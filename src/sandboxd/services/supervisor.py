@@ -53,11 +53,7 @@ class Supervisor:
         info = None
         for attempt in range(100):
             try:
-                conn, _ = await agent.open("wait_entrypoint")
-                try:
-                    info = await conn.reply()
-                finally:
-                    await conn.close()
+                info = await agent.wait_entrypoint()
                 break
             except SandboxExhausted:
                 # At its pids limit the agent cannot take the connection yet: not a death.
@@ -68,7 +64,7 @@ class Supervisor:
                 return
         self._watchers.pop(sandbox_id, None)
         if info is not None:
-            message = f"entrypoint exited with code {info['exit_code']}"
+            message = f"entrypoint exited with code {info.exit_code}"
             await self.sandboxes.delete(None, sandbox_id, "entrypoint_exited", message)
             return
         oom = self.runtime.oom_kills(sandbox_id) > 0

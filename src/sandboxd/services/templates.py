@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from sandboxd.config import Settings
-from sandboxd.domain import SHARED_PROJECT, BuildState, Limits, SandboxSpec, TemplateVersion, utcnow
+from sandboxd.domain import SHARED_PROJECT, BuildState, ExitInfo, Limits, SandboxSpec, TemplateVersion, utcnow
 from sandboxd.errors import Conflict, InvalidRequest, SandboxdError
 from sandboxd.services.commands import CommandService, Gap, Output
 from sandboxd.services.requests import (
@@ -213,7 +213,7 @@ class TemplateService:
         try:
             if isinstance(step, RunStep):
                 cmd = RunCommand(command=step.command, user=ctx.user, cwd=ctx.cwd, timeout=step.timeout)
-                exit_info: dict[str, Any] = {}
+                exit_info: ExitInfo | None = None
                 pending = b""
                 async for item in await self.commands.stream(None, sandbox.id, cmd):
                     if isinstance(item, Output):
@@ -227,23 +227,23 @@ class TemplateService:
                         pending = b""
                         say(f"    [sandboxd: {item.dropped} bytes of this step's output were dropped here]")
                     else:
-                        exit_info = item.info
+                        exit_info = item
                 if pending:
                     say("    " + pending.decode(errors="replace"))
-                if exit_info.get("timed_out"):
+                if exit_info is not None and exit_info.timed_out:
                     raise InvalidRequest("steps", f"step {number} (run) timed out after {step.timeout:g} s")
-                if exit_info.get("exit_code") != 0:
-                    raise InvalidRequest("steps", f"step {number} (run) exited with code {exit_info.get('exit_code')}")
+                code = exit_info.exit_code if exit_info is not None else None
+                if code != 0:
+                    raise InvalidRequest("steps", f"step {number} (run) exited with code {code}")
             elif isinstance(step, WorkdirStep):  # made like Docker's WORKDIR: it exists afterwards
-                await self.runtime.agent(sandbox.id, sandbox.runtime).call("mkdir", path=step.path)
+                await self.runtime.agent(sandbox.id, sandbox.runtime).mkdir(step.path)
             else:
                 data = base64.b64decode(step.content) if step.encoding == "base64" else step.content.encode()
 
                 async def body() -> AsyncIterator[bytes]:
                     yield data
 
-                agent = self.runtime.agent(sandbox.id, sandbox.runtime)
-                await agent.upload(body(), "write", path=step.path, mode=step.mode, parents=True)
+                await self.runtime.agent(sandbox.id, sandbox.runtime).write(step.path, body(), step.mode)
                 say(f"    wrote {len(data)} bytes")
         except BaseException:
             await self.sandboxes.delete(None, sandbox.id, "template_step_failed")

@@ -9,11 +9,11 @@ from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import StreamingResponse
 
 from sandboxd.api.deps import Commands
-from sandboxd.api.models import CommandResultOut, ProcessLogs, ProcessOut, SignalIn, StdinIn
+from sandboxd.api.models import CommandResult, ExitInfo, ProcessInfo, ProcessLogs, SignalIn, StdinIn
 from sandboxd.api.params import Offset
 from sandboxd.api.routing import CheckedRoute
-from sandboxd.errors import InvalidRequest
-from sandboxd.services.commands import Exit, Gap, Output
+from sandboxd.domain import Gap, Output
+from sandboxd.errors import InvalidRequest, RuntimeFailure
 from sandboxd.services.requests import RunCommand, signal_number
 
 router = APIRouter(prefix="/api/v1/sandboxes/{sandbox_id}", tags=["commands"], route_class=CheckedRoute)
@@ -30,7 +30,7 @@ SSE_DOC: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _sse(items: AsyncIterator[Output | Gap | Exit]) -> AsyncIterator[str]:
+async def _sse(items: AsyncIterator[Output | Gap | ExitInfo]) -> AsyncIterator[str]:
     # One decoder per stream: a character split between two reads is not mangled.
     decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in ("stdout", "stderr")}
     async for item in items:
@@ -43,19 +43,18 @@ async def _sse(items: AsyncIterator[Output | Gap | Exit]) -> AsyncIterator[str]:
             data = json.dumps({"from": item.start, "to": item.end, "dropped": item.dropped})
             yield f"event: gap\nid: {item.end}\ndata: {data}\n\n"
         else:
-            yield f"event: exit\ndata: {json.dumps(item.info)}\n\n"
+            yield f"event: exit\ndata: {item.model_dump_json()}\n\n"
 
 
-@router.post("/commands", response_model=CommandResultOut | ProcessOut)
+@router.post("/commands", response_model=CommandResult | ProcessInfo)
 async def run_command(
     sandbox_id: str, body: RunCommand, service: Commands, response: Response
-) -> CommandResultOut | ProcessOut:
+) -> CommandResult | ProcessInfo:
     """Runs a command to completion; with `background` returns 202 and the process at once."""
     if body.background:
         response.status_code = status.HTTP_202_ACCEPTED
-        return ProcessOut(**await service.start(sandbox_id, body))
-    result = await service.run(sandbox_id, body)
-    return CommandResultOut(**result.__dict__)
+        return await service.start(sandbox_id, body)
+    return await service.run(sandbox_id, body)
 
 
 @router.post("/commands/stream", responses=SSE_DOC, response_class=StreamingResponse)
@@ -63,14 +62,14 @@ async def stream_command(sandbox_id: str, body: RunCommand, service: Commands) -
     return StreamingResponse(_sse(await service.stream(sandbox_id, body)), media_type="text/event-stream")
 
 
-@router.get("/processes", response_model=list[ProcessOut])
-async def list_processes(sandbox_id: str, service: Commands) -> list[ProcessOut]:
-    return [ProcessOut(**p) for p in await service.list(sandbox_id)]
+@router.get("/processes", response_model=list[ProcessInfo])
+async def list_processes(sandbox_id: str, service: Commands) -> list[ProcessInfo]:
+    return await service.list(sandbox_id)
 
 
-@router.get("/processes/{process_id}", response_model=ProcessOut)
-async def get_process(sandbox_id: str, process_id: str, service: Commands) -> ProcessOut:
-    return ProcessOut(**await service.status(sandbox_id, process_id))
+@router.get("/processes/{process_id}", response_model=ProcessInfo)
+async def get_process(sandbox_id: str, process_id: str, service: Commands) -> ProcessInfo:
+    return await service.status(sandbox_id, process_id)
 
 
 @router.get("/processes/{process_id}/logs", response_model=ProcessLogs, responses=SSE_DOC)
@@ -85,38 +84,41 @@ async def process_logs(
     if follow:
         return StreamingResponse(_sse(items), media_type="text/event-stream")
     out: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
-    end, info, dropped = offset, {}, 0
+    end, dropped = offset, 0
+    process: ProcessInfo | None = None
     async for item in items:
         if isinstance(item, Output):
             out[item.stream].append(item.data)
         elif isinstance(item, Gap):
             dropped += item.dropped
         else:
-            info = item.info
-            end = info.pop("offset", end)
+            end = item.offset if item.offset is not None else end
+            process = ProcessInfo.model_validate(item.model_dump(exclude={"offset", "oom_killed"}))
+    if process is None:  # the agent's stream ends with the process's status, or raises
+        raise RuntimeFailure("the sandbox agent ended a process's output without its status")
     return ProcessLogs(
         stdout=b"".join(out["stdout"]).decode(errors="replace"),
         stderr=b"".join(out["stderr"]).decode(errors="replace"),
         next_offset=end,
         dropped=dropped,
-        process=ProcessOut(**info),
+        process=process,
     )
 
 
-@router.post("/processes/{process_id}/stdin", response_model=ProcessOut)
-async def write_stdin(sandbox_id: str, process_id: str, body: StdinIn, service: Commands) -> ProcessOut:
-    return ProcessOut(**await service.write_stdin(sandbox_id, process_id, body.data, body.eof))
+@router.post("/processes/{process_id}/stdin", response_model=ProcessInfo)
+async def write_stdin(sandbox_id: str, process_id: str, body: StdinIn, service: Commands) -> ProcessInfo:
+    return await service.write_stdin(sandbox_id, process_id, body.data, body.eof)
 
 
-@router.post("/processes/{process_id}/signal", response_model=ProcessOut)
-async def signal_process(sandbox_id: str, process_id: str, body: SignalIn, service: Commands) -> ProcessOut:
+@router.post("/processes/{process_id}/signal", response_model=ProcessInfo)
+async def signal_process(sandbox_id: str, process_id: str, body: SignalIn, service: Commands) -> ProcessInfo:
     try:
         number = signal_number(body.signal)
     except ValueError as exc:
         raise InvalidRequest("signal", str(exc)) from None
-    return ProcessOut(**await service.signal(sandbox_id, process_id, number))
+    return await service.signal(sandbox_id, process_id, number)
 
 
-@router.delete("/processes/{process_id}", response_model=ProcessOut)
-async def kill_process(sandbox_id: str, process_id: str, service: Commands) -> ProcessOut:
-    return ProcessOut(**await service.signal(sandbox_id, process_id, 9))
+@router.delete("/processes/{process_id}", response_model=ProcessInfo)
+async def kill_process(sandbox_id: str, process_id: str, service: Commands) -> ProcessInfo:
+    return await service.signal(sandbox_id, process_id, 9)

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from sandboxd.api.deps import Files, Sandboxes
-from sandboxd.api.models import FileInfo, MoveIn, PathIn
+from sandboxd.api.models import FileInfo, MoveIn, PathIn, Removed
 from sandboxd.api.params import Offset
 from sandboxd.api.routing import CheckedRoute
 
@@ -38,12 +38,12 @@ async def write_file(
     mode: Annotated[str, Query(pattern="^[0-7]{3,4}$", description="Octal permissions.")] = "644",
 ) -> FileInfo:
     """Writes the request body to the file (streamed), creating parent directories."""
-    return FileInfo(**await service.write(sandbox_id, path, _body(request), int(mode, 8)))
+    return await service.write(sandbox_id, path, _body(request), int(mode, 8))
 
 
-@router.delete("/files")
-async def remove_file(sandbox_id: str, path: PathQ, service: Files, recursive: bool = False) -> dict[str, str]:
-    return dict(await service.call(sandbox_id, "remove", path=path, recursive=recursive))
+@router.delete("/files", response_model=Removed)
+async def remove_file(sandbox_id: str, path: PathQ, service: Files, recursive: bool = False) -> Removed:
+    return Removed(removed=await service.remove(sandbox_id, path, recursive))
 
 
 @router.get("/files/list", response_model=list[FileInfo])
@@ -56,23 +56,22 @@ async def list_dir(
 ) -> list[FileInfo]:
     """A directory's entries sorted by name, a page at a time: a huge directory never sits whole
     in the server's memory."""
-    entries = await service.call(sandbox_id, "list_dir", path=path, limit=limit, after=after)
-    return [FileInfo(**e) for e in entries[:limit]]  # the agent's answer is bounded here too
+    return await service.list_dir(sandbox_id, path, limit, after)  # the agent's answer is bounded too
 
 
 @router.get("/files/stat", response_model=FileInfo)
 async def stat_file(sandbox_id: str, path: PathQ, service: Files) -> FileInfo:
-    return FileInfo(**await service.call(sandbox_id, "stat", path=path))
+    return await service.stat(sandbox_id, path)
 
 
 @router.post("/files/mkdir", response_model=FileInfo)
 async def make_dir(sandbox_id: str, body: PathIn, service: Files) -> FileInfo:
-    return FileInfo(**await service.call(sandbox_id, "mkdir", path=body.path, mode=body.mode))
+    return await service.mkdir(sandbox_id, body.path, body.mode)
 
 
 @router.post("/files/move", response_model=FileInfo)
 async def move(sandbox_id: str, body: MoveIn, service: Files) -> FileInfo:
-    return FileInfo(**await service.call(sandbox_id, "move", source=body.source, destination=body.destination))
+    return await service.move(sandbox_id, body.source, body.destination)
 
 
 @router.get("/archive", response_class=StreamingResponse, responses={200: {"content": {"application/x-tar": {}}}})
@@ -84,7 +83,7 @@ async def download_archive(sandbox_id: str, path: PathQ, service: Files) -> Stre
 @router.put("/archive", response_model=FileInfo)
 async def upload_archive(sandbox_id: str, path: PathQ, request: Request, service: Files) -> FileInfo:
     """Unpacks a tar stream into the directory; absolute names, '..' and links out are refused."""
-    return FileInfo(**await service.upload_tar(sandbox_id, path, _body(request)))
+    return await service.upload_tar(sandbox_id, path, _body(request))
 
 
 @router.get("/logs", response_class=StreamingResponse, responses={200: {"content": {"text/plain": {}}}})

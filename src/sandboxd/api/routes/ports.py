@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, status
@@ -19,7 +20,8 @@ class PortOut(BaseModel):
     url: str = Field(description="Host route: http://{id}-{port}.{proxy_domain}:{server port}/")
     path_url: str = Field(description="Path route under the API.")
     public: bool = Field(description="Reachable without the sandbox's traffic token.")
-    expires_at: int | None = Field(None, description="For a signed URL: when it stops working (Unix time).")
+    # The service's Unix time, validated into a datetime: rendered in RFC 3339 like every time of the API.
+    expires_at: datetime | None = Field(None, description="For a signed URL: when it stops working.")
 
 
 class ExposePort(BaseModel):

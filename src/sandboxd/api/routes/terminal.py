@@ -62,7 +62,8 @@ async def terminal(
     async def to_client() -> None:
         while (data := await term.read()) is not None:
             await websocket.send_bytes(bytes([OUTPUT]) + data)
-        await websocket.send_text(json.dumps({"type": "exit", **(term.exit or {})}))
+        exit_info = term.exit.model_dump(mode="json") if term.exit is not None else {}
+        await websocket.send_text(json.dumps({"type": "exit", **exit_info}))
 
     reader = asyncio.create_task(from_client())
     writer = asyncio.create_task(to_client())

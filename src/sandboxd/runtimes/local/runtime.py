@@ -362,7 +362,7 @@ class LocalRuntime:
         """Returns once the agent answers: the sandbox can run commands."""
         agent = self.agent(sandbox_id, {})
         try:
-            await asyncio.wait_for(agent.call("list"), READY_TIMEOUT)
+            await asyncio.wait_for(agent.processes(), READY_TIMEOUT)
         except (TimeoutError, RuntimeFailure) as exc:
             log = self.read_log_tail(sandbox_id)
             if ENTRYPOINT_FAILED in log:  # the agent's own words: the request named a bad program

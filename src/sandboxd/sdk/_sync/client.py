@@ -42,7 +42,7 @@ class CommandHandle:
 
     def status(self) -> ProcessInfo:
         r = _check(self.sandbox._http.get(f"{self.sandbox._path}/processes/{self.id}"))
-        return ProcessInfo(**r.json())
+        return ProcessInfo.from_json(r.json())
 
     def logs(self, offset: int = 0) -> tuple[str, str, int]:
         """(stdout, stderr, next offset) of the output produced so far."""
@@ -161,7 +161,7 @@ class Commands:
 
     def list(self) -> list[ProcessInfo]:
         r = _check(self._sandbox._http.get(f"{self._sandbox._path}/processes"))
-        return [ProcessInfo(**p) for p in r.json()]
+        return [ProcessInfo.from_json(p) for p in r.json()]
 
 
 class Files:

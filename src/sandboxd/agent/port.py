@@ -1,0 +1,291 @@
+"""AgentPort: typed calls to one sandbox's agent. Services use this and nothing below it: no
+opcode, frame kind or agent JSON key leaves src/sandboxd/agent/.
+
+Everything the agent answers is checked here (shapes, types, times, offsets) and turned into the
+domain's values; what does not hold together is the agent's failure (AgentFailure, 502)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from sandboxd.agent.connection import AgentConnection, AgentFailure, Connector, agent_json, raise_agent_error
+from sandboxd.agent.protocol import Frame, Op
+from sandboxd.domain import ExitInfo, FileInfo, Gap, Output, ProcessInfo
+
+M = TypeVar("M", bound=BaseModel)
+TIME_FIELDS = ("started_at", "ended_at", "modified_at")
+LATEST = 253402300799.0  # 9999-12-31T23:59:59Z: a datetime can hold no later time
+STREAMS: dict[int, Literal["stdout", "stderr"]] = {Frame.STDOUT: "stdout", Frame.STDERR: "stderr"}
+
+
+def _when(value: object) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise AgentFailure("the sandbox agent sent a malformed time")
+    if not 0 <= value <= LATEST:
+        raise AgentFailure("the sandbox agent sent a time out of range")
+    return datetime.fromtimestamp(value, UTC)
+
+
+def parse(model: type[M], raw: object) -> M:
+    """An agent's JSON object as model: Unix times become datetimes, anything else malformed fails."""
+    if not isinstance(raw, dict):
+        raise AgentFailure("the sandbox agent sent a malformed message")
+    body = {k: _when(v) if k in TIME_FIELDS else v for k, v in raw.items()}
+    try:
+        return model.model_validate(body, strict=False)
+    except ValidationError:
+        raise AgentFailure(f"the sandbox agent sent a malformed {model.__name__}") from None
+
+
+def parse_list(model: type[M], raw: object, limit: int) -> list[M]:
+    if not isinstance(raw, list):
+        raise AgentFailure("the sandbox agent sent a malformed list")
+    return [parse(model, item) for item in raw[:limit]]
+
+
+@dataclass(frozen=True)
+class Spawn:
+    """What to start: the request's values, already merged with the sandbox's defaults."""
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    user: str | int | None = None
+    timeout: float | None = None
+    keep_stdin: bool = False  # a pipe for later writes; otherwise stdin is /dev/null
+    home_set: bool = False  # the caller set HOME: a user's own home does not replace it
+
+    def args(self) -> dict[str, Any]:
+        return {
+            "argv": self.argv,
+            "env": self.env,
+            "home_set": self.home_set,
+            "cwd": self.cwd,
+            "user": self.user,
+            "timeout": self.timeout,
+            "stdin": self.keep_stdin,
+        }
+
+
+class ProcessStream:
+    """An attached process: its output as Output and Gap items, then one ExitInfo, read in the one
+    loop that reads process frames; meanwhile stdin, resize and signals go the other way. Iterate
+    once; the connection closes when the iteration ends or on close()."""
+
+    def __init__(self, conn: AgentConnection, offset: int, start: int, process: ProcessInfo | None = None) -> None:
+        self._conn = conn
+        self._offset = offset  # where the reader asked to start
+        self._start = start  # where the agent said its output starts
+        self.process = process  # the spawned process, for a stream started by spawn
+
+    async def write(self, data: bytes) -> None:
+        await self._conn.send(Frame.STDIN, data)
+
+    async def close_stdin(self) -> None:
+        await self._conn.send(Frame.EOF)
+
+    async def resize(self, rows: int, cols: int) -> None:
+        await self._conn.send(Frame.RESIZE, {"rows": rows, "cols": cols})
+
+    async def signal(self, number: int) -> None:
+        await self._conn.send(Frame.SIGNAL, {"signal": number})
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    def __aiter__(self) -> AsyncGenerator[Output | Gap | ExitInfo]:
+        return self._items()
+
+    async def _items(self) -> AsyncGenerator[Output | Gap | ExitInfo]:
+        offset = self._offset
+        try:
+            if self._start > offset:
+                yield Gap(offset, self._start)
+                offset = self._start
+            while True:
+                kind, payload = await self._conn.recv()
+                if kind in STREAMS:
+                    offset += len(payload)
+                    yield Output(STREAMS[kind], payload, offset)
+                elif kind == Frame.GAP:
+                    gap = _gap(payload, offset)
+                    offset = gap.end
+                    yield gap
+                elif kind == Frame.EXIT:
+                    end = parse(ExitInfo, agent_json(payload))
+                    await self._conn.close()  # before the yield: a reader may stop at the exit
+                    yield end
+                    return
+                elif kind == Frame.ERROR:
+                    raise_agent_error(payload, self._conn.op)
+                else:
+                    raise AgentFailure(f"unexpected frame {kind} from the sandbox agent")
+        finally:
+            await self._conn.close()
+
+
+def _gap(payload: bytes, offset: int) -> Gap:
+    """A GAP frame, checked: what the agent says must at least hold together (from the reader's
+    position, forwards)."""
+    body = agent_json(payload)
+    start, end = (body.get("from"), body.get("to")) if isinstance(body, dict) else (None, None)
+    if not (type(start) is int and type(end) is int):
+        raise AgentFailure("the sandbox agent sent a malformed gap frame")
+    if not start == offset < end:
+        raise AgentFailure(f"the sandbox agent sent a gap that does not follow offset {offset}")
+    return Gap(start, end)
+
+
+class AgentPort:
+    """One sandbox's agent. Every method opens its own connection (the protocol's one request)."""
+
+    def __init__(self, connect: Connector) -> None:
+        self.connect = connect
+
+    async def _call(self, op: Op, **args: Any) -> Any:
+        conn = await self.connect()
+        try:
+            await conn.request(op, **args)
+            return await conn.reply()
+        finally:
+            await conn.close()
+
+    async def _open(self, op: Op, **args: Any) -> tuple[AgentConnection, Any]:
+        """Starts a streaming request; returns the connection after its first reply."""
+        conn = await self.connect()
+        try:
+            await conn.request(op, **args)
+            return conn, await conn.reply()
+        except BaseException:
+            await conn.close()
+            raise
+
+    async def _upload(self, op: Op, chunks: AsyncIterator[bytes], **args: Any) -> Any:
+        """Streams chunks as DATA frames. The agent may refuse midway (a bad path, a hostile
+        archive) and hang up: its ERROR frame then explains, not the broken pipe."""
+        conn = await self.connect()
+        try:
+            await conn.request(op, **args)
+            try:
+                await conn.send_chunks(chunks)
+            except AgentFailure:
+                pass
+            return await conn.reply()
+        finally:
+            await conn.close()
+
+    # -- processes -------------------------------------------------------------------------------
+
+    async def spawn(self, spec: Spawn) -> ProcessInfo:
+        """Starts a process in the background."""
+        return parse(ProcessInfo, await self._call(Op.SPAWN, **spec.args()))
+
+    async def run(self, spec: Spawn, stdin: bytes | None = None) -> ProcessStream:
+        """Starts a process and streams its output from the start; stdin, if given, is written
+        and closed (spec.keep_stdin must then be set). Errors raise here, before any output."""
+        conn, reply = await self._open(Op.SPAWN, **spec.args(), attach=True)
+        stream = ProcessStream(conn, 0, 0, parse(ProcessInfo, reply))
+        try:
+            if stdin is not None:
+                await stream.write(stdin)
+                await stream.close_stdin()
+        except BaseException:
+            await stream.close()
+            raise
+        return stream
+
+    async def terminal(self, spec: Spawn, rows: int, cols: int) -> ProcessStream:
+        """Starts a process on a PTY of rows x cols; its output is all stdout."""
+        conn, reply = await self._open(Op.SPAWN, **spec.args(), attach=True, pty=True, rows=rows, cols=cols)
+        return ProcessStream(conn, 0, 0, parse(ProcessInfo, reply))
+
+    async def attach(self, process_id: str, offset: int = 0, follow: bool = True) -> ProcessStream:
+        """A process's output from offset on (after a Gap up to the oldest kept, if that was
+        dropped); with follow, until it ends. An unknown process raises here."""
+        conn, first = await self._open(Op.ATTACH, id=process_id, offset=offset, follow=follow)
+        start = first.get("offset") if isinstance(first, dict) else None
+        if type(start) is not int or start < offset:
+            await conn.close()
+            raise AgentFailure(f"the sandbox agent answered an attach with a bad offset: {start!r:.40}")
+        return ProcessStream(conn, offset, start)
+
+    async def processes(self) -> list[ProcessInfo]:
+        return parse_list(ProcessInfo, await self._call(Op.LIST), 100_000)
+
+    async def process(self, process_id: str) -> ProcessInfo:
+        return parse(ProcessInfo, await self._call(Op.STATUS, id=process_id))
+
+    async def signal(self, process_id: str, signal: int) -> ProcessInfo:
+        """Sends signal to the process and everything it started."""
+        return parse(ProcessInfo, await self._call(Op.SIGNAL, id=process_id, signal=signal))
+
+    async def stdin(self, process_id: str, data: str | bytes, eof: bool = False) -> ProcessInfo:
+        text = data.decode(errors="replace") if isinstance(data, bytes) else data
+        return parse(ProcessInfo, await self._call(Op.STDIN, id=process_id, data=text, eof=eof))
+
+    async def wait_entrypoint(self) -> ExitInfo:
+        """Returns once the sandbox's entrypoint has ended and its output is in the log; raises
+        AgentFailure if the agent goes away first (the sandbox died)."""
+        conn, _ = await self._open(Op.WAIT_ENTRYPOINT)
+        try:
+            return parse(ExitInfo, await conn.reply())
+        finally:
+            await conn.close()
+
+    # -- files (paths are resolved inside the sandbox, by its agent) -----------------------------
+
+    async def stat(self, path: str) -> FileInfo:
+        return parse(FileInfo, await self._call(Op.STAT, path=path))
+
+    async def list_dir(self, path: str, limit: int, after: str | None = None) -> list[FileInfo]:
+        """Entries sorted by name, at most limit, those after the name given."""
+        return parse_list(FileInfo, await self._call(Op.LIST_DIR, path=path, limit=limit, after=after), limit)
+
+    async def read(self, path: str) -> tuple[int | None, AsyncIterator[bytes]]:
+        """The file's size (None where it says nothing, as in /proc) and its content; errors
+        surface here, before the first byte."""
+        conn, reply = await self._open(Op.READ, path=path)
+        size = reply.get("size") if isinstance(reply, dict) else None
+        if size is not None and (type(size) is not int or size < 0):
+            await conn.close()
+            raise AgentFailure("the sandbox agent sent a malformed size")
+        return size, _chunks(conn)
+
+    async def write(self, path: str, chunks: AsyncIterator[bytes], mode: int = 0o644, parents: bool = True) -> FileInfo:
+        return parse(FileInfo, await self._upload(Op.WRITE, chunks, path=path, mode=mode, parents=parents))
+
+    async def mkdir(self, path: str, mode: int = 0o755) -> FileInfo:
+        """Makes the directory and its parents; an existing directory is fine."""
+        return parse(FileInfo, await self._call(Op.MKDIR, path=path, mode=mode))
+
+    async def remove(self, path: str, recursive: bool = False) -> None:
+        await self._call(Op.REMOVE, path=path, recursive=recursive)
+
+    async def move(self, source: str, destination: str) -> FileInfo:
+        return parse(FileInfo, await self._call(Op.MOVE, source=source, destination=destination))
+
+    async def tar_get(self, path: str) -> AsyncIterator[bytes]:
+        """path (a directory or a file) as an uncompressed tar stream."""
+        conn, _ = await self._open(Op.TAR_GET, path=path)
+        return _chunks(conn)
+
+    async def tar_put(self, path: str, chunks: AsyncIterator[bytes]) -> FileInfo:
+        """Unpacks a tar stream into the directory path; the agent refuses absolute names, '..'
+        and links out."""
+        return parse(FileInfo, await self._upload(Op.TAR_PUT, chunks, path=path))
+
+
+async def _chunks(conn: AgentConnection) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in conn.data():
+            yield chunk
+    finally:
+        await conn.close()
