@@ -16,8 +16,8 @@ from sandboxd.domain import SandboxSpec, State, utcnow
 from sandboxd.errors import RuntimeFailure
 from sandboxd.runtimes.agent_client import Agent
 from sandboxd.runtimes.base import Liveness
-from sandboxd.services.requests import CreateSandbox
 from sandboxd.services.lifecycle import SandboxService
+from sandboxd.services.requests import CreateSandbox
 from sandboxd.store.sqlite import SqliteStore
 
 

@@ -7,7 +7,9 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sandboxd.store.tenancy_memory import MemoryTenancyStore
 
+from sandboxd.domain import DEFAULT_ORG, DEFAULT_PROJECT, Scope
 from sandboxd.errors import Conflict, Forbidden, InvalidRequest, SandboxdError, Unauthorized
 from sandboxd.services.auth import (
     MAX_CREDENTIAL,
@@ -20,8 +22,6 @@ from sandboxd.services.auth import (
     scope_for_method,
 )
 from sandboxd.services.tenancy import TenancyService
-from sandboxd.store.tenancy_memory import MemoryTenancyStore
-from sandboxd.domain import DEFAULT_ORG, DEFAULT_PROJECT, Scope
 
 pytestmark = pytest.mark.anyio
 SERVER_KEY = "the-server-key"

@@ -9,16 +9,16 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
 
 from sandboxd.api.state import PRINCIPAL, ApiState, api_state
+from sandboxd.domain import Scope
 from sandboxd.errors import Forbidden
 from sandboxd.services.auth import PROJECT_HEADER, Principal, scope_for_method
 from sandboxd.services.commands import CommandService
 from sandboxd.services.container import Services
 from sandboxd.services.files import FileService
-from sandboxd.services.ports import PortService
 from sandboxd.services.lifecycle import SandboxService
+from sandboxd.services.ports import PortService
 from sandboxd.services.templates import TemplateService
 from sandboxd.services.tenancy import TenancyService
-from sandboxd.domain import Scope
 
 bearer = HTTPBearer(
     auto_error=False,

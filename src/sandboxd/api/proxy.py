@@ -35,10 +35,10 @@ from sandboxd.api.port_origin import (
     path_route_response,
 )
 from sandboxd.api.state import ApiState, api_state
+from sandboxd.domain import Scope as KeyScope
 from sandboxd.errors import Forbidden, InvalidRequest, SandboxdError
 from sandboxd.services.auth import PROJECT_HEADER, looks_like_key, presented_credential, scope_for_method
 from sandboxd.services.ports import SIGNATURE_QUERY, TOKEN_HEADER, TOKEN_QUERY, PortService, PortUnreachable, Target
-from sandboxd.domain import Scope as KeyScope
 
 SANDBOX_ID = r"sbx[_-][0-9a-z]{26}"
 PATH_ROUTE = re.compile(rf"^/api/v1/sandboxes/({SANDBOX_ID})/ports/(\d{{1,5}})(/.*)$")

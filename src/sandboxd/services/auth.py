@@ -22,9 +22,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sandboxd.domain import new_id, utcnow
+from sandboxd.domain import (
+    DEFAULT_ORG,
+    DEFAULT_PROJECT,
+    DEFAULT_PROJECT_NAME,
+    ApiKey,
+    Project,
+    Scope,
+    hash_secret,
+    new_id,
+    utcnow,
+)
 from sandboxd.errors import Forbidden, SandboxdError, Unauthorized
-from sandboxd.domain import DEFAULT_ORG, DEFAULT_PROJECT, DEFAULT_PROJECT_NAME, ApiKey, Project, Scope, hash_secret
 from sandboxd.store.base import Store as TenancyStore
 
 log = logging.getLogger("sandboxd")

@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator
 
 from sandboxd.agent import AgentFailure, AgentPort, ProcessStream, Spawn
 from sandboxd.domain import CommandResult, ExitInfo, Gap, Output, ProcessInfo, Sandbox
-from sandboxd.services.requests import RunCommand
 from sandboxd.services.lifecycle import SandboxService
+from sandboxd.services.requests import RunCommand
 
 __all__ = ["CommandService", "Gap", "Output", "Terminal"]
 
@@ -24,8 +24,8 @@ class CommandService:
     def __init__(self, sandboxes: SandboxService) -> None:
         self.sandboxes = sandboxes
 
-    def _agent(self, sandbox_id: str) -> tuple[Sandbox, AgentPort]:
-        return self.sandboxes.agent(sandbox_id)
+    async def _agent(self, project_id: str | None, sandbox_id: str) -> tuple[Sandbox, AgentPort]:
+        return await self.sandboxes.agent(project_id, sandbox_id)
 
     @staticmethod
     def _spawn(sandbox: Sandbox, cmd: RunCommand, **defaults: str) -> Spawn:
@@ -40,11 +40,13 @@ class CommandService:
             keep_stdin=cmd.stdin is not None or cmd.background,
         )
 
-    async def stream(self, sandbox_id: str, cmd: RunCommand) -> AsyncIterator[Output | Gap | ExitInfo]:
+    async def stream(
+        self, project_id: str | None, sandbox_id: str, cmd: RunCommand
+    ) -> AsyncIterator[Output | Gap | ExitInfo]:
         """Starts a command (errors raise here, before any output) and returns its output as it
         comes, then its exit."""
-        sandbox, agent = self._agent(sandbox_id)
-        oom_before = self.sandboxes.runtime.oom_kills(sandbox_id)
+        sandbox, agent = await self._agent(project_id, sandbox_id)
+        oom_before = await self.sandboxes.oom_kills(sandbox_id)
         stdin = cmd.stdin.encode() if cmd.stdin is not None else None
         stream = await agent.run(self._spawn(sandbox, cmd), stdin)
         return self._marked(stream, sandbox_id, oom_before)
@@ -56,16 +58,16 @@ class CommandService:
             if isinstance(item, ExitInfo):
                 # A shell reports its child's SIGKILL as exit 137 rather than dying of it.
                 killed = item.signal == signals.SIGKILL or item.exit_code == 137
-                oom = killed and self.sandboxes.runtime.oom_kills(sandbox_id) > oom_before
+                oom = killed and await self.sandboxes.oom_kills(sandbox_id) > oom_before
                 item = item.model_copy(update={"oom_killed": oom and not item.timed_out})
             yield item
 
-    async def run(self, sandbox_id: str, cmd: RunCommand) -> CommandResult:
+    async def run(self, project_id: str | None, sandbox_id: str, cmd: RunCommand) -> CommandResult:
         out: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
         kept = {"stdout": 0, "stderr": 0}
         truncated = False
         end: ExitInfo | None = None
-        async for item in await self.stream(sandbox_id, cmd):
+        async for item in await self.stream(project_id, sandbox_id, cmd):
             if isinstance(item, Gap):
                 truncated = True  # output in the middle is gone, whatever the cap
             elif isinstance(item, Output):
@@ -91,9 +93,9 @@ class CommandService:
             truncated=truncated,
         )
 
-    async def start(self, sandbox_id: str, cmd: RunCommand) -> ProcessInfo:
+    async def start(self, project_id: str | None, sandbox_id: str, cmd: RunCommand) -> ProcessInfo:
         """Starts a background process; returns its status with the id to address it by."""
-        sandbox, agent = self._agent(sandbox_id)
+        sandbox, agent = await self._agent(project_id, sandbox_id)
         info = await agent.spawn(self._spawn(sandbox, cmd))
         if cmd.stdin is not None:
             try:
@@ -103,29 +105,33 @@ class CommandService:
                 raise
         return info
 
-    async def list(self, sandbox_id: str) -> list[ProcessInfo]:
-        return await self._agent(sandbox_id)[1].processes()
+    async def list(self, project_id: str | None, sandbox_id: str) -> list[ProcessInfo]:
+        return await (await self._agent(project_id, sandbox_id))[1].processes()
 
-    async def status(self, sandbox_id: str, process_id: str) -> ProcessInfo:
-        return await self._agent(sandbox_id)[1].process(process_id)
+    async def status(self, project_id: str | None, sandbox_id: str, process_id: str) -> ProcessInfo:
+        return await (await self._agent(project_id, sandbox_id))[1].process(process_id)
 
-    async def signal(self, sandbox_id: str, process_id: str, signal: int) -> ProcessInfo:
-        return await self._agent(sandbox_id)[1].signal(process_id, signal)
+    async def signal(self, project_id: str | None, sandbox_id: str, process_id: str, signal: int) -> ProcessInfo:
+        return await (await self._agent(project_id, sandbox_id))[1].signal(process_id, signal)
 
-    async def write_stdin(self, sandbox_id: str, process_id: str, data: str, eof: bool) -> ProcessInfo:
-        return await self._agent(sandbox_id)[1].stdin(process_id, data, eof)
+    async def write_stdin(
+        self, project_id: str | None, sandbox_id: str, process_id: str, data: str, eof: bool
+    ) -> ProcessInfo:
+        return await (await self._agent(project_id, sandbox_id))[1].stdin(process_id, data, eof)
 
     async def logs(
-        self, sandbox_id: str, process_id: str, offset: int, follow: bool
+        self, project_id: str | None, sandbox_id: str, process_id: str, offset: int, follow: bool
     ) -> AsyncIterator[Output | Gap | ExitInfo]:
         """Output from offset on (after a Gap up to the oldest kept, if that was dropped); with
         follow, until the process ends. An unknown process raises here, before any output."""
-        stream = await self._agent(sandbox_id)[1].attach(process_id, offset, follow)
+        stream = await (await self._agent(project_id, sandbox_id))[1].attach(process_id, offset, follow)
         return aiter(stream)
 
-    async def terminal(self, sandbox_id: str, cmd: RunCommand, rows: int, cols: int) -> Terminal:
+    async def terminal(
+        self, project_id: str | None, sandbox_id: str, cmd: RunCommand, rows: int, cols: int
+    ) -> Terminal:
         """Starts a process on a PTY."""
-        sandbox, agent = self._agent(sandbox_id)
+        sandbox, agent = await self._agent(project_id, sandbox_id)
         spawn = self._spawn(sandbox, cmd, TERM="xterm-256color")
         return Terminal(await agent.terminal(spawn, rows, cols))
 

@@ -13,10 +13,10 @@ from sandboxd.runtimes.base import Runtime
 from sandboxd.services.auth import AuthService
 from sandboxd.services.commands import CommandService
 from sandboxd.services.files import FileService
-from sandboxd.services.ports import PortService
 from sandboxd.services.lifecycle import SandboxService
-from sandboxd.services.templates import TemplateService
+from sandboxd.services.ports import PortService
 from sandboxd.services.supervisor import Supervisor
+from sandboxd.services.templates import TemplateService
 from sandboxd.services.tenancy import TenancyService
 from sandboxd.store.base import Store
 from sandboxd.store.sql import open_store

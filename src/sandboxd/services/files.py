@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 from sandboxd.agent import AgentPort
 from sandboxd.domain import FileInfo
 from sandboxd.errors import InvalidRequest
-from sandboxd.services.requests import check_sandbox_path
 from sandboxd.services.lifecycle import SandboxService
+from sandboxd.services.requests import check_sandbox_path
 
 
 def sandbox_path(path: str, field: str = "path") -> str:
@@ -23,41 +23,51 @@ class FileService:
     def __init__(self, sandboxes: SandboxService) -> None:
         self.sandboxes = sandboxes
 
-    def _agent(self, sandbox_id: str) -> AgentPort:
-        return self.sandboxes.agent(sandbox_id)[1]
+    async def _agent(self, project_id: str | None, sandbox_id: str) -> AgentPort:
+        return (await self.sandboxes.agent(project_id, sandbox_id))[1]
 
-    async def read(self, sandbox_id: str, path: str) -> tuple[int | None, AsyncIterator[bytes]]:
+    async def read(self, project_id: str | None, sandbox_id: str, path: str) -> tuple[int | None, AsyncIterator[bytes]]:
         """The file's size (None for files whose size says nothing, as in /proc) and an iterator
         over its content; errors surface before the first byte."""
-        return await self._agent(sandbox_id).read(sandbox_path(path))
+        return await (await self._agent(project_id, sandbox_id)).read(sandbox_path(path))
 
     async def write(
-        self, sandbox_id: str, path: str, body: AsyncIterator[bytes], mode: int, parents: bool = True
+        self,
+        project_id: str | None,
+        sandbox_id: str,
+        path: str,
+        body: AsyncIterator[bytes],
+        mode: int,
+        parents: bool = True,
     ) -> FileInfo:
-        return await self._agent(sandbox_id).write(sandbox_path(path), body, mode, parents)
+        return await (await self._agent(project_id, sandbox_id)).write(sandbox_path(path), body, mode, parents)
 
-    async def stat(self, sandbox_id: str, path: str) -> FileInfo:
-        return await self._agent(sandbox_id).stat(sandbox_path(path))
+    async def stat(self, project_id: str | None, sandbox_id: str, path: str) -> FileInfo:
+        return await (await self._agent(project_id, sandbox_id)).stat(sandbox_path(path))
 
-    async def list_dir(self, sandbox_id: str, path: str, limit: int, after: str | None = None) -> list[FileInfo]:
+    async def list_dir(
+        self, project_id: str | None, sandbox_id: str, path: str, limit: int, after: str | None = None
+    ) -> list[FileInfo]:
         """A page of a directory's entries, sorted by name: at most limit, after the name given."""
-        return await self._agent(sandbox_id).list_dir(sandbox_path(path), limit, after)
+        return await (await self._agent(project_id, sandbox_id)).list_dir(sandbox_path(path), limit, after)
 
-    async def mkdir(self, sandbox_id: str, path: str, mode: int = 0o755) -> FileInfo:
-        return await self._agent(sandbox_id).mkdir(sandbox_path(path), mode)
+    async def mkdir(self, project_id: str | None, sandbox_id: str, path: str, mode: int = 0o755) -> FileInfo:
+        return await (await self._agent(project_id, sandbox_id)).mkdir(sandbox_path(path), mode)
 
-    async def remove(self, sandbox_id: str, path: str, recursive: bool = False) -> str:
+    async def remove(self, project_id: str | None, sandbox_id: str, path: str, recursive: bool = False) -> str:
         """Removes the file (or with recursive, the tree); returns the path removed."""
         checked = sandbox_path(path)
-        await self._agent(sandbox_id).remove(checked, recursive)
+        await (await self._agent(project_id, sandbox_id)).remove(checked, recursive)
         return checked
 
-    async def move(self, sandbox_id: str, source: str, destination: str) -> FileInfo:
+    async def move(self, project_id: str | None, sandbox_id: str, source: str, destination: str) -> FileInfo:
         src, dst = sandbox_path(source, "source"), sandbox_path(destination, "destination")
-        return await self._agent(sandbox_id).move(src, dst)
+        return await (await self._agent(project_id, sandbox_id)).move(src, dst)
 
-    async def download_tar(self, sandbox_id: str, path: str) -> AsyncIterator[bytes]:
-        return await self._agent(sandbox_id).tar_get(sandbox_path(path))
+    async def download_tar(self, project_id: str | None, sandbox_id: str, path: str) -> AsyncIterator[bytes]:
+        return await (await self._agent(project_id, sandbox_id)).tar_get(sandbox_path(path))
 
-    async def upload_tar(self, sandbox_id: str, path: str, body: AsyncIterator[bytes]) -> FileInfo:
-        return await self._agent(sandbox_id).tar_put(sandbox_path(path), body)
+    async def upload_tar(
+        self, project_id: str | None, sandbox_id: str, path: str, body: AsyncIterator[bytes]
+    ) -> FileInfo:
+        return await (await self._agent(project_id, sandbox_id)).tar_put(sandbox_path(path), body)

@@ -30,7 +30,6 @@ from sandboxd.errors import (
     NotReady,
     RuntimeFailure,
     SandboxdError,
-    SandboxExhausted,
     SandboxNotFound,
     SandboxNotRunning,
 )
@@ -387,7 +386,11 @@ class SandboxService:
             rules = egress_rules(policy)
             record = await self.runtime.set_egress(sandbox_id, sandbox.runtime, rules)
             await self.store.update_if(sandbox_id, {"runtime": record}, expected_states=[State.RUNNING])
-            update = {"egress": policy.model_dump(), "egress_rules": rules, "internet_access": policy.mode != "deny_all"}
+            update = {
+                "egress": policy.model_dump(),
+                "egress_rules": rules,
+                "internet_access": policy.mode != "deny_all",
+            }
             return await self.patch_spec(project_id, sandbox_id, lambda spec: spec.model_copy(update=update))
 
     async def egress_status(self, project_id: str, sandbox_id: str) -> dict[str, Any]:

@@ -24,8 +24,8 @@ from sandboxd.errors import (
     SandboxNotFound,
     SandboxNotRunning,
 )
-from sandboxd.services.requests import MAX_PORTS
 from sandboxd.services.lifecycle import SandboxService
+from sandboxd.services.requests import MAX_PORTS
 
 RECORD_TTL = 1.0
 TOKEN_HEADER = "x-sandbox-token"

@@ -27,7 +27,9 @@ from pydantic import ValidationError
 from sandboxd.config import Settings
 from sandboxd.domain import SHARED_PROJECT, BuildState, ExitInfo, Limits, SandboxSpec, TemplateVersion, utcnow
 from sandboxd.errors import Conflict, InvalidRequest, SandboxdError
+from sandboxd.runtimes.base import Runtime
 from sandboxd.services.commands import CommandService, Gap, Output
+from sandboxd.services.lifecycle import SandboxService
 from sandboxd.services.requests import (
     TEMPLATE_NAME,
     CopyStep,
@@ -38,8 +40,6 @@ from sandboxd.services.requests import (
     UserStep,
     WorkdirStep,
 )
-from sandboxd.services.lifecycle import SandboxService
-from sandboxd.runtimes.base import Runtime
 from sandboxd.store.base import Store
 
 log = logging.getLogger("sandboxd.templates")

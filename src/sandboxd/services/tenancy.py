@@ -14,7 +14,17 @@ import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
-from sandboxd.domain import new_id, utcnow
+from sandboxd.domain import (
+    DEFAULT_ORG,
+    DEFAULT_PROJECT,
+    DEFAULT_PROJECT_NAME,
+    ApiKey,
+    Organization,
+    Project,
+    Scope,
+    new_id,
+    utcnow,
+)
 from sandboxd.errors import Conflict, Forbidden, InvalidRequest
 from sandboxd.services.auth import (
     AuthService,
@@ -25,8 +35,8 @@ from sandboxd.services.auth import (
     highest,
     new_key,
 )
-from sandboxd.domain import DEFAULT_ORG, DEFAULT_PROJECT, DEFAULT_PROJECT_NAME, ApiKey, Organization, Project, Scope
-from sandboxd.store.base import DuplicateKey, Store as TenancyStore
+from sandboxd.store.base import DuplicateKey
+from sandboxd.store.base import Store as TenancyStore
 
 # Names go into URLs, headers and (later) hostnames: a DNS label.
 NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")

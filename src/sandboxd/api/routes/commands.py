@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import StreamingResponse
 
-from sandboxd.api.deps import Commands
+from sandboxd.api.deps import Commands, ProjectId
 from sandboxd.api.models import CommandResult, ExitInfo, ProcessInfo, ProcessLogs, SignalIn, StdinIn
 from sandboxd.api.params import Offset
 from sandboxd.api.routing import CheckedRoute
@@ -48,28 +48,28 @@ async def _sse(items: AsyncIterator[Output | Gap | ExitInfo]) -> AsyncIterator[s
 
 @router.post("/commands", response_model=CommandResult | ProcessInfo)
 async def run_command(
-    sandbox_id: str, body: RunCommand, service: Commands, response: Response
+    sandbox_id: str, body: RunCommand, service: Commands, project: ProjectId, response: Response
 ) -> CommandResult | ProcessInfo:
     """Runs a command to completion; with `background` returns 202 and the process at once."""
     if body.background:
         response.status_code = status.HTTP_202_ACCEPTED
-        return await service.start(sandbox_id, body)
-    return await service.run(sandbox_id, body)
+        return await service.start(project, sandbox_id, body)
+    return await service.run(project, sandbox_id, body)
 
 
 @router.post("/commands/stream", responses=SSE_DOC, response_class=StreamingResponse)
-async def stream_command(sandbox_id: str, body: RunCommand, service: Commands) -> StreamingResponse:
-    return StreamingResponse(_sse(await service.stream(sandbox_id, body)), media_type="text/event-stream")
+async def stream_command(sandbox_id: str, body: RunCommand, service: Commands, project: ProjectId) -> StreamingResponse:
+    return StreamingResponse(_sse(await service.stream(project, sandbox_id, body)), media_type="text/event-stream")
 
 
 @router.get("/processes", response_model=list[ProcessInfo])
-async def list_processes(sandbox_id: str, service: Commands) -> list[ProcessInfo]:
-    return await service.list(sandbox_id)
+async def list_processes(sandbox_id: str, service: Commands, project: ProjectId) -> list[ProcessInfo]:
+    return await service.list(project, sandbox_id)
 
 
 @router.get("/processes/{process_id}", response_model=ProcessInfo)
-async def get_process(sandbox_id: str, process_id: str, service: Commands) -> ProcessInfo:
-    return await service.status(sandbox_id, process_id)
+async def get_process(sandbox_id: str, process_id: str, service: Commands, project: ProjectId) -> ProcessInfo:
+    return await service.status(project, sandbox_id, process_id)
 
 
 @router.get("/processes/{process_id}/logs", response_model=ProcessLogs, responses=SSE_DOC)
@@ -77,10 +77,11 @@ async def process_logs(
     sandbox_id: str,
     process_id: str,
     service: Commands,
+    project: ProjectId,
     offset: Offset = 0,
     follow: Annotated[bool, Query(description="Stream as SSE until the process ends.")] = False,
 ) -> ProcessLogs | StreamingResponse:
-    items = await service.logs(sandbox_id, process_id, offset, follow)
+    items = await service.logs(project, sandbox_id, process_id, offset, follow)
     if follow:
         return StreamingResponse(_sse(items), media_type="text/event-stream")
     out: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
@@ -106,19 +107,23 @@ async def process_logs(
 
 
 @router.post("/processes/{process_id}/stdin", response_model=ProcessInfo)
-async def write_stdin(sandbox_id: str, process_id: str, body: StdinIn, service: Commands) -> ProcessInfo:
-    return await service.write_stdin(sandbox_id, process_id, body.data, body.eof)
+async def write_stdin(
+    sandbox_id: str, process_id: str, body: StdinIn, service: Commands, project: ProjectId
+) -> ProcessInfo:
+    return await service.write_stdin(project, sandbox_id, process_id, body.data, body.eof)
 
 
 @router.post("/processes/{process_id}/signal", response_model=ProcessInfo)
-async def signal_process(sandbox_id: str, process_id: str, body: SignalIn, service: Commands) -> ProcessInfo:
+async def signal_process(
+    sandbox_id: str, process_id: str, body: SignalIn, service: Commands, project: ProjectId
+) -> ProcessInfo:
     try:
         number = signal_number(body.signal)
     except ValueError as exc:
         raise InvalidRequest("signal", str(exc)) from None
-    return await service.signal(sandbox_id, process_id, number)
+    return await service.signal(project, sandbox_id, process_id, number)
 
 
 @router.delete("/processes/{process_id}", response_model=ProcessInfo)
-async def kill_process(sandbox_id: str, process_id: str, service: Commands) -> ProcessInfo:
-    return await service.signal(sandbox_id, process_id, 9)
+async def kill_process(sandbox_id: str, process_id: str, service: Commands, project: ProjectId) -> ProcessInfo:
+    return await service.signal(project, sandbox_id, process_id, 9)

@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
-from sandboxd.api.deps import Files, Sandboxes
+from sandboxd.api.deps import Files, ProjectId, Sandboxes
 from sandboxd.api.models import FileInfo, MoveIn, PathIn, Removed
 from sandboxd.api.params import Offset
 from sandboxd.api.routing import CheckedRoute
@@ -23,8 +23,8 @@ async def _body(request: Request) -> AsyncIterator[bytes]:
 
 
 @router.get("/files", response_class=StreamingResponse, responses={200: {"content": {"application/octet-stream": {}}}})
-async def read_file(sandbox_id: str, path: PathQ, service: Files) -> StreamingResponse:
-    size, chunks = await service.read(sandbox_id, path)
+async def read_file(sandbox_id: str, path: PathQ, service: Files, project: ProjectId) -> StreamingResponse:
+    size, chunks = await service.read(project, sandbox_id, path)
     headers = {"Content-Length": str(size)} if size is not None else {}  # /proc files: read to the end
     return StreamingResponse(chunks, media_type="application/octet-stream", headers=headers)
 
@@ -35,15 +35,18 @@ async def write_file(
     path: PathQ,
     request: Request,
     service: Files,
+    project: ProjectId,
     mode: Annotated[str, Query(pattern="^[0-7]{3,4}$", description="Octal permissions.")] = "644",
 ) -> FileInfo:
     """Writes the request body to the file (streamed), creating parent directories."""
-    return await service.write(sandbox_id, path, _body(request), int(mode, 8))
+    return await service.write(project, sandbox_id, path, _body(request), int(mode, 8))
 
 
 @router.delete("/files", response_model=Removed)
-async def remove_file(sandbox_id: str, path: PathQ, service: Files, recursive: bool = False) -> Removed:
-    return Removed(removed=await service.remove(sandbox_id, path, recursive))
+async def remove_file(
+    sandbox_id: str, path: PathQ, service: Files, project: ProjectId, recursive: bool = False
+) -> Removed:
+    return Removed(removed=await service.remove(project, sandbox_id, path, recursive))
 
 
 @router.get("/files/list", response_model=list[FileInfo])
@@ -51,42 +54,47 @@ async def list_dir(
     sandbox_id: str,
     path: PathQ,
     service: Files,
+    project: ProjectId,
     limit: Annotated[int, Query(ge=1, le=MAX_LISTING, description="At most this many entries, by name.")] = 10_000,
     after: Annotated[str | None, Query(description="Names sorted after this one: the last page's last.")] = None,
 ) -> list[FileInfo]:
     """A directory's entries sorted by name, a page at a time: a huge directory never sits whole
     in the server's memory."""
-    return await service.list_dir(sandbox_id, path, limit, after)  # the agent's answer is bounded too
+    return await service.list_dir(project, sandbox_id, path, limit, after)  # the agent's answer is bounded too
 
 
 @router.get("/files/stat", response_model=FileInfo)
-async def stat_file(sandbox_id: str, path: PathQ, service: Files) -> FileInfo:
-    return await service.stat(sandbox_id, path)
+async def stat_file(sandbox_id: str, path: PathQ, service: Files, project: ProjectId) -> FileInfo:
+    return await service.stat(project, sandbox_id, path)
 
 
 @router.post("/files/mkdir", response_model=FileInfo)
-async def make_dir(sandbox_id: str, body: PathIn, service: Files) -> FileInfo:
-    return await service.mkdir(sandbox_id, body.path, body.mode)
+async def make_dir(sandbox_id: str, body: PathIn, service: Files, project: ProjectId) -> FileInfo:
+    return await service.mkdir(project, sandbox_id, body.path, body.mode)
 
 
 @router.post("/files/move", response_model=FileInfo)
-async def move(sandbox_id: str, body: MoveIn, service: Files) -> FileInfo:
-    return await service.move(sandbox_id, body.source, body.destination)
+async def move(sandbox_id: str, body: MoveIn, service: Files, project: ProjectId) -> FileInfo:
+    return await service.move(project, sandbox_id, body.source, body.destination)
 
 
 @router.get("/archive", response_class=StreamingResponse, responses={200: {"content": {"application/x-tar": {}}}})
-async def download_archive(sandbox_id: str, path: PathQ, service: Files) -> StreamingResponse:
+async def download_archive(sandbox_id: str, path: PathQ, service: Files, project: ProjectId) -> StreamingResponse:
     """A directory (or file) as an uncompressed tar stream."""
-    return StreamingResponse(await service.download_tar(sandbox_id, path), media_type="application/x-tar")
+    return StreamingResponse(await service.download_tar(project, sandbox_id, path), media_type="application/x-tar")
 
 
 @router.put("/archive", response_model=FileInfo)
-async def upload_archive(sandbox_id: str, path: PathQ, request: Request, service: Files) -> FileInfo:
+async def upload_archive(
+    sandbox_id: str, path: PathQ, request: Request, service: Files, project: ProjectId
+) -> FileInfo:
     """Unpacks a tar stream into the directory; absolute names, '..' and links out are refused."""
-    return await service.upload_tar(sandbox_id, path, _body(request))
+    return await service.upload_tar(project, sandbox_id, path, _body(request))
 
 
 @router.get("/logs", response_class=StreamingResponse, responses={200: {"content": {"text/plain": {}}}})
-async def entrypoint_logs(sandbox_id: str, service: Sandboxes, offset: Offset = 0) -> StreamingResponse:
+async def entrypoint_logs(
+    sandbox_id: str, service: Sandboxes, project: ProjectId, offset: Offset = 0
+) -> StreamingResponse:
     """Output of the sandbox's entrypoint (stdout and stderr interleaved), from a byte offset."""
-    return StreamingResponse(service.entrypoint_logs(sandbox_id, offset), media_type="text/plain")
+    return StreamingResponse(service.entrypoint_logs(project, sandbox_id, offset), media_type="text/plain")

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from sandboxd.api.deps import Templates
+from sandboxd.api.deps import ProjectId, Templates
 from sandboxd.api.params import Offset, Version
 from sandboxd.api.routing import CheckedRoute
 from sandboxd.domain import BuildState, TemplateVersion
@@ -53,12 +53,13 @@ class RuntimeList(BaseModel):
 async def build_template(
     body: CreateTemplate,
     service: Templates,
+    project: ProjectId,
     response: Response,
     wait: Annotated[bool, Query(description="Answer once the build has ended (201), not at its start.")] = False,
     no_cache: Annotated[bool, Query(description="Run every step again, cached or not.")] = False,
 ) -> TemplateOut:
     """Builds the next version of a template. Follow its log at .../versions/{version}/logs?follow=true."""
-    version = await service.build(body, no_cache)
+    version = await service.build(project, body, no_cache)
     response.headers["Location"] = f"/api/v1/templates/{version.name}/versions/{version.version}"
     if wait:
         version = await service.wait(version)
@@ -67,19 +68,19 @@ async def build_template(
 
 
 @router.get("/templates", response_model=TemplateList)
-async def list_templates(service: Templates, name: str | None = None) -> TemplateList:
-    return TemplateList(items=[TemplateOut.of(v) for v in service.find(name)])
+async def list_templates(service: Templates, project: ProjectId, name: str | None = None) -> TemplateList:
+    return TemplateList(items=[TemplateOut.of(v) for v in await service.find(project, name)])
 
 
 @router.get("/templates/{name}", response_model=TemplateOut)
-async def get_template(name: str, service: Templates) -> TemplateOut:
+async def get_template(name: str, service: Templates, project: ProjectId) -> TemplateOut:
     """The newest version."""
-    return TemplateOut.of(service.get(name))
+    return TemplateOut.of(await service.get(project, name))
 
 
 @router.get("/templates/{name}/versions/{version}", response_model=TemplateOut)
-async def get_template_version(name: str, version: Version, service: Templates) -> TemplateOut:
-    return TemplateOut.of(service.get(name, version))
+async def get_template_version(name: str, version: Version, service: Templates, project: ProjectId) -> TemplateOut:
+    return TemplateOut.of(await service.get(project, name, version))
 
 
 @router.get(
@@ -91,32 +92,33 @@ async def template_logs(
     name: str,
     version: Version,
     service: Templates,
+    project: ProjectId,
     offset: Offset = 0,
     follow: Annotated[bool, Query(description="Keep streaming until the build ends.")] = False,
 ) -> StreamingResponse:
-    return StreamingResponse(service.logs(name, version, offset, follow), media_type="text/plain")
+    return StreamingResponse(await service.logs(project, name, version, offset, follow), media_type="text/plain")
 
 
 @router.delete("/templates/{name}/versions/{version}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_template_version(name: str, version: Version, service: Templates) -> None:
+async def delete_template_version(name: str, version: Version, service: Templates, project: ProjectId) -> None:
     """Removes the version and its image; refused while a sandbox runs on it."""
-    await service.delete(name, version)
+    await service.delete(project, name, version)
 
 
 @router.get("/runtimes", response_model=RuntimeList)
-async def list_runtimes(service: Templates) -> RuntimeList:
+async def list_runtimes(service: Templates, project: ProjectId) -> RuntimeList:
     items = [
         RuntimeOut(name=runtime, template=template, built=built.ref if built else None)
-        for runtime, template, built in service.runtimes()
+        for runtime, template, built in await service.runtimes()
     ]
     return RuntimeList(items=items)
 
 
 @router.post("/runtimes/{runtime}/build", status_code=status.HTTP_202_ACCEPTED, response_model=TemplateOut)
 async def build_runtime(
-    runtime: str, service: Templates, response: Response, no_cache: Annotated[bool, Query()] = False
+    runtime: str, service: Templates, project: ProjectId, response: Response, no_cache: Annotated[bool, Query()] = False
 ) -> TemplateOut:
     """Builds (again) the template a runtime names, from its definition on the server."""
-    version = await service.build(service.runtime_definition(runtime), no_cache)
+    version = await service.build_runtime(runtime, no_cache)
     response.headers["Location"] = f"/api/v1/templates/{version.name}/versions/{version.version}"
     return TemplateOut.of(version)

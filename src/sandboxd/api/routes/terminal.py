@@ -11,6 +11,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, WebSocket
 
+from sandboxd.api.deps import WebSocketProjectId
 from sandboxd.api.state import api_state
 from sandboxd.errors import SandboxdError
 from sandboxd.services.commands import CommandService
@@ -24,6 +25,7 @@ STDIN, OUTPUT = 0, 1
 async def terminal(
     websocket: WebSocket,
     sandbox_id: str,
+    project: WebSocketProjectId,
     cols: Annotated[int, Query(ge=1, le=1000)] = 80,
     rows: Annotated[int, Query(ge=1, le=1000)] = 24,
     command: str = "",
@@ -35,7 +37,7 @@ async def terminal(
         argv = ["/bin/sh", "-c", command or "exec bash -l 2>/dev/null || exec sh -l"]
     await websocket.accept()
     try:
-        term = await commands.terminal(sandbox_id, RunCommand(command=argv, user=user), rows, cols)
+        term = await commands.terminal(project, sandbox_id, RunCommand(command=argv, user=user), rows, cols)
     except SandboxdError as exc:
         await websocket.send_text(json.dumps({"type": "error", "code": exc.code, "message": exc.message}))
         await websocket.close(code=4404 if exc.status == 404 else 4400)
