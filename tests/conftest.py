@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import itertools
 import os
 import shutil
 import signal
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -27,6 +28,9 @@ import pytest
 from sandboxd import Sandbox
 from sandboxd.runtimes.local.images import ImageStore
 from sandboxd.runtimes.local.network import Network
+from sandboxd.store.base import Store
+from sandboxd.store.sql import open_store
+from tests.postgres import PostgresServer
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_CACHE = Path(os.environ.get("SANDBOXD_TEST_IMAGES", "/var/tmp/sandboxd-test-images"))
@@ -278,3 +282,36 @@ def assert_no_leaks(data_dir: Path, bridge: str) -> None:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+# -- databases: SQLite in a temp file, PostgreSQL started by the tests (tests/postgres.py) ----------
+
+_databases = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres: PostgresServer) -> str:
+    return postgres.url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of each backend for each test."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/sandboxd.db"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.create_database(f"contract_{next(_databases)}")
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    opened = await open_store(database_url)
+    await opened.ensure_default_tenant()
+    yield opened
+    await opened.close()

@@ -12,13 +12,14 @@ from typing import Any
 import pytest
 
 from sandboxd.config import Settings
-from sandboxd.domain import SandboxSpec, State, utcnow
-from sandboxd.errors import RuntimeFailure
+from sandboxd.domain import DEFAULT_PROJECT, SandboxSpec, State, utcnow
+from sandboxd.errors import RuntimeFailure, SandboxNotFound
 from sandboxd.runtimes.agent_client import Agent
 from sandboxd.runtimes.base import Liveness
 from sandboxd.services.lifecycle import SandboxService
-from sandboxd.services.requests import CreateSandbox
-from sandboxd.store.sqlite import SqliteStore
+from sandboxd.services.requests import CreateSandbox, EgressPolicy
+from sandboxd.services.supervisor import Supervisor
+from sandboxd.store.base import Store
 
 
 class FlakyRuntime:
@@ -28,6 +29,8 @@ class FlakyRuntime:
         self.broken: set[str] = set()
         self.destroyed: list[str] = []
         self.alive: set[str] = set()
+        self.egress_gate: asyncio.Event | None = None
+        self.egress_entered = asyncio.Event()
 
     def check(self, spec: SandboxSpec) -> None:
         return None
@@ -74,44 +77,96 @@ class FlakyRuntime:
     def oom_kills(self, sandbox_id: str) -> int:
         return 0
 
+    async def set_egress(self, sandbox_id: str, record: dict[str, Any], rules: dict[str, Any]) -> dict[str, Any]:
+        self.egress_entered.set()
+        if self.egress_gate is not None:
+            await self.egress_gate.wait()  # the runtime is slow: other changes land meanwhile
+        return {**record, "egress": rules}
+
+
+class Harness:
+    def __init__(self, sandboxes: SandboxService, supervisor: Supervisor, runtime: FlakyRuntime) -> None:
+        self.sandboxes, self.supervisor, self.runtime = sandboxes, supervisor, runtime
+
+    async def state(self, sandbox_id: str) -> tuple[State, str]:
+        sandbox = await self.sandboxes.get(DEFAULT_PROJECT, sandbox_id)
+        return sandbox.status.state, sandbox.status.reason
+
+    async def shutdown(self) -> None:
+        await self.supervisor.shutdown()
+        await self.sandboxes.shutdown()
+
 
 @pytest.fixture
-def service(tmp_path: Path) -> SandboxService:
+async def harness(store: Store, tmp_path: Path) -> Harness:
     settings = Settings(data_dir=tmp_path, retention_seconds=60)
-    return SandboxService(settings, SqliteStore(tmp_path / "db.sqlite"), FlakyRuntime())
+    runtime = FlakyRuntime()
+    sandboxes = SandboxService(settings, store, runtime)  # type: ignore[arg-type]
+    return Harness(sandboxes, Supervisor(settings, store, runtime, sandboxes), runtime)  # type: ignore[arg-type]
 
 
 @pytest.mark.anyio
-async def test_one_sandbox_that_cannot_be_destroyed_does_not_stop_the_reaper(service: SandboxService) -> None:
-    runtime: FlakyRuntime = service.runtime  # type: ignore[assignment]
-    stuck = await service.create(CreateSandbox(timeout=1))
-    fine = await service.create(CreateSandbox(timeout=1))
+async def test_one_sandbox_that_cannot_be_destroyed_does_not_stop_the_reaper(harness: Harness) -> None:
+    service, runtime = harness.sandboxes, harness.runtime
+    stuck = await service.create(DEFAULT_PROJECT, CreateSandbox(timeout=1))
+    fine = await service.create(DEFAULT_PROJECT, CreateSandbox(timeout=1))
     runtime.broken.add(stuck.id)
-    await service.reap_once(utcnow() + timedelta(seconds=5))
-    assert service.get(fine.id).status.state == State.TERMINATED
-    assert service.get(fine.id).status.reason == "timeout"
-    assert service.get(stuck.id).status.state == State.STOPPING  # retried on the next pass
+    await harness.supervisor.reap_once(utcnow() + timedelta(seconds=5))
+    assert await harness.state(fine.id) == (State.TERMINATED, "timeout")
+    assert (await harness.state(stuck.id))[0] == State.STOPPING  # retried on the next pass
     runtime.broken.clear()
-    await service.reap_once(utcnow() + timedelta(seconds=5))
-    assert service.get(stuck.id).status.state == State.TERMINATED
+    await harness.supervisor.reap_once(utcnow() + timedelta(seconds=5))
+    assert (await harness.state(stuck.id))[0] == State.TERMINATED
     # Ended records are purged after the retention period, and only then.
-    await service.reap_once(utcnow() + timedelta(seconds=30))
-    service.get(fine.id)
-    await service.reap_once(utcnow() + timedelta(seconds=120))
-    assert service.find(None, None, None, 10) == []
-    await service.shutdown()
+    await harness.supervisor.reap_once(utcnow() + timedelta(seconds=30))
+    await service.get(DEFAULT_PROJECT, fine.id)
+    await harness.supervisor.reap_once(utcnow() + timedelta(seconds=120))
+    assert await service.find(DEFAULT_PROJECT, None, None, None, 10) == []
+    await harness.shutdown()
 
 
 @pytest.mark.anyio
-async def test_reconcile_goes_on_past_a_sandbox_it_cannot_clean(service: SandboxService) -> None:
-    runtime: FlakyRuntime = service.runtime  # type: ignore[assignment]
-    gone = await service.create(CreateSandbox())
-    stuck = await service.create(CreateSandbox())
-    await service.shutdown()
+async def test_reconcile_goes_on_past_a_sandbox_it_cannot_clean(harness: Harness) -> None:
+    service, runtime = harness.sandboxes, harness.runtime
+    gone = await service.create(DEFAULT_PROJECT, CreateSandbox())
+    stuck = await service.create(DEFAULT_PROJECT, CreateSandbox())
+    await harness.shutdown()
     runtime.alive.clear()  # both vanished while "the server was down"
     runtime.broken.add(stuck.id)
-    await service.reconcile()
-    assert service.get(gone.id).status.state == State.FAILED
-    assert service.get(gone.id).status.reason == "vanished"
-    assert service.get(stuck.id).status.state == State.RUNNING  # left for the next start
-    await service.shutdown()
+    await harness.supervisor.reconcile()
+    assert await harness.state(gone.id) == (State.FAILED, "vanished")
+    assert (await harness.state(stuck.id))[0] == State.RUNNING  # left for the next start
+    await harness.shutdown()
+
+
+@pytest.mark.anyio
+async def test_a_sandbox_of_another_project_is_not_found(harness: Harness) -> None:
+    service = harness.sandboxes
+    mine = await service.create(DEFAULT_PROJECT, CreateSandbox())
+    with pytest.raises(SandboxNotFound):
+        await service.get("prj_other", mine.id)
+    with pytest.raises(SandboxNotFound):
+        await service.delete("prj_other", mine.id)
+    assert await service.find("prj_other", None, None, None, 10) == []
+    assert (await harness.state(mine.id))[0] == State.RUNNING
+    await harness.shutdown()
+
+
+@pytest.mark.anyio
+async def test_a_renew_landing_during_an_egress_change_is_kept(harness: Harness) -> None:
+    """The lost update the store's compare-and-set exists for: set_egress awaits the runtime
+    between its read and its write; a renew and an expose landing meanwhile both survive."""
+    service, runtime = harness.sandboxes, harness.runtime
+    sandbox = await service.create(DEFAULT_PROJECT, CreateSandbox(timeout=60))
+    runtime.egress_gate = asyncio.Event()
+    change = asyncio.create_task(service.set_egress(DEFAULT_PROJECT, sandbox.id, EgressPolicy(mode="deny_all")))
+    await runtime.egress_entered.wait()
+    renewed = await service.renew(DEFAULT_PROJECT, sandbox.id, 3000)
+    await service.patch_spec(DEFAULT_PROJECT, sandbox.id, lambda spec: spec.model_copy(update={"ports": [8000]}))
+    runtime.egress_gate.set()
+    await change
+    final = await service.get(DEFAULT_PROJECT, sandbox.id)
+    assert final.expires_at == renewed.expires_at
+    assert final.spec.ports == [8000]
+    assert final.spec.egress is not None and final.spec.egress["mode"] == "deny_all"
+    await harness.shutdown()

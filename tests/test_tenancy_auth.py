@@ -1,4 +1,4 @@
-"""The one authentication check and the tenancy rules, in-process over the in-memory tenancy store
+"""The one authentication check and the tenancy rules, in-process over the real store (SQLite and PostgreSQL)
 (no server, no sandboxes)."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sandboxd.store.tenancy_memory import MemoryTenancyStore
 
 from sandboxd.domain import DEFAULT_ORG, DEFAULT_PROJECT, Scope
 from sandboxd.errors import Conflict, Forbidden, InvalidRequest, SandboxdError, Unauthorized
@@ -19,17 +18,19 @@ from sandboxd.services.auth import (
     OrgNotFound,
     Principal,
     ProjectNotFound,
+    new_key,
     scope_for_method,
 )
 from sandboxd.services.tenancy import TenancyService
+from sandboxd.store.base import Store
 
 pytestmark = pytest.mark.anyio
 SERVER_KEY = "the-server-key"
 
 
 class World:
-    def __init__(self) -> None:
-        self.store = MemoryTenancyStore()
+    def __init__(self, store: Store) -> None:
+        self.store = store
         self.auth = AuthService(self.store, SERVER_KEY)
         self.busy: set[str] = set()  # projects that "have sandboxes"
 
@@ -49,8 +50,8 @@ class World:
 
 
 @pytest.fixture
-async def world() -> World:
-    w = World()
+async def world(store: Store) -> World:
+    w = World(store)
     await w.store.ensure_default_tenant()
     return w
 
@@ -65,8 +66,9 @@ async def test_server_key_is_the_default_orgs_operator_admin(world: World) -> No
 async def test_a_minted_key_authenticates_and_its_secret_is_only_hashed(world: World) -> None:
     op = await world.operator()
     record, token = await world.tenancy.create_key(op, name="ci", scopes=[Scope.WRITE], project_id=DEFAULT_PROJECT)
-    assert token.startswith(f"sbx_{record.id}_") and len(token.rsplit("_", 1)[-1]) >= 43
-    stored = world.store.keys[record.id]
+    assert token.startswith(f"sbx_{record.id}_") and len(token.removeprefix(f"sbx_{record.id}_")) >= 43
+    stored = await world.store.get_key(record.id)
+    assert stored is not None
     secret = token.removeprefix(f"sbx_{record.id}_")
     assert secret not in stored.model_dump_json() and token not in stored.model_dump_json()
     p = await world.as_(token)
@@ -107,9 +109,11 @@ async def test_wrong_secret_revoked_and_expired_are_401(world: World) -> None:
     with pytest.raises(Unauthorized, match="revoked"):
         await world.as_(token)
 
-    record2, token2 = await world.tenancy.create_key(op, name="k2", scopes=[Scope.READ], expires_in=60)
-    await world.as_(token2)
-    world.store.keys[record2.id].expires_at = datetime.now(UTC) - timedelta(seconds=1)
+    # A key whose expiry has passed (made straight in the store: the API refuses a past expiry).
+    record2, token2 = new_key(
+        "k2", DEFAULT_ORG, DEFAULT_PROJECT, [Scope.READ], datetime.now(UTC) - timedelta(seconds=1)
+    )
+    await world.store.create_key(record2)
     with pytest.raises(Unauthorized, match="expired"):
         await world.as_(token2)
 
@@ -117,17 +121,25 @@ async def test_wrong_secret_revoked_and_expired_are_401(world: World) -> None:
 async def test_last_used_is_written_at_most_once_a_minute(world: World) -> None:
     op = await world.operator()
     record, token = await world.tenancy.create_key(op, name="k", scopes=[Scope.READ])
-    assert world.store.keys[record.id].last_used_at is None
+
+    async def last_used() -> datetime | None:
+        stored = await world.store.get_key(record.id)
+        assert stored is not None
+        return stored.last_used_at
+
+    assert await last_used() is None
+    await world.as_(token)
+    first = await last_used()
+    assert first is not None
     for _ in range(20):
         await world.as_(token)
-    assert world.store.touches == 1
-    first = world.store.keys[record.id].last_used_at
-    assert first is not None
-    # A minute later (as the record says), the next use is written again.
-    world.store.keys[record.id].last_used_at = first - timedelta(minutes=2)
-    world.auth._touched.clear()
+    assert await last_used() == first  # not written again within the minute
+    # A minute later (as this server remembers it), the next use is written again.
+    world.auth._touched[record.id] = first - timedelta(minutes=2)
+    await world.store.touch_key(record.id, first - timedelta(minutes=2))
     await world.as_(token)
-    assert world.store.touches == 2
+    latest = await last_used()
+    assert latest is not None and latest > first
 
 
 def test_scope_for_method_and_ranks() -> None:
