@@ -25,8 +25,8 @@ import httpx
 import pytest
 
 from sandboxd import Sandbox
-from sandboxd.runtimes.local.images import ImageStore
-from sandboxd.runtimes.local.network import Network
+from sandboxd.runtimes.local.images.catalog import ImageStore
+from sandboxd.runtimes.local.network.bridge import Network
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_CACHE = Path(os.environ.get("SANDBOXD_TEST_IMAGES", "/var/tmp/sandboxd-test-images"))

@@ -5,6 +5,7 @@ demand)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,10 @@ import pytest
 
 from sandboxd.config import Settings
 from sandboxd.domain import SandboxSpec, State, utcnow
-from sandboxd.errors import RuntimeFailure
+from sandboxd.errors import RuntimeFailure, Unsupported
 from sandboxd.runtimes.agent_client import Agent
-from sandboxd.runtimes.base import Liveness
-from sandboxd.services.requests import CreateSandbox
+from sandboxd.runtimes.base import EgressControl, LayerBuilder, Liveness
+from sandboxd.services.requests import CreateSandbox, EgressPolicy
 from sandboxd.services.sandboxes import SandboxService
 from sandboxd.store.sqlite import SqliteStore
 
@@ -33,6 +34,9 @@ class FlakyRuntime:
         return None
 
     async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
         return None
 
     async def create(
@@ -65,14 +69,18 @@ class FlakyRuntime:
 
         return Agent(wait_forever)
 
-    def logs_path(self, sandbox_id: str) -> str:
-        return "/nonexistent"
+    async def logs(self, sandbox_id: str, offset: int) -> AsyncIterator[bytes]:
+        return
+        yield b""
 
     def forget(self, sandbox_id: str) -> None:
         return None
 
-    def oom_kills(self, sandbox_id: str) -> int:
+    async def oom_kills(self, sandbox_id: str, record: dict[str, Any]) -> int:
         return 0
+
+    def address(self, sandbox_id: str, record: dict[str, Any]) -> str:
+        return "192.0.2.1"
 
 
 @pytest.fixture
@@ -114,4 +122,24 @@ async def test_reconcile_goes_on_past_a_sandbox_it_cannot_clean(service: Sandbox
     assert service.get(gone.id).status.state == State.FAILED
     assert service.get(gone.id).status.reason == "vanished"
     assert service.get(stuck.id).status.state == State.RUNNING  # left for the next start
+    await service.shutdown()
+
+
+@pytest.mark.anyio
+async def test_a_runtime_without_a_capability_refuses_what_needs_it(service: SandboxService) -> None:
+    """A backend with only the lifecycle core (a pod backend) runs sandboxes; egress changes and
+    layer commits are refused with a 501 that names the feature, before anything is touched."""
+    runtime = service.runtime
+    assert not isinstance(runtime, EgressControl) and not isinstance(runtime, LayerBuilder)
+    sandbox = await service.create(CreateSandbox())
+    with pytest.raises(Unsupported) as refused:
+        await service.set_egress(sandbox.id, EgressPolicy(mode="deny_all"))
+    assert refused.value.status == 501 and "egress" in refused.value.message and "'flaky'" in refused.value.message
+    with pytest.raises(Unsupported, match="image layers"):
+        await service.commit_and_delete(sandbox.id, "build")
+    with pytest.raises(Unsupported):
+        await service.egress_status(sandbox.id)
+    assert await service.egress_refusals(sandbox.id) is None  # metrics skip it
+    assert service.get(sandbox.id).status.state == State.RUNNING  # the refused commit did not stop it
+    assert [chunk async for chunk in service.entrypoint_logs(sandbox.id, 0)] == []
     await service.shutdown()

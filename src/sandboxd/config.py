@@ -37,7 +37,11 @@ class Settings(BaseSettings):
     agent_binary: Path = Path(__file__).resolve().parents[2] / "build" / "sandboxd-agent"
     api_key: str | None = None
     runtime: Literal["local"] = "local"
-    oci_runtime: Literal["auto", "runc", "crun"] = "auto"
+    # The OCI runtime class new sandboxes get: "auto" (crun on cgroup v2 only hosts, else runc), or a
+    # class name. runc, crun and runsc are found on PATH by name; oci_runtime_classes adds others
+    # (name → binary). A sandbox keeps the class it was created with, whatever is configured later.
+    oci_runtime: str = "auto"
+    oci_runtime_classes: dict[str, str] = {}
     bridge: str = "sbxd0"
     subnet: str = "10.88.0.0/16"
     # Sandbox uid/gid 0..size-1 are host ids base..base+size-1: root inside is nobody outside.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import signal as signals
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,7 +87,7 @@ class CommandService:
         """Starts a command (errors raise here, before any output) and returns its output as it
         comes, then its exit."""
         sandbox, agent = self.sandboxes.agent(sandbox_id)
-        oom_before = self.sandboxes.runtime.oom_kills(sandbox_id)
+        oom_before = await self.sandboxes.oom_kills(sandbox_id)
         conn, _ = await agent.open("spawn", **self._spawn_args(sandbox, cmd, attach=True))
         try:
             if cmd.stdin is not None:
@@ -98,10 +98,10 @@ class CommandService:
             raise
         return self._frames(conn, 0, lambda info: self._mark_oom(sandbox_id, oom_before, info))
 
-    def _mark_oom(self, sandbox_id: str, before: int, info: dict[str, Any]) -> None:
+    async def _mark_oom(self, sandbox_id: str, before: int, info: dict[str, Any]) -> None:
         # A shell reports its child's SIGKILL as exit 137 rather than dying of it.
         killed = info.get("signal") == signals.SIGKILL or info.get("exit_code") == 137
-        oom = killed and self.sandboxes.runtime.oom_kills(sandbox_id) > before
+        oom = killed and await self.sandboxes.oom_kills(sandbox_id) > before
         info["oom_killed"] = oom and not info.get("timed_out")
 
     async def run(self, sandbox_id: str, cmd: RunCommand) -> CommandResult:
@@ -186,7 +186,7 @@ class CommandService:
     async def _frames(
         conn: AgentConnection,
         offset: int,
-        on_exit: Callable[[dict[str, Any]], None] | None,
+        on_exit: Callable[[dict[str, Any]], Awaitable[None]] | None,
         start: int | None = None,
     ) -> AsyncIterator[Output | Gap | Exit]:
         """The agent's frames as output (each with the offset it ends at), gaps and the exit.
@@ -207,7 +207,7 @@ class CommandService:
                 elif kind == proto.EXIT:
                     info = proto.agent_json(payload)
                     if on_exit is not None:
-                        on_exit(info)
+                        await on_exit(info)
                     yield Exit(info)
                     return
                 elif kind == proto.ERROR:

@@ -28,7 +28,7 @@ from sandboxd.errors import (
 )
 from sandboxd.runtimes import agent_client as proto
 from sandboxd.runtimes.agent_client import Agent, AgentConnection
-from sandboxd.runtimes.base import Liveness, Runtime
+from sandboxd.runtimes.base import EgressControl, Liveness, Runtime, egress_control, layer_builder
 from sandboxd.runtimes.outbound import Fetch
 from sandboxd.runtimes.policy import Policy
 from sandboxd.runtimes.registry import outbound_rules
@@ -307,6 +307,7 @@ class SandboxService:
         """Ends a running sandbox keeping its writable layer, which becomes a new layer; returns
         its id. The watcher goes first: it would take the init's death for a crash and remove the
         sandbox's directories while the layer is being taken."""
+        builder = layer_builder(self.runtime)  # refused before the sandbox is touched
         self.running(sandbox_id)
         self._transition(sandbox_id, State.STOPPING, reason)
         async with self._lock(sandbox_id):
@@ -316,7 +317,7 @@ class SandboxService:
                 watcher.cancel()
                 await asyncio.gather(watcher, return_exceptions=True)
             try:
-                return await self.runtime.commit(sandbox_id, current.runtime)
+                return await builder.commit(sandbox_id, current.runtime)
             finally:
                 await self._teardown(current)
                 self._transition(sandbox_id, State.TERMINATED, reason)
@@ -340,7 +341,7 @@ class SandboxService:
         async with self._lock(sandbox_id):
             sandbox = self.running(sandbox_id)
             rules = _rules(policy)
-            sandbox.runtime = await self.runtime.set_egress(sandbox_id, sandbox.runtime, rules)
+            sandbox.runtime = await egress_control(self.runtime).set_egress(sandbox_id, sandbox.runtime, rules)
             sandbox.spec = sandbox.spec.model_copy(
                 update={
                     "egress": policy.model_dump(),
@@ -353,25 +354,30 @@ class SandboxService:
 
     async def egress_status(self, sandbox_id: str) -> dict[str, Any]:
         sandbox = self.get(sandbox_id)
-        counts = await self.runtime.egress_refusals(sandbox_id) if not sandbox.status.state.ended else {}
+        control = egress_control(self.runtime)
+        counts = await control.egress_refusals(sandbox_id) if not sandbox.status.state.ended else {}
         return {"policy": sandbox.spec.egress, **counts}
+
+    async def egress_refusals(self, sandbox_id: str) -> dict[str, int] | None:
+        """What the sandbox's egress policy refused so far; None where the runtime does not
+        control egress (metrics skip it)."""
+        if not isinstance(self.runtime, EgressControl):
+            return None
+        return await self.runtime.egress_refusals(sandbox_id)
 
     def entrypoint_logs(self, sandbox_id: str, offset: int) -> AsyncIterator[bytes]:
         """The entrypoint's output from a byte offset; it outlives the sandbox until the record
         goes. Unknown sandboxes raise here, not in the iteration."""
         self.get(sandbox_id)
-        path = self.runtime.logs_path(sandbox_id)
+        return self.runtime.logs(sandbox_id, offset)
 
-        async def chunks() -> AsyncIterator[bytes]:
-            try:
-                with open(path, "rb") as f:
-                    f.seek(offset)
-                    while chunk := f.read(65536):
-                        yield chunk
-            except FileNotFoundError:
-                return
+    async def oom_kills(self, sandbox_id: str) -> int:
+        """Processes of the sandbox the out-of-memory killer has killed so far."""
+        return await self.runtime.oom_kills(sandbox_id, self.get(sandbox_id).runtime)
 
-        return chunks()
+    def address(self, sandbox: Sandbox) -> str:
+        """Where the server reaches the sandbox's ports."""
+        return self.runtime.address(sandbox.id, sandbox.runtime)
 
     def running(self, sandbox_id: str) -> Sandbox:
         sandbox = self.get(sandbox_id)
@@ -433,7 +439,7 @@ class SandboxService:
         current = self.get(sandbox_id)
         if current.status.state != State.RUNNING:
             return
-        oom = self.runtime.oom_kills(sandbox_id) > 0
+        oom = await self.runtime.oom_kills(sandbox_id, current.runtime) > 0
         async with self._lock(sandbox_id):
             await self.runtime.destroy(sandbox_id, current.runtime)
             self._transition(

@@ -33,8 +33,9 @@ async def metrics(request: Request) -> str:
     for sandbox in store.active():
         counts[sandbox.status.state] += 1
         if sandbox.status.state == State.RUNNING:
-            found = await request.app.state.sandboxes.runtime.egress_refusals(sandbox.id)
-            refusals.append((sandbox.id, found))
+            found = await request.app.state.sandboxes.egress_refusals(sandbox.id)
+            if found is not None:
+                refusals.append((sandbox.id, found))
     lines = [
         "# HELP sandboxd_sandboxes Sandboxes not yet ended, by state.",
         "# TYPE sandboxd_sandboxes gauge",

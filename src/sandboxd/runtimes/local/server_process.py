@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
+import fcntl
 import logging
+import os
 import resource
+from pathlib import Path
+
+from sandboxd.errors import RuntimeFailure
 
 log = logging.getLogger("sandboxd.runtime")
 
@@ -35,3 +41,43 @@ def join_empty_session_keyring() -> None:
     libc.syscall.restype = ctypes.c_long
     if libc.syscall(SYS_KEYCTL, KEYCTL_JOIN_SESSION_KEYRING, None) < 0:
         log.warning("could not join a session keyring of the server's own: errno %d", ctypes.get_errno())
+
+
+def lock_data_dir(data_dir: Path, sandboxes: Path) -> int:
+    """One server per data directory: a second would sweep the first's sandboxes as orphans. Returns
+    the descriptor that holds the lock (for the life of the process)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir / "server.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RuntimeFailure(f"another sandboxd server is using {data_dir}") from None
+    # The agent's socket lives at <data_dir>/sandboxes/<id>/agent.sock: unix socket paths are
+    # limited to 107 bytes.
+    longest = len(str(sandboxes / "sbx_01234567890123456789012345" / "agent.sock"))
+    if longest > 107:
+        raise RuntimeFailure(f"the data directory path is too long for unix sockets: {data_dir}")
+    return fd
+
+
+async def wait_for_stragglers(markers: list[str], limit: float = 15.0) -> None:
+    """A killed server's `runc create` can still be running: reconciling before it ends would miss
+    the container it is about to leave behind. Waits while any process's command line names one of
+    markers (the state roots)."""
+    wanted = [marker.encode() for marker in markers]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while loop.time() < deadline:
+        busy = False
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and entry != str(os.getpid()):
+                try:
+                    with open(f"/proc/{entry}/cmdline", "rb") as f:
+                        cmdline = f.read()
+                except OSError:
+                    continue
+                busy = busy or any(marker in cmdline for marker in wanted)
+        if not busy:
+            return
+        await asyncio.sleep(0.05)
