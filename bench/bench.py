@@ -27,8 +27,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sandboxd.runtimes.local import mounts  # noqa: E402
-from sandboxd.runtimes.local.images import ImageStore  # noqa: E402
+from sandboxd.runtimes.local.images.catalog import ImageStore  # noqa: E402
+from sandboxd.runtimes.local.oci import mounts  # noqa: E402
 from tests.conftest import LOOPBACK_FETCHES, USERNS_BASE, Server, image_cache_path, teardown_bridge  # noqa: E402
 from tests.test_registry import LOOPBACK_REGISTRY, TAR, Registry, tar_bytes  # noqa: E402
 

@@ -26,8 +26,8 @@ import httpx
 import pytest
 
 from sandboxd import Sandbox
-from sandboxd.runtimes.local.images import ImageStore
-from sandboxd.runtimes.local.network import Network
+from sandboxd.runtimes.local.images.catalog import ImageStore
+from sandboxd.runtimes.local.network.bridge import Network
 from sandboxd.store.base import Store
 from sandboxd.store.sql import open_store
 from tests.postgres import PostgresServer
@@ -237,11 +237,12 @@ def leaks(data_dir: Path, bridge: str) -> list[str]:
         mounts = [m for m in mounts if m not in (str(data_dir / "scratch"), str(data_dir / "agent"))]
     if mounts:
         found.append(f"mounts: {mounts}")
-    state = data_dir / "runc"
-    if state.exists():
-        listed = subprocess.run(["runc", "--root", str(state), "list", "-q"], capture_output=True, text=True)
-        if listed.stdout.strip():
-            found.append(f"runc containers: {listed.stdout.split()}")
+    # runc's state root, and one per other runtime class (oci/cli.py); any of them runc can read here.
+    for state in [data_dir / "runc", *(data_dir / "oci").glob("*")]:
+        if state.exists():
+            listed = subprocess.run(["runc", "--root", str(state), "list", "-q"], capture_output=True, text=True)
+            if listed.stdout.strip():
+                found.append(f"containers in {state.name}: {listed.stdout.split()}")
     sandboxes = data_dir / "sandboxes"
     ids = [p.name for p in sandboxes.iterdir()] if sandboxes.exists() else []
     if ids:

@@ -396,7 +396,7 @@ def test_nothing_of_a_sandboxs_policy_outlives_it(net: Server) -> None:
     with net.create(egress={"mode": "custom", "allowed_domains": ["api.secure.test"]},
                     transforms=[{"domain": "api.secure.test", "inject_headers": {"X-Key": "k"}}]) as sb:  # fmt: skip
         assert fetch(sb, "https://api.secure.test/").get("auth_ok") is False  # reached through the broker
-        from sandboxd.runtimes.local.egress import tag
+        from sandboxd.runtimes.local.network.egress import tag
 
         mark = tag(sb.id)
         assert mark in objects()

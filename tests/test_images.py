@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxd.runtimes.local.images import ImageStore
+from sandboxd.runtimes.local.images.catalog import ImageStore
 from tests.conftest import USERNS_BASE, Server
 
 

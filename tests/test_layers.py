@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from sandboxd.errors import InvalidRequest
-from sandboxd.runtimes.local.images import OPAQUE_XATTR, ImageStore
+from sandboxd.runtimes.local.images.catalog import ImageStore
+from sandboxd.runtimes.local.images.layers import OPAQUE_XATTR
 from tests.conftest import USERNS_BASE
 from tests.test_registry import LOOPBACK_REGISTRY, TAR, Registry, tar_bytes
 

@@ -20,8 +20,8 @@ import pytest
 import zstandard
 
 from sandboxd.errors import InvalidRequest, UpstreamFailure
-from sandboxd.runtimes.local.images import ImageStore
-from sandboxd.runtimes.local.registry import parse_reference
+from sandboxd.runtimes.local.images.catalog import ImageStore
+from sandboxd.runtimes.local.images.registry import parse_reference
 from sandboxd.runtimes.outbound import OutboundRules
 from tests.conftest import USERNS_BASE, Server, free_port
 from tests.test_images import add_bytes, base_layer  # noqa: F401 - the fixture, shared

@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 from sandboxd.errors import InvalidRequest
-from sandboxd.runtimes.local.images import ImageStore
-from sandboxd.runtimes.local.registry import Credentials
+from sandboxd.runtimes.local.images.catalog import ImageStore
+from sandboxd.runtimes.local.images.registry import Credentials
 from tests.conftest import USERNS_BASE, Server
 from tests.test_images import base_layer  # noqa: F401 - the fixture, shared
 from tests.test_registry import LOOPBACK_REGISTRY, TAR, Registry, tar_bytes

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sandboxd.errors import InvalidRequest
-from sandboxd.runtimes.local.runtime import write_etc_files
+from sandboxd.runtimes.local.oci.rootfs import write_etc_files
 
 
 def test_symlinked_etc_is_refused(tmp_path: Path) -> None:

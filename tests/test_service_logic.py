@@ -5,6 +5,7 @@ demand)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,9 @@ import pytest
 
 from sandboxd.config import Settings
 from sandboxd.domain import DEFAULT_PROJECT, SandboxSpec, State, utcnow
-from sandboxd.errors import RuntimeFailure, SandboxNotFound
+from sandboxd.errors import RuntimeFailure, SandboxNotFound, Unsupported
 from sandboxd.runtimes.agent_client import Agent
-from sandboxd.runtimes.base import Liveness
+from sandboxd.runtimes.base import EgressControl, LayerBuilder, Liveness
 from sandboxd.services.lifecycle import SandboxService
 from sandboxd.services.requests import CreateSandbox, EgressPolicy
 from sandboxd.services.supervisor import Supervisor
@@ -36,6 +37,9 @@ class FlakyRuntime:
         return None
 
     async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
         return None
 
     async def create(
@@ -68,20 +72,31 @@ class FlakyRuntime:
 
         return Agent(wait_forever)
 
-    def logs_path(self, sandbox_id: str) -> str:
-        return "/nonexistent"
+    async def logs(self, sandbox_id: str, offset: int) -> AsyncIterator[bytes]:
+        return
+        yield b""
 
     def forget(self, sandbox_id: str) -> None:
         return None
 
-    def oom_kills(self, sandbox_id: str) -> int:
+    async def oom_kills(self, sandbox_id: str, record: dict[str, Any]) -> int:
         return 0
+
+    def address(self, sandbox_id: str, record: dict[str, Any]) -> str:
+        return "192.0.2.1"
+
+
+class SlowEgressRuntime(FlakyRuntime):
+    """Controls egress, slowly: other changes of the sandbox land while it works."""
 
     async def set_egress(self, sandbox_id: str, record: dict[str, Any], rules: dict[str, Any]) -> dict[str, Any]:
         self.egress_entered.set()
         if self.egress_gate is not None:
-            await self.egress_gate.wait()  # the runtime is slow: other changes land meanwhile
+            await self.egress_gate.wait()
         return {**record, "egress": rules}
+
+    async def egress_refusals(self, sandbox_id: str) -> dict[str, int]:
+        return {"refused_packets": 0, "refused_lookups": 0}
 
 
 class Harness:
@@ -99,10 +114,13 @@ class Harness:
 
 @pytest.fixture
 async def harness(store: Store, tmp_path: Path) -> Harness:
+    return make_harness(store, tmp_path, FlakyRuntime())
+
+
+def make_harness(store: Store, tmp_path: Path, runtime: FlakyRuntime) -> Harness:
     settings = Settings(data_dir=tmp_path, retention_seconds=60)
-    runtime = FlakyRuntime()
-    sandboxes = SandboxService(settings, store, runtime)  # type: ignore[arg-type]
-    return Harness(sandboxes, Supervisor(settings, store, runtime, sandboxes), runtime)  # type: ignore[arg-type]
+    sandboxes = SandboxService(settings, store, runtime)
+    return Harness(sandboxes, Supervisor(settings, store, runtime, sandboxes), runtime)
 
 
 @pytest.mark.anyio
@@ -153,9 +171,10 @@ async def test_a_sandbox_of_another_project_is_not_found(harness: Harness) -> No
 
 
 @pytest.mark.anyio
-async def test_a_renew_landing_during_an_egress_change_is_kept(harness: Harness) -> None:
+async def test_a_renew_landing_during_an_egress_change_is_kept(store: Store, tmp_path: Path) -> None:
     """The lost update the store's compare-and-set exists for: set_egress awaits the runtime
     between its read and its write; a renew and an expose landing meanwhile both survive."""
+    harness = make_harness(store, tmp_path, SlowEgressRuntime())
     service, runtime = harness.sandboxes, harness.runtime
     sandbox = await service.create(DEFAULT_PROJECT, CreateSandbox(timeout=60))
     runtime.egress_gate = asyncio.Event()
@@ -169,4 +188,24 @@ async def test_a_renew_landing_during_an_egress_change_is_kept(harness: Harness)
     assert final.expires_at == renewed.expires_at
     assert final.spec.ports == [8000]
     assert final.spec.egress is not None and final.spec.egress["mode"] == "deny_all"
+    await harness.shutdown()
+
+
+@pytest.mark.anyio
+async def test_a_runtime_without_a_capability_refuses_what_needs_it(harness: Harness) -> None:
+    """A backend with only the lifecycle core (a pod backend) runs sandboxes; egress changes and
+    layer commits are refused with a 501 that names the feature, before anything is touched."""
+    service, runtime = harness.sandboxes, harness.runtime
+    assert not isinstance(runtime, EgressControl) and not isinstance(runtime, LayerBuilder)
+    sandbox = await service.create(DEFAULT_PROJECT, CreateSandbox())
+    with pytest.raises(Unsupported) as refused:
+        await service.set_egress(DEFAULT_PROJECT, sandbox.id, EgressPolicy(mode="deny_all"))
+    assert refused.value.status == 501 and "egress" in refused.value.message and "'flaky'" in refused.value.message
+    with pytest.raises(Unsupported, match="image layers"):
+        await service.commit_and_delete(sandbox.id, "build")
+    with pytest.raises(Unsupported):
+        await service.egress_status(DEFAULT_PROJECT, sandbox.id)
+    assert await service.egress_refusals(sandbox.id) is None  # metrics skip it
+    assert (await harness.state(sandbox.id))[0] == State.RUNNING  # the refused commit did not stop it
+    assert [chunk async for chunk in service.entrypoint_logs(DEFAULT_PROJECT, sandbox.id, 0)] == []
     await harness.shutdown()

@@ -39,7 +39,11 @@ class Settings(BaseSettings):
     # Where records live: sqlite:///path (default: <data_dir>/sandboxd.db) or postgresql://user:pw@host/db.
     database_url: str | None = None
     runtime: Literal["local"] = "local"
-    oci_runtime: Literal["auto", "runc", "crun"] = "auto"
+    # The OCI runtime class new sandboxes get: "auto" (crun on cgroup v2 only hosts, else runc), or a
+    # class name. runc, crun and runsc are found on PATH by name; oci_runtime_classes adds others
+    # (name → binary). A sandbox keeps the class it was created with, whatever is configured later.
+    oci_runtime: str = "auto"
+    oci_runtime_classes: dict[str, str] = {}
     bridge: str = "sbxd0"
     # Not 10.88/16 (podman), 172.17-31 and 192.168.x (docker, LANs), the low 10.x (LANs, VPNs, Azure,
     # k3s, microk8s), 10.96/12 (Kubernetes services) or 10.244/16 (flannel); an odd second octet is

@@ -94,3 +94,13 @@ class UpstreamFailure(SandboxdError):
 
     code = "UPSTREAM_ERROR"
     status = 502
+
+
+class Unsupported(SandboxdError):
+    """The server's runtime backend cannot do this (a capability it does not have)."""
+
+    code = "UNSUPPORTED"
+    status = 501
+
+    def __init__(self, feature: str, runtime: str) -> None:
+        super().__init__(f"{feature} is not supported by the {runtime!r} runtime of this server")

@@ -135,7 +135,7 @@ def test_a_killed_server_restarted_removes_orphan_subvolumes(own_server: Server)
     own_server.kill9()
     thread.join()
     # A sandbox the store no longer knows, and a subvolume a create killed right after making it.
-    from sandboxd.runtimes.local.scratch import ScratchVolume  # here: the other tests run on servers without it
+    from sandboxd.runtimes.local.oci.scratch import ScratchVolume  # here: the other tests run on servers without it
 
     stray = "sbx_0" + "1" * 25
     ScratchVolume(own_server.data_dir, 64).create(stray, 16)
@@ -154,7 +154,7 @@ def test_a_killed_server_restarted_removes_orphan_subvolumes(own_server: Server)
 
 def test_a_data_dir_on_btrfs_is_used_as_it_is(tmp_path: Path) -> None:
     """No image file when the data directory is already on btrfs: subvolumes go straight into it."""
-    from sandboxd.runtimes.local.scratch import ScratchVolume
+    from sandboxd.runtimes.local.oci.scratch import ScratchVolume
 
     image, mount = tmp_path / "fs.img", tmp_path / "fs"
     with open(image, "wb") as f:

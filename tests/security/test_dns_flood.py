@@ -84,7 +84,7 @@ def test_the_resolvers_queue_serves_sandboxes_in_turn() -> None:
     slow queries waiting does not hold up another's, and one past its rate is dropped."""
     import asyncio
 
-    from sandboxd.runtimes.local.fairqueue import FairQueue
+    from sandboxd.runtimes.local.network.fairqueue import FairQueue
 
     async def scenario() -> tuple[list[str], int]:
         queue = FairQueue(rate=1000, workers=4)

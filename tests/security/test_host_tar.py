@@ -25,7 +25,7 @@ import pytest
 
 from sandboxd import tarsafe
 from sandboxd.errors import InvalidRequest
-from sandboxd.runtimes.local.images import ImageStore
+from sandboxd.runtimes.local.images.catalog import ImageStore
 from tests.conftest import USERNS_BASE, Server
 
 PATH_MAX = 4096

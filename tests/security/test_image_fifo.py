@@ -7,7 +7,7 @@ import os
 import threading
 from pathlib import Path
 
-from sandboxd.runtimes.local.runtime import install_ca
+from sandboxd.runtimes.local.oci.rootfs import install_ca
 
 
 def test_a_fifo_in_place_of_the_ca_bundle_does_not_hang_the_host(tmp_path: Path) -> None:

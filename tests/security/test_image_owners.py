@@ -8,7 +8,7 @@ import os
 import stat
 from pathlib import Path
 
-from sandboxd.runtimes.local.images import shift_ownership
+from sandboxd.runtimes.local.images.layers import shift_ownership
 
 BASE, SIZE = 1_000_000, 65536
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxd.runtimes.local import oci
+from sandboxd.runtimes.local.oci import config as oci
 from sandboxd.sdk import CommandHandle, Sandbox, SandboxError
 from tests.conftest import Server
 

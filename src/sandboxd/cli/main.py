@@ -452,7 +452,7 @@ def image_pull(reference: str) -> None:
 def image_rm(name: str) -> None:
     """Removes an image; refused while a sandbox is built on it."""
     from sandboxd.config import Settings
-    from sandboxd.runtimes.local.runtime import images_in_use
+    from sandboxd.runtimes.local.oci.rootfs import images_in_use
 
     store = _image_store()
     in_use_names, _ = images_in_use(Settings().data_dir)
@@ -479,7 +479,7 @@ def image_inspect(name: str) -> None:
 def image_gc() -> None:
     """Deletes downloaded blobs and layers that no image, build cache or sandbox uses."""
     from sandboxd.config import Settings
-    from sandboxd.runtimes.local.runtime import images_in_use
+    from sandboxd.runtimes.local.oci.rootfs import images_in_use
 
     _, layers = images_in_use(Settings().data_dir)
     for item in _image_store().gc(keep_layers=layers):

@@ -1,13 +1,28 @@
-"""The runtime protocol: what the service needs from any backend that runs sandboxes."""
+"""The runtime protocols: what the services need from any backend that runs sandboxes.
+
+`Runtime` is the lifecycle core every backend implements (the embedded OCI runtime here; a
+Kubernetes pod backend can too: nothing in it names a host path). What only some backends can do is
+a capability of its own, a `runtime_checkable` protocol that services test with isinstance and
+refuse with `Unsupported` when it is missing:
+
+- `EgressControl`: changing a running sandbox's egress policy, and counting its refusals. A backend
+  without it must refuse in `check` any spec whose egress policy it cannot enforce.
+- `LayerBuilder`: images made of layers, a sandbox's writable layer kept as a new one (template
+  builds).
+"""
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol, runtime_checkable
 
 from sandboxd.domain import SandboxSpec
+from sandboxd.errors import Unsupported
 from sandboxd.runtimes.agent_client import Agent
+
+Progress = Callable[[str, str], None]  # (step, message), callable from any thread
+ImageAuth = tuple[str, str]  # (username, password) for one pull
 
 
 class Liveness(enum.StrEnum):
@@ -17,6 +32,9 @@ class Liveness(enum.StrEnum):
 
 
 class Runtime(Protocol):
+    """The lifecycle core. A record is the JSON-able dict create returns: the server stores it with
+    the sandbox and hands it back to every later call, also after a restart."""
+
     name: str
 
     async def start(self) -> None:
@@ -32,18 +50,11 @@ class Runtime(Protocol):
         self,
         sandbox_id: str,
         spec: SandboxSpec,
-        progress: Callable[[str, str], None] | None = None,
-        image_auth: tuple[str, str] | None = None,
+        progress: Progress | None = None,
+        image_auth: ImageAuth | None = None,
     ) -> dict[str, Any]:
-        """Builds and starts a sandbox; returns the record a restarted server re-attaches with.
-        progress(step, message) reports long steps (a pull) from any thread; image_auth is
-        (username, password) for this pull only.
-
-        On failure everything it made is already removed."""
-
-    async def commit(self, sandbox_id: str, record: dict[str, Any]) -> str:
-        """Stops the sandbox and keeps its writable layer as a new layer; returns the layer id.
-        destroy must still be called."""
+        """Builds and starts a sandbox; returns its record. progress reports long steps (a pull);
+        image_auth is for this pull only. On failure everything it made is already removed."""
 
     async def destroy(self, sandbox_id: str, record: dict[str, Any]) -> None:
         """Stops the sandbox and removes all it owns. Safe to call on a half-made sandbox."""
@@ -56,26 +67,44 @@ class Runtime(Protocol):
     async def sweep(self, known: set[str]) -> list[str]:
         """Removes everything of sandboxes not in known; returns their ids."""
 
-    def agent(self, sandbox_id: str, record: dict[str, Any]) -> Agent: ...
+    def agent(self, sandbox_id: str, record: dict[str, Any]) -> Agent:
+        """The client of the sandbox's agent (its PID 1)."""
 
+    def image_config(self, name: str) -> dict[str, Any]:
+        """The defaults a sandbox of this image gets: env, cwd, user, entrypoint, ready_check."""
+
+    def logs(self, sandbox_id: str, offset: int) -> AsyncIterator[bytes]:
+        """The entrypoint's output from a byte offset to its current end; it outlives the sandbox
+        until forget."""
+
+    async def oom_kills(self, sandbox_id: str, record: dict[str, Any]) -> int:
+        """Processes of the sandbox the out-of-memory killer has killed so far."""
+
+    def address(self, sandbox_id: str, record: dict[str, Any]) -> str:
+        """The address the server connects to for the sandbox's ports (the port proxy). Raises a
+        SandboxdError if the sandbox has none."""
+
+    def forget(self, sandbox_id: str) -> None:
+        """Drops what outlives a sandbox (its logs) once its record is purged."""
+
+
+@runtime_checkable
+class EgressControl(Protocol):
     async def set_egress(self, sandbox_id: str, record: dict[str, Any], rules: dict[str, Any]) -> dict[str, Any]:
         """Enforces new egress rules ({"rules", "default"}) on a running sandbox; returns its record."""
 
     async def egress_refusals(self, sandbox_id: str) -> dict[str, int]:
         """Policy violations so far: refused_packets, refused_lookups."""
 
-    # Images and template layers. A layer cache key names a base image and a chain of build steps.
+
+@runtime_checkable
+class LayerBuilder(Protocol):
+    """Images and template layers. A layer cache key names a base image and a chain of build steps."""
 
     async def ensure_image(
-        self,
-        name: str,
-        progress: Callable[[str, str], None] | None = None,
-        image_auth: tuple[str, str] | None = None,
+        self, name: str, progress: Progress | None = None, image_auth: ImageAuth | None = None
     ) -> list[str]:
         """Makes the image available (pulls a registry reference); returns its layer ids."""
-
-    def image_config(self, name: str) -> dict[str, Any]:
-        """The defaults a sandbox of this image gets: env, cwd, user, entrypoint, ready_check."""
 
     def cached_layer(self, key: str) -> str | None: ...
 
@@ -87,9 +116,20 @@ class Runtime(Protocol):
     def delete_image(self, name: str) -> None:
         """Removes an image; Conflict while a sandbox is built on it."""
 
-    def logs_path(self, sandbox_id: str) -> str: ...
+    async def commit(self, sandbox_id: str, record: dict[str, Any]) -> str:
+        """Stops the sandbox and keeps its writable layer as a new layer; returns the layer id.
+        destroy must still be called."""
 
-    def forget(self, sandbox_id: str) -> None:
-        """Drops what outlives a sandbox (its logs) once its record is purged."""
 
-    def oom_kills(self, sandbox_id: str) -> int: ...
+def egress_control(runtime: Runtime) -> EgressControl:
+    """The runtime's egress capability; Unsupported (501) if it has none."""
+    if isinstance(runtime, EgressControl):
+        return runtime
+    raise Unsupported("egress control (changing or counting a running sandbox's egress)", runtime.name)
+
+
+def layer_builder(runtime: Runtime) -> LayerBuilder:
+    """The runtime's image-layer capability; Unsupported (501) if it has none."""
+    if isinstance(runtime, LayerBuilder):
+        return runtime
+    raise Unsupported("image layers (template builds)", runtime.name)

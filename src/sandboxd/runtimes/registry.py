@@ -11,19 +11,20 @@ from sandboxd.runtimes.base import Runtime
 from sandboxd.runtimes.outbound import OutboundRules
 
 if TYPE_CHECKING:
-    from sandboxd.runtimes.local.images import ImageStore
+    from sandboxd.runtimes.local.images.catalog import ImageStore
 
 
 def _local(settings: Settings) -> Runtime:
-    from sandboxd.runtimes.local.network import Network
-    from sandboxd.runtimes.local.runtime import LocalRuntime, choose_binary
+    from sandboxd.runtimes.local.network.bridge import Network
+    from sandboxd.runtimes.local.oci.cli import OciClasses
+    from sandboxd.runtimes.local.runtime import LocalRuntime
 
     return LocalRuntime(
         data_dir=settings.data_dir,
         images=image_store(settings),
         network=Network(settings.bridge, settings.subnet, settings.dns_queries_per_second),
         blocked_cidrs=outbound_rules(settings).blocked,
-        binary=choose_binary(settings.oci_runtime),
+        oci_classes=OciClasses(settings.data_dir, settings.oci_runtime, settings.oci_runtime_classes),
         agent_binary=settings.agent_binary,
         id_base=settings.userns_base,
         id_size=settings.userns_size,
@@ -34,8 +35,8 @@ def _local(settings: Settings) -> Runtime:
 
 
 def image_store(settings: Settings) -> ImageStore:
-    from sandboxd.runtimes.local.images import ImageStore
-    from sandboxd.runtimes.local.registry import Credentials
+    from sandboxd.runtimes.local.images.catalog import ImageStore
+    from sandboxd.runtimes.local.images.registry import Credentials
 
     auth = {host: Credentials(c["username"], c["password"]) for host, c in settings.registry_auth.items()}
     return ImageStore(settings.image_root, settings.userns_base, registry_auth=auth, outbound=outbound_rules(settings))

@@ -33,7 +33,7 @@ from sandboxd.errors import (
     SandboxNotFound,
     SandboxNotRunning,
 )
-from sandboxd.runtimes.base import Runtime
+from sandboxd.runtimes.base import EgressControl, Runtime, egress_control, layer_builder
 from sandboxd.runtimes.outbound import Fetch
 from sandboxd.runtimes.policy import Policy
 from sandboxd.runtimes.registry import outbound_rules
@@ -286,7 +286,9 @@ class SandboxService:
         return sandbox, self.runtime.agent(sandbox.id, sandbox.runtime)
 
     async def oom_kills(self, sandbox_id: str) -> int:
-        return self.runtime.oom_kills(sandbox_id)
+        """Processes of the sandbox the out-of-memory killer has killed so far."""
+        sandbox = await self.get(None, sandbox_id)
+        return await self.runtime.oom_kills(sandbox_id, sandbox.runtime)
 
     async def census(self) -> tuple[dict[State, int], list[tuple[str, dict[str, int]]]]:
         """Sandboxes not yet ended by state, and each running one's egress refusals (metrics)."""
@@ -295,7 +297,9 @@ class SandboxService:
         for sandbox in await self.store.active():
             counts[sandbox.status.state] += 1
             if sandbox.status.state == State.RUNNING:
-                refusals.append((sandbox.id, await self.runtime.egress_refusals(sandbox.id)))
+                found = await self.egress_refusals(sandbox.id)
+                if found is not None:
+                    refusals.append((sandbox.id, found))
         return counts, refusals
 
     def entrypoint_logs(self, project_id: str, sandbox_id: str, offset: int) -> AsyncIterator[bytes]:
@@ -304,14 +308,8 @@ class SandboxService:
 
         async def chunks() -> AsyncIterator[bytes]:
             await self.get(project_id, sandbox_id)
-            path = self.runtime.logs_path(sandbox_id)
-            try:
-                with open(path, "rb") as f:
-                    f.seek(offset)
-                    while chunk := f.read(65536):
-                        yield chunk
-            except FileNotFoundError:
-                return
+            async for chunk in self.runtime.logs(sandbox_id, offset):
+                yield chunk
 
         return chunks()
 
@@ -337,12 +335,13 @@ class SandboxService:
         its id. Stopping goes first: the supervisor stops watching it, and would otherwise take
         the init's death for a crash and remove the sandbox's directories while the layer is
         being taken."""
+        builder = layer_builder(self.runtime)  # refused before the sandbox is touched
         await self.running(None, sandbox_id)
         await self.transition(sandbox_id, State.STOPPING, reason)
         async with self.lock(sandbox_id):
             current = await self.get(None, sandbox_id)
             try:
-                return await self.runtime.commit(sandbox_id, current.runtime)
+                return await builder.commit(sandbox_id, current.runtime)
             finally:
                 await self.runtime.destroy(current.id, current.runtime)
                 await self.transition(sandbox_id, State.TERMINATED, reason)
@@ -384,7 +383,7 @@ class SandboxService:
         async with self.lock(sandbox_id):
             sandbox = await self.running(project_id, sandbox_id)
             rules = egress_rules(policy)
-            record = await self.runtime.set_egress(sandbox_id, sandbox.runtime, rules)
+            record = await egress_control(self.runtime).set_egress(sandbox_id, sandbox.runtime, rules)
             await self.store.update_if(sandbox_id, {"runtime": record}, expected_states=[State.RUNNING])
             update = {
                 "egress": policy.model_dump(),
@@ -395,8 +394,20 @@ class SandboxService:
 
     async def egress_status(self, project_id: str, sandbox_id: str) -> dict[str, Any]:
         sandbox = await self.get(project_id, sandbox_id)
-        counts = await self.runtime.egress_refusals(sandbox_id) if not sandbox.status.state.ended else {}
+        control = egress_control(self.runtime)
+        counts = await control.egress_refusals(sandbox_id) if not sandbox.status.state.ended else {}
         return {"policy": sandbox.spec.egress, **counts}
+
+    async def egress_refusals(self, sandbox_id: str) -> dict[str, int] | None:
+        """What the sandbox's egress policy refused so far; None where the runtime does not
+        control egress (metrics skip it)."""
+        if not isinstance(self.runtime, EgressControl):
+            return None
+        return await self.runtime.egress_refusals(sandbox_id)
+
+    def address(self, sandbox: Sandbox) -> str:
+        """Where the server reaches the sandbox's ports."""
+        return self.runtime.address(sandbox.id, sandbox.runtime)
 
     async def delete_labelled(self, label: str, reason: str) -> None:
         """Deletes every active sandbox carrying a label (the server's own, e.g. build sandboxes

@@ -145,9 +145,10 @@ class PortService:
             )
         if sandbox.status.state != State.RUNNING:
             raise SandboxNotRunning(sandbox_id, sandbox.status.state.value)
-        address = sandbox.runtime.get("address")
-        if not isinstance(address, str):
-            raise PortUnreachable(f"sandbox {sandbox_id} has no network address")
+        try:
+            address = self.sandboxes.address(sandbox)
+        except SandboxdError as exc:
+            raise PortUnreachable(exc.message) from None
         return Target(sandbox_id, address, port)
 
     @staticmethod

@@ -67,11 +67,11 @@ class Supervisor:
             message = f"entrypoint exited with code {info.exit_code}"
             await self.sandboxes.delete(None, sandbox_id, "entrypoint_exited", message)
             return
-        oom = self.runtime.oom_kills(sandbox_id) > 0
         async with self.sandboxes.lock(sandbox_id):
             current = await self.sandboxes.get(None, sandbox_id)
             if current.status.state != State.RUNNING:
                 return  # stopped on purpose (a delete, a template's commit) while we waited
+            oom = await self.runtime.oom_kills(sandbox_id, current.runtime) > 0
             await self.runtime.destroy(sandbox_id, current.runtime)
             await self.sandboxes.transition(
                 sandbox_id,

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from sandboxd.config import Settings
 from sandboxd.domain import SHARED_PROJECT, BuildState, ExitInfo, Limits, SandboxSpec, TemplateVersion, utcnow
 from sandboxd.errors import Conflict, InvalidRequest, SandboxdError
-from sandboxd.runtimes.base import Runtime
+from sandboxd.runtimes.base import Runtime, layer_builder
 from sandboxd.services.commands import CommandService, Gap, Output
 from sandboxd.services.lifecycle import SandboxService
 from sandboxd.services.requests import (
@@ -87,6 +87,7 @@ class TemplateService:
         """Starts building the next version of definition.name in the project; returns it while
         it builds. no_cache runs every step again (an apt-get upgrade that should pick up new
         packages); its layers then replace the cached ones."""
+        layer_builder(self.runtime)  # a runtime that cannot build refuses before a version exists
         async with self._name_locks.setdefault(f"{project_id}/{definition.name}", asyncio.Lock()):
             latest = await self.store.get_template(project_id, definition.name)
             version = TemplateVersion(
@@ -146,7 +147,8 @@ class TemplateService:
     ) -> tuple[str, int]:
         base = definition.base or self.settings.default_image
         say(f"==> base image {base}")
-        base_layers = await self.runtime.ensure_image(base, lambda _step, msg: say(f"    {msg}"))
+        builder = layer_builder(self.runtime)
+        base_layers = await builder.ensure_image(base, lambda _step, msg: say(f"    {msg}"))
         base_config = self.runtime.image_config(base)
         ctx = _Context(env=dict(base_config.get("env", {})), cwd=base_config.get("cwd"), user=base_config.get("user"))
         layers: list[str] = []
@@ -160,13 +162,13 @@ class TemplateService:
                 ctx.env.update(step.env)
             elif isinstance(step, UserStep):
                 ctx.user = step.user
-            elif not no_cache and (layer := self.runtime.cached_layer(key)) is not None:
+            elif not no_cache and (layer := builder.cached_layer(key)) is not None:
                 say("    cached")
                 cached += 1
                 layers.append(layer)
             else:
                 layer = await self._layer_step(version, base, layers, ctx, step, number, say)
-                self.runtime.cache_layer(key, layer)
+                builder.cache_layer(key, layer)
                 layers.append(layer)
             if isinstance(step, WorkdirStep):
                 ctx.cwd = step.path
@@ -180,7 +182,7 @@ class TemplateService:
         # image directory, finds its image already there.
         image = f"template-{version.name}-{_hash('image', {'layers': [*base_layers, *layers], 'config': config})[:16]}"
         try:
-            await asyncio.to_thread(self.runtime.save_image, image, base, layers, config, {"template": version.name})
+            await asyncio.to_thread(builder.save_image, image, base, layers, config, {"template": version.name})
         except InvalidRequest as exc:
             if "already exists" not in exc.message:
                 raise
@@ -314,7 +316,7 @@ class TemplateService:
         )
         if found.image is not None and not shared:
             try:
-                await asyncio.to_thread(self.runtime.delete_image, found.image)
+                await asyncio.to_thread(layer_builder(self.runtime).delete_image, found.image)
             except SandboxdError as exc:
                 if exc.code != "IMAGE_NOT_FOUND":
                     raise

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import stat
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 LOG_CAP = 16 * 1024 * 1024  # bytes of entrypoint output kept in the host's log file
@@ -96,3 +97,57 @@ class LogPipe:
         os.close(self._read_fd)
         os.close(self._log_fd)
         self._read_fd = self._log_fd = -1
+
+
+class LogPipes:
+    """The entrypoint logs of this server's sandboxes: log files in one directory, kept after the
+    sandbox until its record is purged, and the open pipes of the running ones."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self._pipes: dict[str, LogPipe] = {}
+
+    def path(self, sandbox_id: str) -> Path:
+        return self.log_dir / f"{sandbox_id}.log"
+
+    def open(self, sandbox_id: str, fifo: Path, create: bool = False) -> LogPipe:
+        if create:
+            make_fifo(fifo)
+        pipe = LogPipe(fifo, self.path(sandbox_id))
+        pipe.open()
+        self._pipes[sandbox_id] = pipe
+        return pipe
+
+    def close(self, sandbox_id: str) -> None:
+        pipe = self._pipes.pop(sandbox_id, None)
+        if pipe is not None:
+            pipe.close()
+
+    def close_all(self) -> None:
+        for pipe in self._pipes.values():
+            pipe.close()
+        self._pipes.clear()
+
+    def tail(self, sandbox_id: str, size: int = 2000) -> str:
+        pipe = self._pipes.get(sandbox_id)
+        if pipe is not None:
+            pipe.drain_all()
+        try:
+            data = self.path(sandbox_id).read_bytes()
+        except OSError:
+            return ""
+        return data[-size:].decode(errors="replace").strip()
+
+    async def read(self, sandbox_id: str, offset: int) -> AsyncIterator[bytes]:
+        """The log from a byte offset to its current end; nothing if there is none."""
+        try:
+            with open(self.path(sandbox_id), "rb") as f:
+                f.seek(offset)
+                while chunk := f.read(READ_SIZE):
+                    yield chunk
+        except FileNotFoundError:
+            return
+
+    def remove(self, sandbox_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path(sandbox_id))

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
+import fcntl
 import logging
+import os
 import resource
+from pathlib import Path
+
+from sandboxd.errors import RuntimeFailure
+from sandboxd.runtimes import datalock
 
 log = logging.getLogger("sandboxd.runtime")
 
@@ -35,3 +42,36 @@ def join_empty_session_keyring() -> None:
     libc.syscall.restype = ctypes.c_long
     if libc.syscall(SYS_KEYCTL, KEYCTL_JOIN_SESSION_KEYRING, None) < 0:
         log.warning("could not join a session keyring of the server's own: errno %d", ctypes.get_errno())
+
+
+def lock_data_dir(data_dir: Path, sandboxes: Path) -> None:
+    """One server per data directory (runtimes/datalock.py: `serve` took it already, an app built
+    in-process takes it here); and a data directory whose sockets' paths fit."""
+    datalock.lock(data_dir)
+    # The agent's socket lives at <data_dir>/sandboxes/<id>/agent.sock: unix socket paths are
+    # limited to 107 bytes.
+    longest = len(str(sandboxes / "sbx_01234567890123456789012345" / "agent.sock"))
+    if longest > 107:
+        raise RuntimeFailure(f"the data directory path is too long for unix sockets: {data_dir}")
+
+
+async def wait_for_stragglers(markers: list[str], limit: float = 15.0) -> None:
+    """A killed server's `runc create` can still be running: reconciling before it ends would miss
+    the container it is about to leave behind. Waits while any process's command line names one of
+    markers (the state roots)."""
+    wanted = [marker.encode() for marker in markers]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while loop.time() < deadline:
+        busy = False
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and entry != str(os.getpid()):
+                try:
+                    with open(f"/proc/{entry}/cmdline", "rb") as f:
+                        cmdline = f.read()
+                except OSError:
+                    continue
+                busy = busy or any(marker in cmdline for marker in wanted)
+        if not busy:
+            return
+        await asyncio.sleep(0.05)

@@ -19,7 +19,7 @@ import os
 import shutil
 
 from sandboxd.errors import RuntimeFailure
-from sandboxd.runtimes.local.oci import IdMap
+from sandboxd.runtimes.local.oci.config import IdMap
 
 UNSHARE_TIMEOUT = 5.0
 

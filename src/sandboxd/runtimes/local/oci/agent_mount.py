@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from sandboxd.errors import RuntimeFailure
-from sandboxd.runtimes.local import mounts
+from sandboxd.runtimes.local.oci import mounts
 
 SANDBOX_DIR = "/.sandboxd"  # where sandboxes see the mount
 NAME = "agent"  # the binary's name in it

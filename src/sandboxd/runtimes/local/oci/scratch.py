@@ -29,7 +29,7 @@ import subprocess
 from pathlib import Path
 
 from sandboxd.errors import RuntimeFailure
-from sandboxd.runtimes.local import mounts
+from sandboxd.runtimes.local.oci import mounts
 
 log = logging.getLogger("sandboxd.scratch")
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from sandboxd.errors import InvalidRequest, RuntimeFailure
+from sandboxd.errors import InvalidRequest, RuntimeFailure, UpstreamFailure
 from sandboxd.runtimes import outbound
 from sandboxd.runtimes.outbound import Fetch, OutboundRules
 
@@ -222,3 +222,76 @@ class RegistryClient:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return target
+
+
+@dataclass
+class Fetched:
+    """An image's blobs, in the blob store: its layers (id, blob) bottom first, and what its image.json keeps."""
+
+    layers: list[tuple[str, Path]]
+    meta: dict[str, Any]
+    done: int
+    total: int
+
+
+def fetch_image(
+    ref: Reference,
+    credentials: Credentials | None,
+    outbound: OutboundRules,
+    store: Path,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Fetched:
+    """Downloads the manifest's layer and config blobs that store does not hold yet."""
+    client = RegistryClient(ref, credentials, outbound)
+    try:
+        manifest, manifest_digest = client.resolve()
+        layers = manifest["layers"]
+        total = sum(int(layer.get("size", 0)) for layer in layers)
+        done = [0]
+
+        def advance(n: int) -> None:
+            done[0] += n
+            if progress:
+                progress(str(ref), done[0], total)
+
+        paths = [client.blob(layer["digest"], store, advance) for layer in layers]
+        config_digest = manifest.get("config", {}).get("digest")
+        config_path = client.blob(config_digest, store) if config_digest else None
+    except httpx.HTTPError as exc:
+        # Refused, timed out, reset, a bad redirect: the registry's failure, not ours.
+        raise UpstreamFailure(f"registry {ref.registry}: {_describe(exc)}", "image") from None
+    except RuntimeFailure as exc:  # the client's word for an answer it cannot use
+        raise UpstreamFailure(exc.message, "image") from None
+    finally:
+        client.close()
+    meta = {
+        "reference": str(ref),
+        "digest": manifest_digest,
+        "blobs": [layer["digest"] for layer in layers] + ([config_digest] if config_digest else []),
+        "config": _oci_config(config_path),
+    }
+    ids = [str(layer["digest"]).replace(":", "-") for layer in layers]
+    return Fetched(list(zip(ids, paths, strict=True)), meta, done[0], total)
+
+
+def _describe(exc: httpx.HTTPError) -> str:
+    reason = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+
+
+def _oci_config(path: Path | None) -> dict[str, Any]:
+    """The parts of an OCI image config a sandbox takes: environment, working dir and user. The
+    image's Cmd is not run: a sandbox idles until asked, unless its create names an entrypoint."""
+    if path is None:
+        return {}
+    try:
+        config = json.loads(path.read_text()).get("config") or {}
+    except (ValueError, AttributeError):
+        return {}
+    env = dict(item.split("=", 1) for item in config.get("Env") or [] if "=" in item)
+    result: dict[str, Any] = {"env": env} if env else {}
+    if config.get("WorkingDir"):
+        result["cwd"] = config["WorkingDir"]
+    if config.get("User"):
+        result["user"] = config["User"]
+    return result

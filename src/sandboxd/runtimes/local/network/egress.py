@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 from sandboxd.errors import RuntimeFailure
 from sandboxd.runtimes.hostnets import InwardNetworks
-from sandboxd.runtimes.local.broker import Transform
-from sandboxd.runtimes.local.network import run
+from sandboxd.runtimes.local.network.bridge import run
+from sandboxd.runtimes.local.network.broker import Transform
 from sandboxd.runtimes.policy import Policy
 
 __all__ = ["Attached", "EgressTable", "Policy", "tag"]

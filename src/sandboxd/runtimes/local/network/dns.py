@@ -34,9 +34,9 @@ import dns.rdatatype
 import dns.rrset
 
 from sandboxd.runtimes.hostnets import ALWAYS_BLOCKED, InwardNetworks
-from sandboxd.runtimes.local.broker import find
-from sandboxd.runtimes.local.egress import Attached, EgressTable
-from sandboxd.runtimes.local.fairqueue import FairQueue
+from sandboxd.runtimes.local.network.broker import find
+from sandboxd.runtimes.local.network.egress import Attached, EgressTable
+from sandboxd.runtimes.local.network.fairqueue import FairQueue
 from sandboxd.runtimes.policy import Policy, hostname_labels
 
 log = logging.getLogger("sandboxd.dns")
