@@ -5,31 +5,19 @@ from __future__ import annotations
 
 import json
 import os
+import tarfile
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from sandboxd.sdk._errors import CommandExitError, SandboxError, raise_for_status
-from sandboxd.sdk._models import CommandResult, ProcessInfo
-
-DEFAULT_URL = "http://127.0.0.1:8080"
-
-
-def _client(url: str | None, api_key: str | None, timeout: float) -> httpx.Client:
-    base = url or os.environ.get("SANDBOXD_URL", DEFAULT_URL)
-    key = api_key or os.environ.get("SANDBOXD_API_KEY")
-    if not key:
-        raise SandboxError("UNAUTHORIZED", "no API key: pass api_key= or set SANDBOXD_API_KEY")
-    return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=timeout)
-
-
-def _check(response: httpx.Response) -> httpx.Response:
-    if response.is_error:
-        response.read()
-        raise_for_status(response)
-    return response
+from sandboxd_sdk import tarsafe
+from sandboxd_sdk._sync._http import _check, _client, segment
+from sandboxd_sdk._sync.terminal import Terminal
+from sandboxd_sdk._errors import CommandExitError, SandboxError
+from sandboxd_sdk._models import CommandResult, ProcessInfo
 
 
 @dataclass
@@ -223,6 +211,31 @@ class Files:
         params = {"path": path}
         _check(self._sandbox._http.put(f"{self._sandbox._path}/archive", params=params, content=tar))
 
+    def download_dir(self, path: str, destination: str | os.PathLike[str]) -> None:
+        """The sandbox's directory unpacked into destination by tarsafe's rules: the archive comes
+        from the sandbox's agent, which the sandbox may control, so no member may write outside the
+        destination, go through a symlink, or plant a link that leads out of it. Raises
+        tarsafe.UnsafeArchive (members before it were written) or tarfile.TarError.
+
+        The archive is spooled to a temporary file on the way, never held whole in memory."""
+        os.makedirs(destination, exist_ok=True)
+        with tempfile.TemporaryFile() as spool:
+            url = f"{self._sandbox._path}/archive"
+            with self._sandbox._http.stream("GET", url, params={"path": path}, timeout=None) as r:
+                _check(r)
+                for chunk in r.iter_bytes():
+                    spool.write(chunk)
+            spool.seek(0)
+            tarsafe.extract(spool, destination)
+
+    def upload_dir(self, local: str | os.PathLike[str], path: str) -> None:
+        """A local directory's contents into path in the sandbox (made if missing)."""
+        with tempfile.TemporaryFile() as spool:
+            with tarfile.open(fileobj=spool, mode="w") as tar:
+                tar.add(local, arcname=".")
+            spool.seek(0)
+            self.upload_tar(path, spool.read())
+
 
 class Sandbox:
     """A sandbox on a sandboxd server. Use as a context manager to kill it on exit."""
@@ -231,7 +244,7 @@ class Sandbox:
         self.id: str = info["id"]
         self.info = info
         self._http = http
-        self._path = f"/api/v1/sandboxes/{self.id}"
+        self._path = f"/api/v1/sandboxes/{segment(self.id)}"
         self.commands = Commands(self)
         self.files = Files(self)
 
@@ -303,7 +316,7 @@ class Sandbox:
     def connect(cls, sandbox_id: str, *, url: str | None = None, api_key: str | None = None) -> Sandbox:
         http = _client(url, api_key, 120.0)
         try:
-            r = _check(http.get(f"/api/v1/sandboxes/{sandbox_id}"))
+            r = _check(http.get(f"/api/v1/sandboxes/{segment(sandbox_id)}"))
         except BaseException:
             http.close()
             raise
@@ -336,9 +349,14 @@ class Sandbox:
     def traffic_token(self) -> str:
         return str(self.info["traffic_token"])
 
-    def logs(self) -> str:
-        r = _check(self._http.get(f"{self._path}/logs"))
+    def logs(self, offset: int = 0) -> str:
+        """The entrypoint's output from byte offset on."""
+        r = _check(self._http.get(f"{self._path}/logs", params={"offset": offset}))
         return r.text
+
+    def terminal(self, command: str = "", cols: int = 80, rows: int = 24) -> Terminal:
+        """An interactive terminal (a login shell, or command): see Terminal. Close it when done."""
+        return Terminal.open(self._http, f"{self._path}/terminal", command, cols, rows)
 
     def kill(self) -> None:
         r = _check(self._http.delete(self._path))
@@ -358,61 +376,3 @@ class Sandbox:
                 raise
         finally:
             self.close()
-
-
-class Templates:
-    """Templates on a sandboxd server: build (with the build log as it comes), list, remove.
-
-    A step is a dict: {"type": "run", "command": ...}, {"type": "copy", "path", "content"},
-    {"type": "env", "env": {...}}, {"type": "workdir", "path"} or {"type": "user", "user"}."""
-
-    def __init__(self, *, url: str | None = None, api_key: str | None = None, request_timeout: float = 120.0) -> None:
-        self._http = _client(url, api_key, request_timeout)
-
-    def build(
-        self,
-        name: str,
-        steps: list[dict[str, Any]] | None = None,
-        *,
-        base: str | None = None,
-        start_command: str | list[str] | None = None,
-        ready_check: dict[str, Any] | None = None,
-        on_log: Callable[[str], None] | None = None,
-        no_cache: bool = False,
-    ) -> dict[str, Any]:
-        """Builds the next version of name and returns it once the build has ended (its state is
-        "ready" or "failed", with the reason in "message"). on_log gets each build log line."""
-        body: dict[str, Any] = {"name": name, "steps": steps or []}
-        for key, value in (("base", base), ("start_command", start_command), ("ready_check", ready_check)):
-            if value is not None:
-                body[key] = value
-        params = {"no_cache": True} if no_cache else {}
-        started = (_check(self._http.post("/api/v1/templates", json=body, params=params))).json()
-        path = f"/api/v1/templates/{name}/versions/{started['version']}"
-        with self._http.stream("GET", f"{path}/logs", params={"follow": True}, timeout=None) as r:
-            _check(r)
-            for line in r.iter_lines():
-                if on_log is not None:
-                    on_log(line)
-        return dict((_check(self._http.get(path))).json())
-
-    def get(self, name: str, version: int | None = None) -> dict[str, Any]:
-        path = f"/api/v1/templates/{name}" + (f"/versions/{version}" if version is not None else "")
-        return dict((_check(self._http.get(path))).json())
-
-    def list(self, name: str | None = None) -> list[dict[str, Any]]:
-        params = {"name": name} if name else {}
-        r = _check(self._http.get("/api/v1/templates", params=params))
-        return list(r.json()["items"])
-
-    def delete(self, name: str, version: int) -> None:
-        _check(self._http.delete(f"/api/v1/templates/{name}/versions/{version}"))
-
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> Templates:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
