@@ -29,7 +29,10 @@ RULES = [
     (r"\baread\b", "read"),
     (r"\baiter_lines\b", "iter_lines"),
     (r"\baiter_bytes\b", "iter_bytes"),
-    (r"Generated into \.\./_sync by scripts/unasync\.py\.", "GENERATED from ../_async by scripts/unasync.py: do not edit."),
+    (
+        r"Generated into \.\./_sync by scripts/unasync\.py\.",
+        "GENERATED from ../_async by scripts/unasync.py: do not edit.",
+    ),
     (
         r"The asynchronous SDK\. The synchronous one in \.\./_sync is generated from this file by",
         "GENERATED from ../_async/client.py by scripts/unasync.py: do not edit. It is made by",
@@ -54,7 +57,9 @@ def main() -> int:
     sync = ROOT / "_sync"
     stale = [p for p in sync.glob("*.py") if p.name not in wanted] if sync.exists() else []
     if check:
-        drifted = [name for name, text in wanted.items() if not (sync / name).exists() or (sync / name).read_text() != text]
+        drifted = [
+            name for name, text in wanted.items() if not (sync / name).exists() or (sync / name).read_text() != text
+        ]
         for path in [*(sync / n for n in drifted), *stale]:
             sys.stderr.write(f"{path} is out of date: run python scripts/unasync.py\n")
         return 1 if drifted or stale else 0

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from sandboxd.runtimes.local import oci
 from sandboxd import CommandHandle, Sandbox, SandboxError
+from sandboxd.runtimes.local import oci
 from tests.conftest import Server
 
 # Runs inside the sandbox: take every instance of each budget it will give, report, then hold them.

@@ -20,13 +20,15 @@ from sandboxd.api import errors
 from sandboxd.api.deps import require_key
 from sandboxd.api.guard import RequestGuard
 from sandboxd.api.proxy import PortProxy
-from sandboxd.api.routes import commands, files, health, ports, sandboxes, templates, terminal
+from sandboxd.api.routes import commands, files, health, images, ports, sandboxes, templates, terminal
 from sandboxd.config import Settings
 from sandboxd.domain import new_id
 from sandboxd.logs import request_id
-from sandboxd.runtimes.registry import build_runtime
+from sandboxd.runtimes.local.runtime import images_in_use
+from sandboxd.runtimes.registry import build_runtime, image_store
 from sandboxd.services.commands import CommandService
 from sandboxd.services.files import FileService
+from sandboxd.services.images import ImageService
 from sandboxd.services.ports import PortService
 from sandboxd.services.sandboxes import SandboxService
 from sandboxd.services.templates import TemplateService
@@ -88,6 +90,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.templates = TemplateService(cfg, app.state.store, service, app.state.commands)
         service.templates = app.state.templates
         app.state.ports = PortService(cfg, service)
+        catalog = image_store(cfg)
+        app.state.images = ImageService(
+            catalog, lambda: images_in_use(cfg.data_dir), cfg.data_dir, max_upload_bytes=catalog.max_layer_bytes
+        )
         # One pool of connections to sandboxes for the port proxy; no time limit on reading a
         # response (streams), a short one on connecting (a closed port answers at once anyway).
         # It keeps no cookies: one sandbox's Set-Cookie must never ride along to another.
@@ -131,7 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     auth = [Depends(require_key)]
     app.include_router(health.router)
     app.include_router(health.metrics_router, dependencies=auth)
-    for module in (sandboxes, commands, files, templates, ports):
+    for module in (sandboxes, commands, files, templates, ports, images):
         app.include_router(module.router, dependencies=auth)
     app.include_router(terminal.router)
     return app

@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sandboxd.errors import Unauthorized
 from sandboxd.services.commands import CommandService
 from sandboxd.services.files import FileService
+from sandboxd.services.images import ImageService
 from sandboxd.services.ports import PortService
 from sandboxd.services.sandboxes import SandboxService
 from sandboxd.services.templates import TemplateService
@@ -54,6 +55,11 @@ def _templates(request: Request) -> TemplateService:
     return request.app.state.templates  # type: ignore[no-any-return]
 
 
+def _images(request: Request) -> ImageService:
+    return request.app.state.images  # type: ignore[no-any-return]
+
+
+Images = Annotated[ImageService, Depends(_images)]
 Sandboxes = Annotated[SandboxService, Depends(_sandboxes)]
 Commands = Annotated[CommandService, Depends(_commands)]
 Files = Annotated[FileService, Depends(_files)]

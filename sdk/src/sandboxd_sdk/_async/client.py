@@ -313,8 +313,14 @@ class AsyncSandbox:
         return sandbox
 
     @classmethod
-    async def connect(cls, sandbox_id: str, *, url: str | None = None, api_key: str | None = None) -> AsyncSandbox:
+    async def connect(
+        cls, sandbox_id: str, *, url: str | None = None, api_key: str | None = None, fetch: bool = True
+    ) -> AsyncSandbox:
+        """The sandbox sandbox_id. fetch=False asks nothing now (info holds only the id until
+        refresh()): a missing sandbox shows in the first call made on it."""
         http = _client(url, api_key, 120.0)
+        if not fetch:
+            return cls({"id": sandbox_id}, http)
         try:
             r = await _check(await http.get(f"/api/v1/sandboxes/{segment(sandbox_id)}"))
         except BaseException:

@@ -3,8 +3,11 @@ Generated into ../_sync by scripts/unasync.py."""
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
+import tarfile
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import quote
@@ -76,16 +79,30 @@ class AsyncImages:
                     )
         raise SandboxError("STREAM_ENDED", "the pull's progress stream ended before the pull did")
 
-    async def import_(self, name: str, tarball: bytes | str | os.PathLike[str]) -> dict[str, Any]:
-        """A root filesystem tarball (its bytes, or a local file's path, sent as it is read) as a
-        one-layer image named name."""
-        content: bytes | AsyncIterator[bytes] = tarball if isinstance(tarball, bytes) else _file_chunks(tarball)
+    async def import_(
+        self, name: str, source: bytes | str | os.PathLike[str], *, ref: str | None = None
+    ) -> dict[str, Any]:
+        """Imports the image name from a root filesystem tarball (its bytes, or a local file's path,
+        sent as it is read), or from a local OCI image layout directory (sent as a tar; ref picks
+        a tag in it). The server unpacks either with the same refusing extractor."""
+        params = {"name": name, "format": "rootfs"}
+        if ref is not None:
+            params["ref"] = ref
+        if isinstance(source, bytes):
+            return await self._import(params, source)
+        if not os.path.isdir(source):
+            return await self._import(params, _file_chunks(source))
+        params["format"] = "oci-layout"
+        with tempfile.NamedTemporaryFile(suffix=".tar") as spool:
+            with tarfile.open(fileobj=spool, mode="w") as tar:
+                tar.add(source, arcname=".")
+            spool.flush()
+            return await self._import(params, _file_chunks(spool.name))
+
+    async def _import(self, params: dict[str, str], content: bytes | AsyncIterator[bytes]) -> dict[str, Any]:
+        headers = {"Content-Type": "application/x-tar"}
         r = await self._http.post(
-            "/api/v1/images/import",
-            params={"name": name},
-            content=content,
-            headers={"Content-Type": "application/x-tar"},
-            timeout=None,
+            "/api/v1/images/import", params=params, content=content, headers=headers, timeout=None
         )
         return dict((await _check(r)).json())
 
@@ -93,6 +110,6 @@ class AsyncImages:
         """Refused (CONFLICT, 409) while a sandbox is built on it."""
         await _check(await self._http.delete(_image_path(name)))
 
-    async def gc(self) -> list[str]:
+    async def gc(self) -> builtins.list[str]:
         """Deletes blobs and layers that no image, build cache or sandbox uses; returns them."""
         return list((await _check(await self._http.post("/api/v1/images/gc"))).json()["removed"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable
 from typing import Any
 
@@ -86,7 +87,7 @@ class AsyncTemplates:
     async def delete(self, name: str, version: int) -> None:
         await _check(await self._http.delete(f"/api/v1/templates/{segment(name)}/versions/{int(version)}"))
 
-    async def runtimes(self) -> list[dict[str, Any]]:
+    async def runtimes(self) -> builtins.list[dict[str, Any]]:
         """The runtimes the server is configured with, and the template build each one uses."""
         return list((await _check(await self._http.get("/api/v1/runtimes"))).json()["items"])
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import click
@@ -34,29 +36,56 @@ def image_inspect(name: str) -> None:
         emit(c.images.inspect(name), as_json=True)
 
 
+def _registry_host(reference: str) -> str:
+    """The registry a reference names, as docker reads it (a first part with "." or ":", or
+    localhost, is a host; anything else is Docker Hub)."""
+    first, slash, _ = reference.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return "registry-1.docker.io"
+
+
+def _credentials(reference: str) -> dict[str, str] | None:
+    """This shell's SANDBOXD_REGISTRY_AUTH ({"host": {"username", "password"}}) entry for the
+    reference's registry, sent with this one pull and never stored; the server's own otherwise."""
+    configured = os.environ.get("SANDBOXD_REGISTRY_AUTH")
+    if not configured:
+        return None
+    try:
+        entry = json.loads(configured).get(_registry_host(reference))
+    except (ValueError, AttributeError):
+        raise click.BadParameter("SANDBOXD_REGISTRY_AUTH is not a JSON object of hosts") from None
+    if entry is None:
+        return None
+    return {"username": str(entry["username"]), "password": str(entry["password"])}
+
+
 @image.command("pull")
 @click.argument("reference")
 def image_pull(reference: str) -> None:
-    """Pulls name[:tag|@digest] from an OCI/Docker registry onto the server (its credentials:
-    SANDBOXD_REGISTRY_AUTH where the server runs)."""
+    """Pulls name[:tag|@digest] from an OCI/Docker registry onto the server. Credentials: this
+    shell's SANDBOXD_REGISTRY_AUTH for the reference's registry, else the server's own."""
     columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    auth = _credentials(reference)
     with client() as c, Progress(*columns, console=err) as bar:
         task = bar.add_task(reference, total=None)
 
         def advance(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total or None)
 
-        c.images.pull(reference, on_progress=advance)
+        c.images.pull(reference, auth=auth, on_progress=advance)
     click.echo(reference)
 
 
 @image.command("import")
 @click.argument("name")
-@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def image_import(name: str, source: Path) -> None:
-    """Imports a root filesystem tarball (plain or compressed) as the image NAME."""
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("--ref", default=None, help="Tag inside an OCI layout.")
+def image_import(name: str, source: Path, ref: str | None) -> None:
+    """Imports a root filesystem tarball (plain or compressed) or a local OCI image layout
+    directory as the image NAME, on the server."""
     with client() as c:
-        c.images.import_(name, source)
+        c.images.import_(name, source, ref=ref)
     click.echo(name)
 
 

@@ -69,8 +69,10 @@ def _pairs(items: tuple[str, ...], option: str) -> dict[str, str]:
     return dict(item.split("=", 1) for item in items)
 
 
-def _connect(sandbox_id: str) -> Sandbox:
-    return Sandbox.connect(sandbox_id)
+def _connect(sandbox_id: str, fetch: bool = False) -> Sandbox:
+    # A command that needs nothing of the record makes no request for it: one round trip, as
+    # the command's own call names a missing sandbox anyway.
+    return Sandbox.connect(sandbox_id, fetch=fetch)
 
 
 @main.command()
@@ -131,7 +133,7 @@ def list_(state: tuple[str, ...], label: tuple[str, ...], as_json: bool) -> None
 @click.option("--json", "as_json", is_flag=True)
 def get(sandbox_id: str, as_json: bool) -> None:
     """Shows one sandbox."""
-    sb = _connect(sandbox_id)
+    sb = _connect(sandbox_id, fetch=True)
     sb.close()
     emit(sb.info, as_json, _sandbox_table([sb.info]))
 

@@ -18,7 +18,7 @@ from sandboxd_sdk._sync.terminal import Terminal
 
 def run_shell(sandbox_id: str, command: str = "") -> int:
     cols, rows = shutil.get_terminal_size()
-    sb = Sandbox.connect(sandbox_id)
+    sb = Sandbox.connect(sandbox_id, fetch=False)
     try:
         with sb.terminal(command, cols, rows) as term:
             return _relay(term)
