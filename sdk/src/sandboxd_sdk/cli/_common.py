@@ -29,7 +29,7 @@ def emit(data: Any, as_json: bool, table: Table | None = None) -> None:
 def fail(message: object) -> NoReturn:
     # markup=False: a message may hold the server's (or a sandbox's) brackets.
     err.print("[red]error:[/red] ", end="")
-    err.print(str(message), markup=False, highlight=False)
+    err.print(str(message), markup=False, highlight=False, soft_wrap=True)  # one line, never wrapped
     sys.exit(1)
 
 
