@@ -165,6 +165,7 @@ class ImageService:
 
         from sandboxd import tarsafe
 
+        layout.mkdir()
         try:
             with open(tarball, "rb") as f:
                 tarsafe.extract(f, layout, tarsafe.Rules(max_bytes=self.max_upload_bytes))
