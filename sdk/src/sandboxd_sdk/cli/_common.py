@@ -8,10 +8,12 @@ import tarfile
 from typing import Any, NoReturn
 
 import click
+import httpx
 from rich.console import Console
 from rich.table import Table
 
 from sandboxd_sdk import tarsafe
+from sandboxd_sdk._async._http import base_url
 from sandboxd_sdk._errors import SandboxError
 from sandboxd_sdk._sync.api import Client
 
@@ -50,3 +52,5 @@ class Group(click.Group):
             fail(f"the archive from the sandbox was refused: {exc} (members before it were written)")
         except tarfile.TarError as exc:
             fail(f"the archive from the sandbox is not a valid tar: {exc}")
+        except httpx.TransportError as exc:
+            fail(f"cannot reach the server at {base_url(None)} (SANDBOXD_URL): {exc}")
