@@ -3,6 +3,7 @@ and the client distribution on its own: what it requires, what it imports, that 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -213,3 +214,24 @@ def test_the_cli_sees_the_servers_images_not_its_own_directory(
         assert gone not in [i["name"] for i in client.images.list()]
     collected = cli_elsewhere(server, tmp_path, "image", "gc")
     assert collected.returncode == 0 and any(line.startswith("layer:") for line in collected.stdout.split())
+
+
+def test_an_uploaded_oci_layout_cannot_name_a_host_file(client: Client, tmp_path: Path) -> None:
+    """A layout used to be a local directory of the operator's; uploaded, its digests are the
+    caller's: one that climbs out of blobs/ would make a host file (another image's blob, a key)
+    into a layer."""
+    name = "api-layout-" + os.urandom(3).hex()
+    layout = tmp_path / "layout"
+    (layout / "blobs" / "sha256").mkdir(parents=True)
+    manifest = json.dumps({"schemaVersion": 2, "layers": [{"digest": "sha256:../../../../../../etc/passwd"}]})
+    digest = hashlib.sha256(manifest.encode()).hexdigest()
+    (layout / "blobs" / "sha256" / digest).write_text(manifest)
+    (layout / "index.json").write_text(json.dumps({"manifests": [{"digest": f"sha256:{digest}"}]}))
+    with pytest.raises(SandboxError) as refused:
+        client.images.import_(name, layout)
+    assert (refused.value.status, refused.value.field) == (400, "body") and "invalid digest" in refused.value.message
+    (layout / "index.json").write_text("[]")  # the wrong shape: a 400, not a 500
+    with pytest.raises(SandboxError) as shapeless:
+        client.images.import_(name, layout)
+    assert (shapeless.value.status, shapeless.value.field) == (400, "body"), shapeless.value
+    assert name not in [i["name"] for i in client.images.list()]

@@ -173,7 +173,20 @@ class ImageService:
             raise InvalidRequest("body", f"refused entry {exc.member!r} of the layout: {exc.reason}") from None
         except tarfile.TarError as exc:
             raise InvalidRequest("body", f"the layout is not a valid tar: {exc}") from None
-        self.catalog.import_oci_layout(name, layout, ref)
+        try:
+            self.catalog.import_oci_layout(name, layout, ref)
+        except (
+            ValueError,
+            KeyError,
+            TypeError,
+            AttributeError,
+            IndexError,
+            FileNotFoundError,
+            NotADirectoryError,
+        ) as exc:
+            # The shape of the caller's layout (a missing index.json or blob, a wrong JSON type);
+            # a failure of the host's disk (ENOSPC, EIO) is not among these and stays a 500.
+            raise InvalidRequest("body", f"not a usable OCI image layout: {type(exc).__name__}: {exc}") from None
 
     async def remove(self, name: str) -> None:
         """Refused (Conflict) while a sandbox's root is built on it."""

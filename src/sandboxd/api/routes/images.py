@@ -97,7 +97,13 @@ async def _body(request: Request) -> AsyncIterator[bytes]:
     "/import",
     status_code=status.HTTP_201_CREATED,
     response_model=ImageInfo,
-    openapi_extra={"requestBody": {"required": True, "content": {"application/x-tar": {}}}},
+    # Documented as octet-stream (any tar, plain or compressed; sent as application/x-tar by the SDK).
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
 )
 async def import_image(
     request: Request,

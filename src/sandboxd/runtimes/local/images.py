@@ -46,7 +46,13 @@ import zstandard
 from sandboxd import tarsafe
 from sandboxd.errors import Conflict, ImageNotFound, InvalidRequest, RuntimeFailure, UpstreamFailure
 from sandboxd.runtimes.local.mounts import mounts_under, unmount
-from sandboxd.runtimes.local.registry import Credentials, RegistryClient, looks_like_reference, parse_reference
+from sandboxd.runtimes.local.registry import (
+    DIGEST,
+    Credentials,
+    RegistryClient,
+    looks_like_reference,
+    parse_reference,
+)
 from sandboxd.runtimes.outbound import OutboundRules
 
 DEBIAN_SUITE = "bookworm"
@@ -575,6 +581,9 @@ def shift_ownership(root: Path, base: int, size: int = 65536) -> None:
 
 def _oci_layers(layout: Path, ref: str | None) -> list[Path]:
     def blob(digest: str) -> Path:
+        # A layout may come from an API caller: a digest is a name under blobs/, never a path.
+        if not isinstance(digest, str) or not DIGEST.match(digest):
+            raise InvalidRequest("body", f"invalid digest {digest!r} in the OCI layout")
         algo, _, value = digest.partition(":")
         return layout / "blobs" / algo / value
 
