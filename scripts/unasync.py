@@ -6,14 +6,18 @@ import re
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1] / "src" / "sandboxd" / "sdk"
+ROOT = Path(__file__).resolve().parents[1] / "sdk" / "src" / "sandboxd_sdk"
 RULES = [
+    (r"\bsandboxd_sdk\._async\.", "sandboxd_sdk._sync."),
+    (r"\bwebsockets\.asyncio\.client\b", "websockets.sync.client"),
     (r"\bAsyncIterator\b", "Iterator"),
     (r"\bAsyncSandbox\b", "Sandbox"),
     (r"\bAsyncCommands\b", "Commands"),
     (r"\bAsyncFiles\b", "Files"),
     (r"\bAsyncCommandHandle\b", "CommandHandle"),
     (r"\bAsyncTemplates\b", "Templates"),
+    (r"\bAsyncImages\b", "Images"),
+    (r"\bAsyncTerminal\b", "Terminal"),
     (r"\bAsyncClient\b", "Client"),
     (r"\basync def\b", "def"),
     (r"\basync with\b", "with"),
@@ -24,6 +28,11 @@ RULES = [
     (r"\baclose\b", "close"),
     (r"\baread\b", "read"),
     (r"\baiter_lines\b", "iter_lines"),
+    (r"\baiter_bytes\b", "iter_bytes"),
+    (
+        r"Generated into \.\./_sync by scripts/unasync\.py\.",
+        "GENERATED from ../_async by scripts/unasync.py: do not edit.",
+    ),
     (
         r"The asynchronous SDK\. The synchronous one in \.\./_sync is generated from this file by",
         "GENERATED from ../_async/client.py by scripts/unasync.py: do not edit. It is made by",
@@ -42,18 +51,23 @@ def generate(source: str) -> str:
 
 
 def main() -> int:
+    """Every module of _async has its twin in _sync; a _sync module without one is stale."""
     check = "--check" in sys.argv
-    src = ROOT / "_async" / "client.py"
-    dst = ROOT / "_sync" / "client.py"
-    wanted = generate(src.read_text())
+    wanted = {path.name: generate(path.read_text()) for path in sorted((ROOT / "_async").glob("*.py"))}
+    sync = ROOT / "_sync"
+    stale = [p for p in sync.glob("*.py") if p.name not in wanted] if sync.exists() else []
     if check:
-        if not dst.exists() or dst.read_text() != wanted:
-            sys.stderr.write(f"{dst} is out of date: run python scripts/unasync.py\n")
-            return 1
-        return 0
-    dst.parent.mkdir(exist_ok=True)
-    (dst.parent / "__init__.py").touch()
-    dst.write_text(wanted)
+        drifted = [
+            name for name, text in wanted.items() if not (sync / name).exists() or (sync / name).read_text() != text
+        ]
+        for path in [*(sync / n for n in drifted), *stale]:
+            sys.stderr.write(f"{path} is out of date: run python scripts/unasync.py\n")
+        return 1 if drifted or stale else 0
+    sync.mkdir(exist_ok=True)
+    for name, text in wanted.items():
+        (sync / name).write_text(text)
+    for path in stale:
+        path.unlink()
     return 0
 
 

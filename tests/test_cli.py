@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.conftest import Server, free_port, teardown_bridge
@@ -14,7 +15,7 @@ from tests.conftest import Server, free_port, teardown_bridge
 def cli(server: Server, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "SANDBOXD_URL": server.url, "SANDBOXD_API_KEY": server.key, "COLUMNS": "200"}
     return subprocess.run(
-        [sys.executable, "-m", "sandboxd.cli.main", *args],
+        [sys.executable, "-m", "sandboxd_sdk.cli.main", *args],
         env=env,
         input=stdin,
         capture_output=True,
@@ -54,11 +55,21 @@ def test_cli_round_trip(server: Server, tmp_path: Path) -> None:
 
         shell = cli(server, "shell", sid, stdin="echo from-shell $((6*7))\nexit 0\n")
         assert "from-shell 42" in shell.stdout and shell.returncode == 0
-        assert cli(server, "logs", sid).returncode == 0
     finally:
         killed = cli(server, "kill", sid, "--json")
     assert json.loads(killed.stdout)["status"]["state"] == "terminated"
     missing = cli(server, "get", "sbx_nope")
+    assert missing.returncode == 1 and "SANDBOX_NOT_FOUND" in missing.stderr
+
+
+def test_cli_logs_prints_the_entrypoints_output_from_an_offset(server: Server) -> None:
+    with server.create(entrypoint=["sh", "-c", "echo entry-one; echo entry-two; sleep 600"]) as sb:
+        deadline = time.monotonic() + 20
+        while (logs := cli(server, "logs", sb.id)).stdout != "entry-one\nentry-two\n":
+            assert logs.returncode == 0 and time.monotonic() < deadline, (logs.stdout, logs.stderr)
+            time.sleep(0.05)
+        assert cli(server, "logs", sb.id, "--offset", str(len("entry-one\n"))).stdout == "entry-two\n"
+    missing = cli(server, "logs", "sbx_nope")
     assert missing.returncode == 1 and "SANDBOX_NOT_FOUND" in missing.stderr
 
 
@@ -105,6 +116,8 @@ def test_cli_builds_a_template_and_starts_from_it(server: Server, tmp_path: Path
     finally:
         cli(server, "kill", created["id"])
     assert cli(server, "template", "rm", f"{name}:1").returncode == 0
+    assert f"{name}:1" not in cli(server, "template", "ls").stdout
+    assert f"{name}:1" not in [t["ref"] for t in json.loads(cli(server, "template", "ls", "--json").stdout)]
     failed = cli(server, "template", "build", "--name", name, str(definition.with_name("missing.toml")))
     assert failed.returncode == 2  # click: the file does not exist
     runtimes = cli(server, "runtimes")

@@ -164,7 +164,7 @@ def pushed(registry: Registry, base_layer: Path) -> str:  # noqa: F811 - pytest 
 def cli(server: Server, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "sandboxd.cli.main", *args],
-        env={**server.env, **env},
+        env={**server.env, "SANDBOXD_URL": server.url, **env},  # the CLI asks the server for its images
         capture_output=True,
         text=True,
         timeout=300,

@@ -1,14 +1,43 @@
-"""sandboxd: isolated Linux sandboxes for untrusted code. ``from sandboxd import Sandbox``."""
+"""sandboxd: isolated Linux sandboxes for untrusted code. ``from sandboxd import Sandbox``.
 
-from typing import Any
+The client (SDK and CLI) is its own distribution, ``sandboxd-sdk`` (import ``sandboxd_sdk``), which
+the server depends on; its public names are re-exported here so ``from sandboxd import Sandbox``
+works wherever the server is installed."""
 
-__all__ = ["AsyncSandbox", "AsyncTemplates", "CommandExitError", "Sandbox", "SandboxError", "Templates"]
+from sandboxd_sdk import (
+    AsyncClient,
+    AsyncCommandHandle,
+    AsyncImages,
+    AsyncSandbox,
+    AsyncTemplates,
+    AsyncTerminal,
+    Client,
+    CommandExitError,
+    CommandHandle,
+    CommandResult,
+    Images,
+    ProcessInfo,
+    Sandbox,
+    SandboxError,
+    Templates,
+    Terminal,
+)
 
-
-def __getattr__(name: str) -> Any:
-    # The SDK is loaded on first use, so the server and CLI do not import it unless they need it.
-    if name in __all__:
-        from sandboxd import sdk
-
-        return getattr(sdk, name)
-    raise AttributeError(name)
+__all__ = [
+    "AsyncClient",
+    "AsyncCommandHandle",
+    "AsyncImages",
+    "AsyncSandbox",
+    "AsyncTemplates",
+    "AsyncTerminal",
+    "Client",
+    "CommandExitError",
+    "CommandHandle",
+    "CommandResult",
+    "Images",
+    "ProcessInfo",
+    "Sandbox",
+    "SandboxError",
+    "Templates",
+    "Terminal",
+]

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from sandboxd import CommandHandle, Sandbox, SandboxError
 from sandboxd.runtimes.local.oci import config as oci
-from sandboxd.sdk import CommandHandle, Sandbox, SandboxError
 from tests.conftest import Server
 
 # Runs inside the sandbox: take every instance of each budget it will give, report, then hold them.

@@ -15,6 +15,7 @@ from sandboxd.services.auth import PROJECT_HEADER, Principal, scope_for_method
 from sandboxd.services.commands import CommandService
 from sandboxd.services.container import Services
 from sandboxd.services.files import FileService
+from sandboxd.services.images import ImageService
 from sandboxd.services.lifecycle import SandboxService
 from sandboxd.services.ports import PortService
 from sandboxd.services.templates import TemplateService
@@ -110,7 +111,12 @@ def _tenancy(request: Request) -> TenancyService:
     return _services(request).tenancy
 
 
+def _images(request: Request) -> ImageService:
+    return _services(request).images
+
+
 State = Annotated[ApiState, Depends(_state)]
+Images = Annotated[ImageService, Depends(_images)]
 Sandboxes = Annotated[SandboxService, Depends(_sandboxes)]
 Commands = Annotated[CommandService, Depends(_commands)]
 Files = Annotated[FileService, Depends(_files)]

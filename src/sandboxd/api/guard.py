@@ -54,6 +54,8 @@ def needs_key(path: str) -> bool:
 def body_limit(method: str, path: str, max_json: int) -> int | None:
     if method == "PUT" and STREAMED.match(path):
         return None
+    if method == "POST" and path == "/api/v1/images/import":  # spooled to disk, bounded by the image service
+        return None
     if method == "POST" and path.rstrip("/") == "/api/v1/templates":
         return max(TEMPLATE_BODY, max_json)
     return max_json

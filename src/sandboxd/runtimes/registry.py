@@ -42,6 +42,13 @@ def image_store(settings: Settings) -> ImageStore:
     return ImageStore(settings.image_root, settings.userns_base, registry_auth=auth, outbound=outbound_rules(settings))
 
 
+def image_catalog(settings: Settings) -> tuple[ImageStore, Callable[[], tuple[set[str], set[str]]]]:
+    """The image catalog the images API serves, and what tells which images sandboxes use."""
+    from sandboxd.runtimes.local.oci.rootfs import images_in_use
+
+    return image_store(settings), lambda: images_in_use(settings.data_dir)
+
+
 def outbound_rules(settings: Settings) -> OutboundRules:
     """The operator's network boundaries for server-side fetches, from the settings."""
 

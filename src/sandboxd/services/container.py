@@ -10,9 +10,11 @@ from dataclasses import dataclass
 
 from sandboxd.config import Settings
 from sandboxd.runtimes.base import Runtime
+from sandboxd.runtimes.registry import image_catalog
 from sandboxd.services.auth import AuthService
 from sandboxd.services.commands import CommandService
 from sandboxd.services.files import FileService
+from sandboxd.services.images import ImageService
 from sandboxd.services.lifecycle import SandboxService
 from sandboxd.services.ports import PortService
 from sandboxd.services.supervisor import Supervisor
@@ -36,6 +38,7 @@ class Services:
     ports: PortService
     auth: AuthService
     tenancy: TenancyService
+    images: ImageService
     _store: Store
 
     @classmethod
@@ -57,6 +60,7 @@ class Services:
         # Create resolves templates, and builds create sandboxes: the one cycle, closed here.
         sandboxes.templates = templates
         auth = AuthService(store, settings.resolved_api_key())
+        catalog, in_use_images = image_catalog(settings)
 
         async def in_use(project_id: str) -> bool:
             return await sandboxes.has_sandboxes(project_id) or await templates.has_templates(project_id)
@@ -72,6 +76,7 @@ class Services:
             ports=PortService(settings, sandboxes),
             auth=auth,
             tenancy=TenancyService(store, auth, in_use),
+            images=ImageService(catalog, in_use_images, settings.data_dir, max_upload_bytes=catalog.max_layer_bytes),
             _store=store,
         )
         await supervisor.reconcile()

@@ -9,6 +9,7 @@ import gzip
 import io
 import json
 import os
+import re
 import shutil
 import stat
 import tarfile
@@ -156,8 +157,15 @@ def shift_ownership(root: Path, base: int, size: int = 65536) -> None:
             os.chmod(path, keep)
 
 
+# A layout may come from an API caller (the images API's import): a digest is a name under blobs/,
+# never a path.
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
 def oci_layout_layers(layout: Path, ref: str | None) -> list[Path]:
     def blob(digest: str) -> Path:
+        if not isinstance(digest, str) or not DIGEST.fullmatch(digest):
+            raise InvalidRequest("body", f"invalid digest {digest!r:.100} in the OCI layout")
         algo, _, value = digest.partition(":")
         return layout / "blobs" / algo / value
 

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 if TYPE_CHECKING:
-    from sandboxd.sdk._models import CommandResult
+    from sandboxd_sdk._models import CommandResult
 
 
 class SandboxError(Exception):

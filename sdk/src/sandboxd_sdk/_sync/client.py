@@ -1,58 +1,46 @@
-"""The asynchronous SDK. The synchronous one in ../_sync is generated from this file by
-scripts/unasync.py: edit here, then run it (CI runs it with --check)."""
+"""GENERATED from ../_async/client.py by scripts/unasync.py: do not edit. It is made by
+scripts/unasync.py, which CI runs with --check."""
 
 from __future__ import annotations
 
 import json
 import os
+import tarfile
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from sandboxd.sdk._errors import CommandExitError, SandboxError, raise_for_status
-from sandboxd.sdk._models import CommandResult, ProcessInfo
-
-DEFAULT_URL = "http://127.0.0.1:8080"
-
-
-def _client(url: str | None, api_key: str | None, timeout: float) -> httpx.AsyncClient:
-    base = url or os.environ.get("SANDBOXD_URL", DEFAULT_URL)
-    key = api_key or os.environ.get("SANDBOXD_API_KEY")
-    if not key:
-        raise SandboxError("UNAUTHORIZED", "no API key: pass api_key= or set SANDBOXD_API_KEY")
-    return httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=timeout)
-
-
-async def _check(response: httpx.Response) -> httpx.Response:
-    if response.is_error:
-        await response.aread()
-        raise_for_status(response)
-    return response
+from sandboxd_sdk import tarsafe
+from sandboxd_sdk._sync._http import _check, _client, segment
+from sandboxd_sdk._sync.terminal import Terminal
+from sandboxd_sdk._errors import CommandExitError, SandboxError
+from sandboxd_sdk._models import CommandResult, ProcessInfo
 
 
 @dataclass
-class AsyncCommandHandle:
+class CommandHandle:
     """A process left running in the background."""
 
-    sandbox: AsyncSandbox
+    sandbox: Sandbox
     id: str
     pid: int
 
-    async def status(self) -> ProcessInfo:
-        r = await _check(await self.sandbox._http.get(f"{self.sandbox._path}/processes/{self.id}"))
+    def status(self) -> ProcessInfo:
+        r = _check(self.sandbox._http.get(f"{self.sandbox._path}/processes/{self.id}"))
         return ProcessInfo.from_json(r.json())
 
-    async def logs(self, offset: int = 0) -> tuple[str, str, int]:
+    def logs(self, offset: int = 0) -> tuple[str, str, int]:
         """(stdout, stderr, next offset) of the output produced so far."""
-        r = await _check(
-            await self.sandbox._http.get(f"{self.sandbox._path}/processes/{self.id}/logs", params={"offset": offset})
+        r = _check(
+            self.sandbox._http.get(f"{self.sandbox._path}/processes/{self.id}/logs", params={"offset": offset})
         )
         body = r.json()
         return body["stdout"], body["stderr"], body["next_offset"]
 
-    async def wait(
+    def wait(
         self,
         on_stdout: Callable[[str], object] | None = None,
         on_stderr: Callable[[str], object] | None = None,
@@ -62,19 +50,19 @@ class AsyncCommandHandle:
         far ahead of its reader) is missing: on_gap(from, to) gets its byte offsets, and the
         result is marked truncated."""
         path = f"{self.sandbox._path}/processes/{self.id}/logs"
-        return await _follow(self.sandbox._http, "GET", path, None, {"follow": True}, on_stdout, on_stderr, on_gap)
+        return _follow(self.sandbox._http, "GET", path, None, {"follow": True}, on_stdout, on_stderr, on_gap)
 
-    async def send_stdin(self, data: str, eof: bool = False) -> None:
+    def send_stdin(self, data: str, eof: bool = False) -> None:
         path = f"{self.sandbox._path}/processes/{self.id}/stdin"
-        await _check(await self.sandbox._http.post(path, json={"data": data, "eof": eof}))
+        _check(self.sandbox._http.post(path, json={"data": data, "eof": eof}))
 
-    async def kill(self, signal: str | int = "SIGKILL") -> None:
+    def kill(self, signal: str | int = "SIGKILL") -> None:
         path = f"{self.sandbox._path}/processes/{self.id}/signal"
-        await _check(await self.sandbox._http.post(path, json={"signal": signal}))
+        _check(self.sandbox._http.post(path, json={"signal": signal}))
 
 
-async def _follow(
-    http: httpx.AsyncClient,
+def _follow(
+    http: httpx.Client,
     method: str,
     path: str,
     body: dict[str, Any] | None,
@@ -85,10 +73,10 @@ async def _follow(
 ) -> CommandResult:
     out: dict[str, list[str]] = {"stdout": [], "stderr": []}
     truncated = False
-    async with http.stream(method, path, json=body, params=params, timeout=None) as response:
-        await _check(response)
+    with http.stream(method, path, json=body, params=params, timeout=None) as response:
+        _check(response)
         event = ""
-        async for line in response.aiter_lines():
+        for line in response.iter_lines():
             if line.startswith("event: "):
                 event = line[7:]
             elif line.startswith("data: "):
@@ -117,11 +105,11 @@ async def _follow(
     raise SandboxError("STREAM_ENDED", "the output stream ended before the process did")
 
 
-class AsyncCommands:
-    def __init__(self, sandbox: AsyncSandbox) -> None:
+class Commands:
+    def __init__(self, sandbox: Sandbox) -> None:
         self._sandbox = sandbox
 
-    async def run(
+    def run(
         self,
         cmd: str | list[str],
         *,
@@ -137,7 +125,7 @@ class AsyncCommands:
         on_gap: Callable[[int, int], object] | None = None,
     ) -> Any:
         """Runs cmd (a shell line, or an argv list). Returns a CommandResult, or with
-        background=True an AsyncCommandHandle at once. check=True raises CommandExitError on a
+        background=True an CommandHandle at once. check=True raises CommandExitError on a
         non-zero exit. With callbacks the output streams; on_gap(from, to) is told of output
         dropped before it was sent (the result is then truncated)."""
         body: dict[str, Any] = {"command": cmd, "env": env or {}, "background": background}
@@ -146,97 +134,122 @@ class AsyncCommands:
                 body[key] = value
         http, path = self._sandbox._http, self._sandbox._path
         if background:
-            r = await _check(await http.post(f"{path}/commands", json=body))
+            r = _check(http.post(f"{path}/commands", json=body))
             info = r.json()
-            return AsyncCommandHandle(self._sandbox, info["id"], info["pid"])
+            return CommandHandle(self._sandbox, info["id"], info["pid"])
         if on_stdout or on_stderr or on_gap:
             stream = f"{path}/commands/stream"
-            result = await _follow(http, "POST", stream, body, None, on_stdout, on_stderr, on_gap)
+            result = _follow(http, "POST", stream, body, None, on_stdout, on_stderr, on_gap)
         else:
-            r = await _check(await http.post(f"{path}/commands", json=body, timeout=None))
+            r = _check(http.post(f"{path}/commands", json=body, timeout=None))
             result = CommandResult(**r.json())
         if check and result.exit_code != 0:
             raise CommandExitError(result)
         return result
 
-    async def list(self) -> list[ProcessInfo]:
-        r = await _check(await self._sandbox._http.get(f"{self._sandbox._path}/processes"))
+    def list(self) -> list[ProcessInfo]:
+        r = _check(self._sandbox._http.get(f"{self._sandbox._path}/processes"))
         return [ProcessInfo.from_json(p) for p in r.json()]
 
 
-class AsyncFiles:
-    def __init__(self, sandbox: AsyncSandbox) -> None:
+class Files:
+    def __init__(self, sandbox: Sandbox) -> None:
         self._sandbox = sandbox
 
-    async def read(self, path: str) -> bytes:
-        r = await _check(await self._sandbox._http.get(f"{self._sandbox._path}/files", params={"path": path}))
+    def read(self, path: str) -> bytes:
+        r = _check(self._sandbox._http.get(f"{self._sandbox._path}/files", params={"path": path}))
         return r.content
 
-    async def read_text(self, path: str) -> str:
-        return (await self.read(path)).decode()
+    def read_text(self, path: str) -> str:
+        return (self.read(path)).decode()
 
-    async def write(self, path: str, data: bytes | str, mode: int = 0o644) -> dict[str, Any]:
+    def write(self, path: str, data: bytes | str, mode: int = 0o644) -> dict[str, Any]:
         content = data.encode() if isinstance(data, str) else data
         params = {"path": path, "mode": format(mode, "o")}
-        r = await _check(await self._sandbox._http.put(f"{self._sandbox._path}/files", params=params, content=content))
+        r = _check(self._sandbox._http.put(f"{self._sandbox._path}/files", params=params, content=content))
         return dict(r.json())
 
-    async def list(self, path: str, limit: int | None = None, after: str | None = None) -> list[dict[str, Any]]:
+    def list(self, path: str, limit: int | None = None, after: str | None = None) -> list[dict[str, Any]]:
         """Entries sorted by name: at most limit (the server's default 10 000), after the name given."""
         params: dict[str, Any] = {"path": path}
         if limit is not None:
             params["limit"] = limit
         if after is not None:
             params["after"] = after
-        r = await _check(await self._sandbox._http.get(f"{self._sandbox._path}/files/list", params=params))
+        r = _check(self._sandbox._http.get(f"{self._sandbox._path}/files/list", params=params))
         return list(r.json())
 
-    async def stat(self, path: str) -> dict[str, Any]:
-        r = await _check(await self._sandbox._http.get(f"{self._sandbox._path}/files/stat", params={"path": path}))
+    def stat(self, path: str) -> dict[str, Any]:
+        r = _check(self._sandbox._http.get(f"{self._sandbox._path}/files/stat", params={"path": path}))
         return dict(r.json())
 
-    async def exists(self, path: str) -> bool:
+    def exists(self, path: str) -> bool:
         try:
-            await self.stat(path)
+            self.stat(path)
         except SandboxError as exc:
             if exc.code == "NOT_FOUND":  # the file; a missing sandbox still raises
                 return False
             raise
         return True
 
-    async def mkdir(self, path: str) -> None:
-        await _check(await self._sandbox._http.post(f"{self._sandbox._path}/files/mkdir", json={"path": path}))
+    def mkdir(self, path: str) -> None:
+        _check(self._sandbox._http.post(f"{self._sandbox._path}/files/mkdir", json={"path": path}))
 
-    async def remove(self, path: str, recursive: bool = False) -> None:
+    def remove(self, path: str, recursive: bool = False) -> None:
         params = {"path": path, "recursive": str(recursive).lower()}
-        await _check(await self._sandbox._http.delete(f"{self._sandbox._path}/files", params=params))
+        _check(self._sandbox._http.delete(f"{self._sandbox._path}/files", params=params))
 
-    async def move(self, source: str, destination: str) -> None:
+    def move(self, source: str, destination: str) -> None:
         body = {"source": source, "destination": destination}
-        await _check(await self._sandbox._http.post(f"{self._sandbox._path}/files/move", json=body))
+        _check(self._sandbox._http.post(f"{self._sandbox._path}/files/move", json=body))
 
-    async def download_tar(self, path: str) -> bytes:
-        r = await _check(await self._sandbox._http.get(f"{self._sandbox._path}/archive", params={"path": path}))
+    def download_tar(self, path: str) -> bytes:
+        r = _check(self._sandbox._http.get(f"{self._sandbox._path}/archive", params={"path": path}))
         return r.content
 
-    async def upload_tar(self, path: str, tar: bytes) -> None:
+    def upload_tar(self, path: str, tar: bytes) -> None:
         params = {"path": path}
-        await _check(await self._sandbox._http.put(f"{self._sandbox._path}/archive", params=params, content=tar))
+        _check(self._sandbox._http.put(f"{self._sandbox._path}/archive", params=params, content=tar))
+
+    def download_dir(self, path: str, destination: str | os.PathLike[str]) -> None:
+        """The sandbox's directory unpacked into destination by tarsafe's rules: the archive comes
+        from the sandbox's agent, which the sandbox may control, so no member may write outside the
+        destination, go through a symlink, or plant a link that leads out of it. Raises
+        tarsafe.UnsafeArchive (members before it were written) or tarfile.TarError.
+
+        The archive is spooled to a temporary file on the way, never held whole in memory."""
+        os.makedirs(destination, exist_ok=True)
+        with tempfile.TemporaryFile() as spool:
+            url = f"{self._sandbox._path}/archive"
+            with self._sandbox._http.stream("GET", url, params={"path": path}, timeout=None) as r:
+                _check(r)
+                for chunk in r.iter_bytes():
+                    spool.write(chunk)
+            spool.seek(0)
+            tarsafe.extract(spool, destination)
+
+    def upload_dir(self, local: str | os.PathLike[str], path: str) -> None:
+        """A local directory's contents into path in the sandbox (made if missing)."""
+        with tempfile.TemporaryFile() as spool:
+            with tarfile.open(fileobj=spool, mode="w") as tar:
+                tar.add(local, arcname=".")
+            spool.seek(0)
+            self.upload_tar(path, spool.read())
 
 
-class AsyncSandbox:
+class Sandbox:
     """A sandbox on a sandboxd server. Use as a context manager to kill it on exit."""
 
-    def __init__(self, info: dict[str, Any], http: httpx.AsyncClient) -> None:
+    def __init__(self, info: dict[str, Any], http: httpx.Client) -> None:
         self.id: str = info["id"]
         self.info = info
         self._http = http
-        self._path = f"/api/v1/sandboxes/{self.id}"
-        self.commands = AsyncCommands(self)
-        self.files = AsyncFiles(self)
+        self._path = f"/api/v1/sandboxes/{segment(self.id)}"
+        self.commands = Commands(self)
+        self.files = Files(self)
 
     @classmethod
-    async def create(
+    def create(
         cls,
         image: str | None = None,
         *,
@@ -262,7 +275,7 @@ class AsyncSandbox:
         url: str | None = None,
         api_key: str | None = None,
         request_timeout: float = 120.0,
-    ) -> AsyncSandbox:
+    ) -> Sandbox:
         body: dict[str, Any] = {"internet_access": internet_access, "public_traffic": public_traffic}
         for key, value in (
             ("image", image),
@@ -288,24 +301,30 @@ class AsyncSandbox:
                 body[key] = value
         http = _client(url, api_key, request_timeout)
         try:
-            r = await _check(await http.post("/api/v1/sandboxes", json=body))
+            r = _check(http.post("/api/v1/sandboxes", json=body))
         except BaseException:
-            await http.aclose()
+            http.close()
             raise
         sandbox = cls(r.json(), http)
         if sandbox.state != "running":
             status = sandbox.info["status"]
-            await sandbox.close()
+            sandbox.close()
             raise SandboxError(status["reason"].upper(), status["message"] or "the sandbox did not start")
         return sandbox
 
     @classmethod
-    async def connect(cls, sandbox_id: str, *, url: str | None = None, api_key: str | None = None) -> AsyncSandbox:
+    def connect(
+        cls, sandbox_id: str, *, url: str | None = None, api_key: str | None = None, fetch: bool = True
+    ) -> Sandbox:
+        """The sandbox sandbox_id. fetch=False asks nothing now (info holds only the id until
+        refresh()): a missing sandbox shows in the first call made on it."""
         http = _client(url, api_key, 120.0)
+        if not fetch:
+            return cls({"id": sandbox_id}, http)
         try:
-            r = await _check(await http.get(f"/api/v1/sandboxes/{sandbox_id}"))
+            r = _check(http.get(f"/api/v1/sandboxes/{segment(sandbox_id)}"))
         except BaseException:
-            await http.aclose()
+            http.close()
             raise
         return cls(r.json(), http)
 
@@ -313,106 +332,53 @@ class AsyncSandbox:
     def state(self) -> str:
         return str(self.info["status"]["state"])
 
-    async def refresh(self) -> dict[str, Any]:
-        r = await _check(await self._http.get(self._path))
+    def refresh(self) -> dict[str, Any]:
+        r = _check(self._http.get(self._path))
         self.info = r.json()
         return self.info
 
-    async def set_timeout(self, seconds: int) -> None:
-        r = await _check(await self._http.post(f"{self._path}/timeout", json={"timeout": seconds}))
+    def set_timeout(self, seconds: int) -> None:
+        r = _check(self._http.post(f"{self._path}/timeout", json={"timeout": seconds}))
         self.info = r.json()
 
-    async def expose_port(self, port: int) -> dict[str, Any]:
+    def expose_port(self, port: int) -> dict[str, Any]:
         """Exposes a port; the result has its `url` (send the sandbox's traffic token with requests)."""
-        return dict((await _check(await self._http.post(f"{self._path}/ports", json={"port": port}))).json())
+        return dict((_check(self._http.post(f"{self._path}/ports", json={"port": port}))).json())
 
-    async def port_url(self, port: int, signed: bool = False, expires_in: int = 3600) -> str:
+    def port_url(self, port: int, signed: bool = False, expires_in: int = 3600) -> str:
         """The URL of an exposed port; signed=True: one that works without the token until it expires."""
         params = {"signed": signed, "expires_in": expires_in}
-        r = await _check(await self._http.get(f"{self._path}/ports/{port}", params=params))
+        r = _check(self._http.get(f"{self._path}/ports/{port}", params=params))
         return str(r.json()["url"])
 
     @property
     def traffic_token(self) -> str:
         return str(self.info["traffic_token"])
 
-    async def logs(self) -> str:
-        r = await _check(await self._http.get(f"{self._path}/logs"))
+    def logs(self, offset: int = 0) -> str:
+        """The entrypoint's output from byte offset on."""
+        r = _check(self._http.get(f"{self._path}/logs", params={"offset": offset}))
         return r.text
 
-    async def kill(self) -> None:
-        r = await _check(await self._http.delete(self._path))
+    def terminal(self, command: str = "", cols: int = 80, rows: int = 24) -> Terminal:
+        """An interactive terminal (a login shell, or command): see Terminal. Close it when done."""
+        return Terminal.open(self._http, f"{self._path}/terminal", command, cols, rows)
+
+    def kill(self) -> None:
+        r = _check(self._http.delete(self._path))
         self.info = r.json()
 
-    async def close(self) -> None:
-        await self._http.aclose()
+    def close(self) -> None:
+        self._http.close()
 
-    async def __aenter__(self) -> AsyncSandbox:
+    def __enter__(self) -> Sandbox:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
         try:
-            await self.kill()
+            self.kill()
         except SandboxError:
             if exc_type is None:  # never hide the error that ended the block
                 raise
         finally:
-            await self.close()
-
-
-class AsyncTemplates:
-    """Templates on a sandboxd server: build (with the build log as it comes), list, remove.
-
-    A step is a dict: {"type": "run", "command": ...}, {"type": "copy", "path", "content"},
-    {"type": "env", "env": {...}}, {"type": "workdir", "path"} or {"type": "user", "user"}."""
-
-    def __init__(self, *, url: str | None = None, api_key: str | None = None, request_timeout: float = 120.0) -> None:
-        self._http = _client(url, api_key, request_timeout)
-
-    async def build(
-        self,
-        name: str,
-        steps: list[dict[str, Any]] | None = None,
-        *,
-        base: str | None = None,
-        start_command: str | list[str] | None = None,
-        ready_check: dict[str, Any] | None = None,
-        on_log: Callable[[str], None] | None = None,
-        no_cache: bool = False,
-    ) -> dict[str, Any]:
-        """Builds the next version of name and returns it once the build has ended (its state is
-        "ready" or "failed", with the reason in "message"). on_log gets each build log line."""
-        body: dict[str, Any] = {"name": name, "steps": steps or []}
-        for key, value in (("base", base), ("start_command", start_command), ("ready_check", ready_check)):
-            if value is not None:
-                body[key] = value
-        params = {"no_cache": True} if no_cache else {}
-        started = (await _check(await self._http.post("/api/v1/templates", json=body, params=params))).json()
-        path = f"/api/v1/templates/{name}/versions/{started['version']}"
-        async with self._http.stream("GET", f"{path}/logs", params={"follow": True}, timeout=None) as r:
-            await _check(r)
-            async for line in r.aiter_lines():
-                if on_log is not None:
-                    on_log(line)
-        return dict((await _check(await self._http.get(path))).json())
-
-    async def get(self, name: str, version: int | None = None) -> dict[str, Any]:
-        path = f"/api/v1/templates/{name}" + (f"/versions/{version}" if version is not None else "")
-        return dict((await _check(await self._http.get(path))).json())
-
-    async def list(self, name: str | None = None) -> list[dict[str, Any]]:
-        params = {"name": name} if name else {}
-        r = await _check(await self._http.get("/api/v1/templates", params=params))
-        return list(r.json()["items"])
-
-    async def delete(self, name: str, version: int) -> None:
-        await _check(await self._http.delete(f"/api/v1/templates/{name}/versions/{version}"))
-
-    async def close(self) -> None:
-        await self._http.aclose()
-
-    async def __aenter__(self) -> AsyncTemplates:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+            self.close()

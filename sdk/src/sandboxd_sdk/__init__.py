@@ -1,0 +1,36 @@
+"""The sandboxd Python SDK: Sandbox, Client, Templates, Images (sync) and their Async twins.
+
+``pip install sandboxd-sdk`` gives this package and the ``sandboxd`` command line, with nothing of
+the server."""
+
+from sandboxd_sdk._async.api import AsyncClient
+from sandboxd_sdk._async.client import AsyncCommandHandle, AsyncSandbox
+from sandboxd_sdk._async.images import AsyncImages
+from sandboxd_sdk._async.templates import AsyncTemplates
+from sandboxd_sdk._async.terminal import AsyncTerminal
+from sandboxd_sdk._errors import CommandExitError, SandboxError
+from sandboxd_sdk._models import CommandResult, ProcessInfo
+from sandboxd_sdk._sync.api import Client
+from sandboxd_sdk._sync.client import CommandHandle, Sandbox
+from sandboxd_sdk._sync.images import Images
+from sandboxd_sdk._sync.templates import Templates
+from sandboxd_sdk._sync.terminal import Terminal
+
+__all__ = [
+    "AsyncClient",
+    "AsyncCommandHandle",
+    "AsyncImages",
+    "AsyncSandbox",
+    "AsyncTemplates",
+    "AsyncTerminal",
+    "Client",
+    "CommandExitError",
+    "CommandHandle",
+    "CommandResult",
+    "Images",
+    "ProcessInfo",
+    "Sandbox",
+    "SandboxError",
+    "Templates",
+    "Terminal",
+]

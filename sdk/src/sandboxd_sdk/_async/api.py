@@ -1,0 +1,48 @@
+"""One connection to a sandboxd server for everything that is not one sandbox: the sandboxes
+listing, images, templates, runtimes. Generated into ../_sync by scripts/unasync.py."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sandboxd_sdk._async._http import _check, _client
+from sandboxd_sdk._async.images import AsyncImages
+from sandboxd_sdk._async.templates import AsyncTemplates
+
+
+class AsyncClient:
+    """``async with AsyncClient() as client: await client.images.list()``. url and api_key default to
+    SANDBOXD_URL and SANDBOXD_API_KEY."""
+
+    def __init__(self, *, url: str | None = None, api_key: str | None = None, request_timeout: float = 120.0) -> None:
+        self._http = _client(url, api_key, request_timeout)
+        self.images = AsyncImages(self._http)
+        self.templates = AsyncTemplates(http=self._http)
+
+    async def sandboxes(self, state: Sequence[str] = (), labels: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """Every sandbox (all pages), optionally only those in the given states and with every
+        label given as "key=value"."""
+        items: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            params: dict[str, Any] = {"state": list(state), "label": list(labels), "limit": 500}
+            if cursor:
+                params["cursor"] = cursor
+            page = (await _check(await self._http.get("/api/v1/sandboxes", params=params))).json()
+            items += page["items"]
+            cursor = page["next_cursor"]
+            if not cursor:
+                return items
+
+    async def runtimes(self) -> list[dict[str, Any]]:
+        return await self.templates.runtimes()
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,64 @@
+"""A sandbox's terminal over its WebSocket: binary frames are 0x00 + input to it and 0x01 + output
+from it; text frames are JSON control ({"type": "resize"|"exit"|"error", ...})."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import urlencode
+
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+STDIN, OUTPUT = 0, 1
+
+
+class AsyncTerminal:
+    """read() gives output as it comes and None once the terminal has ended; then exit_code is
+    set (and error, if the server refused or lost the terminal)."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self._ws = ws
+        self.exit_code: int | None = None
+        self.error: str | None = None
+
+    @classmethod
+    async def open(cls, http: httpx.AsyncClient, path: str, command: str, cols: int, rows: int) -> AsyncTerminal:
+        base = str(http.base_url).rstrip("/").replace("http", "ws", 1)
+        query = urlencode({"cols": cols, "rows": rows, "command": command})
+        headers = {"Authorization": http.headers["Authorization"]}
+        return cls(await connect(f"{base}{path}?{query}", additional_headers=headers))
+
+    async def write(self, data: bytes) -> None:
+        await self._ws.send(bytes([STDIN]) + data)
+
+    async def resize(self, cols: int, rows: int) -> None:
+        await self._ws.send(json.dumps({"type": "resize", "cols": cols, "rows": rows}))
+
+    async def read(self) -> bytes | None:
+        while self.exit_code is None:
+            try:
+                message = await self._ws.recv()
+            except ConnectionClosed:
+                self.error, self.exit_code = "the terminal's connection closed before it ended", 1
+                break
+            if isinstance(message, bytes):
+                if message[:1] == bytes([OUTPUT]):
+                    return message[1:]
+                continue
+            control = json.loads(message)
+            if control.get("type") == "exit":
+                self.exit_code = int(control.get("exit_code") or 0)
+            elif control.get("type") == "error":
+                self.error = str(control.get("message", ""))
+                self.exit_code = 1
+        return None
+
+    async def close(self) -> None:
+        await self._ws.close()
+
+    async def __aenter__(self) -> AsyncTerminal:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

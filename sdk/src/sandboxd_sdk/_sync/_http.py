@@ -1,0 +1,42 @@
+"""The HTTP client every SDK object shares: base URL and key from the arguments or the environment,
+and the server's error body turned into a SandboxError. GENERATED from ../_async by scripts/unasync.py: do not edit."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import quote
+
+import httpx
+
+from sandboxd_sdk._errors import SandboxError, raise_for_status
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+def base_url(url: str | None) -> str:
+    return url or os.environ.get("SANDBOXD_URL", DEFAULT_URL)
+
+
+def api_key(key: str | None) -> str:
+    found = key or os.environ.get("SANDBOXD_API_KEY")
+    if not found:
+        raise SandboxError("UNAUTHORIZED", "no API key: pass api_key= or set SANDBOXD_API_KEY")
+    return found
+
+
+def _client(url: str | None, key: str | None, timeout: float) -> httpx.Client:
+    return httpx.Client(
+        base_url=base_url(url), headers={"Authorization": f"Bearer {api_key(key)}"}, timeout=timeout
+    )
+
+
+def _check(response: httpx.Response) -> httpx.Response:
+    if response.is_error:
+        response.read()
+        raise_for_status(response)
+    return response
+
+
+def segment(value: str) -> str:
+    """One path segment (an id, a name): a caller's "../x" or "?" stays inside it."""
+    return quote(value, safe="")

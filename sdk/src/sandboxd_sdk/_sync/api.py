@@ -1,0 +1,48 @@
+"""One connection to a sandboxd server for everything that is not one sandbox: the sandboxes
+listing, images, templates, runtimes. GENERATED from ../_async by scripts/unasync.py: do not edit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sandboxd_sdk._sync._http import _check, _client
+from sandboxd_sdk._sync.images import Images
+from sandboxd_sdk._sync.templates import Templates
+
+
+class Client:
+    """``with Client() as client: client.images.list()``. url and api_key default to
+    SANDBOXD_URL and SANDBOXD_API_KEY."""
+
+    def __init__(self, *, url: str | None = None, api_key: str | None = None, request_timeout: float = 120.0) -> None:
+        self._http = _client(url, api_key, request_timeout)
+        self.images = Images(self._http)
+        self.templates = Templates(http=self._http)
+
+    def sandboxes(self, state: Sequence[str] = (), labels: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """Every sandbox (all pages), optionally only those in the given states and with every
+        label given as "key=value"."""
+        items: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            params: dict[str, Any] = {"state": list(state), "label": list(labels), "limit": 500}
+            if cursor:
+                params["cursor"] = cursor
+            page = (_check(self._http.get("/api/v1/sandboxes", params=params))).json()
+            items += page["items"]
+            cursor = page["next_cursor"]
+            if not cursor:
+                return items
+
+    def runtimes(self) -> list[dict[str, Any]]:
+        return self.templates.runtimes()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,56 @@
+"""What every command shares: the consoles, --json output, one-line errors, the SDK client."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tarfile
+from typing import Any, NoReturn
+
+import click
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from sandboxd_sdk import tarsafe
+from sandboxd_sdk._async._http import base_url
+from sandboxd_sdk._errors import SandboxError
+from sandboxd_sdk._sync.api import Client
+
+console = Console()
+err = Console(stderr=True)
+
+
+def emit(data: Any, as_json: bool, table: Table | None = None) -> None:
+    if as_json or table is None:
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        console.print(table)
+
+
+def fail(message: object) -> NoReturn:
+    # markup=False: a message may hold the server's (or a sandbox's) brackets.
+    err.print("[red]error:[/red] ", end="")
+    err.print(str(message), markup=False, highlight=False, soft_wrap=True)  # one line, never wrapped
+    sys.exit(1)
+
+
+def client() -> Client:
+    """The server from SANDBOXD_URL and SANDBOXD_API_KEY."""
+    return Client()
+
+
+class Group(click.Group):
+    """Answers the SDK's errors (the server's, or a refused archive) with one line and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SandboxError as exc:
+            fail(exc)
+        except tarsafe.UnsafeArchive as exc:
+            fail(f"the archive from the sandbox was refused: {exc} (members before it were written)")
+        except tarfile.TarError as exc:
+            fail(f"the archive from the sandbox is not a valid tar: {exc}")
+        except httpx.TransportError as exc:
+            fail(f"cannot reach the server at {base_url(None)} (SANDBOXD_URL): {exc}")

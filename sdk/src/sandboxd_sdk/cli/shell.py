@@ -1,0 +1,62 @@
+"""`sandboxd shell`: the local terminal in raw mode, relayed through the SDK's Terminal."""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import sys
+import termios
+import threading
+import tty
+from typing import Any
+
+from sandboxd_sdk._sync.client import Sandbox
+from sandboxd_sdk._sync.terminal import Terminal
+
+
+def run_shell(sandbox_id: str, command: str = "") -> int:
+    cols, rows = shutil.get_terminal_size()
+    sb = Sandbox.connect(sandbox_id, fetch=False)
+    try:
+        with sb.terminal(command, cols, rows) as term:
+            return _relay(term)
+    finally:
+        sb.close()
+
+
+def _relay(term: Terminal) -> int:
+    interactive = sys.stdin.isatty()
+    saved = termios.tcgetattr(sys.stdin) if interactive else None
+    if interactive:
+        tty.setraw(sys.stdin)
+
+        def on_resize(*_: Any) -> None:
+            term.resize(*shutil.get_terminal_size())
+
+        signal.signal(signal.SIGWINCH, on_resize)
+    stop = threading.Event()
+
+    def pump_stdin() -> None:
+        fd = sys.stdin.fileno()
+        while not stop.is_set():
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready:
+                data = os.read(fd, 4096)
+                if not data:
+                    term.write(b"\x04")
+                    return
+                term.write(data)
+
+    threading.Thread(target=pump_stdin, daemon=True).start()
+    try:
+        while (output := term.read()) is not None:
+            os.write(sys.stdout.fileno(), output)
+    finally:
+        stop.set()
+        if saved is not None:
+            termios.tcsetattr(sys.stdin, termios.TCSADRAIN, saved)
+    if term.error:
+        sys.stderr.write(f"error: {term.error}\r\n")
+    return int(term.exit_code or 0)

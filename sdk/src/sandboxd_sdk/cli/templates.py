@@ -1,0 +1,72 @@
+"""`sandboxd template ...` and `sandboxd runtimes`: templates built on the server."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Column, Table
+
+from sandboxd_sdk.cli._common import client, emit, err, fail
+
+
+@click.group()
+def template() -> None:
+    """Templates: images built from a base and steps, on the server."""
+
+
+@template.command("build")
+@click.argument("definition", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=False)
+@click.option("--name", default=None, help="Defaults to the file's name without .toml.")
+@click.option("--runtime", default=None, help="Build the template a runtime names, from its definition.")
+@click.option("--no-cache", is_flag=True, help="Run every step again.")
+def template_build(definition: Path | None, name: str | None, runtime: str | None, no_cache: bool) -> None:
+    """Builds a template from a TOML definition (base, steps, start_command, ready_check) and
+    prints its build log as it runs."""
+    with client() as c:
+        if runtime is not None:
+            result = c.templates.build_runtime(runtime, on_log=click.echo, no_cache=no_cache)
+        elif definition is not None:
+            body: dict[str, Any] = {"name": name or definition.stem, **tomllib.loads(definition.read_text())}
+            result = c.templates.build_definition(body, on_log=click.echo, no_cache=no_cache)
+        else:
+            raise click.UsageError("give a definition file or --runtime")
+    if result["state"] != "ready":
+        fail(result["message"])
+    err.print(f"[green]built {result['ref']}[/green]")
+
+
+@template.command("ls")
+@click.option("--json", "as_json", is_flag=True)
+def template_ls(as_json: bool) -> None:
+    with client() as c:
+        items = c.templates.list()
+    table = Table("REF", "STATE", "IMAGE", "CACHED STEPS", Column("MESSAGE", overflow="fold"))
+    for item in items:
+        table.add_row(item["ref"], item["state"], item["image"] or "", str(item["steps_cached"]), item["message"])
+    emit(items, as_json, table)
+
+
+@template.command("rm")
+@click.argument("ref")
+def template_rm(ref: str) -> None:
+    """Removes one version (name:version) and its image."""
+    name, _, version = ref.partition(":")
+    if not version.isdigit():
+        raise click.BadParameter("expected name:version", param_hint="REF")
+    with client() as c:
+        c.templates.delete(name, int(version))
+
+
+@click.command("runtimes")
+@click.option("--json", "as_json", is_flag=True)
+def runtimes(as_json: bool) -> None:
+    """Lists the runtimes the server is configured with."""
+    with client() as c:
+        items = c.runtimes()
+    table = Table("RUNTIME", "TEMPLATE", "BUILT")
+    for item in items:
+        table.add_row(item["name"], item["template"], item["built"] or "(on first use)")
+    emit(items, as_json, table)
