@@ -13,7 +13,6 @@ the server's own duties (builds, the supervisor), which see every project.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
@@ -21,24 +20,21 @@ from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Any, Protocol
 
-from sandboxd.agent import AgentFailure, AgentPort, ProcessStream, Spawn
+from sandboxd.agent import AgentPort
 from sandboxd.config import Settings
-from sandboxd.domain import TRANSITIONS, ExitInfo, Output, Sandbox, SandboxSpec, State, Status, new_id, utcnow
+from sandboxd.domain import TRANSITIONS, Sandbox, SandboxSpec, State, Status, new_id, utcnow
 from sandboxd.errors import (
     Conflict,
     InvalidRequest,
-    NotReady,
     RuntimeFailure,
     SandboxdError,
     SandboxNotFound,
     SandboxNotRunning,
 )
 from sandboxd.runtimes.base import EgressControl, Runtime, egress_control, layer_builder
-from sandboxd.runtimes.outbound import Fetch
-from sandboxd.runtimes.policy import Policy
 from sandboxd.runtimes.registry import outbound_rules
+from sandboxd.services import first_start
 from sandboxd.services.requests import CreateSandbox, EgressPolicy
-from sandboxd.services.sources import GitSource, TarballSource, git_archive, tarball_archive
 from sandboxd.services.specs import build_spec, egress_rules
 from sandboxd.store.base import Store
 
@@ -166,69 +162,19 @@ class SandboxService:
                 # Deleted while starting: the delete is waiting on our lock to finish the job.
                 await self.runtime.destroy(sandbox.id, record)
                 return None
-            if sandbox.spec.source:
-                error = await self._fill_from_source(patched)
-                if error is not None:
-                    return error
-            if sandbox.spec.ready_check:
-                error = await self._wait_until_ready(patched)
-                if error is not None:
-                    return error
+            agent = self.runtime.agent(sandbox.id, record)
+            try:
+                if sandbox.spec.source:
+                    progress = self._progress(sandbox.id)
+                    await first_start.fill_from_source(outbound_rules(self.settings), agent, patched, progress)
+                if sandbox.spec.ready_check:
+                    await first_start.wait_until_ready(agent, patched, self._progress(sandbox.id))
+            except first_start.StartFailed as failed:
+                await self.runtime.destroy(sandbox.id, record)
+                await self.transition(sandbox.id, State.FAILED, failed.reason, failed.error.message)
+                return failed.error
             await self.transition(sandbox.id, State.RUNNING, "started")
             return None
-
-    async def _fill_from_source(self, sandbox: Sandbox) -> SandboxdError | None:
-        """Unpacks the requested git repository or tarball into the sandbox's cwd; on failure the
-        sandbox is removed and the error (naming what failed) is returned."""
-        source = sandbox.spec.source or {}
-        self._progress(sandbox.id)("fetching_source", str(source.get("url")))
-        # Fetched by the server on the sandbox's behalf: under its egress policy, and never from
-        # where the server sits but the sandbox cannot reach.
-        fetch = Fetch(outbound_rules(self.settings), "source.url", Policy.of(sandbox.spec.egress_rules))
-        try:
-            if source["type"] == "git":
-                archive = await asyncio.to_thread(git_archive, GitSource.model_validate(source), fetch)
-            else:
-                archive = await asyncio.to_thread(tarball_archive, TarballSource.model_validate(source), fetch)
-            await self.runtime.agent(sandbox.id, sandbox.runtime).tar_put(sandbox.spec.cwd or "/", archive)
-        except SandboxdError as exc:
-            await self.runtime.destroy(sandbox.id, sandbox.runtime)
-            message = exc.message
-            await self.transition(sandbox.id, State.FAILED, "source_failed", message)
-            return exc if (exc.field or "").startswith("source") else InvalidRequest("source", message)
-        return None
-
-    async def _wait_until_ready(self, sandbox: Sandbox) -> SandboxdError | None:
-        """Runs the template's readiness check until it passes; past its timeout the sandbox is
-        removed and the error carries the check's last output."""
-        check = sandbox.spec.ready_check or {}
-        command = check["command"]
-        argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
-        agent = self.runtime.agent(sandbox.id, sandbox.runtime)
-        self._progress(sandbox.id)("waiting_ready", "running the readiness check")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + float(check.get("timeout", 30))
-        last = ""
-        while loop.time() < deadline:
-            try:
-                spawn = Spawn(
-                    argv=argv,
-                    env=sandbox.spec.env,
-                    cwd=sandbox.spec.cwd,
-                    user=sandbox.spec.user,
-                    timeout=max(deadline - loop.time(), 0.1),
-                )
-                output, info = await _collect(await agent.run(spawn))
-                if info.exit_code == 0:
-                    return None
-                last = output.decode(errors="replace").strip()[-500:] or f"exit code {info.exit_code}"
-            except SandboxdError as exc:
-                last = exc.message
-            await asyncio.sleep(float(check.get("interval", 0.2)))
-        await self.runtime.destroy(sandbox.id, sandbox.runtime)
-        message = f"the readiness check did not pass within {check.get('timeout', 30)} s: {last}"
-        await self.transition(sandbox.id, State.FAILED, "not_ready", message)
-        return NotReady(message, "template")
 
     def _progress(self, sandbox_id: str) -> Callable[[str, str], None]:
         """A progress reporter the runtime may call from any thread: the pending sandbox's reason
@@ -449,21 +395,3 @@ class SandboxService:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-# What a readiness check's output is kept for: its tail goes into an error message. The check runs
-# the sandbox's code, which may print without end.
-COLLECT_TAIL = 64 * 1024
-
-
-async def _collect(stream: ProcessStream) -> tuple[bytes, ExitInfo]:
-    """A spawned command's exit info and the last COLLECT_TAIL bytes of its output."""
-    output = bytearray()
-    async with contextlib.aclosing(aiter(stream)) as items:
-        async for item in items:
-            if isinstance(item, Output):
-                output += item.data
-                del output[:-COLLECT_TAIL]
-            elif isinstance(item, ExitInfo):
-                return bytes(output), item
-    raise AgentFailure("the sandbox agent ended a command's output without its exit")

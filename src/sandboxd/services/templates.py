@@ -15,14 +15,10 @@ import base64
 import hashlib
 import json
 import logging
-import re
-import tomllib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from pydantic import ValidationError
 
 from sandboxd.config import Settings
 from sandboxd.domain import SHARED_PROJECT, BuildState, ExitInfo, Limits, SandboxSpec, TemplateVersion, utcnow
@@ -31,7 +27,6 @@ from sandboxd.runtimes.base import Runtime, layer_builder
 from sandboxd.services.commands import CommandService, Gap, Output
 from sandboxd.services.lifecycle import SandboxService
 from sandboxd.services.requests import (
-    TEMPLATE_NAME,
     CopyStep,
     CreateTemplate,
     EnvStep,
@@ -40,6 +35,7 @@ from sandboxd.services.requests import (
     UserStep,
     WorkdirStep,
 )
+from sandboxd.services.template_definitions import Definitions
 from sandboxd.store.base import Store
 
 log = logging.getLogger("sandboxd.templates")
@@ -47,7 +43,6 @@ log = logging.getLogger("sandboxd.templates")
 BUILD_LABEL = "sandboxd.template-build"
 LOG_CAP = 16 * 1024 * 1024  # bytes of step output kept in a build log
 MAX_LINE = 64 * 1024  # on the sandboxes that run build steps
-SHIPPED = Path(__file__).resolve().parents[1] / "templates"  # the project's runtime definitions
 
 
 class TemplateNotFound(SandboxdError):
@@ -76,6 +71,7 @@ class TemplateService:
         self.runtime = runtime
         self.sandboxes = sandboxes
         self.commands = commands
+        self.definitions = Definitions(settings)
         self.log_dir = settings.data_dir / "builds"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._builds: dict[str, asyncio.Task[None]] = {}
@@ -327,13 +323,10 @@ class TemplateService:
 
     def runtime_template(self, runtime: str) -> str:
         """The template a runtime name stands for, or a 400 that lists the configured ones."""
-        template = self.settings.runtimes.get(runtime)
-        if template is None:
-            configured = ", ".join(sorted(self.settings.runtimes)) or "none"
-            raise InvalidRequest(
-                "runtime", f"runtime {runtime!r} is not configured on this server (configured: {configured})"
-            )
-        return template
+        return self.definitions.runtime_template(runtime)
+
+    def definition(self, name: str) -> CreateTemplate | None:
+        return self.definitions.definition(name)
 
     async def runtimes(self) -> list[tuple[str, str, TemplateVersion | None]]:
         """The configured runtimes: name, the template it names, and its newest ready build."""
@@ -342,16 +335,9 @@ class TemplateService:
             for runtime, template in sorted(self.settings.runtimes.items())
         ]
 
-    def runtime_definition(self, runtime: str) -> CreateTemplate:
-        template = self.runtime_template(runtime)
-        definition = self.definition(template)
-        if definition is None:
-            raise InvalidRequest("runtime", f"runtime {runtime!r} names template {template!r}, which has no definition")
-        return definition
-
     async def build_runtime(self, runtime: str, no_cache: bool = False) -> TemplateVersion:
         """Builds (again) a runtime's template, shared by every project."""
-        return await self.build(SHARED_PROJECT, self.runtime_definition(runtime), no_cache)
+        return await self.build(SHARED_PROJECT, self.definitions.runtime_definition(runtime), no_cache)
 
     async def check(self, project_id: str, template: str) -> None:
         """Refuses at once a template that neither exists nor can be built from a definition."""
@@ -385,26 +371,6 @@ class TemplateService:
         if found.state != BuildState.READY or found.image is None:
             raise Conflict(f"template {found.ref} is {found.state.value}: {found.message}", "template")
         return found.image, found.ref
-
-    def definition(self, name: str) -> CreateTemplate | None:
-        """The definition ``<name>.toml`` from the configured directories or those shipped."""
-        path = self.definition_file(name, self.settings.template_dirs)
-        if path is None:
-            return None
-        try:
-            return CreateTemplate.model_validate({"name": name, **tomllib.loads(path.read_text())})
-        except (ValidationError, tomllib.TOMLDecodeError) as exc:
-            raise InvalidRequest("template", f"template definition {path} is invalid: {exc}") from None
-
-    @staticmethod
-    def definition_file(name: str, directories: list[Path]) -> Path | None:
-        if not re.match(TEMPLATE_NAME, name):
-            return None
-        for directory in [*directories, SHIPPED]:
-            path = Path(directory) / f"{name}.toml"
-            if path.is_file():
-                return path
-        return None
 
     async def reconcile(self) -> None:
         """Builds cut short by a server stop failed; their step sandboxes go."""
