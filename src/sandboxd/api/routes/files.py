@@ -97,4 +97,6 @@ async def entrypoint_logs(
     sandbox_id: str, service: Sandboxes, project: ProjectId, offset: Offset = 0
 ) -> StreamingResponse:
     """Output of the sandbox's entrypoint (stdout and stderr interleaved), from a byte offset."""
+    # A missing sandbox is a 404 here: once the stream has begun, its error can only cut it short.
+    await service.get(project, sandbox_id)
     return StreamingResponse(service.entrypoint_logs(project, sandbox_id, offset), media_type="text/plain")
