@@ -1,4 +1,5 @@
-"""The sandboxd Python SDK: Sandbox, Client, Templates, Images (sync) and their Async twins.
+"""The sandboxd Python SDK: Sandbox, Client, Templates, Images, Orgs, Projects, Keys (sync) and
+their Async twins.
 
 ``pip install sandboxd-sdk`` gives this package and the ``sandboxd`` command line, with nothing of
 the server."""
@@ -7,19 +8,25 @@ from sandboxd_sdk._async.api import AsyncClient
 from sandboxd_sdk._async.client import AsyncCommandHandle, AsyncSandbox
 from sandboxd_sdk._async.images import AsyncImages
 from sandboxd_sdk._async.templates import AsyncTemplates
+from sandboxd_sdk._async.tenancy import AsyncKeys, AsyncOrgs, AsyncProjects
 from sandboxd_sdk._async.terminal import AsyncTerminal
 from sandboxd_sdk._errors import CommandExitError, SandboxError
-from sandboxd_sdk._models import CommandResult, ProcessInfo
+from sandboxd_sdk._models import ApiKey, CommandResult, CreatedKey, Organization, ProcessInfo, Project
 from sandboxd_sdk._sync.api import Client
 from sandboxd_sdk._sync.client import CommandHandle, Sandbox
 from sandboxd_sdk._sync.images import Images
 from sandboxd_sdk._sync.templates import Templates
+from sandboxd_sdk._sync.tenancy import Keys, Orgs, Projects
 from sandboxd_sdk._sync.terminal import Terminal
 
 __all__ = [
+    "ApiKey",
     "AsyncClient",
     "AsyncCommandHandle",
     "AsyncImages",
+    "AsyncKeys",
+    "AsyncOrgs",
+    "AsyncProjects",
     "AsyncSandbox",
     "AsyncTemplates",
     "AsyncTerminal",
@@ -27,8 +34,14 @@ __all__ = [
     "CommandExitError",
     "CommandHandle",
     "CommandResult",
+    "CreatedKey",
     "Images",
+    "Keys",
+    "Organization",
+    "Orgs",
     "ProcessInfo",
+    "Project",
+    "Projects",
     "Sandbox",
     "SandboxError",
     "Templates",

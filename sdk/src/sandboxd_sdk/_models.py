@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -47,3 +47,77 @@ class ProcessInfo:
             duration_ms=body["duration_ms"],
             output_size=body["output_size"],
         )
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+@dataclass
+class Organization:
+    id: str
+    name: str
+    created_at: datetime
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> Organization:
+        return cls(id=body["id"], name=body["name"], created_at=datetime.fromisoformat(body["created_at"]))
+
+
+@dataclass
+class Project:
+    id: str
+    org_id: str
+    name: str
+    created_at: datetime
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> Project:
+        return cls(
+            id=body["id"],
+            org_id=body["org_id"],
+            name=body["name"],
+            created_at=datetime.fromisoformat(body["created_at"]),
+        )
+
+
+@dataclass
+class ApiKey:
+    """A key as the server lists it: never its secret, which is shown once, at creation."""
+
+    id: str
+    name: str
+    org_id: str
+    project_id: str | None  # None: a key of the whole organization
+    scopes: list[str]  # "admin", "write", "read"
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> ApiKey:
+        return cls(
+            id=body["id"],
+            name=body["name"],
+            org_id=body["org_id"],
+            project_id=body["project_id"],
+            scopes=list(body["scopes"]),
+            created_at=datetime.fromisoformat(body["created_at"]),
+            expires_at=_time(body["expires_at"]),
+            last_used_at=_time(body["last_used_at"]),
+            revoked_at=_time(body["revoked_at"]),
+        )
+
+
+@dataclass
+class CreatedKey(ApiKey):
+    """A key just made, with the secret to present as SANDBOXD_API_KEY. The server keeps only its
+    hash: this is the only time it is seen. Left out of repr() so that a logged record shows none."""
+
+    key: str = field(default="", repr=False)
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> CreatedKey:
+        record = ApiKey.from_json(body)
+        return cls(**{**record.__dict__, "key": body["key"]})

@@ -1,24 +1,41 @@
 """One connection to a sandboxd server for everything that is not one sandbox: the sandboxes
-listing, images, templates, runtimes. Generated into ../_sync by scripts/unasync.py."""
+listing, images, templates, runtimes,
+organizations, projects and keys. Generated into ../_sync by scripts/unasync.py."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
+import httpx
+
 from sandboxd_sdk._async._http import _check, _client
 from sandboxd_sdk._async.images import AsyncImages
 from sandboxd_sdk._async.templates import AsyncTemplates
+from sandboxd_sdk._async.tenancy import AsyncKeys, AsyncOrgs, AsyncProjects
 
 
 class AsyncClient:
-    """``async with AsyncClient() as client: await client.images.list()``. url and api_key default to
-    SANDBOXD_URL and SANDBOXD_API_KEY."""
+    """``async with AsyncClient() as client: await client.images.list()``. url, api_key and project
+    default to SANDBOXD_URL, SANDBOXD_API_KEY and SANDBOXD_PROJECT; project (an id or a name) picks
+    the project of a key that is not bound to one (the server's, an organization's). transport: an
+    httpx transport to reach the server by (httpx.ASGITransport(app) runs one in-process)."""
 
-    def __init__(self, *, url: str | None = None, api_key: str | None = None, request_timeout: float = 120.0) -> None:
-        self._http = _client(url, api_key, request_timeout)
+    def __init__(
+        self,
+        *,
+        url: str | None = None,
+        api_key: str | None = None,
+        project: str | None = None,
+        request_timeout: float = 120.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._http = _client(url, api_key, request_timeout, project, transport)
         self.images = AsyncImages(self._http)
         self.templates = AsyncTemplates(http=self._http)
+        self.orgs = AsyncOrgs(self._http)
+        self.projects = AsyncProjects(self._http)
+        self.keys = AsyncKeys(self._http, self.projects)
 
     async def sandboxes(self, state: Sequence[str] = (), labels: Sequence[str] = ()) -> list[dict[str, Any]]:
         """Every sandbox (all pages), optionally only those in the given states and with every

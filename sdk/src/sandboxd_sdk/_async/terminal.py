@@ -26,7 +26,8 @@ class AsyncTerminal:
     async def open(cls, http: httpx.AsyncClient, path: str, command: str, cols: int, rows: int) -> AsyncTerminal:
         base = str(http.base_url).rstrip("/").replace("http", "ws", 1)
         query = urlencode({"cols": cols, "rows": rows, "command": command})
-        headers = {"Authorization": http.headers["Authorization"]}
+        # The same credentials and project as the client's requests.
+        headers = {k: v for k, v in http.headers.items() if k.lower() in ("authorization", "x-sandboxd-project")}
         return cls(await connect(f"{base}{path}?{query}", additional_headers=headers))
 
     async def write(self, data: bytes) -> None:

@@ -1,5 +1,6 @@
-"""The HTTP client every SDK object shares: base URL and key from the arguments or the environment,
-and the server's error body turned into a SandboxError. GENERATED from ../_async by scripts/unasync.py: do not edit."""
+"""The HTTP client every SDK object shares: base URL, key and project from the arguments or
+the environment, and the server's error body turned into a SandboxError.
+GENERATED from ../_async by scripts/unasync.py: do not edit."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import httpx
 from sandboxd_sdk._errors import SandboxError, raise_for_status
 
 DEFAULT_URL = "http://127.0.0.1:8080"
+PROJECT_HEADER = "X-Sandboxd-Project"
 
 
 def base_url(url: str | None) -> str:
@@ -24,10 +26,25 @@ def api_key(key: str | None) -> str:
     return found
 
 
-def _client(url: str | None, key: str | None, timeout: float) -> httpx.Client:
-    return httpx.Client(
-        base_url=base_url(url), headers={"Authorization": f"Bearer {api_key(key)}"}, timeout=timeout
-    )
+def project(name: str | None) -> str | None:
+    """The project to work in (its id or name) for a key that is not bound to one: the server's
+    key or an organization's. None: the organization's ``default`` project."""
+    return name or os.environ.get("SANDBOXD_PROJECT") or None
+
+
+def _client(
+    url: str | None,
+    key: str | None,
+    timeout: float,
+    project_ref: str | None = None,
+    transport: httpx.BaseTransport | None = None,
+) -> httpx.Client:
+    # transport: another way to the server than TCP (tests hand in httpx.ASGITransport(app)).
+    headers = {"Authorization": f"Bearer {api_key(key)}"}
+    chosen = project(project_ref)
+    if chosen is not None:
+        headers[PROJECT_HEADER] = chosen
+    return httpx.Client(base_url=base_url(url), headers=headers, timeout=timeout, transport=transport)
 
 
 def _check(response: httpx.Response) -> httpx.Response:

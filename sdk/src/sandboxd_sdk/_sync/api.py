@@ -1,24 +1,41 @@
 """One connection to a sandboxd server for everything that is not one sandbox: the sandboxes
-listing, images, templates, runtimes. GENERATED from ../_async by scripts/unasync.py: do not edit."""
+listing, images, templates, runtimes,
+organizations, projects and keys. GENERATED from ../_async by scripts/unasync.py: do not edit."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
+import httpx
+
 from sandboxd_sdk._sync._http import _check, _client
 from sandboxd_sdk._sync.images import Images
 from sandboxd_sdk._sync.templates import Templates
+from sandboxd_sdk._sync.tenancy import Keys, Orgs, Projects
 
 
 class Client:
-    """``with Client() as client: client.images.list()``. url and api_key default to
-    SANDBOXD_URL and SANDBOXD_API_KEY."""
+    """``with Client() as client: client.images.list()``. url, api_key and project
+    default to SANDBOXD_URL, SANDBOXD_API_KEY and SANDBOXD_PROJECT; project (an id or a name) picks
+    the project of a key that is not bound to one (the server's, an organization's). transport: an
+    httpx transport to reach the server by (httpx.ASGITransport(app) runs one in-process)."""
 
-    def __init__(self, *, url: str | None = None, api_key: str | None = None, request_timeout: float = 120.0) -> None:
-        self._http = _client(url, api_key, request_timeout)
+    def __init__(
+        self,
+        *,
+        url: str | None = None,
+        api_key: str | None = None,
+        project: str | None = None,
+        request_timeout: float = 120.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._http = _client(url, api_key, request_timeout, project, transport)
         self.images = Images(self._http)
         self.templates = Templates(http=self._http)
+        self.orgs = Orgs(self._http)
+        self.projects = Projects(self._http)
+        self.keys = Keys(self._http, self.projects)
 
     def sandboxes(self, state: Sequence[str] = (), labels: Sequence[str] = ()) -> list[dict[str, Any]]:
         """Every sandbox (all pages), optionally only those in the given states and with every

@@ -274,8 +274,12 @@ class Sandbox:
         image_auth: dict[str, str] | None = None,
         url: str | None = None,
         api_key: str | None = None,
+        project: str | None = None,
         request_timeout: float = 120.0,
+        transport: httpx.BaseTransport | None = None,
     ) -> Sandbox:
+        """A new sandbox, running. url, api_key and project (an id or name, for a key not bound to
+        one) default to SANDBOXD_URL, SANDBOXD_API_KEY and SANDBOXD_PROJECT."""
         body: dict[str, Any] = {"internet_access": internet_access, "public_traffic": public_traffic}
         for key, value in (
             ("image", image),
@@ -299,7 +303,7 @@ class Sandbox:
         ):
             if value is not None:
                 body[key] = value
-        http = _client(url, api_key, request_timeout)
+        http = _client(url, api_key, request_timeout, project, transport)
         try:
             r = _check(http.post("/api/v1/sandboxes", json=body))
         except BaseException:
@@ -314,11 +318,18 @@ class Sandbox:
 
     @classmethod
     def connect(
-        cls, sandbox_id: str, *, url: str | None = None, api_key: str | None = None, fetch: bool = True
+        cls,
+        sandbox_id: str,
+        *,
+        url: str | None = None,
+        api_key: str | None = None,
+        project: str | None = None,
+        fetch: bool = True,
+        transport: httpx.BaseTransport | None = None,
     ) -> Sandbox:
-        """The sandbox sandbox_id. fetch=False asks nothing now (info holds only the id until
-        refresh()): a missing sandbox shows in the first call made on it."""
-        http = _client(url, api_key, 120.0)
+        """The sandbox sandbox_id (of project, as create()). fetch=False asks nothing now (info
+        holds only the id until refresh()): a missing sandbox shows in the first call made on it."""
+        http = _client(url, api_key, 120.0, project, transport)
         if not fetch:
             return cls({"id": sandbox_id}, http)
         try:

@@ -16,6 +16,7 @@ from sandboxd_sdk import tarsafe
 from sandboxd_sdk._async._http import base_url
 from sandboxd_sdk._errors import SandboxError
 from sandboxd_sdk._sync.api import Client
+from sandboxd_sdk._sync.client import Sandbox
 
 console = Console()
 err = Console(stderr=True)
@@ -35,9 +36,23 @@ def fail(message: object) -> NoReturn:
     sys.exit(1)
 
 
+def project() -> str | None:
+    """The global --project (or SANDBOXD_PROJECT, which click reads into it): the project a key
+    that is not bound to one works in."""
+    ctx = click.get_current_context(silent=True)
+    value = ctx.find_root().params.get("project") if ctx is not None else None
+    return str(value) if value else None
+
+
 def client() -> Client:
-    """The server from SANDBOXD_URL and SANDBOXD_API_KEY."""
-    return Client()
+    """The server from SANDBOXD_URL and SANDBOXD_API_KEY, in the project of --project."""
+    return Client(project=project())
+
+
+def connect(sandbox_id: str, fetch: bool = False) -> Sandbox:
+    # A command that needs nothing of the record makes no request for it: one round trip, as
+    # the command's own call names a missing sandbox anyway.
+    return Sandbox.connect(sandbox_id, fetch=fetch, project=project())
 
 
 class Group(click.Group):

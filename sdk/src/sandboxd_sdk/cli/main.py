@@ -13,19 +13,29 @@ import click
 from rich.table import Column, Table
 
 from sandboxd_sdk._sync.client import Sandbox
-from sandboxd_sdk.cli._common import Group, client, emit, fail
+from sandboxd_sdk.cli._common import Group, client, connect, emit, fail, project
 from sandboxd_sdk.cli.images import image
 from sandboxd_sdk.cli.templates import runtimes, template
+from sandboxd_sdk.cli.tenancy import keys, orgs, projects
 
 
 @click.group(cls=Group)
-def main() -> None:
+@click.option(
+    "--project",
+    envvar="SANDBOXD_PROJECT",
+    default=None,
+    help="The project (id or name) to work in, for a key not bound to one. [env: SANDBOXD_PROJECT]",
+)
+def main(project: str | None) -> None:
     """sandboxd: isolated Linux sandboxes for untrusted code."""
 
 
 main.add_command(image)
 main.add_command(template)
 main.add_command(runtimes)
+main.add_command(keys)
+main.add_command(projects)
+main.add_command(orgs)
 
 SERVER_MISSING = "`sandboxd serve` runs the server, which is not installed here: pip install sandboxd"
 
@@ -69,12 +79,6 @@ def _pairs(items: tuple[str, ...], option: str) -> dict[str, str]:
     return dict(item.split("=", 1) for item in items)
 
 
-def _connect(sandbox_id: str, fetch: bool = False) -> Sandbox:
-    # A command that needs nothing of the record makes no request for it: one round trip, as
-    # the command's own call names a missing sandbox anyway.
-    return Sandbox.connect(sandbox_id, fetch=fetch)
-
-
 @main.command()
 @click.option("--image", default=None)
 @click.option("--template", default=None, help="name or name:version")
@@ -112,6 +116,7 @@ def create(
         env=_pairs(env, "--env"),
         metadata=_pairs(label, "--label"),
         internet_access=not no_internet,
+        project=project(),
     )
     sb.close()  # it keeps running: the CLI only closes its connection
     emit(sb.info, as_json, _sandbox_table([sb.info]))
@@ -133,7 +138,7 @@ def list_(state: tuple[str, ...], label: tuple[str, ...], as_json: bool) -> None
 @click.option("--json", "as_json", is_flag=True)
 def get(sandbox_id: str, as_json: bool) -> None:
     """Shows one sandbox."""
-    sb = _connect(sandbox_id, fetch=True)
+    sb = connect(sandbox_id, fetch=True)
     sb.close()
     emit(sb.info, as_json, _sandbox_table([sb.info]))
 
@@ -143,7 +148,7 @@ def get(sandbox_id: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def kill(sandbox_id: str, as_json: bool) -> None:
     """Destroys a sandbox."""
-    sb = _connect(sandbox_id)
+    sb = connect(sandbox_id)
     try:
         sb.kill()
     finally:
@@ -162,7 +167,7 @@ def exec_(
     sandbox_id: str, command: tuple[str, ...], cwd: str | None, user: str | None, timeout: float | None, as_json: bool
 ) -> None:
     """Runs a command (sandboxd exec ID -- cmd args...), streaming its output; exits with its code."""
-    sb = _connect(sandbox_id)
+    sb = connect(sandbox_id)
     try:
         if as_json:
             result = sb.commands.run(list(command), cwd=cwd, user=user, timeout=timeout)
@@ -189,7 +194,7 @@ def exec_(
 @click.option("--offset", type=int, default=0)
 def logs(sandbox_id: str, offset: int) -> None:
     """Prints the entrypoint's output."""
-    sb = _connect(sandbox_id)
+    sb = connect(sandbox_id)
     try:
         sys.stdout.write(sb.logs(offset))
     finally:
@@ -206,7 +211,7 @@ def cp(source: str, destination: str) -> None:
         local = Path(source)
         if path.endswith("/") and not local.is_dir():
             path += local.name  # like cp: into the directory
-        sb = _connect(sandbox_id)
+        sb = connect(sandbox_id)
         try:
             if local.is_dir():
                 sb.files.upload_dir(local, path)
@@ -216,7 +221,7 @@ def cp(source: str, destination: str) -> None:
             sb.close()
     elif ":" in source:
         sandbox_id, path = source.split(":", 1)
-        sb = _connect(sandbox_id)
+        sb = connect(sandbox_id)
         try:
             if sb.files.stat(path)["type"] == "dir":
                 try:

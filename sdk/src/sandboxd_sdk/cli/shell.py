@@ -12,13 +12,13 @@ import threading
 import tty
 from typing import Any
 
-from sandboxd_sdk._sync.client import Sandbox
 from sandboxd_sdk._sync.terminal import Terminal
+from sandboxd_sdk.cli._common import connect
 
 
 def run_shell(sandbox_id: str, command: str = "") -> int:
     cols, rows = shutil.get_terminal_size()
-    sb = Sandbox.connect(sandbox_id, fetch=False)
+    sb = connect(sandbox_id)
     try:
         with sb.terminal(command, cols, rows) as term:
             return _relay(term)
