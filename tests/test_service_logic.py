@@ -207,5 +207,5 @@ async def test_a_runtime_without_a_capability_refuses_what_needs_it(harness: Har
         await service.egress_status(DEFAULT_PROJECT, sandbox.id)
     assert await service.egress_refusals(sandbox.id) is None  # metrics skip it
     assert (await harness.state(sandbox.id))[0] == State.RUNNING  # the refused commit did not stop it
-    assert [chunk async for chunk in service.entrypoint_logs(DEFAULT_PROJECT, sandbox.id, 0)] == []
+    assert [chunk async for chunk in await service.entrypoint_logs(DEFAULT_PROJECT, sandbox.id, 0)] == []
     await harness.shutdown()

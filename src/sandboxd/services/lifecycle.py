@@ -302,16 +302,12 @@ class SandboxService:
                     refusals.append((sandbox.id, found))
         return counts, refusals
 
-    def entrypoint_logs(self, project_id: str, sandbox_id: str, offset: int) -> AsyncIterator[bytes]:
+    async def entrypoint_logs(self, project_id: str, sandbox_id: str, offset: int) -> AsyncIterator[bytes]:
         """The entrypoint's output from a byte offset; it outlives the sandbox until the record
-        goes. An unknown sandbox raises on the first read."""
-
-        async def chunks() -> AsyncIterator[bytes]:
-            await self.get(project_id, sandbox_id)
-            async for chunk in self.runtime.logs(sandbox_id, offset):
-                yield chunk
-
-        return chunks()
+        goes. An unknown sandbox raises here, before a streamed response has begun (a 404, not
+        a 200 cut short)."""
+        await self.get(project_id, sandbox_id)
+        return self.runtime.logs(sandbox_id, offset)
 
     # -- changing --------------------------------------------------------------------------------
 

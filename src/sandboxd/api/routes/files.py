@@ -97,4 +97,4 @@ async def entrypoint_logs(
     sandbox_id: str, service: Sandboxes, project: ProjectId, offset: Offset = 0
 ) -> StreamingResponse:
     """Output of the sandbox's entrypoint (stdout and stderr interleaved), from a byte offset."""
-    return StreamingResponse(service.entrypoint_logs(project, sandbox_id, offset), media_type="text/plain")
+    return StreamingResponse(await service.entrypoint_logs(project, sandbox_id, offset), media_type="text/plain")
