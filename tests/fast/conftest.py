@@ -17,7 +17,7 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Message
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sandboxd.api.app import create_app
 from sandboxd.config import Settings
@@ -90,12 +90,25 @@ class Api:
         return result
 
 
+def state_per_request(app: ASGIApp) -> ASGIApp:
+    """Each request gets a shallow copy of the lifespan state, as the ASGI spec asks of servers
+    (uvicorn, Starlette's test client). asgi_lifespan hands every request the one shared dict, so
+    what a request leaves in its state (the principal) would be seen by the next one."""
+
+    async def app_with_copied_state(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan" and "state" in scope:
+            scope = {**scope, "state": dict(scope["state"])}
+        await app(scope, receive, send)
+
+    return app_with_copied_state
+
+
 @pytest.fixture
 async def api(tmp_path: Path, database_url: str) -> AsyncIterator[Api]:
     runtime = FakeRuntime()
     settings = Settings(data_dir=tmp_path, database_url=database_url, api_key=SERVER_KEY, reaper_interval=3600)
     app = create_app(settings, runtime=runtime)
-    async with LifespanManager(app) as manager:
+    async with LifespanManager(state_per_request(app)) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://sandboxd.test") as client:
             client.headers["authorization"] = f"Bearer {SERVER_KEY}"
