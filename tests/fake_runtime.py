@@ -87,7 +87,7 @@ class FakeSandbox:
 
     def spawn(self, argv: list[str], running: bool) -> Proc:
         pid = next(_pids)
-        proc = Proc(f"proc_{pid}", pid, (" ".join(argv) + "\n").encode(), running)
+        proc = Proc(f"proc_{pid}", pid, (" ".join(argv) + "\n").encode(), running=True)
         if not running:
             proc.end(0)
         self.procs[proc.id] = proc
@@ -186,8 +186,10 @@ class FakeAgent(AgentConnection):
                 self._stream(proc)
         elif op == Op.ATTACH:
             proc = sb.proc(args["id"])
-            self._put(R, {"offset": min(int(args.get("offset", 0)), len(proc.output))})
-            self._stream(proc, int(args.get("offset", 0)))
+            # All output is kept: a reader starts where it asked (past the end: at the end).
+            offset = int(args.get("offset", 0))
+            self._put(R, {"offset": offset})
+            self._stream(proc, offset)
         elif op == Op.LIST:
             self._put(R, json.dumps([p.info() for p in sb.procs.values()]).encode())
         elif op in (Op.STATUS, Op.STDIN):
@@ -251,7 +253,7 @@ class FakeAgent(AgentConnection):
     def _stream(self, proc: Proc, offset: int = 0) -> None:
         if proc.output[offset:]:
             self._put(Frame.STDOUT, proc.output[offset:])
-        self._put(Frame.EXIT, {**proc.info(), "offset": len(proc.output)})
+        self._put(Frame.EXIT, {**proc.info(), "offset": max(offset, len(proc.output))})
 
 
 def _tar(sb: FakeSandbox, path: str) -> bytes:
