@@ -111,7 +111,7 @@ class Server:
                     http.delete(f"/api/v1/sandboxes/{item['id']}")
 
     def create(self, **kwargs: object) -> Sandbox:
-        return Sandbox.create(url=self.url, api_key=self.key, **kwargs)  # type: ignore[arg-type]
+        return Sandbox.create(url=self.url, api_key=self.key, **kwargs)
 
 
 def image_cache_path() -> Path:

@@ -205,7 +205,11 @@ class FakeAgent(AgentConnection):
         elif op == Op.LIST_DIR:
             if path not in sb.dirs:
                 raise Refused(ErrorCode.NOT_FOUND, f"{path}: no such directory")
-            names = [p for p in sb.under(path) if posixpath.dirname(p) == path and p > posixpath.join(path, args.get("after") or "")]
+            names = [
+                p
+                for p in sb.under(path)
+                if posixpath.dirname(p) == path and p > posixpath.join(path, args.get("after") or "")
+            ]
             self._put(R, json.dumps([sb.stat(p) for p in names[: int(args["limit"])]]).encode())
         elif op == Op.READ:
             if path not in sb.files:

@@ -71,7 +71,9 @@ class LiveApp:
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveApp, str, str]]:
+def live(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[LiveApp, str, str]]:
     data_dir = tmp_path_factory.mktemp("fuzz")
     url = f"sqlite:///{data_dir}/sandboxd.db"
     if request.param == "postgresql":

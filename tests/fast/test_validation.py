@@ -97,3 +97,58 @@ async def test_command_and_file_input_errors(
     assert error(r)["field"] == field, (path, r.json())
     # Refused before the agent was asked anything.
     assert agent.files == files_before and agent.procs == procs_before
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"name": "Bad Name"}, "name"),
+        ({"name": "ok", "steps": [{"type": "frobnicate"}]}, "steps.0"),
+        ({"name": "ok", "steps": [{"type": "copy", "path": "relative", "content": ""}]}, "steps.0.copy.path"),
+        ({"name": "ok", "steps": [{"type": "env", "env": {"1BAD": "x"}}]}, "steps.0.env.env"),
+        ({"name": "ok", "steps": [{"type": "run", "command": "true", "timeout": 0}]}, "steps.0.run.timeout"),
+    ],
+)
+async def test_bad_template_definitions_are_refused_by_field(api: Api, body: dict[str, object], field: str) -> None:
+    r = await api.client.post("/api/v1/templates", json=body)
+    assert r.status_code == 400 and error(r)["field"] == field, r.text
+    assert (await api.client.get("/api/v1/templates")).json()["items"] == []
+
+
+async def test_sandboxes_name_templates_and_runtimes_that_exist(api: Api) -> None:
+    both = await api.client.post("/api/v1/sandboxes", json={"image": "debian", "runtime": "node18"})
+    assert both.status_code == 400 and "not image and runtime" in error(both)["message"]
+    missing = await api.client.post("/api/v1/sandboxes", json={"template": "no-such-template"})
+    assert missing.status_code == 404 and error(missing)["code"] == "TEMPLATE_NOT_FOUND"
+    unknown = await api.client.post("/api/v1/sandboxes", json={"runtime": "python3.13"})
+    assert unknown.status_code == 400 and error(unknown)["field"] == "runtime"
+    assert "configured: node18, python3.11" in error(unknown)["message"]
+    listed = (await api.client.get("/api/v1/runtimes")).json()["items"]
+    assert [r["name"] for r in listed] == ["node18", "python3.11"]
+
+
+async def test_bad_port_requests(api: Api) -> None:
+    too_many = await api.client.post("/api/v1/sandboxes", json={"ports": list(range(8000, 8016))})
+    assert too_many.status_code == 400 and error(too_many)["field"] == "ports"
+    zero = await api.client.post("/api/v1/sandboxes", json={"ports": [0]})
+    assert zero.status_code == 400 and error(zero)["field"] == "ports"
+    unknown = await api.client.get("/", headers={"Host": f"sbx-{'0' * 26}-80.localhost:8080"})
+    assert unknown.status_code == 404 and unknown.json()["code"] == "SANDBOX_NOT_FOUND"
+
+
+async def test_huge_numbers_in_urls(api: Api) -> None:
+    sandbox = (await api.client.post("/api/v1/sandboxes", json={})).json()
+    base = f"/api/v1/sandboxes/{sandbox['id']}"
+    process = (await api.client.post(f"{base}/commands", json={"command": "echo hi"})).json()["process_id"]
+    for path, field in [
+        (f"{base}/logs?offset={10**21}", "offset"),
+        (f"{base}/processes/{process}/logs?offset={10**21}", "offset"),
+        (f"/api/v1/templates/x/versions/{10**21}", "version"),
+        (f"/api/v1/templates/x/versions/1/logs?offset={10**30}", "offset"),
+        (f"{base}/ports/{10**21}", "port"),
+    ]:
+        r = await api.client.get(path)
+        assert r.status_code == 400, (path, r.status_code, r.text)
+        assert error(r)["field"] == field, r.text
+    r = await api.client.post(f"{base}/files/mkdir", json={"path": "/tmp/d", "mode": 10**30})
+    assert r.status_code == 400 and error(r)["field"] == "mode", r.text

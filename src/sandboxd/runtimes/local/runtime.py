@@ -14,7 +14,6 @@ the work) and LayerBuilder (images/ does).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import json
 import logging
@@ -26,7 +25,6 @@ from typing import Any
 
 from sandboxd.domain import SandboxSpec
 from sandboxd.errors import Conflict, InvalidRequest, RuntimeFailure
-from sandboxd.runtimes import datalock
 from sandboxd.runtimes.agent_client import Agent, AgentConnection, unix_connector
 from sandboxd.runtimes.base import ImageAuth, Liveness, Progress
 from sandboxd.runtimes.local import server_process
