@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -110,8 +111,8 @@ class Server:
                 if item["status"]["state"] not in ("terminated", "failed"):
                     http.delete(f"/api/v1/sandboxes/{item['id']}")
 
-    def create(self, **kwargs: object) -> Sandbox:
-        return Sandbox.create(url=self.url, api_key=self.key, **kwargs)  # type: ignore[arg-type]
+    def create(self, **kwargs: Any) -> Sandbox:
+        return Sandbox.create(url=self.url, api_key=self.key, **kwargs)
 
 
 def image_cache_path() -> Path:

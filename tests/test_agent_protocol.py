@@ -13,14 +13,14 @@ import secrets
 import signal
 import struct
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from sandboxd.agent import AgentFailure, AgentPort, Spawn, connector, protocol
-from sandboxd.domain import ExitInfo, Output
+from sandboxd.domain import ExitInfo, Gap, Output
 from tests.conftest import ROOT, free_port
 
 AGENT = ROOT / "build" / "sandboxd-agent"
@@ -83,7 +83,7 @@ def tcp_agent(tmp_path: Path) -> Iterator[TcpAgent]:
             proc.stderr.close()
 
 
-async def collect(stream: AsyncIterator[Output | object]) -> tuple[bytes, ExitInfo]:
+async def collect(stream: AsyncIterable[Output | Gap | ExitInfo]) -> tuple[bytes, ExitInfo]:
     out, end = b"", None
     async for item in stream:
         if isinstance(item, Output):
@@ -120,7 +120,7 @@ async def raw(port: int, *frames: tuple[int, bytes]) -> bytes:
 
 def unauthorized(answer: bytes) -> bool:
     kind, size = struct.unpack(">BI", answer[:5])
-    return kind == protocol.Frame.ERROR and json.loads(answer[5 : 5 + size])["code"] == "UNAUTHORIZED"
+    return bool(kind == protocol.Frame.ERROR and json.loads(answer[5 : 5 + size])["code"] == "UNAUTHORIZED")
 
 
 @pytest.mark.anyio

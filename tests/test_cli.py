@@ -55,11 +55,14 @@ def test_cli_round_trip(server: Server, tmp_path: Path) -> None:
 
         shell = cli(server, "shell", sid, stdin="echo from-shell $((6*7))\nexit 0\n")
         assert "from-shell 42" in shell.stdout and shell.returncode == 0
+        logs = cli(server, "logs", sid)  # no entrypoint: nothing to print, and no error
+        assert (logs.returncode, logs.stdout, logs.stderr) == (0, "", "")
     finally:
         killed = cli(server, "kill", sid, "--json")
     assert json.loads(killed.stdout)["status"]["state"] == "terminated"
-    missing = cli(server, "get", "sbx_nope")
-    assert missing.returncode == 1 and "SANDBOX_NOT_FOUND" in missing.stderr
+    for command in ("get", "logs"):
+        missing = cli(server, command, "sbx_nope")
+        assert missing.returncode == 1 and "SANDBOX_NOT_FOUND" in missing.stderr, (command, missing.stderr)
 
 
 def test_cli_logs_prints_the_entrypoints_output_from_an_offset(server: Server) -> None:

@@ -201,7 +201,7 @@ GATEWAY = "10.77.0.1"  # the session server's bridge address (conftest)
 
 def connect(sb: Sandbox, address: str, port: int) -> str:
     sb.files.write("/tmp/connect.py", CONNECT)
-    return sb.commands.run(f"python3 /tmp/connect.py {address} {port}").stdout.strip()
+    return str(sb.commands.run(f"python3 /tmp/connect.py {address} {port}").stdout).strip()
 
 
 def test_internet_access_goes_out_through_nat(server: Server, test_host: InternetHost) -> None:

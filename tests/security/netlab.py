@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tests.conftest import Server, assert_no_leaks, teardown_bridge
@@ -14,7 +14,7 @@ from tests.test_egress import NetnsHost, Zone
 
 @contextlib.contextmanager
 def lab(
-    workdir: Path, name: str, subnet: str, records: dict[str, list[str]], hosts: list[tuple[str, ...]], **env: str
+    workdir: Path, name: str, subnet: str, records: dict[str, list[str]], hosts: Sequence[tuple[str, ...]], **env: str
 ) -> Iterator[tuple[Server, Zone, list[NetnsHost]]]:
     """Server on bridge sbxd<name> and subnet; hosts are NetnsHost arguments."""
     zone = Zone(records)

@@ -78,24 +78,6 @@ def test_lone_surrogate_in_json(server: Server, sandbox: Sandbox) -> None:
         assert r.status_code == 200 and r.json()["stdout"] == "\U0001f600\n", r.text
 
 
-def test_huge_numbers_in_urls(server: Server, sandbox: Sandbox) -> None:
-    base = f"/api/v1/sandboxes/{sandbox.id}"
-    with server.client() as http:
-        process = http.post(f"{base}/commands", json={"command": "echo hi"}).json()["process_id"]
-        for path, field in [
-            (f"{base}/logs?offset={10**21}", "offset"),
-            (f"{base}/processes/{process}/logs?offset={10**21}", "offset"),
-            (f"/api/v1/templates/x/versions/{10**21}", "version"),
-            (f"/api/v1/templates/x/versions/1/logs?offset={10**30}", "offset"),
-            (f"{base}/ports/{10**21}", "port"),
-        ]:
-            r = http.get(path)
-            assert r.status_code == 400, (path, r.status_code, r.text)
-            assert r.json()["field"] == field, r.text
-        r = http.post(f"{base}/files/mkdir", json={"path": "/tmp/d", "mode": 10**30})
-        assert r.status_code == 400 and r.json()["field"] == "mode", r.text
-
-
 def test_errors_the_sandbox_reports(server: Server, sandbox: Sandbox) -> None:
     base = f"/api/v1/sandboxes/{sandbox.id}"
     with server.client() as http:

@@ -155,14 +155,14 @@ def test_the_host_route_keeps_every_cookie_on_its_own_host(server: Server, hosti
         first = http.get(f"/?{query}", headers=host)
         ours = [c for c in first.headers.get_list("set-cookie") if c.startswith("sbx_auth_8000=")]
         assert len(ours) == 1, first.headers.get_list("set-cookie")
-        attributes = {a.split("=")[0].strip().lower(): a.partition("=")[2] for a in ours[0].split(";")[1:]}
-        assert "domain" not in attributes and "httponly" in attributes
-        assert 0 < int(attributes["max-age"]) <= 120
-        cookie = {"Cookie": ours[0].split(";")[0]}
-        assert http.get("/own", headers={**host, **cookie, "Sec-Fetch-Site": "same-origin"}).status_code == 200
+        cookie_attributes = {a.split("=")[0].strip().lower(): a.partition("=")[2] for a in ours[0].split(";")[1:]}
+        assert "domain" not in cookie_attributes and "httponly" in cookie_attributes
+        assert 0 < int(cookie_attributes["max-age"]) <= 120
+        with_cookie = {"Cookie": ours[0].split(";")[0]}
+        assert http.get("/own", headers={**host, **with_cookie, "Sec-Fetch-Site": "same-origin"}).status_code == 200
         # A sibling sandbox's page is the same site: the browser sends the cookie along, and it
         # admits nothing from there.
-        sibling = http.get("/from-sibling", headers={**host, **cookie, "Sec-Fetch-Site": "same-site"})
+        sibling = http.get("/from-sibling", headers={**host, **with_cookie, "Sec-Fetch-Site": "same-site"})
         assert sibling.status_code == 403, sibling.text
         assert "/from-sibling" not in seen_by_app(hostile)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import schemathesis
@@ -55,7 +56,7 @@ def target(server: Server) -> Iterator[tuple[Sandbox, str]]:
     phases=[Phase.explicit, Phase.generate],
     derandomize=True,
 )
-def test_no_server_errors(case: schemathesis.Case, server: Server, target: tuple[Sandbox, str]) -> None:
+def test_no_server_errors(case: schemathesis.Case[Any], server: Server, target: tuple[Sandbox, str]) -> None:
     sandbox, process = target
     params = case.path_parameters or {}
     if "sandbox_id" in params and (case.method.upper(), case.path) not in KEEP_SANDBOX_ID:
@@ -80,14 +81,15 @@ def test_no_server_errors(case: schemathesis.Case, server: Server, target: tuple
     phases=[Phase.explicit, Phase.generate],
     derandomize=True,
 )
-def test_create_has_no_server_errors(case: schemathesis.Case, server: Server) -> None:
+def test_create_has_no_server_errors(case: schemathesis.Case[Any], server: Server) -> None:
     if isinstance(case.body, dict):
         for name in FETCHING:
             case.body.pop(name, None)
         # At the 0.01 minimum a sandbox takes seconds to start (tests/security/test_cpu_minimum.py
         # covers it): a few seconds times every example is more than this test's budget.
-        if isinstance(case.body.get("cpu"), int | float) and not isinstance(case.body["cpu"], bool):
-            case.body["cpu"] = max(case.body["cpu"], 0.5)
+        cpu = case.body.get("cpu")
+        if isinstance(cpu, int | float) and not isinstance(cpu, bool):
+            case.body["cpu"] = max(cpu, 0.5)
     headers = {"Authorization": f"Bearer {server.key}"}
     response = case.call(base_url=server.url, headers=headers, timeout=60)
     try:

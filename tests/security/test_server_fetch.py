@@ -200,7 +200,10 @@ def test_a_registry_on_loopback_is_refused_and_never_asked(net: Fixture) -> None
 
 
 def test_a_token_realm_on_loopback_is_refused(net: Fixture) -> None:
-    body = {"image": f"127.0.0.1:{net.registry.port}/demo:v1", "image_auth": {"username": "u", "password": "p"}}
+    body: dict[str, object] = {
+        "image": f"127.0.0.1:{net.registry.port}/demo:v1",
+        "image_auth": {"username": "u", "password": "p"},
+    }
     refused(net.create(body), "image")
     assert net.registry.total() >= 1  # the listed registry was asked, and answered with its challenge
     assert net.token.total() == 0  # the realm on loopback never was

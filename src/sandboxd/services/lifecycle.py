@@ -250,7 +250,8 @@ class SandboxService:
 
     async def entrypoint_logs(self, project_id: str, sandbox_id: str, offset: int) -> AsyncIterator[bytes]:
         """The entrypoint's output from a byte offset; it outlives the sandbox until the record
-        goes. An unknown sandbox raises here, before a response has started."""
+        goes. An unknown sandbox raises here, before a streamed response has begun (a 404, not
+        a 200 cut short)."""
         await self.get(project_id, sandbox_id)
         return self.runtime.logs(sandbox_id, offset)
 
