@@ -31,7 +31,7 @@ async def _principal(conn: HTTPConnection) -> Principal:
     """Who is calling. The request guard has authenticated every HTTP request under /api/ before
     its body was read, and left the principal in the request's state; otherwise (a WebSocket, a
     route outside /api/) it is the same check, here."""
-    found = conn.scope.get("state", {}).get(PRINCIPAL)
+    found = conn.scope.get(PRINCIPAL)
     if isinstance(found, Principal):
         return found
     headers = dict(conn.headers.items())
@@ -42,7 +42,7 @@ async def _principal(conn: HTTPConnection) -> Principal:
         if PROJECT_HEADER not in headers and "project" in conn.query_params:
             headers[PROJECT_HEADER] = conn.query_params["project"]
     principal = await api_state(conn.scope).services.auth.authenticate(headers)
-    conn.scope.setdefault("state", {})[PRINCIPAL] = principal
+    conn.scope[PRINCIPAL] = principal
     return principal
 
 

@@ -82,7 +82,7 @@ class RequestGuard:
             except SandboxdError as refused:
                 await _reject(scope, send, refused.status, refused.code, refused.message, refused.field)
                 return
-            scope["state"][PRINCIPAL] = principal
+            scope[PRINCIPAL] = principal
         settings = state.settings
         limit = body_limit(scope["method"], scope["path"], int(settings.max_json_body_mb * MIB))
         length = _content_length(scope["headers"])

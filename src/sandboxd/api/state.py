@@ -15,7 +15,9 @@ from sandboxd.errors import NotReady
 from sandboxd.services.container import Services
 
 KEY = "sandboxd"
-PRINCIPAL = "sandboxd.principal"  # in a request's state: who the request guard found calling
+# Who the request guard found calling: kept in the request's own scope (new for every request
+# and connection), never in its state, which a server may share between requests.
+PRINCIPAL = "sandboxd.principal"
 
 
 @dataclass
