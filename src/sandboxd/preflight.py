@@ -67,7 +67,8 @@ def check(settings: Settings) -> None:
     try:
         make_path(data)
         datalock.lock(data)
-        make_private(data, Path(os.path.abspath(settings.image_root)))
+        # The default SQLite database is made here, private; another database is none of ours.
+        make_private(data, Path(os.path.abspath(settings.image_root)), settings.database_url is None)
     except RuntimeFailure as exc:
         raise Refused(str(exc)) from None
     except OSError as exc:
@@ -102,7 +103,7 @@ def make_path(path: Path) -> None:
     os.chmod(path, PASS_THROUGH)
 
 
-def make_private(data: Path, image_root: Path) -> None:
+def make_private(data: Path, image_root: Path, sqlite_here: bool = True) -> None:
     """Private directories 0700 and private files 0600, made now if the server would make them
     later with its umask's mode. The images are private when they live in the data directory (a
     directory set elsewhere may be shared on purpose)."""
@@ -113,7 +114,7 @@ def make_private(data: Path, image_root: Path) -> None:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         _restrict(directory, 0o700)
     database = data / DATABASE
-    if not database.exists():  # an empty file is an empty SQLite database
+    if sqlite_here and not database.exists():  # an empty file is an empty SQLite database
         os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
     for name in PRIVATE_FILES:
         _restrict(data / name, 0o600)
