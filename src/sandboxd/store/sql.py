@@ -26,8 +26,8 @@ from sandboxd.domain import (
 )
 from sandboxd.store import migrate
 from sandboxd.store.base import DuplicateKey, Store
-from sandboxd.store.records import RecordMap
 from sandboxd.store.imagerefs import ImageRefStore
+from sandboxd.store.records import RecordMap
 from sandboxd.store.runner import runner
 from sandboxd.store.schema import sandboxes, templates
 from sandboxd.store.tenancy import TenancyStore
