@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import Server
+from tests.test_images import base_layer  # noqa: F401 - the fixture, shared
 from tests.test_registry import TAR, Registry, tar_bytes
 
 
@@ -124,3 +126,48 @@ def test_another_projects_private_pull_is_not_this_projects(
         http.delete(f"/api/v1/images/{ref}", headers=project_b)
         http.delete(f"/api/v1/images/{ref}")
         private.close()
+
+
+def build(http: httpx.Client, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+    r = http.post("/api/v1/templates", json=body, headers=headers)
+    assert r.status_code == 202, r.text
+    deadline = time.monotonic() + 120
+    while (
+        version := http.get(f"/api/v1/templates/{body['name']}/versions/{r.json()['version']}", headers=headers).json()
+    )["state"] in ("pending", "building"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    return dict(version)
+
+
+def test_a_template_on_the_projects_own_image(
+    http: httpx.Client,
+    project_b: dict[str, str],
+    base_layer: Path,  # noqa: F811
+) -> None:
+    name = "own-base-" + os.urandom(3).hex()
+    imported = http.post(
+        "/api/v1/images/import", params={"name": name}, content=base_layer.read_bytes(), headers=project_b
+    )
+    assert imported.status_code == 201, imported.text
+    template = {"name": name, "base": name, "steps": [{"type": "run", "command": f"echo {name} > /etc/motd"}]}
+    try:
+        built = build(http, template, project_b)
+        assert built["state"] == "ready", built["message"]
+        r = http.post("/api/v1/sandboxes", json={"template": name}, headers=project_b)
+        assert r.status_code == 201, r.text
+        sid = r.json()["id"]
+        motd = http.get(f"/api/v1/sandboxes/{sid}/files", params={"path": "/etc/motd"}, headers=project_b)
+        http.delete(f"/api/v1/sandboxes/{sid}", headers=project_b)
+        assert motd.content == f"{name}\n".encode()
+        # The template's image is B's: B sees it, the default project does not, nor may build on B's base.
+        assert http.get(f"/api/v1/images/{built['image']}", headers=project_b).status_code == 200
+        assert http.get(f"/api/v1/images/{built['image']}").status_code == 404
+        assert run_from(http, built["image"], {}).status_code == 400
+        theirs = build(http, template, {})
+        assert theirs["state"] == "failed" and name in theirs["message"]
+    finally:
+        for headers in (project_b, {}):
+            for version in http.get("/api/v1/templates", params={"name": name}, headers=headers).json()["items"]:
+                http.delete(f"/api/v1/templates/{name}/versions/{version['version']}", headers=headers)
+        http.delete(f"/api/v1/images/{name}", headers=project_b)
