@@ -149,6 +149,8 @@ class ImageService:
 
     async def _visible(self, project_id: str, name: str) -> tuple[str, ImageRef | None] | None:
         """(catalog name, the project's reference if it holds one) of an image the project sees."""
+        if name == self.default_image or name in self._operator:
+            return name, None  # no project holds a name of these (import and pull see them first)
         ref = await self.store.get_image_ref(project_id, name)
         if ref is not None:
             return ref.image, ref

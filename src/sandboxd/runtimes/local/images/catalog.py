@@ -37,10 +37,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-import httpx
-
 from sandboxd import tarsafe
-from sandboxd.errors import Conflict, ImageNotFound, InvalidRequest, RuntimeFailure, UpstreamFailure
+from sandboxd.errors import Conflict, ImageNotFound, InvalidRequest, RuntimeFailure
 from sandboxd.runtimes.local.images.layers import (
     apply_layer,
     find_python,
@@ -56,9 +54,9 @@ from sandboxd.runtimes.local.images.layers import (
 )
 from sandboxd.runtimes.local.images.registry import (
     Credentials,
-    RegistryClient,
     fetch_image,
     looks_like_reference,
+    manifest_digest,
     parse_reference,
 )
 from sandboxd.runtimes.outbound import OutboundRules
@@ -171,15 +169,7 @@ class ImageStore:
         its digest. What a pull proves before it is given an image another pull already fetched:
         that the caller may read it (its blobs are then taken from the shared store)."""
         ref = parse_reference(reference)
-        client = RegistryClient(ref, credentials or self.registry_auth.get(ref.registry), self.outbound)
-        try:
-            return client.resolve()[1]
-        except httpx.HTTPError as exc:
-            raise UpstreamFailure(f"registry {ref.registry}: {exc}", "image") from None
-        except RuntimeFailure as exc:
-            raise UpstreamFailure(exc.message, "image") from None
-        finally:
-            client.close()
+        return manifest_digest(ref, credentials or self.registry_auth.get(ref.registry), self.outbound)
 
     @staticmethod
     def check_name(name: str) -> None:
