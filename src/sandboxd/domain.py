@@ -186,6 +186,16 @@ class Project(BaseModel):
     created_at: datetime
 
 
+class ImageRef(BaseModel):
+    """A project's name for an image in the shared catalog (whose layers are content-addressed and
+    stored once): what the project lists, inspects, removes and starts sandboxes from."""
+
+    project_id: str
+    name: str  # unique within its project: what the caller says
+    image: str  # the catalog's name for it (shared: several projects may refer to one image)
+    created_at: datetime
+
+
 class ApiKey(BaseModel):
     """A key of a project, or of a whole organization when project_id is None.
 

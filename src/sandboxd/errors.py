@@ -42,6 +42,16 @@ class ImageNotFound(SandboxdError):
         super().__init__(f"image {image!r} is not available; see `sandboxd image ls`", "image")
 
 
+class NoSuchImage(ImageNotFound):
+    """The images API's answer for a name the caller's project does not see: the same 404 whether
+    the image does not exist or is another project's."""
+
+    status = 404
+
+    def __init__(self, image: str) -> None:
+        SandboxdError.__init__(self, f"image {image!r} not found")
+
+
 class NotFoundInSandbox(SandboxdError):
     """A process or file that does not exist inside a sandbox."""
 

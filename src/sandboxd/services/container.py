@@ -62,8 +62,24 @@ class Services:
         auth = AuthService(store, settings.resolved_api_key())
         catalog, in_use_images = image_catalog(settings)
 
+        images = ImageService(
+            catalog,
+            in_use_images,
+            settings.data_dir,
+            max_upload_bytes=catalog.max_layer_bytes,
+            store=store,
+            default_image=settings.default_image,
+            template_images=templates.images,
+        )
+        await images.start()
+        sandboxes.images = images  # create resolves a project's image names
+
         async def in_use(project_id: str) -> bool:
-            return await sandboxes.has_sandboxes(project_id) or await templates.has_templates(project_id)
+            return (
+                await sandboxes.has_sandboxes(project_id)
+                or await templates.has_templates(project_id)
+                or await images.holds_any(project_id)
+            )
 
         services = cls(
             settings=settings,
@@ -76,7 +92,7 @@ class Services:
             ports=PortService(settings, sandboxes),
             auth=auth,
             tenancy=TenancyService(store, auth, in_use),
-            images=ImageService(catalog, in_use_images, settings.data_dir, max_upload_bytes=catalog.max_layer_bytes),
+            images=images,
             _store=store,
         )
         await supervisor.reconcile()

@@ -60,6 +60,12 @@ class Templates(Protocol):
     ) -> tuple[str, str]: ...
 
 
+class Images(Protocol):
+    """What create needs of the image service: which catalog image a project's name stands for."""
+
+    async def resolve(self, project_id: str, name: str, auth: tuple[str, str] | None = None) -> str: ...
+
+
 class SandboxService:
     def __init__(self, settings: Settings, store: Store, runtime: Runtime) -> None:
         self.settings = settings
@@ -68,6 +74,7 @@ class SandboxService:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self.templates: Templates | None = None  # set once the template service exists
+        self.images: Images | None = None  # set once the image service exists; None: names are global
         self.on_transition: list[Callable[[str, State], None]] = []  # told of every state change
 
     # -- create ----------------------------------------------------------------------------------
@@ -96,8 +103,11 @@ class SandboxService:
             if self.templates is None:
                 raise InvalidRequest("template", "this server has no templates")
             await self.templates.check(project_id, spec.template)
+            image = ""
         else:
-            self.runtime.check(spec)
+            # The record keeps the name the caller gave; the runtime gets the catalog's image.
+            image = await self.image_name(project_id, spec.image, auth)
+            self.runtime.check(spec.model_copy(update={"image": image}))
         now = utcnow()
         sandbox = Sandbox(
             id=new_id(),
@@ -115,7 +125,7 @@ class SandboxService:
             if idempotency_key is not None and stored.idempotency_key == idempotency_key:
                 return stored
             raise Conflict(f"a sandbox named {name!r} exists in this project", "name")
-        task = asyncio.create_task(self._start(sandbox, auth))
+        task = asyncio.create_task(self._start(sandbox, image, auth))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         if wait:
@@ -126,8 +136,12 @@ class SandboxService:
             return await self.get(project_id, sandbox.id)
         return sandbox
 
-    async def _start(self, sandbox: Sandbox, auth: tuple[str, str] | None = None) -> SandboxdError | None:
-        """Runs the runtime's create; returns the error that failed it, if one did."""
+    async def image_name(self, project_id: str, name: str, auth: tuple[str, str] | None = None) -> str:
+        """The catalog image the project's ``name`` stands for; ImageNotFound for one it does not see."""
+        return name if self.images is None else await self.images.resolve(project_id, name, auth)
+
+    async def _start(self, sandbox: Sandbox, image: str, auth: tuple[str, str] | None = None) -> SandboxdError | None:
+        """Runs the runtime's create on the catalog's ``image``; returns the error that failed it, if one did."""
         if sandbox.spec.template and self.templates is not None:
             # Outside the sandbox's lock: a first-use build can take minutes, and a delete (or the
             # reaper) must not wait for it. Nothing of the sandbox exists yet.
@@ -145,9 +159,10 @@ class SandboxService:
             if current is None or current.status.state != State.PENDING:
                 return None  # deleted while its template was being built
             try:
-                record = await self.runtime.create(sandbox.id, sandbox.spec, self._progress(sandbox.id), auth)
+                run = sandbox.spec.model_copy(update={"image": image})
+                record = await self.runtime.create(sandbox.id, run, self._progress(sandbox.id), auth)
                 # The record shows what the sandbox got: the image's env, cwd and user under the request's.
-                sandbox.spec = sandbox.spec.resolved(self.runtime.image_config(sandbox.spec.image))
+                sandbox.spec = sandbox.spec.resolved(self.runtime.image_config(image))
             except SandboxdError as exc:
                 await self.transition(sandbox.id, State.FAILED, "create_failed", exc.message)
                 return exc

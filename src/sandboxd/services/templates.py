@@ -143,6 +143,8 @@ class TemplateService:
     ) -> tuple[str, int]:
         base = definition.base or self.settings.default_image
         say(f"==> base image {base}")
+        # The project's name for it (an image it imported) as the catalog knows it; one it does not see is refused.
+        base = await self.sandboxes.image_name(version.project_id, base)
         builder = layer_builder(self.runtime)
         base_layers = await builder.ensure_image(base, lambda _step, msg: say(f"    {msg}"))
         base_config = self.runtime.image_config(base)
@@ -268,6 +270,15 @@ class TemplateService:
 
     async def find(self, project_id: str, name: str | None = None) -> list[TemplateVersion]:
         return await self.store.find_templates(project_id, name)
+
+    async def images(self, project_id: str | None) -> set[str]:
+        """The images the project's templates were built into; every project's but the shared
+        one's with None (what the image service tells from the operator's images)."""
+        if project_id is None:
+            found = [v for v in await self.store.find_all_templates() if v.project_id != SHARED_PROJECT]
+        else:
+            found = await self.store.find_templates(project_id)
+        return {v.image for v in found if v.image}
 
     async def has_templates(self, project_id: str) -> bool:
         return bool(await self.store.find_templates(project_id))

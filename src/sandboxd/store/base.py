@@ -7,7 +7,7 @@ from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
-from sandboxd.domain import ApiKey, Organization, Project, Sandbox, State, TemplateVersion
+from sandboxd.domain import ApiKey, ImageRef, Organization, Project, Sandbox, State, TemplateVersion
 
 
 class SandboxStore(Protocol):
@@ -165,6 +165,19 @@ class Store(Protocol):
         """Revoked from ``when`` (the first revocation's time stays); None if no such key."""
 
     async def touch_key(self, key_id: str, when: datetime) -> None: ...
+
+    # -- image references (the catalog's images are shared; the names a project holds are its own)
+
+    async def add_image_ref(self, ref: ImageRef) -> ImageRef:
+        """DuplicateKey("name") if the project holds the name."""
+
+    async def get_image_ref(self, project_id: str, name: str) -> ImageRef | None: ...
+
+    async def find_image_refs(self, project_id: str | None = None, image: str | None = None) -> list[ImageRef]:
+        """By project then name; every project's with project_id=None, only those to one catalog
+        image with ``image`` (an image is in use while any reference names it)."""
+
+    async def remove_image_ref(self, project_id: str, name: str) -> bool: ...
 
     async def ensure_default_tenant(self) -> None:
         """The default organization and its default project (DEFAULT_ORG, DEFAULT_PROJECT)."""

@@ -89,3 +89,12 @@ templates = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("finished_at", UtcDateTime),
 )
+
+image_refs = sa.Table(
+    "image_refs",
+    metadata,
+    sa.Column("project_id", sa.String, primary_key=True),
+    sa.Column("name", sa.String, primary_key=True),
+    sa.Column("image", sa.String, nullable=False, index=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from sandboxd.api.deps import Images
+from sandboxd.api.deps import Images, ProjectId
 from sandboxd.api.routing import CheckedRoute
 from sandboxd.services.images import Credentials, ImageInfo, ImportFormat, describe
 from sandboxd.services.requests import RegistryAuth
@@ -43,8 +43,9 @@ class Collected(BaseModel):
 
 
 @router.get("", response_model=ImageList)
-async def list_images(service: Images) -> ImageList:
-    return ImageList(items=await service.list())
+async def list_images(service: Images, project: ProjectId) -> ImageList:
+    """The project's images and the operator's (shared by every project)."""
+    return ImageList(items=await service.list(project))
 
 
 @router.post(
@@ -52,7 +53,7 @@ async def list_images(service: Images) -> ImageList:
     response_class=StreamingResponse,
     responses={200: {"content": {"application/x-ndjson": {}}, "description": "Progress lines, then the result."}},
 )
-async def pull_image(body: PullImage, service: Images) -> StreamingResponse:
+async def pull_image(body: PullImage, service: Images, project: ProjectId) -> StreamingResponse:
     """Pulls an image from its registry. The answer streams NDJSON: `{"type": "progress", "done",
     "total"}` lines (bytes), then one `{"type": "done", "image": {...}}`, or `{"type": "error",
     "code", "message", "field", "status"}` when the pull fails after the stream began (a malformed
@@ -62,7 +63,9 @@ async def pull_image(body: PullImage, service: Images) -> StreamingResponse:
 
     async def lines() -> AsyncIterator[bytes]:
         queue: asyncio.Queue[tuple[int, int] | None] = asyncio.Queue()
-        task = asyncio.create_task(service.pull(body.reference, credentials, lambda d, t: queue.put_nowait((d, t))))
+        task = asyncio.create_task(
+            service.pull(project, body.reference, credentials, lambda d, t: queue.put_nowait((d, t)))
+        )
         task.add_done_callback(lambda _: queue.put_nowait(None))
         try:
             while (item := await queue.get()) is not None:
@@ -107,28 +110,33 @@ async def _body(request: Request) -> AsyncIterator[bytes]:
 async def import_image(
     request: Request,
     service: Images,
+    project: ProjectId,
     name: Annotated[str, Query(max_length=255, description="The new image's name.")],
     format: Annotated[ImportFormat, Query(description="A rootfs tarball, or a tar of an OCI image layout.")] = "rootfs",
     ref: Annotated[str | None, Query(max_length=255, description="The tag to take from an OCI layout.")] = None,
 ) -> ImageInfo:
     """Imports the request body (streamed; plain, gzip, bzip2 or xz) as a one-layer image, or an
     OCI image layout's layers; both through the refusing extractor (sandboxd.tarsafe)."""
-    return await service.import_(name, _body(request), format, ref)
+    return await service.import_(project, name, _body(request), format, ref)
 
 
 @router.post("/gc", response_model=Collected)
-async def collect_garbage(service: Images) -> Collected:
-    """Deletes blobs and layers that no image, build cache or sandbox uses."""
+async def collect_garbage(service: Images, project: ProjectId) -> Collected:
+    """Deletes blobs and layers that no image (of any project), build cache or sandbox uses;
+    never an image."""
+    del project  # any project's key may: it removes only what nothing refers to
     return Collected(removed=await service.gc())
 
 
 @router.get("/{name:path}", response_model=ImageInfo)
-async def inspect_image(name: str, service: Images) -> ImageInfo:
-    return await service.inspect(name)
+async def inspect_image(name: str, service: Images, project: ProjectId) -> ImageInfo:
+    """404 for an image the project does not see (another project's reads as absent)."""
+    return await service.inspect(project, name)
 
 
 @router.delete("/{name:path}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
-async def remove_image(name: str, service: Images) -> Response:
-    """Refused (409) while a sandbox is built on it. Its layers stay until gc."""
-    await service.remove(name)
+async def remove_image(name: str, service: Images, project: ProjectId) -> Response:
+    """Removes the project's reference; the image goes with it unless another project holds it.
+    Refused (409) while a sandbox is built on it. Its layers stay until gc."""
+    await service.remove(project, name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -52,7 +52,13 @@ from sandboxd.runtimes.local.images.layers import (
     safe_layer_id,
     shift_ownership,
 )
-from sandboxd.runtimes.local.images.registry import Credentials, fetch_image, looks_like_reference, parse_reference
+from sandboxd.runtimes.local.images.registry import (
+    Credentials,
+    fetch_image,
+    looks_like_reference,
+    manifest_digest,
+    parse_reference,
+)
 from sandboxd.runtimes.outbound import OutboundRules
 
 DEBIAN_SUITE = "bookworm"
@@ -158,6 +164,18 @@ class ImageStore:
                 ids.append(self._make_layer(layer_id, functools.partial(self._unpack_blob, path)))
             return self._install(reference, ids, fetched.meta)
 
+    def check_access(self, reference: str, credentials: Credentials | None = None) -> str:
+        """Asks the registry for the reference's manifest with these credentials (or the server's);
+        its digest. What a pull proves before it is given an image another pull already fetched:
+        that the caller may read it (its blobs are then taken from the shared store)."""
+        ref = parse_reference(reference)
+        return manifest_digest(ref, credentials or self.registry_auth.get(ref.registry), self.outbound)
+
+    @staticmethod
+    def check_name(name: str) -> None:
+        """Refuses (400 on name) a name no image could have."""
+        _dir_name(name)
+
     def build_debian(self, name: str = "debian", progress: Callable[[str], None] | None = None) -> Image:
         """Builds Debian minbase plus python3 from the configured apt mirror with mmdebstrap."""
 
@@ -185,7 +203,8 @@ class ImageStore:
             return self._install(name, [self._make_layer(new_layer_id(), fill)], {"source": "mmdebstrap"})
 
     def import_tarball(self, name: str, tarball: Path) -> Image:
-        """A root filesystem tarball as a one-layer image."""
+        """A root filesystem tarball as a one-layer image. The layer is named by the tarball's
+        digest, so the same tarball imported twice (by two projects) is stored once."""
 
         def fill(staging: Path) -> None:
             with layer_errors(), tarfile.open(tarball, tarinfo=tarsafe.BoundedTarInfo) as tar:
@@ -194,8 +213,13 @@ class ImageStore:
                         out.extract(tar, member)
 
         self._check_new(name)
+        digest = hashlib.sha256()
+        with open(tarball, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
         with self._building():
-            return self._install(name, [self._make_layer(new_layer_id(), fill)], {"source": "tarball"})
+            layer_id = "tar-sha256-" + digest.hexdigest()
+            return self._install(name, [self._make_layer(layer_id, fill)], {"source": "tarball"})
 
     def import_oci_layout(self, name: str, layout: Path, ref: str | None = None) -> Image:
         """A local OCI image layout (index.json → manifest → layers), one layer per blob."""

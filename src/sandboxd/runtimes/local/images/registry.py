@@ -274,6 +274,20 @@ def fetch_image(
     return Fetched(list(zip(ids, paths, strict=True)), meta, done[0], total)
 
 
+def manifest_digest(ref: Reference, credentials: Credentials | None, outbound: OutboundRules) -> str:
+    """The digest of the reference's manifest for this platform, asked with these credentials: the
+    registry's word that they may read it (a 400 on image, as a pull's, when it says no)."""
+    client = RegistryClient(ref, credentials, outbound)
+    try:
+        return client.resolve()[1]
+    except httpx.HTTPError as exc:
+        raise UpstreamFailure(f"registry {ref.registry}: {_describe(exc)}", "image") from None
+    except RuntimeFailure as exc:
+        raise UpstreamFailure(exc.message, "image") from None
+    finally:
+        client.close()
+
+
 def _describe(exc: httpx.HTTPError) -> str:
     reason = str(exc).splitlines()[0][:200] if str(exc) else ""
     return f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
