@@ -15,8 +15,10 @@ an admitting key is 403 (a private port), not 401.
 
 from __future__ import annotations
 
+import io
 import re
 import socket
+import tarfile
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -37,14 +39,30 @@ ADMIN_ONLY = ("/api/v1/projects", "/api/v1/keys", *OPERATOR_ONLY)
 PROXY = "/api/v1/sandboxes/{sandbox_id}/ports/{port}/{rest}"
 # Routes that make something in the caller's own project: another project's key addresses nothing
 # of A's there (POST /keys does: its body names A's project).
-CREATES_OWN = {("POST", "/api/v1/sandboxes"), ("POST", "/api/v1/templates"), ("POST", "/api/v1/projects")}
-# Shared by every project: the operator's runtimes.
-SHARED = {("POST", "/api/v1/runtimes/{runtime}/build")}
+CREATES_OWN = {
+    ("POST", "/api/v1/sandboxes"),
+    ("POST", "/api/v1/templates"),
+    ("POST", "/api/v1/projects"),
+    ("POST", "/api/v1/images/pull"),
+    ("POST", "/api/v1/images/import"),
+}
+# Shared by every project: the operator's runtimes; gc, which removes only what nothing references.
+SHARED = {("POST", "/api/v1/runtimes/{runtime}/build"), ("POST", "/api/v1/images/gc")}
 # Refused by the key's role before any lookup (a project's key never deletes projects): a 403 alike
 # for A's object and for one that does not exist, so it confirms nothing.
 BY_ROLE = {("sibling", "DELETE", "/api/v1/projects/{project_id}")}
 UNKNOWN = {"org_id": "org_" + "0" * 26, "project_id": "prj_" + "0" * 26}
 NOT_JSON = b"{this is not json"
+
+
+def rootfs_tar() -> bytes:
+    """A rootfs of one file: enough to be an image."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        info = tarfile.TarInfo("etc/hostname")
+        info.size = 6
+        tar.addfile(info, io.BytesIO(b"alpha\n"))
+    return out.getvalue()
 
 
 def closed_port() -> int:
@@ -81,12 +99,19 @@ class World:
             ("POST", "/api/v1/sandboxes/{sandbox_id}/timeout"): {"json": {"timeout": 600}},
             ("PUT", "/api/v1/sandboxes/{sandbox_id}/files"): {"content": b"x"},
             ("PUT", "/api/v1/sandboxes/{sandbox_id}/archive"): {"content": b""},
+            # Loopback, a port nothing serves, and refused by the outbound rules before any packet.
+            ("POST", "/api/v1/images/pull"): {"json": {"reference": "127.0.0.1:9/none/x:1"}},
+            ("POST", "/api/v1/images/import"): {"content": rootfs_tar()},
         }
         return bodies.get((method, path), {})
 
     def url(self, path: str, params: dict[str, str] | None = None) -> str:
         values = {**self.params, **(params or {})}
+        if path.startswith("/api/v1/images/"):  # {name:path}: an image's name, not a template's
+            path = path.replace("{name:path}", values["image"])
         url = re.sub(r"\{(\w+)\}", lambda m: values[m[1]], path)
+        if path == "/api/v1/images/import":
+            url += "?name=another"
         needs_path = ("/files", "/files/list", "/files/stat", "/archive")
         if path.startswith("/api/v1/sandboxes/{sandbox_id}") and path.endswith(needs_path):
             url += "?path=" + ("/" if path.endswith("/list") else "/etc/hostname")
@@ -134,6 +159,8 @@ async def world(api: Api) -> World:
         "/api/v1/templates", json={"name": "tpl-alpha", "steps": [{"type": "env", "env": {"A": "1"}}]}, headers=a
     )
     assert r.status_code == 202, r.text
+    r = await c.post("/api/v1/images/import?name=app-alpha", content=rootfs_tar(), headers=a)
+    assert r.status_code in (200, 201), r.text
     params = {
         "sandbox_id": sandbox["id"],
         "process_id": process.get("process_id") or process["id"],
@@ -145,6 +172,7 @@ async def world(api: Api) -> World:
         "project_id": alpha["id"],
         "key_id": read["id"],
         "rest": "index.html",
+        "image": "app-alpha",
     }
     keys = {
         "none": "",
@@ -155,7 +183,7 @@ async def world(api: Api) -> World:
         "sibling": sibling["key"],
         "admin": admin["key"],
     }
-    a_ids = [sandbox["id"], params["process_id"], "tpl-alpha", read["id"], admin["id"], alpha["id"]]
+    a_ids = [sandbox["id"], params["process_id"], "tpl-alpha", read["id"], admin["id"], alpha["id"], "app-alpha"]
     return World(api, params, a_ids, keys)
 
 
