@@ -260,8 +260,8 @@ def server_address(server: Server, sandbox_id: str) -> str:
     import sqlite3
 
     with sqlite3.connect(server.data_dir / "sandboxd.db") as db:
-        doc = db.execute("select doc from sandboxes where id = ?", (sandbox_id,)).fetchone()[0]
-    return str(json.loads(doc)["runtime"]["address"])
+        record = db.execute("select runtime from sandboxes where id = ?", (sandbox_id,)).fetchone()[0]
+    return str(json.loads(record)["address"])
 
 
 def baseline_runc_run(work: Path, config: dict, runs: int) -> list[float]:  # type: ignore[type-arg]
