@@ -140,4 +140,7 @@ def test_concurrent_creates_of_one_image_pull_it_once(
     blob_gets = {path: n for path, n in front.seen.items() if "/team/once/blobs/" in path}
     manifest_gets = {path: n for path, n in front.seen.items() if "/team/once/manifests/" in path}
     assert blob_gets and all(n == 1 for n in blob_gets.values()), blob_gets
-    assert sum(manifest_gets.values()) == 1, manifest_gets
+    # The project's first create asks the registry once for the manifest with its credentials
+    # before the project holds the reference (services/images.py), then the pull fetches it: two;
+    # the later creates find the reference and the image, and ask nothing.
+    assert sum(manifest_gets.values()) == 2, manifest_gets
