@@ -1,5 +1,5 @@
-"""The repository protocols: ``Store`` (async, scoped by project; store/sql.py on SQLite or PostgreSQL),
-and the synchronous ones of store/sqlite.py that services use until they move to ``Store``."""
+"""The repository protocol: ``Store``, async and scoped by project; store/sql.py implements it on
+SQLite or PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,48 +8,6 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from sandboxd.domain import ApiKey, ImageRef, Organization, Project, Sandbox, State, TemplateVersion
-
-
-class SandboxStore(Protocol):
-    def insert(self, sandbox: Sandbox) -> None: ...
-
-    def update(self, sandbox: Sandbox) -> None: ...
-
-    def get(self, sandbox_id: str) -> Sandbox | None: ...
-
-    def find(
-        self,
-        *,
-        states: list[State] | None = None,
-        labels: dict[str, str] | None = None,
-        after: str | None = None,
-        limit: int = 100,
-    ) -> list[Sandbox]: ...
-
-    def active(self) -> list[Sandbox]:
-        """Sandboxes not yet ended: the ones a restarted server must reconcile."""
-
-    def expired(self, now: datetime) -> list[Sandbox]:
-        """Active sandboxes whose timeout has passed."""
-
-    def purge_ended(self, before: datetime) -> list[str]: ...
-
-
-class TemplateStore(Protocol):
-    def insert_template(self, version: TemplateVersion) -> None:
-        """Raises ValueError if name:version exists (two builds racing for one number)."""
-
-    def update_template(self, version: TemplateVersion) -> None: ...
-
-    def get_template(self, name: str, version: int | None = None, ready: bool = False) -> TemplateVersion | None:
-        """One version, or the newest (the newest ready one with ready=True)."""
-
-    def find_templates(self, name: str | None = None) -> list[TemplateVersion]: ...
-
-    def delete_template(self, name: str, version: int) -> None: ...
-
-
-# -- The async, project-scoped store (store/sql.py); the protocols above go once callers move. -----
 
 
 class DuplicateKey(Exception):

@@ -1,4 +1,4 @@
-"""The schema of the first store (store/sqlite.py): one JSON document per record.
+"""The schema of the first store (before migrations): one JSON document per record.
 
 Revision ID: 0001
 Revises:
