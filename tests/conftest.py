@@ -9,6 +9,7 @@ the suite checks that nothing of sandboxd is left on the host.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import itertools
 import os
@@ -110,6 +111,18 @@ class Server:
             for item in http.get("/api/v1/sandboxes", params={"limit": 1000}).json()["items"]:
                 if item["status"]["state"] not in ("terminated", "failed"):
                     http.delete(f"/api/v1/sandboxes/{item['id']}")
+
+    def build_sandboxes(self, template: str | None = None) -> list[tuple[str, str]]:
+        """(id, state) of template build-step sandboxes, read from the server's database: they live
+        in the shared project, which no key can name (the building project must not reach them)."""
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(self.data_dir / "sandboxd.db")) as db:
+            rows = db.execute(
+                "SELECT id, state, json_extract(labels, '$.\"sandboxd.template-build\"') FROM sandboxes"
+                " WHERE json_extract(labels, '$.\"sandboxd.template-build\"') IS NOT NULL ORDER BY id"
+            ).fetchall()
+        return [(str(i), str(state)) for i, state, ref in rows if template is None or ref == template]
 
     def create(self, **kwargs: Any) -> Sandbox:
         return Sandbox.create(url=self.url, api_key=self.key, **kwargs)

@@ -126,10 +126,15 @@ async def test_the_operators_images_are_shared(client: httpx.AsyncClient) -> Non
         assert (await client.get("/api/v1/images/opimg", headers=headers)).json()["source"] == "tarball"
     # Shared, so a project cannot take the name, nor remove it for everyone.
     assert (await import_(client, "opimg", rootfs(("x", b"x")), B)).status_code == 400
-    refused = await client.delete("/api/v1/images/opimg", headers=B)
-    assert (refused.status_code, refused.json()["code"]) == (409, "CONFLICT")
+    # No project's key may, the default project's included: only the server's key (the operator).
+    projects = {p["name"]: p["id"] for p in (await client.get("/api/v1/projects")).json()}
+    for project_id in (projects["b"], projects["default"]):
+        made = await client.post("/api/v1/keys", json={"name": "k", "scopes": ["admin"], "project_id": project_id})
+        assert made.status_code == 201, made.text
+        refused = await client.delete("/api/v1/images/opimg", headers={"authorization": f"Bearer {made.json()['key']}"})
+        assert (refused.status_code, refused.json()["code"]) == (409, "CONFLICT"), refused.text
     assert "opimg" in await names(client, A)
-    # The operator's project (the server key's) still may, as before there were projects.
+    # The server's key (the operator) still may, as before there were projects.
     assert (await client.delete("/api/v1/images/opimg")).status_code == 204
     assert "opimg" not in await names(client, A)
 

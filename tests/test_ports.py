@@ -87,9 +87,16 @@ def test_host_and_path_routes_need_the_token_and_do_not_pass_it_on(server: Serve
     token = app.info["traffic_token"]
     with httpx.Client(base_url=server.url, timeout=10) as http:
         host = {"Host": host_of(app, 8000, server)}
+        # Refused exactly as an unknown sandbox is: without its token, nothing says it exists.
         refused = http.get("/x", headers=host)
-        assert refused.status_code == 403 and refused.json()["code"] == "FORBIDDEN"
-        assert http.get("/x", headers={**host, "X-Sandbox-Token": "wrong"}).status_code == 403
+        unknown = http.get("/x", headers={"Host": host_of(app, 8000, server).replace(app.id[-6:], "000000")})
+        assert refused.status_code == 404 and refused.json()["code"] == "SANDBOX_NOT_FOUND"
+        assert unknown.status_code == 404 and refused.json()["message"].replace(app.id, "") == unknown.json()[
+            "message"
+        ].replace(app.id[:-6] + "000000", "")
+        assert http.get("/x", headers={**host, "X-Sandbox-Token": "wrong"}).status_code == 404
+        unexposed = {"Host": host_of(app, 8999, server)}
+        assert http.get("/x", headers=unexposed).json()["code"] == "SANDBOX_NOT_FOUND"  # not "not exposed"
         ok = http.get("/hello?a=1", headers={**host, "X-Sandbox-Token": token})
         assert ok.status_code == 200 and ok.json()["path"] == "/hello?a=1"
         seen = {k.lower(): v for k, v in ok.json()["headers"].items()}
@@ -119,7 +126,7 @@ def test_host_and_path_routes_need_the_token_and_do_not_pass_it_on(server: Serve
         assert seen["x-forwarded-for"] == "127.0.0.1"
 
         path = f"/api/v1/sandboxes/{app.id}/ports/8000"
-        assert http.get(f"{path}/p").status_code == 403
+        assert http.get(f"{path}/p").status_code == 404
         with_key = http.get(f"{path}/p/q", headers={"Authorization": f"Bearer {server.key}"})
         assert with_key.status_code == 200 and with_key.json()["path"] == "/p/q"
         assert "authorization" not in {k.lower() for k in with_key.json()["headers"]}  # the API key stays here
@@ -150,7 +157,7 @@ def test_websocket_through_the_host_route(server: Server, app: Sandbox) -> None:
         assert ws.recv(timeout=5) == "echo:hello"
         ws.send(b"\x00\x01")
         assert ws.recv(timeout=5) == b"echo:\x00\x01"
-    with pytest.raises(Exception, match="403"):
+    with pytest.raises(Exception, match="404"):
         with ws_connect(f"ws://127.0.0.1:{server.port}/ws", additional_headers={"Host": host_of(app, 8000, server)}):
             pass
 
@@ -184,8 +191,8 @@ def test_ports_exposed_later_signed_urls_and_public_sandboxes(server: Server, ap
         cookie = first.headers["set-cookie"].split(";")[0]
         assert http.get("/asset.js", headers={**host, "Cookie": cookie}).status_code == 200
         expires, _, mac = query.removeprefix("sbx_sig=").partition(".")
-        assert http.get(f"/?sbx_sig={int(expires) + 1}.{mac}", headers=host).status_code == 403  # tampered
-        assert http.get(f"/?sbx_sig=1.{mac}", headers=host).status_code == 403  # expired
+        assert http.get(f"/?sbx_sig={int(expires) + 1}.{mac}", headers=host).status_code == 404  # tampered
+        assert http.get(f"/?sbx_sig=1.{mac}", headers=host).status_code == 404  # expired
         listed = http.get(f"/api/v1/sandboxes/{app.id}/ports", headers=api).json()
         assert [p["port"] for p in listed] == [8000, 8001, 9000]
         assert http.delete(f"/api/v1/sandboxes/{app.id}/ports/8001", headers=api).status_code == 204

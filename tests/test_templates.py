@@ -89,13 +89,7 @@ def test_build_start_and_rebuild_from_the_cache(server: Server) -> None:
 
 
 def _build_sandboxes_left(server: Server) -> list[str]:
-    with server.client() as http:
-        items = http.get("/api/v1/sandboxes", params={"limit": 1000}).json()["items"]
-    return [
-        i["id"]
-        for i in items
-        if "sandboxd.template-build" in i["metadata"] and i["status"]["state"] not in ("terminated", "failed")
-    ]
+    return [i for i, state in server.build_sandboxes() if state not in ("terminated", "failed")]
 
 
 def test_a_failing_step_fails_the_build_and_says_which(server: Server) -> None:

@@ -338,3 +338,19 @@ async def test_errors_are_domain_errors(world: World) -> None:
     # Never an HTTPException: every refusal above renders through the one error handler.
     with pytest.raises(SandboxdError):
         await world.auth.authenticate({})
+
+
+async def test_a_key_made_by_an_expiring_key_expires_with_it(world: World) -> None:
+    op = await world.operator()
+    maker, maker_token = await world.tenancy.create_key(op, name="temp", scopes=[Scope.ADMIN], expires_in=60)
+    assert maker.expires_at is not None
+    temp = await world.as_(maker_token)
+    forever, _ = await world.tenancy.create_key(temp, name="child", scopes=[Scope.READ], project_id=DEFAULT_PROJECT)
+    later, _ = await world.tenancy.create_key(
+        temp, name="later", scopes=[Scope.READ], project_id=DEFAULT_PROJECT, expires_in=3600
+    )
+    assert forever.expires_at == maker.expires_at and later.expires_at == maker.expires_at
+    sooner, _ = await world.tenancy.create_key(
+        temp, name="sooner", scopes=[Scope.READ], project_id=DEFAULT_PROJECT, expires_in=10
+    )
+    assert sooner.expires_at is not None and sooner.expires_at < maker.expires_at

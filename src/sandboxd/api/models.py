@@ -55,12 +55,15 @@ class SandboxOut(BaseModel):
     transforms: list[dict[str, Any]] = Field(description="Credential brokering; injected values are not shown.")
     ports: list[int]
     public_traffic: bool
-    traffic_token: str = Field(description="Send as X-Sandbox-Token (or ?sbx_token=) to reach its ports.")
+    traffic_token: str | None = Field(
+        description="Send as X-Sandbox-Token (or ?sbx_token=) to reach its ports. Shown to keys that may "
+        "write only: it admits every method, a read key's own requests through the proxy only GET."
+    )
     created_at: datetime
     expires_at: datetime | None
 
     @classmethod
-    def of(cls, sb: Sandbox) -> SandboxOut:
+    def of(cls, sb: Sandbox, show_token: bool = True) -> SandboxOut:
         spec = sb.spec
         return cls(
             id=sb.id,
@@ -84,7 +87,7 @@ class SandboxOut(BaseModel):
             ],
             ports=spec.ports,
             public_traffic=spec.public_traffic,
-            traffic_token=sb.traffic_token,
+            traffic_token=sb.traffic_token if show_token else None,
             created_at=sb.created_at,
             expires_at=sb.expires_at,
         )

@@ -46,19 +46,19 @@ class CommandService:
         """Starts a command (errors raise here, before any output) and returns its output as it
         comes, then its exit."""
         sandbox, agent = await self._agent(project_id, sandbox_id)
-        oom_before = await self.sandboxes.oom_kills(sandbox_id)
+        oom_before = await self.sandboxes.oom_kills(sandbox)
         stdin = cmd.stdin.encode() if cmd.stdin is not None else None
         stream = await agent.run(self._spawn(sandbox, cmd), stdin)
-        return self._marked(stream, sandbox_id, oom_before)
+        return self._marked(stream, sandbox, oom_before)
 
     async def _marked(
-        self, stream: ProcessStream, sandbox_id: str, oom_before: int
+        self, stream: ProcessStream, sandbox: Sandbox, oom_before: int
     ) -> AsyncIterator[Output | Gap | ExitInfo]:
         async for item in stream:
             if isinstance(item, ExitInfo):
                 # A shell reports its child's SIGKILL as exit 137 rather than dying of it.
                 killed = item.signal == signals.SIGKILL or item.exit_code == 137
-                oom = killed and await self.sandboxes.oom_kills(sandbox_id) > oom_before
+                oom = killed and await self.sandboxes.oom_kills(sandbox) > oom_before
                 item = item.model_copy(update={"oom_killed": oom and not item.timed_out})
             yield item
 

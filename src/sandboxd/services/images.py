@@ -40,7 +40,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
-from sandboxd.domain import DEFAULT_PROJECT, SHARED_PROJECT, ImageRef, new_id, utcnow
+from sandboxd.domain import SHARED_PROJECT, ImageRef, new_id, utcnow
 from sandboxd.errors import Conflict, ImageNotFound, InvalidRequest, NoSuchImage, SandboxdError
 from sandboxd.runtimes.local.images.registry import Credentials, looks_like_reference, parse_reference
 from sandboxd.store.base import DuplicateKey, Store
@@ -325,16 +325,17 @@ class ImageService:
             # a failure of the host's disk (ENOSPC, EIO) is not among these and stays a 500.
             raise InvalidRequest("body", f"not a usable OCI image layout: {type(exc).__name__}: {exc}") from None
 
-    async def remove(self, project_id: str, name: str) -> None:
+    async def remove(self, project_id: str, name: str, operator: bool = False) -> None:
         """Drops the project's reference, and the catalog image once no other reference holds it
         (refused, 409, while a sandbox's root is built on it). Its layers stay until gc. The
-        operator's images are the operator's project's to remove."""
+        operator's images every project uses: only the server's key removes them (operator), not
+        any key of the project it works in."""
         found = await self._visible(project_id, name)
         if found is None:
             raise NoSuchImage(name)
         image, ref = found
         if ref is None:
-            if project_id != DEFAULT_PROJECT or image not in self._operator | {self.default_image}:
+            if not operator or image not in self._operator | {self.default_image}:
                 raise Conflict(f"image {name!r} is the operator's (or a template's): it cannot be removed here")
         elif any(
             (r.project_id, r.name) != (ref.project_id, ref.name) for r in await self.store.find_image_refs(image=image)

@@ -246,10 +246,10 @@ class SandboxService:
         sandbox = await self.running(project_id, sandbox_id)
         return sandbox, self.runtime.agent(sandbox.id, sandbox.runtime)
 
-    async def oom_kills(self, sandbox_id: str) -> int:
-        """Processes of the sandbox the out-of-memory killer has killed so far."""
-        sandbox = await self.get(None, sandbox_id)
-        return await self.runtime.oom_kills(sandbox_id, sandbox.runtime)
+    async def oom_kills(self, sandbox: Sandbox) -> int:
+        """Processes of the sandbox the out-of-memory killer has killed so far (from the record the
+        caller holds: an exec reads it twice, and a store read each time would cost more)."""
+        return await self.runtime.oom_kills(sandbox.id, sandbox.runtime)
 
     async def census(self) -> tuple[dict[State, int], list[tuple[str, dict[str, int]]]]:
         """Sandboxes not yet ended by state, and each running one's egress refusals (metrics)."""

@@ -17,7 +17,6 @@ from sandboxd.config import Settings
 from sandboxd.domain import Sandbox, SandboxSpec, State
 from sandboxd.errors import (
     Conflict,
-    Forbidden,
     InvalidRequest,
     NotFoundInSandbox,
     SandboxdError,
@@ -31,6 +30,20 @@ RECORD_TTL = 1.0
 TOKEN_HEADER = "x-sandbox-token"
 TOKEN_QUERY = "sbx_token"
 SIGNATURE_QUERY = "sbx_sig"
+
+
+class PortNotFound(SandboxdError):
+    """No such sandbox, or one whose port this request may not reach: one answer for both."""
+
+    code = "SANDBOX_NOT_FOUND"
+    status = 404
+
+    def __init__(self, sandbox_id: str, port: int) -> None:
+        super().__init__(
+            f"no sandbox {sandbox_id} with port {port} open to this request: a private port needs the "
+            f"sandbox's traffic token ({TOKEN_HEADER} header or {TOKEN_QUERY} parameter), a signed URL "
+            "or, on the path route, an API key of its project"
+        )
 
 
 class PortUnreachable(SandboxdError):
@@ -123,26 +136,28 @@ class PortService:
     ) -> Target:
         """Where traffic for sandbox_id:port goes, if the caller may send it there.
         api_key_project: the project of an API key the request carried (path route only); it
-        admits the sandboxes of that project, and another project's is not found."""
+        admits the sandboxes of that project.
+
+        A request nothing admits gets the answer an unknown sandbox gets, word for word, before
+        anything else is looked at: without a credential, nobody learns whether a sandbox exists
+        or which of its ports are exposed."""
         now = time.monotonic()
         cached = self._recent.get(sandbox_id)
         if cached is not None and now - cached[0] < RECORD_TTL:
-            sandbox = cached[1]
+            sandbox: Sandbox | None = cached[1]
         else:
-            sandbox = await self.sandboxes.get(None, sandbox_id)  # unknown: 404
-            if len(self._recent) > 10000:
-                self._recent.clear()
-            self._recent[sandbox_id] = (now, sandbox)
-        if api_key_project is not None and api_key_project != sandbox.project_id:
-            raise SandboxNotFound(sandbox_id)
+            try:
+                sandbox = await self.sandboxes.get(None, sandbox_id)
+            except SandboxNotFound:
+                sandbox = None
+            if sandbox is not None:
+                if len(self._recent) > 10000:
+                    self._recent.clear()
+                self._recent[sandbox_id] = (now, sandbox)
+        if sandbox is None or not self._may_reach(sandbox, port, token, signature, api_key_project):
+            raise PortNotFound(sandbox_id, port)
         if port not in sandbox.spec.ports:
             raise NotFoundInSandbox(f"port {port} of sandbox {sandbox_id} is not exposed")
-        admitted = api_key_project is not None or self._admitted(sandbox, port, token, signature)
-        if not (sandbox.spec.public_traffic or admitted):
-            raise Forbidden(
-                f"port {port} of sandbox {sandbox_id} is private: send its traffic token "
-                f"({TOKEN_HEADER} header or {TOKEN_QUERY} parameter) or a signed URL"
-            )
         if sandbox.status.state != State.RUNNING:
             raise SandboxNotRunning(sandbox_id, sandbox.status.state.value)
         try:
@@ -150,6 +165,15 @@ class PortService:
         except SandboxdError as exc:
             raise PortUnreachable(exc.message) from None
         return Target(sandbox_id, address, port)
+
+    def _may_reach(
+        self, sandbox: Sandbox, port: int, token: str | None, signature: str | None, api_key_project: str | None
+    ) -> bool:
+        return (
+            api_key_project == sandbox.project_id
+            or sandbox.spec.public_traffic
+            or self._admitted(sandbox, port, token, signature)
+        )
 
     @staticmethod
     def _admitted(sandbox: Sandbox, port: int, token: str | None, signature: str | None) -> bool:

@@ -154,7 +154,17 @@ class TemplateService:
         for number, step in enumerate(definition.steps, 1):
             # A step's result depends on exactly the layers under it and the settings it runs
             # with: the key names those, so a cache hit is always the layer this step would make.
-            key = _hash("step", {"parents": [*base_layers, *layers], "context": vars(ctx), "step": step.model_dump()})
+            # The project is part of the key: a layer one project made (in a sandbox it could
+            # write to while the step ran) is never another project's, nor the shared runtimes'.
+            key = _hash(
+                "step",
+                {
+                    "project": version.project_id,
+                    "parents": [*base_layers, *layers],
+                    "context": vars(ctx),
+                    "step": step.model_dump(),
+                },
+            )
             say(f"==> step {number}/{len(definition.steps)}: {_describe(step)}")
             if isinstance(step, EnvStep):
                 ctx.env.update(step.env)
@@ -209,7 +219,10 @@ class TemplateService:
             limits=Limits(cpu=s.max_cpu, memory_mb=s.build_memory_mb, pids=s.build_pids, disk_mb=s.build_disk_mb),
             timeout=int(timeout) + 120,
         )
-        sandbox = await self.sandboxes.launch(version.project_id, spec)
+        # In the shared project, which no key can name: the building project's keys cannot reach
+        # the step's sandbox (to write into the layer it is making) while it runs. Its base image
+        # was resolved in the building project already.
+        sandbox = await self.sandboxes.launch(SHARED_PROJECT, spec)
         try:
             if isinstance(step, RunStep):
                 cmd = RunCommand(command=step.command, user=ctx.user, cwd=ctx.cwd, timeout=step.timeout)

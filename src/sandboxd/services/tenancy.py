@@ -27,6 +27,7 @@ from sandboxd.domain import (
 )
 from sandboxd.errors import Conflict, Forbidden, InvalidRequest
 from sandboxd.services.auth import (
+    SERVER_KEY_ID,
     AuthService,
     KeyNotFound,
     OrgNotFound,
@@ -162,7 +163,12 @@ class TenancyService:
             project = await self.store.get_project(project_id)
             if project is None or project.org_id != target or principal.key_project_id not in (None, project.id):
                 raise ProjectNotFound(project_id)
-        record, token = new_key(name, target, project_id, scopes, _expiry(expires_at, expires_in))
+        expiry = _expiry(expires_at, expires_in)
+        # A key made by an expiring key expires with it at the latest: it cannot outlive its maker.
+        maker = await self.store.get_key(principal.key_id) if principal.key_id != SERVER_KEY_ID else None
+        if maker is not None and maker.expires_at is not None:
+            expiry = min(expiry, maker.expires_at) if expiry is not None else maker.expires_at
+        record, token = new_key(name, target, project_id, scopes, expiry)
         await self.store.create_key(record)
         return record, token
 

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from sandboxd.api.deps import Images, ProjectId
+from sandboxd.api.deps import CurrentPrincipal, Images, ProjectId
 from sandboxd.api.routing import CheckedRoute
 from sandboxd.services.images import Credentials, ImageInfo, ImportFormat, describe
 from sandboxd.services.requests import RegistryAuth
@@ -135,8 +135,8 @@ async def inspect_image(name: str, service: Images, project: ProjectId) -> Image
 
 
 @router.delete("/{name:path}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
-async def remove_image(name: str, service: Images, project: ProjectId) -> Response:
+async def remove_image(name: str, service: Images, project: ProjectId, principal: CurrentPrincipal) -> Response:
     """Removes the project's reference; the image goes with it unless another project holds it.
     Refused (409) while a sandbox is built on it. Its layers stay until gc."""
-    await service.remove(project, name)
+    await service.remove(project, name, operator=principal.operator)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -8,9 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 from pydantic import BaseModel, Field
 
-from sandboxd.api.deps import Ports, ProjectId
+from sandboxd.api.deps import CurrentPrincipal, Ports, ProjectId
 from sandboxd.api.params import PortNumber
 from sandboxd.api.routing import CheckedRoute
+from sandboxd.domain import Scope
 
 router = APIRouter(prefix="/api/v1/sandboxes/{sandbox_id}/ports", tags=["ports"], route_class=CheckedRoute)
 
@@ -44,10 +45,13 @@ async def port_url(
     port: PortNumber,
     service: Ports,
     project: ProjectId,
+    principal: CurrentPrincipal,
     signed: Annotated[bool, Query(description="A URL that carries its own expiring signature.")] = False,
     expires_in: Annotated[int, Query(ge=1, le=7 * 24 * 3600)] = 3600,
 ) -> PortOut:
     if signed:
+        # A signed URL admits every method, as the traffic token does: a read key may not mint one.
+        principal.require(Scope.WRITE)
         return PortOut.model_validate(await service.sign(project, sandbox_id, port, expires_in))
     return PortOut.model_validate(await service.describe_exposed(project, sandbox_id, port))
 

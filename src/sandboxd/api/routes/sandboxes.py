@@ -5,10 +5,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response, status
 from pydantic import BaseModel, Field
 
-from sandboxd.api.deps import ProjectId, Sandboxes
+from sandboxd.api.deps import CurrentPrincipal, ProjectId, Sandboxes
 from sandboxd.api.models import RenewTimeout, SandboxList, SandboxOut
 from sandboxd.api.routing import CheckedRoute
-from sandboxd.domain import State
+from sandboxd.domain import Scope, State
 from sandboxd.errors import InvalidRequest
 from sandboxd.services.requests import CreateSandbox, EgressPolicy
 
@@ -34,6 +34,7 @@ async def create_sandbox(
 async def list_sandboxes(
     service: Sandboxes,
     project: ProjectId,
+    principal: CurrentPrincipal,
     state: Annotated[list[State] | None, Query(description="Repeat to match any of several.")] = None,
     label: Annotated[list[str] | None, Query(description="key=value; repeat to require several.")] = None,
     cursor: str | None = None,
@@ -48,12 +49,15 @@ async def list_sandboxes(
     items = await service.find(project, state, labels, cursor, limit + 1)
     page = items[:limit]
     more = len(items) > limit
-    return SandboxList(items=[SandboxOut.of(s) for s in page], next_cursor=page[-1].id if more else None)
+    writer = principal.allows(Scope.WRITE)
+    return SandboxList(items=[SandboxOut.of(s, writer) for s in page], next_cursor=page[-1].id if more else None)
 
 
 @router.get("/{sandbox_id}", response_model=SandboxOut)
-async def get_sandbox(sandbox_id: str, service: Sandboxes, project: ProjectId) -> SandboxOut:
-    return SandboxOut.of(await service.get(project, sandbox_id))
+async def get_sandbox(
+    sandbox_id: str, service: Sandboxes, project: ProjectId, principal: CurrentPrincipal
+) -> SandboxOut:
+    return SandboxOut.of(await service.get(project, sandbox_id), principal.allows(Scope.WRITE))
 
 
 @router.delete("/{sandbox_id}", response_model=SandboxOut)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Depends, Query, Response, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from sandboxd.api.deps import ProjectId, Templates
+from sandboxd.api.deps import ProjectId, Templates, authorize_operator
 from sandboxd.api.params import Offset, Version
 from sandboxd.api.routing import CheckedRoute
 from sandboxd.domain import BuildState, TemplateVersion
@@ -114,11 +114,17 @@ async def list_runtimes(service: Templates, project: ProjectId) -> RuntimeList:
     return RuntimeList(items=items)
 
 
-@router.post("/runtimes/{runtime}/build", status_code=status.HTTP_202_ACCEPTED, response_model=TemplateOut)
+@router.post(
+    "/runtimes/{runtime}/build",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=TemplateOut,
+    dependencies=[Depends(authorize_operator)],
+)
 async def build_runtime(
-    runtime: str, service: Templates, project: ProjectId, response: Response, no_cache: Annotated[bool, Query()] = False
+    runtime: str, service: Templates, response: Response, no_cache: Annotated[bool, Query()] = False
 ) -> TemplateOut:
-    """Builds (again) the template a runtime names, from its definition on the server."""
+    """Builds (again) the template a runtime names, from its definition on the server; every
+    project's sandboxes of that runtime use it, so only the server's key may."""
     version = await service.build_runtime(runtime, no_cache)
     response.headers["Location"] = f"/api/v1/templates/{version.name}/versions/{version.version}"
     return TemplateOut.of(version)
