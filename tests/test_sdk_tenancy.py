@@ -51,7 +51,8 @@ async def test_orgs_projects_and_keys_round_trip(transport: httpx.AsyncBaseTrans
         assert [p.name for p in await acme.projects.list()] == ["default", "web"]
 
         ci = await acme.keys.create("ci", ["write"], project="web")  # by name: the SDK finds its id
-        assert ci.project_id == web.id and ci.scopes == ["write"] and ci.expires_at is None
+        assert ci.project_id == web.id and ci.scopes == ["write"]
+        assert ci.expires_at == admin.expires_at  # made by an expiring key: expires with it at the latest
         listed = await acme.keys.list(project="web")
         assert [k.id for k in listed] == [ci.id]
         assert not hasattr(listed[0], "key") and ci.key.rsplit("_", 1)[-1] not in repr(listed)
