@@ -1,4 +1,7 @@
-"""Dependencies: routes get the server's services from the lifespan state, through here only."""
+"""Dependencies: routes get the server's services from the lifespan state, through here only.
+
+Every dependency is `async def`: FastAPI runs a plain `def` one in a worker thread, a thread
+hop per dependency per request for what is a dictionary lookup."""
 
 from __future__ import annotations
 
@@ -57,29 +60,29 @@ CurrentPrincipal = Annotated[Principal, Depends(_documented_principal)]
 WebSocketPrincipal = Annotated[Principal, Depends(_principal)]
 
 
-def authorize(request: Request, principal: CurrentPrincipal) -> None:
+async def authorize(request: Request, principal: CurrentPrincipal) -> None:
     """Router-level: every route needs a key, and the scope its method needs (GET and HEAD read,
     everything else writes), so a route cannot forget either."""
     principal.require(scope_for_method(request.method))
 
 
-def authorize_admin(principal: CurrentPrincipal) -> None:
+async def authorize_admin(principal: CurrentPrincipal) -> None:
     """Router-level for tenancy: projects and keys are an admin's."""
     principal.require(Scope.ADMIN)
 
 
-def authorize_operator(principal: CurrentPrincipal) -> None:
+async def authorize_operator(principal: CurrentPrincipal) -> None:
     """Router-level for what spans every project (/metrics names every sandbox): the server's key."""
     if not principal.operator:
         raise Forbidden("this needs the server's key")
 
 
-def authorize_websocket(principal: WebSocketPrincipal) -> None:
+async def authorize_websocket(principal: WebSocketPrincipal) -> None:
     """A WebSocket runs things in a sandbox: it needs write."""
     principal.require(Scope.WRITE)
 
 
-def _state(request: Request) -> ApiState:
+async def _state(request: Request) -> ApiState:
     return api_state(request.scope)
 
 
@@ -87,31 +90,31 @@ def _services(request: Request) -> Services:
     return api_state(request.scope).services
 
 
-def _sandboxes(request: Request) -> SandboxService:
+async def _sandboxes(request: Request) -> SandboxService:
     return _services(request).sandboxes
 
 
-def _commands(request: Request) -> CommandService:
+async def _commands(request: Request) -> CommandService:
     return _services(request).commands
 
 
-def _files(request: Request) -> FileService:
+async def _files(request: Request) -> FileService:
     return _services(request).files
 
 
-def _ports(request: Request) -> PortService:
+async def _ports(request: Request) -> PortService:
     return _services(request).ports
 
 
-def _templates(request: Request) -> TemplateService:
+async def _templates(request: Request) -> TemplateService:
     return _services(request).templates
 
 
-def _tenancy(request: Request) -> TenancyService:
+async def _tenancy(request: Request) -> TenancyService:
     return _services(request).tenancy
 
 
-def _images(request: Request) -> ImageService:
+async def _images(request: Request) -> ImageService:
     return _services(request).images
 
 

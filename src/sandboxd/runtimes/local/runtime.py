@@ -257,7 +257,7 @@ class LocalRuntime:
                 await step()
             except Exception as exc:
                 failures.append(exc)
-        cgroups.remove(sandbox_id)
+        await asyncio.to_thread(cgroups.remove, sandbox_id)
         failures += await self.networks.remove(sandbox_id, record)
         if failures:
             raise failures[0]

@@ -4,6 +4,7 @@ kills, loosened before a kill, removed after it. Both cgroup v2 and v1 hierarchi
 from __future__ import annotations
 
 import contextlib
+import functools
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -27,10 +28,21 @@ def lift_cpu_limit(sandbox_id: str) -> None:
 
 
 def remove(sandbox_id: str) -> None:
+    """Removes the sandbox's group in the unified hierarchy and in every v1 controller's. Slow-ish
+    (a directory scan and a dozen rmdirs): run it off the event loop."""
     group = name(sandbox_id)
-    for path in [CGROUP_ROOT / group, *CGROUP_ROOT.glob(f"*/{group}")]:
+    for path in [CGROUP_ROOT / group, *(hierarchy / group for hierarchy in _hierarchies())]:
         with contextlib.suppress(OSError):
             path.rmdir()
+
+
+@functools.cache
+def _hierarchies() -> tuple[Path, ...]:
+    """The mounted v1 controllers (and v2's unified/ on a hybrid host): fixed while the server
+    runs, so listed once instead of globbed on every delete."""
+    with contextlib.suppress(OSError):
+        return tuple(p for p in CGROUP_ROOT.iterdir() if p.is_dir() and not p.is_symlink())
+    return ()
 
 
 def oom_kills(sandbox_id: str) -> int:
