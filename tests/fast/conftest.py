@@ -92,8 +92,9 @@ class Api:
 
 def state_per_request(app: ASGIApp) -> ASGIApp:
     """Each request gets a shallow copy of the lifespan state, as the ASGI spec asks of servers
-    (uvicorn, Starlette's test client). asgi_lifespan hands every request the one shared dict, so
-    what a request leaves in its state (the principal) would be seen by the next one."""
+    (uvicorn, Starlette's test client); asgi_lifespan hands every request the one shared dict.
+    The app keeps nothing per request there (tests/fast/test_shared_state.py), but the tier runs
+    the app as a server would."""
 
     async def app_with_copied_state(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan" and "state" in scope:

@@ -106,7 +106,7 @@ async def delete_template_version(name: str, version: Version, service: Template
 
 
 @router.get("/runtimes", response_model=RuntimeList)
-async def list_runtimes(service: Templates, project: ProjectId) -> RuntimeList:
+async def list_runtimes(service: Templates) -> RuntimeList:
     items = [
         RuntimeOut(name=runtime, template=template, built=built.ref if built else None)
         for runtime, template, built in await service.runtimes()
