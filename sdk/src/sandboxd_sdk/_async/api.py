@@ -30,7 +30,7 @@ class AsyncClient:
         request_timeout: float = 120.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self._http = _client(url, api_key, request_timeout, project, transport)
+        self._http, self._owned = _client(url, api_key, request_timeout, project, transport)
         self.images = AsyncImages(self._http)
         self.templates = AsyncTemplates(http=self._http)
         self.orgs = AsyncOrgs(self._http)
@@ -56,7 +56,8 @@ class AsyncClient:
         return await self.templates.runtimes()
 
     async def close(self) -> None:
-        await self._http.aclose()
+        if self._owned:  # a shared client (_pool.py) stays open for others of the same configuration
+            await self._http.aclose()
 
     async def __aenter__(self) -> AsyncClient:
         return self

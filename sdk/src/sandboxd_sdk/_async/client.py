@@ -240,10 +240,11 @@ class AsyncFiles:
 class AsyncSandbox:
     """A sandbox on a sandboxd server. Use as a context manager to kill it on exit."""
 
-    def __init__(self, info: dict[str, Any], http: httpx.AsyncClient) -> None:
+    def __init__(self, info: dict[str, Any], http: httpx.AsyncClient, owned: bool = False) -> None:
         self.id: str = info["id"]
         self.info = info
         self._http = http
+        self._owned = owned  # else the client is shared (_pool.py), not this object's to close
         self._path = f"/api/v1/sandboxes/{segment(self.id)}"
         self.commands = AsyncCommands(self)
         self.files = AsyncFiles(self)
@@ -303,13 +304,14 @@ class AsyncSandbox:
         ):
             if value is not None:
                 body[key] = value
-        http = _client(url, api_key, request_timeout, project, transport)
+        http, owned = _client(url, api_key, request_timeout, project, transport)
         try:
             r = await _check(await http.post("/api/v1/sandboxes", json=body))
         except BaseException:
-            await http.aclose()
+            if owned:
+                await http.aclose()
             raise
-        sandbox = cls(r.json(), http)
+        sandbox = cls(r.json(), http, owned)
         if sandbox.state != "running":
             status = sandbox.info["status"]
             await sandbox.close()
@@ -329,15 +331,16 @@ class AsyncSandbox:
     ) -> AsyncSandbox:
         """The sandbox sandbox_id (of project, as create()). fetch=False asks nothing now (info
         holds only the id until refresh()): a missing sandbox shows in the first call made on it."""
-        http = _client(url, api_key, 120.0, project, transport)
+        http, owned = _client(url, api_key, 120.0, project, transport)
         if not fetch:
-            return cls({"id": sandbox_id}, http)
+            return cls({"id": sandbox_id}, http, owned)
         try:
             r = await _check(await http.get(f"/api/v1/sandboxes/{segment(sandbox_id)}"))
         except BaseException:
-            await http.aclose()
+            if owned:
+                await http.aclose()
             raise
-        return cls(r.json(), http)
+        return cls(r.json(), http, owned)
 
     @property
     def state(self) -> str:
@@ -380,7 +383,10 @@ class AsyncSandbox:
         self.info = r.json()
 
     async def close(self) -> None:
-        await self._http.aclose()
+        """Closes the HTTP client if it is this sandbox's own; a shared one stays open for the
+        other sandboxes of the same configuration (closed at exit, see _pool.py)."""
+        if self._owned:
+            await self._http.aclose()
 
     async def __aenter__(self) -> AsyncSandbox:
         return self

@@ -25,9 +25,9 @@ class AsyncTemplates:
         request_timeout: float = 120.0,
         http: httpx.AsyncClient | None = None,
     ) -> None:
-        # Given an http client (an AsyncClient's), it is shared and closed by its owner.
-        self._owned = http is None
-        self._http = http or _client(url, api_key, request_timeout)
+        # Given an http client (an AsyncClient's), it is shared and closed by its owner; else the
+        # one shared by its configuration (_pool.py): neither is closed here.
+        self._http = http or _client(url, api_key, request_timeout)[0]
 
     async def build(
         self,
@@ -92,8 +92,7 @@ class AsyncTemplates:
         return list((await _check(await self._http.get("/api/v1/runtimes"))).json()["items"])
 
     async def close(self) -> None:
-        if self._owned:
-            await self._http.aclose()
+        """Nothing to close: the HTTP client is shared (see __init__)."""
 
     async def __aenter__(self) -> AsyncTemplates:
         return self

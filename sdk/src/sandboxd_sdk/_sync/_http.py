@@ -10,6 +10,7 @@ from urllib.parse import quote
 import httpx
 
 from sandboxd_sdk._errors import SandboxError, raise_for_status
+from sandboxd_sdk._pool import shared_client
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 PROJECT_HEADER = "X-Sandboxd-Project"
@@ -38,13 +39,18 @@ def _client(
     timeout: float,
     project_ref: str | None = None,
     transport: httpx.BaseTransport | None = None,
-) -> httpx.Client:
-    # transport: another way to the server than TCP (tests hand in httpx.ASGITransport(app)).
-    headers = {"Authorization": f"Bearer {api_key(key)}"}
-    chosen = project(project_ref)
-    if chosen is not None:
-        headers[PROJECT_HEADER] = chosen
-    return httpx.Client(base_url=base_url(url), headers=headers, timeout=timeout, transport=transport)
+) -> tuple[httpx.Client, bool]:
+    """The client for this configuration, and whether the caller owns it (must close it). Over
+    TCP it is the one shared by every object of the same configuration (_pool.py), which the
+    caller does not close; with a transport of the caller's (tests hand in
+    httpx.ASGITransport(app)) it is a new one of the caller's."""
+    config = (base_url(url), api_key(key), project(project_ref), timeout)
+    if transport is None:
+        return shared_client(config, PROJECT_HEADER), False
+    headers = {"Authorization": f"Bearer {config[1]}"}
+    if config[2] is not None:
+        headers[PROJECT_HEADER] = config[2]
+    return httpx.Client(base_url=config[0], headers=headers, timeout=timeout, transport=transport), True
 
 
 def _check(response: httpx.Response) -> httpx.Response:

@@ -30,7 +30,7 @@ class Client:
         request_timeout: float = 120.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self._http = _client(url, api_key, request_timeout, project, transport)
+        self._http, self._owned = _client(url, api_key, request_timeout, project, transport)
         self.images = Images(self._http)
         self.templates = Templates(http=self._http)
         self.orgs = Orgs(self._http)
@@ -56,7 +56,8 @@ class Client:
         return self.templates.runtimes()
 
     def close(self) -> None:
-        self._http.close()
+        if self._owned:  # a shared client (_pool.py) stays open for others of the same configuration
+            self._http.close()
 
     def __enter__(self) -> Client:
         return self

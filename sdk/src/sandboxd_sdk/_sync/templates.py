@@ -25,9 +25,9 @@ class Templates:
         request_timeout: float = 120.0,
         http: httpx.Client | None = None,
     ) -> None:
-        # Given an http client (an Client's), it is shared and closed by its owner.
-        self._owned = http is None
-        self._http = http or _client(url, api_key, request_timeout)
+        # Given an http client (an Client's), it is shared and closed by its owner; else the
+        # one shared by its configuration (_pool.py): neither is closed here.
+        self._http = http or _client(url, api_key, request_timeout)[0]
 
     def build(
         self,
@@ -92,8 +92,7 @@ class Templates:
         return list((_check(self._http.get("/api/v1/runtimes"))).json()["items"])
 
     def close(self) -> None:
-        if self._owned:
-            self._http.close()
+        """Nothing to close: the HTTP client is shared (see __init__)."""
 
     def __enter__(self) -> Templates:
         return self
