@@ -1,12 +1,23 @@
 """Benchmark: sandboxd against the OCI runtime driven straight from the shell, in one run.
 
-    .venv/bin/python bench/bench.py [--runs 30]
+    .venv/bin/python bench/bench.py [--runs 30] [--only core,agent,...] [--cycle-seconds 60]
+        [--cycle-clients 2,4,8] [--scale-max 500] [--footprint-at 100]
 
-Starts its own server (own data dir, bridge and subnet; the image cache shared with the tests) and
-prints median and p90 in milliseconds for:
-  create→running, create→first exec done, exec of `true` over HTTP, delete;
-  baselines: `runc run` of the same bundle (process `true`), and `runc exec` of `true` in a running
-  sandbox, which is what exec would cost without the in-sandbox agent.
+Starts its own servers (own data dirs, bridges and subnets; the image cache shared with the tests)
+and prints median and p90 in milliseconds, then the other figures beside their baselines or goals.
+Sections (--only picks some; all by default):
+  core       create→running, create→first exec done, exec of `true` over HTTP, delete; baselines:
+             `runc run` of the same bundle (process `true`), and `runc exec` of `true` in a running
+             sandbox, which is what exec would cost without the in-sandbox agent
+  agent      exec `true` and a 1 MiB read over the API, and the same straight to the agent's socket
+  registry   a 50 MB pull from a loopback registry; create from a pulled image
+  templates  template builds, cold and cached; create from a template
+  network    egress by name under a policy; the port proxy against the port itself
+  cycles     create → exec → delete cycles a second with 2, 4 and 8 concurrent clients, and errors
+  scale      small sandboxes (64 MiB, 0.1 cpu) left running up to --scale-max: create → first exec
+             per 100 running, the highest count reached, and the memory per idle sandbox at
+             --footprint-at (MemAvailable drop, cgroup charge, the agent's RSS/PSS)
+The scale section holds hundreds of sandboxes: run it when nothing else runs sandboxes.
 """
 
 from __future__ import annotations
@@ -27,6 +38,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import bench_sections as sections  # noqa: E402  (beside this file)
+
 from sandboxd.runtimes.local.images.catalog import ImageStore  # noqa: E402
 from sandboxd.runtimes.local.oci import mounts  # noqa: E402
 from tests.conftest import LOOPBACK_FETCHES, USERNS_BASE, Server, image_cache_path, teardown_bridge  # noqa: E402
@@ -40,7 +53,7 @@ def pct(values: list[float], p: float) -> float:
 
 def report(name: str, values: list[float]) -> None:
     med, p90 = statistics.median(values), pct(values, 0.9)
-    sys.stdout.write(f"{name:<44} {med:8.1f} {p90:8.1f} {len(values):6d}\n")
+    sys.stdout.write(f"{name:<50} {med:8.1f} {p90:8.1f} {len(values):6d}\n")
 
 
 def timed(fn) -> float:  # type: ignore[no-untyped-def]
@@ -49,54 +62,101 @@ def timed(fn) -> float:  # type: ignore[no-untyped-def]
     return (time.perf_counter() - start) * 1000
 
 
+SECTIONS = ("core", "registry", "templates", "network", "agent", "cycles", "scale")
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument(
+        "--only", default=",".join(SECTIONS), help=f"comma-separated sections to run, of: {', '.join(SECTIONS)}"
+    )
+    parser.add_argument("--cycle-seconds", type=float, default=60.0, help="how long each cycles run lasts")
+    parser.add_argument("--cycle-clients", default="2,4,8", help="the concurrent clients of each cycles run")
+    parser.add_argument("--scale-max", type=int, default=500, help="how many sandboxes the scale section climbs to")
+    parser.add_argument("--footprint-at", type=int, default=100, help="the count the footprint is measured at")
     args = parser.parse_args()
+    only = {name.strip() for name in args.only.split(",") if name.strip()}
+    if only - set(SECTIONS):
+        parser.error(f"unknown sections: {', '.join(sorted(only - set(SECTIONS)))}")
     image_cache_path()
     work = Path(tempfile.mkdtemp(prefix="sandboxd-bench-", dir="/var/tmp"))
     work.chmod(0o755)
-    server = Server(work / "data", "sbxdbench0", "10.77.9.0/24", **LOOPBACK_FETCHES).start()
     results: dict[str, list[float]] = {}
+    figures: list[sections.Figure] = []
     try:
-        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {server.key}"}, timeout=60) as http:
-            http.post("/api/v1/sandboxes", json={}).raise_for_status()  # warm caches once
-            server.delete_all()
-            for _ in range(args.runs):
-                t0 = time.perf_counter()
-                sid = http.post("/api/v1/sandboxes", json={}).json()["id"]
-                t1 = time.perf_counter()
-                http.post(f"/api/v1/sandboxes/{sid}/commands", json={"command": ["true"]}).raise_for_status()
-                t2 = time.perf_counter()
-                results.setdefault("create → running", []).append((t1 - t0) * 1000)
-                results.setdefault("create → first exec done", []).append((t2 - t0) * 1000)
-                results.setdefault("delete", []).append(timed(lambda s=sid: http.delete(f"/api/v1/sandboxes/{s}")))
-
-            sid = http.post("/api/v1/sandboxes", json={}).json()["id"]
-            body = {"command": ["true"]}
-            for _ in range(max(args.runs, 100)):
-                results.setdefault("exec `true` over HTTP (agent)", []).append(
-                    timed(lambda: http.post(f"/api/v1/sandboxes/{sid}/commands", json=body).raise_for_status())
-                )
-            state = str(server.data_dir / "runc")
-            for _ in range(args.runs):
-                results.setdefault("baseline: runc exec `true` (no HTTP)", []).append(
-                    timed(lambda: subprocess.run(["runc", "--root", state, "exec", sid, "/bin/true"], check=True))
-                )
-            bundle_src = json.loads((server.data_dir / "sandboxes" / sid / "config.json").read_text())
-            http.delete(f"/api/v1/sandboxes/{sid}")
-            results["baseline: runc run of the same bundle"] = baseline_runc_run(work, bundle_src, args.runs)
-            results.update(registry_figures(work, http, args.runs))
-            results.update(template_figures(http, args.runs))
-        results.update(network_figures(work, args.runs))
+        if only & {"core", "registry", "templates", "agent", "cycles"}:
+            server = Server(work / "data", "sbxdbench0", "10.77.9.0/24", **LOOPBACK_FETCHES).start()
+            try:
+                with server.client() as http:
+                    if "core" in only:
+                        results.update(core_figures(work, server, http, args.runs))
+                    if "agent" in only:
+                        results.update(sections.agent_paths(http, server.data_dir, args.runs))
+                    if "registry" in only:
+                        results.update(registry_figures(work, http, args.runs))
+                    if "templates" in only:
+                        results.update(template_figures(http, args.runs))
+                if "cycles" in only:
+                    clients = tuple(int(c) for c in args.cycle_clients.split(","))
+                    figures += sections.cycles(server.url, server.key, clients, args.cycle_seconds)
+            finally:
+                server.delete_all()
+                server.stop()
+                teardown_bridge(server.bridge)
+        if "network" in only:
+            results.update(network_figures(work, args.runs))
+        if "scale" in only:
+            # A subnet of its own with room for the climb (a /24 holds 253 sandboxes).
+            server = Server(work / "scale", "sbxdbench2", "10.77.96.0/22").start()
+            try:
+                with server.client() as http:
+                    series, found = sections.scale(http, server.data_dir, args.scale_max, args.footprint_at)
+                results.update(series)
+                figures += found
+            finally:
+                server.delete_all()
+                server.stop()
+                teardown_bridge(server.bridge)
     finally:
-        server.delete_all()
-        server.stop()
-        teardown_bridge(server.bridge)
         shutil.rmtree(work, ignore_errors=True)
-    sys.stdout.write(f"{'milliseconds':<44} {'p50':>8} {'p90':>8} {'runs':>6}\n")
+    sys.stdout.write(f"{'milliseconds':<50} {'p50':>8} {'p90':>8} {'runs':>6}\n")
     for name, values in results.items():
         report(name, values)
+    if figures:
+        sys.stdout.write("\n" + sections.report_figures(figures))
+
+
+def core_figures(work: Path, server: Server, http: httpx.Client, runs: int) -> dict[str, list[float]]:
+    """Create, first exec and delete; exec over HTTP; runc exec and runc run baselines."""
+    results: dict[str, list[float]] = {}
+    http.post("/api/v1/sandboxes", json={}).raise_for_status()  # warm caches once
+    server.delete_all()
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sid = http.post("/api/v1/sandboxes", json={}).json()["id"]
+        t1 = time.perf_counter()
+        http.post(f"/api/v1/sandboxes/{sid}/commands", json={"command": ["true"]}).raise_for_status()
+        t2 = time.perf_counter()
+        results.setdefault("create → running", []).append((t1 - t0) * 1000)
+        results.setdefault("create → first exec done", []).append((t2 - t0) * 1000)
+        results.setdefault("delete", []).append(timed(lambda s=sid: http.delete(f"/api/v1/sandboxes/{s}")))
+
+    sid = http.post("/api/v1/sandboxes", json={}).json()["id"]
+    body = {"command": ["true"]}
+    for _ in range(max(runs, 100)):
+        results.setdefault("exec `true` over HTTP (agent)", []).append(
+            timed(lambda: http.post(f"/api/v1/sandboxes/{sid}/commands", json=body).raise_for_status())
+        )
+    state = str(server.data_dir / "runc")
+    for _ in range(runs):
+        results.setdefault("baseline: runc exec `true` (no HTTP)", []).append(
+            timed(lambda: subprocess.run(["runc", "--root", state, "exec", sid, "/bin/true"], check=True))
+        )
+    bundle_src = json.loads((server.data_dir / "sandboxes" / sid / "config.json").read_text())
+    http.delete(f"/api/v1/sandboxes/{sid}")
+    results["baseline: runc run of the same bundle"] = baseline_runc_run(work, bundle_src, runs)
+    return results
 
 
 def registry_figures(work: Path, http: httpx.Client, runs: int) -> dict[str, list[float]]:
