@@ -60,9 +60,7 @@ CurrentPrincipal = Annotated[Principal, Depends(_documented_principal)]
 WebSocketPrincipal = Annotated[Principal, Depends(_principal)]
 
 
-async def authorize(
-    request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-) -> None:
+async def authorize(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
     """Router-level: every route needs a key, and the scope its method needs (GET and HEAD read,
     everything else writes), so a route cannot forget either. The principal is found by a plain
     call, not a dependency: FastAPI solves a dependency's whole tree again for every route

@@ -152,7 +152,11 @@ class CachedStore(SqlStore):
 
     @contextlib.contextmanager
     def _tenancy_write(self) -> Iterator[None]:
-        with self._key_cache.writing(EVERY), self._project_cache.writing(EVERY), self._project_name_cache.writing(EVERY):
+        with (
+            self._key_cache.writing(EVERY),
+            self._project_cache.writing(EVERY),
+            self._project_name_cache.writing(EVERY),
+        ):
             yield
 
     async def get_key(self, key_id: str) -> ApiKey | None:
@@ -162,7 +166,8 @@ class CachedStore(SqlStore):
         return await self._project_cache.read(project_id, lambda: SqlStore.get_project(self, project_id))
 
     async def get_project_by_name(self, org_id: str, name: str) -> Project | None:
-        return await self._project_name_cache.read((org_id, name), lambda: SqlStore.get_project_by_name(self, org_id, name))
+        load = lambda: SqlStore.get_project_by_name(self, org_id, name)  # noqa: E731
+        return await self._project_name_cache.read((org_id, name), load)
 
     async def create_org(self, org: Organization) -> Organization:
         with self._tenancy_write():

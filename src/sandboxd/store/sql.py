@@ -271,6 +271,7 @@ async def open_store(url: str) -> Store:
     """The store at ``url`` with its schema migrated to head, the records every request reads
     cached in memory (store/cache.py: this server must be its database's only writer)."""
     from sandboxd.store.cache import CachedStore  # it builds on this module
+
     target = driver_url(url)
     migrator = runner(target, migrating=True)
     try:
