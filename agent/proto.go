@@ -131,6 +131,9 @@ var errFrameTooLarge = errors.New("frame too large")
 type conn struct {
 	c   net.Conn
 	wmu sync.Mutex
+	// done: the connection cannot carry another request (an attachment that did not end with
+	// the host's END, a wait for the entrypoint).
+	done bool
 }
 
 func (c *conn) send(kind byte, payload []byte) error {

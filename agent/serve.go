@@ -29,21 +29,30 @@ type request struct {
 // an OS thread, and threads were reserved at start (see threads.go) for a sandbox at its pids limit.
 var fileOps = make(chan struct{}, fileOpSlots)
 
+// serve answers requests on one connection, one after another: the host keeps connections open
+// and sends its next request once the last answer is complete. A connection that ended any other
+// way (an error, a hang-up, an attachment not closed with END) is not read again.
 func serve(c *conn) {
 	defer c.c.Close()
+	for serveOne(c) {
+	}
+}
+
+func serveOne(c *conn) (again bool) {
 	defer func() {
 		if r := recover(); r != nil {
 			c.sendJSON(frameError, map[string]any{"code": "INTERNAL", "message": fmt.Sprint(r)})
+			again = false
 		}
 	}()
 	kind, payload, err := c.recv()
 	if err != nil || kind != frameReq {
-		return
+		return false
 	}
 	var req request
 	if err := json.Unmarshal(payload, &req); err != nil {
 		c.sendJSON(frameError, (&agentError{Code: "BAD_REQUEST", Message: "bad request: " + err.Error(), HasField: true}).payload())
-		return
+		return false
 	}
 	var up *upload
 	if req.Op == opWrite || req.Op == opTarPut {
@@ -57,7 +66,12 @@ func serve(c *conn) {
 		}
 		e := osError(err, "")
 		c.sendJSON(frameError, e.(*agentError).payload())
+		return false
 	}
+	if up != nil {
+		up.drain() // what follows an archive's end: the next frame must be a request
+	}
+	return !c.done
 }
 
 func dispatch(c *conn, req *request, up *upload) error {
@@ -117,6 +131,7 @@ func dispatch(c *conn, req *request, up *upload) error {
 		}
 		c.sendJSON(frameReply, p.info())
 	case opWaitEntrypoint:
+		c.done = true // its reader goroutine may still hold the connection
 		waitEntrypoint(c)
 	case opStat:
 		info, err := statOf(req.Path, nil)
@@ -143,8 +158,10 @@ func derefString(s *string) string {
 }
 
 // attach sends a process's output from offset on; with follow, until it ends. Meanwhile it takes
-// stdin, resize and signal frames from the host.
+// stdin, resize and signal frames from the host. After the EXIT frame the host sends END, which
+// ends the control reader cleanly: only then may the connection carry another request.
 func attach(p *Proc, c *conn, offset int64, follow, announce bool) {
+	c.done = true // until the attachment ends cleanly
 	p.mu.Lock()
 	pos := max64(offset, p.base)
 	p.mu.Unlock()
@@ -158,13 +175,14 @@ func attach(p *Proc, c *conn, offset int64, follow, announce bool) {
 		}
 	}
 	gone := make(chan struct{})
-	go control(p, c, gone)
+	ended := false // the host sent END
+	go control(p, c, gone, &ended)
 	for {
 		p.mu.Lock()
 		for follow && !p.doneLocked() && p.size <= pos {
-			ch, ended := p.changed, p.hasEnded
+			ch, done := p.changed, p.hasEnded
 			p.mu.Unlock()
-			if !p.waitChange(ch, ended, gone) {
+			if !p.waitChange(ch, done, gone) {
 				return
 			}
 			p.mu.Lock()
@@ -193,18 +211,22 @@ func attach(p *Proc, c *conn, offset int64, follow, announce bool) {
 		if finished || !follow {
 			info := p.info()
 			info.Offset = &pos
-			c.sendJSON(frameExit, info)
+			sent := c.sendJSON(frameExit, info) == nil
 			if finished {
 				p.closeMaster() // a terminal's pty goes with its process
+			}
+			if sent {
+				<-gone
+				c.done = !ended
 			}
 			return
 		}
 	}
 }
 
-// control reads the frames the host sends while attached; a bad or late one is dropped. When the
-// host hangs up, gone is closed so that the attachment ends too.
-func control(p *Proc, c *conn, gone chan struct{}) {
+// control reads the frames the host sends while attached; a bad or late one is dropped. END (sent
+// by the host once it has the EXIT) or a hang-up closes gone, so that the attachment ends too.
+func control(p *Proc, c *conn, gone chan struct{}, ended *bool) {
 	defer close(gone)
 	for {
 		kind, payload, err := c.recv()
@@ -212,6 +234,9 @@ func control(p *Proc, c *conn, gone chan struct{}) {
 			return
 		}
 		switch kind {
+		case frameEnd:
+			*ended = true
+			return
 		case frameStdin:
 			writeStdin(p, payload)
 		case frameEOF:

@@ -141,6 +141,7 @@ class FakeAgent(AgentConnection):
         self.queue: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue()
         self.request_args: dict[str, Any] = {}
         self.upload = bytearray()
+        self.uploading = False
         sandbox.open.add(self)
 
     def _put(self, kind: Frame, payload: bytes | dict[str, Any] | None = None) -> None:
@@ -151,21 +152,28 @@ class FakeAgent(AgentConnection):
         if self.sandbox.gone:
             raise AgentFailure("the sandbox agent closed the connection")
         raw = json.dumps(payload).encode() if isinstance(payload, dict) else payload
-        if kind == Frame.REQ:
+        if kind == Frame.REQ:  # requests follow one another on a connection, as on the agent
             self.request_args = json.loads(raw)
-            if self.request_args["op"] not in (Op.WRITE, Op.TAR_PUT):
+            self.upload = bytearray()
+            self.uploading = self.request_args["op"] in (Op.WRITE, Op.TAR_PUT)
+            if not self.uploading:
                 self._answer()
         elif kind == Frame.DATA:
             self.upload += raw
-        elif kind == Frame.END:
+        elif kind == Frame.END and self.uploading:
+            self.uploading = False
             self._answer()
-        # STDIN, EOF, RESIZE and SIGNAL on an attached process: it has already ended.
+        # STDIN, EOF, RESIZE and SIGNAL on an attached process: it has already ended. END after its
+        # exit: the connection may carry the next request.
 
     async def recv(self) -> tuple[int, bytes]:
         item = await self.queue.get()
         if item is None:
             raise AgentFailure("the sandbox agent closed the connection")
         return item
+
+    def usable(self) -> bool:
+        return not self.sandbox.gone and self in self.sandbox.open
 
     async def close(self) -> None:
         self.sandbox.open.discard(self)

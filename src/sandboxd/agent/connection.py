@@ -1,5 +1,6 @@
 """The transport to one sandbox's agent: connect (unix socket, or TCP with the sandbox's token),
-frame, and read what comes back with bounds. One request per connection.
+frame, and read what comes back with bounds. Requests follow one another on a connection (the
+port keeps idle ones), each begun only once the last answer was read to its end.
 
 The agent runs inside the sandbox, so everything it sends is hostile input: a frame may not make
 the server allocate more than MAX_FRAME, a malformed message is the agent's failure (502), and an
@@ -59,6 +60,13 @@ class AgentFailure(RuntimeFailure):
     status = 502
 
 
+class AgentClosed(AgentFailure):
+    """The connection was closed (or reset) under a read or a write."""
+
+    def __init__(self) -> None:
+        super().__init__("the sandbox agent closed the connection")
+
+
 def agent_json(payload: bytes) -> Any:
     try:
         return json.loads(payload)
@@ -101,7 +109,7 @@ class AgentConnection:
             self.writer.write(HEADER.pack(kind, len(data)) + data)
             await self.writer.drain()
         except ConnectionError as exc:  # an agent that exits (or is killed) as we write
-            raise AgentFailure("the sandbox agent closed the connection") from exc
+            raise AgentClosed from exc
 
     async def send_chunks(self, body: AsyncIterator[bytes]) -> None:
         """body as DATA frames of at most CHUNK bytes, then END."""
@@ -117,7 +125,7 @@ class AgentConnection:
                 raise AgentFailure(f"the sandbox agent sent an oversized frame ({size} bytes)")
             return kind, await self.reader.readexactly(size) if size else b""
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
-            raise AgentFailure("the sandbox agent closed the connection") from exc
+            raise AgentClosed from exc
 
     async def request(self, op: str, **args: Any) -> None:
         self.op = op
@@ -142,6 +150,10 @@ class AgentConnection:
             if kind != Frame.DATA:
                 raise AgentFailure(f"unexpected frame {kind} from the sandbox agent")
             yield payload
+
+    def usable(self) -> bool:
+        """Whether an idle connection may carry another request: neither end has closed it."""
+        return not self.writer.is_closing() and not self.reader.at_eof()
 
     async def close(self) -> None:
         self.writer.close()

@@ -7,21 +7,31 @@ domain's values; what does not hold together is the agent's failure (AgentFailur
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from sandboxd.agent.connection import AgentConnection, AgentFailure, Connector, agent_json, raise_agent_error
+from sandboxd.agent.connection import (
+    AgentClosed,
+    AgentConnection,
+    AgentFailure,
+    Connector,
+    agent_json,
+    raise_agent_error,
+)
 from sandboxd.agent.protocol import Frame, Op
 from sandboxd.domain import ExitInfo, FileInfo, Gap, Output, ProcessInfo
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+Release = Callable[[AgentConnection, bool], Awaitable[None]]  # (connection, cleanly done)
 TIME_FIELDS = ("started_at", "ended_at", "modified_at")
 LATEST = 253402300799.0  # 9999-12-31T23:59:59Z: a datetime can hold no later time
 STREAMS: dict[int, Literal["stdout", "stderr"]] = {Frame.STDOUT: "stdout", Frame.STDERR: "stderr"}
+READ_BATCH = 1024 * 1024  # a file read is passed on in pieces of this size (the agent sends 64 KiB)
 
 
 def _when(value: object) -> datetime | None:
@@ -78,28 +88,52 @@ class Spawn:
 class ProcessStream:
     """An attached process: its output as Output and Gap items, then one ExitInfo, read in the one
     loop that reads process frames; meanwhile stdin, resize and signals go the other way. Iterate
-    once; the connection closes when the iteration ends or on close()."""
+    once. At the exit the host sends END, after which the agent reads the connection for its next
+    request: it goes back to the port then (or is closed, when the iteration ends early or on
+    close()), and what is still written to the process is dropped, as the agent drops late frames."""
 
-    def __init__(self, conn: AgentConnection, offset: int, start: int, process: ProcessInfo | None = None) -> None:
+    def __init__(
+        self,
+        conn: AgentConnection,
+        offset: int,
+        start: int,
+        process: ProcessInfo | None = None,
+        release: Release | None = None,
+    ) -> None:
         self._conn = conn
         self._offset = offset  # where the reader asked to start
         self._start = start  # where the agent said its output starts
         self.process = process  # the spawned process, for a stream started by spawn
+        self._release = release
+        self._done = False
+
+    async def _send(self, kind: Frame, payload: bytes | dict[str, Any] = b"") -> None:
+        if not self._done:
+            await self._conn.send(kind, payload)
 
     async def write(self, data: bytes) -> None:
-        await self._conn.send(Frame.STDIN, data)
+        await self._send(Frame.STDIN, data)
 
     async def close_stdin(self) -> None:
-        await self._conn.send(Frame.EOF)
+        await self._send(Frame.EOF)
 
     async def resize(self, rows: int, cols: int) -> None:
-        await self._conn.send(Frame.RESIZE, {"rows": rows, "cols": cols})
+        await self._send(Frame.RESIZE, {"rows": rows, "cols": cols})
 
     async def signal(self, number: int) -> None:
-        await self._conn.send(Frame.SIGNAL, {"signal": number})
+        await self._send(Frame.SIGNAL, {"signal": number})
 
     async def close(self) -> None:
-        await self._conn.close()
+        await self._finish(False)
+
+    async def _finish(self, clean: bool) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self._release is not None:
+            await self._release(self._conn, clean)
+        else:
+            await self._conn.close()
 
     def __aiter__(self) -> AsyncGenerator[Output | Gap | ExitInfo]:
         return self._items()
@@ -121,7 +155,12 @@ class ProcessStream:
                     yield gap
                 elif kind == Frame.EXIT:
                     end = parse(ExitInfo, agent_json(payload))
-                    await self._conn.close()  # before the yield: a reader may stop at the exit
+                    # Before the yield: a reader may stop at the exit.
+                    try:
+                        await self._conn.send(Frame.END)
+                    except AgentFailure:
+                        await self._finish(False)
+                    await self._finish(True)
                     yield end
                     return
                 elif kind == Frame.ERROR:
@@ -129,7 +168,7 @@ class ProcessStream:
                 else:
                     raise AgentFailure(f"unexpected frame {kind} from the sandbox agent")
         finally:
-            await self._conn.close()
+            await self._finish(False)
 
 
 def _gap(payload: bytes, offset: int) -> Gap:
@@ -145,54 +184,102 @@ def _gap(payload: bytes, offset: int) -> Gap:
 
 
 class AgentPort:
-    """One sandbox's agent. Every method opens its own connection (the protocol's one request)."""
+    """One sandbox's agent. With pool > 0 it keeps up to that many idle connections for the next
+    calls (a connection is kept only after its answer was read to its end, never after an error);
+    close() closes them, and the port then keeps none."""
 
-    def __init__(self, connect: Connector) -> None:
+    def __init__(self, connect: Connector, pool: int = 0) -> None:
         self.connect = connect
+        self.pool = pool
+        self._idle: list[AgentConnection] = []
+        self._closed = False
 
-    async def _call(self, op: Op, **args: Any) -> Any:
-        conn = await self.connect()
-        try:
-            await conn.request(op, **args)
-            return await conn.reply()
-        finally:
+    async def close(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
             await conn.close()
 
-    async def _open(self, op: Op, **args: Any) -> tuple[AgentConnection, Any]:
-        """Starts a streaming request; returns the connection after its first reply."""
-        conn = await self.connect()
+    async def _connection(self) -> tuple[AgentConnection, bool]:
+        """An idle connection (True) or a new one (False)."""
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.usable():
+                return conn, True
+            await conn.close()
+        return await self.connect(), False
+
+    async def _release(self, conn: AgentConnection, clean: bool) -> None:
+        if clean and not self._closed and len(self._idle) < self.pool and conn.usable():
+            self._idle.append(conn)
+        else:
+            await conn.close()
+
+    async def _begin(self, op: Op, args: dict[str, Any]) -> tuple[AgentConnection, Any]:
+        """Sends the request and reads the first answer. A kept connection the agent closed
+        meanwhile (an agent from before connections were kept answers one request each) is
+        replaced once by a new one: an agent that closed it never read the request."""
+        conn, kept = await self._connection()
+        while True:
+            try:
+                await conn.request(op, **args)
+                return conn, await conn.reply()
+            except AgentClosed:
+                await conn.close()
+                if not kept:
+                    raise
+                conn, kept = await self.connect(), False
+            except BaseException:
+                await conn.close()
+                raise
+
+    async def _call(self, op: Op, into: Callable[[Any], T], **args: Any) -> T:
+        """One request, one reply, read as into() reads it; a reply it refuses costs the connection."""
+        conn, reply = await self._begin(op, args)
         try:
-            await conn.request(op, **args)
-            return conn, await conn.reply()
+            value = into(reply)
         except BaseException:
             await conn.close()
             raise
+        await self._release(conn, True)
+        return value
+
+    async def _open(self, op: Op, **args: Any) -> tuple[AgentConnection, Any]:
+        """Starts a streaming request; returns the connection after its first reply."""
+        return await self._begin(op, args)
 
     async def _upload(self, op: Op, chunks: AsyncIterator[bytes], **args: Any) -> Any:
         """Streams chunks as DATA frames. The agent may refuse midway (a bad path, a hostile
-        archive) and hang up: its ERROR frame then explains, not the broken pipe."""
+        archive) and hang up: its ERROR frame then explains, not the broken pipe. Always on a new
+        connection: a body cannot be sent twice, so a kept one that turned out closed could not
+        be replaced."""
         conn = await self.connect()
+        clean = False
         try:
             await conn.request(op, **args)
             try:
                 await conn.send_chunks(chunks)
+                clean = True
             except AgentFailure:
                 pass
-            return await conn.reply()
-        finally:
+            reply = await conn.reply()
+        except BaseException:
             await conn.close()
+            raise
+        await self._release(conn, clean)
+        return reply
 
     # -- processes -------------------------------------------------------------------------------
 
     async def spawn(self, spec: Spawn) -> ProcessInfo:
         """Starts a process in the background."""
-        return parse(ProcessInfo, await self._call(Op.SPAWN, **spec.args()))
+        return await self._call(Op.SPAWN, lambda r: parse(ProcessInfo, r), **spec.args())
 
     async def run(self, spec: Spawn, stdin: bytes | None = None) -> ProcessStream:
         """Starts a process and streams its output from the start; stdin, if given, is written
         and closed (spec.keep_stdin must then be set). Errors raise here, before any output."""
         conn, reply = await self._open(Op.SPAWN, **spec.args(), attach=True)
-        stream = ProcessStream(conn, 0, 0, parse(ProcessInfo, reply))
+        stream = ProcessStream(conn, 0, 0, await self._spawned(conn, reply), self._release)
         try:
             if stdin is not None:
                 await stream.write(stdin)
@@ -205,7 +292,7 @@ class AgentPort:
     async def terminal(self, spec: Spawn, rows: int, cols: int) -> ProcessStream:
         """Starts a process on a PTY of rows x cols; its output is all stdout."""
         conn, reply = await self._open(Op.SPAWN, **spec.args(), attach=True, pty=True, rows=rows, cols=cols)
-        return ProcessStream(conn, 0, 0, parse(ProcessInfo, reply))
+        return ProcessStream(conn, 0, 0, await self._spawned(conn, reply), self._release)
 
     async def attach(self, process_id: str, offset: int = 0, follow: bool = True) -> ProcessStream:
         """A process's output from offset on (after a Gap up to the oldest kept, if that was
@@ -215,21 +302,29 @@ class AgentPort:
         if type(start) is not int or start < offset:
             await conn.close()
             raise AgentFailure(f"the sandbox agent answered an attach with a bad offset: {start!r:.40}")
-        return ProcessStream(conn, offset, start)
+        return ProcessStream(conn, offset, start, release=self._release)
+
+    @staticmethod
+    async def _spawned(conn: AgentConnection, reply: Any) -> ProcessInfo:
+        try:
+            return parse(ProcessInfo, reply)
+        except BaseException:
+            await conn.close()
+            raise
 
     async def processes(self) -> list[ProcessInfo]:
-        return parse_list(ProcessInfo, await self._call(Op.LIST), 100_000)
+        return await self._call(Op.LIST, lambda r: parse_list(ProcessInfo, r, 100_000))
 
     async def process(self, process_id: str) -> ProcessInfo:
-        return parse(ProcessInfo, await self._call(Op.STATUS, id=process_id))
+        return await self._call(Op.STATUS, lambda r: parse(ProcessInfo, r), id=process_id)
 
     async def signal(self, process_id: str, signal: int) -> ProcessInfo:
         """Sends signal to the process and everything it started."""
-        return parse(ProcessInfo, await self._call(Op.SIGNAL, id=process_id, signal=signal))
+        return await self._call(Op.SIGNAL, lambda r: parse(ProcessInfo, r), id=process_id, signal=signal)
 
     async def stdin(self, process_id: str, data: str | bytes, eof: bool = False) -> ProcessInfo:
         text = data.decode(errors="replace") if isinstance(data, bytes) else data
-        return parse(ProcessInfo, await self._call(Op.STDIN, id=process_id, data=text, eof=eof))
+        return await self._call(Op.STDIN, lambda r: parse(ProcessInfo, r), id=process_id, data=text, eof=eof)
 
     async def wait_entrypoint(self) -> ExitInfo:
         """Returns once the sandbox's entrypoint has ended and its output is in the log; raises
@@ -243,11 +338,13 @@ class AgentPort:
     # -- files (paths are resolved inside the sandbox, by its agent) -----------------------------
 
     async def stat(self, path: str) -> FileInfo:
-        return parse(FileInfo, await self._call(Op.STAT, path=path))
+        return await self._call(Op.STAT, lambda r: parse(FileInfo, r), path=path)
 
     async def list_dir(self, path: str, limit: int, after: str | None = None) -> list[FileInfo]:
         """Entries sorted by name, at most limit, those after the name given."""
-        return parse_list(FileInfo, await self._call(Op.LIST_DIR, path=path, limit=limit, after=after), limit)
+        return await self._call(
+            Op.LIST_DIR, lambda r: parse_list(FileInfo, r, limit), path=path, limit=limit, after=after
+        )
 
     async def read(self, path: str) -> tuple[int | None, AsyncIterator[bytes]]:
         """The file's size (None where it says nothing, as in /proc) and its content; errors
@@ -257,25 +354,27 @@ class AgentPort:
         if size is not None and (type(size) is not int or size < 0):
             await conn.close()
             raise AgentFailure("the sandbox agent sent a malformed size")
-        return size, _chunks(conn)
+        if size is None:
+            return None, _chunks(conn, self._release)
+        return size, _batched(conn, size, self._release)
 
     async def write(self, path: str, chunks: AsyncIterator[bytes], mode: int = 0o644, parents: bool = True) -> FileInfo:
         return parse(FileInfo, await self._upload(Op.WRITE, chunks, path=path, mode=mode, parents=parents))
 
     async def mkdir(self, path: str, mode: int = 0o755) -> FileInfo:
         """Makes the directory and its parents; an existing directory is fine."""
-        return parse(FileInfo, await self._call(Op.MKDIR, path=path, mode=mode))
+        return await self._call(Op.MKDIR, lambda r: parse(FileInfo, r), path=path, mode=mode)
 
     async def remove(self, path: str, recursive: bool = False) -> None:
-        await self._call(Op.REMOVE, path=path, recursive=recursive)
+        await self._call(Op.REMOVE, lambda r: None, path=path, recursive=recursive)
 
     async def move(self, source: str, destination: str) -> FileInfo:
-        return parse(FileInfo, await self._call(Op.MOVE, source=source, destination=destination))
+        return await self._call(Op.MOVE, lambda r: parse(FileInfo, r), source=source, destination=destination)
 
     async def tar_get(self, path: str) -> AsyncIterator[bytes]:
         """path (a directory or a file) as an uncompressed tar stream."""
         conn, _ = await self._open(Op.TAR_GET, path=path)
-        return _chunks(conn)
+        return _chunks(conn, self._release)
 
     async def tar_put(self, path: str, chunks: AsyncIterator[bytes]) -> FileInfo:
         """Unpacks a tar stream into the directory path; the agent refuses absolute names, '..'
@@ -283,9 +382,35 @@ class AgentPort:
         return parse(FileInfo, await self._upload(Op.TAR_PUT, chunks, path=path))
 
 
-async def _chunks(conn: AgentConnection) -> AsyncIterator[bytes]:
+async def _chunks(conn: AgentConnection, release: Release) -> AsyncIterator[bytes]:
+    clean = False
     try:
         async for chunk in conn.data():
             yield chunk
+        clean = True
     finally:
-        await conn.close()
+        await release(conn, clean)  # a reader that stopped early leaves frames unread: closed
+
+
+async def _batched(conn: AgentConnection, size: int, release: Release) -> AsyncIterator[bytes]:
+    """A file of known size in pieces of up to READ_BATCH: the agent's 64 KiB frames passed on one
+    by one cost a trip through the ASGI stack and a socket write each. The agent sends a regular
+    file as the size it announced; more is its failure (less: the file shrank meanwhile)."""
+    pending: list[bytes] = []
+    held = sent = 0
+    clean = False
+    try:
+        async for chunk in conn.data():
+            held += len(chunk)
+            if sent + held > size:
+                raise AgentFailure("the sandbox agent sent more of a file than its size")
+            pending.append(chunk)
+            if held >= READ_BATCH:
+                yield b"".join(pending)
+                pending.clear()
+                sent, held = sent + held, 0
+        clean = True
+        if pending:
+            yield b"".join(pending)
+    finally:
+        await release(conn, clean)

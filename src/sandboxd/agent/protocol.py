@@ -14,7 +14,7 @@ VERSION = 1
 class Frame(enum.IntEnum):
     """A frame is kind:u8 length:u32 (big-endian) payload."""
 
-    REQ = 1  # host -> agent, JSON {"op", ...args}: the connection's one request
+    REQ = 1  # host -> agent, JSON {"op", ...args}: one request; the next only after its answer ended
     STDOUT = 2
     STDERR = 3
     EXIT = 4  # JSON process info: the attached process ended (or a non-follow read is done)

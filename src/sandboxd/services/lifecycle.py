@@ -46,6 +46,9 @@ FROM: dict[State, set[State]] = {
 }
 # How often a field patch is retried when another change of the same record lands in between.
 PATCH_ATTEMPTS = 20
+# Idle connections kept to each running sandbox's agent: a call on a kept one skips the connect
+# and the agent's accept. Calls beyond it in parallel open (and close) connections of their own.
+AGENT_POOL = 4
 
 
 class Templates(Protocol):
@@ -76,6 +79,9 @@ class SandboxService:
         self.templates: Templates | None = None  # set once the template service exists
         self.images: Images | None = None  # set once the image service exists; None: names are global
         self.on_transition: list[Callable[[str, State], None]] = []  # told of every state change
+        # The agent port of each running sandbox, with the runtime record it was made for: it keeps
+        # idle connections, closed when the sandbox leaves running (or its record changes).
+        self._agents: dict[str, tuple[dict[str, Any], AgentPort]] = {}
 
     # -- create ----------------------------------------------------------------------------------
 
@@ -244,7 +250,20 @@ class SandboxService:
 
     async def agent(self, project_id: str | None, sandbox_id: str) -> tuple[Sandbox, AgentPort]:
         sandbox = await self.running(project_id, sandbox_id)
-        return sandbox, self.runtime.agent(sandbox.id, sandbox.runtime)
+        held = self._agents.get(sandbox.id)
+        if held is not None and (held[0] is sandbox.runtime or held[0] == sandbox.runtime):
+            return sandbox, held[1]
+        port = AgentPort(self.runtime.agent(sandbox.id, sandbox.runtime).connect, pool=AGENT_POOL)
+        self._agents[sandbox.id] = (sandbox.runtime, port)
+        if held is not None:
+            self._background(held[1].close())
+        return sandbox, port
+
+    def _drop_agent(self, sandbox_id: str) -> None:
+        """Closes the idle connections to a sandbox's agent (it is stopping, or gone)."""
+        held = self._agents.pop(sandbox_id, None)
+        if held is not None:
+            self._background(held[1].close())
 
     async def oom_kills(self, sandbox: Sandbox) -> int:
         """Processes of the sandbox the out-of-memory killer has killed so far (from the record the
@@ -285,6 +304,7 @@ class SandboxService:
             if current.status.state.ended:
                 return current
             await self.runtime.destroy(current.id, current.runtime)
+            self._drop_agent(sandbox_id)  # a call that read the record as running just before
             return await self.transition(sandbox_id, State.TERMINATED, reason, message)
 
     async def commit_and_delete(self, sandbox_id: str, reason: str) -> str:
@@ -387,6 +407,8 @@ class SandboxService:
             current = await self.get(None, sandbox_id)
             log.warning("ignored %s -> %s", current.status.state, state, extra={"sandbox_id": sandbox_id})
             return current
+        if state != State.RUNNING:
+            self._drop_agent(sandbox_id)
         for listener in self.on_transition:
             listener(sandbox_id, state)
         log.info("%s (%s) %s", state.value, reason, message, extra={"sandbox_id": sandbox_id})
@@ -399,6 +421,7 @@ class SandboxService:
     def forget(self, sandbox_id: str) -> None:
         """Drops what this process keeps of a sandbox whose record is gone."""
         self._locks.pop(sandbox_id, None)
+        self._drop_agent(sandbox_id)
         self.runtime.forget(sandbox_id)
 
     async def shutdown(self) -> None:
@@ -406,3 +429,6 @@ class SandboxService:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        agents, self._agents = self._agents, {}
+        for _, port in agents.values():
+            await port.close()

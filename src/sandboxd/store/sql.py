@@ -268,11 +268,14 @@ def driver_url(url: str) -> sa.URL:
 
 
 async def open_store(url: str) -> Store:
-    """The store at ``url`` with its schema migrated to head."""
+    """The store at ``url`` with its schema migrated to head, the records every request reads
+    cached in memory (store/cache.py: this server must be its database's only writer)."""
+    from sandboxd.store.cache import CachedStore  # it builds on this module
+
     target = driver_url(url)
     migrator = runner(target, migrating=True)
     try:
         await migrator.write(migrate.upgrade)
     finally:
         await migrator.close()
-    return SqlStore(runner(target))
+    return CachedStore(runner(target))

@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from sandboxd.api.deps import Files, ProjectId, Sandboxes
@@ -13,6 +13,7 @@ from sandboxd.api.routing import CheckedRoute
 
 router = APIRouter(prefix="/api/v1/sandboxes/{sandbox_id}", tags=["files"], route_class=CheckedRoute)
 MAX_LISTING = 100_000
+INLINE_READ = 1024 * 1024  # files up to this size are read whole before the answer starts
 PathQ = Annotated[str, Query(description="Absolute path inside the sandbox.")]
 
 
@@ -23,8 +24,12 @@ async def _body(request: Request) -> AsyncIterator[bytes]:
 
 
 @router.get("/files", response_class=StreamingResponse, responses={200: {"content": {"application/octet-stream": {}}}})
-async def read_file(sandbox_id: str, path: PathQ, service: Files, project: ProjectId) -> StreamingResponse:
+async def read_file(sandbox_id: str, path: PathQ, service: Files, project: ProjectId) -> Response:
     size, chunks = await service.read(project, sandbox_id, path)
+    if size is not None and size <= INLINE_READ:
+        # Whole: one write, no streaming task beside it, and an error midway is still an error
+        # response rather than a cut-off body.
+        return Response(b"".join([chunk async for chunk in chunks]), media_type="application/octet-stream")
     headers = {"Content-Length": str(size)} if size is not None else {}  # /proc files: read to the end
     return StreamingResponse(chunks, media_type="application/octet-stream", headers=headers)
 
