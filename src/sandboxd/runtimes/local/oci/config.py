@@ -291,6 +291,11 @@ def user_namespace_limits_hook() -> dict[str, Any]:
     """Writes USER_NAMESPACE_LIMITS. A createContainer hook runs in the sandbox's namespaces as its
     root, before its root is pivoted to and before its first process: the one moment something
     trusted holds the capabilities of the sandbox's user namespace, which these files ask for
-    (runc allows no `user.*` in linux.sysctl)."""
+    (runc allows no `user.*` in linux.sysctl).
+
+    The runtime writes the container's state to a hook's stdin: the hook reads it to its end first.
+    crun fails the create when the hook has exited before that write (EPIPE), which a shell that
+    does not read it does often enough; runc ignores it."""
     writes = " && ".join(f"echo {value} > {name}" for name, value in USER_NAMESPACE_LIMITS.items())
-    return {"path": "/bin/sh", "args": ["sh", "-c", f"cd /proc/sys/user && {writes}"], "timeout": 10}
+    drain = "while read -r _; do :; done"
+    return {"path": "/bin/sh", "args": ["sh", "-c", f"{drain}; cd /proc/sys/user && {writes}"], "timeout": 10}
