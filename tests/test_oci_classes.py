@@ -130,7 +130,11 @@ def test_runc_and_crun_each_run_their_own_sandboxes(image_cache: Path, workdir: 
     crun, crun_calls = logged(workdir / "logged-crun", "crun")
     classes = json.dumps({"runc": str(runc), "crun": str(crun)})
     srv = Server(
-        workdir / "oci-both", "sbxdtest1", "10.77.1.0/24", SANDBOXD_OCI_RUNTIME="crun", SANDBOXD_OCI_RUNTIME_CLASSES=classes
+        workdir / "oci-both",
+        "sbxdtest1",
+        "10.77.1.0/24",
+        SANDBOXD_OCI_RUNTIME="crun",
+        SANDBOXD_OCI_RUNTIME_CLASSES=classes,
     ).start()
     roots = {"crun": srv.data_dir / "oci" / "crun", "runc": srv.data_dir / "runc"}
     try:
@@ -163,8 +167,8 @@ def test_runc_and_crun_each_run_their_own_sandboxes(image_cache: Path, workdir: 
                 srv.delete_all()
         srv.stop()
         for name, root in roots.items():
-            listed = subprocess.run([name, "--root", str(root), "list", "-q"], capture_output=True, text=True).stdout
-            for container in listed.split():
+            leftover = subprocess.run([name, "--root", str(root), "list", "-q"], capture_output=True, text=True).stdout
+            for container in leftover.split():
                 subprocess.run([name, "--root", str(root), "delete", "--force", container], check=False)
         teardown_bridge(srv.bridge)
         raise

@@ -183,7 +183,8 @@ def test_egress_policies_hold_across_a_restart(own_server: Server, test_host: In
         own_server.kill9()
         # While no server runs, the kernel still holds each sandbox to its policy: tried from
         # inside its network namespace, entered from the host.
-        state = subprocess.run([*oci_cli(own_server.data_dir, closed.id), "state", closed.id], capture_output=True, text=True)
+        runtime = oci_cli(own_server.data_dir, closed.id)
+        state = subprocess.run([*runtime, "state", closed.id], capture_output=True, text=True)
         pid = json.loads(state.stdout)["pid"]
         probe = f"import socket; socket.create_connection(('{test_host.ADDRESS}', {test_host.port}), timeout=2)"
         tried = subprocess.run(
