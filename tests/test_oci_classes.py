@@ -152,7 +152,8 @@ def test_runc_and_crun_each_run_their_own_sandboxes(image_cache: Path, workdir: 
                     assert _record_class(srv, sandbox.id) == name
                     assert (roots[name] / sandbox.id).is_dir()
                     made = calls_for(calls, sandbox.id)
-                    for step in ("create", "start", "state"):
+                    # by_crun lived through the restart: its liveness was asked of crun then.
+                    for step in ("create", "start", "state") if name == "crun" else ("create", "start"):
                         assert any(f" {step} " in f" {line} " for line in made), (name, step, made)
                     assert calls_for(other, sandbox.id) == []
                     # The sandbox's own memory cgroup limits it, whichever binary made it.
