@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from sandboxd import Sandbox
 from sandboxd.runtimes.local.oci.cli import RECORD_KEY
 from tests.conftest import Server, assert_no_leaks, teardown_bridge
 
@@ -159,6 +160,9 @@ def test_runc_and_crun_each_run_their_own_sandboxes(image_cache: Path, workdir: 
                     # The sandbox's own memory cgroup limits it, whichever binary made it.
                     limit = Path(f"/sys/fs/cgroup/memory/sandboxd-{sandbox.id}/memory.limit_in_bytes")
                     assert int(limit.read_text()) == 512 * 1024 * 1024
+                # The same resource limits, however each runtime applies them (oci/config.py).
+                limits = [_limits(sandbox) for sandbox in (by_crun, by_runc)]
+                assert limits[0] == limits[1] and limits[0]["Max msgqueue size"] == ["262144", "262144"], limits
         for sandbox, name in ((by_crun, "crun"), (by_runc, "runc")):
             listed = subprocess.run([name, "--root", str(roots[name]), "list", "-q"], capture_output=True, text=True)
             assert sandbox.id not in listed.stdout.split(), (name, listed.stdout)
@@ -184,3 +188,11 @@ def _record_class(srv: Server, sandbox_id: str) -> str:
         row = db.execute("SELECT runtime FROM sandboxes WHERE id = ?", (sandbox_id,)).fetchone()
     assert row is not None, sandbox_id
     return str(json.loads(row[0])[RECORD_KEY])
+
+
+def _limits(sandbox: Sandbox) -> dict[str, list[str]]:
+    """Soft and hard limits of a process in the sandbox, by name (/proc/self/limits)."""
+    found = {}
+    for line in sandbox.commands.run("cat /proc/self/limits").stdout.splitlines()[1:]:
+        found[line[:26].strip()] = line[26:].split()[:2]
+    return found

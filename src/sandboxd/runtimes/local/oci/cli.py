@@ -40,6 +40,9 @@ class OciCli:
         # What create runs the binary through; None: this class cannot create here (it can still
         # stop and remove what it made).
         self.create_wrapper = None if create_wrapper is None else list(create_wrapper)
+        # crun applies config.json's rlimits to itself before it enters the sandbox's namespaces;
+        # runc applies them from outside, which needs a capability root may lack (config.py).
+        self.own_rlimits = runtime_class == "crun"
 
     async def run(
         self,
