@@ -226,6 +226,15 @@ def teardown_bridge(bridge: str) -> None:
     asyncio.run(Network(bridge, "10.0.0.0/30").teardown_host())  # the subnet plays no part here
 
 
+def oci_cli(data_dir: Path, sandbox_id: str) -> list[str]:
+    """The runtime command line (binary and --root) of the class that holds a sandbox's container:
+    crun's state root if it is there, else runc's."""
+    crun_root = data_dir / "oci" / "crun"
+    if (crun_root / sandbox_id).exists():
+        return ["crun", "--root", str(crun_root)]
+    return ["runc", "--root", str(data_dir / "runc")]
+
+
 def server_running(data_dir: Path) -> bool:
     """A server holds its data directory's lock while it runs."""
     try:
@@ -251,10 +260,12 @@ def leaks(data_dir: Path, bridge: str) -> list[str]:
         mounts = [m for m in mounts if m not in (str(data_dir / "scratch"), str(data_dir / "agent"))]
     if mounts:
         found.append(f"mounts: {mounts}")
-    # runc's state root, and one per other runtime class (oci/cli.py); any of them runc can read here.
+    # runc's state root, and one per other runtime class (oci/cli.py), each read by its own binary
+    # (crun's state is not runc's; the tests' other classes are wrappers of runc).
     for state in [data_dir / "runc", *(data_dir / "oci").glob("*")]:
         if state.exists():
-            listed = subprocess.run(["runc", "--root", str(state), "list", "-q"], capture_output=True, text=True)
+            binary = "crun" if state.name == "crun" else "runc"
+            listed = subprocess.run([binary, "--root", str(state), "list", "-q"], capture_output=True, text=True)
             if listed.stdout.strip():
                 found.append(f"containers in {state.name}: {listed.stdout.split()}")
     sandboxes = data_dir / "sandboxes"

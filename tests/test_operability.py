@@ -77,6 +77,7 @@ for what, call in [
     ("read log", lambda: open(os.path.join(data, "logs", sys.argv[2] + ".log"), "rb").read(1)),
     ("list images", lambda: os.listdir(os.path.join(data, "images"))),
     ("list runc state", lambda: os.listdir(os.path.join(data, "runc"))),
+    ("list oci state", lambda: os.listdir(os.path.join(data, "oci"))),
     ("list builds", lambda: os.listdir(os.path.join(data, "builds"))),
     ("list sandboxes", lambda: os.listdir(os.path.join(data, "sandboxes"))),
 ]:
@@ -127,6 +128,7 @@ def test_a_data_directory_from_mktemp_runs_sandboxes_and_stays_private(image_cac
             "read log": "denied",
             "list images": "denied",
             "list runc state": "denied",
+            "list oci state": "denied",
             "list builds": "denied",
             "list sandboxes": "denied",
         }

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import InternetHost, Server, assert_no_leaks, teardown_bridge
+from tests.conftest import InternetHost, Server, assert_no_leaks, oci_cli, teardown_bridge
 
 
 @pytest.fixture
@@ -55,8 +55,7 @@ def test_vanished_sandbox_is_marked_failed(own_server: Server) -> None:
     sb = own_server.create()
     sb.close()
     own_server.kill9()
-    state_dir = own_server.data_dir / "runc"
-    subprocess.run(["runc", "--root", str(state_dir), "kill", sb.id, "KILL"], check=True)
+    subprocess.run([*oci_cli(own_server.data_dir, sb.id), "kill", sb.id, "KILL"], check=True)
     time.sleep(0.3)
     own_server.start()
     with own_server.client() as http:
@@ -67,7 +66,7 @@ def test_vanished_sandbox_is_marked_failed(own_server: Server) -> None:
 def test_sandbox_whose_init_dies_is_marked_failed(own_server: Server) -> None:
     sb = own_server.create()
     sb.close()
-    subprocess.run(["runc", "--root", str(own_server.data_dir / "runc"), "kill", sb.id, "KILL"], check=True)
+    subprocess.run([*oci_cli(own_server.data_dir, sb.id), "kill", sb.id, "KILL"], check=True)
     with own_server.client() as http:
         deadline = time.monotonic() + 10
         while (status := state(http, sb.id))["state"] == "running":
@@ -184,9 +183,8 @@ def test_egress_policies_hold_across_a_restart(own_server: Server, test_host: In
         own_server.kill9()
         # While no server runs, the kernel still holds each sandbox to its policy: tried from
         # inside its network namespace, entered from the host.
-        state = subprocess.run(
-            ["runc", "--root", str(own_server.data_dir / "runc"), "state", closed.id], capture_output=True, text=True
-        )
+        runtime = oci_cli(own_server.data_dir, closed.id)
+        state = subprocess.run([*runtime, "state", closed.id], capture_output=True, text=True)
         pid = json.loads(state.stdout)["pid"]
         probe = f"import socket; socket.create_connection(('{test_host.ADDRESS}', {test_host.port}), timeout=2)"
         tried = subprocess.run(

@@ -37,7 +37,7 @@ from sandboxd.errors import RuntimeFailure
 from sandboxd.runtimes import datalock
 
 PASS_THROUGH = 0o711
-PRIVATE_DIRS = ("logs", "builds", "runc", "broker")
+PRIVATE_DIRS = ("logs", "builds", "runc", "oci", "broker")  # runc, oci: the runtimes' state (configs, env)
 # SQLite gives its -wal, -shm and -journal files the database file's mode: the database is made
 # here, private, before the store opens it.
 DATABASE = "sandboxd.db"

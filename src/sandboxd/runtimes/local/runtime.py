@@ -154,6 +154,7 @@ class LocalRuntime:
                     agent_host_dir=str(self.agent_mount.directory),
                     agent_config=json.dumps({"entrypoint": spec.entrypoint, "cwd": spec.cwd, "user": spec.user}),
                     userns_path=userns.path,
+                    rlimits=oci.own_rlimits() if cli.own_rlimits else None,
                 )
                 (home / "config.json").write_text(json.dumps(config))
                 pipe = self.log_pipes.open(sandbox_id, home / LOG_FIFO, create=True)
@@ -166,7 +167,7 @@ class LocalRuntime:
                         home / "pid",
                         stdin=listener.fileno(),
                         stdout=log_fd,
-                        prefix=oci.prlimit_command(),
+                        prefix=[] if cli.own_rlimits else oci.prlimit_command(),
                         on_failure=lambda: self.log_pipes.tail(sandbox_id),
                     )
                 finally:

@@ -3,12 +3,19 @@
 Each class keeps its containers under a state root of its own: two binaries never read each other's
 state files. The class a sandbox was created with is written in its record, so it is stopped and
 removed by the same binary however the server is configured when that happens.
+
+crun 1.8 refuses to create containers on a hybrid cgroup host (v1 controllers, and cgroup v2 mounted
+beside them at /sys/fs/cgroup/unified with a controller of its own). Its create runs in a mount
+namespace of its own where that mount is not there: crun then sees a v1 host and places the sandbox
+in the v1 controllers' groups, named as runc names them. Only create reads the layout; the other
+subcommands follow the state create wrote.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,10 +31,18 @@ RECORD_KEY = "oci_runtime"  # the class's name in a sandbox's runtime record
 class OciCli:
     """One runtime class: its binary and its state root (`--root`)."""
 
-    def __init__(self, runtime_class: str, binary: str, state_root: Path) -> None:
+    def __init__(
+        self, runtime_class: str, binary: str, state_root: Path, create_wrapper: Sequence[str] | None = ()
+    ) -> None:
         self.runtime_class = runtime_class
         self.binary = binary
         self.state_root = state_root
+        # What create runs the binary through; None: this class cannot create here (it can still
+        # stop and remove what it made).
+        self.create_wrapper = None if create_wrapper is None else list(create_wrapper)
+        # crun applies config.json's rlimits to itself before it enters the sandbox's namespaces;
+        # runc applies them from outside, which needs a capability root may lack (config.py).
+        self.own_rlimits = runtime_class == "crun"
 
     async def run(
         self,
@@ -72,6 +87,8 @@ class OciCli:
         """Creates the container (its init waits for start). No session keyring: each would be a key
         of the sandboxes' shared root uid, and the kernel allows a uid 200 (kernel.keys.maxkeys) on
         the whole host; the keyring calls are refused inside anyway."""
+        if self.create_wrapper is None:
+            raise RuntimeFailure(f"{self.runtime_class} cannot create containers on this hybrid host: {NO_HIDING}")
         await self.run(
             "create",
             "--no-new-keyring",
@@ -82,7 +99,7 @@ class OciCli:
             container_id,
             stdin=stdin,
             stdout=stdout,
-            prefix=prefix,
+            prefix=[*prefix, *self.create_wrapper],
             on_failure=on_failure,
         )
 
@@ -125,11 +142,14 @@ class OciClasses:
         self.data_dir = data_dir
         self.binaries = {name: path for name in KNOWN_CLASSES if (path := shutil.which(name))}
         self.binaries.update(extra or {})
-        self.default = choose_class(default, self.binaries)
+        self.hidden_mounts = hybrid_cgroup2_mounts()
+        self.crun_wrapper: list[str] | None = hide_mounts_wrapper(self.hidden_mounts) if self.hidden_mounts else []
+        self.default = choose_class(default, self.binaries, crun_usable=self.crun_wrapper is not None)
         self._clis: dict[str, OciCli] = {}
-        # Records from before classes were recorded: the configured binary, in the state root that
-        # every binary used then.
-        self.legacy = OciCli(self.default, self.binaries[self.default], data_dir / "runc")
+        # Records from before classes were recorded: the binary `auto` chose then (crun on cgroup v2
+        # only hosts, else runc), or the configured one, in the state root that every binary used then.
+        legacy = choose_class(default, self.binaries, prefer_crun=False)
+        self.legacy = OciCli(legacy, self.binaries[legacy], data_dir / "runc")
 
     def state_root(self, runtime_class: str) -> Path:
         # runc keeps the root it always had, so runc records of older servers are its own.
@@ -141,7 +161,9 @@ class OciClasses:
             binary = self.binaries.get(runtime_class)
             if binary is None:
                 raise RuntimeFailure(f"OCI runtime class {runtime_class!r} is not available on this server")
-            cli = self._clis[runtime_class] = OciCli(runtime_class, binary, self.state_root(runtime_class))
+            wrapper = self.crun_wrapper if runtime_class == "crun" else []
+            cli = OciCli(runtime_class, binary, self.state_root(runtime_class), wrapper)
+            self._clis[runtime_class] = cli
         return cli
 
     def of(self, record: dict[str, Any]) -> OciCli:
@@ -160,17 +182,57 @@ class OciClasses:
         return [self.data_dir / "runc", self.data_dir / "oci"]
 
 
-def choose_class(preference: str, binaries: dict[str, str]) -> str:
-    """crun where cgroup v2 is the only hierarchy (crun 1.8 refuses hybrid hosts), else runc."""
+def choose_class(
+    preference: str, binaries: dict[str, str], *, crun_usable: bool = True, prefer_crun: bool = True
+) -> str:
+    """auto: crun where it can run (it creates and starts a container in about two thirds of runc's
+    time), else runc. prefer_crun=False is the rule of servers before crun ran on hybrid hosts: crun
+    only where cgroup v2 is the only hierarchy."""
     if preference != "auto":
         if preference not in binaries:
             raise RuntimeFailure(f"OCI runtime {preference!r} is not installed")
+        if preference == "crun" and not crun_usable:
+            raise RuntimeFailure(f"crun cannot create containers on this hybrid host: {NO_HIDING}")
         return preference
     unified_only = (CGROUP_ROOT / "cgroup.controllers").exists()
-    for candidate in ["crun", "runc"] if unified_only else ["runc", "crun"]:
-        if candidate in binaries:
+    crun_first = crun_usable and (prefer_crun or unified_only)
+    for candidate in ["crun", "runc"] if crun_first else ["runc", "crun"]:
+        if candidate in binaries and (candidate != "crun" or crun_usable):
             return candidate
     raise RuntimeFailure("neither runc nor crun is installed")
+
+
+NO_HIDING = "unshare, sh or umount is missing"
+
+
+def hybrid_cgroup2_mounts(mountinfo: str = "/proc/self/mountinfo") -> list[str]:
+    """The cgroup v2 mounts under /sys/fs/cgroup when /sys/fs/cgroup is not itself the unified
+    hierarchy (a hybrid host; none on a v2-only or a v1-only host)."""
+    try:
+        lines = Path(mountinfo).read_text().splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        fields = line.split()
+        separator = fields.index("-") if "-" in fields else -1
+        if separator < 0 or len(fields) <= separator + 1:
+            continue
+        point = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+        if fields[separator + 1] == "cgroup2" and point.startswith(f"{CGROUP_ROOT}/"):
+            found.append(point)
+    return found
+
+
+def hide_mounts_wrapper(points: list[str]) -> list[str] | None:
+    """The command that runs what follows it in a new mount namespace without `points`: private
+    first (unshare's default propagation), so that the unmount never reaches the host's
+    namespace. None if a tool is missing."""
+    unshare, sh, umount = (shutil.which(tool) for tool in ("unshare", "sh", "umount"))
+    if unshare is None or sh is None or umount is None:
+        return None
+    script = f'{shlex.quote(umount)} -- {" ".join(map(shlex.quote, points))} && exec "$@"'
+    return [unshare, "--mount", "--propagation", "private", "--", sh, "-c", script, "sh"]
 
 
 async def wait_gone(pid: int, limit: float = 5.0) -> bool:

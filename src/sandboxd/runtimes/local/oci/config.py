@@ -160,9 +160,11 @@ def build_config(
     agent_host_dir: str,
     agent_config: str,
     userns_path: str | None = None,
+    rlimits: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """userns_path: a user namespace made beforehand (userns.py) that the sandbox joins, with these
-    id maps already written; None: the runtime makes one."""
+    id maps already written; None: the runtime makes one. rlimits: process.rlimits, for a runtime
+    that sets them as it should (own_rlimits); None: the runtime runs under prlimit_command."""
     memory = limits.memory_mb * 1024 * 1024
     mapping = [{"containerID": 0, "hostID": idmap.host_id, "size": idmap.size}]
     return {
@@ -174,7 +176,7 @@ def build_config(
             "env": [f"{k}={v}" for k, v in env.items()],
             "cwd": cwd,
             "capabilities": dict.fromkeys(("bounding", "effective", "permitted", "inheritable"), DEFAULT_CAPABILITIES),
-            # No "rlimits": see prlimit_command.
+            **({"rlimits": rlimits} if rlimits is not None else {}),
             "noNewPrivileges": True,
         },
         "root": {"path": rootfs, "readonly": False},
@@ -271,26 +273,37 @@ def build_config(
     }
 
 
+def _limits() -> dict[str, tuple[int, int]]:
+    # The host's hard limit is the ceiling: without CAP_SYS_RESOURCE it cannot be raised.
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return {"NOFILE": (min(nofile, 65536), nofile), "MSGQUEUE": (MSGQUEUE_BYTES, MSGQUEUE_BYTES)}
+
+
 def prlimit_command() -> list[str]:
     """The command that runs the OCI runtime with the sandbox's resource limits, which its
-    processes inherit. The runtime's own way, config.json's rlimits, sets them on its child from
+    processes inherit. runc's own way, config.json's rlimits, sets them on its child from
     outside once the child is in the sandbox's user namespace: that takes CAP_SYS_RESOURCE over a
     namespace host root does not own (userns.py), and root may not hold it (it does not in a
     default Docker container, nor on the machines the tests run on)."""
-    # The host's hard limit is the ceiling: without CAP_SYS_RESOURCE it cannot be raised.
-    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    return [
-        "prlimit",
-        f"--nofile={min(nofile, 65536)}:{nofile}",
-        f"--msgqueue={MSGQUEUE_BYTES}:{MSGQUEUE_BYTES}",
-        "--",
-    ]
+    return ["prlimit", *(f"--{name.lower()}={soft}:{hard}" for name, (soft, hard) in _limits().items()), "--"]
+
+
+def own_rlimits() -> list[dict[str, Any]]:
+    """The same limits as config.json's rlimits, for crun: it sets them on itself with setrlimit
+    before it enters any namespace, and its child inherits them, as under prlimit_command but
+    without a process more. Lowering a limit, or a soft one up to its hard one, takes no capability."""
+    return [{"type": f"RLIMIT_{name}", "soft": soft, "hard": hard} for name, (soft, hard) in _limits().items()]
 
 
 def user_namespace_limits_hook() -> dict[str, Any]:
     """Writes USER_NAMESPACE_LIMITS. A createContainer hook runs in the sandbox's namespaces as its
     root, before its root is pivoted to and before its first process: the one moment something
     trusted holds the capabilities of the sandbox's user namespace, which these files ask for
-    (runc allows no `user.*` in linux.sysctl)."""
+    (runc allows no `user.*` in linux.sysctl).
+
+    The runtime writes the container's state to a hook's stdin: the hook reads it to its end first.
+    crun fails the create when the hook has exited before that write (EPIPE), which a shell that
+    does not read it does often enough; runc ignores it."""
     writes = " && ".join(f"echo {value} > {name}" for name, value in USER_NAMESPACE_LIMITS.items())
-    return {"path": "/bin/sh", "args": ["sh", "-c", f"cd /proc/sys/user && {writes}"], "timeout": 10}
+    drain = "while read -r _; do :; done"
+    return {"path": "/bin/sh", "args": ["sh", "-c", f"{drain}; cd /proc/sys/user && {writes}"], "timeout": 10}
