@@ -171,18 +171,3 @@ def choose_class(preference: str, binaries: dict[str, str]) -> str:
         if candidate in binaries:
             return candidate
     raise RuntimeFailure("neither runc nor crun is installed")
-
-
-async def wait_gone(pid: int, limit: float = 5.0) -> bool:
-    """True once the process is gone (or a zombie), False if it outlived the wait."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while loop.time() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-                    return True
-        except OSError:
-            return True
-        await asyncio.sleep(0.002)
-    return False
