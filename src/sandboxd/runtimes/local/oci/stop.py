@@ -41,8 +41,10 @@ async def end_container(sandbox_id: str, pid: int, state_dir: Path, limit: float
                 return False
         finally:
             os.close(pidfd)
-    else:
-        cgroups.thaw(sandbox_id)
+    elif cgroups.populated(sandbox_id):
+        # The record's pid is not its init's (reused, or never its own) and the sandbox runs on:
+        # the binary knows which process to kill.
+        return False
     while cgroups.populated(sandbox_id):
         if loop.time() > deadline:
             return False
