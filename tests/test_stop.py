@@ -24,7 +24,7 @@ TABLE = "sandboxd_" + BRIDGE
 
 @pytest.fixture
 def stop_server(image_cache: Path, workdir: Path, request: pytest.FixtureRequest) -> Iterator[Server]:
-    srv = Server(workdir / f"stop-{request.node.name[:20]}", BRIDGE, SUBNET).start()
+    srv = Server(workdir / f"stop{request.node.name[7:19]}", BRIDGE, SUBNET).start()
     yield srv
     if srv.proc is None or srv.proc.poll() is not None:
         srv.start()
