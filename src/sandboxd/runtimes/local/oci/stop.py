@@ -49,9 +49,14 @@ async def end_container(sandbox_id: str, pid: int, state_dir: Path, limit: float
         if loop.time() > deadline:
             return False
         await asyncio.sleep(0.001)
-    if not await asyncio.to_thread(cgroups.remove, sandbox_id):
+    return await asyncio.to_thread(_remove, sandbox_id, state_dir)
+
+
+def _remove(sandbox_id: str, state_dir: Path) -> bool:
+    """The cgroups, then (only if they went) the state directory."""
+    if not cgroups.remove(sandbox_id):
         return False
-    await asyncio.to_thread(remove_state, state_dir)
+    remove_state(state_dir)
     return True
 
 
