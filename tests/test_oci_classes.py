@@ -74,10 +74,10 @@ def test_a_sandbox_is_destroyed_by_the_class_it_was_created_with(
         # removed from its own class's root, where the class's `list` no longer finds it.
         assert calls_for(calls, old.id)[before_delete:] == []
         assert not (srv.data_dir / "oci" / "logged" / old.id).exists()
-        listed = subprocess.run(
+        listing = subprocess.run(
             [str(wrapper), "--root", str(srv.data_dir / "oci" / "logged"), "list", "-q"], capture_output=True, text=True
         )
-        assert listed.returncode == 0 and old.id not in listed.stdout
+        assert listing.returncode == 0 and old.id not in listing.stdout
         assert calls_for(calls, new.id) == []
         with srv.client() as http:
             deadline = time.monotonic() + 10
