@@ -39,7 +39,7 @@ from sandboxd.runtimes.local.oci import config as oci
 from sandboxd.runtimes.local.oci.agent_mount import AgentMount
 from sandboxd.runtimes.local.oci.cli import RECORD_KEY, OciClasses
 from sandboxd.runtimes.local.oci.scratch import ScratchVolume
-from sandboxd.runtimes.local.oci.stop import end_container
+from sandboxd.runtimes.local.oci.stop import end_container, remove_if_stateless
 from sandboxd.runtimes.local.oci.userns import OwnedNamespace
 
 log = logging.getLogger("sandboxd.runtime")
@@ -233,7 +233,7 @@ class LocalRuntime:
 
     async def _stop_container(self, sandbox_id: str, record: dict[str, Any]) -> bool:
         """Ends the container: its processes, cgroups and runtime state (oci/stop.py: no runtime
-        binary, a millisecond or two). False if its init outlived the wait."""
+        binary, a millisecond or two). False if any of its processes outlived the wait."""
         cli = self.oci.of(record)
         pid = record.get("pid")
         if isinstance(pid, int):
@@ -245,7 +245,8 @@ class LocalRuntime:
         # kills what is left.
         await cli.delete(sandbox_id)
         await asyncio.to_thread(cgroups.remove, sandbox_id)
-        return not isinstance(pid, int)
+        await asyncio.to_thread(remove_if_stateless, cli.state_root / sandbox_id)
+        return not cgroups.populated(sandbox_id)
 
     async def destroy(self, sandbox_id: str, record: dict[str, Any]) -> None:
         # Its directory and its network go while its processes die: a dying sandbox uses neither

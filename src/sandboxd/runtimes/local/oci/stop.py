@@ -109,3 +109,14 @@ def remove_state(state_dir: Path) -> None:
                 entry.unlink()
     with contextlib.suppress(FileNotFoundError):
         state_dir.rmdir()
+
+
+def remove_if_stateless(state_dir: Path) -> None:
+    """Removes a state directory left without its state file (a removal cut short), which no
+    binary's `list` or `delete` knows as a container any more."""
+    try:
+        names = os.listdir(state_dir)
+    except FileNotFoundError:
+        return
+    if not any(name in STATE_FILES for name in names):
+        remove_state(state_dir)
