@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,9 @@ from sandboxd.runtimes.local.network.plane import SandboxNetworks
 from sandboxd.runtimes.local.oci import cgroups, mounts, rootfs
 from sandboxd.runtimes.local.oci import config as oci
 from sandboxd.runtimes.local.oci.agent_mount import AgentMount
-from sandboxd.runtimes.local.oci.cli import RECORD_KEY, OciClasses, wait_gone
+from sandboxd.runtimes.local.oci.cli import RECORD_KEY, OciClasses
 from sandboxd.runtimes.local.oci.scratch import ScratchVolume
+from sandboxd.runtimes.local.oci.stop import end_container, remove_if_stateless
 from sandboxd.runtimes.local.oci.userns import OwnedNamespace
 
 log = logging.getLogger("sandboxd.runtime")
@@ -232,34 +233,42 @@ class LocalRuntime:
             raise RuntimeFailure(f"the sandbox did not become ready: {log or exc}") from exc
 
     async def _stop_container(self, sandbox_id: str, record: dict[str, Any]) -> bool:
-        """Kill, watch the init's pid go, then delete (`delete --force` alone polls in 100 ms
-        steps). False if the init outlived the wait."""
+        """Ends the container: its processes, cgroups and runtime state (oci/stop.py: no runtime
+        binary, a millisecond or two). False if any of its processes outlived the wait."""
         cli = self.oci.of(record)
-        gone = True
         pid = record.get("pid")
         if isinstance(pid, int):
-            cgroups.lift_cpu_limit(sandbox_id)
+            if await end_container(sandbox_id, pid, cli.state_root / sandbox_id):
+                return True
+            # Not proven gone in time (its init was killed all the same): the binary tries too.
             await cli.kill(sandbox_id, "KILL")
-            gone = await wait_gone(pid)
+        # No pid (a create cut short, a leftover found by the sweep): the binary's delete, which
+        # kills what is left.
         await cli.delete(sandbox_id)
-        return gone
+        await asyncio.to_thread(cgroups.remove, sandbox_id)
+        await asyncio.to_thread(remove_if_stateless, cli.state_root / sandbox_id)
+        return not cgroups.populated(sandbox_id)
 
     async def destroy(self, sandbox_id: str, record: dict[str, Any]) -> None:
-        await self._stop_container(sandbox_id, record)
+        # Its directory and its network go while its processes die: a dying sandbox uses neither
+        # (its root stays mounted in its own mount namespace until the last one is gone). Its
+        # scratch volume goes once they are gone: their overlay holds it until then.
+        stopped, home, network = await asyncio.gather(
+            self._stop_container(sandbox_id, record),
+            asyncio.to_thread(rootfs.remove_home, self.root / sandbox_id),
+            self.networks.remove(sandbox_id, record),
+            return_exceptions=True,
+        )
         self.log_pipes.close(sandbox_id)
+        if isinstance(stopped, BaseException):
+            raise stopped  # it may still run: its scratch volume stays for the next try
         # Every step runs even if one before it failed; the first failure is raised at the end.
-        failures: list[Exception] = []
-        steps: list[Callable[[], Awaitable[None]]] = [
-            lambda: asyncio.to_thread(rootfs.remove_home, self.root / sandbox_id),
-            lambda: asyncio.to_thread(self.scratch.remove, sandbox_id),
-        ]
-        for step in steps:
-            try:
-                await step()
-            except Exception as exc:
-                failures.append(exc)
-        await asyncio.to_thread(cgroups.remove, sandbox_id)
-        failures += await self.networks.remove(sandbox_id, record)
+        failures: list[BaseException] = [home] if isinstance(home, BaseException) else []
+        failures += [network] if isinstance(network, BaseException) else network
+        try:
+            await asyncio.to_thread(self.scratch.remove, sandbox_id)
+        except Exception as exc:
+            failures.append(exc)
         if failures:
             raise failures[0]
 

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import hashlib
 import ipaddress
-import json
 import logging
 import os
 import socket
@@ -19,6 +18,8 @@ from collections.abc import Sequence
 
 from sandboxd.errors import RuntimeFailure
 from sandboxd.runtimes.hostnets import InwardNetworks
+from sandboxd.runtimes.local.network.netlink import Rtnl, open_in_netns
+from sandboxd.runtimes.local.network.nftables import nftables
 
 log = logging.getLogger("sandboxd.network")
 
@@ -38,19 +39,6 @@ def veth_name(sandbox_id: str) -> str:
     return VETH_PREFIX + hashlib.sha256(sandbox_id.encode()).hexdigest()[:11]
 
 
-async def run(*argv: str, stdin: str | None = None, check: bool = True) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
-    if check and proc.returncode != 0:
-        raise RuntimeFailure(f"{' '.join(argv[:3])} failed: {err.decode().strip()}")
-    return out.decode()
-
-
 class Network:
     def __init__(self, bridge: str, subnet: str, dns_rate: int = 200) -> None:
         self.bridge = bridge
@@ -68,18 +56,7 @@ class Network:
         return int(ipaddress.ip_address(address)) - int(self.subnet.network_address)
 
     async def setup_host(self) -> None:
-        links = json.loads(await run("ip", "-j", "link", "show", "type", "bridge"))
-        if not any(link["ifname"] == self.bridge for link in links):
-            await run(
-                "ip",
-                "-batch",
-                "-",
-                stdin=(
-                    f"link add {self.bridge} type bridge\n"
-                    f"addr add {self.gateway}/{self.subnet.prefixlen} dev {self.bridge}\n"
-                    f"link set {self.bridge} up\n"
-                ),
-            )
+        await asyncio.to_thread(self._setup_bridge)
         with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
             f.write("1")
         # Sandboxes get IPv4 only. Without this the bridge has an IPv6 link-local address through
@@ -91,11 +68,8 @@ class Network:
         # per-sandbox chains and the map that leads to them stay, so running sandboxes keep their
         # policy across a restart.
         t, br, gw = self.table, self.bridge, self.gateway
-        await run(
-            "nft",
-            "-f",
-            "-",
-            stdin=(
+        await nftables().run(
+            (
                 f"add table inet {t}\n"
                 f"add map inet {t} egress {{ type ipv4_addr : verdict; }}\n"
                 # Blocked ranges and the host's own networks (hostnets.py), kept current by
@@ -145,7 +119,7 @@ class Network:
         script = f"flush set inet {t} inward\n" + (
             f"add element inet {t} inward {{ {elements} }}\n" if elements else ""
         )
-        await run("nft", "-f", "-", stdin=script)
+        await nftables().run(script)
 
     async def watch_host(self, inward: InwardNetworks) -> None:
         """Keeps the inward set in step with the host's addresses and routes: read again whenever
@@ -173,8 +147,8 @@ class Network:
                 sock.close()
 
     async def teardown_host(self) -> None:
-        await run("ip", "link", "del", self.bridge, check=False)
-        await run("nft", "delete", "table", "inet", self.table, check=False)
+        await asyncio.to_thread(self._delete_link, self.bridge)
+        await nftables().run(f"delete table inet {self.table}", check=False)
 
     def reserve(self, address: str) -> None:
         self._used.add(ipaddress.ip_address(address))
@@ -197,38 +171,74 @@ class Network:
         raise RuntimeFailure("no free address left in the sandbox subnet")
 
     async def attach(self, sandbox_id: str, pid: int, address: str | None) -> None:
-        """Configures the sandbox's namespace: loopback, and with an address a veth to the bridge."""
-        inside = "link set lo up\n"
-        if address is not None:
-            host_end = veth_name(sandbox_id)
-            await run(
-                "ip",
-                "-batch",
-                "-",
-                stdin=(
-                    f"link add {host_end} type veth peer name eth0 netns {pid}\n"
-                    f"link set {host_end} master {self.bridge} up\n"
+        """Configures the sandbox's namespace (that of pid, its init): loopback, and with an
+        address a veth to the bridge."""
+        await asyncio.to_thread(self._attach, veth_name(sandbox_id), pid, address)
+
+    def _attach(self, host_end: str, pid: int, address: str | None) -> None:
+        try:
+            netns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError as exc:
+            raise RuntimeFailure("the sandbox's init exited before its network was set up") from exc
+        try:
+            if address is not None:
+                with Rtnl() as host:
+                    bridge = host.index(self.bridge)
+                    if bridge is None:
+                        raise RuntimeFailure(f"the bridge {self.bridge} is missing")
+                    # Created down: it is up only once it is an isolated port without IPv6.
+                    host.add_veth(host_end, "eth0", netns, bridge)
+                    _disable_ipv6(host_end)
                     # Isolated bridge ports forward only to the host side: sandboxes cannot
                     # reach each other.
-                    f"link set dev {host_end} type bridge_slave isolated on\n"
-                ),
-            )
-            _disable_ipv6(host_end)
-            inside += (
-                f"addr add {address}/{self.subnet.prefixlen} dev eth0\n"
-                "link set eth0 up\n"
-                f"route add default via {self.gateway}\n"
-            )
-        await run("nsenter", "-t", str(pid), "-n", "ip", "-batch", "-", stdin=inside)
+                    host.set_up(host_end, isolated_port=True)
+            with open_in_netns(netns) as inside:
+                inside.set_up("lo")
+                if address is not None:
+                    eth0 = inside.index("eth0")
+                    if eth0 is None:
+                        raise RuntimeFailure("the sandbox's end of its veth is missing")
+                    inside.add_address(eth0, address, self.subnet.prefixlen)
+                    inside.set_up("eth0")
+                    inside.add_default_route(str(self.gateway))
+        finally:
+            os.close(netns)
+
+    def _setup_bridge(self) -> None:
+        with Rtnl() as rtnl:
+            if rtnl.index(self.bridge) is not None:
+                return
+            rtnl.add_bridge(self.bridge)
+            index = rtnl.index(self.bridge)
+            if index is None:
+                raise RuntimeFailure(f"the bridge {self.bridge} vanished as it was made")
+            rtnl.add_address(index, str(self.gateway), self.subnet.prefixlen)
+            rtnl.set_up(self.bridge)
 
     async def orphan_veths(self, keep: set[str]) -> list[str]:
-        links = json.loads(await run("ip", "-j", "link", "show", "master", self.bridge, check=False) or "[]")
         wanted = {veth_name(i) for i in keep}
         return [
-            link["ifname"] for link in links if link["ifname"].startswith(VETH_PREFIX) and link["ifname"] not in wanted
+            name for name in await asyncio.to_thread(self._ports) if name.startswith(VETH_PREFIX) and name not in wanted
         ]
 
-    async def delete_veth(self, name: str, missing_ok: bool = False) -> None:
-        if missing_ok and not os.path.exists(f"/sys/class/net/{name}"):
+    def _ports(self) -> list[str]:
+        with Rtnl() as rtnl:
+            links = rtnl.links()
+        bridge = next((link.index for link in links if link.name == self.bridge), None)
+        return [link.name for link in links if bridge is not None and link.master == bridge]
+
+    @staticmethod
+    def has_link(name: str) -> bool:
+        return os.path.exists(f"/sys/class/net/{name}")
+
+    async def delete_veth(self, name: str) -> None:
+        """Deletes the link; one already gone (it goes with the sandbox's namespace) is no error."""
+        if not self.has_link(name):
             return
-        await run("ip", "link", "del", name, check=False)
+        # Off the loop: unregistering a device waits for RCU grace periods.
+        await asyncio.to_thread(self._delete_link, name)
+
+    @staticmethod
+    def _delete_link(name: str) -> None:
+        with Rtnl() as rtnl:
+            rtnl.delete_link(name)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 import time
 from collections.abc import Callable
@@ -23,8 +22,8 @@ from dataclasses import dataclass, field
 
 from sandboxd.errors import RuntimeFailure
 from sandboxd.runtimes.hostnets import InwardNetworks
-from sandboxd.runtimes.local.network.bridge import run
 from sandboxd.runtimes.local.network.broker import Transform
+from sandboxd.runtimes.local.network.nftables import nftables
 from sandboxd.runtimes.policy import Policy
 
 __all__ = ["Attached", "EgressTable", "Policy", "tag"]
@@ -60,8 +59,7 @@ class EgressTable:
     async def load(self) -> None:
         """What the intercept set holds, by sandbox address (a restarted server removes them with
         their sandbox's policy)."""
-        out = await run("nft", "-j", "list", "set", "inet", self.table, "intercept", check=False)
-        for item in json.loads(out or '{"nftables": []}').get("nftables", []):
+        for item in await nftables().list_json(f"list set inet {self.table} intercept"):
             for element in (item.get("set") or {}).get("elem", []):
                 value = element.get("elem", {}).get("val", element) if isinstance(element, dict) else element
                 pair = value.get("concat") if isinstance(value, dict) else None
@@ -124,12 +122,12 @@ class EgressTable:
         script = "\n".join(lines) + "\n"
         self._admitted.pop(h, None)
         try:
-            await run("nft", "-f", "-", stdin=script)
+            await nftables().run(script)
         except RuntimeFailure as exc:
             if "File exists" not in exc.message:
                 raise
-            await run("nft", "delete", "element", "inet", t, "egress", f"{{ {address} }}", check=False)
-            await run("nft", "-f", "-", stdin=script)
+            await nftables().run(f"delete element inet {t} egress {{ {address} }}", check=False)
+            await nftables().run(script)
 
     async def admit(
         self, sandbox_id: str, addresses: list[tuple[str, int]], allow: bool, current: Callable[[], bool]
@@ -156,11 +154,8 @@ class EgressTable:
         elements = ", ".join(f"{ip} timeout {max(ttl, MIN_ADMIT_SECONDS)}s" for ip, ttl in addresses)
         plain = ", ".join(ip for ip, _ in addresses)
         # Re-adding refreshes the timeout: delete (after an add that makes it exist), then add.
-        await run(
-            "nft",
-            "-f",
-            "-",
-            stdin=(
+        await nftables().run(
+            (
                 f"add element inet {t} {target} {{ {plain} }}\n"
                 f"delete element inet {t} {target} {{ {plain} }}\n"
                 f"add element inet {t} {target} {{ {elements} }}\n"
@@ -185,11 +180,8 @@ class EgressTable:
         self._intercepted.setdefault(sandbox_address, set()).update(ip for ip, _ in addresses)
         plain = ", ".join(f"{sandbox_address} . {ip}" for ip, _ in addresses)
         timed = ", ".join(f"{sandbox_address} . {ip} timeout {max(ttl, MIN_ADMIT_SECONDS)}s" for ip, ttl in addresses)
-        await run(
-            "nft",
-            "-f",
-            "-",
-            stdin=(
+        await nftables().run(
+            (
                 f"add element inet {t} intercept {{ {plain} }}\n"
                 f"delete element inet {t} intercept {{ {plain} }}\n"
                 f"add element inet {t} intercept {{ {timed} }}\n"
@@ -229,24 +221,22 @@ class EgressTable:
         ]
         self._admitted.pop(h, None)
         try:
-            await run("nft", "-f", "-", stdin="\n".join(lines) + "\n")
+            await nftables().run("\n".join(lines) + "\n")
         except RuntimeFailure:
             await self.remove_tag(h)  # the address maps to another sandbox's chain: leave that
 
     async def refused(self, sandbox_id: str) -> int:
         """Packets refused so far by the sandbox's policy."""
-        out = await run("nft", "-j", "list", "counter", "inet", self.table, f"refused_{tag(sandbox_id)}", check=False)
-        for item in json.loads(out or '{"nftables": []}').get("nftables", []):
+        for item in await nftables().list_json(f"list counter inet {self.table} refused_{tag(sandbox_id)}"):
             if "counter" in item:
                 return int(item["counter"].get("packets", 0))
         return 0
 
     async def orphans(self, keep: set[str]) -> list[str]:
         """Tags of per-sandbox chains whose sandbox is not in keep (left by a crash)."""
-        out = await run("nft", "-j", "list", "chains", "inet", check=False)
         wanted = {tag(i) for i in keep}
         found = []
-        for item in json.loads(out or '{"nftables": []}').get("nftables", []):
+        for item in await nftables().list_json("list chains inet"):
             chain = item.get("chain")
             if chain and chain.get("table") == self.table and chain["name"].startswith("egress_"):
                 h = chain["name"].removeprefix("egress_")
@@ -256,9 +246,8 @@ class EgressTable:
 
     async def remove_tag(self, h: str) -> None:
         t = self.table
-        out = await run("nft", "-j", "list", "map", "inet", t, "egress", check=False)
         elements = []
-        for item in json.loads(out or '{"nftables": []}').get("nftables", []):
+        for item in await nftables().list_json(f"list map inet {t} egress"):
             for element in (item.get("map") or {}).get("elem", []):
                 key, verdict = element
                 if (verdict.get("jump") or {}).get("target") == f"egress_{h}":
@@ -271,4 +260,4 @@ class EgressTable:
             f"delete counter inet {t} refused_{h}",
         ]
         for line in lines:
-            await run("nft", line, check=False)
+            await nftables().run(line, check=False)

@@ -7,17 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Sequence
+import logging
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from sandboxd.errors import Conflict
+from sandboxd.errors import Conflict, RuntimeFailure
 from sandboxd.runtimes.hostnets import InwardNetworks
 from sandboxd.runtimes.local.network.bridge import Network, veth_name
 from sandboxd.runtimes.local.network.broker import Broker, Transform
 from sandboxd.runtimes.local.network.dns import Resolver, upstreams_from
 from sandboxd.runtimes.local.network.egress import Attached, EgressTable, Policy
 from sandboxd.runtimes.local.network.tls import CertificateAuthority
+
+log = logging.getLogger("sandboxd.network")
+VETH_GRACE_SECONDS = 2.0  # how long a deleted sandbox's veth may take to go with its namespace
 
 
 class SandboxNetworks:
@@ -100,20 +104,32 @@ class SandboxNetworks:
             address = str(record["address"])
             self.network.reserve(address)
             self._attached[address] = found = _attached(sandbox_id, record)
-            task = asyncio.get_running_loop().create_task(self.egress.apply(sandbox_id, address, found.policy))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._spawn(self.egress.apply(sandbox_id, address, found.policy))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _veth_gone(self, name: str, wait: float = VETH_GRACE_SECONDS) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while self.network.has_link(name) and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        try:
+            await self.network.delete_veth(name)
+        except Exception:
+            log.exception("could not delete veth %s", name)
 
     async def remove(self, sandbox_id: str, record: dict[str, Any]) -> list[Exception]:
         """Removes all of the sandbox's network; every step runs, the failures are returned."""
         failures: list[Exception] = []
         address = record.get("address")
         address = address if isinstance(address, str) else None
-        try:
-            # The veth goes with the namespace; one left by a crash between steps goes here.
-            await self.network.delete_veth(veth_name(sandbox_id), missing_ok=True)
-        except Exception as exc:
-            failures.append(exc)
+        # The veth goes with the sandbox's namespace, which the kernel tears down some 15 ms after
+        # its last process: the delete does not wait for it. One the namespace does not take (a
+        # crash between steps left it, or something keeps the namespace) is deleted here.
+        self._spawn(self._veth_gone(veth_name(sandbox_id)))
         if address is not None:
             self._attached.pop(address, None)
         self.resolver.refused.pop(sandbox_id, None)
@@ -127,7 +143,10 @@ class SandboxNetworks:
     async def sweep(self, known: set[str]) -> None:
         """Removes veths and egress chains of sandboxes not in known."""
         for veth in await self.network.orphan_veths(known):
-            await self.network.delete_veth(veth)
+            try:
+                await self.network.delete_veth(veth)
+            except RuntimeFailure:  # the rest is still swept; the next start tries again
+                log.exception("could not delete veth %s", veth)
         for orphan_tag in await self.egress.orphans(known):
             await self.egress.remove_tag(orphan_tag)
 

@@ -1,5 +1,6 @@
 """The cgroups of a sandbox (``sandboxd-<id>``, made by the OCI runtime from its config): read for OOM
-kills, loosened before a kill, removed after it. Both cgroup v2 and v1 hierarchies are handled."""
+kills, loosened and thawed before a kill, watched until empty, removed after it. Both cgroup v2 and
+v1 hierarchies are handled."""
 
 from __future__ import annotations
 
@@ -27,13 +28,66 @@ def lift_cpu_limit(sandbox_id: str) -> None:
             path.write_text(unlimited)
 
 
-def remove(sandbox_id: str) -> None:
-    """Removes the sandbox's group in the unified hierarchy and in every v1 controller's. Slow-ish
-    (a directory scan and a dozen rmdirs): run it off the event loop."""
+def thaw(sandbox_id: str) -> None:
+    """A frozen (paused) sandbox's processes do not die of a SIGKILL until they are thawed (the v1
+    freezer; v2's lets fatal signals through, and is thawed all the same)."""
     group = name(sandbox_id)
-    for path in [CGROUP_ROOT / group, *(hierarchy / group for hierarchy in _hierarchies())]:
+    for path, thawed in (
+        (CGROUP_ROOT / "freezer" / group / "freezer.state", "THAWED"),  # v1
+        (CGROUP_ROOT / group / "cgroup.freeze", "0"),  # v2
+        (CGROUP_ROOT / "unified" / group / "cgroup.freeze", "0"),  # v2 beside v1 (a hybrid host)
+    ):
         with contextlib.suppress(OSError):
+            path.write_text(thawed)
+
+
+def holds(sandbox_id: str, pid: int) -> bool:
+    """Whether the process pid is in the sandbox's group (in any hierarchy): a pid read from a
+    record may belong to another process by now."""
+    wanted = f"/{name(sandbox_id)}"
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        path = line.split(":", 2)[-1]
+        if path == wanted or path.startswith(wanted + "/"):
+            return True
+    return False
+
+
+def populated(sandbox_id: str) -> bool:
+    """Whether any process (a zombie aside) is still in the sandbox's group."""
+    group = name(sandbox_id)
+    for events in (CGROUP_ROOT / group / "cgroup.events", CGROUP_ROOT / "unified" / group / "cgroup.events"):
+        try:
+            text = events.read_text()
+        except FileNotFoundError:
+            continue
+        return "populated 1" in text  # v2 counts the whole subtree
+    for hierarchy in _hierarchies():
+        try:
+            if (hierarchy / group / "cgroup.procs").read_text().strip():
+                return True
+        except FileNotFoundError:
+            continue
+    return False
+
+
+def remove(sandbox_id: str) -> bool:
+    """Removes the sandbox's group in the unified hierarchy and in every v1 controller's; True if
+    none is left. A dozen rmdirs: run it off the event loop."""
+    group = name(sandbox_id)
+    gone = True
+    for path in [CGROUP_ROOT / group, *(hierarchy / group for hierarchy in _hierarchies())]:
+        try:
             path.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError:
+            gone = False
+    return gone
 
 
 @functools.cache

@@ -234,17 +234,3 @@ def hide_mounts_wrapper(points: list[str]) -> list[str] | None:
     script = f'{shlex.quote(umount)} -- {" ".join(map(shlex.quote, points))} && exec "$@"'
     return [unshare, "--mount", "--propagation", "private", "--", sh, "-c", script, "sh"]
 
-
-async def wait_gone(pid: int, limit: float = 5.0) -> bool:
-    """True once the process is gone (or a zombie), False if it outlived the wait."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while loop.time() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-                    return True
-        except OSError:
-            return True
-        await asyncio.sleep(0.002)
-    return False
