@@ -16,7 +16,7 @@ import pytest
 
 from sandboxd.runtimes.local.network.bridge import veth_name
 from sandboxd.runtimes.local.network.egress import tag
-from tests.conftest import Server, assert_no_leaks, teardown_bridge
+from tests.conftest import Server, assert_no_leaks, oci_cli, teardown_bridge
 
 BRIDGE, SUBNET = "sbxdstop0", "10.77.90.0/24"
 TABLE = "sandboxd_" + BRIDGE
@@ -66,13 +66,11 @@ def assert_gone(srv: Server, sid: str, pids: set[int]) -> None:
     assert not list(Path("/sys/fs/cgroup").glob(f"*/sandboxd-{sid}")) + list(
         Path("/sys/fs/cgroup").glob(f"sandboxd-{sid}")
     )
-    assert not (srv.data_dir / "runc" / sid).exists()
-    assert (
-        sid
-        not in subprocess.run(
-            ["runc", "--root", str(srv.data_dir / "runc"), "list", "-q"], capture_output=True, text=True
-        ).stdout
-    )
+    for binary, root in (("runc", srv.data_dir / "runc"), ("crun", srv.data_dir / "oci" / "crun")):
+        assert not (root / sid).exists()
+        if root.exists():
+            listed = subprocess.run([binary, "--root", str(root), "list", "-q"], capture_output=True, text=True)
+            assert sid not in listed.stdout
     assert not (srv.data_dir / "sandboxes" / sid).exists()
     assert not (srv.data_dir / "scratch" / sid).exists()
     assert tag(sid) not in nft_table()
@@ -106,9 +104,9 @@ def test_a_paused_sandbox_deletes(stop_server: Server) -> None:
         sid = http.post("/api/v1/sandboxes", json={}).json()["id"]
         http.post(f"/api/v1/sandboxes/{sid}/commands", json={"command": "sleep 1000 & sleep 1000 & echo ok"})
         pids = sandbox_pids(sid)
-        runc = ["runc", "--root", str(stop_server.data_dir / "runc")]
-        subprocess.run([*runc, "pause", sid], check=True)
-        state = json.loads(subprocess.run([*runc, "state", sid], capture_output=True, text=True, check=True).stdout)
+        oci = oci_cli(stop_server.data_dir, sid)
+        subprocess.run([*oci, "pause", sid], check=True)
+        state = json.loads(subprocess.run([*oci, "state", sid], capture_output=True, text=True, check=True).stdout)
         assert state["status"] == "paused"
         started = time.monotonic()
         assert http.delete(f"/api/v1/sandboxes/{sid}").json()["status"]["state"] == "terminated"
@@ -163,7 +161,9 @@ def test_a_state_directory_cut_short_is_swept(stop_server: Server) -> None:
     deadline = time.monotonic() + 5
     while alive(pid):
         assert time.monotonic() < deadline
-    (stop_server.data_dir / "runc" / sid / "state.json").unlink()
+    state_root = Path(oci_cli(stop_server.data_dir, sid)[2])
+    for name in ("state.json", "status"):  # runc's state file, crun's
+        (state_root / sid / name).unlink(missing_ok=True)
     stop_server.start()
     with stop_server.client() as http:
         status = http.get(f"/api/v1/sandboxes/{sid}").json()["status"]
