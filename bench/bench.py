@@ -42,7 +42,7 @@ import bench_sections as sections  # noqa: E402  (beside this file)
 
 from sandboxd.runtimes.local.images.catalog import ImageStore  # noqa: E402
 from sandboxd.runtimes.local.oci import mounts  # noqa: E402
-from tests.conftest import LOOPBACK_FETCHES, USERNS_BASE, Server, image_cache_path, teardown_bridge  # noqa: E402
+from tests.conftest import LOOPBACK_FETCHES, USERNS_BASE, Server, image_cache_path, oci_cli, teardown_bridge  # noqa: E402
 from tests.test_registry import LOOPBACK_REGISTRY, TAR, Registry, tar_bytes  # noqa: E402
 
 
@@ -148,10 +148,10 @@ def core_figures(work: Path, server: Server, http: httpx.Client, runs: int) -> d
         results.setdefault("exec `true` over HTTP (agent)", []).append(
             timed(lambda: http.post(f"/api/v1/sandboxes/{sid}/commands", json=body).raise_for_status())
         )
-    state = str(server.data_dir / "runc")
+    oci = oci_cli(server.data_dir, sid)  # the sandbox's own class (crun where it can run)
     for _ in range(runs):
-        results.setdefault("baseline: runc exec `true` (no HTTP)", []).append(
-            timed(lambda: subprocess.run(["runc", "--root", state, "exec", sid, "/bin/true"], check=True))
+        results.setdefault(f"baseline: {oci[0]} exec `true` (no HTTP)", []).append(
+            timed(lambda: subprocess.run([*oci, "exec", sid, "/bin/true"], check=True))
         )
     bundle_src = json.loads((server.data_dir / "sandboxes" / sid / "config.json").read_text())
     http.delete(f"/api/v1/sandboxes/{sid}")
@@ -337,6 +337,7 @@ def baseline_runc_run(work: Path, config: dict, runs: int) -> list[float]:  # ty
         cfg = json.loads(json.dumps(config))
         cfg["root"]["path"] = str(bundle / "rootfs")
         cfg["process"]["args"] = ["/bin/true"]
+        cfg["process"].pop("rlimits", None)  # crun's way; runc would need CAP_SYS_RESOURCE for them
         cfg["mounts"] = [m for m in cfg["mounts"] if m["destination"] != "/.sandboxd"]
         cfg["linux"]["cgroupsPath"] = f"/sandboxd-bench-{i}"
         # The sandbox joined a user namespace made for it (userns.py), gone since: runc makes one.
