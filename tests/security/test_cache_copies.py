@@ -16,11 +16,6 @@ from sandboxd.store.sql import open_store
 pytestmark = pytest.mark.anyio
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RecordCache hands out model_copy() (shallow): nested lists, dicts and models are shared "
-    "with the cached record, so a caller's in-place change reaches every later read",
-)
 async def test_changing_a_read_key_changes_nothing_cached(tmp_path: Path) -> None:
     store = await open_store(f"sqlite:///{tmp_path}/db.sqlite")
     try:

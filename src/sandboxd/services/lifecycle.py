@@ -251,7 +251,7 @@ class SandboxService:
     async def agent(self, project_id: str | None, sandbox_id: str) -> tuple[Sandbox, AgentPort]:
         sandbox = await self.running(project_id, sandbox_id)
         held = self._agents.get(sandbox.id)
-        if held is not None and (held[0] is sandbox.runtime or held[0] == sandbox.runtime):
+        if held is not None and held[0] == sandbox.runtime:
             return sandbox, held[1]
         port = AgentPort(self.runtime.agent(sandbox.id, sandbox.runtime).connect, pool=AGENT_POOL)
         self._agents[sandbox.id] = (sandbox.runtime, port)

@@ -51,13 +51,13 @@ class RecordCache(Generic[K, M]):
     async def read(self, key: K, load: Callable[[], Awaitable[M | None]]) -> M | None:
         found = self.entries.get(key)
         if found is not None:
-            return found.model_copy()
+            return found.model_copy(deep=True)
         began = self._clock
         loaded = await load()
         if loaded is not None and self._clean(key, began):
             if len(self.entries) >= self.limit:
                 self.entries.clear()
-            self.entries[key] = loaded.model_copy()
+            self.entries[key] = loaded.model_copy(deep=True)
         return loaded
 
     def _clean(self, key: K, since: int) -> bool:

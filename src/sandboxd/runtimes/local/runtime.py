@@ -261,7 +261,11 @@ class LocalRuntime:
         )
         self.log_pipes.close(sandbox_id)
         if isinstance(stopped, BaseException):
-            raise stopped  # it may still run: its scratch volume stays for the next try
+            raise stopped  # it may still run: its scratch volume and its address stay for the next try
+        if stopped:
+            self.networks.release(record)
+        else:  # processes outlived every way to stop them: its address is not given to another
+            log.error("sandbox processes outlived the stop; its address stays taken", extra={"sandbox_id": sandbox_id})
         # Every step runs even if one before it failed; the first failure is raised at the end.
         failures: list[BaseException] = [home] if isinstance(home, BaseException) else []
         failures += [network] if isinstance(network, BaseException) else network

@@ -122,7 +122,8 @@ class SandboxNetworks:
             log.exception("could not delete veth %s", name)
 
     async def remove(self, sandbox_id: str, record: dict[str, Any]) -> list[Exception]:
-        """Removes all of the sandbox's network; every step runs, the failures are returned."""
+        """Removes all of the sandbox's network but its address, which `release` gives back once
+        its processes are proven gone; every step runs, the failures are returned."""
         failures: list[Exception] = []
         address = record.get("address")
         address = address if isinstance(address, str) else None
@@ -137,8 +138,13 @@ class SandboxNetworks:
             await self.egress.remove(sandbox_id, address)
         except Exception as exc:
             failures.append(exc)
-        self.network.release(address)
         return failures
+
+    def release(self, record: dict[str, Any]) -> None:
+        """The sandbox's address goes back to the pool: only for a sandbox whose processes are
+        gone, or a new sandbox could be given the address of one still running."""
+        address = record.get("address")
+        self.network.release(address if isinstance(address, str) else None)
 
     async def sweep(self, known: set[str]) -> None:
         """Removes veths and egress chains of sandboxes not in known."""

@@ -233,4 +233,3 @@ def hide_mounts_wrapper(points: list[str]) -> list[str] | None:
         return None
     script = f'{shlex.quote(umount)} -- {" ".join(map(shlex.quote, points))} && exec "$@"'
     return [unshare, "--mount", "--propagation", "private", "--", sh, "-c", script, "sh"]
-
