@@ -12,6 +12,7 @@ from sandboxd_sdk._async.tenancy import AsyncKeys, AsyncOrgs, AsyncProjects
 from sandboxd_sdk._async.terminal import AsyncTerminal
 from sandboxd_sdk._errors import CommandExitError, SandboxError
 from sandboxd_sdk._models import ApiKey, CommandResult, CreatedKey, Organization, ProcessInfo, Project
+from sandboxd_sdk._pool import aclose_shared_clients, close_shared_clients
 from sandboxd_sdk._sync.api import Client
 from sandboxd_sdk._sync.client import CommandHandle, Sandbox
 from sandboxd_sdk._sync.images import Images
@@ -46,4 +47,6 @@ __all__ = [
     "SandboxError",
     "Templates",
     "Terminal",
+    "aclose_shared_clients",
+    "close_shared_clients",
 ]
