@@ -19,6 +19,12 @@ from sandboxd.services.requests import RunCommand
 
 router = APIRouter(prefix="/api/v1/sandboxes/{sandbox_id}", tags=["terminal"])
 STDIN, OUTPUT = 0, 1
+# The default program: bash if the image has it, else sh; a login shell, interactive (-i) with job
+# control, its stderr on the terminal. Bash is interactive only when stdin and stderr are ttys, so
+# no redirect may follow the exec'd shell (`exec bash -l 2>/dev/null` made a silent, promptless
+# bash that Ctrl-C ended). `command -v` picks the program first because a failed `exec` ends a
+# non-interactive sh before any `|| exec sh` fallback could run.
+LOGIN_SHELL = "if command -v bash >/dev/null 2>&1; then exec bash -il; else exec sh -il; fi"
 
 
 @router.websocket("/terminal")
@@ -34,7 +40,7 @@ async def terminal(
 ) -> None:
     commands: CommandService = api_state(websocket.scope).services.commands
     if not argv:  # an image without a shell still gets a terminal through argv
-        argv = ["/bin/sh", "-c", command or "exec bash -l 2>/dev/null || exec sh -l"]
+        argv = ["/bin/sh", "-c", command or LOGIN_SHELL]
     await websocket.accept()
     try:
         term = await commands.terminal(project, sandbox_id, RunCommand(command=argv, user=user), rows, cols)
