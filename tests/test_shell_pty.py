@@ -60,11 +60,14 @@ class Screen:
     def _matches(found: re.Pattern[str] | str, text: str) -> bool:
         return bool(found.search(text)) if isinstance(found, re.Pattern) else found in text
 
-    def line(self, keys: str, found: re.Pattern[str] | str = PROMPT, timeout: float = 15) -> str:
-        """Types a line and returns the screen up to the next match (by default, the next prompt)."""
+    def line(self, keys: str, found: re.Pattern[str] | str | None = None, timeout: float = 15) -> str:
+        """Types a line; returns the screen from there to the next prompt (after `found`, if given)."""
         start = len(self.text)
         self.send(keys + "\r")
-        return self.wait_for(found, start, timeout)
+        if found is not None:
+            self.wait_for(found, start, timeout)
+        pattern = found.pattern if isinstance(found, re.Pattern) else re.escape(found or "")
+        return self.wait_for(re.compile(f"{pattern}.*{PROMPT.pattern}", re.S), start, timeout)
 
     def wait_exit(self, timeout: float = 15) -> int:
         deadline = time.monotonic() + timeout
@@ -143,3 +146,11 @@ def test_shell_falls_back_to_sh_without_bash(server: Server, sandbox: Sandbox, s
     interrupt_sleep(screen)
     screen.send("exit\r")
     assert screen.wait_exit() == 0
+
+
+def test_shell_in_a_sandbox_without_a_shell_says_so(server: Server, sandbox: Sandbox, screen_for: OpenScreen) -> None:
+    sandbox.commands.run("mv /usr/bin/bash /usr/bin/bash.off; mv /usr/bin/dash /usr/bin/dash.off", check=True)
+    screen = screen_for(sandbox.id)
+    assert screen.wait_exit() != 0
+    assert "error: " in screen.text and "/bin/sh" in screen.text
+    assert "Traceback" not in screen.text
