@@ -144,7 +144,13 @@ func tarPut(c *conn, path string, up *upload) error {
 	// Directories get their mode and times last, deepest first, as tarfile did: a read-only one
 	// must not stop its own members from being written.
 	sort.SliceStable(dirs, func(i, j int) bool { return len(dirs[i].parts) > len(dirs[j].parts) })
+	isRoot := sameFile(root, "/")
 	for _, d := range dirs {
+		if len(d.parts) == 0 && isRoot {
+			// The archive's "." (upload_dir sends the local directory's own mode and owner) is not
+			// the sandbox's root: a 0700 or foreign-owned "/" would lock out every other user.
+			continue
+		}
 		fd, err := openDir(root, d.parts, false, strings.Join(d.parts, "/"))
 		if err != nil {
 			continue
@@ -261,4 +267,13 @@ func escapes(root int, parts []string) bool {
 		return false
 	}
 	return err == syscall.EXDEV || err == syscall.ENAMETOOLONG || err == syscall.ELOOP
+}
+
+// sameFile reports whether the directory open at fd is the file at path (followed).
+func sameFile(fd int, path string) bool {
+	var a, b syscall.Stat_t
+	if syscall.Fstat(fd, &a) != nil || syscall.Stat(path, &b) != nil {
+		return false
+	}
+	return a.Dev == b.Dev && a.Ino == b.Ino
 }

@@ -52,6 +52,9 @@ def test_cli_round_trip(server: Server, tmp_path: Path) -> None:
         assert (down / "sub" / "f.txt").read_text() == "file content"
         assert cli(server, "cp", f"{sid}:/work/single.txt", str(tmp_path / "back.txt")).returncode == 0
         assert (tmp_path / "back.txt").read_text() == "single"
+        into_root = cli(server, "cp", str(local), f"{sid}:/")  # the directory's contents into "/"
+        assert into_root.returncode == 0, into_root.stderr
+        assert cli(server, "exec", sid, "--", "cat", "/sub/f.txt").stdout == "file content"
 
         shell = cli(server, "shell", sid, stdin="echo from-shell $((6*7))\nexit 0\n")
         assert "from-shell 42" in shell.stdout and shell.returncode == 0

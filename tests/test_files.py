@@ -94,6 +94,83 @@ def test_hostile_tar_is_refused(sandbox: Sandbox, kind: str) -> None:
     assert not sandbox.files.exists("/etc/escape.txt")
 
 
+def test_upload_into_the_root(sandbox: Sandbox) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        top = tarfile.TarInfo(".")  # as upload_dir sends it: the local directory's own mode and owner
+        top.type, top.mode, top.uid = tarfile.DIRTYPE, 0o700, 4321
+        tar.addfile(top)
+        for name, data in (("./top.txt", b"1"), ("./opt/up/inner.txt", b"22")):
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    sandbox.files.upload_tar("/", buf.getvalue())
+    assert sandbox.files.read("/top.txt") == b"1"
+    assert sandbox.commands.run("cat /opt/up/inner.txt").stdout == "22"
+    # The sandbox's root is not the archive's to re-own or lock: a user other than root still gets in.
+    assert sandbox.commands.run("stat -c '%a %u' /").stdout == "755 0\n"
+    assert sandbox.commands.run("su nobody -s /bin/sh -c 'ls /opt/up'").stdout == "inner.txt\n"
+
+
+def root_attack_tar(kind: str) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+
+        def add(name: str, data: bytes = b"x", link: str | None = None) -> None:
+            member = tarfile.TarInfo(name)
+            if link is not None:
+                member.type, member.linkname = tarfile.SYMTYPE, link
+                tar.addfile(member)
+            else:
+                member.size = len(data)
+                tar.addfile(member, io.BytesIO(data))
+
+        if kind == "dotdot":
+            add("../escape.txt")
+        elif kind == "absolute":
+            add("/etc/escape.txt")
+        elif kind == "symlink-absolute":  # a link out, then a write through it
+            add("l", link="/proc/self/root/etc")
+            add("l/escape.txt")
+        elif kind == "symlink-magic":  # relative, so "inside" by its words, but through /proc's magic links
+            add("l", link="proc/self/root/etc")
+            add("l/escape.txt")
+        elif kind == "symlink-dotdot":
+            add("l", link="../etc")
+            add("l/escape.txt")
+        elif kind == "planted":  # a symlink the sandbox made, written through
+            add("planted/escape.txt")
+        elif kind == "agent":  # the agent's own read-only mount
+            add(".sandboxd/agent", b"not the agent")
+        elif kind == "agent-link":
+            add("l", link=".sandboxd")
+            add("l/agent", b"not the agent")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["dotdot", "absolute", "symlink-absolute", "symlink-magic", "symlink-dotdot", "planted", "agent", "agent-link"],
+)
+def test_hostile_tar_into_the_root_is_refused(server: Server, sandbox: Sandbox, kind: str) -> None:
+    agent = server.data_dir / "agent" / "agent"
+    before = agent.read_bytes()
+    made = sandbox.commands.run("ln -s /proc/self/root/etc /planted && ln -s /proc/1/root /proc-root")
+    assert made.exit_code == 0, made.stderr
+    with pytest.raises(SandboxError) as err:
+        sandbox.files.upload_tar("/", root_attack_tar(kind))
+    # Refused by the containment checks, or (the agent's mount) by the read-only filesystem.
+    if kind == "agent":
+        assert err.value.status == 403 and "Read-only" in err.value.message, err.value.message
+    else:
+        assert err.value.status == 400 and "refused" in err.value.message, err.value.message
+    for path in ("/escape.txt", "/etc/escape.txt", "/tmp/escape.txt"):
+        assert not Path(path).exists(), path  # the host's
+        assert not sandbox.files.exists(path), path  # the sandbox's
+    assert agent.read_bytes() == before
+    assert sandbox.commands.run("echo alive").stdout == "alive\n"
+
+
 def test_paths_are_checked_and_resolved_inside_the_sandbox(server: Server, sandbox: Sandbox) -> None:
     marker = Path("/var/tmp/sandboxd-host-secret")
     marker.write_text("host secret")

@@ -84,6 +84,15 @@ def test_tarball_source(server: Server, web: str) -> None:
         assert sb.commands.run("python3 app/main.py").stdout == "from the tarball\n"
 
 
+def test_sources_land_in_the_default_cwd(server: Server, git_server: str, web: str) -> None:
+    # The README's example, without cwd: the default image's cwd is "/", the sandbox's root.
+    with server.create(source={"type": "git", "url": f"{git_server}/project", "depth": 1}) as sb:
+        assert sb.files.read("/README") == b"version two\n"
+        assert sb.commands.run("ls -d .git && pwd && stat -c %a /").stdout.split() == [".git", "/", "755"]
+    with server.create(source={"type": "tarball", "url": f"{web}/app.tar.gz"}) as sb:
+        assert sb.commands.run("python3 app/main.py && stat -c %a /").stdout == "from the tarball\n755\n"
+
+
 @pytest.mark.parametrize(
     ("source", "words"),
     [
