@@ -24,6 +24,14 @@ def test_sync_exec_output_exit_code_env_cwd_user(sandbox: Sandbox) -> None:
     with pytest.raises(CommandExitError) as err:
         sandbox.commands.run("exit 5", check=True)
     assert err.value.result.exit_code == 5
+    assert str(err.value).endswith("command exited with code 5")  # no stderr: nothing appended
+    # The reason is in the message: the last lines of stderr, a terminal escape shown escaped.
+    script = "for i in 1 2 3 4 5 6 7; do echo line$i >&2; done; printf 'boom\\033[2J\\n' >&2; exit 3"
+    with pytest.raises(CommandExitError) as err:
+        sandbox.commands.run(script, check=True)
+    message = str(err.value)
+    assert "command exited with code 3; its stderr ends:\nline4\nline5\nline6\nline7\nboom\\x1b[2J" in message
+    assert "line3" not in message and "\x1b" not in message
 
 
 def test_unknown_command_and_user_are_clear_errors(server: Server, sandbox: Sandbox) -> None:

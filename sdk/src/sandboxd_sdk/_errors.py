@@ -19,12 +19,25 @@ class SandboxError(Exception):
         self.field = field
 
 
+STDERR_TAIL_LINES, STDERR_TAIL_CHARS = 5, 500
+
+
 class CommandExitError(SandboxError):
-    """A command exited non-zero while check=True; the result is attached."""
+    """A command exited non-zero while check=True; the result is attached, and the message ends
+    with the last lines of its stderr (usually the reason)."""
 
     def __init__(self, result: CommandResult) -> None:
-        super().__init__("COMMAND_EXIT", f"command exited with code {result.exit_code}", 0)
+        message = f"command exited with code {result.exit_code}"
+        tail = stderr_tail(result.stderr)
+        super().__init__("COMMAND_EXIT", f"{message}; its stderr ends:\n{tail}" if tail else message, 0)
         self.result = result
+
+
+def stderr_tail(stderr: str) -> str:
+    """The last lines of a command's stderr, for a message. The sandbox wrote them: control
+    characters (a terminal's escape sequences among them) come out escaped, never raw."""
+    text = "\n".join(stderr.rstrip("\n").splitlines()[-STDERR_TAIL_LINES:])[-STDERR_TAIL_CHARS:]
+    return "".join(c if c.isprintable() or c == "\n" else repr(c)[1:-1] for c in text)
 
 
 def raise_for_status(response: httpx.Response) -> None:
