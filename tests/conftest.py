@@ -222,6 +222,19 @@ def sandbox(server: Server) -> Iterator[Sandbox]:
         yield sb
 
 
+@contextlib.contextmanager
+def restartable(srv: Server) -> Iterator[Server]:
+    """A started server for a test that may kill it: started again if the test left it down, then
+    emptied, stopped and checked for leaks."""
+    yield srv.start()
+    if srv.proc is None or srv.proc.poll() is not None:
+        srv.start()
+    srv.delete_all()
+    srv.stop()
+    assert_no_leaks(srv.data_dir, srv.bridge)
+    teardown_bridge(srv.bridge)
+
+
 def teardown_bridge(bridge: str) -> None:
     asyncio.run(Network(bridge, "10.0.0.0/30").teardown_host())  # the subnet plays no part here
 

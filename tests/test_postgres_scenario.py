@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from sandboxd import Client, Sandbox, SandboxError
-from tests.conftest import Server, assert_no_leaks, teardown_bridge
+from tests.conftest import Server, assert_no_leaks, restartable
 from tests.postgres import PostgresServer
 
 BRIDGE, SUBNET = "sbxdtest8", "10.77.88.0/24"
@@ -25,14 +25,8 @@ PAGE = "served from the sandbox on postgres"
 def pg_server(image_cache: Path, workdir: Path, postgres: PostgresServer) -> Iterator[tuple[Server, str]]:
     database = "scenario_" + os.urandom(4).hex()
     url = postgres.create_database(database)
-    srv = Server(workdir / database, BRIDGE, SUBNET, SANDBOXD_DATABASE_URL=url).start()
-    yield srv, database
-    if srv.proc is None or srv.proc.poll() is not None:
-        srv.start()
-    srv.delete_all()
-    srv.stop()
-    assert_no_leaks(srv.data_dir, srv.bridge)
-    teardown_bridge(srv.bridge)
+    with restartable(Server(workdir / database, BRIDGE, SUBNET, SANDBOXD_DATABASE_URL=url)) as srv:
+        yield srv, database
 
 
 def wait_listening(sb: Sandbox, port: int) -> None:

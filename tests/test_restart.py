@@ -13,20 +13,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import InternetHost, Server, assert_no_leaks, oci_cli, teardown_bridge
+from tests.conftest import InternetHost, Server, assert_no_leaks, oci_cli, restartable
 
 
 @pytest.fixture
 def own_server(image_cache: Path, workdir: Path, request: pytest.FixtureRequest) -> Iterator[Server]:
     name = request.node.name[:20]
-    srv = Server(workdir / name, "sbxdtest1", "10.77.1.0/24").start()
-    yield srv
-    if srv.proc is None or srv.proc.poll() is not None:
-        srv.start()
-    srv.delete_all()
-    srv.stop()
-    assert_no_leaks(srv.data_dir, srv.bridge)
-    teardown_bridge(srv.bridge)
+    with restartable(Server(workdir / name, "sbxdtest1", "10.77.1.0/24")) as srv:
+        yield srv
 
 
 def state(http: httpx.Client, sid: str) -> dict[str, str]:

@@ -16,7 +16,7 @@ import pytest
 
 from sandboxd.runtimes.local.network.bridge import veth_name
 from sandboxd.runtimes.local.network.egress import tag
-from tests.conftest import Server, assert_no_leaks, oci_cli, teardown_bridge
+from tests.conftest import Server, oci_cli, restartable
 
 BRIDGE, SUBNET = "sbxdstop0", "10.77.90.0/24"
 TABLE = "sandboxd_" + BRIDGE
@@ -24,14 +24,8 @@ TABLE = "sandboxd_" + BRIDGE
 
 @pytest.fixture
 def stop_server(image_cache: Path, workdir: Path, request: pytest.FixtureRequest) -> Iterator[Server]:
-    srv = Server(workdir / f"stop{request.node.name[7:19]}", BRIDGE, SUBNET).start()
-    yield srv
-    if srv.proc is None or srv.proc.poll() is not None:
-        srv.start()
-    srv.delete_all()
-    srv.stop()
-    assert_no_leaks(srv.data_dir, srv.bridge)
-    teardown_bridge(srv.bridge)
+    with restartable(Server(workdir / f"stop{request.node.name[7:19]}", BRIDGE, SUBNET)) as srv:
+        yield srv
 
 
 def init_pid(srv: Server, sid: str) -> int:
