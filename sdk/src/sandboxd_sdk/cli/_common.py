@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import tarfile
+from importlib import metadata
 from typing import Any, NoReturn
 
 import click
@@ -23,11 +24,23 @@ console = Console()
 err = Console(stderr=True)
 
 
+# --json on every command that prints records: the API's own JSON, for scripts.
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts) instead of a table.")
+
+
 def emit(data: Any, as_json: bool, table: Table | None = None) -> None:
     if as_json or table is None:
         click.echo(json.dumps(data, indent=2, default=str))
     else:
         console.print(table)
+
+
+def version() -> str:
+    """This client's version, from its installed distribution's metadata."""
+    try:
+        return metadata.version("sandboxd-sdk")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def fail(message: object) -> NoReturn:
