@@ -58,6 +58,10 @@ func addTree(tw *tar.Writer, path, name string, st *syscall.Stat_t) error {
 		if err != nil {
 			return osError(err, path)
 		}
+		if name != "." && kernelFS(int(dir.Fd())) {
+			dir.Close()
+			return nil // below the path asked for: the directory, empty (as `docker export` has /proc)
+		}
 		names, err := dir.Readdirnames(-1)
 		dir.Close()
 		if err != nil {
@@ -145,4 +149,36 @@ func (zeros) Read(p []byte) (int, error) {
 		p[i] = 0
 	}
 	return len(p), nil
+}
+
+// The file systems that are the kernel's interfaces rather than files (their magic numbers from
+// statfs(2)): /proc, /sys, cgroups, /dev/pts, /dev/mqueue and the like. A tree that crosses one
+// (`cp ID:/ .`) stops at its mount point: their entries are not files to copy, and some of them
+// (/proc/kmsg, /proc/kcore) cannot be read at all, which broke the whole archive midway.
+var kernelFSMagic = map[int64]bool{
+	0x9fa0:     true, // proc
+	0x62656572: true, // sysfs
+	0x27e0eb:   true, // cgroup
+	0x63677270: true, // cgroup2
+	0x1cd1:     true, // devpts
+	0x19800202: true, // mqueue
+	0x64626720: true, // debugfs
+	0x74726163: true, // tracefs
+	0x73636673: true, // securityfs
+	0xcafe4a11: true, // bpf
+	0x6165676c: true, // pstore
+	0x65735543: true, // fusectl
+	0x62656570: true, // configfs
+	0x42494e4d: true, // binfmt_misc
+	0xf97cff8c: true, // selinuxfs
+	0x6e736673: true, // nsfs
+	0xde5e81e4: true, // efivarfs
+}
+
+func kernelFS(fd int) bool {
+	var fs syscall.Statfs_t
+	if err := syscall.Fstatfs(fd, &fs); err != nil {
+		return false
+	}
+	return kernelFSMagic[int64(fs.Type)]
 }

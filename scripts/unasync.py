@@ -20,6 +20,8 @@ RULES = [
     (r"\bAsyncTerminal\b", "Terminal"),
     (r"\bAsyncClient\b", "Client"),
     (r"\bAsyncBaseTransport\b", "BaseTransport"),
+    (r"\bAsyncByteStream\b", "SyncByteStream"),
+    (r"\b__aiter__\b", "__iter__"),
     (r"\bAsyncOrgs\b", "Orgs"),
     (r"\bAsyncProjects\b", "Projects"),
     (r"\bAsyncKeys\b", "Keys"),

@@ -18,6 +18,7 @@ from sandboxd_sdk import (
     Images,
     ProcessInfo,
     Sandbox,
+    SandboxdConnectionError,
     SandboxError,
     Templates,
     Terminal,
@@ -38,6 +39,7 @@ __all__ = [
     "ProcessInfo",
     "Sandbox",
     "SandboxError",
+    "SandboxdConnectionError",
     "Templates",
     "Terminal",
 ]

@@ -10,7 +10,7 @@ from sandboxd_sdk._async.images import AsyncImages
 from sandboxd_sdk._async.templates import AsyncTemplates
 from sandboxd_sdk._async.tenancy import AsyncKeys, AsyncOrgs, AsyncProjects
 from sandboxd_sdk._async.terminal import AsyncTerminal
-from sandboxd_sdk._errors import CommandExitError, SandboxError
+from sandboxd_sdk._errors import CommandExitError, SandboxdConnectionError, SandboxError
 from sandboxd_sdk._models import ApiKey, CommandResult, CreatedKey, Organization, ProcessInfo, Project
 from sandboxd_sdk._pool import aclose_shared_clients, close_shared_clients
 from sandboxd_sdk._sync.api import Client
@@ -45,6 +45,7 @@ __all__ = [
     "Projects",
     "Sandbox",
     "SandboxError",
+    "SandboxdConnectionError",
     "Templates",
     "Terminal",
     "aclose_shared_clients",

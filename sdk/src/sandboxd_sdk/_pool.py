@@ -19,6 +19,9 @@ from collections.abc import AsyncGenerator
 
 import httpx
 
+from sandboxd_sdk._async._session import Session as AsyncSession
+from sandboxd_sdk._sync._session import Session
+
 # (base URL, key, project, timeout): what a client is made of.
 Key = tuple[str, str, str | None, float]
 
@@ -40,7 +43,7 @@ def shared_client(key: Key, project_header: str) -> httpx.Client:
     with _lock:
         client = _sync.get(key)
         if client is None or client.is_closed:
-            client = _sync[key] = httpx.Client(
+            client = _sync[key] = Session(
                 base_url=key[0], headers=_headers(key, project_header), timeout=key[3], verify=_context_locked()
             )
         return client
@@ -55,7 +58,7 @@ def shared_async_client(key: Key, project_header: str) -> httpx.AsyncClient:
             _closers[loop] = _register_closer(clients)
         client = clients.get(key)
         if client is None or client.is_closed:
-            client = clients[key] = httpx.AsyncClient(
+            client = clients[key] = AsyncSession(
                 base_url=key[0], headers=_headers(key, project_header), timeout=key[3], verify=_context_locked()
             )
         return client

@@ -66,8 +66,17 @@ class Rules:
     contained_links: bool = True  # False: symlink targets are not interpreted on this host
     fifos: bool = False
     drop_devices_under: str | None = None  # a top directory whose device nodes are skipped, not refused
+    # Device nodes, fifos and symlinks leading out of the destination are skipped, not refused.
+    skip_special: bool = False
     replace_dirs: bool = False  # a non-directory member may replace a whole directory tree
     max_bytes: int | None = None  # total of regular files' sizes
+
+
+# A sandbox's tree copied to this host (Files.download_dir, `sandboxd cp ID:/ .`): its device nodes
+# (the runtime's /dev) and fifos cannot be copied as files, and a symlink out of the copy (an
+# absolute one: /etc/alternatives/*, /dev/core -> /proc/kcore) would point at this host's files, so
+# these are left out rather than failing the whole copy; everything else keeps the default rules.
+DOWNLOAD = Rules(skip_special=True)
 
 
 # git archive writes one global header of about 52 bytes; nothing legitimate needs more than this.
@@ -218,6 +227,8 @@ class Extractor:
             return
         if not parts:
             raise UnsafeArchive(member.name, "a non-directory member for the destination itself")
+        if self.rules.skip_special and (member.ischr() or member.isblk() or member.isfifo()):
+            return  # nothing is made for it
         if member.ischr() or member.isblk():
             if self.rules.drop_devices_under is not None and parts[0] == self.rules.drop_devices_under:
                 return  # the sandbox gets its own /dev
@@ -227,7 +238,12 @@ class Extractor:
         if not (member.isreg() or member.issym() or member.islnk() or member.isfifo()):
             raise UnsafeArchive(member.name, f"unsupported member type {member.type!r}")
         if member.issym():
-            self._check_symlink(member, parts)
+            try:
+                self._check_symlink(member, parts)
+            except UnsafeArchive:
+                if self.rules.skip_special:
+                    return  # nothing is made for it: no link out of the copy on this host
+                raise
         *above, name = parts
         parent = self.directory(above, member.name)
         try:

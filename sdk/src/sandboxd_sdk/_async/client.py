@@ -214,8 +214,9 @@ class AsyncFiles:
     async def download_dir(self, path: str, destination: str | os.PathLike[str]) -> None:
         """The sandbox's directory unpacked into destination by tarsafe's rules: the archive comes
         from the sandbox's agent, which the sandbox may control, so no member may write outside the
-        destination, go through a symlink, or plant a link that leads out of it. Raises
-        tarsafe.UnsafeArchive (members before it were written) or tarfile.TarError.
+        destination or go through a symlink; device nodes, fifos and links that lead out of it are
+        left out (tarsafe.DOWNLOAD). Raises tarsafe.UnsafeArchive (members before it were
+        written) or tarfile.TarError.
 
         The archive is spooled to a temporary file on the way, never held whole in memory."""
         os.makedirs(destination, exist_ok=True)
@@ -226,7 +227,7 @@ class AsyncFiles:
                 async for chunk in r.aiter_bytes():
                     spool.write(chunk)
             spool.seek(0)
-            tarsafe.extract(spool, destination)
+            tarsafe.extract(spool, destination, tarsafe.DOWNLOAD)
 
     async def upload_dir(self, local: str | os.PathLike[str], path: str) -> None:
         """A local directory's contents into path in the sandbox (made if missing)."""

@@ -8,7 +8,9 @@ from urllib.parse import urlencode
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+from sandboxd_sdk._errors import connection_error, error_from_body
 
 STDIN, OUTPUT = 0, 1
 
@@ -24,11 +26,18 @@ class AsyncTerminal:
 
     @classmethod
     async def open(cls, http: httpx.AsyncClient, path: str, command: str, cols: int, rows: int) -> AsyncTerminal:
-        base = str(http.base_url).rstrip("/").replace("http", "ws", 1)
+        server = str(http.base_url).rstrip("/")
+        base = server.replace("http", "ws", 1)
         query = urlencode({"cols": cols, "rows": rows, "command": command})
         # The same credentials and project as the client's requests.
         headers = {k: v for k, v in http.headers.items() if k.lower() in ("authorization", "x-sandboxd-project")}
-        return cls(await connect(f"{base}{path}?{query}", additional_headers=headers))
+        try:
+            ws = await connect(f"{base}{path}?{query}", additional_headers=headers)
+        except InvalidStatus as exc:  # refused (a wrong key, no such sandbox): the server's error, as for any request
+            raise error_from_body(exc.response.status_code, bytes(exc.response.body or b"")) from None
+        except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+            raise connection_error(exc, server) from exc
+        return cls(ws)
 
     async def write(self, data: bytes) -> None:
         await self._ws.send(bytes([STDIN]) + data)

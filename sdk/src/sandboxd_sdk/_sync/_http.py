@@ -9,15 +9,46 @@ from urllib.parse import quote
 
 import httpx
 
-from sandboxd_sdk._errors import SandboxError, raise_for_status
+from sandboxd_sdk._sync._session import Session
+from sandboxd_sdk._errors import SandboxdConnectionError, SandboxError, raise_for_status
 from sandboxd_sdk._pool import shared_client
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 PROJECT_HEADER = "X-Sandboxd-Project"
+API_PREFIX = "/api/v1"
+LOOPBACK = ("localhost", "127.0.0.1", "[::1]")
 
 
 def base_url(url: str | None) -> str:
-    return url or os.environ.get("SANDBOXD_URL", DEFAULT_URL)
+    """The server's base URL from url= or SANDBOXD_URL, as a person may write it: the API's own
+    path (http://host:8080/api/v1, as in the API reference) is understood and dropped, as the SDK
+    adds it. A URL without a scheme is taken as http:// only for this machine (127.0.0.1:8080):
+    to another host the API key would cross the network in clear, so the choice is the user's."""
+    given = (url or os.environ.get("SANDBOXD_URL") or DEFAULT_URL).strip()
+    found = given
+    if "://" not in found:
+        host = found.split("/", 1)[0].rsplit(":", 1)[0] if not found.startswith("[") else found.split("]")[0] + "]"
+        if host not in LOOPBACK and not host.startswith("127."):
+            raise SandboxdConnectionError(
+                "BAD_URL",
+                f"the server URL {given!r} has no scheme: write https://{given}, or http://{given} for a server"
+                " without TLS (the API key then crosses the network in clear) (SANDBOXD_URL)",
+                given,
+            )
+        found = f"http://{found}"
+    try:
+        parsed = httpx.URL(found)
+    except httpx.InvalidURL as exc:
+        message = f"the server URL {given!r} is not valid: {exc} (SANDBOXD_URL)"
+        raise SandboxdConnectionError("BAD_URL", message, given) from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise SandboxdConnectionError(
+            "BAD_URL", f"the server URL {given!r} is not an http:// or https:// URL (SANDBOXD_URL)", given
+        )
+    found = found.rstrip("/")
+    if found.endswith(API_PREFIX):
+        found = found[: -len(API_PREFIX)]
+    return found
 
 
 def api_key(key: str | None) -> str:
@@ -50,7 +81,7 @@ def _client(
     headers = {"Authorization": f"Bearer {config[1]}"}
     if config[2] is not None:
         headers[PROJECT_HEADER] = config[2]
-    return httpx.Client(base_url=config[0], headers=headers, timeout=timeout, transport=transport), True
+    return Session(base_url=config[0], headers=headers, timeout=timeout, transport=transport), True
 
 
 def _check(response: httpx.Response) -> httpx.Response:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tarfile
+from importlib import metadata
 from typing import Any, NoReturn
 
 import click
@@ -13,8 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from sandboxd_sdk import tarsafe
-from sandboxd_sdk._async._http import base_url
-from sandboxd_sdk._errors import SandboxError
+from sandboxd_sdk._async._http import DEFAULT_URL
+from sandboxd_sdk._errors import SandboxError, connection_error
 from sandboxd_sdk._sync.api import Client
 from sandboxd_sdk._sync.client import Sandbox
 
@@ -22,11 +24,23 @@ console = Console()
 err = Console(stderr=True)
 
 
+# --json on every command that prints records: the API's own JSON, for scripts.
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts) instead of a table.")
+
+
 def emit(data: Any, as_json: bool, table: Table | None = None) -> None:
     if as_json or table is None:
         click.echo(json.dumps(data, indent=2, default=str))
     else:
         console.print(table)
+
+
+def version() -> str:
+    """This client's version, from its installed distribution's metadata."""
+    try:
+        return metadata.version("sandboxd-sdk")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def fail(message: object) -> NoReturn:
@@ -56,7 +70,9 @@ def connect(sandbox_id: str, fetch: bool = False) -> Sandbox:
 
 
 class Group(click.Group):
-    """Answers the SDK's errors (the server's, or a refused archive) with one line and exit code 1."""
+    """Answers everyday failures with one line on stderr and a non-zero exit, never a traceback:
+    the SDK's errors (the server's, an unreachable server, a refused archive) and a local file's
+    (a missing source, a destination that cannot be written). A bug still shows its traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -67,5 +83,22 @@ class Group(click.Group):
             fail(f"the archive from the sandbox was refused: {exc} (members before it were written)")
         except tarfile.TarError as exc:
             fail(f"the archive from the sandbox is not a valid tar: {exc}")
-        except httpx.TransportError as exc:
-            fail(f"cannot reach the server at {base_url(None)} (SANDBOXD_URL): {exc}")
+        except httpx.TransportError as exc:  # the SDK maps these; this is for a path it missed
+            fail(connection_error(exc, os.environ.get("SANDBOXD_URL", DEFAULT_URL)))
+        except BrokenPipeError:
+            # The reader went away (`sandboxd ls | head -1`): nothing to say, and nothing more to
+            # flush at exit, which would raise again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
+        except OSError as exc:
+            fail(local_error(exc))
+        except KeyboardInterrupt:
+            sys.exit(130)
+
+
+def local_error(exc: OSError) -> str:
+    """A local file's error as a person reads it: "./missing.txt: no such file or directory"."""
+    reason = (exc.strerror or str(exc)).lower()
+    if exc.filename is None:
+        return reason
+    return f"{exc.filename}: {reason}" if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}: {reason}"

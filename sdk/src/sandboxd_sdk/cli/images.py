@@ -10,7 +10,7 @@ import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
-from sandboxd_sdk.cli._common import client, emit, err
+from sandboxd_sdk.cli._common import client, emit, err, json_option
 
 
 @click.group()
@@ -19,8 +19,9 @@ def image() -> None:
 
 
 @image.command("ls")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def image_ls(as_json: bool) -> None:
+    """Lists the images on the server."""
     with client() as c:
         items = c.images.list()
     table = Table("NAME", "SOURCE", "LAYERS", "DIGEST")
@@ -32,6 +33,7 @@ def image_ls(as_json: bool) -> None:
 @image.command("inspect")
 @click.argument("name")
 def image_inspect(name: str) -> None:
+    """Shows one image (its layers, config and source) as JSON."""
     with client() as c:
         emit(c.images.inspect(name), as_json=True)
 
@@ -80,7 +82,7 @@ def image_pull(reference: str) -> None:
 @image.command("import")
 @click.argument("name")
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
-@click.option("--ref", default=None, help="Tag inside an OCI layout.")
+@click.option("--ref", default=None, help="The tag (ref.name) to import from an OCI layout; default: its first image.")
 def image_import(name: str, source: Path, ref: str | None) -> None:
     """Imports a root filesystem tarball (plain or compressed) or a local OCI image layout
     directory as the image NAME, on the server."""

@@ -13,21 +13,30 @@ import click
 from rich.table import Column, Table
 
 from sandboxd_sdk._sync.client import Sandbox
-from sandboxd_sdk.cli._common import Group, client, connect, emit, fail, project
+from sandboxd_sdk.cli._common import Group, client, connect, emit, fail, project, version
 from sandboxd_sdk.cli.images import image
 from sandboxd_sdk.cli.templates import runtimes, template
 from sandboxd_sdk.cli.tenancy import keys, orgs, projects
 
 
-@click.group(cls=Group)
+# show_default: every option's help ends with its default (children inherit the setting).
+@click.group(cls=Group, context_settings={"show_default": True})
+@click.version_option(version(), "--version", "-V", prog_name="sandboxd", message="%(prog)s %(version)s")
 @click.option(
     "--project",
     envvar="SANDBOXD_PROJECT",
     default=None,
-    help="The project (id or name) to work in, for a key not bound to one. [env: SANDBOXD_PROJECT]",
+    show_envvar=True,
+    help="The project (id or name) to work in, for a key not bound to one; default: the key's own, or the"
+    " organization's 'default' project.",
 )
 def main(project: str | None) -> None:
-    """sandboxd: isolated Linux sandboxes for untrusted code."""
+    """sandboxd: isolated Linux sandboxes for untrusted code.
+
+    \b
+    The server is SANDBOXD_URL (default: http://127.0.0.1:8080), the key SANDBOXD_API_KEY;
+    `sandboxd serve` prints both when it starts.
+    """
 
 
 main.add_command(image)
@@ -41,8 +50,15 @@ SERVER_MISSING = "`sandboxd serve` runs the server, which is not installed here:
 
 
 @main.command()
-@click.option("--host", default=None, help="Overrides SANDBOXD_HOST.")
-@click.option("--port", type=int, default=None, help="Overrides SANDBOXD_PORT.")
+@click.option(
+    "--host", default=None, help="The address to listen on; default: SANDBOXD_HOST, else the config's (127.0.0.1)."
+)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="The port; default: SANDBOXD_PORT, else the config's (8080).",
+)
 def serve(host: str | None, port: int | None) -> None:
     """Runs the API server (prepares the default image on first start)."""
     try:

@@ -9,7 +9,7 @@ from typing import Any
 import click
 from rich.table import Column, Table
 
-from sandboxd_sdk.cli._common import client, emit, err, fail
+from sandboxd_sdk.cli._common import client, emit, err, fail, json_option
 
 
 @click.group()
@@ -19,9 +19,9 @@ def template() -> None:
 
 @template.command("build")
 @click.argument("definition", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=False)
-@click.option("--name", default=None, help="Defaults to the file's name without .toml.")
-@click.option("--runtime", default=None, help="Build the template a runtime names, from its definition.")
-@click.option("--no-cache", is_flag=True, help="Run every step again.")
+@click.option("--name", default=None, help="The template's name; default: the file's name without .toml.")
+@click.option("--runtime", default=None, help="Build the template a runtime names (see `sandboxd runtimes`) instead.")
+@click.option("--no-cache", is_flag=True, help="Run every step again, even those built before.")
 def template_build(definition: Path | None, name: str | None, runtime: str | None, no_cache: bool) -> None:
     """Builds a template from a TOML definition (base, steps, start_command, ready_check) and
     prints its build log as it runs."""
@@ -39,8 +39,9 @@ def template_build(definition: Path | None, name: str | None, runtime: str | Non
 
 
 @template.command("ls")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def template_ls(as_json: bool) -> None:
+    """Lists templates, every version with its build state."""
     with client() as c:
         items = c.templates.list()
     table = Table("REF", "STATE", "IMAGE", "CACHED STEPS", Column("MESSAGE", overflow="fold"))
@@ -61,7 +62,7 @@ def template_rm(ref: str) -> None:
 
 
 @click.command("runtimes")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def runtimes(as_json: bool) -> None:
     """Lists the runtimes the server is configured with."""
     with client() as c:

@@ -12,7 +12,7 @@ import click
 from rich.table import Column, Table
 
 from sandboxd_sdk._models import ApiKey, Organization, Project
-from sandboxd_sdk.cli._common import client, emit, err, project
+from sandboxd_sdk.cli._common import client, emit, err, json_option, project
 
 SCOPES = click.Choice(["read", "write", "admin"])
 ONCE = "This is the only time the key is shown: the server keeps only its hash. Store it now."
@@ -44,11 +44,15 @@ def keys() -> None:
 
 @keys.command("create")
 @click.argument("name")
-@click.option("--scope", "scopes", type=SCOPES, multiple=True, help="Repeatable; default: write.")
+@click.option(
+    "--scope", "scopes", type=SCOPES, multiple=True, default=("write",), help="What the key may do; repeatable."
+)
 @click.option("--project", "key_project", default=None, help="The key's project (id or name); default: --project.")
 @click.option("--org", "org_id", default=None, help="A key of this organization (the server's key only).")
-@click.option("--expires-in", type=click.IntRange(min=1), default=None, help="Seconds until it stops working.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--expires-in", type=click.IntRange(min=1), default=None, help="Seconds until it stops working; default: never."
+)
+@json_option
 def keys_create(
     name: str,
     scopes: tuple[str, ...],
@@ -91,7 +95,7 @@ def _keys_table(items: list[ApiKey]) -> Table:
 
 @keys.command("ls")
 @click.option("--project", "key_project", default=None, help="Only this project's keys; default: --project.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def keys_ls(key_project: str | None, as_json: bool) -> None:
     """Lists keys (revoked ones too); never their secrets."""
     with client() as c:
@@ -101,7 +105,7 @@ def keys_ls(key_project: str | None, as_json: bool) -> None:
 
 @keys.command("revoke")
 @click.argument("key_id")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def keys_revoke(key_id: str, as_json: bool) -> None:
     """Revokes a key at once (it stays listed, with its revoked time)."""
     with client() as c:
@@ -127,16 +131,18 @@ def projects() -> None:
 
 @projects.command("create")
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def projects_create(name: str, as_json: bool) -> None:
+    """Creates a project in the key's organization."""
     with client() as c:
         made = c.projects.create(name)
     emit(_json(made), as_json, _projects_table([made]))
 
 
 @projects.command("ls")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def projects_ls(as_json: bool) -> None:
+    """Lists the projects of the key's organization."""
     with client() as c:
         items = c.projects.list()
     emit([_json(p) for p in items], as_json, _projects_table(items))
@@ -168,7 +174,7 @@ def orgs() -> None:
 
 @orgs.command("create")
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def orgs_create(name: str, as_json: bool) -> None:
     """Creates an organization, with a project named default."""
     with client() as c:
@@ -177,8 +183,9 @@ def orgs_create(name: str, as_json: bool) -> None:
 
 
 @orgs.command("ls")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def orgs_ls(as_json: bool) -> None:
+    """Lists organizations."""
     with client() as c:
         items = c.orgs.list()
     emit([_json(o) for o in items], as_json, _orgs_table(items))
