@@ -59,7 +59,8 @@ def source(s: dict[str, Any]) -> str:
 
 
 def labels(s: dict[str, Any]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted((s.get("metadata") or {}).items()))
+    # ", ": a narrow column wraps between labels rather than inside one.
+    return ", ".join(f"{k}={v}" for k, v in sorted((s.get("metadata") or {}).items()))
 
 
 def sandbox_table(items: list[dict[str, Any]]) -> Table:
@@ -67,7 +68,9 @@ def sandbox_table(items: list[dict[str, Any]]) -> Table:
     # Ids are copied into the next command: never cut or wrapped, whatever the terminal's width.
     table.add_column("ID", no_wrap=True, min_width=len(items[0]["id"]) if items else 2)
     table.add_column("STATE", no_wrap=True)
-    table.add_column("IMAGE", overflow="fold")
+    # What it runs is read before its labels: whole up to a typical name:version, then folded.
+    longest = max((len(source(s)) for s in items), default=5)
+    table.add_column("IMAGE", overflow="fold", min_width=min(longest, 24))
     table.add_column("AGE", no_wrap=True)
     table.add_column("EXPIRES IN", no_wrap=True)
     table.add_column("LABELS", overflow="fold")
@@ -75,6 +78,17 @@ def sandbox_table(items: list[dict[str, Any]]) -> Table:
         row = (s["id"], s["status"]["state"], source(s), age(s), expires_in(s), labels(s))
         table.add_row(*(Text(clean(cell)) for cell in row))
     return table
+
+
+def output(data: Any, items: list[dict[str, Any]], as_json: bool) -> None:
+    """data as JSON, or items as a table without the padding rich leaves at the ends of lines
+    (piped into grep or a file, trailing blanks are noise)."""
+    if as_json:
+        emit(data, True)
+        return
+    with console.capture() as captured:
+        console.print(sandbox_table(items))
+    click.echo("\n".join(line.rstrip() for line in captured.get().splitlines()))
 
 
 def details(s: dict[str, Any]) -> list[tuple[str, str]]:
@@ -189,7 +203,7 @@ def create(
     if quiet and not as_json:
         click.echo(sb.id)
     else:
-        emit(sb.info, as_json, sandbox_table([sb.info]))
+        output(sb.info, [sb.info], as_json)
 
 
 @click.command("ls", context_settings=SHOW_DEFAULTS)
@@ -216,7 +230,7 @@ def list_(state: tuple[str, ...], show_all: bool, label: tuple[str, ...], quiet:
         for s in items:
             click.echo(s["id"])
     else:
-        emit(items, as_json, sandbox_table(items))
+        output(items, items, as_json)
 
 
 @click.command(context_settings=SHOW_DEFAULTS)
@@ -242,7 +256,7 @@ def kill(sandbox_id: str, as_json: bool) -> None:
         sb.kill()
     finally:
         sb.close()
-    emit(sb.info, as_json, sandbox_table([sb.info]))
+    output(sb.info, [sb.info], as_json)
 
 
 @click.command(context_settings=SHOW_DEFAULTS)
@@ -257,4 +271,4 @@ def logs(sandbox_id: str, offset: int) -> None:
         sb.close()
 
 
-__all__ = ["STATES", "console", "create", "get", "kill", "list_", "logs", "sandbox_table"]
+__all__ = ["LIVE_STATES", "STATES", "create", "get", "kill", "list_", "logs", "sandbox_table"]
