@@ -155,6 +155,8 @@ def test_template_sandboxes_show_the_template_and_builds_are_never_listed(server
 
 def test_exec_forwards_stdin_with_i_and_runs_a_spaced_argument_through_sh(server: Server, sb: Sandbox) -> None:
     assert run_ok(server, "exec", "-i", sb.id, "--", "cat", stdin="x\n").stdout == "x\n"
+    as_json = json.loads(run_ok(server, "exec", "-i", "--json", sb.id, "--", "cat", stdin="y\n").stdout)
+    assert (as_json["stdout"], as_json["exit_code"]) == ("y\n", 0)
     big = "".join(f"line {i}\n" for i in range(20000))  # several chunks
     assert run_ok(server, "exec", "-i", sb.id, "--", "wc", "-l", stdin=big).stdout.strip() == "20000"
     # Without -i (docker's rule) the command reads an empty stdin and ends: it never hangs.
@@ -175,8 +177,13 @@ def test_exec_of_a_missing_binary_exits_127_with_one_line(server: Server, sb: Sa
     assert cli(server, "exec", sb.id, "--", "/etc").returncode == 126
 
 
-def test_ctrl_c_stops_the_remote_command_and_exits_130(server: Server, sb: Sandbox) -> None:
-    argv = [sys.executable, "-m", "sandboxd_sdk.cli.main", "exec", sb.id, "--", "sh", "-c", "echo started; sleep 30"]
+@pytest.mark.parametrize(
+    "script",
+    ["echo started; sleep 30", "trap '' INT; echo started; sleep 30"],  # the second ignores SIGINT: killed
+    ids=["sigint", "ignores-sigint"],
+)
+def test_ctrl_c_stops_the_remote_command_and_exits_130(server: Server, sb: Sandbox, script: str) -> None:
+    argv = [sys.executable, "-m", "sandboxd_sdk.cli.main", "exec", sb.id, "--", "sh", "-c", script]
     with subprocess.Popen(argv, env=cli_env(server), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         assert proc.stdout is not None and proc.stderr is not None
         try:

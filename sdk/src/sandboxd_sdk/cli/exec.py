@@ -91,7 +91,12 @@ def _write(stream: TextIO, text: str) -> None:
 @click.option("--cwd", default=None, show_default="the sandbox's", help="Working directory.")
 @click.option("--user", default=None, show_default="the sandbox's", help="User name or uid to run as.")
 @click.option("--timeout", type=float, default=None, show_default="none", help="Seconds until the command is killed.")
-@click.option("--json", "as_json", is_flag=True, help="Wait, then print the result as JSON instead of streaming.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the result (output, exit code, timing) as JSON at the end instead of streaming.",
+)
 def exec_(
     sandbox_id: str,
     command: tuple[str, ...],
@@ -124,15 +129,12 @@ def _run(
     as_json: bool,
 ) -> int:
     try:
-        if as_json:
-            stdin = sys.stdin.read() if interactive else None
-            result = sb.commands.run(cmd, cwd=cwd, user=user, timeout=timeout, stdin=stdin)
-            click.echo(json.dumps(result.__dict__, indent=2))
-            return int(result.exit_code)
         # stdin="" closes the command's stdin at once; None keeps it open for -i.
         handle = sb.commands.run(
             cmd, cwd=cwd, user=user, timeout=timeout, stdin=None if interactive else "", background=True
         )
+    except KeyboardInterrupt:  # before it started: nothing to follow
+        return INTERRUPTED
     except SandboxError as exc:
         code = _start_failed(exc)
         if code is None:
@@ -143,13 +145,17 @@ def _run(
     if interactive:
         threading.Thread(target=_pump_stdin, args=(handle, ended), daemon=True).start()
     try:
-        result = handle.wait(
-            on_stdout=lambda s: _write(sys.stdout, s),
-            on_stderr=lambda s: _write(sys.stderr, s),
-            on_gap=lambda start, end: _write(
-                sys.stderr, f"\n[sandboxd: {end - start} bytes of output dropped here (offsets {start}-{end})]\n"
-            ),
-        )
+        if as_json:  # collected, printed at the end
+            result = handle.wait()
+            click.echo(json.dumps(result.__dict__, indent=2))
+        else:
+            result = handle.wait(
+                on_stdout=lambda s: _write(sys.stdout, s),
+                on_stderr=lambda s: _write(sys.stderr, s),
+                on_gap=lambda start, end: _write(
+                    sys.stderr, f"\n[sandboxd: {end - start} bytes of output dropped here (offsets {start}-{end})]\n"
+                ),
+            )
     except KeyboardInterrupt:
         _interrupt(handle)
         return INTERRUPTED
