@@ -52,7 +52,7 @@ def test_cli_round_trip(server: Server, tmp_path: Path) -> None:
         assert (down / "sub" / "f.txt").read_text() == "file content"
         assert cli(server, "cp", f"{sid}:/work/single.txt", str(tmp_path / "back.txt")).returncode == 0
         assert (tmp_path / "back.txt").read_text() == "single"
-        into_root = cli(server, "cp", str(local), f"{sid}:/")  # the directory's contents into "/"
+        into_root = cli(server, "cp", f"{local}/.", f"{sid}:/")  # the directory's contents into "/"
         assert into_root.returncode == 0, into_root.stderr
         assert cli(server, "exec", sid, "--", "cat", "/sub/f.txt").stdout == "file content"
 

@@ -11,7 +11,7 @@ from sandboxd_sdk._async.templates import AsyncTemplates
 from sandboxd_sdk._async.tenancy import AsyncKeys, AsyncOrgs, AsyncProjects
 from sandboxd_sdk._async.terminal import AsyncTerminal
 from sandboxd_sdk._errors import CommandExitError, SandboxdConnectionError, SandboxError
-from sandboxd_sdk._models import ApiKey, CommandResult, CreatedKey, Organization, ProcessInfo, Project
+from sandboxd_sdk._models import ApiKey, CommandResult, Copied, CreatedKey, Organization, ProcessInfo, Project
 from sandboxd_sdk._pool import aclose_shared_clients, close_shared_clients
 from sandboxd_sdk._sync.api import Client
 from sandboxd_sdk._sync.client import CommandHandle, Sandbox
@@ -35,6 +35,7 @@ __all__ = [
     "CommandExitError",
     "CommandHandle",
     "CommandResult",
+    "Copied",
     "CreatedKey",
     "Images",
     "Keys",

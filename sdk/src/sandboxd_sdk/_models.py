@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 
 @dataclass
@@ -16,6 +16,13 @@ class CommandResult:
     oom_killed: bool
     process_id: str
     truncated: bool = False
+
+
+class Copied(NamedTuple):
+    """What a directory copy moved: entries other than directories, and bytes of regular files."""
+
+    files: int
+    size: int
 
 
 @dataclass

@@ -122,11 +122,13 @@ def split_name(name: str) -> tuple[str, ...]:
     return parts
 
 
-def extract(fileobj: IO[bytes], dest: str | os.PathLike[str], rules: Rules | None = None) -> None:
-    """Unpacks the tar stream in fileobj into the existing directory dest."""
+def extract(fileobj: IO[bytes], dest: str | os.PathLike[str], rules: Rules | None = None) -> tuple[int, int]:
+    """Unpacks the tar stream in fileobj into the existing directory dest. Returns what it wrote:
+    (entries other than directories, bytes of regular files)."""
     with open_stream(fileobj) as tar, Extractor(dest, rules or Rules()) as out:
         for member in members(tar):
             out.extract(tar, member)
+    return out.files, out._bytes
 
 
 @dataclass
@@ -148,6 +150,7 @@ class Extractor:
         self._made: set[tuple[int, int]] = set()  # regular files this archive wrote: hard link targets
         self._dirs: list[_PendingDir] = []
         self._bytes = 0
+        self.files = 0  # entries written other than directories (a report's count)
 
     def __enter__(self) -> Extractor:
         return self
@@ -249,6 +252,7 @@ class Extractor:
         try:
             if member.islnk():
                 self._hardlink(member, parent, name)
+                self.files += 1
                 return
             self.remove(parent, name, member.name)
             if member.isreg():
@@ -259,6 +263,7 @@ class Extractor:
             else:
                 os.mkfifo(name, self._mode(member), dir_fd=parent)
                 self._attrs(None, member, parent, name)
+            self.files += 1
         finally:
             os.close(parent)
 

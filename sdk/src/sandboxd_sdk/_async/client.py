@@ -17,7 +17,7 @@ from sandboxd_sdk import tarsafe
 from sandboxd_sdk._async._http import _check, _client, segment
 from sandboxd_sdk._async.terminal import AsyncTerminal
 from sandboxd_sdk._errors import CommandExitError, SandboxError
-from sandboxd_sdk._models import CommandResult, ProcessInfo
+from sandboxd_sdk._models import CommandResult, Copied, ProcessInfo
 
 
 @dataclass
@@ -211,12 +211,13 @@ class AsyncFiles:
         params = {"path": path}
         await _check(await self._sandbox._http.put(f"{self._sandbox._path}/archive", params=params, content=tar))
 
-    async def download_dir(self, path: str, destination: str | os.PathLike[str]) -> None:
+    async def download_dir(self, path: str, destination: str | os.PathLike[str]) -> Copied:
         """The sandbox's directory unpacked into destination by tarsafe's rules: the archive comes
         from the sandbox's agent, which the sandbox may control, so no member may write outside the
-        destination or go through a symlink; device nodes, fifos and links that lead out of it are
-        left out (tarsafe.DOWNLOAD). Raises tarsafe.UnsafeArchive (members before it were
-        written) or tarfile.TarError.
+        destination, go through a symlink, or plant a link that leads out of it; device nodes,
+        fifos and links that lead out of it are left out (tarsafe.DOWNLOAD). Raises
+        tarsafe.UnsafeArchive (members before it were written) or tarfile.TarError. Returns what
+        was written.
 
         The archive is spooled to a temporary file on the way, never held whole in memory."""
         os.makedirs(destination, exist_ok=True)
@@ -227,15 +228,25 @@ class AsyncFiles:
                 async for chunk in r.aiter_bytes():
                     spool.write(chunk)
             spool.seek(0)
-            tarsafe.extract(spool, destination, tarsafe.DOWNLOAD)
+            return Copied(*tarsafe.extract(spool, destination, tarsafe.DOWNLOAD))
 
-    async def upload_dir(self, local: str | os.PathLike[str], path: str) -> None:
-        """A local directory's contents into path in the sandbox (made if missing)."""
+    async def upload_dir(self, local: str | os.PathLike[str], path: str) -> Copied:
+        """A local directory's contents into path in the sandbox (made if missing). Returns what
+        was sent."""
+        files, size = 0, 0
+
+        def count(member: tarfile.TarInfo) -> tarfile.TarInfo:
+            nonlocal files, size
+            if not member.isdir():
+                files, size = files + 1, size + (member.size if member.isreg() else 0)
+            return member
+
         with tempfile.TemporaryFile() as spool:
             with tarfile.open(fileobj=spool, mode="w") as tar:
-                tar.add(local, arcname=".")
+                tar.add(local, arcname=".", filter=count)
             spool.seek(0)
             await self.upload_tar(path, spool.read())
+        return Copied(files, size)
 
 
 class AsyncSandbox:
