@@ -15,6 +15,7 @@ from rich.table import Column, Table
 from sandboxd_sdk._sync.client import Sandbox
 from sandboxd_sdk.cli._common import Group, client, connect, emit, fail, project
 from sandboxd_sdk.cli.images import image
+from sandboxd_sdk.cli.network import egress, port, timeout
 from sandboxd_sdk.cli.templates import runtimes, template
 from sandboxd_sdk.cli.tenancy import keys, orgs, projects
 
@@ -36,6 +37,9 @@ main.add_command(runtimes)
 main.add_command(keys)
 main.add_command(projects)
 main.add_command(orgs)
+main.add_command(port)
+main.add_command(timeout)
+main.add_command(egress)
 
 SERVER_MISSING = "`sandboxd serve` runs the server, which is not installed here: pip install sandboxd"
 
