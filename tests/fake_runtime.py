@@ -388,7 +388,7 @@ class FakeRuntime:
     async def egress_refusals(self, sandbox_id: str) -> dict[str, int]:
         return {"refused_packets": 0, "refused_lookups": 0}
 
-    def recent_refusals(self, sandbox_id: str) -> list[dict[str, str]]:
+    async def recent_refusals(self, sandbox_id: str) -> list[dict[str, str]]:
         return []
 
     # -- LayerBuilder: enough for a template build to finish -------------------------------------

@@ -32,10 +32,9 @@ RAW_QUERY = (
 )
 
 
-def lookup(sb: Sandbox, name: str) -> str:
+def lookup(sb: Sandbox, name: str) -> None:
     result = sb.commands.run(LOOKUP.format(name))
     assert result.exit_code != 0  # refused: to the sandbox, the name does not exist
-    return result.stderr
 
 
 def test_refused_lookups_are_named_in_egress_the_cli_and_the_log(server: Server) -> None:
@@ -61,9 +60,18 @@ def test_refused_lookups_are_named_in_egress_the_cli_and_the_log(server: Server)
         # A name the sandbox made up to attack a terminal is escaped wherever it shows.
         sb.files.write("/tmp/query.py", RAW_QUERY)
         assert sb.commands.run("python3 /tmp/query.py").exit_code == 0
-        shown = cli(server, "egress", sb.id).stdout
-        assert "\x1b" not in shown and "\x1b" not in sb.logs()
+        text = cli(server, "egress", sb.id).stdout
+        assert "\x1b" not in text and "\x1b" not in sb.logs()
         assert any("\\" in r["target"] and "example" in r["target"] for r in sb.egress()["recent_refusals"])
+
+        # A connection by address is refused in the kernel, which keeps its destination.
+        connect = "python3 -c \"import socket; socket.create_connection(('192.0.2.7', 81), timeout=5)\""
+        assert "refused" in sb.commands.run(connect).stderr.lower()
+        recent = sb.egress()["recent_refusals"]
+        assert {"kind": "connection", "target": "192.0.2.7:81/tcp"} in [
+            {k: r[k] for k in ("kind", "target")} for r in recent
+        ], recent
+        assert "connection 192.0.2.7:81/tcp" in cli(server, "egress", sb.id).stdout
 
 
 def test_cli_changes_the_egress_policy(server: Server) -> None:

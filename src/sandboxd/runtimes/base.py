@@ -96,7 +96,7 @@ class EgressControl(Protocol):
     async def egress_refusals(self, sandbox_id: str) -> dict[str, int]:
         """Policy violations so far: refused_packets, refused_lookups."""
 
-    def recent_refusals(self, sandbox_id: str) -> list[dict[str, str]]:
+    async def recent_refusals(self, sandbox_id: str) -> list[dict[str, str]]:
         """The last few refusals, oldest first: {"at" (RFC 3339), "kind" (dns, connection),
         "target" (escaped, bounded: it comes from the sandbox)}."""
 

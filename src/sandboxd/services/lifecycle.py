@@ -401,7 +401,7 @@ class SandboxService:
         if sandbox.status.state.ended:
             return {"policy": sandbox.spec.egress}
         counts = await control.egress_refusals(sandbox_id)
-        return {"policy": sandbox.spec.egress, **counts, "recent_refusals": control.recent_refusals(sandbox_id)}
+        return {"policy": sandbox.spec.egress, **counts, "recent_refusals": await control.recent_refusals(sandbox_id)}
 
     async def egress_refusals(self, sandbox_id: str) -> dict[str, int] | None:
         """What the sandbox's egress policy refused so far; None where the runtime does not

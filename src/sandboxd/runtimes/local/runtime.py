@@ -343,8 +343,8 @@ class LocalRuntime:
     async def egress_refusals(self, sandbox_id: str) -> dict[str, int]:
         return await self.networks.refusals(sandbox_id)
 
-    def recent_refusals(self, sandbox_id: str) -> list[dict[str, str]]:
-        return self.networks.recent_refusals(sandbox_id)
+    async def recent_refusals(self, sandbox_id: str) -> list[dict[str, str]]:
+        return await self.networks.recent_refusals(sandbox_id)
 
     # -- LayerBuilder ----------------------------------------------------------------------------
 

@@ -180,8 +180,9 @@ class SandboxNetworks:
             "refused_lookups": self.resolver.refused[sandbox_id],
         }
 
-    def recent_refusals(self, sandbox_id: str) -> list[dict[str, str]]:
-        return self.refused_log.recent(sandbox_id)
+    async def recent_refusals(self, sandbox_id: str) -> list[dict[str, str]]:
+        """The refused lookups (kept here) and connections (kept by the kernel), oldest first."""
+        return self.refused_log.recent(sandbox_id, await self.egress.recent(sandbox_id))
 
     def _broker_allowed(self, sandbox_address: str, name: str | None, destination: str) -> bool:
         found = self._attached.get(sandbox_address)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -94,10 +94,14 @@ class Refusals:
         found.window.append(now)
         return True
 
-    def recent(self, sandbox_id: str) -> list[dict[str, str]]:
-        """The last refusals, newest last."""
+    def recent(self, sandbox_id: str, connections: Sequence[tuple[float, str]] = ()) -> list[dict[str, str]]:
+        """The last refusals, oldest first: the lookups kept here, with the refused connections
+        given as (seconds ago, destination), KEPT at most."""
         found = self._by_sandbox.get(sandbox_id)
-        return [r.to_json() for r in found.recent] if found else []
+        now = time.time()
+        entries = [*(found.recent if found else [])]
+        entries += [Refusal(now - ago, "connection", printable(dest)) for ago, dest in connections]
+        return [r.to_json() for r in sorted(entries, key=lambda r: r.at)[-KEPT:]]
 
     def forget(self, sandbox_id: str) -> None:
         self._by_sandbox.pop(sandbox_id, None)
