@@ -72,6 +72,8 @@ class Refusals:
         now = time.time() if now is None else now
         entry = Refusal(now, kind, printable(target))
         found = self._by_sandbox.setdefault(sandbox_id, _Sandbox())
+        if found.recent and (found.recent[-1].kind, found.recent[-1].target) == (kind, entry.target):
+            found.recent.pop()  # the same refusal again (a client's A and AAAA, its retries): one entry
         found.recent.append(entry)
         if self.note is not None and self._may_note(found, entry.target, now):
             what = "DNS lookup of" if kind == "dns" else "connection to"
