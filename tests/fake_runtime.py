@@ -388,9 +388,6 @@ class FakeRuntime:
     async def egress_refusals(self, sandbox_id: str) -> dict[str, int]:
         return {"refused_packets": 0, "refused_lookups": 0}
 
-    async def recent_refusals(self, sandbox_id: str) -> list[dict[str, str]]:
-        return []
-
     # -- LayerBuilder: enough for a template build to finish -------------------------------------
 
     async def ensure_image(

@@ -31,7 +31,7 @@ from sandboxd.errors import (
     SandboxNotFound,
     SandboxNotRunning,
 )
-from sandboxd.runtimes.base import EgressControl, Runtime, egress_control, layer_builder
+from sandboxd.runtimes.base import EgressControl, RefusalRecord, Runtime, egress_control, layer_builder
 from sandboxd.runtimes.registry import outbound_rules
 from sandboxd.services import first_start
 from sandboxd.services.requests import CreateSandbox, EgressPolicy
@@ -401,7 +401,8 @@ class SandboxService:
         if sandbox.status.state.ended:
             return {"policy": sandbox.spec.egress}
         counts = await control.egress_refusals(sandbox_id)
-        return {"policy": sandbox.spec.egress, **counts, "recent_refusals": await control.recent_refusals(sandbox_id)}
+        recent = await self.runtime.recent_refusals(sandbox_id) if isinstance(self.runtime, RefusalRecord) else []
+        return {"policy": sandbox.spec.egress, **counts, "recent_refusals": recent}
 
     async def egress_refusals(self, sandbox_id: str) -> dict[str, int] | None:
         """What the sandbox's egress policy refused so far; None where the runtime does not
