@@ -38,6 +38,8 @@ from sandboxd.services.requests import CreateSandbox, EgressPolicy
 from sandboxd.services.specs import build_spec, egress_rules
 from sandboxd.store.base import Store
 
+MESSAGE_TAIL = 500  # characters of a failed sandbox's message in the error of a call made on it
+
 
 def not_running(sandbox: Sandbox) -> SandboxNotRunning:
     """The error for a sandbox that is not running, saying why from its record: a user whose
@@ -55,7 +57,10 @@ def not_running(sandbox: Sandbox) -> SandboxNotRunning:
     elif status.reason == "deleted":
         why = f"it was deleted at {at}"
     else:
-        why = f"{status.reason} at {at}" + (f": {status.message}" if status.message else "")
+        # A failure's message can end with the entrypoint's output, which the sandbox wrote: it
+        # is cut short and its control characters escaped (it ends up on a user's terminal).
+        message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in status.message[-MESSAGE_TAIL:])
+        why = f"{status.reason} at {at}" + (f": {message}" if message else "")
     return SandboxNotRunning(sandbox.id, status.state.value, why)
 
 
