@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from sandboxd import Sandbox, SandboxError
+from sandboxd.runtimes.local.network.egress import tag
 from tests.conftest import Server
 from tests.test_cli import cli
 
@@ -30,6 +31,10 @@ RAW_QUERY = (
     "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5)\n"
     "s.sendto(query, (server, 53)); s.recv(512)\n"
 )
+
+
+def ruleset() -> str:
+    return subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True, check=True).stdout
 
 
 def lookup(sb: Sandbox, name: str) -> None:
@@ -72,6 +77,11 @@ def test_refused_lookups_are_named_in_egress_the_cli_and_the_log(server: Server)
             {k: r[k] for k in ("kind", "target")} for r in recent
         ], recent
         assert "connection 192.0.2.7:81/tcp" in cli(server, "egress", sb.id).stdout
+        assert f"recent_{tag(sb.id)}" in ruleset()
+    # The kernel's record of it goes with the sandbox.
+    left = ruleset()
+    assert f"egress_{tag(sb.id)}" not in left and f"recent_{tag(sb.id)}" not in left
+    assert f"refuse_{tag(sb.id)}" not in left
 
 
 def test_cli_changes_the_egress_policy(server: Server) -> None:
