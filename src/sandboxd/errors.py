@@ -68,8 +68,9 @@ class SandboxNotRunning(SandboxdError):
     code = "SANDBOX_NOT_RUNNING"
     status = 409
 
-    def __init__(self, sandbox_id: str, state: str) -> None:
-        super().__init__(f"sandbox {sandbox_id} is {state}, not running")
+    def __init__(self, sandbox_id: str, state: str, why: str = "") -> None:
+        # why: what ended it, when the record says (its timeout passed, it failed, ...).
+        super().__init__(f"sandbox {sandbox_id} is {state}: {why or 'not running'}")
 
 
 class Forbidden(SandboxdError):

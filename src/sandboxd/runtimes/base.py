@@ -7,6 +7,8 @@ refuse with `Unsupported` when it is missing:
 
 - `EgressControl`: changing a running sandbox's egress policy, and counting its refusals. A backend
   without it must refuse in `check` any spec whose egress policy it cannot enforce.
+- `RefusalRecord`: the names and destinations its egress policy refused lately (GET …/egress shows
+  none without it).
 - `LayerBuilder`: images made of layers, a sandbox's writable layer kept as a new one (template
   builds).
 """
@@ -95,6 +97,15 @@ class EgressControl(Protocol):
 
     async def egress_refusals(self, sandbox_id: str) -> dict[str, int]:
         """Policy violations so far: refused_packets, refused_lookups."""
+
+
+@runtime_checkable
+class RefusalRecord(Protocol):
+    """Optional beside EgressControl: which names and destinations the policy refused lately."""
+
+    async def recent_refusals(self, sandbox_id: str) -> list[dict[str, str]]:
+        """The last few refusals, oldest first: {"at" (RFC 3339), "kind" (dns, connection),
+        "target" (escaped, bounded: it comes from the sandbox)}."""
 
 
 @runtime_checkable

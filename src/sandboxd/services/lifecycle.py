@@ -17,7 +17,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from sandboxd.agent import AgentPort
@@ -31,12 +31,43 @@ from sandboxd.errors import (
     SandboxNotFound,
     SandboxNotRunning,
 )
-from sandboxd.runtimes.base import EgressControl, Runtime, egress_control, layer_builder
+from sandboxd.runtimes.base import EgressControl, RefusalRecord, Runtime, egress_control, layer_builder
 from sandboxd.runtimes.registry import outbound_rules
 from sandboxd.services import first_start
 from sandboxd.services.requests import CreateSandbox, EgressPolicy
 from sandboxd.services.specs import build_spec, egress_rules
 from sandboxd.store.base import Store
+
+MESSAGE_TAIL = 500  # characters of a failed sandbox's message in the error of a call made on it
+
+
+def not_running(sandbox: Sandbox) -> SandboxNotRunning:
+    """The error for a sandbox that is not running, saying why from its record: a user whose
+    sandbox's timeout passed learns that, and how to avoid it, not only that it is terminated."""
+    status = sandbox.status
+    if status.state == State.PENDING:
+        return SandboxNotRunning(sandbox.id, "pending", f"still starting ({status.reason}); try again once it runs")
+    at = _when(status.changed_at)
+    if status.reason == "timeout":
+        passed = _when(sandbox.expires_at) if sandbox.expires_at else at
+        why = (
+            f"its timeout passed at {passed}; pass a longer timeout= when creating it, or renew it while it "
+            "runs with sb.set_timeout() (sandboxd timeout ID SECONDS)"
+        )
+    elif status.reason == "deleted":
+        why = f"it was deleted at {at}"
+    else:
+        # A failure's message can end with the entrypoint's output, which the sandbox wrote: it
+        # is cut short and its control characters escaped (it ends up on a user's terminal).
+        message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in status.message[-MESSAGE_TAIL:])
+        why = f"{status.reason} at {at}" + (f": {message}" if message else "")
+    return SandboxNotRunning(sandbox.id, status.state.value, why)
+
+
+def _when(moment: datetime) -> str:
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
 
 log = logging.getLogger("sandboxd.lifecycle")
 
@@ -245,7 +276,7 @@ class SandboxService:
     async def running(self, project_id: str | None, sandbox_id: str) -> Sandbox:
         sandbox = await self.get(project_id, sandbox_id)
         if sandbox.status.state != State.RUNNING:
-            raise SandboxNotRunning(sandbox_id, sandbox.status.state.value)
+            raise not_running(sandbox)
         return sandbox
 
     async def agent(self, project_id: str | None, sandbox_id: str) -> tuple[Sandbox, AgentPort]:
@@ -372,8 +403,11 @@ class SandboxService:
     async def egress_status(self, project_id: str, sandbox_id: str) -> dict[str, Any]:
         sandbox = await self.get(project_id, sandbox_id)
         control = egress_control(self.runtime)
-        counts = await control.egress_refusals(sandbox_id) if not sandbox.status.state.ended else {}
-        return {"policy": sandbox.spec.egress, **counts}
+        if sandbox.status.state.ended:
+            return {"policy": sandbox.spec.egress}
+        counts = await control.egress_refusals(sandbox_id)
+        recent = await self.runtime.recent_refusals(sandbox_id) if isinstance(self.runtime, RefusalRecord) else []
+        return {"policy": sandbox.spec.egress, **counts, "recent_refusals": recent}
 
     async def egress_refusals(self, sandbox_id: str) -> dict[str, int] | None:
         """What the sandbox's egress policy refused so far; None where the runtime does not

@@ -7,7 +7,9 @@ was created with ``public_traffic``. The server's API key is accepted on the pat
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import time
@@ -21,12 +23,12 @@ from sandboxd.errors import (
     NotFoundInSandbox,
     SandboxdError,
     SandboxNotFound,
-    SandboxNotRunning,
 )
-from sandboxd.services.lifecycle import SandboxService
+from sandboxd.services.lifecycle import SandboxService, not_running
 from sandboxd.services.requests import MAX_PORTS
 
 RECORD_TTL = 1.0
+LISTEN_POLL = 0.05  # seconds between connection attempts while waiting for a port to listen
 TOKEN_HEADER = "x-sandbox-token"
 TOKEN_QUERY = "sbx_token"
 SIGNATURE_QUERY = "sbx_sig"
@@ -124,6 +126,31 @@ class PortService:
         signature = f"{expires}.{_mac(sandbox.traffic_token, port, expires)}"
         return {**described, "url": f"{described['url']}?{SIGNATURE_QUERY}={signature}", "expires_at": expires}
 
+    async def wait_listening(self, project_id: str, sandbox_id: str, port: int, timeout: float) -> bool:
+        """Whether something in the sandbox accepts connections on port, waiting up to timeout
+        seconds for it: tried as the proxy would reach it (a TCP connect to the sandbox's
+        address, closed at once), every LISTEN_POLL seconds. The port need not be exposed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            sandbox = await self.sandboxes.running(project_id, sandbox_id)  # it may end meanwhile
+            try:
+                address = self.sandboxes.address(sandbox)
+            except SandboxdError as exc:
+                raise PortUnreachable(exc.message) from None
+            left = deadline - loop.time()
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(address, port), max(left, LISTEN_POLL))
+            except (OSError, TimeoutError):
+                if loop.time() + LISTEN_POLL > deadline:
+                    return False
+                await asyncio.sleep(LISTEN_POLL)
+                continue
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return True
+
     # -- admitting traffic -----------------------------------------------------------------------
 
     async def target(
@@ -159,7 +186,7 @@ class PortService:
         if port not in sandbox.spec.ports:
             raise NotFoundInSandbox(f"port {port} of sandbox {sandbox_id} is not exposed")
         if sandbox.status.state != State.RUNNING:
-            raise SandboxNotRunning(sandbox_id, sandbox.status.state.value)
+            raise not_running(sandbox)
         try:
             address = self.sandboxes.address(sandbox)
         except SandboxdError as exc:

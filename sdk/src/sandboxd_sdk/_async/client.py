@@ -364,6 +364,7 @@ class AsyncSandbox:
         return self.info
 
     async def set_timeout(self, seconds: int) -> None:
+        """Renews the timeout: the sandbox is destroyed seconds from now (info["expires_at"])."""
         r = await _check(await self._http.post(f"{self._path}/timeout", json={"timeout": seconds}))
         self.info = r.json()
 
@@ -376,6 +377,52 @@ class AsyncSandbox:
         params = {"signed": signed, "expires_in": expires_in}
         r = await _check(await self._http.get(f"{self._path}/ports/{port}", params=params))
         return str(r.json()["url"])
+
+    async def wait_for_port(self, port: int, timeout: float = 30.0) -> None:
+        """Returns once something in the sandbox listens on port (a server you just started), so
+        that port_url() answers rather than 502 PORT_NOT_LISTENING; raises SandboxError
+        (PORT_NOT_LISTENING) if nothing does within timeout seconds. The server tries the port
+        every 50 ms; the port need not be exposed."""
+        path, left = f"{self._path}/listening/{port}", max(timeout, 0.0)
+        while True:
+            wait = min(left, 30.0)  # the server waits at most 60 s per request
+            r = await _check(await self._http.get(path, params={"timeout": wait}, timeout=wait + 30.0))
+            left -= wait
+            if r.json()["listening"]:
+                return
+            if left <= 0:
+                raise SandboxError(
+                    "PORT_NOT_LISTENING", f"nothing listens on port {port} of sandbox {self.id} after {timeout:g} s"
+                )
+
+    async def egress(self) -> dict[str, Any]:
+        """The egress policy ({"policy", "refused_packets", "refused_lookups", "recent_refusals"}):
+        a lookup or connection the policy refused fails like a missing name, recent_refusals says
+        which ({"at", "kind": "dns"|"connection", "target"}; target comes from the sandbox)."""
+        return dict((await _check(await self._http.get(f"{self._path}/egress"))).json())
+
+    async def set_egress(
+        self,
+        mode: str = "custom",
+        *,
+        allowed_domains: list[str] | None = None,
+        allowed_cidrs: list[str] | None = None,
+        rules: list[dict[str, str]] | None = None,
+        default_action: str | None = None,
+    ) -> dict[str, Any]:
+        """Replaces the running sandbox's egress policy (mode "allow_all", "deny_all" or "custom":
+        rules [{"action", "target"}], then the allowed domains and CIDRs, then default_action);
+        it holds from the next packet on. Returns what egress() returns."""
+        body: dict[str, Any] = {"mode": mode}
+        for key, value in (
+            ("allowed_domains", allowed_domains),
+            ("allowed_cidrs", allowed_cidrs),
+            ("rules", rules),
+            ("default_action", default_action),
+        ):
+            if value is not None:
+                body[key] = value
+        return dict((await _check(await self._http.put(f"{self._path}/egress", json=body))).json())
 
     @property
     def traffic_token(self) -> str:

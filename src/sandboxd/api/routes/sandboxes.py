@@ -1,12 +1,14 @@
 from __future__ import annotations
 
-from typing import Annotated, Any
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response, status
 from pydantic import BaseModel, Field
 
-from sandboxd.api.deps import CurrentPrincipal, ProjectId, Sandboxes
+from sandboxd.api.deps import CurrentPrincipal, Ports, ProjectId, Sandboxes
 from sandboxd.api.models import RenewTimeout, SandboxList, SandboxOut
+from sandboxd.api.params import PortNumber
 from sandboxd.api.routing import CheckedRoute
 from sandboxd.domain import Scope, State
 from sandboxd.errors import InvalidRequest
@@ -70,10 +72,23 @@ async def renew_timeout(sandbox_id: str, body: RenewTimeout, service: Sandboxes,
     return SandboxOut.of(await service.renew(project, sandbox_id, body.timeout))
 
 
+class RefusalOut(BaseModel):
+    at: datetime
+    kind: Literal["dns", "connection"] = Field(description="dns: a lookup; connection: a packet to an address.")
+    target: str = Field(
+        description="The name looked up, or address:port/protocol. It comes from the sandbox: printable ASCII "
+        "only (anything else escaped as \\xNN), at most 253 characters."
+    )
+
+
 class EgressOut(BaseModel):
     policy: dict[str, Any] | None
     refused_packets: int = Field(0, description="Packets the policy refused (connections, datagrams).")
     refused_lookups: int = Field(0, description="DNS lookups of names the policy refused.")
+    recent_refusals: list[RefusalOut] = Field(
+        default_factory=list,
+        description="The last refusals (at most 20), oldest first; empty once the sandbox has ended.",
+    )
 
 
 @router.get("/{sandbox_id}/egress", response_model=EgressOut)
@@ -88,3 +103,23 @@ async def set_egress(sandbox_id: str, body: EgressPolicy, service: Sandboxes, pr
     Connections to targets it no longer allows are cut."""
     await service.set_egress(project, sandbox_id, body)
     return EgressOut(**await service.egress_status(project, sandbox_id))
+
+
+class ListeningOut(BaseModel):
+    port: int
+    listening: bool = Field(description="Something in the sandbox accepted a connection on the port.")
+
+
+@router.get("/{sandbox_id}/listening/{port}", response_model=ListeningOut)
+async def port_listening(
+    sandbox_id: str,
+    port: PortNumber,
+    service: Ports,
+    project: ProjectId,
+    timeout: Annotated[float, Query(ge=0, le=60, description="Seconds to wait for it to listen.")] = 0,
+) -> ListeningOut:
+    """Whether something listens on the port inside the sandbox, waiting up to timeout seconds for
+    it (a server just started there): what the proxy needs to answer rather than 502
+    PORT_NOT_LISTENING. The port need not be exposed. (Not under …/ports/{port}/: that is the
+    port's own path route.)"""
+    return ListeningOut(port=port, listening=await service.wait_listening(project, sandbox_id, port, timeout))

@@ -35,6 +35,7 @@ class LogPipe:
         self._read_fd = -1
         self._log_fd = -1
         self._written = 0
+        self._mid_line = False  # the log's last byte is not a newline (a note starts a line of its own)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def open(self) -> None:
@@ -77,7 +78,21 @@ class LogPipe:
                 if len(data) > room:
                     keep += TRUNCATED
                 os.write(self._log_fd, keep)
+                self._mid_line = not keep.endswith(b"\n")
             self._written += len(data)
+
+    def note(self, line: str) -> None:
+        """A line of the server's own (an egress refusal) in the log, after what the entrypoint
+        wrote so far, on a line of its own; it counts against the cap like the entrypoint's output."""
+        if self._read_fd < 0:
+            return
+        self.drain_all()
+        data = ("\n" if self._mid_line else "") + line + "\n"
+        encoded = data.encode(errors="replace")
+        if HOST_CAP - self._written >= len(encoded):
+            os.write(self._log_fd, encoded)
+            self._written += len(encoded)
+            self._mid_line = False
 
     def drain_all(self) -> None:
         """Everything in the pipe now, before the log is read (a failed start) or closed."""
@@ -127,6 +142,15 @@ class LogPipes:
         for pipe in self._pipes.values():
             pipe.close()
         self._pipes.clear()
+
+    def note(self, sandbox_id: str, line: str) -> None:
+        """A line of the server's in a running sandbox's log (nothing if it has no open pipe)."""
+        pipe = self._pipes.get(sandbox_id)
+        if pipe is not None:
+            try:
+                pipe.note(line)
+            except OSError:  # a full disk: the note is not worth failing the lookup over
+                pass
 
     def tail(self, sandbox_id: str, size: int = 2000) -> str:
         pipe = self._pipes.get(sandbox_id)

@@ -81,6 +81,8 @@ class LocalRuntime:
             dns_upstream=dns_upstream,
             broker_upstream_ca=broker_upstream_ca,
         )
+        # A refusal of the sandbox's egress policy shows in its log, or it looks like broken DNS.
+        self.networks.refused_log.note = self.log_pipes.note
 
     async def start(self) -> None:
         server_process.prepare()
@@ -340,6 +342,9 @@ class LocalRuntime:
 
     async def egress_refusals(self, sandbox_id: str) -> dict[str, int]:
         return await self.networks.refusals(sandbox_id)
+
+    async def recent_refusals(self, sandbox_id: str) -> list[dict[str, str]]:
+        return await self.networks.recent_refusals(sandbox_id)
 
     # -- LayerBuilder ----------------------------------------------------------------------------
 

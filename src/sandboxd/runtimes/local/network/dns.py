@@ -37,6 +37,7 @@ from sandboxd.runtimes.hostnets import ALWAYS_BLOCKED, InwardNetworks
 from sandboxd.runtimes.local.network.broker import find
 from sandboxd.runtimes.local.network.egress import Attached, EgressTable
 from sandboxd.runtimes.local.network.fairqueue import FairQueue
+from sandboxd.runtimes.local.network.refusals import Refusals
 from sandboxd.runtimes.policy import Policy, hostname_labels
 
 log = logging.getLogger("sandboxd.dns")
@@ -55,6 +56,7 @@ class Resolver:
         subnet: ipaddress.IPv4Network,
         inward: InwardNetworks | None = None,
         rate: float = 200,
+        refusals: Refusals | None = None,
     ) -> None:
         self.address = address
         self.upstreams = upstreams
@@ -64,6 +66,7 @@ class Resolver:
         self.never = [*ALWAYS_BLOCKED, subnet]
         self.inward = inward or InwardNetworks([])
         self.refused: Counter[str] = Counter()  # lookups refused, by sandbox id
+        self.refusals = refusals or Refusals()  # and the last few names, for the user to see
         self.queue = FairQueue(rate)
         self._in_flight: Counter[str] = Counter()  # TCP connections, by source address
         self._udp: asyncio.DatagramTransport | None = None
@@ -154,6 +157,7 @@ class Resolver:
         name = ".".join(labels) if labels else None
         if policy.decide_labels(labels) == "deny":
             self.refused[sandbox_id] += 1
+            self.refusals.record(sandbox_id, "dns", name or question.name.to_text(), policy)
             if question.rdtype == dns.rdatatype.A and policy.default == "allow":
                 # Under an allow-all default its addresses must be refused too, or the sandbox
                 # could still connect by IP. (Under a deny default they are refused anyway, and the

@@ -29,6 +29,14 @@ from sandboxd.runtimes.policy import Policy
 __all__ = ["Attached", "EgressTable", "Policy", "tag"]
 
 MIN_ADMIT_SECONDS = 10  # a TTL of 0 still lets the connection that follows the lookup through
+# The last refused destinations (address . protocol . port) of each sandbox, kept by the kernel in a
+# set of bounded size whose entries expire: a full set takes no new ones until some expire, and the
+# refusal holds all the same (the refuse chain's verdict does not depend on the set).
+RECENT_SIZE, RECENT_SECONDS = 16, 900
+RECENT_SET = (
+    "{ type ipv4_addr . inet_proto . inet_service; "
+    f"size {RECENT_SIZE}; flags dynamic,timeout; timeout {RECENT_SECONDS}s; }}"
+)
 
 
 @dataclass(frozen=True)
@@ -83,12 +91,19 @@ class EgressTable:
             f"add set inet {t} allow_{h} {{ type ipv4_addr; flags timeout; }}",
             f"add set inet {t} deny_{h} {{ type ipv4_addr; flags timeout; }}",
             f"add counter inet {t} refused_{h}",
+            f"add set inet {t} recent_{h} {RECENT_SET}",
+            f"add chain inet {t} refuse_{h}",
+            f"flush chain inet {t} refuse_{h}",
+            # Refusals note their destination (TCP and UDP), then are counted and refused.
+            f"add rule inet {t} refuse_{h} meta l4proto {{ tcp, udp }} "
+            f"update @recent_{h} {{ ip daddr . meta l4proto . th dport }}",
+            f'add rule inet {t} refuse_{h} counter name "refused_{h}" goto refuse',
             f"add chain inet {t} egress_{h}",
             f"flush chain inet {t} egress_{h}",
             f"flush set inet {t} allow_{h}",
             f"flush set inet {t} deny_{h}",
         ]
-        refuse = f'counter name "refused_{h}" goto refuse'
+        refuse = f"goto refuse_{h}"
         # A connection this policy accepted carries its generation in its conntrack mark and goes
         # on past its DNS record's TTL; a new policy is a new generation, so every connection is
         # checked again under it (and cut if it no longer may go).
@@ -212,6 +227,10 @@ class EgressTable:
             ]
         lines += [
             f"delete chain inet {t} egress_{h}",
+            f"add chain inet {t} refuse_{h}",
+            f"delete chain inet {t} refuse_{h}",
+            f"add set inet {t} recent_{h} {RECENT_SET}",
+            f"delete set inet {t} recent_{h}",
             f"add set inet {t} allow_{h} {{ type ipv4_addr; flags timeout; }}",
             f"delete set inet {t} allow_{h}",
             f"add set inet {t} deny_{h} {{ type ipv4_addr; flags timeout; }}",
@@ -231,6 +250,18 @@ class EgressTable:
             if "counter" in item:
                 return int(item["counter"].get("packets", 0))
         return 0
+
+    async def recent(self, sandbox_id: str) -> list[tuple[float, str]]:
+        """(seconds ago, "address:port/protocol") of the destinations the policy refused lately."""
+        found = []
+        for item in await nftables().list_json(f"list set inet {self.table} recent_{tag(sandbox_id)}"):
+            for element in (item.get("set") or {}).get("elem", []):
+                value = element.get("elem", {}) if isinstance(element, dict) else {}
+                key = (value.get("val") or {}).get("concat") if isinstance(value.get("val"), dict) else None
+                if isinstance(key, list) and len(key) == 3:
+                    ago = RECENT_SECONDS - float(value.get("expires", RECENT_SECONDS))
+                    found.append((max(ago, 0.0), f"{key[0]}:{key[2]}/{key[1]}"))
+        return found
 
     async def orphans(self, keep: set[str]) -> list[str]:
         """Tags of per-sandbox chains whose sandbox is not in keep (left by a crash)."""
@@ -255,6 +286,8 @@ class EgressTable:
         lines = [f"delete element inet {t} egress {{ {key} }}" for key in elements]
         lines += [
             f"delete chain inet {t} egress_{h}",
+            f"delete chain inet {t} refuse_{h}",
+            f"delete set inet {t} recent_{h}",
             f"delete set inet {t} allow_{h}",
             f"delete set inet {t} deny_{h}",
             f"delete counter inet {t} refused_{h}",

@@ -18,6 +18,7 @@ from sandboxd.runtimes.local.network.bridge import Network, veth_name
 from sandboxd.runtimes.local.network.broker import Broker, Transform
 from sandboxd.runtimes.local.network.dns import Resolver, upstreams_from
 from sandboxd.runtimes.local.network.egress import Attached, EgressTable, Policy
+from sandboxd.runtimes.local.network.refusals import Refusals
 from sandboxd.runtimes.local.network.tls import CertificateAuthority
 
 log = logging.getLogger("sandboxd.network")
@@ -41,6 +42,8 @@ class SandboxNetworks:
         self._attached: dict[str, Attached] = {}  # sandbox address → its id, egress policy, transforms
         self._background: set[asyncio.Task[None]] = set()
         self._watch: asyncio.Task[None] | None = None
+        # The last refusals of each sandbox; the runtime sets refused_log.note to write to its log.
+        self.refused_log = Refusals()
         self.resolver = Resolver(
             str(network.gateway),
             upstreams_from(dns_upstream or []),
@@ -49,6 +52,7 @@ class SandboxNetworks:
             subnet=network.subnet,  # type: ignore[arg-type]
             inward=self.inward,
             rate=network.dns_rate,
+            refusals=self.refused_log,
         )
         self.ca = CertificateAuthority(data_dir / "broker")
         self.broker = Broker(
@@ -134,6 +138,7 @@ class SandboxNetworks:
         if address is not None:
             self._attached.pop(address, None)
         self.resolver.refused.pop(sandbox_id, None)
+        self.refused_log.forget(sandbox_id)
         try:
             await self.egress.remove(sandbox_id, address)
         except Exception as exc:
@@ -174,6 +179,10 @@ class SandboxNetworks:
             "refused_packets": await self.egress.refused(sandbox_id),
             "refused_lookups": self.resolver.refused[sandbox_id],
         }
+
+    async def recent_refusals(self, sandbox_id: str) -> list[dict[str, str]]:
+        """The refused lookups (kept here) and connections (kept by the kernel), oldest first."""
+        return self.refused_log.recent(sandbox_id, await self.egress.recent(sandbox_id))
 
     def _broker_allowed(self, sandbox_address: str, name: str | None, destination: str) -> bool:
         found = self._attached.get(sandbox_address)
