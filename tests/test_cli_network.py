@@ -16,7 +16,7 @@ import pytest
 
 from sandboxd import Sandbox, SandboxError
 from sandboxd.runtimes.local.network.egress import tag
-from tests.conftest import Server
+from tests.conftest import InternetHost, Server
 from tests.test_cli import cli
 
 LOOKUP = 'python3 -c "import socket,sys; socket.getaddrinfo(sys.argv[1], 80)" {}'
@@ -42,7 +42,7 @@ def lookup(sb: Sandbox, name: str) -> None:
     assert result.exit_code != 0  # refused: to the sandbox, the name does not exist
 
 
-def test_refused_lookups_are_named_in_egress_the_cli_and_the_log(server: Server) -> None:
+def test_refused_lookups_are_named_in_egress_the_cli_and_the_log(server: Server, test_host: InternetHost) -> None:
     with server.create(memory_mb=128, timeout=300, egress={"mode": "custom", "allowed_domains": ["ok.example"]}) as sb:
         lookup(sb, "evil.example")
         status = sb.egress()
@@ -69,14 +69,17 @@ def test_refused_lookups_are_named_in_egress_the_cli_and_the_log(server: Server)
         assert "\x1b" not in text and "\x1b" not in sb.logs()
         assert any("\\" in r["target"] and "example" in r["target"] for r in sb.egress()["recent_refusals"])
 
-        # A connection by address is refused in the kernel, which keeps its destination.
-        connect = "python3 -c \"import socket; socket.create_connection(('192.0.2.7', 81), timeout=5)\""
+        # A connection by address is refused in the kernel, which keeps its destination (the test's
+        # own host in a namespace: no packet may leave this machine even if the refusal broke).
+        target = f"{test_host.ADDRESS}:{test_host.port}/tcp"
+        address = (test_host.ADDRESS, test_host.port)
+        connect = f'python3 -c "import socket; socket.create_connection({address!r}, timeout=5)"'
         assert "refused" in sb.commands.run(connect).stderr.lower()
         recent = sb.egress()["recent_refusals"]
-        assert {"kind": "connection", "target": "192.0.2.7:81/tcp"} in [
-            {k: r[k] for k in ("kind", "target")} for r in recent
-        ], recent
-        assert "connection 192.0.2.7:81/tcp" in cli(server, "egress", sb.id).stdout
+        assert {"kind": "connection", "target": target} in [{k: r[k] for k in ("kind", "target")} for r in recent], (
+            recent
+        )
+        assert f"connection {target}" in cli(server, "egress", sb.id).stdout
         assert f"recent_{tag(sb.id)}" in ruleset()
     # The kernel's record of it goes with the sandbox.
     left = ruleset()
