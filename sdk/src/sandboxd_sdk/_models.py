@@ -19,10 +19,12 @@ class CommandResult:
 
 
 class Copied(NamedTuple):
-    """What a directory copy moved: entries other than directories, and bytes of regular files."""
+    """What a directory copy moved: entries other than directories, bytes of regular files, and
+    entries left out (a download's device nodes, fifos and links that would lead out of the copy)."""
 
     files: int
     size: int
+    skipped: int = 0
 
 
 @dataclass

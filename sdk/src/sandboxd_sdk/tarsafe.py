@@ -122,13 +122,13 @@ def split_name(name: str) -> tuple[str, ...]:
     return parts
 
 
-def extract(fileobj: IO[bytes], dest: str | os.PathLike[str], rules: Rules | None = None) -> tuple[int, int]:
+def extract(fileobj: IO[bytes], dest: str | os.PathLike[str], rules: Rules | None = None) -> tuple[int, int, int]:
     """Unpacks the tar stream in fileobj into the existing directory dest. Returns what it wrote:
-    (entries other than directories, bytes of regular files)."""
+    (entries other than directories, bytes of regular files, members left out by skip_special)."""
     with open_stream(fileobj) as tar, Extractor(dest, rules or Rules()) as out:
         for member in members(tar):
             out.extract(tar, member)
-    return out.files, out._bytes
+    return out.files, out._bytes, out.skipped
 
 
 @dataclass
@@ -151,6 +151,7 @@ class Extractor:
         self._dirs: list[_PendingDir] = []
         self._bytes = 0
         self.files = 0  # entries written other than directories (a report's count)
+        self.skipped = 0  # members skip_special left out
 
     def __enter__(self) -> Extractor:
         return self
@@ -231,6 +232,7 @@ class Extractor:
         if not parts:
             raise UnsafeArchive(member.name, "a non-directory member for the destination itself")
         if self.rules.skip_special and (member.ischr() or member.isblk() or member.isfifo()):
+            self.skipped += 1
             return  # nothing is made for it
         if member.ischr() or member.isblk():
             if self.rules.drop_devices_under is not None and parts[0] == self.rules.drop_devices_under:
@@ -245,6 +247,7 @@ class Extractor:
                 self._check_symlink(member, parts)
             except UnsafeArchive:
                 if self.rules.skip_special:
+                    self.skipped += 1
                     return  # nothing is made for it: no link out of the copy on this host
                 raise
         *above, name = parts

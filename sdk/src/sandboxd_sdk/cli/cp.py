@@ -34,7 +34,12 @@ def size(n: int) -> str:
 
 def report(copied: Copied, target: str) -> None:
     files = f"{copied.files} file{'s' * (copied.files != 1)}"
-    err.print(f"copied {files} ({size(copied.size)}) to {target}", markup=False, highlight=False, soft_wrap=True)
+    # A download leaves out what cannot be a file here or would link out of the copy: say so.
+    left = (
+        f"; left out {copied.skipped} device node(s), fifo(s) or link(s) leading outside it" if copied.skipped else ""
+    )
+    line = f"copied {files} ({size(copied.size)}) to {target}{left}"
+    err.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def contents_only(path: str) -> bool:
