@@ -10,8 +10,17 @@ from sandboxd_sdk._async.images import AsyncImages
 from sandboxd_sdk._async.templates import AsyncTemplates
 from sandboxd_sdk._async.tenancy import AsyncKeys, AsyncOrgs, AsyncProjects
 from sandboxd_sdk._async.terminal import AsyncTerminal
-from sandboxd_sdk._errors import CommandExitError, SandboxError
-from sandboxd_sdk._models import ApiKey, CommandResult, CreatedKey, Organization, ProcessInfo, Project
+from sandboxd_sdk._errors import CommandExitError, SandboxError, TemplateBuildError
+from sandboxd_sdk._models import (
+    ApiKey,
+    CommandResult,
+    CreatedKey,
+    FileEntry,
+    Logs,
+    Organization,
+    ProcessInfo,
+    Project,
+)
 from sandboxd_sdk._pool import aclose_shared_clients, close_shared_clients
 from sandboxd_sdk._sync.api import Client
 from sandboxd_sdk._sync.client import CommandHandle, Sandbox
@@ -36,8 +45,10 @@ __all__ = [
     "CommandHandle",
     "CommandResult",
     "CreatedKey",
+    "FileEntry",
     "Images",
     "Keys",
+    "Logs",
     "Organization",
     "Orgs",
     "ProcessInfo",
@@ -45,6 +56,7 @@ __all__ = [
     "Projects",
     "Sandbox",
     "SandboxError",
+    "TemplateBuildError",
     "Templates",
     "Terminal",
     "aclose_shared_clients",

@@ -1,0 +1,41 @@
+"""A create that may wait for a template build: the server answers at once (202, pending), and the
+client follows the sandbox until it has started, passing the log of a build it waits for (a
+runtime's or an operator's template built on first use) to the caller.
+Generated into ../_sync by scripts/unasync.py."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from sandboxd_sdk._async._http import _check, segment
+from sandboxd_sdk._async.templates import AsyncTemplates
+
+FIRST_POLL, LONGEST_POLL = 0.02, 0.5  # seconds between looks at a pending sandbox
+
+
+async def until_started(
+    http: httpx.AsyncClient, info: dict[str, Any], on_build_log: Callable[[str], object]
+) -> dict[str, Any]:
+    """The sandbox's record once it is no longer pending. While it waits for a template build
+    (status reason "building_template"), that build's log goes to on_build_log line by line."""
+    path = f"/api/v1/sandboxes/{segment(info['id'])}"
+    followed: set[tuple[str, int]] = set()
+    delay = FIRST_POLL
+    while info["status"]["state"] == "pending":
+        if info["status"]["reason"] == "building_template" and info.get("template"):
+            # The server reports the build once its version exists: the newest version is it.
+            name = str(info["template"]).partition(":")[0]
+            version = int((await _check(await http.get(f"/api/v1/templates/{segment(name)}"))).json()["version"])
+            if (name, version) not in followed:
+                followed.add((name, version))
+                await AsyncTemplates(http=http).follow(name, version, on_build_log, check=False)
+                delay = FIRST_POLL
+        else:
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, LONGEST_POLL)
+        info = (await _check(await http.get(path))).json()
+    return info
