@@ -13,8 +13,9 @@ import click
 from rich.table import Column, Table
 
 from sandboxd_sdk._sync.client import Sandbox
-from sandboxd_sdk.cli._common import Group, client, connect, emit, fail, project
+from sandboxd_sdk.cli._common import Group, client, connect, emit, err, fail, project
 from sandboxd_sdk.cli.images import image
+from sandboxd_sdk.cli.progress import build_log
 from sandboxd_sdk.cli.templates import runtimes, template
 from sandboxd_sdk.cli.tenancy import keys, orgs, projects
 
@@ -117,6 +118,7 @@ def create(
         metadata=_pairs(label, "--label"),
         internet_access=not no_internet,
         project=project(),
+        on_build_log=build_log(err, runtime, template),
     )
     sb.close()  # it keeps running: the CLI only closes its connection
     emit(sb.info, as_json, _sandbox_table([sb.info]))
