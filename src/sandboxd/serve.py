@@ -51,7 +51,7 @@ def _build_debian(build: Callable[..., object]) -> None:
         build(progress=wait.line)
 
 
-FIRST_BUILD = "15-45 s"  # measured: 17 s with a near apt mirror, 42 s through a distant one
+FIRST_BUILD = "15-45 s"  # measured 17-46 s on one machine (apt mirror, load); the README says the same
 
 
 def _mmdebstrap_step(line: str) -> str | None:
