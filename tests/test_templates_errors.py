@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import re
+import select
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +19,8 @@ import pytest
 
 from sandboxd import AsyncSandbox, Sandbox, SandboxError, TemplateBuildError, Templates
 from tests.conftest import Server, assert_no_leaks, teardown_bridge
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 def unique(prefix: str) -> str:
@@ -145,3 +150,41 @@ def test_the_cli_says_it_builds_and_stays_quiet_when_piped(operator_server: tupl
     with server.client() as http:
         for out in (created, again.stdout):
             http.delete(f"/api/v1/sandboxes/{json.loads(out)['id']}")
+
+
+def test_the_cli_shows_a_spinner_with_the_build_log_on_a_terminal(operator_server: tuple[Server, str]) -> None:
+    server, tag = operator_server
+    name = "ttyfirst"
+    definitions = server.data_dir.parent / "first-use-templates"
+    # A build that takes a few seconds, printing as it goes: the spinner shows its latest line.
+    (definitions / f"{name}.toml").write_text(
+        f'[[steps]]\ntype = "run"\ncommand = "for i in 1 2 3 4 5 6; do echo tick-$i-{tag}; sleep 0.5; done"\n'
+    )
+    env = {**os.environ, "SANDBOXD_URL": server.url, "SANDBOXD_API_KEY": server.key, "TERM": "xterm"}
+    pid, fd = pty.fork()
+    if pid == 0:
+        argv = [sys.executable, "-m", "sandboxd.cli.main", "create", "--template", name, "--json"]
+        os.execve(sys.executable, argv, env)
+    screen = b""
+    while True:
+        ready, _, _ = select.select([fd], [], [], 120)
+        if not ready:
+            break
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # the child ended
+            break
+        if not chunk:
+            break
+        screen += chunk
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    text = screen.decode(errors="replace")
+    plain = ANSI.sub("", text)
+    assert os.waitstatus_to_exitcode(status) == 0, plain
+    assert plain.startswith(f"building template {name} (first use); the create waits for it"), plain[:300]
+    assert re.search(r"0:00:0\d", plain) and f"tick-3-{tag}" in plain, plain  # the clock, the latest line
+    assert f"==> built {name}:1" in plain, plain
+    sandbox_id = re.findall(r"sbx_[0-9A-Za-z]+", plain)[-1]
+    with server.client() as http:
+        http.delete(f"/api/v1/sandboxes/{sandbox_id}")
