@@ -1,6 +1,7 @@
-"""The first `serve` builds the default image (tens of seconds): it says so in one line before it
-starts, then shows progress — a spinner with the elapsed time on a terminal (a real PTY here), plain
-mmdebstrap step lines when stderr is a pipe. Both start real servers on an empty image directory."""
+"""`serve` as a new user meets it. The first one builds the default image (tens of seconds): it
+says so in one line before it starts, then shows progress — a spinner with the elapsed time on a
+terminal (a real PTY here), plain mmdebstrap step lines when stderr is a pipe; both start real
+servers on an empty image directory. A second `serve` beside a running one says why in one line."""
 
 from __future__ import annotations
 
@@ -97,3 +98,26 @@ def test_first_serve_piped_prints_plain_step_lines(image_cache: Path, workdir: P
     assert "sandboxd:   installing essential packages..." in steps, lines
     assert all(x.startswith("sandboxd:   ") for x in steps) and not any("\x1b" in x for x in lines), lines
     assert len(steps) < 30, lines
+
+
+def test_a_second_serve_with_the_same_settings_fails_in_one_line(image_cache: Path, workdir: Path) -> None:
+    """The user's mistake as it happens: `sandboxd serve` again in another terminal, with the same
+    environment (data directory, port, bridge, subnet) as the one running."""
+    first = Server(workdir / "second-serve", "sbxdprog2", "10.77.67.0/24").start()
+    try:
+        argv = [sys.executable, "-m", "sandboxd.cli.main", "serve"]
+        again = subprocess.run(argv, env=first.env, capture_output=True, text=True, timeout=60)
+        assert again.returncode != 0 and again.stdout == ""
+        assert again.stderr == f"sandboxd: another sandboxd server is using {first.data_dir}\n", again.stderr
+        with first.client() as http:  # the first one is untouched
+            assert http.get("/api/v1/sandboxes").status_code == 200
+    finally:
+        first.stop()
+        finish_plain(first)
+
+
+def finish_plain(server: Server) -> None:
+    try:
+        assert_no_leaks(server.data_dir, server.bridge)
+    finally:
+        teardown_bridge(server.bridge)

@@ -26,16 +26,22 @@ def until_started(
     followed: set[tuple[str, int]] = set()
     delay = FIRST_POLL
     while info["status"]["state"] == "pending":
-        if info["status"]["reason"] == "building_template" and info.get("template"):
-            # The server reports the build once its version exists: the newest version is it.
-            name = str(info["template"]).partition(":")[0]
-            version = int((_check(http.get(f"/api/v1/templates/{segment(name)}"))).json()["version"])
-            if (name, version) not in followed:
-                followed.add((name, version))
-                Templates(http=http).follow(name, version, on_build_log, check=False)
-                delay = FIRST_POLL
+        build = _build_under_way(http, info)
+        if build is not None and build not in followed:
+            followed.add(build)
+            Templates(http=http).follow(*build, on_build_log, check=False)
+            delay = FIRST_POLL
         else:
             time.sleep(delay)
             delay = min(delay * 1.5, LONGEST_POLL)
         info = (_check(http.get(path))).json()
     return info
+
+
+def _build_under_way(http: httpx.Client, info: dict[str, Any]) -> tuple[str, int] | None:
+    """(name, version) of the template build a pending sandbox waits for, if it waits for one.
+    The server reports the build once its version exists: the newest version is that one."""
+    if info["status"]["reason"] != "building_template" or not info.get("template"):
+        return None
+    name = str(info["template"]).partition(":")[0]
+    return name, int((_check(http.get(f"/api/v1/templates/{segment(name)}"))).json()["version"])
