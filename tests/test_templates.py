@@ -96,30 +96,38 @@ def test_a_failing_step_fails_the_build_and_says_which(server: Server) -> None:
     name = unique("broken")
     lines: list[str] = []
     with Templates(url=server.url, api_key=server.key) as templates:
-        built = templates.build(name, [{"type": "run", "command": "echo about-to-fail; exit 3"}], on_log=lines.append)
+        step = [{"type": "run", "command": "echo about-to-fail; exit 3"}]
+        built = templates.build(name, step, on_log=lines.append, check=False)
         assert built["state"] == "failed"
         assert built["message"] == "step 1 (run) exited with code 3"
         assert "    about-to-fail" in lines and "==> build failed: step 1 (run) exited with code 3" in lines
         with pytest.raises(SandboxError, match="failed"):
             server.create(template=f"{name}:1")
-        with pytest.raises(SandboxError, match="not found"):  # no ready version to start
+        # No ready version to start: the newest one says why (test_templates_errors.py has more).
+        with pytest.raises(SandboxError, match="no successful build: version 1 failed"):
             server.create(template=name)
     assert not _build_sandboxes_left(server)
 
 
-def test_a_readiness_check_that_never_passes_fails_the_create(server: Server) -> None:
+# Passes when the build tries it (a check that never passes fails the build instead), not in a
+# sandbox created with HOLD_BACK set.
+HELD_BACK = '[ -z "$HOLD_BACK" ] || { echo not yet; false; }'
+
+
+def test_a_readiness_check_that_does_not_pass_fails_the_create(server: Server) -> None:
     name = unique("never")
     with Templates(url=server.url, api_key=server.key) as templates:
-        built = templates.build(name, [], ready_check={"command": "echo not yet; false", "timeout": 1})
+        built = templates.build(name, [], ready_check={"command": HELD_BACK, "timeout": 1})
         assert built["state"] == "ready"
         with server.client() as http:
-            r = http.post("/api/v1/sandboxes", json={"template": name, "metadata": {"t": name}})
+            body = {"template": name, "metadata": {"t": name}, "env": {"HOLD_BACK": "1"}}
+            r = http.post("/api/v1/sandboxes", json=body)
             assert r.status_code == 503 and r.json()["code"] == "NOT_READY", r.text
             assert "did not pass within 1" in r.json()["message"] and "not yet" in r.json()["message"]
             failed = http.get("/api/v1/sandboxes", params={"label": f"t={name}"}).json()["items"]
             assert [f["status"]["reason"] for f in failed] == ["not_ready"]
         # The check belongs to the template's own start command: a caller's entrypoint skips it.
-        with server.create(template=name, entrypoint=["sleep", "100"]) as sb:
+        with server.create(template=name, entrypoint=["sleep", "100"], env={"HOLD_BACK": "1"}) as sb:
             assert sb.state == "running"
         templates.delete(name, 1)
 

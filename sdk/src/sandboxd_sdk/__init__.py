@@ -10,8 +10,18 @@ from sandboxd_sdk._async.images import AsyncImages
 from sandboxd_sdk._async.templates import AsyncTemplates
 from sandboxd_sdk._async.tenancy import AsyncKeys, AsyncOrgs, AsyncProjects
 from sandboxd_sdk._async.terminal import AsyncTerminal
-from sandboxd_sdk._errors import CommandExitError, SandboxdConnectionError, SandboxError
-from sandboxd_sdk._models import ApiKey, CommandResult, Copied, CreatedKey, Organization, ProcessInfo, Project
+from sandboxd_sdk._errors import CommandExitError, SandboxdConnectionError, SandboxError, TemplateBuildError
+from sandboxd_sdk._models import (
+    ApiKey,
+    CommandResult,
+    Copied,
+    CreatedKey,
+    FileEntry,
+    Logs,
+    Organization,
+    ProcessInfo,
+    Project,
+)
 from sandboxd_sdk._pool import aclose_shared_clients, close_shared_clients
 from sandboxd_sdk._sync.api import Client
 from sandboxd_sdk._sync.client import CommandHandle, Sandbox
@@ -37,8 +47,10 @@ __all__ = [
     "CommandResult",
     "Copied",
     "CreatedKey",
+    "FileEntry",
     "Images",
     "Keys",
+    "Logs",
     "Organization",
     "Orgs",
     "ProcessInfo",
@@ -47,6 +59,7 @@ __all__ = [
     "Sandbox",
     "SandboxError",
     "SandboxdConnectionError",
+    "TemplateBuildError",
     "Templates",
     "Terminal",
     "aclose_shared_clients",

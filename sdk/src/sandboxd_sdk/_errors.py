@@ -5,7 +5,7 @@ import json
 import socket
 import ssl
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -50,10 +50,27 @@ class CommandExitError(SandboxError):
         self.result = result
 
 
-def stderr_tail(stderr: str) -> str:
+LOG_TAIL_LINES = 20
+
+
+class TemplateBuildError(SandboxError):
+    """A template build that ended failed (raised unless check=False). ``template`` is the
+    version as the server returns it (ref, state, message...); ``log_tail`` the last lines of its
+    build log, which the message ends with."""
+
+    def __init__(self, template: dict[str, Any], log_tail: str) -> None:
+        ref = template.get("ref") or f"{template.get('name')}:{template.get('version')}"
+        message = f"template {ref} failed to build: {template.get('message') or 'no reason given'}"
+        tail = stderr_tail(log_tail, LOG_TAIL_LINES, 4000)
+        super().__init__("TEMPLATE_BUILD_FAILED", f"{message}; its build log ends:\n{tail}" if tail else message)
+        self.template = template
+        self.log_tail = log_tail
+
+
+def stderr_tail(stderr: str, lines: int = STDERR_TAIL_LINES, chars: int = STDERR_TAIL_CHARS) -> str:
     """The last lines of a command's stderr, for a message. The sandbox wrote them: control
     characters (a terminal's escape sequences among them) come out escaped, never raw."""
-    text = "\n".join(stderr.rstrip("\n").splitlines()[-STDERR_TAIL_LINES:])[-STDERR_TAIL_CHARS:]
+    text = "\n".join(stderr.rstrip("\n").splitlines()[-lines:])[-chars:]
     return "".join(c if c.isprintable() or c == "\n" else repr(c)[1:-1] for c in text)
 
 

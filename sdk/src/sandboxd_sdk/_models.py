@@ -1,8 +1,61 @@
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
+
+
+@dataclass(frozen=True, repr=False)
+class FileEntry:
+    """A file in a sandbox, as files.list, files.stat and files.write return it. ``mode`` holds
+    the permission bits (0o644), shown in octal. ``entry["name"]`` works as well as
+    ``entry.name``: these were dicts before, and code that indexes them keeps working."""
+
+    name: str
+    path: str
+    type: Literal["file", "dir", "symlink", "other"]
+    size: int
+    mode: int
+    uid: int
+    gid: int
+    modified_at: datetime
+    target: str | None = None  # where a symlink points
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> FileEntry:
+        """The server's JSON (time in RFC 3339); fields a newer server adds are ignored."""
+        return cls(
+            name=body["name"],
+            path=body["path"],
+            type=body["type"],
+            size=body["size"],
+            mode=body["mode"],
+            uid=body["uid"],
+            gid=body["gid"],
+            modified_at=datetime.fromisoformat(body["modified_at"]),
+            target=body.get("target"),
+        )
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{f.name}={getattr(self, f.name):#o}" if f.name == "mode" else f"{f.name}={getattr(self, f.name)!r}"
+            for f in fields(self)
+        )
+        return f"FileEntry({shown})"
+
+
+class Logs(NamedTuple):
+    """A background process's output so far: pass next_offset as offset to get only what follows.
+    Unpacks as the (stdout, stderr, next_offset) tuple it used to be."""
+
+    stdout: str
+    stderr: str
+    next_offset: int
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -189,12 +190,48 @@ class TemplateService:
         # Named by content: a rebuild that changes nothing, here or by another server sharing the
         # image directory, finds its image already there.
         image = f"template-{version.name}-{_hash('image', {'layers': [*base_layers, *layers], 'config': config})[:16]}"
+        made = True
         try:
             await asyncio.to_thread(builder.save_image, image, base, layers, config, {"template": version.name})
         except InvalidRequest as exc:
             if "already exists" not in exc.message:
                 raise
+            made = False
+        if definition.ready_check is not None:
+            try:
+                await self._try_ready_check(version, image, say)
+            except BaseException:
+                if made and not await self._image_in_use(image):
+                    with contextlib.suppress(SandboxdError):
+                        await asyncio.to_thread(builder.delete_image, image)
+                raise
         return image, cached
+
+    async def _try_ready_check(self, version: TemplateVersion, image: str, say: Callable[[str], None]) -> None:
+        """Starts one sandbox of the new image as a create would (its start command, then its
+        readiness check until the check's timeout): a check that can never pass fails the build,
+        once, with the check's own output, instead of every create from the template."""
+        s = self.settings
+        say("==> trying the ready check in a sandbox of the new image")
+        spec = SandboxSpec(
+            image=image,
+            metadata={BUILD_LABEL: version.ref},
+            # What a create gets by default: the check must pass in the sandboxes users will get.
+            limits=Limits(
+                cpu=s.default_cpu, memory_mb=s.default_memory_mb, pids=s.default_pids, disk_mb=s.default_disk_mb
+            ),
+            timeout=600 + 120,  # the check's timeout is at most 600 s
+        )
+        try:
+            sandbox = await self.sandboxes.launch(SHARED_PROJECT, spec)
+        except SandboxdError as exc:
+            message = f"the ready check did not pass in a sandbox of the new image: {exc.message}"
+            raise InvalidRequest("ready_check", message) from None
+        await self.sandboxes.delete(None, sandbox.id, "template_ready_check_done")
+        say("    the ready check passed")
+
+    async def _image_in_use(self, image: str) -> bool:
+        return any(v.image == image for v in await self.store.find_all_templates())
 
     async def _layer_step(
         self,
@@ -370,6 +407,8 @@ class TemplateService:
             return
         if version is None and self.definition(name) is not None:
             return  # built on first use
+        if version is None and (latest := await self._find(project_id, name)) is not None:
+            raise _never_built(latest)
         raise TemplateNotFound(template)
 
     async def image_for(self, project_id: str, template: str, progress: Callable[[str, str], None]) -> tuple[str, str]:
@@ -388,8 +427,11 @@ class TemplateService:
                     # Creates queued behind a failed build get its failure, not a build each.
                     found = latest
                 elif found is None:
-                    progress("building_template", f"building template {name} (first use)")
-                    found = await self.wait(await self.build(SHARED_PROJECT, definition))
+                    building = await self.build(SHARED_PROJECT, definition)
+                    # Said once the version exists: a client that sees this reason follows the
+                    # newest version's log (GET /templates/{name}), which is this one.
+                    progress("building_template", f"building template {building.ref} (first use)")
+                    found = await self.wait(building)
         if found is None:
             raise TemplateNotFound(template)
         if found.state != BuildState.READY or found.image is None:
@@ -410,6 +452,16 @@ class TemplateService:
         for task in list(self._builds.values()):
             task.cancel()
         await asyncio.gather(*self._builds.values(), return_exceptions=True)
+
+
+def _never_built(latest: TemplateVersion) -> Conflict:
+    """The answer for a template that exists but has no version to start from: its newest
+    version says why (a "not found" would send the user looking for a typo)."""
+    if latest.state == BuildState.BUILDING:
+        why = f"version {latest.version} is still building"
+    else:
+        why = f"version {latest.version} {latest.state.value}: {latest.message}"
+    return Conflict(f"template {latest.name} has no successful build: {why}", "template")
 
 
 RETRY_FAILED_BUILD_AFTER = 60.0  # seconds before a create builds a runtime's failed template again

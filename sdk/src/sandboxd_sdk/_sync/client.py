@@ -15,9 +15,10 @@ import httpx
 
 from sandboxd_sdk import tarsafe
 from sandboxd_sdk._sync._http import _check, _client, segment
+from sandboxd_sdk._sync._waiting import until_started
 from sandboxd_sdk._sync.terminal import Terminal
 from sandboxd_sdk._errors import CommandExitError, SandboxError
-from sandboxd_sdk._models import CommandResult, Copied, ProcessInfo
+from sandboxd_sdk._models import CommandResult, Copied, FileEntry, Logs, ProcessInfo
 
 
 @dataclass
@@ -29,16 +30,17 @@ class CommandHandle:
     pid: int
 
     def status(self) -> ProcessInfo:
+        """The process's state now: running, or its exit code, signal and duration."""
         r = _check(self.sandbox._http.get(f"{self.sandbox._path}/processes/{self.id}"))
         return ProcessInfo.from_json(r.json())
 
-    def logs(self, offset: int = 0) -> tuple[str, str, int]:
-        """(stdout, stderr, next offset) of the output produced so far."""
+    def logs(self, offset: int = 0) -> Logs:
+        """The output produced so far from byte offset on: Logs(stdout, stderr, next_offset)."""
         r = _check(
             self.sandbox._http.get(f"{self.sandbox._path}/processes/{self.id}/logs", params={"offset": offset})
         )
         body = r.json()
-        return body["stdout"], body["stderr"], body["next_offset"]
+        return Logs(body["stdout"], body["stderr"], body["next_offset"])
 
     def wait(
         self,
@@ -53,10 +55,12 @@ class CommandHandle:
         return _follow(self.sandbox._http, "GET", path, None, {"follow": True}, on_stdout, on_stderr, on_gap)
 
     def send_stdin(self, data: str, eof: bool = False) -> None:
+        """Writes to the process's stdin; eof=True closes it after data."""
         path = f"{self.sandbox._path}/processes/{self.id}/stdin"
         _check(self.sandbox._http.post(path, json={"data": data, "eof": eof}))
 
     def kill(self, signal: str | int = "SIGKILL") -> None:
+        """Sends a signal (a name such as "SIGTERM", or a number) to the process."""
         path = f"{self.sandbox._path}/processes/{self.id}/signal"
         _check(self.sandbox._http.post(path, json={"signal": signal}))
 
@@ -106,6 +110,8 @@ def _follow(
 
 
 class Commands:
+    """Commands in a sandbox: `sb.commands.run(...)`."""
+
     def __init__(self, sandbox: Sandbox) -> None:
         self._sandbox = sandbox
 
@@ -148,28 +154,34 @@ class Commands:
         return result
 
     def list(self) -> list[ProcessInfo]:
+        """The sandbox's processes started through the API, running or ended."""
         r = _check(self._sandbox._http.get(f"{self._sandbox._path}/processes"))
         return [ProcessInfo.from_json(p) for p in r.json()]
 
 
 class Files:
+    """Files in a sandbox: `sb.files.read(...)`. Paths are the sandbox's."""
+
     def __init__(self, sandbox: Sandbox) -> None:
         self._sandbox = sandbox
 
     def read(self, path: str) -> bytes:
+        """A file's content."""
         r = _check(self._sandbox._http.get(f"{self._sandbox._path}/files", params={"path": path}))
         return r.content
 
     def read_text(self, path: str) -> str:
+        """A file's content decoded as UTF-8."""
         return (self.read(path)).decode()
 
-    def write(self, path: str, data: bytes | str, mode: int = 0o644) -> dict[str, Any]:
+    def write(self, path: str, data: bytes | str, mode: int = 0o644) -> FileEntry:
+        """Writes a file (text is UTF-8), making its parent directories; returns what was written."""
         content = data.encode() if isinstance(data, str) else data
         params = {"path": path, "mode": format(mode, "o")}
         r = _check(self._sandbox._http.put(f"{self._sandbox._path}/files", params=params, content=content))
-        return dict(r.json())
+        return FileEntry.from_json(r.json())
 
-    def list(self, path: str, limit: int | None = None, after: str | None = None) -> list[dict[str, Any]]:
+    def list(self, path: str, limit: int | None = None, after: str | None = None) -> list[FileEntry]:
         """Entries sorted by name: at most limit (the server's default 10 000), after the name given."""
         params: dict[str, Any] = {"path": path}
         if limit is not None:
@@ -177,13 +189,15 @@ class Files:
         if after is not None:
             params["after"] = after
         r = _check(self._sandbox._http.get(f"{self._sandbox._path}/files/list", params=params))
-        return list(r.json())
+        return [FileEntry.from_json(entry) for entry in r.json()]
 
-    def stat(self, path: str) -> dict[str, Any]:
+    def stat(self, path: str) -> FileEntry:
+        """One file's type, size, mode, owner and time (a symlink's own, with its target)."""
         r = _check(self._sandbox._http.get(f"{self._sandbox._path}/files/stat", params={"path": path}))
-        return dict(r.json())
+        return FileEntry.from_json(r.json())
 
     def exists(self, path: str) -> bool:
+        """Whether something exists at path (a missing sandbox still raises)."""
         try:
             self.stat(path)
         except SandboxError as exc:
@@ -193,21 +207,26 @@ class Files:
         return True
 
     def mkdir(self, path: str) -> None:
+        """Makes a directory and its missing parents."""
         _check(self._sandbox._http.post(f"{self._sandbox._path}/files/mkdir", json={"path": path}))
 
     def remove(self, path: str, recursive: bool = False) -> None:
+        """Removes a file, or a directory (a non-empty one only with recursive=True)."""
         params = {"path": path, "recursive": str(recursive).lower()}
         _check(self._sandbox._http.delete(f"{self._sandbox._path}/files", params=params))
 
     def move(self, source: str, destination: str) -> None:
+        """Renames source to destination."""
         body = {"source": source, "destination": destination}
         _check(self._sandbox._http.post(f"{self._sandbox._path}/files/move", json=body))
 
     def download_tar(self, path: str) -> bytes:
+        """A file or directory as a tar archive (in memory: download_dir for large trees)."""
         r = _check(self._sandbox._http.get(f"{self._sandbox._path}/archive", params={"path": path}))
         return r.content
 
     def upload_tar(self, path: str, tar: bytes) -> None:
+        """Unpacks a tar archive into the directory path (made if missing)."""
         params = {"path": path}
         _check(self._sandbox._http.put(f"{self._sandbox._path}/archive", params=params, content=tar))
 
@@ -290,9 +309,12 @@ class Sandbox:
         project: str | None = None,
         request_timeout: float = 120.0,
         transport: httpx.BaseTransport | None = None,
+        on_build_log: Callable[[str], object] | None = None,
     ) -> Sandbox:
         """A new sandbox, running. url, api_key and project (an id or name, for a key not bound to
-        one) default to SANDBOXD_URL, SANDBOXD_API_KEY and SANDBOXD_PROJECT."""
+        one) default to SANDBOXD_URL, SANDBOXD_API_KEY and SANDBOXD_PROJECT. A runtime or an
+        operator's template is built on its first use: on_build_log then gets that build's log,
+        line by line, while the create waits (and the wait is not bound by request_timeout)."""
         body: dict[str, Any] = {"internet_access": internet_access, "public_traffic": public_traffic}
         for key, value in (
             ("image", image),
@@ -318,12 +340,16 @@ class Sandbox:
                 body[key] = value
         http, owned = _client(url, api_key, request_timeout, project, transport)
         try:
-            r = _check(http.post("/api/v1/sandboxes", json=body))
+            if on_build_log is None:
+                info = (_check(http.post("/api/v1/sandboxes", json=body))).json()
+            else:  # answered at once, pending; followed here (a build's log on the way)
+                r = _check(http.post("/api/v1/sandboxes", json=body, params={"wait": False}))
+                info = until_started(http, r.json(), on_build_log)
         except BaseException:
             if owned:
                 http.close()
             raise
-        sandbox = cls(r.json(), http, owned)
+        sandbox = cls(info, http, owned)
         if sandbox.state != "running":
             status = sandbox.info["status"]
             sandbox.close()
@@ -354,11 +380,17 @@ class Sandbox:
             raise
         return cls(r.json(), http, owned)
 
+    def __repr__(self) -> str:
+        state = self.info.get("status", {}).get("state", "unknown")  # connect(fetch=False) knows only the id
+        return f"<{type(self).__name__} {self.id} {state}>"
+
     @property
     def state(self) -> str:
+        """The state when info was last fetched: "pending", "running", "terminated", "failed"..."""
         return str(self.info["status"]["state"])
 
     def refresh(self) -> dict[str, Any]:
+        """Fetches the sandbox's record again into info, and returns it."""
         r = _check(self._http.get(self._path))
         self.info = r.json()
         return self.info
@@ -426,6 +458,7 @@ class Sandbox:
 
     @property
     def traffic_token(self) -> str:
+        """The token its exposed ports want (X-Sandbox-Token header, or ?sbx_token=)."""
         return str(self.info["traffic_token"])
 
     def logs(self, offset: int = 0) -> str:
@@ -438,6 +471,7 @@ class Sandbox:
         return Terminal.open(self._http, f"{self._path}/terminal", command, cols, rows)
 
     def kill(self) -> None:
+        """Destroys the sandbox (its files and processes go)."""
         r = _check(self._http.delete(self._path))
         self.info = r.json()
 
@@ -448,6 +482,7 @@ class Sandbox:
             self._http.close()
 
     def __enter__(self) -> Sandbox:
+        """The sandbox itself: the block's end kills it."""
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:

@@ -10,12 +10,11 @@ from __future__ import annotations
 import os
 import posixpath
 from pathlib import Path
-from typing import Any
 
 import click
 
 from sandboxd_sdk._errors import SandboxError
-from sandboxd_sdk._models import Copied
+from sandboxd_sdk._models import Copied, FileEntry
 from sandboxd_sdk._sync.client import Sandbox
 from sandboxd_sdk.cli._common import connect, err, fail
 
@@ -47,7 +46,7 @@ def contents_only(path: str) -> bool:
     return path == "." or path.endswith(("/.", os.sep + "."))
 
 
-def _remote_stat(sb: Sandbox, path: str) -> dict[str, Any] | None:
+def _remote_stat(sb: Sandbox, path: str) -> FileEntry | None:
     try:
         return sb.files.stat(path)
     except SandboxError as exc:

@@ -15,7 +15,8 @@ from rich.table import Table
 from rich.text import Text
 
 from sandboxd_sdk._sync.client import Sandbox
-from sandboxd_sdk.cli._common import client, connect, console, emit, project
+from sandboxd_sdk.cli._common import client, connect, console, emit, err, project
+from sandboxd_sdk.cli.progress import build_log
 
 # The server's states (sandboxd.domain.State), in lifecycle order; the live ones have not ended.
 STATES = ("pending", "running", "stopping", "terminated", "failed")
@@ -198,6 +199,7 @@ def create(
         metadata=_pairs(label, "--label"),
         internet_access=not no_internet,
         project=project(),
+        on_build_log=build_log(err, runtime, template),
     )
     sb.close()  # it keeps running: the CLI only closes its connection
     if quiet and not as_json:

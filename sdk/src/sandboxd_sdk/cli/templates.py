@@ -10,6 +10,7 @@ import click
 from rich.table import Column, Table
 
 from sandboxd_sdk.cli._common import client, emit, err, fail, json_option
+from sandboxd_sdk.cli.progress import BuildOutput
 
 
 @click.group()
@@ -25,15 +26,18 @@ def template() -> None:
 def template_build(definition: Path | None, name: str | None, runtime: str | None, no_cache: bool) -> None:
     """Builds a template from a TOML definition (base, steps, start_command, ready_check) and
     prints its build log as it runs."""
-    with client() as c:
+    if runtime is None and definition is None:
+        raise click.UsageError("give a definition file or --runtime")
+    what = f"runtime {runtime}" if runtime else f"template {name or (definition.stem if definition else '')}"
+    with client() as c, BuildOutput(err, f"building {what}") as log:
         if runtime is not None:
-            result = c.templates.build_runtime(runtime, on_log=click.echo, no_cache=no_cache)
-        elif definition is not None:
-            body: dict[str, Any] = {"name": name or definition.stem, **tomllib.loads(definition.read_text())}
-            result = c.templates.build_definition(body, on_log=click.echo, no_cache=no_cache)
+            result = c.templates.build_runtime(runtime, on_log=log, no_cache=no_cache, check=False)
         else:
-            raise click.UsageError("give a definition file or --runtime")
+            assert definition is not None
+            body: dict[str, Any] = {"name": name or definition.stem, **tomllib.loads(definition.read_text())}
+            result = c.templates.build_definition(body, on_log=log, no_cache=no_cache, check=False)
     if result["state"] != "ready":
+        log.show_tail()
         fail(result["message"])
     err.print(f"[green]built {result['ref']}[/green]")
 
