@@ -15,7 +15,7 @@ from fastapi import Depends, FastAPI
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sandboxd.api import errors
+from sandboxd.api import docs, errors
 from sandboxd.api.deps import authorize, authorize_admin, authorize_operator, authorize_websocket
 from sandboxd.api.guard import RequestGuard
 from sandboxd.api.proxy import PortProxy
@@ -97,8 +97,11 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         version="0.1.0",
         summary="Isolated Linux sandboxes for untrusted code.",
         lifespan=lifespan,
+        docs_url=None,  # docs.install serves both pages with their assets from this server
+        redoc_url=None,
     )
     errors.install(app)
+    docs.install(app)
 
     # Outermost last: the port proxy, then request ids, then the key and body checks.
     app.add_middleware(RequestGuard)
