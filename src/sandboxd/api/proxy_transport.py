@@ -5,10 +5,10 @@ HTTP/1.1 keep-alive, among others) without TCP_NODELAY: Nagle's algorithm then h
 the head is acknowledged. On a kept-alive connection Linux delays that ACK (up to 40 ms, "pingpong"
 mode, entered because the proxy answered the previous response with a new request at once), so
 every such response took 44 ms through the proxy. The proxy cannot change the app's socket; it
-acknowledges at once instead: TCP_QUICKACK before each read of a response leaves pingpong mode and
+acknowledges at once instead: TCP_QUICKACK around each read of a response leaves pingpong mode and
 sends an ACK that is pending, so the app's second write goes out without waiting. The flag does not
-stick (the kernel goes back to delaying after the next request is sent), hence once per read: one
-setsockopt, about a microsecond. TCP_NODELAY is set too (the default of asyncio's sockets; explicit,
+stick (the kernel goes back to delaying after the next request is sent), hence per read: two
+setsockopt calls, about a microsecond each. TCP_NODELAY is set too (the default of asyncio's sockets; explicit,
 because the proxy's own request head and body are two writes as well).
 """
 
@@ -35,10 +35,15 @@ class _QuickAckStream(httpcore.AsyncNetworkStream):
         self.sock: typing.Any = sock if hasattr(sock, "setsockopt") else None
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        self._quickack()  # what arrives next is acknowledged at once
+        data = await self.inner.read(max_bytes, timeout)
+        self._quickack()  # and an ACK the kernel delayed for what just arrived goes out now
+        return data
+
+    def _quickack(self) -> None:
         if self.sock is not None and QUICKACK is not None:
             with contextlib.suppress(OSError):  # a socket closed meanwhile: the read reports it
                 self.sock.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
-        return await self.inner.read(max_bytes, timeout)
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         await self.inner.write(buffer, timeout)
