@@ -14,9 +14,9 @@ def test_proc_files_are_written_in_place_and_errors_name_the_file(server: Server
     with server.create(timeout=120) as sb:
         sleeper = sb.commands.run(["sleep", "60"], background=True)
         pid = sleeper.pid
-        info = sb.files.write(f"/proc/{pid}/comm", "renamed")
-        assert info["path"] == f"/proc/{pid}/comm"
-        assert sb.commands.run(f"cat /proc/{pid}/comm").stdout == "renamed\n"
+        info = sb.files.write(f"/proc/{pid}/oom_score_adj", "500")
+        assert info["path"] == f"/proc/{pid}/oom_score_adj"
+        assert sb.commands.run(f"cat /proc/{pid}/oom_score_adj").stdout == "500\n"
         # /proc/sys is read-only in a sandbox: the error names the file the user wrote, not ours.
         with pytest.raises(SandboxError) as refused:
             sb.files.write("/proc/sys/kernel/hostname", "x")

@@ -44,7 +44,6 @@ from sandboxd.services.ports import (
     SIGNATURE_QUERY,
     TOKEN_HEADER,
     TOKEN_QUERY,
-    PortNotFound,
     PortService,
     PortUnreachable,
     Target,
@@ -85,6 +84,11 @@ REFUSAL_CSP = b"default-src 'none'; style-src 'unsafe-inline'; frame-ancestors '
 class Busy(SandboxdError):
     code = "SANDBOX_PORTS_BUSY"
     status = 503
+
+
+class NoPortHost(SandboxdError):
+    code = "SANDBOX_NOT_FOUND"
+    status = 404
 
 
 class Unanswered(SandboxdError):
@@ -162,14 +166,12 @@ class PortProxy:
             if not self._open[sandbox_id]:
                 del self._open[sandbox_id]
 
-    def _not_a_port_host(self, host: str) -> PortNotFound:
+    def _not_a_port_host(self, host: str) -> NoPortHost:
         label = host.split(".", 1)[0][:80]
-        exc = PortNotFound(label, 0)
-        exc.message = (
+        return NoPortHost(
             f"no sandbox port at {label}.{self.proxy_domain}: a port's host is "
             f"{{sandbox id}}-{{port}}.{self.proxy_domain}, e.g. sbx-<26 letters and digits>-8000.{self.proxy_domain}"
         )
-        return exc
 
 
 def _is_worker_script(scope: Scope) -> bool:
