@@ -275,7 +275,7 @@ TWO_WRITES_APP = (
     "    def log_message(self, *args): pass\n"
     "http.server.ThreadingHTTPServer(('0.0.0.0', int(sys.argv[1])), H).serve_forever()\n"
 )
-PORT_APPS = {8000: ("one write", ONE_WRITE_APP), 8001: ("head and body in two writes", TWO_WRITES_APP)}
+PORT_APPS = {8000: ("1 write", ONE_WRITE_APP), 8001: ("head, body: 2 writes", TWO_WRITES_APP)}
 
 
 def network_figures(work: Path, runs: int) -> dict[str, list[float]]:
@@ -322,12 +322,12 @@ def port_figures(server: Server, sandbox_id: str, token: str, count: int) -> dic
     address = server_address(server, sandbox_id)
     for port, (kind, _) in PORT_APPS.items():
         routes = {
-            "direct to the sandbox": (f"http://{address}:{port}/x", {}),
-            "through the proxy, host route": (
+            "direct": (f"http://{address}:{port}/x", {}),
+            "proxy, host route": (
                 f"{server.url}/x",
                 {"Host": f"{sandbox_id.replace('_', '-')}-{port}.localhost:{server.port}", "X-Sandbox-Token": token},
             ),
-            "through the proxy, path route": (
+            "proxy, path route": (
                 f"{server.url}/api/v1/sandboxes/{sandbox_id}/ports/{port}/x",
                 {"X-Sandbox-Token": token},
             ),
