@@ -246,6 +246,16 @@ func writeFile(c *conn, req *request, up *upload) error {
 	if isDir(path) {
 		return osError(syscall.EISDIR, path)
 	}
+	var fs syscall.Statfs_t
+	if syscall.Statfs(dir, &fs) == nil && pseudoFS[int64(fs.Type)] {
+		return writeInPlace(c, path, up)
+	}
+	var st syscall.Stat_t
+	if syscall.Lstat(path, &st) == nil {
+		if kind := st.Mode & syscall.S_IFMT; kind != syscall.S_IFREG && kind != syscall.S_IFLNK {
+			return badField("path", "%s is not a regular file (a device, FIFO or socket): it is not replaced", path)
+		}
+	}
 	var tmp string
 	var fd int
 	for {
@@ -258,7 +268,7 @@ func writeFile(c *conn, req *request, up *upload) error {
 			break
 		}
 		if err != syscall.EEXIST {
-			return osError(err, tmp)
+			return osError(err, path) // the temporary name is ours: the user wrote to path
 		}
 	}
 	f := os.NewFile(uintptr(fd), tmp)
@@ -288,6 +298,40 @@ func writeFile(c *conn, req *request, up *upload) error {
 		return osError(err, path)
 	}
 	ok = true
+	return replyStat(c, path)
+}
+
+// Pseudo filesystems, whose files are the kernel's interfaces: a write there is a command (one
+// write(2) of the content), no temporary file can be made beside them and a rename cannot replace
+// them. proc, sysfs, cgroup v1 and v2, debugfs, securityfs, tracefs, configfs.
+var pseudoFS = map[int64]bool{
+	0x9fa0: true, 0x62656572: true, 0x27e0eb: true, 0x63677270: true,
+	0x64626720: true, 0x73636673: true, 0x74726163: true, 0x62656570: true,
+}
+
+const inPlaceMax = 1 << 20
+
+// writeInPlace writes the content to an existing kernel interface file in one write.
+func writeInPlace(c *conn, path string, up *upload) error {
+	fd, err := syscall.Open(path, syscall.O_WRONLY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return osError(err, path)
+	}
+	f := os.NewFile(uintptr(fd), path)
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(up, inPlaceMax+1))
+	if err != nil {
+		return osError(err, path)
+	}
+	if len(data) > inPlaceMax {
+		return badField("path", "%s is a kernel interface file: at most 1 MiB is written to it", path)
+	}
+	if _, err := f.Write(data); err != nil {
+		return osError(err, path)
+	}
+	if err := f.Close(); err != nil {
+		return osError(err, path)
+	}
 	return replyStat(c, path)
 }
 

@@ -244,12 +244,12 @@ CLIENT = (
 )
 
 
-# A keep-alive HTTP server that answers each request in one write (two small writes would meet
-# Nagle and delayed ACKs, and time those instead of the path).
-ECHO_APP = (
-    "import socket, threading\n"
+# Keep-alive HTTP servers as apps are written: one that answers each request in one write, and
+# Python's http.server with HTTP/1.1, which writes the head and then the body (without TCP_NODELAY:
+# Nagle holds the body until the head is acknowledged, so the receiver's delayed ACK is on the path).
+ONE_WRITE_APP = (
+    "import socket, sys, threading\n"
     "def serve(c):\n"
-    "    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n"
     "    buf = b''\n"
     "    while True:\n"
     "        data = c.recv(65536)\n"
@@ -259,10 +259,23 @@ ECHO_APP = (
     "            _, buf = buf.split(b'\\r\\n\\r\\n', 1)\n"
     "            c.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok')\n"
     "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-    "s.bind(('0.0.0.0', 8000)); s.listen(64)\n"
+    "s.bind(('0.0.0.0', int(sys.argv[1]))); s.listen(64)\n"
     "while True:\n"
     "    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()\n"
 )
+TWO_WRITES_APP = (
+    "import http.server, sys\n"
+    "class H(http.server.BaseHTTPRequestHandler):\n"
+    "    protocol_version = 'HTTP/1.1'\n"
+    "    def do_GET(self):\n"
+    "        self.send_response(200)\n"
+    "        self.send_header('Content-Length', '2')\n"
+    "        self.end_headers()\n"
+    "        self.wfile.write(b'ok')\n"
+    "    def log_message(self, *args): pass\n"
+    "http.server.ThreadingHTTPServer(('0.0.0.0', int(sys.argv[1])), H).serve_forever()\n"
+)
+PORT_APPS = {8000: ("1 write", ONE_WRITE_APP), 8001: ("head, body: 2 writes", TWO_WRITES_APP)}
 
 
 def network_figures(work: Path, runs: int) -> dict[str, list[float]]:
@@ -286,32 +299,46 @@ def network_figures(work: Path, runs: int) -> dict[str, list[float]]:
                 sb.files.write("/tmp/client.py", CLIENT)
                 result = sb.commands.run(f"python3 /tmp/client.py http://allowed.test:8080/ {count + 5}")
                 out[label] = [float(t) for t in result.stdout.split()][5:]
-        with server.create(ports=[8000]) as sb:
-            sb.files.write("/srv/app.py", ECHO_APP)
-            sb.commands.run("python3 /srv/app.py 8000", background=True)
+        with server.create(ports=list(PORT_APPS)) as sb:
+            for port, (_, app) in PORT_APPS.items():
+                sb.files.write(f"/srv/app{port}.py", app)
+                sb.commands.run(f"python3 /srv/app{port}.py {port}", background=True)
             time.sleep(0.5)
-            direct = f"http://{server_address(server, sb.id)}:8000/x"
-            proxied = {
-                "Host": f"{sb.id.replace('_', '-')}-8000.localhost:{server.port}",
-                "X-Sandbox-Token": sb.traffic_token,
-            }
-            with httpx.Client(timeout=10) as http:
-                for _ in range(10):  # warm both connection pools
-                    http.get(direct)
-                    http.get(f"{server.url}/x", headers=proxied)
-                for _ in range(max(runs, 200)):
-                    out.setdefault("port: direct to the sandbox (keep-alive)", []).append(
-                        timed(lambda: http.get(direct))
-                    )
-                    out.setdefault("port: through the proxy (keep-alive)", []).append(
-                        timed(lambda: http.get(f"{server.url}/x", headers=proxied))
-                    )
+            out.update(port_figures(server, sb.id, sb.traffic_token, max(runs, 200)))
     finally:
         server.delete_all()
         server.stop()
         teardown_bridge(server.bridge)
         zone.close()
         host.close()
+    return out
+
+
+def port_figures(server: Server, sandbox_id: str, token: str, count: int) -> dict[str, list[float]]:
+    """Each app's port straight from the host, and through the proxy's host and path routes, each
+    on a kept-alive connection (httpx). Direct, the two-write app waits for the client's own delayed
+    ACK (about 40 ms, the client's choice); through the proxy, for the proxy's, which it sends at once."""
+    out: dict[str, list[float]] = {}
+    address = server_address(server, sandbox_id)
+    for port, (kind, _) in PORT_APPS.items():
+        routes = {
+            "direct": (f"http://{address}:{port}/x", {}),
+            "proxy, host route": (
+                f"{server.url}/x",
+                {"Host": f"{sandbox_id.replace('_', '-')}-{port}.localhost:{server.port}", "X-Sandbox-Token": token},
+            ),
+            "proxy, path route": (
+                f"{server.url}/api/v1/sandboxes/{sandbox_id}/ports/{port}/x",
+                {"X-Sandbox-Token": token},
+            ),
+        }
+        for route, (url, headers) in routes.items():
+            with httpx.Client(timeout=10) as http:
+                for _ in range(10):  # the connection, and the proxy's own to the app
+                    http.get(url, headers=headers).raise_for_status()
+                out[f"port ({kind}): {route}"] = [
+                    timed(lambda u=url, h=headers: http.get(u, headers=h).raise_for_status()) for _ in range(count)
+                ]
     return out
 
 

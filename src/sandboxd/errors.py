@@ -38,8 +38,8 @@ class ImageNotFound(SandboxdError):
     code = "IMAGE_NOT_FOUND"
     status = 400
 
-    def __init__(self, image: str) -> None:
-        super().__init__(f"image {image!r} is not available; see `sandboxd image ls`", "image")
+    def __init__(self, image: str, hint: str = "") -> None:
+        super().__init__(f"image {image!r} is not available; see `sandboxd image ls`{hint}", "image")
 
 
 class NoSuchImage(ImageNotFound):

@@ -95,6 +95,7 @@ def _run(settings: Settings) -> None:
         loop="asyncio",
         log_config=None,
         proxy_headers=False,
+        server_header=False,  # a proxied answer keeps its app's Server header, and only that one
         http=GuardedHttpToolsProtocol.configured(settings.header_timeout, settings.max_header_bytes),
         timeout_keep_alive=settings.keep_alive_timeout,
     )

@@ -33,7 +33,7 @@ from tests.fast.conftest import Api, error
 
 pytestmark = pytest.mark.anyio
 
-PUBLIC = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+PUBLIC = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/docs/assets", "/redoc"}
 OPERATOR_ONLY = ("/metrics", "/api/v1/orgs")
 ADMIN_ONLY = ("/api/v1/projects", "/api/v1/keys", *OPERATOR_ONLY)
 PROXY = "/api/v1/sandboxes/{sandbox_id}/ports/{port}/{rest}"

@@ -7,15 +7,13 @@ import re
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from urllib.parse import quote
 
-import httpx
 from fastapi import Depends, FastAPI
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sandboxd.api import errors
+from sandboxd.api import docs, errors, proxy_transport
 from sandboxd.api.deps import authorize, authorize_admin, authorize_operator, authorize_websocket
 from sandboxd.api.guard import RequestGuard
 from sandboxd.api.proxy import PortProxy
@@ -76,15 +74,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, ApiState]]:
         services = await Services.start(cfg, runtime or build_runtime(cfg))
-        # No time limit on reading a response (streams), a short one on connecting (a closed
-        # port answers at once anyway). It keeps no cookies: one sandbox's Set-Cookie must never
-        # ride along to another.
-        proxy_client = httpx.AsyncClient(
-            timeout=httpx.Timeout(None, connect=5.0),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=200),  # capped per sandbox
-            trust_env=False,
-            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
-        )
+        proxy_client = proxy_transport.proxy_client()
         state = ApiState(cfg, services, cfg.resolved_api_key(), proxy_client, request_counts)
         try:
             yield {STATE_KEY: state}
@@ -97,8 +87,11 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         version="0.1.0",
         summary="Isolated Linux sandboxes for untrusted code.",
         lifespan=lifespan,
+        docs_url=None,  # docs.install serves both pages with their assets from this server
+        redoc_url=None,
     )
     errors.install(app)
+    docs.install(app)
 
     # Outermost last: the port proxy, then request ids, then the key and body checks.
     app.add_middleware(RequestGuard)

@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import html
 import json
 import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from http import HTTPStatus
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qsl, urlencode
 
@@ -38,7 +40,14 @@ from sandboxd.api.state import ApiState, api_state
 from sandboxd.domain import Scope as KeyScope
 from sandboxd.errors import Forbidden, InvalidRequest, SandboxdError
 from sandboxd.services.auth import PROJECT_HEADER, looks_like_key, presented_credential, scope_for_method
-from sandboxd.services.ports import SIGNATURE_QUERY, TOKEN_HEADER, TOKEN_QUERY, PortService, PortUnreachable, Target
+from sandboxd.services.ports import (
+    SIGNATURE_QUERY,
+    TOKEN_HEADER,
+    TOKEN_QUERY,
+    PortService,
+    PortUnreachable,
+    Target,
+)
 
 SANDBOX_ID = r"sbx[_-][0-9a-z]{26}"
 PATH_ROUTE = re.compile(rf"^/api/v1/sandboxes/({SANDBOX_ID})/ports/(\d{{1,5}})(/.*)$")
@@ -66,11 +75,20 @@ WS_HOP = HOP | {
 STRIPPED = {TOKEN_HEADER.encode(), PROJECT_HEADER.encode(), b"x-forwarded-for"}
 PER_SANDBOX = 256  # requests and WebSockets open at once through the proxy, per sandbox
 HEADERS_WAIT = 60.0  # for the app's response to begin; the body then takes as long as it takes
+# The server adds its own Date to every answer: the app's would be a second one.
+OURS = {b"date"}
+# A refusal shown in a browser: a page of text, nothing in it runs or loads.
+REFUSAL_CSP = b"default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"
 
 
 class Busy(SandboxdError):
     code = "SANDBOX_PORTS_BUSY"
     status = 503
+
+
+class NoPortHost(SandboxdError):
+    code = "SANDBOX_NOT_FOUND"
+    status = 404
 
 
 class Unanswered(SandboxdError):
@@ -82,7 +100,11 @@ class PortProxy:
     def __init__(self, app: ASGIApp, proxy_domain: str) -> None:
         self.app = app
         self._open: Counter[str] = Counter()  # requests in flight, by sandbox
+        self.proxy_domain = proxy_domain
         self.host_route = re.compile(rf"^({SANDBOX_ID})-(\d{{1,5}})\.{re.escape(proxy_domain)}(:\d+)?$")
+        # A host meant for a port (sbx-…, under the proxy domain) that is not one: said so, rather
+        # than the API's plain 404 for a path it does not have.
+        self.port_host = re.compile(rf"^sbx[_-][^.]*\.{re.escape(proxy_domain)}(:\d+)?$")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -92,6 +114,9 @@ class PortProxy:
         by_host = self.host_route.match(host)
         by_path = None if by_host else PATH_ROUTE.match(scope["path"])
         if by_host is None and by_path is None:
+            if self.port_host.match(host):
+                await _refuse(scope, receive, send, self._not_a_port_host(host))
+                return
             await self.app(scope, receive, send)
             return
         match = by_host or by_path
@@ -140,6 +165,13 @@ class PortProxy:
             self._open[sandbox_id] -= 1
             if not self._open[sandbox_id]:
                 del self._open[sandbox_id]
+
+    def _not_a_port_host(self, host: str) -> NoPortHost:
+        label = host.split(".", 1)[0][:80]
+        return NoPortHost(
+            f"no sandbox port at {label}.{self.proxy_domain}: a port's host is "
+            f"{{sandbox id}}-{{port}}.{self.proxy_domain}, e.g. sbx-<26 letters and digits>-8000.{self.proxy_domain}"
+        )
 
 
 def _is_worker_script(scope: Scope) -> bool:
@@ -250,14 +282,38 @@ async def _refuse(scope: Scope, receive: Receive, send: Send, exc: SandboxdError
         )
         await send({"type": "websocket.http.response.body", "body": body})
         return
-    await send(
-        {
-            "type": "http.response.start",
-            "status": exc.status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
+    headers = [(b"content-type", b"application/json")]
+    if _wants_html(scope):
+        body = _refusal_page(exc)
+        headers = [
+            (b"content-type", b"text/html; charset=utf-8"),
+            (b"content-security-policy", REFUSAL_CSP),
+            (b"x-content-type-options", b"nosniff"),
+        ]
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def _wants_html(scope: Scope) -> bool:
+    """A browser navigating (Accept names text/html): it gets a page to read, anything else JSON."""
+    return b"text/html" in dict(scope["headers"]).get(b"accept", b"").lower()
+
+
+def _refusal_page(exc: SandboxdError) -> bytes:
+    try:
+        title = f"{exc.status} {HTTPStatus(exc.status).phrase}"
+    except ValueError:
+        title = str(exc.status)
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{title}</title>"
+        "<style>body{font-family:system-ui,sans-serif;max-width:42em;margin:4em auto;padding:0 1em;color:#222}"
+        "code{background:#eee;padding:.1em .3em}</style></head><body>"
+        f"<h1>{title}</h1><p>{html.escape(exc.message)}</p>"
+        f"<p><code>{html.escape(exc.code)}</code> · sandboxd port proxy</p></body></html>\n"
+    )
+    return page.encode()
 
 
 async def _proxy_http(
@@ -307,7 +363,8 @@ async def _proxy_http(
         await _refuse(scope, receive, send, PortUnreachable(f"port {target.port}: {exc}"))
         return
     try:
-        out = shape([(k, v) for k, v in response.headers.raw if k.lower() not in HOP or k.lower() == b"content-length"])
+        dropped = (HOP - {b"content-length"}) | OURS
+        out = shape([(k, v) for k, v in response.headers.raw if k.lower() not in dropped])
         if set_cookie:
             out.append((b"set-cookie", set_cookie.encode()))
         await send({"type": "http.response.start", "status": response.status_code, "headers": out})

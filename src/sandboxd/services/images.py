@@ -42,7 +42,12 @@ from pydantic import BaseModel, Field
 
 from sandboxd.domain import SHARED_PROJECT, ImageRef, new_id, utcnow
 from sandboxd.errors import Conflict, ImageNotFound, InvalidRequest, NoSuchImage, SandboxdError
-from sandboxd.runtimes.local.images.registry import Credentials, looks_like_reference, parse_reference
+from sandboxd.runtimes.local.images.registry import (
+    DEFAULT_REGISTRY,
+    Credentials,
+    looks_like_reference,
+    parse_reference,
+)
 from sandboxd.store.base import DuplicateKey, Store
 
 __all__ = ["Credentials", "ImageCatalog", "ImageInfo", "ImageService"]
@@ -116,6 +121,20 @@ class ImageInfo(BaseModel):
         )
 
 
+def registry_hint(name: str) -> str:
+    """What a Docker-style short name (``python:3.12``) means here: a local name. A registry image is
+    named with its host, which Docker leaves implicit; there is no implicit registry here (a server
+    offline, or behind a mirror, would otherwise reach out to Docker Hub unasked)."""
+    try:
+        ref = parse_reference(name)
+    except InvalidRequest:
+        return ""
+    if ref.registry != DEFAULT_REGISTRY:
+        return ""
+    suffix = f"@{ref.digest}" if ref.digest else f":{ref.tag or 'latest'}"
+    return f"; an image from a registry is named with the registry's host: docker.io/{ref.repository}{suffix}"
+
+
 class ImageService:
     def __init__(
         self,
@@ -174,7 +193,7 @@ class ImageService:
         if found is not None:
             return found[0]
         if not looks_like_reference(name):
-            raise ImageNotFound(name)
+            raise ImageNotFound(name, registry_hint(name))
         await asyncio.to_thread(self.catalog.check_access, name, Credentials(*auth) if auth else None)
         await self._add_ref(project_id, name, name)
         return name

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from sandboxd.config import Settings
 from sandboxd.domain import Sandbox, SandboxSpec, State
@@ -35,17 +36,33 @@ SIGNATURE_QUERY = "sbx_sig"
 
 
 class PortNotFound(SandboxdError):
-    """No such sandbox, or one whose port this request may not reach: one answer for both."""
+    """No such sandbox, or one whose port this request may not reach: one answer for both. What it
+    says depends only on what the request presented (no credential, a token, a signature, and the
+    signature's own expiry), never on the sandbox: it tells the caller what to fix without telling
+    whether the sandbox exists."""
 
     code = "SANDBOX_NOT_FOUND"
     status = 404
 
-    def __init__(self, sandbox_id: str, port: int) -> None:
-        super().__init__(
-            f"no sandbox {sandbox_id} with port {port} open to this request: a private port needs the "
-            f"sandbox's traffic token ({TOKEN_HEADER} header or {TOKEN_QUERY} parameter), a signed URL "
-            "or, on the path route, an API key of its project"
-        )
+    def __init__(self, sandbox_id: str, port: int, token: str | None = None, signature: str | None = None) -> None:
+        where = f"no sandbox {sandbox_id} with port {port} open to this request"
+        if signature:
+            expires, _, mac = signature.partition(".")
+            if not (expires.isdigit() and mac):
+                why = "the signed URL's signature is malformed (copy the whole URL)"
+            elif int(expires) < time.time():
+                when = datetime.fromtimestamp(int(expires), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                why = f"the signed URL expired at {when}; ask for a new one (ports/{port}?signed=true)"
+            else:
+                why = "the signed URL's signature does not match (a URL of another sandbox or port, or altered)"
+        elif token:
+            why = f"the traffic token ({TOKEN_HEADER} or {TOKEN_QUERY}) is not this sandbox's"
+        else:
+            why = (
+                f"a private port needs the sandbox's traffic token ({TOKEN_HEADER} header or {TOKEN_QUERY} "
+                "parameter), a signed URL or, on the path route, an API key of its project"
+            )
+        super().__init__(f"{where}: {why}")
 
 
 class PortUnreachable(SandboxdError):
@@ -182,7 +199,7 @@ class PortService:
                     self._recent.clear()
                 self._recent[sandbox_id] = (now, sandbox)
         if sandbox is None or not self._may_reach(sandbox, port, token, signature, api_key_project):
-            raise PortNotFound(sandbox_id, port)
+            raise PortNotFound(sandbox_id, port, token, signature)
         if port not in sandbox.spec.ports:
             raise NotFoundInSandbox(f"port {port} of sandbox {sandbox_id} is not exposed")
         if sandbox.status.state != State.RUNNING:

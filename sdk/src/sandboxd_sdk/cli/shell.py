@@ -40,14 +40,17 @@ def _relay(term: Terminal) -> int:
 
     def pump_stdin() -> None:
         fd = sys.stdin.fileno()
-        while not stop.is_set():
-            ready, _, _ = select.select([fd], [], [], 0.2)
-            if ready:
-                data = os.read(fd, 4096)
-                if not data:
-                    term.write(b"\x04")
-                    return
-                term.write(data)
+        try:
+            while not stop.is_set():
+                ready, _, _ = select.select([fd], [], [], 0.2)
+                if ready:
+                    data = os.read(fd, 4096)
+                    if not data:
+                        term.write(b"\x04")
+                        return
+                    term.write(data)
+        except Exception:  # noqa: BLE001  the session ended meanwhile: the main loop reports how
+            return
 
     threading.Thread(target=pump_stdin, daemon=True).start()
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -56,13 +57,27 @@ def template_ls(as_json: bool) -> None:
 
 @template.command("rm")
 @click.argument("ref")
-def template_rm(ref: str) -> None:
-    """Removes one version (name:version) and its image."""
-    name, _, version = ref.partition(":")
-    if not version.isdigit():
-        raise click.BadParameter("expected name:version", param_hint="REF")
+@click.option("--yes", "-y", is_flag=True, help="With a bare NAME: remove every version without asking.")
+def template_rm(ref: str, yes: bool) -> None:
+    """Removes one version (NAME:VERSION), or every version of NAME (after asking), with their images."""
+    name, sep, version = ref.partition(":")
+    if sep and not version.isdigit():
+        raise click.BadParameter("expected NAME or NAME:VERSION", param_hint="REF")
     with client() as c:
-        c.templates.delete(name, int(version))
+        if sep:
+            versions = [int(version)]
+        else:
+            versions = sorted(int(v["version"]) for v in c.templates.list(name) if v["name"] == name)
+            if not versions:
+                fail(f"no template {name!r}")
+            listed = ", ".join(f"{name}:{v}" for v in versions)
+            if not yes:
+                if not sys.stdin.isatty():
+                    fail(f"'template rm {name}' removes every version ({listed}); pass --yes to confirm")
+                click.confirm(f"remove {listed}?", abort=True, err=True)
+        for v in versions:
+            c.templates.delete(name, v)
+            err.print(f"removed {name}:{v}", markup=False, highlight=False)
 
 
 @click.command("runtimes")

@@ -59,16 +59,20 @@ async def run_command(
 
 @router.post("/commands/stream", responses=SSE_DOC, response_class=StreamingResponse)
 async def stream_command(sandbox_id: str, body: RunCommand, service: Commands, project: ProjectId) -> StreamingResponse:
+    """Runs a command and streams its output as Server-Sent Events: `stdout` and `stderr` events as it comes, then
+    one `exit` event with the exit code."""
     return StreamingResponse(_sse(await service.stream(project, sandbox_id, body)), media_type="text/event-stream")
 
 
 @router.get("/processes", response_model=list[ProcessInfo])
 async def list_processes(sandbox_id: str, service: Commands, project: ProjectId) -> list[ProcessInfo]:
+    """The sandbox's background processes, running and finished."""
     return await service.list(project, sandbox_id)
 
 
 @router.get("/processes/{process_id}", response_model=ProcessInfo)
 async def get_process(sandbox_id: str, process_id: str, service: Commands, project: ProjectId) -> ProcessInfo:
+    """One background process: its command, state and exit code once it has ended."""
     return await service.status(project, sandbox_id, process_id)
 
 
@@ -81,6 +85,8 @@ async def process_logs(
     offset: Offset = 0,
     follow: Annotated[bool, Query(description="Stream as SSE until the process ends.")] = False,
 ) -> ProcessLogs | StreamingResponse:
+    """A background process's output from a byte offset: as JSON (stdout, stderr, the next offset), or with
+    `follow=true` as Server-Sent Events until the process ends."""
     items = await service.logs(project, sandbox_id, process_id, offset, follow)
     if follow:
         return StreamingResponse(_sse(items), media_type="text/event-stream")
@@ -110,6 +116,7 @@ async def process_logs(
 async def write_stdin(
     sandbox_id: str, process_id: str, body: StdinIn, service: Commands, project: ProjectId
 ) -> ProcessInfo:
+    """Writes to a background process's standard input; `eof` closes it."""
     return await service.write_stdin(project, sandbox_id, process_id, body.data, body.eof)
 
 
@@ -117,6 +124,7 @@ async def write_stdin(
 async def signal_process(
     sandbox_id: str, process_id: str, body: SignalIn, service: Commands, project: ProjectId
 ) -> ProcessInfo:
+    """Sends a signal (a name such as `SIGTERM` or a number) to a background process."""
     try:
         number = signal_number(body.signal)
     except ValueError as exc:
@@ -126,4 +134,5 @@ async def signal_process(
 
 @router.delete("/processes/{process_id}", response_model=ProcessInfo)
 async def kill_process(sandbox_id: str, process_id: str, service: Commands, project: ProjectId) -> ProcessInfo:
+    """Kills a background process (SIGKILL)."""
     return await service.signal(project, sandbox_id, process_id, 9)

@@ -25,6 +25,7 @@ async def _body(request: Request) -> AsyncIterator[bytes]:
 
 @router.get("/files", response_class=StreamingResponse, responses={200: {"content": {"application/octet-stream": {}}}})
 async def read_file(sandbox_id: str, path: PathQ, service: Files, project: ProjectId) -> Response:
+    """A file's content as a byte stream."""
     size, chunks = await service.read(project, sandbox_id, path)
     if size is not None and size <= INLINE_READ:
         # Whole: one write, no streaming task beside it, and an error midway is still an error
@@ -51,6 +52,7 @@ async def write_file(
 async def remove_file(
     sandbox_id: str, path: PathQ, service: Files, project: ProjectId, recursive: bool = False
 ) -> Removed:
+    """Removes a file, or a directory with everything in it."""
     return Removed(removed=await service.remove(project, sandbox_id, path, recursive))
 
 
@@ -70,16 +72,19 @@ async def list_dir(
 
 @router.get("/files/stat", response_model=FileInfo)
 async def stat_file(sandbox_id: str, path: PathQ, service: Files, project: ProjectId) -> FileInfo:
+    """A file's type, size, mode, owner and modification time."""
     return await service.stat(project, sandbox_id, path)
 
 
 @router.post("/files/mkdir", response_model=FileInfo)
 async def make_dir(sandbox_id: str, body: PathIn, service: Files, project: ProjectId) -> FileInfo:
+    """Creates a directory, with its parents."""
     return await service.mkdir(project, sandbox_id, body.path, body.mode)
 
 
 @router.post("/files/move", response_model=FileInfo)
 async def move(sandbox_id: str, body: MoveIn, service: Files, project: ProjectId) -> FileInfo:
+    """Moves (renames) a file or directory within the sandbox."""
     return await service.move(project, sandbox_id, body.source, body.destination)
 
 

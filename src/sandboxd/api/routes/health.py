@@ -12,6 +12,7 @@ metrics_router = APIRouter(tags=["health"])
 
 @router.get("/healthz")
 async def healthz() -> dict[str, str]:
+    """Liveness: 200 while the server process answers at all (no key needed)."""
     return {"status": "ok"}
 
 

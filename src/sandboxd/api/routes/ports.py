@@ -31,11 +31,13 @@ class ExposePort(BaseModel):
 
 @router.get("", response_model=list[PortOut])
 async def list_ports(sandbox_id: str, service: Ports, project: ProjectId) -> list[PortOut]:
+    """The sandbox's exposed ports, each with its URLs (host route and path route)."""
     return [PortOut.model_validate(p) for p in await service.list(project, sandbox_id)]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=PortOut)
 async def expose_port(sandbox_id: str, body: ExposePort, service: Ports, project: ProjectId) -> PortOut:
+    """Exposes a port of the sandbox through the port proxy; answers with its URLs and traffic token."""
     return PortOut.model_validate(await service.expose(project, sandbox_id, body.port))
 
 
@@ -49,6 +51,8 @@ async def port_url(
     signed: Annotated[bool, Query(description="A URL that carries its own expiring signature.")] = False,
     expires_in: Annotated[int, Query(ge=1, le=7 * 24 * 3600)] = 3600,
 ) -> PortOut:
+    """An exposed port's URLs; with `signed=true`, a URL that carries its own signature and expires after
+    `expires_in` seconds (needs a write key)."""
     if signed:
         # A signed URL admits every method, as the traffic token does: a read key may not mint one.
         principal.require(Scope.WRITE)
@@ -58,4 +62,5 @@ async def port_url(
 
 @router.delete("/{port}", status_code=status.HTTP_204_NO_CONTENT)
 async def unexpose_port(sandbox_id: str, port: PortNumber, service: Ports, project: ProjectId) -> None:
+    """Stops proxying the port; its URLs, token and signed URLs stop working at once."""
     await service.unexpose(project, sandbox_id, port)

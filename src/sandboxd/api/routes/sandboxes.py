@@ -25,6 +25,8 @@ async def create_sandbox(
     response: Response,
     wait: Annotated[bool, Query(description="Return once running; false answers 202 while pending.")] = True,
 ) -> SandboxOut:
+    """Creates a sandbox from an image, a template or a runtime. Answers 201 once it runs, or with `wait=false` 202
+    at once while it is `pending` (poll it with GET)."""
     sandbox = await service.create(project, body, wait=wait)
     response.headers["Location"] = f"/api/v1/sandboxes/{sandbox.id}"
     if not wait:
@@ -42,6 +44,8 @@ async def list_sandboxes(
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> SandboxList:
+    """The project's sandboxes, oldest first, filtered by state and labels, a page at a time (`next_cursor` gives
+    the next page)."""
     labels: dict[str, str] = {}
     for item in label or []:
         key, sep, value = item.partition("=")
@@ -59,16 +63,19 @@ async def list_sandboxes(
 async def get_sandbox(
     sandbox_id: str, service: Sandboxes, project: ProjectId, principal: CurrentPrincipal
 ) -> SandboxOut:
+    """One sandbox: its state, image, resources, timeout, labels and the reason it ended, if it did."""
     return SandboxOut.of(await service.get(project, sandbox_id), principal.allows(Scope.WRITE))
 
 
 @router.delete("/{sandbox_id}", response_model=SandboxOut)
 async def delete_sandbox(sandbox_id: str, service: Sandboxes, project: ProjectId) -> SandboxOut:
+    """Stops the sandbox and removes everything it had (processes, files, network); answers with its final record."""
     return SandboxOut.of(await service.delete(project, sandbox_id))
 
 
 @router.post("/{sandbox_id}/timeout", response_model=SandboxOut)
 async def renew_timeout(sandbox_id: str, body: RenewTimeout, service: Sandboxes, project: ProjectId) -> SandboxOut:
+    """Sets the sandbox's timeout to this many seconds from now (it is destroyed when the timeout passes)."""
     return SandboxOut.of(await service.renew(project, sandbox_id, body.timeout))
 
 

@@ -69,6 +69,7 @@ async def build_template(
 
 @router.get("/templates", response_model=TemplateList)
 async def list_templates(service: Templates, project: ProjectId, name: str | None = None) -> TemplateList:
+    """The project's templates, every version, by name and version; `name` filters."""
     return TemplateList(items=[TemplateOut.of(v) for v in await service.find(project, name)])
 
 
@@ -80,6 +81,7 @@ async def get_template(name: str, service: Templates, project: ProjectId) -> Tem
 
 @router.get("/templates/{name}/versions/{version}", response_model=TemplateOut)
 async def get_template_version(name: str, version: Version, service: Templates, project: ProjectId) -> TemplateOut:
+    """One version of a template: its definition, state and build result."""
     return TemplateOut.of(await service.get(project, name, version))
 
 
@@ -96,6 +98,7 @@ async def template_logs(
     offset: Offset = 0,
     follow: Annotated[bool, Query(description="Keep streaming until the build ends.")] = False,
 ) -> StreamingResponse:
+    """A template version's build log from a byte offset; with `follow=true`, streamed until the build ends."""
     return StreamingResponse(await service.logs(project, name, version, offset, follow), media_type="text/plain")
 
 
@@ -107,6 +110,7 @@ async def delete_template_version(name: str, version: Version, service: Template
 
 @router.get("/runtimes", response_model=RuntimeList)
 async def list_runtimes(service: Templates) -> RuntimeList:
+    """The runtimes the server offers (`python3.11`, `node18`, ...) and whether each one's template is built."""
     items = [
         RuntimeOut(name=runtime, template=template, built=built.ref if built else None)
         for runtime, template, built in await service.runtimes()

@@ -86,11 +86,13 @@ async def create_org(body: CreateOrg, principal: CurrentPrincipal, service: Tena
 
 @router.get("/orgs", response_model=list[OrgOut])
 async def list_orgs(principal: CurrentPrincipal, service: Tenancy) -> list[OrgOut]:
+    """Every organization. The server's key only."""
     return [OrgOut.of(o) for o in await service.list_orgs(principal)]
 
 
 @router.get("/orgs/{org_id}", response_model=OrgOut)
 async def get_org(org_id: str, principal: CurrentPrincipal, service: Tenancy) -> OrgOut:
+    """One organization. The server's key only."""
     return OrgOut.of(await service.get_org(principal, org_id))
 
 
@@ -108,11 +110,13 @@ async def create_project(body: CreateProject, principal: CurrentPrincipal, servi
 
 @router.get("/projects", response_model=list[ProjectOut])
 async def list_projects(principal: CurrentPrincipal, service: Tenancy) -> list[ProjectOut]:
+    """The projects of the caller's organization."""
     return [ProjectOut.of(p) for p in await service.list_projects(principal)]
 
 
 @router.get("/projects/{project_id}", response_model=ProjectOut)
 async def get_project(project_id: str, principal: CurrentPrincipal, service: Tenancy) -> ProjectOut:
+    """One project of the caller's organization."""
     return ProjectOut.of(await service.get_project(principal, project_id))
 
 
@@ -143,11 +147,13 @@ async def list_keys(
     service: Tenancy,
     project_id: Annotated[str | None, Query(description="Only this project's keys.")] = None,
 ) -> list[KeyOut]:
+    """The API keys the caller may see, without their secrets."""
     return [KeyOut.of(k) for k in await service.list_keys(principal, project_id)]
 
 
 @router.get("/keys/{key_id}", response_model=KeyOut)
 async def get_key(key_id: str, principal: CurrentPrincipal, service: Tenancy) -> KeyOut:
+    """One API key, without its secret."""
     return KeyOut.of(await service.get_key(principal, key_id))
 
 

@@ -33,6 +33,8 @@ MANIFEST_TYPES = ", ".join(
     ]
 )
 DEFAULT_REGISTRY = "registry-1.docker.io"
+# Docker Hub's names for itself in references; its registry API answers on DEFAULT_REGISTRY only.
+DOCKER_HUB_ALIASES = {"docker.io", "index.docker.io", "registry.hub.docker.com"}
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
 
@@ -62,7 +64,7 @@ def parse_reference(text: str) -> Reference:
         raise InvalidRequest("image", f"invalid digest in {text!r}: expected sha256:<64 hex>")
     first, sep, remainder = rest.partition("/")
     if sep and ("." in first or ":" in first or first == "localhost"):
-        registry, path = first, remainder
+        registry, path = (DEFAULT_REGISTRY if first in DOCKER_HUB_ALIASES else first), remainder
     else:
         registry, path = DEFAULT_REGISTRY, rest
     tag = None
@@ -261,7 +263,7 @@ def fetch_image(
         # Refused, timed out, reset, a bad redirect: the registry's failure, not ours.
         raise UpstreamFailure(f"registry {ref.registry}: {_describe(exc)}", "image") from None
     except RuntimeFailure as exc:  # the client's word for an answer it cannot use
-        raise UpstreamFailure(exc.message, "image") from None
+        raise UpstreamFailure(_naming_host(ref, exc.message), "image") from None
     finally:
         client.close()
     meta = {
@@ -283,9 +285,14 @@ def manifest_digest(ref: Reference, credentials: Credentials | None, outbound: O
     except httpx.HTTPError as exc:
         raise UpstreamFailure(f"registry {ref.registry}: {_describe(exc)}", "image") from None
     except RuntimeFailure as exc:
-        raise UpstreamFailure(exc.message, "image") from None
+        raise UpstreamFailure(_naming_host(ref, exc.message), "image") from None
     finally:
         client.close()
+
+
+def _naming_host(ref: Reference, message: str) -> str:
+    """A pull's error names the registry it talked to (a user sees which host failed them)."""
+    return message if ref.registry in message else f"registry {ref.registry}: {message}"
 
 
 def _describe(exc: httpx.HTTPError) -> str:
