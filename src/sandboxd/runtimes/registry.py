@@ -36,9 +36,14 @@ def _local(settings: Settings) -> Runtime:
 
 def image_store(settings: Settings) -> ImageStore:
     from sandboxd.runtimes.local.images.catalog import ImageStore
-    from sandboxd.runtimes.local.images.registry import Credentials
+    from sandboxd.runtimes.local.images.registry import DEFAULT_REGISTRY, DOCKER_HUB_ALIASES, Credentials
 
-    auth = {host: Credentials(c["username"], c["password"]) for host, c in settings.registry_auth.items()}
+    # Docker Hub's credentials may be keyed by any of its names (docker.io, as docker writes
+    # them): references to it are all read as DEFAULT_REGISTRY, so its key is too.
+    auth = {
+        DEFAULT_REGISTRY if host in DOCKER_HUB_ALIASES else host: Credentials(c["username"], c["password"])
+        for host, c in settings.registry_auth.items()
+    }
     return ImageStore(settings.image_root, settings.userns_base, registry_auth=auth, outbound=outbound_rules(settings))
 
 

@@ -38,11 +38,14 @@ def image_inspect(name: str) -> None:
         emit(c.images.inspect(name), as_json=True)
 
 
+DOCKER_HUB = {"docker.io", "index.docker.io", "registry.hub.docker.com"}  # its names in references
+
+
 def _registry_host(reference: str) -> str:
     """The registry a reference names, as docker reads it (a first part with "." or ":", or
     localhost, is a host; anything else is Docker Hub)."""
     first, slash, _ = reference.partition("/")
-    if slash and ("." in first or ":" in first or first == "localhost"):
+    if slash and ("." in first or ":" in first or first == "localhost") and first not in DOCKER_HUB:
         return first
     return "registry-1.docker.io"
 
@@ -54,8 +57,11 @@ def _credentials(reference: str) -> dict[str, str] | None:
     if not configured:
         return None
     try:
-        entry = json.loads(configured).get(_registry_host(reference))
-    except (ValueError, AttributeError):
+        entries, host = json.loads(configured), _registry_host(reference)
+        # Docker Hub's entry may be keyed by any of its names (docker.io, as docker writes them).
+        names = [host, *sorted(DOCKER_HUB)] if host == "registry-1.docker.io" else [host]
+        entry = next((entries[name] for name in names if name in entries), None)
+    except (ValueError, AttributeError, TypeError):
         raise click.BadParameter("SANDBOXD_REGISTRY_AUTH is not a JSON object of hosts") from None
     if entry is None:
         return None
