@@ -55,3 +55,23 @@ def test_shell_with_stdin_that_is_not_a_terminal_prints_no_traceback(server: Ser
                     timeout=60,
                 )
             assert "Traceback" not in done.stderr and "Exception in thread" not in done.stderr, done.stderr
+
+
+def test_shell_ends_when_its_input_does(server: Server) -> None:
+    """`sandboxd shell ID` with piped input runs it in the login shell and ends at the input's end,
+    however early the end comes (/dev/null: before the shell has printed its first prompt)."""
+    with server.create(timeout=300) as sb:
+        for _ in range(3):  # the lost Ctrl-D was a race
+            done = subprocess.run(
+                [sys.executable, "-m", "sandboxd_sdk.cli.main", "shell", sb.id],
+                env={**os.environ, "SANDBOXD_URL": server.url, "SANDBOXD_API_KEY": server.key},
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=60,  # a hang, not a speed: it used to wait for input forever
+            )
+            assert done.returncode == 0, done.stderr
+        piped = cli(server, "shell", sb.id, stdin="echo hi-$((40+2))\n")
+        assert piped.returncode == 0, piped.stderr
+        assert "hi-42" in piped.stdout
+        unterminated = cli(server, "shell", sb.id, stdin="echo no-newline-$((1+1))")
+        assert unterminated.returncode == 0 and "no-newline-2" in unterminated.stdout, unterminated.stderr

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sandboxd_sdk import AsyncClient, Client, SandboxdConnectionError, SandboxError, tarsafe
+from sandboxd_sdk import AsyncClient, Client, FileEntry, SandboxdConnectionError, SandboxError, tarsafe
 
 import sandboxd
 from tests.conftest import free_port
@@ -247,3 +247,10 @@ def test_downloads_leave_device_nodes_fifos_and_links_out_of_the_copy_out(tmp_pa
     assert list((got / "dev").iterdir()) == []
     assert (got / "etc" / "os-release").read_text() == "hi\n"
     assert os.readlink(got / "etc" / "inside") == "../dev"  # a link inside the copy is kept
+
+
+def test_an_answer_that_is_not_a_file_entry_is_the_sdks_error() -> None:
+    # Another server on the port (or another version) answers stat: no KeyError in the caller's code.
+    with pytest.raises(SandboxError) as caught:
+        FileEntry.from_json({"type": "dir", "path": "/x", "size": 0})
+    assert caught.value.code == "BAD_RESPONSE" and "'name'" in caught.value.message

@@ -312,7 +312,8 @@ class _HostileApi(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         if "/files/stat" in self.path:
-            body, kind = b'{"type": "dir", "path": "/x", "size": 0}', "application/json"
+            entry = {"name": "x", "path": "/x", "type": "dir", "size": 0, "mode": 0o755, "uid": 0, "gid": 0}
+            body, kind = json.dumps({**entry, "modified_at": "2026-01-01T00:00:00+00:00"}).encode(), "application/json"
         else:
             body, kind = self.archive, "application/x-tar"
         self.send_response(200)

@@ -23,18 +23,25 @@ class FileEntry:
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> FileEntry:
-        """The server's JSON (time in RFC 3339); fields a newer server adds are ignored."""
-        return cls(
-            name=body["name"],
-            path=body["path"],
-            type=body["type"],
-            size=body["size"],
-            mode=body["mode"],
-            uid=body["uid"],
-            gid=body["gid"],
-            modified_at=datetime.fromisoformat(body["modified_at"]),
-            target=body.get("target"),
-        )
+        """The server's JSON (time in RFC 3339); fields a newer server adds are ignored. An answer
+        that is not a file entry (another server on that port, one of another version) is a
+        SandboxError BAD_RESPONSE, not a KeyError out of the caller's code."""
+        try:
+            return cls(
+                name=body["name"],
+                path=body["path"],
+                type=body["type"],
+                size=body["size"],
+                mode=body["mode"],
+                uid=body["uid"],
+                gid=body["gid"],
+                modified_at=datetime.fromisoformat(body["modified_at"]),
+                target=body.get("target"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            from sandboxd_sdk._errors import SandboxError  # _errors imports this module
+
+            raise SandboxError("BAD_RESPONSE", f"the server's answer is not a file entry: {exc!r:.200}") from None
 
     def __getitem__(self, key: str) -> Any:
         if key not in self.__dataclass_fields__:

@@ -46,7 +46,7 @@ def _relay(term: Terminal) -> int:
                 if ready:
                     data = os.read(fd, 4096)
                     if not data:
-                        term.write(b"\x04")
+                        _end_of_input(term, stop)
                         return
                     term.write(data)
         except Exception:  # noqa: BLE001  the session ended meanwhile: the main loop reports how
@@ -63,3 +63,14 @@ def _relay(term: Terminal) -> int:
     if term.error:
         sys.stderr.write(f"error: {term.error}\r\n")
     return int(term.exit_code or 0)
+
+
+def _end_of_input(term: Terminal, stop: threading.Event) -> None:
+    """Local stdin ended (a pipe, /dev/null): the remote terminal gets Ctrl-D, the terminal's
+    end of file, until the session ends. Once is not enough: a Ctrl-D that arrives while the
+    login shell is still starting (its line discipline not yet in readline's mode) or after a
+    line without its newline is taken up without ending anything, and the shell would wait for
+    input that never comes."""
+    while not stop.is_set():
+        term.write(b"\x04")
+        stop.wait(0.5)
