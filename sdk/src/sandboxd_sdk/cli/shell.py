@@ -39,16 +39,17 @@ def _relay(term: Terminal) -> int:
     stop = threading.Event()
 
     def pump_stdin() -> None:
-        fd = sys.stdin.fileno()
+        fd, last = sys.stdin.fileno(), b"\n"
         try:
             while not stop.is_set():
                 ready, _, _ = select.select([fd], [], [], 0.2)
                 if ready:
                     data = os.read(fd, 4096)
                     if not data:
-                        _end_of_input(term, stop)
+                        _end_of_input(term, stop, complete=last in b"\r\n")
                         return
                     term.write(data)
+                    last = data[-1:]
         except Exception:  # noqa: BLE001  the session ended meanwhile: the main loop reports how
             return
 
@@ -65,12 +66,15 @@ def _relay(term: Terminal) -> int:
     return int(term.exit_code or 0)
 
 
-def _end_of_input(term: Terminal, stop: threading.Event) -> None:
+def _end_of_input(term: Terminal, stop: threading.Event, complete: bool) -> None:
     """Local stdin ended (a pipe, /dev/null): the remote terminal gets Ctrl-D, the terminal's
     end of file, until the session ends. Once is not enough: a Ctrl-D that arrives while the
-    login shell is still starting (its line discipline not yet in readline's mode) or after a
-    line without its newline is taken up without ending anything, and the shell would wait for
-    input that never comes."""
+    login shell is still starting (its line discipline not yet in readline's mode) is taken up
+    without ending anything, and the shell would wait for input that never comes. Input whose
+    last line has no newline gets one first, as `sh script` would run that line (readline
+    takes Ctrl-D on a non-empty line as "delete", never as the end)."""
+    if not complete:
+        term.write(b"\n")
     while not stop.is_set():
         term.write(b"\x04")
         stop.wait(0.5)
