@@ -8,6 +8,8 @@ with a traceback, a [link=...] to become a hyperlink)."""
 from __future__ import annotations
 
 import os
+import pty
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -84,3 +86,43 @@ def test_a_hostile_ready_check_at_create_reaches_the_terminal_as_text(server: Se
     finally:
         with server.client() as http:
             http.delete(f"/api/v1/templates/{name}/versions/1")
+
+
+def test_a_build_log_on_a_terminal_stdout_is_escaped_when_stderr_is_not(server: Server, tmp_path: Path) -> None:
+    """`template build x.toml 2>build.err`: stderr is a file, stdout still the user's terminal. The
+    log lines (a step's output: the sandbox's) go to stdout, and on a terminal they must come out
+    escaped, as the spinner shows them."""
+    name = f"hostile-log-{os.urandom(3).hex()}"
+    definition = tmp_path / f"{name}.toml"
+    step = HOSTILE.replace("\\", "\\\\").replace('"', '\\"')
+    definition.write_text(f'[[steps]]\ntype = "run"\ncommand = "{step}"\n')
+    env = {**os.environ, "SANDBOXD_URL": server.url, "SANDBOXD_API_KEY": server.key, "TERM": "xterm"}
+    errors = tmp_path / "build.err"
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: stdout on the terminal, stderr into a file
+        os.dup2(os.open(errors, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 2)
+        os.execve(
+            sys.executable, [sys.executable, "-m", "sandboxd_sdk.cli.main", "template", "build", str(definition)], env
+        )
+    screen = b""
+    try:
+        while True:
+            ready, _, _ = select.select([fd], [], [], 120)
+            if not ready:
+                break
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            screen += data
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+        with server.client() as http:
+            http.delete(f"/api/v1/templates/{name}/versions/1")
+    text = screen.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, (text, errors.read_text())
+    assert "[link=https://evil.example]" in text, text  # the step's line is shown, as text
+    assert "\x1b" not in text and "\x07" not in text, repr(text)
