@@ -99,9 +99,22 @@ def error_from_body(status: int, content: bytes) -> SandboxError:
 URL_SETTING = "SANDBOXD_URL"
 
 
+def without_password(url: str) -> str:
+    """url as a message may show it: a password written into it (a proxy's basic auth,
+    user:secret@host) replaced by ***. Messages end up in logs, CI output and bug reports."""
+    scheme, sep, rest = url.rpartition("://")
+    authority, slash, path = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}{sep}{user}{':***' if colon else ''}@{host}{slash}{path}"
+
+
 def connection_error(exc: BaseException, url: str) -> SandboxdConnectionError:
     """A transport failure (httpx's, or the socket's under a WebSocket) as one line saying what to
-    check. url: the server's base URL as the client was given it."""
+    check. url: the server's base URL as the client was given it (a password in it is not repeated)."""
+    url = without_password(url)
     where = f"sandboxd at {url}"
     causes = list(_causes(exc))
     found = {type(e) for e in causes}

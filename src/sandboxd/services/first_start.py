@@ -70,7 +70,10 @@ async def wait_until_ready(agent: AgentPort, sandbox: Sandbox, progress: Progres
             output, info = await _collect(await agent.run(spawn))
             if info.exit_code == 0:
                 return
-            last = output.decode(errors="replace").strip()[-500:] or f"exit code {info.exit_code}"
+            # The sandbox's own output, on its way into an error a user's terminal shows: its
+            # control characters (escape sequences) escaped, as a failed sandbox's message is.
+            text = output.decode(errors="replace").strip()[-500:]
+            last = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text) or f"exit code {info.exit_code}"
         except SandboxdError as exc:
             last = exc.message
         await asyncio.sleep(float(check.get("interval", 0.2)))

@@ -4,19 +4,19 @@ GENERATED from ../_async by scripts/unasync.py: do not edit."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from urllib.parse import quote
 
 import httpx
 
 from sandboxd_sdk._sync._session import Session
-from sandboxd_sdk._errors import SandboxdConnectionError, SandboxError, raise_for_status
+from sandboxd_sdk._errors import SandboxdConnectionError, SandboxError, raise_for_status, without_password
 from sandboxd_sdk._pool import shared_client
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 PROJECT_HEADER = "X-Sandboxd-Project"
 API_PREFIX = "/api/v1"
-LOOPBACK = ("localhost", "127.0.0.1", "[::1]")
 
 
 def base_url(url: str | None) -> str:
@@ -25,30 +25,42 @@ def base_url(url: str | None) -> str:
     adds it. A URL without a scheme is taken as http:// only for this machine (127.0.0.1:8080):
     to another host the API key would cross the network in clear, so the choice is the user's."""
     given = (url or os.environ.get("SANDBOXD_URL") or DEFAULT_URL).strip()
+    shown = without_password(given)  # what a message may repeat of it
     found = given
-    if "://" not in found:
-        host = found.split("/", 1)[0].rsplit(":", 1)[0] if not found.startswith("[") else found.split("]")[0] + "]"
-        if host not in LOOPBACK and not host.startswith("127."):
-            raise SandboxdConnectionError(
-                "BAD_URL",
-                f"the server URL {given!r} has no scheme: write https://{given}, or http://{given} for a server"
-                " without TLS (the API key then crosses the network in clear) (SANDBOXD_URL)",
-                given,
-            )
+    schemeless = "://" not in found
+    if schemeless:
         found = f"http://{found}"
     try:
         parsed = httpx.URL(found)
     except httpx.InvalidURL as exc:
-        message = f"the server URL {given!r} is not valid: {exc} (SANDBOXD_URL)"
-        raise SandboxdConnectionError("BAD_URL", message, given) from None
+        message = f"the server URL {shown!r} is not valid: {exc} (SANDBOXD_URL)"
+        raise SandboxdConnectionError("BAD_URL", message, shown) from None
+    # Judged on the host the request would go to, as httpx parses it: "127.0.0.1:80@elsewhere" is
+    # a request to elsewhere, "127.0.0.1.elsewhere" a DNS name.
+    if schemeless and (parsed.userinfo or not _loopback(parsed.host)):
+        raise SandboxdConnectionError(
+            "BAD_URL",
+            f"the server URL {shown!r} has no scheme: write https://{shown}, or http://{shown} for a server"
+            " without TLS (the API key then crosses the network in clear) (SANDBOXD_URL)",
+            shown,
+        )
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise SandboxdConnectionError(
-            "BAD_URL", f"the server URL {given!r} is not an http:// or https:// URL (SANDBOXD_URL)", given
+            "BAD_URL", f"the server URL {shown!r} is not an http:// or https:// URL (SANDBOXD_URL)", shown
         )
     found = found.rstrip("/")
     if found.endswith(API_PREFIX):
         found = found[: -len(API_PREFIX)]
     return found
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def api_key(key: str | None) -> str:

@@ -13,6 +13,7 @@ import click
 import httpx
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from sandboxd_sdk import tarsafe
 from sandboxd_sdk._async._http import DEFAULT_URL
@@ -44,10 +45,22 @@ def version() -> str:
 
 
 def fail(message: object) -> NoReturn:
-    # markup=False: a message may hold the server's (or a sandbox's) brackets.
+    # markup=False: a message may hold the server's (or a sandbox's) brackets; and its control
+    # characters are escaped (rich passes ESC through): an error can quote what a sandbox printed.
     err.print("[red]error:[/red] ", end="")
-    err.print(str(message), markup=False, highlight=False, soft_wrap=True)  # one line, never wrapped
+    err.print(inert(str(message)), markup=False, highlight=False, soft_wrap=True)  # one line, never wrapped
     sys.exit(1)
+
+
+def inert(text: str) -> str:
+    """text for a terminal: control characters (escape sequences among them) escaped, line breaks kept."""
+    return "".join(c if c.isprintable() or c == "\n" else repr(c)[1:-1] for c in text)
+
+
+def cell(value: object) -> Text:
+    """A table cell from a record (a name, a message): plain text, never rich markup, control
+    characters escaped."""
+    return Text(inert(str(value)).replace("\n", " "))
 
 
 def project() -> str | None:

@@ -10,7 +10,7 @@ import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
-from sandboxd_sdk.cli._common import client, emit, err, json_option
+from sandboxd_sdk.cli._common import cell, client, emit, err, json_option
 
 
 @click.group()
@@ -26,7 +26,8 @@ def image_ls(as_json: bool) -> None:
         items = c.images.list()
     table = Table("NAME", "SOURCE", "LAYERS", "DIGEST")
     for item in items:
-        table.add_row(item["name"], item["source"] or "", str(len(item["layers"])), item["digest"] or "")
+        source, digest = item["source"] or "", item["digest"] or ""
+        table.add_row(cell(item["name"]), cell(source), str(len(item["layers"])), cell(digest))
     emit(items, as_json, table)
 
 

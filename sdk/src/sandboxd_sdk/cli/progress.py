@@ -152,6 +152,7 @@ class BuildOutput:
         self.console = console
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self._waiting = Waiting(console, title) if console.is_terminal else None
+        self._stdout_tty = sys.stdout.isatty()
 
     def __enter__(self) -> BuildOutput:
         if self._waiting is not None:
@@ -163,7 +164,9 @@ class BuildOutput:
         if self._waiting is not None:
             self._waiting.line(line)
         else:
-            sys.stdout.write(line + "\n")
+            # The spinner goes by stderr's console; stdout may still be a terminal (2>file): there
+            # the sandbox's lines are escaped too, only a file or a pipe gets them as they were.
+            sys.stdout.write((printable(line) if self._stdout_tty else line) + "\n")
             sys.stdout.flush()
 
     def __exit__(self, *exc: object) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import click
 from rich.table import Column, Table
 
-from sandboxd_sdk.cli._common import client, emit, err, fail, json_option
+from sandboxd_sdk.cli._common import cell, client, emit, err, fail, json_option
 from sandboxd_sdk.cli.progress import BuildOutput
 
 
@@ -51,7 +51,9 @@ def template_ls(as_json: bool) -> None:
         items = c.templates.list()
     table = Table("REF", "STATE", "IMAGE", "CACHED STEPS", Column("MESSAGE", overflow="fold"))
     for item in items:
-        table.add_row(item["ref"], item["state"], item["image"] or "", str(item["steps_cached"]), item["message"])
+        # The message can quote what a sandbox printed (a failed ready check): text, never markup.
+        image, cached = item["image"] or "", str(item["steps_cached"])
+        table.add_row(cell(item["ref"]), item["state"], cell(image), cached, cell(item["message"]))
     emit(items, as_json, table)
 
 
@@ -88,5 +90,5 @@ def runtimes(as_json: bool) -> None:
         items = c.runtimes()
     table = Table("RUNTIME", "TEMPLATE", "BUILT")
     for item in items:
-        table.add_row(item["name"], item["template"], item["built"] or "(on first use)")
+        table.add_row(cell(item["name"]), cell(item["template"]), cell(item["built"] or "(on first use)"))
     emit(items, as_json, table)

@@ -12,7 +12,7 @@ import click
 from rich.table import Column, Table
 
 from sandboxd_sdk._models import ApiKey, Organization, Project
-from sandboxd_sdk.cli._common import client, emit, err, json_option, project
+from sandboxd_sdk.cli._common import cell, client, emit, err, json_option, project
 
 SCOPES = click.Choice(["read", "write", "admin"])
 ONCE = "This is the only time the key is shown: the server keeps only its hash. Store it now."
@@ -82,7 +82,7 @@ def _keys_table(items: list[ApiKey]) -> Table:
     for k in items:
         table.add_row(
             k.id,
-            k.name,
+            cell(k.name),  # names are set by other keys' holders: text, never markup
             k.project_id or "(organization)",
             ",".join(k.scopes),
             _when(k.created_at),
@@ -120,7 +120,7 @@ def _projects_table(items: list[Project]) -> Table:
     table = Table("NAME", "ORGANIZATION", "CREATED")
     table.columns.insert(0, _id_column())
     for p in items:
-        table.add_row(p.id, p.name, p.org_id, _when(p.created_at))
+        table.add_row(p.id, cell(p.name), p.org_id, _when(p.created_at))
     return table
 
 
@@ -163,7 +163,7 @@ def _orgs_table(items: list[Organization]) -> Table:
     table = Table("NAME", "CREATED")
     table.columns.insert(0, _id_column())
     for o in items:
-        table.add_row(o.id, o.name, _when(o.created_at))
+        table.add_row(o.id, cell(o.name), _when(o.created_at))
     return table
 
 
