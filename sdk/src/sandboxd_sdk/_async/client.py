@@ -417,7 +417,7 @@ class AsyncSandbox:
         every 50 ms; the port need not be exposed."""
         path, left = f"{self._path}/listening/{port}", max(timeout, 0.0)
         while True:
-            wait = min(left, 30.0)  # the server waits at most 60 s per request
+            wait = min(left, 25.0)  # the server waits at most 30 s per request
             r = await _check(await self._http.get(path, params={"timeout": wait}, timeout=wait + 30.0))
             left -= wait
             if r.json()["listening"]:

@@ -123,7 +123,7 @@ async def port_listening(
     port: PortNumber,
     service: Ports,
     project: ProjectId,
-    timeout: Annotated[float, Query(ge=0, le=60, description="Seconds to wait for it to listen.")] = 0,
+    timeout: Annotated[float, Query(ge=0, le=30, description="Seconds to wait for it to listen.")] = 0,
 ) -> ListeningOut:
     """Whether something listens on the port inside the sandbox, waiting up to timeout seconds for
     it (a server just started there): what the proxy needs to answer rather than 502
