@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import dns.exception
 import dns.message
 import dns.rcode
 import dns.rrset
@@ -82,8 +83,11 @@ class Zone:
                 data, peer = self.sock.recvfrom(4096)
             except OSError:
                 return
-            query = dns.message.from_wire(data)
-            name = query.question[0].name.to_text(omit_final_dot=True)
+            try:
+                query = dns.message.from_wire(data)
+                name = query.question[0].name.to_text(omit_final_dot=True)
+            except (dns.exception.DNSException, IndexError):
+                continue  # not a query (a stray datagram on loopback): a real server ignores it too
             self.queries.append(name)
             response = dns.message.make_response(query)
             if name not in self.records:

@@ -264,6 +264,7 @@ def test_sandboxes_cannot_reach_the_host_or_each_other(server: Server, test_host
         with server.create() as a, server.create() as b:
             a.files.write("/tmp/listen.py", listener)
             a.commands.run("python3 /tmp/listen.py", background=True)
+            a.wait_for_port(9000, timeout=30)  # started in the background: listening a moment later
             address = a.commands.run("hostname -I").stdout.split()[0]
             assert connect(a, "127.0.0.1", 9000) == "hello from a sandbox"  # it is listening
             assert connect(b, address, 9000).startswith("refused")
