@@ -363,8 +363,8 @@ class SandboxService:
         written first: the supervisor stops watching it, calls on it are refused, and a server
         killed during the stop finishes it on restart (reconcile). Its timeout stops running; it
         is kept stopped for stopped_retention_seconds."""
+        sandbox = await self.get(project_id, sandbox_id)  # another project's is not found, supported or not
         control = stop_start(self.runtime)
-        sandbox = await self.get(project_id, sandbox_id)
         if sandbox.status.state != State.RUNNING:
             raise Conflict(f"sandbox {sandbox.id} is {sandbox.status.state.value}: only a running one can be stopped")
         retention = utcnow() + timedelta(seconds=self.settings.stopped_retention_seconds)
@@ -388,9 +388,9 @@ class SandboxService:
         """Boots a stopped sandbox again: same id, spec (env, limits, egress, ports) and traffic
         token, a new address; its timeout runs again in full. A failed start leaves it stopped.
         Stopped until it runs: a server killed during the start stops it again on restart."""
-        control = stop_start(self.runtime)
         async with self.lock(sandbox_id):
             sandbox = await self.get(project_id, sandbox_id)
+            control = stop_start(self.runtime)
             state = sandbox.status.state.value
             if sandbox.status.state != State.STOPPED:
                 raise Conflict(f"sandbox {sandbox.id} is {state}: only a stopped one can be started")
