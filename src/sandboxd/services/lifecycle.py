@@ -367,6 +367,8 @@ class SandboxService:
         control = stop_start(self.runtime)
         if sandbox.status.state != State.RUNNING:
             raise Conflict(f"sandbox {sandbox.id} is {sandbox.status.state.value}: only a running one can be stopped")
+        if sandbox.spec.limits.disk_mb is None:  # its files are in its directory, not a volume of its own
+            raise Conflict(f"sandbox {sandbox.id} is from before disk limits: it cannot be stopped, only deleted")
         retention = utcnow() + timedelta(seconds=self.settings.stopped_retention_seconds)
         status = Status(state=State.STOPPED, reason="stopped", changed_at=utcnow())
         stopping = await self.store.update_if(
