@@ -336,6 +336,20 @@ class FakeRuntime:
             for conn in sandbox.open:
                 conn.queue.put_nowait(None)
 
+    async def stop_sandbox(self, sandbox_id: str, record: dict[str, Any]) -> dict[str, Any]:
+        """Its processes end, its files stay (StopStart)."""
+        sandbox = self.sandboxes.get(sandbox_id)
+        if sandbox is not None:
+            sandbox.procs.clear()
+            for conn in sandbox.open:
+                conn.queue.put_nowait(None)
+        return {**record, "address": None}
+
+    async def start_sandbox(self, sandbox_id: str, spec: SandboxSpec, record: dict[str, Any]) -> dict[str, Any]:
+        if sandbox_id not in self.sandboxes:
+            raise Conflict(f"sandbox {sandbox_id} has no files to start from")
+        return {**record, "address": ADDRESS}
+
     async def liveness(self, sandbox_id: str, record: dict[str, Any]) -> Liveness:
         return Liveness.RUNNING if sandbox_id in self.sandboxes else Liveness.MISSING
 

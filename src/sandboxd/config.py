@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     registry_allow_hosts: list[str] = []
     dns_queries_per_second: int = 200  # per sandbox, twice that in a burst; more are dropped
     retention_seconds: int = 3600
+    # A stopped sandbox's timeout does not run (it starts again in full at start); it is deleted,
+    # its writable layer with it, once stopped this long.
+    stopped_retention_seconds: int = 7 * 24 * 3600
     # Runtime names → template names. A template that was never built is built on first use from
     # <name>.toml in template_dirs or the definitions shipped with sandboxd.
     runtimes: dict[str, str] = {"python3.11": "python3.11", "node18": "node18"}

@@ -42,6 +42,7 @@ class State(enum.StrEnum):
     PENDING = "pending"
     RUNNING = "running"
     STOPPING = "stopping"
+    STOPPED = "stopped"  # no processes, no network; its writable layer kept for a start
     TERMINATED = "terminated"
     FAILED = "failed"
 
@@ -53,7 +54,9 @@ class State(enum.StrEnum):
 # Allowed transitions; later lifecycle states (paused, hibernated) slot in here.
 TRANSITIONS: dict[State, set[State]] = {
     State.PENDING: {State.RUNNING, State.STOPPING, State.FAILED},
-    State.RUNNING: {State.STOPPING, State.FAILED, State.TERMINATED},
+    State.RUNNING: {State.STOPPING, State.FAILED, State.TERMINATED, State.STOPPED},
+    # A start that fails leaves it stopped (its files kept); running again only once booted.
+    State.STOPPED: {State.RUNNING, State.STOPPING, State.FAILED},
     State.STOPPING: {State.TERMINATED, State.FAILED},
     State.TERMINATED: set(),
     State.FAILED: set(),

@@ -14,7 +14,13 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sandboxd.api import docs, errors, proxy_transport
-from sandboxd.api.deps import authorize, authorize_admin, authorize_operator, authorize_websocket
+from sandboxd.api.deps import (
+    authorize,
+    authorize_admin,
+    authorize_operator,
+    authorize_websocket,
+    resolve_sandbox,
+)
 from sandboxd.api.guard import RequestGuard
 from sandboxd.api.proxy import PortProxy
 from sandboxd.api.routes import commands, files, health, images, ports, sandboxes, templates, tenancy, terminal
@@ -102,8 +108,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     auth = [Depends(authorize)]
     app.include_router(health.router)
     app.include_router(health.metrics_router, dependencies=[*auth, Depends(authorize_operator)])
+    # A sandbox's name stands for its id in every /sandboxes/{sandbox_id} route (after auth: per project).
     for module in (sandboxes, commands, files, templates, ports, images):
-        app.include_router(module.router, dependencies=auth)
+        app.include_router(module.router, dependencies=[*auth, Depends(resolve_sandbox)])
     app.include_router(tenancy.router, dependencies=[*auth, Depends(authorize_admin)])
-    app.include_router(terminal.router, dependencies=[Depends(authorize_websocket)])
+    app.include_router(terminal.router, dependencies=[Depends(authorize_websocket), Depends(resolve_sandbox)])
     return app

@@ -68,6 +68,16 @@ async def authorize(request: Request, creds: Annotated[HTTPAuthorizationCredenti
     (await _principal(request)).require(scope_for_method(request.method))
 
 
+async def resolve_sandbox(conn: HTTPConnection) -> None:
+    """Router-level, after authorize: a route's {sandbox_id} may be a sandbox's name, made its id
+    here, the one place for every route (FastAPI reads path parameters after the router's
+    dependencies). An id is taken as it is."""
+    ref = conn.scope.get("path_params", {}).get("sandbox_id")
+    if isinstance(ref, str) and not ref.startswith("sbx_"):
+        project = (await _principal(conn)).project()
+        conn.scope["path_params"]["sandbox_id"] = await _services(conn).sandboxes.resolve(project, ref)
+
+
 async def authorize_admin(principal: CurrentPrincipal) -> None:
     """Router-level for tenancy: projects and keys are an admin's."""
     principal.require(Scope.ADMIN)
@@ -88,8 +98,8 @@ async def _state(request: Request) -> ApiState:
     return api_state(request.scope)
 
 
-def _services(request: Request) -> Services:
-    return api_state(request.scope).services
+def _services(conn: HTTPConnection) -> Services:
+    return api_state(conn.scope).services
 
 
 async def _sandboxes(request: Request) -> SandboxService:

@@ -37,6 +37,7 @@ class SandboxStatus(BaseModel):
 
 class SandboxOut(BaseModel):
     id: str
+    name: str | None = Field(None, description="Its name, usable wherever its id is (until it ends).")
     status: SandboxStatus
     image: str
     entrypoint: list[str] | None
@@ -67,6 +68,7 @@ class SandboxOut(BaseModel):
         spec = sb.spec
         return cls(
             id=sb.id,
+            name=sb.name,
             status=SandboxStatus(**sb.status.model_dump()),
             image=spec.image,
             entrypoint=spec.entrypoint,

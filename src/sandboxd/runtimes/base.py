@@ -11,6 +11,7 @@ refuse with `Unsupported` when it is missing:
   none without it).
 - `LayerBuilder`: images made of layers, a sandbox's writable layer kept as a new one (template
   builds).
+- `StopStart`: ending a sandbox's processes keeping its filesystem, and booting it again.
 """
 
 from __future__ import annotations
@@ -130,6 +131,24 @@ class LayerBuilder(Protocol):
     async def commit(self, sandbox_id: str, record: dict[str, Any]) -> str:
         """Stops the sandbox and keeps its writable layer as a new layer; returns the layer id.
         destroy must still be called."""
+
+
+@runtime_checkable
+class StopStart(Protocol):
+    async def stop_sandbox(self, sandbox_id: str, record: dict[str, Any]) -> dict[str, Any]:
+        """Ends every process and releases all it holds but its writable layer; returns its record.
+        Also safe on a sandbox already stopped, or half started (a restart's reconcile)."""
+
+    async def start_sandbox(self, sandbox_id: str, spec: SandboxSpec, record: dict[str, Any]) -> dict[str, Any]:
+        """Boots a stopped sandbox again on its writable layer; returns its record. On failure it
+        is stopped again (its layer kept)."""
+
+
+def stop_start(runtime: Runtime) -> StopStart:
+    """The runtime's stop/start capability; Unsupported (501) if it has none."""
+    if isinstance(runtime, StopStart):
+        return runtime
+    raise Unsupported("stopping and starting sandboxes", runtime.name)
 
 
 def egress_control(runtime: Runtime) -> EgressControl:

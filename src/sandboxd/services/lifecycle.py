@@ -31,7 +31,14 @@ from sandboxd.errors import (
     SandboxNotFound,
     SandboxNotRunning,
 )
-from sandboxd.runtimes.base import EgressControl, RefusalRecord, Runtime, egress_control, layer_builder
+from sandboxd.runtimes.base import (
+    EgressControl,
+    RefusalRecord,
+    Runtime,
+    egress_control,
+    layer_builder,
+    stop_start,
+)
 from sandboxd.runtimes.registry import outbound_rules
 from sandboxd.services import first_start
 from sandboxd.services.requests import CreateSandbox, EgressPolicy
@@ -47,6 +54,9 @@ def not_running(sandbox: Sandbox) -> SandboxNotRunning:
     status = sandbox.status
     if status.state == State.PENDING:
         return SandboxNotRunning(sandbox.id, "pending", f"still starting ({status.reason}); try again once it runs")
+    if status.state == State.STOPPED:
+        why = f"stopped at {_when(status.changed_at)}; start it with sb.start() (sandboxd start {sandbox.id})"
+        return SandboxNotRunning(sandbox.id, "stopped", why)
     at = _when(status.changed_at)
     if status.reason == "timeout":
         passed = _when(sandbox.expires_at) if sandbox.expires_at else at
@@ -121,7 +131,7 @@ class SandboxService:
         spec = build_spec(self.settings, req, templates.runtime_template if templates else None)
         # Credentials go to the runtime for this create only: they are not part of the record.
         auth = (req.image_auth.username, req.image_auth.password) if req.image_auth else None
-        return await self.launch(project_id, spec, auth, wait)
+        return await self.launch(project_id, spec, auth, wait, name=req.name)
 
     async def launch(
         self,
@@ -258,6 +268,16 @@ class SandboxService:
             raise SandboxNotFound(sandbox_id)
         return sandbox
 
+    async def resolve(self, project_id: str, ref: str) -> str:
+        """The id a route's {sandbox_id} stands for: an id as it is, else the name of one of the
+        project's sandboxes not yet ended (a name cannot look like an id: requests.SANDBOX_NAME)."""
+        if ref.startswith("sbx_"):
+            return ref
+        found = await self.store.sandbox_id_by_name(project_id, ref)
+        if found is None:
+            raise SandboxNotFound(ref)
+        return found
+
     async def find(
         self,
         project_id: str,
@@ -337,6 +357,60 @@ class SandboxService:
             await self.runtime.destroy(current.id, current.runtime)
             self._drop_agent(sandbox_id)  # a call that read the record as running just before
             return await self.transition(sandbox_id, State.TERMINATED, reason, message)
+
+    async def stop(self, project_id: str, sandbox_id: str) -> Sandbox:
+        """Ends a running sandbox's processes and network, keeping its filesystem. Stopped is
+        written first: the supervisor stops watching it, calls on it are refused, and a server
+        killed during the stop finishes it on restart (reconcile). Its timeout stops running; it
+        is kept stopped for stopped_retention_seconds."""
+        sandbox = await self.get(project_id, sandbox_id)  # another project's is not found, supported or not
+        control = stop_start(self.runtime)
+        if sandbox.status.state != State.RUNNING:
+            raise Conflict(f"sandbox {sandbox.id} is {sandbox.status.state.value}: only a running one can be stopped")
+        if sandbox.spec.limits.disk_mb is None:  # its files are in its directory, not a volume of its own
+            raise Conflict(f"sandbox {sandbox.id} is from before disk limits: it cannot be stopped, only deleted")
+        retention = utcnow() + timedelta(seconds=self.settings.stopped_retention_seconds)
+        status = Status(state=State.STOPPED, reason="stopped", changed_at=utcnow())
+        stopping = await self.store.update_if(
+            sandbox.id, {"status": status, "expires_at": retention}, expected_states=[State.RUNNING]
+        )
+        if stopping is None:
+            return await self.stop(project_id, sandbox_id)  # it changed meanwhile: say what it is now
+        self._announce(sandbox.id, State.STOPPED, "stopped")
+        async with self.lock(sandbox.id):
+            current = await self.get(None, sandbox.id)
+            if current.status.state != State.STOPPED:
+                return current  # deleted while it waited for the lock
+            record = await control.stop_sandbox(sandbox.id, current.runtime)
+            return await self.store.update_if(
+                sandbox.id, {"runtime": record}, expected_states=[State.STOPPED]
+            ) or await self.get(None, sandbox.id)
+
+    async def start(self, project_id: str, sandbox_id: str) -> Sandbox:
+        """Boots a stopped sandbox again: same id, spec (env, limits, egress, ports) and traffic
+        token, a new address; its timeout runs again in full. A failed start leaves it stopped.
+        Stopped until it runs: a server killed during the start stops it again on restart."""
+        async with self.lock(sandbox_id):
+            sandbox = await self.get(project_id, sandbox_id)
+            control = stop_start(self.runtime)
+            state = sandbox.status.state.value
+            if sandbox.status.state != State.STOPPED:
+                raise Conflict(f"sandbox {sandbox.id} is {state}: only a stopped one can be started")
+            try:
+                record = await control.start_sandbox(sandbox.id, sandbox.spec, sandbox.runtime)
+            except SandboxdError as exc:
+                await self.transition(sandbox.id, State.STOPPED, "start_failed", exc.message)
+                raise
+            except Exception as exc:
+                log.exception("start failed", extra={"sandbox_id": sandbox.id})
+                await self.transition(sandbox.id, State.STOPPED, "start_failed", str(exc))
+                raise RuntimeFailure(f"sandbox {sandbox.id} failed to start: {exc}") from exc
+            patch = {"runtime": record, "expires_at": utcnow() + timedelta(seconds=sandbox.spec.timeout)}
+            if await self.store.update_if(sandbox.id, patch, expected_states=[State.STOPPED]) is None:
+                # A delete came in meanwhile (it waits for this lock): nothing of the boot is left for it.
+                await control.stop_sandbox(sandbox.id, record)
+                return await self.get(None, sandbox.id)
+            return await self.transition(sandbox.id, State.RUNNING, "started")
 
     async def commit_and_delete(self, sandbox_id: str, reason: str) -> str:
         """Ends a running sandbox keeping its writable layer, which becomes a new layer; returns
@@ -441,12 +515,16 @@ class SandboxService:
             current = await self.get(None, sandbox_id)
             log.warning("ignored %s -> %s", current.status.state, state, extra={"sandbox_id": sandbox_id})
             return current
+        self._announce(sandbox_id, state, reason, message)
+        return changed
+
+    def _announce(self, sandbox_id: str, state: State, reason: str, message: str = "") -> None:
+        """What follows every state change written."""
         if state != State.RUNNING:
             self._drop_agent(sandbox_id)
         for listener in self.on_transition:
             listener(sandbox_id, state)
         log.info("%s (%s) %s", state.value, reason, message, extra={"sandbox_id": sandbox_id})
-        return changed
 
     def lock(self, sandbox_id: str) -> asyncio.Lock:
         """Held while the runtime makes, changes or removes the sandbox."""

@@ -182,8 +182,29 @@ def check_ports(ports: list[int]) -> list[int]:
     return sorted(set(ports))
 
 
+# A sandbox's name: URL-safe as a path segment, and never like an id (sbx_…), so a route's
+# {sandbox_id} is read as one or the other without a lookup of both.
+SANDBOX_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+def check_sandbox_name(name: str | None) -> str | None:
+    if name is None:
+        return None
+    if not SANDBOX_NAME.match(name):
+        raise ValueError("a name is 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    if name.lower().startswith("sbx_"):
+        raise ValueError("a name may not start with sbx_ (sandbox ids do)")
+    return name
+
+
 class CreateSandbox(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(
+        None,
+        description="Unique among the project's sandboxes not yet ended (stopped ones included); usable "
+        "wherever a sandbox id is. Letters, digits, '.', '_', '-'; not starting with sbx_.",
+    )
 
     image: str | None = Field(
         None,
@@ -223,6 +244,7 @@ class CreateSandbox(BaseModel):
 
     _env = field_validator("env")(check_env)
     _ports = field_validator("ports")(check_ports)
+    _name = field_validator("name")(check_sandbox_name)
 
     @field_validator("cwd")
     @classmethod

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from sandboxd.config import Settings
 from sandboxd.domain import Sandbox, State, utcnow
 from sandboxd.errors import SandboxdError, SandboxExhausted, SandboxNotFound
-from sandboxd.runtimes.base import Liveness, Runtime
+from sandboxd.runtimes.base import Liveness, Runtime, stop_start
 from sandboxd.services.lifecycle import SandboxService
 from sandboxd.store.base import Store
 
@@ -108,6 +108,11 @@ class Supervisor:
                 return
             await self.runtime.destroy(sandbox.id, sandbox.runtime)
             await transition(sandbox.id, State.FAILED, "vanished", "the sandbox stopped while the server was down")
+        elif state == State.STOPPED:
+            # Stopped, or killed during a stop or a start: whatever of it runs is stopped again.
+            kept.add(sandbox.id)
+            record = await stop_start(self.runtime).stop_sandbox(sandbox.id, sandbox.runtime)
+            await self.store.update_if(sandbox.id, {"runtime": record}, expected_states=[State.STOPPED])
         elif state == State.PENDING:
             await self.runtime.destroy(sandbox.id, sandbox.runtime)
             await transition(sandbox.id, State.FAILED, "server_restarted", "the server stopped during create")
@@ -120,8 +125,12 @@ class Supervisor:
     async def reap_once(self, now: datetime | None = None) -> None:
         now = now or utcnow()
         for sandbox in await self.store.expired(now):
+            if sandbox.status.state == State.STOPPED:
+                reason, message = "stopped_retention", "stopped longer than the server keeps stopped sandboxes"
+            else:
+                reason, message = "timeout", "the sandbox's timeout passed"
             try:
-                await self.sandboxes.delete(None, sandbox.id, "timeout", "the sandbox's timeout passed")
+                await self.sandboxes.delete(None, sandbox.id, reason, message)
             except SandboxNotFound:
                 continue
             except Exception:  # one that cannot be destroyed must not stop the others

@@ -32,6 +32,9 @@ class Store(Protocol):
 
     async def get_sandbox(self, sandbox_id: str, project_id: str | None) -> Sandbox | None: ...
 
+    async def sandbox_id_by_name(self, project_id: str, name: str) -> str | None:
+        """The id of the project's sandbox not yet ended that holds this name."""
+
     async def find_sandboxes(
         self,
         project_id: str | None,

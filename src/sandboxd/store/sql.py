@@ -83,6 +83,13 @@ class SqlStore(TenancyStore, ImageRefStore):
         row = await self.runner.read(lambda conn: conn.execute(query, params).first())
         return SANDBOXES.load(row) if row is not None else None
 
+    async def sandbox_id_by_name(self, project_id: str, name: str) -> str | None:
+        query = sa.select(sandboxes.c.id).where(
+            sandboxes.c.project_id == project_id, sandboxes.c.name == name, sandboxes.c.ended_at.is_(None)
+        )
+        row = await self.runner.read(lambda conn: conn.execute(query).first())
+        return str(row[0]) if row is not None else None
+
     async def find_sandboxes(
         self,
         project_id: str | None,

@@ -285,6 +285,7 @@ class Sandbox:
         cls,
         image: str | None = None,
         *,
+        name: str | None = None,
         template: str | None = None,
         runtime: str | None = None,
         cpu: float | None = None,
@@ -318,6 +319,7 @@ class Sandbox:
         body: dict[str, Any] = {"internet_access": internet_access, "public_traffic": public_traffic}
         for key, value in (
             ("image", image),
+            ("name", name),  # unique in the project while it lives; connect(name) finds it
             ("template", template),  # "name" (its newest ready version) or "name:version"
             ("runtime", runtime),  # e.g. "python3.11", "node18": as the server is configured
             ("cpu", cpu),
@@ -367,7 +369,7 @@ class Sandbox:
         fetch: bool = True,
         transport: httpx.BaseTransport | None = None,
     ) -> Sandbox:
-        """The sandbox sandbox_id (of project, as create()). fetch=False asks nothing now (info
+        """The sandbox sandbox_id, or the one of that name (of project, as create()). fetch=False asks nothing now (info
         holds only the id until refresh()): a missing sandbox shows in the first call made on it."""
         http, owned = _client(url, api_key, 120.0, project, transport)
         if not fetch:
@@ -386,7 +388,7 @@ class Sandbox:
 
     @property
     def state(self) -> str:
-        """The state when info was last fetched: "pending", "running", "terminated", "failed"..."""
+        """The state when info was last fetched: "pending", "running", "stopped", "terminated", "failed"..."""
         return str(self.info["status"]["state"])
 
     def refresh(self) -> dict[str, Any]:
@@ -394,6 +396,24 @@ class Sandbox:
         r = _check(self._http.get(self._path))
         self.info = r.json()
         return self.info
+
+    @property
+    def name(self) -> str | None:
+        """Its name, if it was given one at create."""
+        name = self.info.get("name")
+        return name if isinstance(name, str) else None
+
+    def stop(self) -> None:
+        """Stops the sandbox: its processes end, its files are kept (state "stopped"); start()
+        boots it again. Its timeout does not run while it is stopped."""
+        r = _check(self._http.post(f"{self._path}/stop"))
+        self.info = r.json()
+
+    def start(self) -> None:
+        """Boots a stopped sandbox again with its files, env, limits, egress and ports; its
+        timeout runs again in full. Processes that ran before the stop do not come back."""
+        r = _check(self._http.post(f"{self._path}/start"))
+        self.info = r.json()
 
     def set_timeout(self, seconds: int) -> None:
         """Renews the timeout: the sandbox is destroyed seconds from now (info["expires_at"])."""

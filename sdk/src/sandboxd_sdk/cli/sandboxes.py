@@ -19,8 +19,8 @@ from sandboxd_sdk.cli._common import client, connect, console, emit, err, projec
 from sandboxd_sdk.cli.progress import build_log
 
 # The server's states (sandboxd.domain.State), in lifecycle order; the live ones have not ended.
-STATES = ("pending", "running", "stopping", "terminated", "failed")
-LIVE_STATES = ("pending", "running", "stopping")
+STATES = ("pending", "running", "stopping", "stopped", "terminated", "failed")
+LIVE_STATES = ("pending", "running", "stopping", "stopped")
 
 
 def clean(value: object) -> str:
@@ -97,7 +97,7 @@ def details(s: dict[str, Any]) -> list[tuple[str, str]]:
     status = s["status"]
     state = status["state"] + (f" ({status['reason']})" if status.get("reason") else "")
     created, expires = _time(s.get("created_at")), _time(s.get("expires_at"))
-    rows = [("id", s["id"]), ("state", state)]
+    rows = [("id", s["id"]), *([("name", s["name"])] if s.get("name") else []), ("state", state)]
     if status.get("message"):
         rows.append(("message", status["message"]))
     if s.get("template"):
@@ -159,6 +159,7 @@ QUIET = click.option("--quiet", "-q", is_flag=True, help="Print only the sandbox
 
 @click.command(context_settings=SHOW_DEFAULTS)
 @click.option("--image", default=None, show_default="the server's", help="Image to start.")
+@click.option("--name", default=None, help="A name unique in the project, usable wherever its id is.")
 @click.option(
     "--template", default=None, help="Template to start from: NAME (its newest ready version) or NAME:VERSION."
 )
@@ -174,6 +175,7 @@ QUIET = click.option("--quiet", "-q", is_flag=True, help="Print only the sandbox
 @JSON
 def create(
     image: str | None,
+    name: str | None,
     template: str | None,
     runtime: str | None,
     cpu: float | None,
@@ -189,6 +191,7 @@ def create(
     """Creates a sandbox and prints it (-q: its id only)."""
     sb = Sandbox.create(
         image,
+        name=name,
         template=template,
         runtime=runtime,
         cpu=cpu,
@@ -213,7 +216,7 @@ def create(
     "--state",
     multiple=True,
     type=click.Choice(STATES, case_sensitive=False),
-    show_default="the live ones: pending, running, stopping",
+    show_default="the live ones: pending, running, stopping, stopped",
     help="Only sandboxes in this state; repeat for several.",
 )
 @click.option("--all", "-a", "show_all", is_flag=True, help="Include ended sandboxes (terminated, failed).")

@@ -73,6 +73,21 @@ async def delete_sandbox(sandbox_id: str, service: Sandboxes, project: ProjectId
     return SandboxOut.of(await service.delete(project, sandbox_id))
 
 
+@router.post("/{sandbox_id}/stop", response_model=SandboxOut)
+async def stop_sandbox(sandbox_id: str, service: Sandboxes, project: ProjectId) -> SandboxOut:
+    """Ends the sandbox's processes and frees its memory and network, keeping its files; `stopped`
+    until started again. Its timeout does not run while stopped; a sandbox stopped longer than the
+    server keeps stopped sandboxes (a week by default) is deleted. 409 unless it is running."""
+    return SandboxOut.of(await service.stop(project, sandbox_id))
+
+
+@router.post("/{sandbox_id}/start", response_model=SandboxOut)
+async def start_sandbox(sandbox_id: str, service: Sandboxes, project: ProjectId) -> SandboxOut:
+    """Boots a stopped sandbox again with its files, env, limits, egress policy, ports and traffic
+    token (its address inside may change); its timeout runs again in full. 409 unless it is stopped."""
+    return SandboxOut.of(await service.start(project, sandbox_id))
+
+
 @router.post("/{sandbox_id}/timeout", response_model=SandboxOut)
 async def renew_timeout(sandbox_id: str, body: RenewTimeout, service: Sandboxes, project: ProjectId) -> SandboxOut:
     """Sets the sandbox's timeout to this many seconds from now (it is destroyed when the timeout passes)."""

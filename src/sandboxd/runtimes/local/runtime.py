@@ -7,8 +7,9 @@ id under its runtime class's state root; cgroups named ``sandboxd-<id>``; and a 
 that dies with its processes. Everything is named after the id, so a restarted server can find what
 a crash left behind and remove it.
 
-Besides the lifecycle core it implements both capabilities: EgressControl (network/plane.py does
-the work) and LayerBuilder (images/ does).
+Besides the lifecycle core it implements the capabilities: EgressControl (network/plane.py does
+the work), LayerBuilder (images/ does) and StopStart (a stopped sandbox keeps only its scratch
+volume and the image marker in its directory).
 """
 
 from __future__ import annotations
@@ -140,51 +141,7 @@ class LocalRuntime:
             record["transforms"] = spec.transforms
             marker = {"image": spec.image, "layers": [*image.layer_ids, *spec.layers]}
             await asyncio.to_thread(self._prepare_root, sandbox_id, home, lowers, marker, record["address"], spec)
-            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            userns: OwnedNamespace | None = None
-            try:
-                listener.bind(str(home / "agent.sock"))
-                listener.listen(128)
-                userns = await OwnedNamespace.make(self._namespace_owner(record["address"]), self.idmap)
-                config = oci.build_config(
-                    rootfs=str(home / "rootfs"),
-                    hostname=_hostname(sandbox_id),
-                    env=spec.env,
-                    cwd=spec.cwd or "/",
-                    limits=spec.limits,
-                    cgroup_path=f"/{cgroups.name(sandbox_id)}",
-                    idmap=self.idmap,
-                    agent_host_dir=str(self.agent_mount.directory),
-                    agent_config=json.dumps({"entrypoint": spec.entrypoint, "cwd": spec.cwd, "user": spec.user}),
-                    userns_path=userns.path,
-                    rlimits=oci.own_rlimits() if cli.own_rlimits else None,
-                )
-                (home / "config.json").write_text(json.dumps(config))
-                pipe = self.log_pipes.open(sandbox_id, home / LOG_FIFO, create=True)
-                log_fd = pipe.writer()
-                try:
-                    # The listening socket becomes the agent's stdin; the log FIFO its stdout/stderr.
-                    await cli.create(
-                        sandbox_id,
-                        home,
-                        home / "pid",
-                        stdin=listener.fileno(),
-                        stdout=log_fd,
-                        prefix=[] if cli.own_rlimits else oci.prlimit_command(),
-                        on_failure=lambda: self.log_pipes.tail(sandbox_id),
-                    )
-                finally:
-                    os.close(log_fd)
-            finally:
-                listener.close()
-                if userns is not None:  # the sandbox's processes hold its namespace from here
-                    await userns.close()
-            pid = int((home / "pid").read_text())
-            record["pid"] = pid
-            # The policy holds before the sandbox's first process runs.
-            await self.networks.attach(sandbox_id, pid, record)
-            await cli.start(sandbox_id)
-            await self._wait_ready(sandbox_id)
+            await self._boot(sandbox_id, home, spec, record)
         except BaseException:
             self.log_pipes.close(sandbox_id)
             try:
@@ -193,6 +150,56 @@ class LocalRuntime:
                 log.exception("cleanup after a failed create failed", extra={"sandbox_id": sandbox_id})
             raise
         return record
+
+    async def _boot(self, sandbox_id: str, home: Path, spec: SandboxSpec, record: dict[str, Any]) -> None:
+        """Starts the container on the root mounted at home/rootfs and wires its network: the
+        agent answers when it returns. record holds its runtime class and address; gets its pid."""
+        cli = self.oci.of(record)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        userns: OwnedNamespace | None = None
+        try:
+            listener.bind(str(home / "agent.sock"))
+            listener.listen(128)
+            userns = await OwnedNamespace.make(self._namespace_owner(record["address"]), self.idmap)
+            config = oci.build_config(
+                rootfs=str(home / "rootfs"),
+                hostname=_hostname(sandbox_id),
+                env=spec.env,
+                cwd=spec.cwd or "/",
+                limits=spec.limits,
+                cgroup_path=f"/{cgroups.name(sandbox_id)}",
+                idmap=self.idmap,
+                agent_host_dir=str(self.agent_mount.directory),
+                agent_config=json.dumps({"entrypoint": spec.entrypoint, "cwd": spec.cwd, "user": spec.user}),
+                userns_path=userns.path,
+                rlimits=oci.own_rlimits() if cli.own_rlimits else None,
+            )
+            (home / "config.json").write_text(json.dumps(config))
+            pipe = self.log_pipes.open(sandbox_id, home / LOG_FIFO, create=True)
+            log_fd = pipe.writer()
+            try:
+                # The listening socket becomes the agent's stdin; the log FIFO its stdout/stderr.
+                await cli.create(
+                    sandbox_id,
+                    home,
+                    home / "pid",
+                    stdin=listener.fileno(),
+                    stdout=log_fd,
+                    prefix=[] if cli.own_rlimits else oci.prlimit_command(),
+                    on_failure=lambda: self.log_pipes.tail(sandbox_id),
+                )
+            finally:
+                os.close(log_fd)
+        finally:
+            listener.close()
+            if userns is not None:  # the sandbox's processes hold its namespace from here
+                await userns.close()
+        pid = int((home / "pid").read_text())
+        record["pid"] = pid
+        # The policy holds before the sandbox's first process runs.
+        await self.networks.attach(sandbox_id, pid, record)
+        await cli.start(sandbox_id)
+        await self._wait_ready(sandbox_id)
 
     def _namespace_owner(self, address: str) -> int:
         """The host uid that owns the sandbox's user namespace (userns.py): one per running
@@ -277,6 +284,56 @@ class LocalRuntime:
             failures.append(exc)
         if failures:
             raise failures[0]
+
+    # -- StopStart -------------------------------------------------------------------------------
+
+    async def stop_sandbox(self, sandbox_id: str, record: dict[str, Any]) -> dict[str, Any]:
+        """Ends its processes, cgroups, network and mounts, keeping its scratch volume (the
+        writable layer) and the image marker; returns the record without pid and address. Safe to
+        call again on a stopped or half-started sandbox (a restart's reconcile does)."""
+        stopped, network = await asyncio.gather(
+            self._stop_container(sandbox_id, record),
+            self.networks.remove(sandbox_id, record),
+            return_exceptions=True,
+        )
+        self.log_pipes.close(sandbox_id)
+        if isinstance(stopped, BaseException):
+            raise stopped
+        if not stopped:  # as in destroy: its address is not given to another
+            raise RuntimeFailure(f"sandbox {sandbox_id} did not stop; try again")
+        self.networks.release(record)
+        await asyncio.to_thread(rootfs.clear_home, self.root / sandbox_id)
+        if not isinstance(network, BaseException) and network:
+            raise network[0]
+        if isinstance(network, BaseException):
+            raise network
+        return {**{k: v for k, v in record.items() if k != "pid"}, "address": None}
+
+    async def start_sandbox(self, sandbox_id: str, spec: SandboxSpec, record: dict[str, Any]) -> dict[str, Any]:
+        """Boots a stopped sandbox again on its kept writable layer, with a new address; its egress
+        policy and transforms are the record's. On failure it is left stopped."""
+        home = self.root / sandbox_id
+        volume = self.scratch.path / sandbox_id
+        record = {**record, "address": None}
+        try:
+            marker = await asyncio.to_thread(rootfs.read_marker, home)
+            if not volume.is_dir():
+                raise RuntimeFailure(f"sandbox {sandbox_id} has no writable layer to start from")
+            image = self.images.get(str(marker["image"]))
+            extra = [str(layer) for layer in marker["layers"][len(image.layer_ids) :]]
+            lowers = [*reversed(self.images.layer_paths(extra)), *reversed(image.layers)]  # as create's
+            record["address"] = address = await self.network.allocate()
+            etc = self.networks.etc_files(_hostname(sandbox_id), address)
+            ca = self.networks.ca.pem if record.get("transforms") else None
+            await asyncio.to_thread(rootfs.remount, home, volume, lowers, self.idmap.host_id, etc, ca)
+            await self._boot(sandbox_id, home, spec, record)
+        except BaseException:
+            try:
+                await asyncio.shield(self.stop_sandbox(sandbox_id, record))
+            except Exception:  # the start's own error is the one to report
+                log.exception("cleanup after a failed start failed", extra={"sandbox_id": sandbox_id})
+            raise
+        return record
 
     # -- inspection ------------------------------------------------------------------------------
 

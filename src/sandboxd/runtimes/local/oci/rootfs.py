@@ -32,12 +32,19 @@ def prepare(
 ) -> None:
     """Mounts the root at home/rootfs: lowers (top first) under volume's upper dir, where all the
     sandbox writes lands (its quota bounds it); then writes its /etc files and CA."""
-    (home / "rootfs").mkdir(parents=True, exist_ok=True)
     (home / MARKER).write_text(json.dumps(marker))
     for sub in ("upper", "work"):
         (volume / sub).mkdir()
     # The overlay root takes its owner from the upper dir: root of the sandbox's user namespace.
     os.chown(volume / "upper", owner, owner)
+    remount(home, volume, lowers, owner, etc_files, ca_pem)
+
+
+def remount(
+    home: Path, volume: Path, lowers: list[Path], owner: int, etc_files: dict[str, str], ca_pem: bytes | None
+) -> None:
+    """Mounts the root again over the upper dir a stopped sandbox kept (start), or first (prepare)."""
+    (home / "rootfs").mkdir(parents=True, exist_ok=True)
     mounts.mount_overlay(lowers, volume / "upper", volume / "work", home / "rootfs")
     write_etc_files(home / "rootfs", etc_files, owner)
     if ca_pem is not None:
@@ -49,6 +56,25 @@ def remove_mounts(home: Path) -> None:
         mounts.unmount(point)
     if mounts.mounts_under(home):
         raise RuntimeFailure(f"could not unmount everything under {home}")
+
+
+def clear_home(home: Path) -> None:
+    """Unmounts the root and removes all of home but the image marker: a stopped sandbox keeps
+    only its writable layer, and the marker that keeps its image from being deleted under it."""
+    remove_mounts(home)
+    for entry in home.iterdir() if home.exists() else []:
+        if entry.name == MARKER:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def read_marker(home: Path) -> dict[str, Any]:
+    """What the root is built on (written by prepare, by the server: not the sandbox's)."""
+    marker: dict[str, Any] = json.loads((home / MARKER).read_text())
+    return marker
 
 
 def remove_home(home: Path) -> None:
@@ -125,6 +151,8 @@ def install_ca(rootfs: Path, pem: bytes, owner: int) -> None:
                 bundle = f.read(16 * 1024 * 1024) if stat.S_ISREG(os.fstat(f.fileno()).st_mode) else b""
         except OSError:
             bundle = b""
+        if pem in bundle:  # a start of a stopped sandbox: its bundle has the CA already
+            return
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name, dir_fd=fd)
         new = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=fd)
