@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     registry_allow_hosts: list[str] = []
     dns_queries_per_second: int = 200  # per sandbox, twice that in a burst; more are dropped
     retention_seconds: int = 3600
+    # How long a paused sandbox (its memory held on this host) is kept before it is destroyed
+    # (reason pause_expired); a resume restarts its timeout.
+    paused_retention_seconds: int = 86400
     # Runtime names → template names. A template that was never built is built on first use from
     # <name>.toml in template_dirs or the definitions shipped with sandboxd.
     runtimes: dict[str, str] = {"python3.11": "python3.11", "node18": "node18"}

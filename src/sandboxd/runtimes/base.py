@@ -11,6 +11,7 @@ refuse with `Unsupported` when it is missing:
   none without it).
 - `LayerBuilder`: images made of layers, a sandbox's writable layer kept as a new one (template
   builds).
+- `Pausable`: freezing every process of a sandbox with its memory kept, and thawing it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ ImageAuth = tuple[str, str]  # (username, password) for one pull
 
 class Liveness(enum.StrEnum):
     RUNNING = "running"
+    PAUSED = "paused"  # its processes are there, frozen
     STOPPED = "stopped"  # the sandbox's processes are gone, its resources may remain
     MISSING = "missing"  # the runtime knows nothing of it
 
@@ -130,6 +132,26 @@ class LayerBuilder(Protocol):
     async def commit(self, sandbox_id: str, record: dict[str, Any]) -> str:
         """Stops the sandbox and keeps its writable layer as a new layer; returns the layer id.
         destroy must still be called."""
+
+
+@runtime_checkable
+class Pausable(Protocol):
+    """Freezing a sandbox: its processes stop being scheduled, their memory stays. Both calls are
+    idempotent (a restarted server makes the runtime agree with the record by calling them again)."""
+
+    async def pause(self, sandbox_id: str, record: dict[str, Any]) -> None:
+        """Returns once every process of the sandbox is frozen; RuntimeFailure (and the sandbox
+        thawed again) if that does not happen in time."""
+
+    async def resume(self, sandbox_id: str, record: dict[str, Any]) -> None:
+        """Thaws every process of the sandbox."""
+
+
+def pausable(runtime: Runtime) -> Pausable:
+    """The runtime's pause capability; Unsupported (501) if it has none."""
+    if isinstance(runtime, Pausable):
+        return runtime
+    raise Unsupported("pausing sandboxes", runtime.name)
 
 
 def egress_control(runtime: Runtime) -> EgressControl:

@@ -297,6 +297,8 @@ class Sandbox:
         entrypoint: list[str] | None = None,
         metadata: dict[str, str] | None = None,
         timeout: int | None = None,
+        timeout_action: str | None = None,
+        auto_resume: bool = False,
         internet_access: bool = True,
         egress: dict[str, Any] | None = None,
         transforms: list[dict[str, Any]] | None = None,
@@ -316,6 +318,8 @@ class Sandbox:
         operator's template is built on its first use: on_build_log then gets that build's log,
         line by line, while the create waits (and the wait is not bound by request_timeout)."""
         body: dict[str, Any] = {"internet_access": internet_access, "public_traffic": public_traffic}
+        if auto_resume:  # requests to it while paused resume it first
+            body["auto_resume"] = True
         for key, value in (
             ("image", image),
             ("template", template),  # "name" (its newest ready version) or "name:version"
@@ -330,6 +334,7 @@ class Sandbox:
             ("entrypoint", entrypoint),
             ("metadata", metadata),
             ("timeout", timeout),
+            ("timeout_action", timeout_action),  # "destroy" (the default) or "pause" when the timeout passes
             ("egress", egress),  # {"mode": "allow_all"|"deny_all"|"custom", "allowed_domains", "rules"...}
             ("transforms", transforms),  # [{"domain", "inject_headers", "strip_headers"}]: secrets stay outside
             ("ports", ports),  # reachable through the server's proxy; see port_url()
@@ -386,7 +391,7 @@ class Sandbox:
 
     @property
     def state(self) -> str:
-        """The state when info was last fetched: "pending", "running", "terminated", "failed"..."""
+        """The state when info was last fetched: "pending", "running", "paused", "terminated", "failed"..."""
         return str(self.info["status"]["state"])
 
     def refresh(self) -> dict[str, Any]:
@@ -394,6 +399,18 @@ class Sandbox:
         r = _check(self._http.get(self._path))
         self.info = r.json()
         return self.info
+
+    def pause(self) -> None:
+        """Freezes the sandbox, its memory kept; its processes go on from where they were on
+        resume(). While paused, requests to it are refused (409) unless it was created with
+        auto_resume=True, which resumes it first."""
+        r = _check(self._http.post(f"{self._path}/pause"))
+        self.info = r.json()
+
+    def resume(self) -> None:
+        """Thaws a paused sandbox (in milliseconds), with its full timeout again."""
+        r = _check(self._http.post(f"{self._path}/resume"))
+        self.info = r.json()
 
     def set_timeout(self, seconds: int) -> None:
         """Renews the timeout: the sandbox is destroyed seconds from now (info["expires_at"])."""
