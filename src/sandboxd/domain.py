@@ -41,8 +41,8 @@ def utcnow() -> datetime:
 class State(enum.StrEnum):
     PENDING = "pending"
     RUNNING = "running"
-    STOPPING = "stopping"
     PAUSED = "paused"  # every process frozen (cgroup freezer), memory kept; resume thaws it
+    STOPPING = "stopping"
     TERMINATED = "terminated"
     FAILED = "failed"
 
