@@ -85,3 +85,12 @@ async def test_timeout_action_takes_destroy_or_pause(api: Api, action: str) -> N
     assert (await api.client.get(f"/api/v1/sandboxes/{sid}")).json()["timeout_action"] == "pause"
     default = await create(api)
     assert (await api.client.get(f"/api/v1/sandboxes/{default}")).json()["timeout_action"] == "destroy"
+
+
+async def test_an_egress_change_resumes_an_auto_resume_sandbox(api: Api) -> None:
+    """set_egress holds the sandbox's lock, which a resume takes too: resumed before, not inside."""
+    sid = await create(api, auto_resume=True)
+    await api.client.post(f"/api/v1/sandboxes/{sid}/pause")
+    r = await api.client.put(f"/api/v1/sandboxes/{sid}/egress", json={"mode": "deny_all"})
+    assert r.status_code == 200, r.text
+    assert (await api.client.get(f"/api/v1/sandboxes/{sid}")).json()["status"]["state"] == "running"

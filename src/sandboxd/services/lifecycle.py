@@ -413,6 +413,7 @@ class SandboxService:
 
     async def set_egress(self, project_id: str, sandbox_id: str, policy: EgressPolicy) -> Sandbox:
         """Changes a running sandbox's egress policy; it holds from the next packet on."""
+        await self.running(project_id, sandbox_id)  # resumed here (auto_resume): the lock is not reentrant
         async with self.lock(sandbox_id):
             sandbox = await self.running(project_id, sandbox_id)
             rules = egress_rules(policy)
