@@ -218,3 +218,19 @@ def test_cli_pause_and_resume(srv: Server) -> None:
     refused = cli("exec", other, "--", "true")
     assert refused.returncode != 0 and f"sandbox {other} is paused" in refused.stderr, refused
     assert cli("pause", "sbx_" + "0" * 26).returncode != 0
+
+
+def test_port_traffic_to_a_paused_sandbox_resumes_it_with_auto_resume(srv: Server) -> None:
+    for auto in (False, True):
+        with srv.create(timeout=300, ports=[8000], auto_resume=auto) as sb:
+            sb.commands.run("cd /root && python3 -m http.server 8000", background=True)
+            sb.wait_for_port(8000, timeout=30)
+            sb.pause()
+            host = {"Host": f"{sb.id.replace('_', '-')}-8000.localhost:{srv.port}", "X-Sandbox-Token": sb.traffic_token}
+            with httpx.Client(base_url=srv.url, timeout=30) as http:
+                r = http.get("/", headers=host)
+            sb.refresh()
+            if auto:
+                assert r.status_code == 200 and sb.state == "running", r.text
+            else:
+                assert r.status_code == 409 and "is paused" in r.json()["message"] and sb.state == "paused", r.text
