@@ -149,6 +149,7 @@ def core_figures(work: Path, server: Server, http: httpx.Client, runs: int) -> d
         results.setdefault("exec `true` over HTTP (agent)", []).append(
             timed(lambda: http.post(f"/api/v1/sandboxes/{sid}/commands", json=body).raise_for_status())
         )
+    results.update(pause_figures(http, sid, runs))
     oci = oci_cli(server.data_dir, sid)  # the sandbox's own class (crun where it can run)
     for _ in range(runs):
         results.setdefault(f"baseline: {oci[0]} exec `true` (no HTTP)", []).append(
@@ -168,6 +169,24 @@ def core_figures(work: Path, server: Server, http: httpx.Client, runs: int) -> d
         results.setdefault("start → first exec done", []).append((time.perf_counter() - t0) * 1000)
     http.delete(f"/api/v1/sandboxes/{sid}")
     results["baseline: runc run of the same bundle"] = baseline_runc_run(work, bundle_src, runs)
+    return results
+
+
+def pause_figures(http: httpx.Client, sid: str, runs: int) -> dict[str, list[float]]:
+    """Pause and resume of a running sandbox over HTTP (the freezer, the record), and a first exec
+    after a resume. Goal: resume ≤ 20 ms."""
+    results: dict[str, list[float]] = {}
+    path = f"/api/v1/sandboxes/{sid}"
+    body = {"command": ["true"]}
+    for _ in range(max(runs, 50)):
+        pause = timed(lambda: http.post(f"{path}/pause").raise_for_status())
+        resume = timed(lambda: http.post(f"{path}/resume").raise_for_status())
+        results.setdefault("pause", []).append(pause)
+        results.setdefault("resume (goal ≤ 20)", []).append(resume)
+        results.setdefault("pause → resume", []).append(pause + resume)
+        results.setdefault("resume → exec `true` done", []).append(
+            resume + timed(lambda: http.post(f"{path}/commands", json=body).raise_for_status())
+        )
     return results
 
 

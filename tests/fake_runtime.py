@@ -300,7 +300,7 @@ def _untar(sb: FakeSandbox, path: str, data: bytes) -> None:
 
 
 class FakeRuntime:
-    """The Runtime core, EgressControl and LayerBuilder, over FakeSandboxes in memory."""
+    """The Runtime core, EgressControl, LayerBuilder and Pausable, over FakeSandboxes in memory."""
 
     name = "fake"
 
@@ -309,6 +309,7 @@ class FakeRuntime:
         self.images: dict[str, dict[str, Any]] = dict(IMAGES)
         self.layers: dict[str, str] = {}
         self.egress: dict[str, dict[str, Any]] = {}
+        self.paused: set[str] = set()
 
     # -- the core --------------------------------------------------------------------------------
 
@@ -394,6 +395,14 @@ class FakeRuntime:
         self.egress.pop(sandbox_id, None)
 
     # -- EgressControl ---------------------------------------------------------------------------
+
+    # -- Pausable (a flag: nothing runs to freeze) ---------------------------------------------------
+
+    async def pause(self, sandbox_id: str, record: dict[str, Any]) -> None:
+        self.paused.add(sandbox_id)
+
+    async def resume(self, sandbox_id: str, record: dict[str, Any]) -> None:
+        self.paused.discard(sandbox_id)
 
     async def set_egress(self, sandbox_id: str, record: dict[str, Any], rules: dict[str, Any]) -> dict[str, Any]:
         self.egress[sandbox_id] = rules

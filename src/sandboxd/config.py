@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     # A stopped sandbox's timeout does not run (it starts again in full at start); it is deleted,
     # its writable layer with it, once stopped this long.
     stopped_retention_seconds: int = 7 * 24 * 3600
+    # How long a paused sandbox (its memory held on this host) is kept before it is destroyed
+    # (reason pause_expired); a resume restarts its timeout.
+    paused_retention_seconds: int = 86400
     # Runtime names → template names. A template that was never built is built on first use from
     # <name>.toml in template_dirs or the definitions shipped with sandboxd.
     runtimes: dict[str, str] = {"python3.11": "python3.11", "node18": "node18"}

@@ -41,6 +41,7 @@ def utcnow() -> datetime:
 class State(enum.StrEnum):
     PENDING = "pending"
     RUNNING = "running"
+    PAUSED = "paused"  # every process frozen (cgroup freezer), memory kept; resume thaws it
     STOPPING = "stopping"
     STOPPED = "stopped"  # no processes, no network; its writable layer kept for a start
     TERMINATED = "terminated"
@@ -54,13 +55,22 @@ class State(enum.StrEnum):
 # Allowed transitions; later lifecycle states (paused, hibernated) slot in here.
 TRANSITIONS: dict[State, set[State]] = {
     State.PENDING: {State.RUNNING, State.STOPPING, State.FAILED},
-    State.RUNNING: {State.STOPPING, State.FAILED, State.TERMINATED, State.STOPPED},
+    State.RUNNING: {State.STOPPING, State.FAILED, State.TERMINATED, State.STOPPED, State.PAUSED},
     # A start that fails leaves it stopped (its files kept); running again only once booted.
     State.STOPPED: {State.RUNNING, State.STOPPING, State.FAILED},
+    State.PAUSED: {State.RUNNING, State.STOPPING, State.FAILED, State.TERMINATED},
     State.STOPPING: {State.TERMINATED, State.FAILED},
     State.TERMINATED: set(),
     State.FAILED: set(),
 }
+
+
+class TimeoutAction(enum.StrEnum):
+    """What happens to a running sandbox when its timeout passes. New actions (stop, hibernate)
+    are added here and handled in the supervisor's reaper; the API's enum follows this one."""
+
+    DESTROY = "destroy"
+    PAUSE = "pause"
 
 
 # The kernel refuses a CFS quota under 1 ms (per 100 ms period), and a quota of 0 leaves runc
@@ -95,6 +105,8 @@ class SandboxSpec(BaseModel):
     metadata: dict[str, str] = Field(default_factory=dict)
     limits: Limits
     timeout: int
+    timeout_action: TimeoutAction = TimeoutAction.DESTROY
+    auto_resume: bool = False  # a request to it while paused resumes it first (else a 409)
     internet_access: bool = True  # False is the same as egress {"mode": "deny_all"}
     egress: dict[str, Any] | None = None  # a services.requests.EgressPolicy as given; None: allow all
     # What runtimes enforce: {"rules": [[action, target], ...], "default": "allow"|"deny"}.

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from sandboxd.domain import CommandResult, ExitInfo, FileInfo, ProcessInfo, Sandbox, State
+from sandboxd.domain import CommandResult, ExitInfo, FileInfo, ProcessInfo, Sandbox, State, TimeoutAction
 
 # The agent's values are the domain's, rendered as they are (times in RFC 3339).
 __all__ = [
@@ -51,6 +51,8 @@ class SandboxOut(BaseModel):
     pids: int
     disk_mb: int | None = Field(description="What it may write, in MB; null for sandboxes from before disk limits.")
     timeout: int
+    timeout_action: TimeoutAction = Field(description="What happens when the timeout passes: destroy or pause.")
+    auto_resume: bool = Field(description="Requests to it while paused resume it first.")
     internet_access: bool
     egress: dict[str, Any] | None = Field(description="The egress policy; null: allow all.")
     transforms: list[dict[str, Any]] = Field(description="Credential brokering; injected values are not shown.")
@@ -82,6 +84,8 @@ class SandboxOut(BaseModel):
             pids=spec.limits.pids,
             disk_mb=spec.limits.disk_mb,
             timeout=spec.timeout,
+            timeout_action=spec.timeout_action,
+            auto_resume=spec.auto_resume,
             internet_access=spec.internet_access,
             egress=spec.egress,
             transforms=[

@@ -12,6 +12,7 @@ refuse with `Unsupported` when it is missing:
 - `LayerBuilder`: images made of layers, a sandbox's writable layer kept as a new one (template
   builds).
 - `StopStart`: ending a sandbox's processes keeping its filesystem, and booting it again.
+- `Pausable`: freezing every process of a sandbox with its memory kept, and thawing it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ ImageAuth = tuple[str, str]  # (username, password) for one pull
 
 class Liveness(enum.StrEnum):
     RUNNING = "running"
+    PAUSED = "paused"  # its processes are there, frozen
     STOPPED = "stopped"  # the sandbox's processes are gone, its resources may remain
     MISSING = "missing"  # the runtime knows nothing of it
 
@@ -149,6 +151,26 @@ def stop_start(runtime: Runtime) -> StopStart:
     if isinstance(runtime, StopStart):
         return runtime
     raise Unsupported("stopping and starting sandboxes", runtime.name)
+
+
+@runtime_checkable
+class Pausable(Protocol):
+    """Freezing a sandbox: its processes stop being scheduled, their memory stays. Both calls are
+    idempotent (a restarted server makes the runtime agree with the record by calling them again)."""
+
+    async def pause(self, sandbox_id: str, record: dict[str, Any]) -> None:
+        """Returns once every process of the sandbox is frozen; RuntimeFailure (and the sandbox
+        thawed again) if that does not happen in time."""
+
+    async def resume(self, sandbox_id: str, record: dict[str, Any]) -> None:
+        """Thaws every process of the sandbox."""
+
+
+def pausable(runtime: Runtime) -> Pausable:
+    """The runtime's pause capability; Unsupported (501) if it has none."""
+    if isinstance(runtime, Pausable):
+        return runtime
+    raise Unsupported("pausing sandboxes", runtime.name)
 
 
 def egress_control(runtime: Runtime) -> EgressControl:

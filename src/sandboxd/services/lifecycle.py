@@ -16,13 +16,13 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from sandboxd.agent import AgentPort
 from sandboxd.config import Settings
-from sandboxd.domain import TRANSITIONS, Sandbox, SandboxSpec, State, Status, new_id, utcnow
+from sandboxd.domain import TRANSITIONS, Sandbox, SandboxSpec, State, Status, TimeoutAction, new_id, utcnow
 from sandboxd.errors import (
     Conflict,
     InvalidRequest,
@@ -37,10 +37,11 @@ from sandboxd.runtimes.base import (
     Runtime,
     egress_control,
     layer_builder,
+    pausable,
     stop_start,
 )
 from sandboxd.runtimes.registry import outbound_rules
-from sandboxd.services import first_start
+from sandboxd.services import first_start, pausing
 from sandboxd.services.requests import CreateSandbox, EgressPolicy
 from sandboxd.services.specs import build_spec, egress_rules
 from sandboxd.store.base import Store
@@ -57,6 +58,8 @@ def not_running(sandbox: Sandbox) -> SandboxNotRunning:
     if status.state == State.STOPPED:
         why = f"stopped at {_when(status.changed_at)}; start it with sb.start() (sandboxd start {sandbox.id})"
         return SandboxNotRunning(sandbox.id, "stopped", why)
+    if status.state == State.PAUSED:
+        return pausing.paused_message(sandbox)
     at = _when(status.changed_at)
     if status.reason == "timeout":
         passed = _when(sandbox.expires_at) if sandbox.expires_at else at
@@ -129,6 +132,8 @@ class SandboxService:
     async def create(self, project_id: str, req: CreateSandbox, wait: bool = True) -> Sandbox:
         templates = self.templates
         spec = build_spec(self.settings, req, templates.runtime_template if templates else None)
+        if spec.timeout_action == TimeoutAction.PAUSE:
+            pausable(self.runtime)  # refused (501) before anything is made
         # Credentials go to the runtime for this create only: they are not part of the record.
         auth = (req.image_auth.username, req.image_auth.password) if req.image_auth else None
         return await self.launch(project_id, spec, auth, wait, name=req.name)
@@ -294,7 +299,11 @@ class SandboxService:
         return bool(await self.store.find_sandboxes(project_id, states=live, limit=1))
 
     async def running(self, project_id: str | None, sandbox_id: str) -> Sandbox:
+        """The sandbox, which must be running: every exec, file, terminal and port request gets
+        its sandbox here. A paused one is resumed first if it was created with auto_resume."""
         sandbox = await self.get(project_id, sandbox_id)
+        if sandbox.status.state == State.PAUSED:
+            sandbox = await pausing.auto_resume(self, sandbox)
         if sandbox.status.state != State.RUNNING:
             raise not_running(sandbox)
         return sandbox
@@ -428,6 +437,23 @@ class SandboxService:
                 await self.runtime.destroy(current.id, current.runtime)
                 await self.transition(sandbox_id, State.TERMINATED, reason)
 
+    async def pause(
+        self, project_id: str | None, sandbox_id: str, reason: str = "paused", message: str = ""
+    ) -> Sandbox:
+        """Freezes a running sandbox, its memory kept (services/pausing.py); a paused one stays as
+        it is; any other state is a 409."""
+        sandbox = await pausing.pause(self, project_id, sandbox_id, reason, message)
+        if sandbox.status.state != State.PAUSED:
+            raise not_running(sandbox)
+        return sandbox
+
+    async def resume(self, project_id: str | None, sandbox_id: str) -> Sandbox:
+        """Thaws a paused sandbox; a running one stays as it is; any other state is a 409."""
+        sandbox = await pausing.resume(self, project_id, sandbox_id, "resumed")
+        if sandbox.status.state != State.RUNNING:
+            raise not_running(sandbox)
+        return sandbox
+
     async def renew(self, project_id: str, sandbox_id: str, timeout: int) -> Sandbox:
         if timeout > self.settings.max_timeout:
             raise InvalidRequest("timeout", f"timeout must be at most {self.settings.max_timeout} seconds")
@@ -462,6 +488,7 @@ class SandboxService:
 
     async def set_egress(self, project_id: str, sandbox_id: str, policy: EgressPolicy) -> Sandbox:
         """Changes a running sandbox's egress policy; it holds from the next packet on."""
+        await self.running(project_id, sandbox_id)  # resumed here (auto_resume): the lock is not reentrant
         async with self.lock(sandbox_id):
             sandbox = await self.running(project_id, sandbox_id)
             rules = egress_rules(policy)
@@ -506,11 +533,15 @@ class SandboxService:
 
     # -- the state machine -----------------------------------------------------------------------
 
-    async def transition(self, sandbox_id: str, state: State, reason: str, message: str = "") -> Sandbox:
-        """Writes a new state if the current one may change to it; otherwise leaves the record
-        as it is (an older change lost the race) and returns it."""
+    async def transition(
+        self, sandbox_id: str, state: State, reason: str, message: str = "", also: Mapping[str, Any] | None = None
+    ) -> Sandbox:
+        """Writes a new state (and the fields in also, in the same write) if the current one may
+        change to it; otherwise leaves the record as it is (an older change lost the race) and
+        returns it."""
         status = Status(state=state, reason=reason, message=message, changed_at=utcnow())
-        changed = await self.store.update_if(sandbox_id, {"status": status}, expected_states=FROM[state])
+        patch = {"status": status, **(also or {})}
+        changed = await self.store.update_if(sandbox_id, patch, expected_states=FROM[state])
         if changed is None:
             current = await self.get(None, sandbox_id)
             log.warning("ignored %s -> %s", current.status.state, state, extra={"sandbox_id": sandbox_id})

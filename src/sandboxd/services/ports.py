@@ -25,7 +25,7 @@ from sandboxd.errors import (
     SandboxdError,
     SandboxNotFound,
 )
-from sandboxd.services.lifecycle import SandboxService, not_running
+from sandboxd.services.lifecycle import SandboxService
 from sandboxd.services.requests import MAX_PORTS
 
 RECORD_TTL = 1.0
@@ -203,7 +203,9 @@ class PortService:
         if port not in sandbox.spec.ports:
             raise NotFoundInSandbox(f"port {port} of sandbox {sandbox_id} is not exposed")
         if sandbox.status.state != State.RUNNING:
-            raise not_running(sandbox)
+            # The lifecycle's one gate: it resumes a paused sandbox made with auto_resume, and
+            # otherwise says why it is not running.
+            sandbox = await self.sandboxes.running(None, sandbox_id)
         try:
             address = self.sandboxes.address(sandbox)
         except SandboxdError as exc:

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sandboxd.domain import MIN_CPU
+from sandboxd.domain import MIN_CPU, TimeoutAction
 from sandboxd.services.sources import Source
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -227,7 +227,19 @@ class CreateSandbox(BaseModel):
         ge=16,
         description="What the sandbox may write (files, directories, inodes), in MB; the server's default if omitted.",
     )
-    timeout: int | None = Field(None, ge=1, description="Seconds until the sandbox is destroyed.")
+    timeout: int | None = Field(
+        None, ge=1, description="Seconds until the sandbox is destroyed (or paused: timeout_action)."
+    )
+    timeout_action: TimeoutAction = Field(
+        TimeoutAction.DESTROY,
+        description="What happens when the timeout passes: destroy, or pause (frozen, memory kept; a paused "
+        "sandbox is kept for the server's paused retention, then destroyed).",
+    )
+    auto_resume: bool = Field(
+        False,
+        description="A command, file, terminal or port request to it while paused resumes it first; without, "
+        "such a request is a 409.",
+    )
     internet_access: bool = Field(True, description="false: no egress at all (egress mode deny_all).")
     egress: EgressPolicy | None = Field(None, description="What the sandbox may reach; all if omitted.")
     transforms: list[Transform] = Field(

@@ -57,6 +57,8 @@ def build_spec(
         metadata=req.metadata,
         limits=Limits(cpu=cpu, memory_mb=memory, pids=pids, disk_mb=disk),
         timeout=timeout,
+        timeout_action=req.timeout_action,
+        auto_resume=req.auto_resume,
         internet_access=req.internet_access,
         egress=egress.model_dump(),
         egress_rules=egress_rules(egress),

@@ -1,6 +1,7 @@
 """The server's own duties towards sandboxes, apart from any request: watching running ones (an
 entrypoint that exits, an init that dies), reconciling store and runtime after a restart, and
-reaping sandboxes past their timeout. Later: warm pools and pause timers.
+reaping sandboxes past their timeout (or pausing them: timeout_action pause), and paused ones past
+their retention. Later: warm pools.
 
 It acts through the lifecycle service's methods, so its changes take the same locks and obey the
 same state machine as a caller's."""
@@ -12,9 +13,9 @@ import logging
 from datetime import datetime, timedelta
 
 from sandboxd.config import Settings
-from sandboxd.domain import Sandbox, State, utcnow
+from sandboxd.domain import Sandbox, State, TimeoutAction, utcnow
 from sandboxd.errors import SandboxdError, SandboxExhausted, SandboxNotFound
-from sandboxd.runtimes.base import Liveness, Runtime, stop_start
+from sandboxd.runtimes.base import Liveness, Runtime, pausable, stop_start
 from sandboxd.services.lifecycle import SandboxService
 from sandboxd.store.base import Store
 
@@ -101,6 +102,10 @@ class Supervisor:
         transition = self.sandboxes.transition
         if state == State.RUNNING:
             alive = await self.runtime.liveness(sandbox.id, sandbox.runtime)
+            if alive == Liveness.PAUSED:
+                # Killed between freezing it and recording the pause: the record says running.
+                await pausable(self.runtime).resume(sandbox.id, sandbox.runtime)
+                alive = Liveness.RUNNING
             if alive == Liveness.RUNNING:
                 self.runtime.adopt(sandbox.id, sandbox.runtime)
                 kept.add(sandbox.id)
@@ -113,6 +118,16 @@ class Supervisor:
             kept.add(sandbox.id)
             record = await stop_start(self.runtime).stop_sandbox(sandbox.id, sandbox.runtime)
             await self.store.update_if(sandbox.id, {"runtime": record}, expected_states=[State.STOPPED])
+        elif state == State.PAUSED:
+            alive = await self.runtime.liveness(sandbox.id, sandbox.runtime)
+            if alive in (Liveness.RUNNING, Liveness.PAUSED):
+                # Frozen again if the server was killed between thawing it and recording the resume.
+                await pausable(self.runtime).pause(sandbox.id, sandbox.runtime)
+                self.runtime.adopt(sandbox.id, sandbox.runtime)
+                kept.add(sandbox.id)
+                return
+            await self.runtime.destroy(sandbox.id, sandbox.runtime)
+            await transition(sandbox.id, State.FAILED, "vanished", "the sandbox stopped while the server was down")
         elif state == State.PENDING:
             await self.runtime.destroy(sandbox.id, sandbox.runtime)
             await transition(sandbox.id, State.FAILED, "server_restarted", "the server stopped during create")
@@ -125,18 +140,33 @@ class Supervisor:
     async def reap_once(self, now: datetime | None = None) -> None:
         now = now or utcnow()
         for sandbox in await self.store.expired(now):
-            if sandbox.status.state == State.STOPPED:
-                reason, message = "stopped_retention", "stopped longer than the server keeps stopped sandboxes"
-            else:
-                reason, message = "timeout", "the sandbox's timeout passed"
             try:
-                await self.sandboxes.delete(None, sandbox.id, reason, message)
+                await self._expire(sandbox)
             except SandboxNotFound:
                 continue
             except Exception:  # one that cannot be destroyed must not stop the others
                 log.exception("reaping failed", extra={"sandbox_id": sandbox.id})
         for sandbox_id in await self.store.purge_ended(now - timedelta(seconds=self.settings.retention_seconds)):
             self.sandboxes.forget(sandbox_id)
+
+    async def _expire(self, sandbox: Sandbox) -> None:
+        """What a passed expires_at means: the timeout of a running sandbox (its timeout_action
+        decides), or the end of a paused or stopped one's retention."""
+        state = sandbox.status.state
+        if state == State.STOPPED:
+            message = "stopped longer than the server keeps stopped sandboxes"
+            await self.sandboxes.delete(None, sandbox.id, "stopped_retention", message)
+            return
+        if state == State.RUNNING and sandbox.spec.timeout_action == TimeoutAction.PAUSE:
+            await self.sandboxes.pause(
+                None, sandbox.id, "timeout", "the sandbox's timeout passed (timeout_action pause)"
+            )
+        elif state == State.PAUSED:
+            retention = self.settings.paused_retention_seconds
+            message = f"it stayed paused longer than the server keeps paused sandboxes ({retention} s)"
+            await self.sandboxes.delete(None, sandbox.id, "pause_expired", message)
+        else:
+            await self.sandboxes.delete(None, sandbox.id, "timeout", "the sandbox's timeout passed")
 
     async def _reap_forever(self) -> None:
         while True:

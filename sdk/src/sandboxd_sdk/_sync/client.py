@@ -298,6 +298,8 @@ class Sandbox:
         entrypoint: list[str] | None = None,
         metadata: dict[str, str] | None = None,
         timeout: int | None = None,
+        timeout_action: str | None = None,
+        auto_resume: bool = False,
         internet_access: bool = True,
         egress: dict[str, Any] | None = None,
         transforms: list[dict[str, Any]] | None = None,
@@ -317,6 +319,8 @@ class Sandbox:
         operator's template is built on its first use: on_build_log then gets that build's log,
         line by line, while the create waits (and the wait is not bound by request_timeout)."""
         body: dict[str, Any] = {"internet_access": internet_access, "public_traffic": public_traffic}
+        if auto_resume:  # requests to it while paused resume it first
+            body["auto_resume"] = True
         for key, value in (
             ("image", image),
             ("name", name),  # unique in the project while it lives; connect(name) finds it
@@ -332,6 +336,7 @@ class Sandbox:
             ("entrypoint", entrypoint),
             ("metadata", metadata),
             ("timeout", timeout),
+            ("timeout_action", timeout_action),  # "destroy" (the default) or "pause" when the timeout passes
             ("egress", egress),  # {"mode": "allow_all"|"deny_all"|"custom", "allowed_domains", "rules"...}
             ("transforms", transforms),  # [{"domain", "inject_headers", "strip_headers"}]: secrets stay outside
             ("ports", ports),  # reachable through the server's proxy; see port_url()
@@ -388,7 +393,7 @@ class Sandbox:
 
     @property
     def state(self) -> str:
-        """The state when info was last fetched: "pending", "running", "stopped", "terminated", "failed"..."""
+        """The state when info was last fetched: "pending", "running", "paused", "stopped", "terminated", "failed"..."""
         return str(self.info["status"]["state"])
 
     def refresh(self) -> dict[str, Any]:
@@ -413,6 +418,18 @@ class Sandbox:
         """Boots a stopped sandbox again with its files, env, limits, egress and ports; its
         timeout runs again in full. Processes that ran before the stop do not come back."""
         r = _check(self._http.post(f"{self._path}/start"))
+        self.info = r.json()
+
+    def pause(self) -> None:
+        """Freezes the sandbox, its memory kept; its processes go on from where they were on
+        resume(). While paused, requests to it are refused (409) unless it was created with
+        auto_resume=True, which resumes it first."""
+        r = _check(self._http.post(f"{self._path}/pause"))
+        self.info = r.json()
+
+    def resume(self) -> None:
+        """Thaws a paused sandbox (in milliseconds), with its full timeout again."""
+        r = _check(self._http.post(f"{self._path}/resume"))
         self.info = r.json()
 
     def set_timeout(self, seconds: int) -> None:

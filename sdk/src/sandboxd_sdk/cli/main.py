@@ -12,6 +12,7 @@ from sandboxd_sdk.cli.cp import cp
 from sandboxd_sdk.cli.exec import exec_
 from sandboxd_sdk.cli.images import image
 from sandboxd_sdk.cli.network import egress, port, timeout
+from sandboxd_sdk.cli.pause import pause, resume
 from sandboxd_sdk.cli.sandboxes import create, get, kill, list_, logs
 from sandboxd_sdk.cli.stopstart import start, stop
 from sandboxd_sdk.cli.templates import runtimes, template
@@ -44,7 +45,7 @@ main.add_command(runtimes)
 main.add_command(keys)
 main.add_command(projects)
 main.add_command(orgs)
-for command in (create, list_, get, kill, exec_, logs, cp, port, timeout, egress, stop, start):
+for command in (create, list_, get, kill, exec_, logs, cp, port, timeout, egress, stop, start, pause, resume):
     main.add_command(command)
 
 SERVER_MISSING = "`sandboxd serve` runs the server, which is not installed here: pip install sandboxd"

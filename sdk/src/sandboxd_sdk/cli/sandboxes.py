@@ -19,8 +19,8 @@ from sandboxd_sdk.cli._common import client, connect, console, emit, err, projec
 from sandboxd_sdk.cli.progress import build_log
 
 # The server's states (sandboxd.domain.State), in lifecycle order; the live ones have not ended.
-STATES = ("pending", "running", "stopping", "stopped", "terminated", "failed")
-LIVE_STATES = ("pending", "running", "stopping", "stopped")
+STATES = ("pending", "running", "paused", "stopping", "stopped", "terminated", "failed")
+LIVE_STATES = ("pending", "running", "paused", "stopping", "stopped")
 
 
 def clean(value: object) -> str:
@@ -171,6 +171,14 @@ QUIET = click.option("--quiet", "-q", is_flag=True, help="Print only the sandbox
 @click.option("--env", "-e", multiple=True, help="NAME=VALUE environment variable; repeat for several.")
 @click.option("--label", "-l", multiple=True, help="KEY=VALUE label (ls -l filters on it); repeat for several.")
 @click.option("--no-internet", is_flag=True, help="Refuse all outbound traffic.")
+@click.option(
+    "--timeout-action",
+    type=click.Choice(("destroy", "pause")),
+    default=None,
+    show_default="destroy",
+    help="What the timeout does: destroy it, or pause it (memory kept; `sandboxd resume ID`).",
+)
+@click.option("--auto-resume", is_flag=True, help="Commands, files and ports of it while paused resume it first.")
 @QUIET
 @JSON
 def create(
@@ -185,6 +193,8 @@ def create(
     env: tuple[str, ...],
     label: tuple[str, ...],
     no_internet: bool,
+    timeout_action: str | None,
+    auto_resume: bool,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -198,6 +208,8 @@ def create(
         memory_mb=memory_mb,
         disk_mb=disk_mb,
         timeout=timeout,
+        timeout_action=timeout_action,
+        auto_resume=auto_resume,
         env=_pairs(env, "--env"),
         metadata=_pairs(label, "--label"),
         internet_access=not no_internet,

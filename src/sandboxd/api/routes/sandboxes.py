@@ -88,6 +88,20 @@ async def start_sandbox(sandbox_id: str, service: Sandboxes, project: ProjectId)
     return SandboxOut.of(await service.start(project, sandbox_id))
 
 
+@router.post("/{sandbox_id}/pause", response_model=SandboxOut)
+async def pause_sandbox(sandbox_id: str, service: Sandboxes, project: ProjectId) -> SandboxOut:
+    """Freezes every process of a running sandbox, its memory kept; a paused one answers as it is. Its timeout stops:
+    it is kept paused for the server's paused retention (its expires_at), then destroyed. 409 if it is not running."""
+    return SandboxOut.of(await service.pause(project, sandbox_id))
+
+
+@router.post("/{sandbox_id}/resume", response_model=SandboxOut)
+async def resume_sandbox(sandbox_id: str, service: Sandboxes, project: ProjectId) -> SandboxOut:
+    """Thaws a paused sandbox (in milliseconds): its processes go on where they were, with its full timeout again. A
+    running one answers as it is; 409 if it is neither."""
+    return SandboxOut.of(await service.resume(project, sandbox_id))
+
+
 @router.post("/{sandbox_id}/timeout", response_model=SandboxOut)
 async def renew_timeout(sandbox_id: str, body: RenewTimeout, service: Sandboxes, project: ProjectId) -> SandboxOut:
     """Sets the sandbox's timeout to this many seconds from now (it is destroyed when the timeout passes)."""

@@ -8,8 +8,9 @@ that dies with its processes. Everything is named after the id, so a restarted s
 a crash left behind and remove it.
 
 Besides the lifecycle core it implements the capabilities: EgressControl (network/plane.py does
-the work), LayerBuilder (images/ does) and StopStart (a stopped sandbox keeps only its scratch
-volume and the image marker in its directory).
+the work), LayerBuilder (images/ does), StopStart (a stopped sandbox keeps only its scratch
+volume and the image marker in its directory) and Pausable (the sandbox's freezer cgroup,
+oci/cgroups.py).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from sandboxd.runtimes.local.oci.userns import OwnedNamespace
 
 log = logging.getLogger("sandboxd.runtime")
 READY_TIMEOUT = 10.0
+FREEZE_TIMEOUT = 5.0  # a process in uninterruptible sleep (disk, FUSE) holds a freeze back
 ENTRYPOINT_FAILED = "sandboxd: entrypoint failed to start:"  # written by the agent (agent/main.go)
 LOG_FIFO = "log.fifo"
 
@@ -252,7 +254,8 @@ class LocalRuntime:
             # Not proven gone in time (its init was killed all the same): the binary tries too.
             await cli.kill(sandbox_id, "KILL")
         # No pid (a create cut short, a leftover found by the sweep): the binary's delete, which
-        # kills what is left.
+        # kills what is left (thawed: a frozen process does not die of it).
+        cgroups.thaw(sandbox_id)
         await cli.delete(sandbox_id)
         await asyncio.to_thread(cgroups.remove, sandbox_id)
         await asyncio.to_thread(remove_if_stateless, cli.state_root / sandbox_id)
@@ -341,7 +344,10 @@ class LocalRuntime:
         state = await self.oci.of(record).state(sandbox_id)
         if state is None:
             return Liveness.MISSING
-        return Liveness.RUNNING if state.get("status") == "running" else Liveness.STOPPED
+        if state.get("status") not in ("running", "paused"):
+            return Liveness.STOPPED
+        # Read from the freezer itself: whatever the binary makes of a group it did not freeze.
+        return Liveness.PAUSED if cgroups.freezing(sandbox_id) else Liveness.RUNNING
 
     def adopt(self, sandbox_id: str, record: dict[str, Any]) -> None:
         if (self.root / sandbox_id / LOG_FIFO).exists():
@@ -391,6 +397,32 @@ class LocalRuntime:
         if not isinstance(address, str):
             raise Conflict(f"sandbox {sandbox_id} has no network address")
         return address
+
+    # -- Pausable -------------------------------------------------------------------------------
+
+    async def pause(self, sandbox_id: str, record: dict[str, Any]) -> None:
+        """Writes the freezer directly (microseconds) rather than through `crun pause` / `runc
+        pause`, which fork a binary to write the same file and, outside create's namespace on a
+        hybrid host, would look for the group in the v2 hierarchy where crun did not put it."""
+        if not cgroups.freeze(sandbox_id):
+            raise RuntimeFailure(f"sandbox {sandbox_id} could not be frozen: its cgroup is gone")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FREEZE_TIMEOUT
+        delay = 0.0002
+        while (done := cgroups.frozen(sandbox_id)) is not True:
+            if done is None:
+                raise RuntimeFailure(f"sandbox {sandbox_id} could not be frozen: its cgroup is gone")
+            if loop.time() > deadline:
+                cgroups.thaw(sandbox_id)
+                raise RuntimeFailure(
+                    f"sandbox {sandbox_id} did not freeze within {FREEZE_TIMEOUT:g} s (a process of it is in "
+                    "uninterruptible sleep); it runs on"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.02)
+
+    async def resume(self, sandbox_id: str, record: dict[str, Any]) -> None:
+        cgroups.thaw(sandbox_id)
 
     # -- EgressControl ---------------------------------------------------------------------------
 

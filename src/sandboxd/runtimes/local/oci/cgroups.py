@@ -111,3 +111,59 @@ def oom_kills(sandbox_id: str) -> int:
         except OSError:
             continue
     return 0
+
+
+def _freezer(sandbox_id: str) -> tuple[Path, str, str] | None:
+    """The sandbox's freezer file, with the values that freeze and thaw it: the v1 freezer where
+    the runtime placed the sandbox in v1 controllers (a v1 or hybrid host: crun and runc both do
+    here), else the group's own cgroup.freeze (a cgroup v2 host). None if it has neither."""
+    group = name(sandbox_id)
+    v1 = CGROUP_ROOT / "freezer" / group / "freezer.state"
+    if v1.exists():
+        return v1, "FROZEN", "THAWED"
+    v2 = CGROUP_ROOT / group / "cgroup.freeze"
+    if v2.exists():
+        return v2, "1", "0"
+    return None
+
+
+def freeze(sandbox_id: str) -> bool:
+    """Asks the kernel to freeze every process of the sandbox; False if it has no freezer (its
+    cgroup is gone). Freezing completes asynchronously: see frozen()."""
+    found = _freezer(sandbox_id)
+    if found is None:
+        return False
+    path, frozen_value, _ = found
+    try:
+        path.write_text(frozen_value)
+    except OSError:
+        return False
+    return True
+
+
+def frozen(sandbox_id: str) -> bool | None:
+    """Whether every process of the sandbox is frozen (True), not (False: running, or still
+    FREEZING), or None if it has no freezer. v1 says FROZEN once all are; v2's cgroup.events says
+    frozen 1 likewise."""
+    group = name(sandbox_id)
+    try:
+        return (CGROUP_ROOT / "freezer" / group / "freezer.state").read_text().strip() == "FROZEN"
+    except FileNotFoundError:
+        pass
+    try:
+        return "frozen 1" in (CGROUP_ROOT / group / "cgroup.events").read_text()
+    except FileNotFoundError:
+        return None
+
+
+def freezing(sandbox_id: str) -> bool:
+    """Whether the sandbox was asked to freeze (FREEZING or FROZEN), whether or not it is done."""
+    group = name(sandbox_id)
+    try:
+        return (CGROUP_ROOT / "freezer" / group / "freezer.state").read_text().strip() != "THAWED"
+    except FileNotFoundError:
+        pass
+    try:
+        return (CGROUP_ROOT / group / "cgroup.freeze").read_text().strip() == "1"
+    except FileNotFoundError:
+        return False
