@@ -34,7 +34,7 @@ from sandboxd.runtimes.local.logpipe import LogPipes
 from sandboxd.runtimes.local.network.bridge import Network
 from sandboxd.runtimes.local.network.egress import Policy
 from sandboxd.runtimes.local.network.plane import SandboxNetworks
-from sandboxd.runtimes.local.oci import cgroups, mounts, rootfs
+from sandboxd.runtimes.local.oci import binds, cgroups, mounts, rootfs
 from sandboxd.runtimes.local.oci import config as oci
 from sandboxd.runtimes.local.oci.agent_mount import AgentMount
 from sandboxd.runtimes.local.oci.cli import RECORD_KEY, OciClasses
@@ -65,7 +65,9 @@ class LocalRuntime:
         broker_upstream_ca: Path | None = None,
         scratch_size_gb: int = 64,
         blocked_cidrs: Sequence[ipaddress.IPv4Network] = (),
+        bind_allow: Sequence[Path] = (),
     ) -> None:
+        self.bind_allow = list(bind_allow)
         self.root = data_dir / "sandboxes"
         self.images = images
         self.scratch = ScratchVolume(data_dir, scratch_size_gb)
@@ -140,6 +142,7 @@ class LocalRuntime:
             record["transforms"] = spec.transforms
             marker = {"image": spec.image, "layers": [*image.layer_ids, *spec.layers]}
             await asyncio.to_thread(self._prepare_root, sandbox_id, home, lowers, marker, record["address"], spec)
+            volumes = await asyncio.to_thread(self._volume_mounts, home, spec)
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             userns: OwnedNamespace | None = None
             try:
@@ -158,6 +161,7 @@ class LocalRuntime:
                     agent_config=json.dumps({"entrypoint": spec.entrypoint, "cwd": spec.cwd, "user": spec.user}),
                     userns_path=userns.path,
                     rlimits=oci.own_rlimits() if cli.own_rlimits else None,
+                    volumes=volumes,
                 )
                 (home / "config.json").write_text(json.dumps(config))
                 pipe = self.log_pipes.open(sandbox_id, home / LOG_FIFO, create=True)
@@ -223,6 +227,22 @@ class LocalRuntime:
             self.networks.ca.pem if spec.transforms else None,
         )
 
+    def _volume_mounts(self, home: Path, spec: SandboxSpec) -> list[dict[str, Any]]:
+        """The config.json mounts of the spec's volumes. A bind's host directory is opened safely
+        and staged under the sandbox's home now (oci/binds.py): the runtime binds what was checked."""
+        found = []
+        for i, volume in enumerate(spec.volumes):
+            read_only = bool(volume.get("read_only"))
+            if volume["type"] == "bind":
+                source = home / "binds" / str(i)
+                binds.stage(self.bind_allow, volume["host_path"], f"volumes[{i}].host_path", source, read_only)
+            else:
+                source = self.volume_path(volume["volume_id"])
+                if not source.is_dir():  # deleted between the create's check and now
+                    raise InvalidRequest(f"volumes[{i}].name", f"volume {volume.get('name')!r} no longer exists")
+            found.append(oci.volume_mount(str(source), volume["mount_path"], read_only))
+        return found
+
     async def _wait_ready(self, sandbox_id: str) -> None:
         """Returns once the agent answers: the sandbox can run commands."""
         agent = self.agent(sandbox_id, {})
@@ -277,6 +297,36 @@ class LocalRuntime:
             failures.append(exc)
         if failures:
             raise failures[0]
+
+    # -- VolumeHost --------------------------------------------------------------------------------
+
+    def check_bind(self, host_path: str, field: str) -> None:
+        binds.check(self.bind_allow, host_path, field)
+
+    def volume_path(self, volume_id: str) -> Path:
+        return self.scratch.path / volume_id / "data"
+
+    async def create_volume(self, volume_id: str, size_mb: int) -> None:
+        """A subvolume whose qgroup caps what every sandbox together writes in it; its data dir is
+        owned by the sandboxes' root (host uid id_base), so they can write there."""
+
+        def make() -> None:
+            self.scratch.create(volume_id, size_mb)
+            data = self.volume_path(volume_id)
+            data.mkdir(mode=0o755)
+            os.chown(data, self.idmap.host_id, self.idmap.host_id)
+
+        try:
+            await asyncio.to_thread(make)
+        except BaseException:
+            await asyncio.to_thread(self.scratch.remove, volume_id)
+            raise
+
+    async def remove_volume(self, volume_id: str) -> None:
+        await asyncio.to_thread(self.scratch.remove, volume_id)
+
+    def volume_ids(self) -> set[str]:
+        return self.scratch.volume_ids()
 
     # -- inspection ------------------------------------------------------------------------------
 
