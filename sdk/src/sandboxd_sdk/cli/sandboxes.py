@@ -17,6 +17,7 @@ from rich.text import Text
 from sandboxd_sdk._sync.client import Sandbox
 from sandboxd_sdk.cli._common import client, connect, console, emit, err, project
 from sandboxd_sdk.cli.progress import build_log
+from sandboxd_sdk.cli.volumes import mounts
 
 # The server's states (sandboxd.domain.State), in lifecycle order; the live ones have not ended.
 STATES = ("pending", "running", "stopping", "terminated", "failed")
@@ -121,6 +122,9 @@ def details(s: dict[str, Any]) -> list[tuple[str, str]]:
         ("egress", egress(s)),
         ("labels", ", ".join(f"{k}={v}" for k, v in sorted((s.get("metadata") or {}).items())) or "-"),
     ]
+    for m in s.get("volumes") or []:
+        source = m.get("host_path") or m.get("name")
+        rows.append(("volume", f"{m['type']} {source} on {m['mount_path']}" + (" (ro)" if m.get("read_only") else "")))
     if s.get("entrypoint"):
         rows.append(("entrypoint", " ".join(s["entrypoint"])))
     return rows
@@ -170,6 +174,8 @@ QUIET = click.option("--quiet", "-q", is_flag=True, help="Print only the sandbox
 @click.option("--env", "-e", multiple=True, help="NAME=VALUE environment variable; repeat for several.")
 @click.option("--label", "-l", multiple=True, help="KEY=VALUE label (ls -l filters on it); repeat for several.")
 @click.option("--no-internet", is_flag=True, help="Refuse all outbound traffic.")
+@click.option("--volume", "-v", "volumes", multiple=True, help="NAME:/path[:ro] mounts a named volume; repeatable.")
+@click.option("--bind", "binds", multiple=True, help="HOST_DIR:/path[:ro] under the server's bind_allow; repeatable.")
 @QUIET
 @JSON
 def create(
@@ -183,6 +189,8 @@ def create(
     env: tuple[str, ...],
     label: tuple[str, ...],
     no_internet: bool,
+    volumes: tuple[str, ...],
+    binds: tuple[str, ...],
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -198,6 +206,7 @@ def create(
         env=_pairs(env, "--env"),
         metadata=_pairs(label, "--label"),
         internet_access=not no_internet,
+        volumes=mounts(volumes, binds) or None,
         project=project(),
         on_build_log=build_log(err, runtime, template),
     )
