@@ -47,6 +47,7 @@ async def list_volumes(service: Volumes, project: ProjectId) -> VolumeList:
 
 @router.get("/{name}", response_model=VolumeOut)
 async def get_volume(name: str, service: Volumes, project: ProjectId) -> VolumeOut:
+    """One volume of the project, with the sandboxes that mount it (404 for another project's)."""
     volume = await service.get(project, name)
     return VolumeOut.of(volume, await service.users(volume))
 
