@@ -92,23 +92,23 @@ class VolumeService:
             try:
                 check_mount_path(mount.mount_path)
             except ValueError as exc:
-                raise InvalidRequest(f"{field}.mount_path", f"{mount.mount_path!r} {exc}") from None
+                raise _bad(f"{field}.mount_path", f"{mount.mount_path!r} {exc}") from None
             if mount.mount_path in seen:
-                raise InvalidRequest(f"{field}.mount_path", f"{mount.mount_path} is mounted twice")
+                raise _bad(f"{field}.mount_path", f"{mount.mount_path} is mounted twice")
             seen.add(mount.mount_path)
             entry = mount.model_dump()
             if isinstance(mount, BindMount):
                 try:
                     check_host_path(mount.host_path)
                 except ValueError as exc:
-                    raise InvalidRequest(f"{field}.host_path", f"{mount.host_path!r} {exc}") from None
+                    raise _bad(f"{field}.host_path", f"{mount.host_path!r} {exc}") from None
                 if not self.settings.bind_allow:
-                    raise InvalidRequest(f"{field}.host_path", "this server allows no bind mounts (bind_allow)")
+                    raise _bad(f"{field}.host_path", "this server allows no bind mounts (bind_allow)")
                 volume_host(self.runtime).check_bind(mount.host_path, f"{field}.host_path")
             else:
                 volume = await self.store.get_volume(project_id, mount.name)
                 if volume is None:
-                    raise InvalidRequest(f"{field}.name", f"no volume named {mount.name!r} in this project")
+                    raise _bad(f"{field}.name", f"no volume named {mount.name!r} in this project")
                 entry["volume_id"] = volume.id
             resolved.append(entry)
         return resolved
@@ -125,3 +125,8 @@ class VolumeService:
             log.warning("removing the storage of volume %s, which has no record", volume_id)
             await host.remove_volume(volume_id)
         return orphans
+
+
+def _bad(field: str, message: str) -> InvalidRequest:
+    """Named in the message too: the CLI shows the message only."""
+    return InvalidRequest(field, f"{field}: {message}")

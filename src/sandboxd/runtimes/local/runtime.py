@@ -239,7 +239,8 @@ class LocalRuntime:
             else:
                 source = self.volume_path(volume["volume_id"])
                 if not source.is_dir():  # deleted between the create's check and now
-                    raise InvalidRequest(f"volumes[{i}].name", f"volume {volume.get('name')!r} no longer exists")
+                    field = f"volumes[{i}].name"
+                    raise InvalidRequest(field, f"{field}: volume {volume.get('name')!r} no longer exists")
             found.append(oci.volume_mount(str(source), volume["mount_path"], read_only))
         return found
 

@@ -44,13 +44,15 @@ def open_beneath(roots: list[Path], host_path: str, field: str) -> int:
     root = allowed_root(roots, host_path)
     if root is None:
         allowed = ", ".join(str(r) for r in roots) or "none are allowed on this server (bind_allow)"
-        raise InvalidRequest(field, f"{host_path} is not under a directory the operator allows for binds: {allowed}")
+        raise InvalidRequest(
+            field, f"{field}: {host_path} is not under a directory the operator allows for binds: {allowed}"
+        )
     relative = host_path[len(str(root).rstrip("/")) :].lstrip("/") or "."
     try:
         # The operator's own path: trusted, may itself hold symlinks (resolved once, here).
         root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
-        raise InvalidRequest(field, f"the allowed directory {root} cannot be opened: {exc.strerror}") from None
+        raise InvalidRequest(field, f"{field}: the allowed directory {root} cannot be opened: {exc.strerror}") from None
     try:
         how = _OpenHow(flags=os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, resolve=RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
         fd = _libc.syscall(SYS_OPENAT2, root_fd, relative.encode(), ctypes.byref(how), ctypes.sizeof(how))
@@ -63,7 +65,7 @@ def open_beneath(roots: list[Path], host_path: str, field: str) -> int:
                 errno.ENOENT: "does not exist",
                 errno.EACCES: "cannot be reached",
             }.get(err, os.strerror(err))
-            raise InvalidRequest(field, f"{host_path} {reason}")
+            raise InvalidRequest(field, f"{field}: {host_path} {reason}")
         return int(fd)
     finally:
         os.close(root_fd)
@@ -79,7 +81,9 @@ def stage(roots: list[Path], host_path: str, field: str, target: Path, read_only
     Not recursive: mounts below host_path on the host stay out of the sandbox."""
     fd = open_beneath(roots, host_path, field)
     try:
-        target.mkdir(mode=0o700, parents=True)
+        # The OCI runtime reaches the staging point as the sandbox's root: traverse only.
+        target.parent.mkdir(mode=0o711, exist_ok=True)
+        target.mkdir(mode=0o700)
         _mount(f"/proc/self/fd/{fd}", target, MS_BIND)
     finally:
         os.close(fd)
