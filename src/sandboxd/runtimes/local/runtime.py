@@ -235,7 +235,8 @@ class LocalRuntime:
             read_only = bool(volume.get("read_only"))
             if volume["type"] == "bind":
                 source = home / "binds" / str(i)
-                binds.stage(self.bind_allow, volume["host_path"], f"volumes[{i}].host_path", source, read_only)
+                field = f"volumes[{i}].host_path"
+                binds.stage(self.bind_allow, volume["host_path"], field, source, read_only, self._private())
             else:
                 source = self.volume_path(volume["volume_id"])
                 if not source.is_dir():  # deleted between the create's check and now
@@ -302,7 +303,12 @@ class LocalRuntime:
     # -- VolumeHost --------------------------------------------------------------------------------
 
     def check_bind(self, host_path: str, field: str) -> None:
-        binds.check(self.bind_allow, host_path, field)
+        binds.check(self.bind_allow, host_path, field, self._private())
+
+    def _private(self) -> tuple[Path, ...]:
+        """What no bind may show a sandbox: the data dir (every sandbox's root, the database, the
+        key) and the image store."""
+        return (self.root.parent, self.images.root)
 
     def volume_path(self, volume_id: str) -> Path:
         return self.scratch.path / volume_id / "data"

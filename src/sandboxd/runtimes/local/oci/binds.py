@@ -38,9 +38,10 @@ def allowed_root(roots: list[Path], host_path: str) -> Path | None:
     return max(found, key=lambda r: len(str(r)), default=None)
 
 
-def open_beneath(roots: list[Path], host_path: str, field: str) -> int:
+def open_beneath(roots: list[Path], host_path: str, field: str, private: tuple[Path, ...] = ()) -> int:
     """An O_PATH descriptor of the directory host_path names, resolved beneath its allowed root.
-    InvalidRequest(field) for a path outside every root, escaping one, missing or not a directory."""
+    InvalidRequest(field) for a path outside every root, escaping one, missing or not a directory,
+    or one that is, holds or lies in a private directory (the server's data: every sandbox's files)."""
     root = allowed_root(roots, host_path)
     if root is None:
         allowed = ", ".join(str(r) for r in roots) or "none are allowed on this server (bind_allow)"
@@ -66,20 +67,27 @@ def open_beneath(roots: list[Path], host_path: str, field: str) -> int:
                 errno.EACCES: "cannot be reached",
             }.get(err, os.strerror(err))
             raise InvalidRequest(field, f"{field}: {host_path} {reason}")
+        real = os.readlink(f"/proc/self/fd/{fd}")  # where it is, whatever the path said
+        for path in (os.path.realpath(p) for p in private):
+            if real == path or real.startswith(path.rstrip("/") + "/") or path.startswith(real.rstrip("/") + "/"):
+                os.close(fd)
+                raise InvalidRequest(field, f"{field}: {host_path} holds or is inside the server's own data")
         return int(fd)
     finally:
         os.close(root_fd)
 
 
-def check(roots: list[Path], host_path: str, field: str) -> None:
+def check(roots: list[Path], host_path: str, field: str, private: tuple[Path, ...] = ()) -> None:
     """What create would refuse, said before a sandbox record exists (create checks again)."""
-    os.close(open_beneath(roots, host_path, field))
+    os.close(open_beneath(roots, host_path, field, private))
 
 
-def stage(roots: list[Path], host_path: str, field: str, target: Path, read_only: bool) -> None:
+def stage(
+    roots: list[Path], host_path: str, field: str, target: Path, read_only: bool, private: tuple[Path, ...] = ()
+) -> None:
     """Bind-mounts the checked directory on target (made here), nosuid and nodev, read-only if asked.
     Not recursive: mounts below host_path on the host stay out of the sandbox."""
-    fd = open_beneath(roots, host_path, field)
+    fd = open_beneath(roots, host_path, field, private)
     try:
         # The OCI runtime reaches the staging point as the sandbox's root: traverse only.
         target.parent.mkdir(mode=0o711, exist_ok=True)
