@@ -148,7 +148,7 @@ def test_named_volume_shared_outlives_sandboxes_and_holds_its_size(vserver: Serv
             size = int(a.commands.run("du -sm /cache/big | cut -f1").stdout)
             assert 16 <= size <= 64, size
             # Freed space counts again once the deletion is committed (sync).
-            assert a.commands.run("rm /cache/big /cache/more && sync && echo ok > /cache/after").exit_code == 0
+            assert a.commands.run("rm -f /cache/big /cache/more && sync && echo ok > /cache/after").exit_code == 0
         finally:
             a.kill()
             b.kill()
