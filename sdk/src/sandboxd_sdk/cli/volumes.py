@@ -57,8 +57,9 @@ def mounts(volumes: tuple[str, ...], binds: tuple[str, ...]) -> list[dict[str, A
     found: list[dict[str, Any]] = []
     for option, items, key, kind in (("--volume", volumes, "name", "volume"), ("--bind", binds, "host_path", "bind")):
         for item in items:
-            source, path, *mode = item.split(":")
-            if not source or not path or mode not in ([], ["ro"], ["rw"]):
+            source, _, rest = item.partition(":")
+            path, _, mode = rest.partition(":")
+            if not source or not path or mode not in ("", "ro", "rw"):
                 raise click.BadParameter(f"{item!r} is not SOURCE:/path or SOURCE:/path:ro", param_hint=option)
-            found.append({"type": kind, key: source, "mount_path": path, "read_only": mode == ["ro"]})
+            found.append({"type": kind, key: source, "mount_path": path, "read_only": mode == "ro"})
     return found
