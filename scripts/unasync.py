@@ -25,6 +25,7 @@ RULES = [
     (r"\bAsyncOrgs\b", "Orgs"),
     (r"\bAsyncProjects\b", "Projects"),
     (r"\bAsyncKeys\b", "Keys"),
+    (r"\bAsyncVolumes\b", "Volumes"),
     (r"\bshared_async_client\b", "shared_client"),
     (r"\basync def\b", "def"),
     (r"\basync with\b", "with"),

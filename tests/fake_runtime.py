@@ -310,6 +310,21 @@ class FakeRuntime:
         self.layers: dict[str, str] = {}
         self.egress: dict[str, dict[str, Any]] = {}
         self.paused: set[str] = set()
+        self.volumes: dict[str, int] = {}  # VolumeHost: volume id -> size_mb; no bind is allowed
+
+    # -- VolumeHost --------------------------------------------------------------------------------
+
+    def check_bind(self, host_path: str, field: str) -> None:
+        raise InvalidRequest(field, "the fake runtime binds nothing")
+
+    async def create_volume(self, volume_id: str, size_mb: int) -> None:
+        self.volumes[volume_id] = size_mb
+
+    async def remove_volume(self, volume_id: str) -> None:
+        self.volumes.pop(volume_id, None)
+
+    def volume_ids(self) -> set[str]:
+        return set(self.volumes)
 
     # -- the core --------------------------------------------------------------------------------
 

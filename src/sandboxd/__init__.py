@@ -11,6 +11,7 @@ from sandboxd_sdk import (
     AsyncSandbox,
     AsyncTemplates,
     AsyncTerminal,
+    AsyncVolumes,
     Client,
     CommandExitError,
     CommandHandle,
@@ -25,6 +26,9 @@ from sandboxd_sdk import (
     TemplateBuildError,
     Templates,
     Terminal,
+    Volumes,
+    bind,
+    volume,
 )
 
 __all__ = [
@@ -34,6 +38,7 @@ __all__ = [
     "AsyncSandbox",
     "AsyncTemplates",
     "AsyncTerminal",
+    "AsyncVolumes",
     "Client",
     "CommandExitError",
     "CommandHandle",
@@ -48,4 +53,7 @@ __all__ = [
     "TemplateBuildError",
     "Templates",
     "Terminal",
+    "Volumes",
+    "bind",
+    "volume",
 ]

@@ -110,6 +110,10 @@ class Settings(BaseSettings):
     build_pids: int = 4096
     build_disk_mb: int = 8192
     reaper_interval: float = 1.0
+    # Host directories under which sandboxes may bind-mount (volumes of type "bind"); none by
+    # default: every bind is refused. SANDBOXD_BIND_ALLOW='["/srv/shared"]'.
+    bind_allow: list[Path] = []
+    max_volume_mb: int = 65536  # the largest size_mb a named volume may ask for
     # -- limits on what one HTTP request may cost the server (before and after the API key) --
     # JSON request bodies; file and archive uploads are streamed and not capped here.
     max_json_body_mb: float = 10.0

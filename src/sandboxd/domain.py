@@ -116,6 +116,8 @@ class SandboxSpec(BaseModel):
     public_traffic: bool = False  # ports reachable without the sandbox's traffic token
     source: dict[str, Any] | None = None  # a services.sources.Source, as given
     template: str | None = None  # "name:version" when started from a template
+    # services.requests.VolumeMount entries as checked; a named volume's also carry its volume_id.
+    volumes: list[dict[str, Any]] = Field(default_factory=list)
 
     def resolved(self, image_config: dict[str, Any]) -> SandboxSpec:
         """This spec over the image's defaults; the request wins wherever it said something."""
@@ -152,6 +154,17 @@ class Sandbox(BaseModel):
     version: int = 0  # bumped by the store on every update: the compare-and-set token
     name: str | None = None  # unique among the project's sandboxes that have not ended
     idempotency_key: str | None = None  # a create retried with this key returns the first sandbox
+
+
+class Volume(BaseModel):
+    """A named volume: a quota-limited directory of its own that outlives sandboxes and can be
+    mounted by several at once."""
+
+    id: str  # vol_<ulid>: what the runtime names its storage after
+    project_id: str
+    name: str  # unique within its project
+    size_mb: int
+    created_at: datetime
 
 
 class BuildState(enum.StrEnum):

@@ -52,6 +52,16 @@ class NoSuchImage(ImageNotFound):
         SandboxdError.__init__(self, f"image {image!r} not found")
 
 
+class VolumeNotFound(SandboxdError):
+    """A named volume the caller's project does not hold (another project's reads the same)."""
+
+    code = "VOLUME_NOT_FOUND"
+    status = 404
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"volume {name!r} not found", "name")
+
+
 class NotFoundInSandbox(SandboxdError):
     """A process or file that does not exist inside a sandbox."""
 

@@ -45,6 +45,7 @@ CREATES_OWN = {
     ("POST", "/api/v1/projects"),
     ("POST", "/api/v1/images/pull"),
     ("POST", "/api/v1/images/import"),
+    ("POST", "/api/v1/volumes"),
 }
 # Shared by every project: the operator's runtimes; gc, which removes only what nothing references.
 SHARED = {("POST", "/api/v1/runtimes/{runtime}/build"), ("POST", "/api/v1/images/gc")}
@@ -102,6 +103,7 @@ class World:
             # Loopback, a port nothing serves, and refused by the outbound rules before any packet.
             ("POST", "/api/v1/images/pull"): {"json": {"reference": "127.0.0.1:9/none/x:1"}},
             ("POST", "/api/v1/images/import"): {"content": rootfs_tar()},
+            ("POST", "/api/v1/volumes"): {"json": {"name": "another", "size_mb": 16}},
         }
         return bodies.get((method, path), {})
 
@@ -161,6 +163,9 @@ async def world(api: Api) -> World:
     assert r.status_code == 202, r.text
     r = await c.post("/api/v1/images/import?name=app-alpha", content=rootfs_tar(), headers=a)
     assert r.status_code in (200, 201), r.text
+    # A volume of the same name as the template: {name} addresses both.
+    r = await c.post("/api/v1/volumes", json={"name": "tpl-alpha", "size_mb": 16}, headers=a)
+    assert r.status_code == 201, r.text
     params = {
         "sandbox_id": sandbox["id"],
         "process_id": process.get("process_id") or process["id"],

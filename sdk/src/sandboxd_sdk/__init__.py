@@ -1,4 +1,4 @@
-"""The sandboxd Python SDK: Sandbox, Client, Templates, Images, Orgs, Projects, Keys (sync) and
+"""The sandboxd Python SDK: Sandbox, Client, Templates, Images, Volumes, Orgs, Projects, Keys (sync) and
 their Async twins.
 
 ``pip install sandboxd-sdk`` gives this package and the ``sandboxd`` command line, with nothing of
@@ -10,6 +10,7 @@ from sandboxd_sdk._async.images import AsyncImages
 from sandboxd_sdk._async.templates import AsyncTemplates
 from sandboxd_sdk._async.tenancy import AsyncKeys, AsyncOrgs, AsyncProjects
 from sandboxd_sdk._async.terminal import AsyncTerminal
+from sandboxd_sdk._async.volumes import AsyncVolumes, bind, volume
 from sandboxd_sdk._errors import CommandExitError, SandboxdConnectionError, SandboxError, TemplateBuildError
 from sandboxd_sdk._models import (
     ApiKey,
@@ -29,6 +30,7 @@ from sandboxd_sdk._sync.images import Images
 from sandboxd_sdk._sync.templates import Templates
 from sandboxd_sdk._sync.tenancy import Keys, Orgs, Projects
 from sandboxd_sdk._sync.terminal import Terminal
+from sandboxd_sdk._sync.volumes import Volumes
 
 __all__ = [
     "ApiKey",
@@ -41,6 +43,7 @@ __all__ = [
     "AsyncSandbox",
     "AsyncTemplates",
     "AsyncTerminal",
+    "AsyncVolumes",
     "Client",
     "CommandExitError",
     "CommandHandle",
@@ -62,6 +65,9 @@ __all__ = [
     "TemplateBuildError",
     "Templates",
     "Terminal",
+    "Volumes",
     "aclose_shared_clients",
+    "bind",
     "close_shared_clients",
+    "volume",
 ]

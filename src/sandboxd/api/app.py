@@ -23,7 +23,18 @@ from sandboxd.api.deps import (
 )
 from sandboxd.api.guard import RequestGuard
 from sandboxd.api.proxy import PortProxy
-from sandboxd.api.routes import commands, files, health, images, ports, sandboxes, templates, tenancy, terminal
+from sandboxd.api.routes import (
+    commands,
+    files,
+    health,
+    images,
+    ports,
+    sandboxes,
+    templates,
+    tenancy,
+    terminal,
+    volumes,
+)
 from sandboxd.api.state import KEY as STATE_KEY
 from sandboxd.api.state import ApiState
 from sandboxd.config import Settings
@@ -109,7 +120,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(health.router)
     app.include_router(health.metrics_router, dependencies=[*auth, Depends(authorize_operator)])
     # A sandbox's name stands for its id in every /sandboxes/{sandbox_id} route (after auth: per project).
-    for module in (sandboxes, commands, files, templates, ports, images):
+    for module in (sandboxes, commands, files, templates, ports, images, volumes):
         app.include_router(module.router, dependencies=[*auth, Depends(resolve_sandbox)])
     app.include_router(tenancy.router, dependencies=[*auth, Depends(authorize_admin)])
     app.include_router(terminal.router, dependencies=[Depends(authorize_websocket), Depends(resolve_sandbox)])

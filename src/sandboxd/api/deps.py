@@ -23,6 +23,7 @@ from sandboxd.services.lifecycle import SandboxService
 from sandboxd.services.ports import PortService
 from sandboxd.services.templates import TemplateService
 from sandboxd.services.tenancy import TenancyService
+from sandboxd.services.volumes import VolumeService
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -130,7 +131,12 @@ async def _images(request: Request) -> ImageService:
     return _services(request).images
 
 
+async def _volumes(request: Request) -> VolumeService:
+    return _services(request).volumes
+
+
 State = Annotated[ApiState, Depends(_state)]
+Volumes = Annotated[VolumeService, Depends(_volumes)]
 Images = Annotated[ImageService, Depends(_images)]
 Sandboxes = Annotated[SandboxService, Depends(_sandboxes)]
 Commands = Annotated[CommandService, Depends(_commands)]

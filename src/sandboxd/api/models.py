@@ -64,6 +64,9 @@ class SandboxOut(BaseModel):
     )
     created_at: datetime
     expires_at: datetime | None
+    volumes: list[dict[str, Any]] = Field(
+        default_factory=list, description="Its volume mounts: {type, host_path|name, mount_path, read_only}."
+    )
 
     @classmethod
     def of(cls, sb: Sandbox, show_token: bool = True) -> SandboxOut:
@@ -96,6 +99,7 @@ class SandboxOut(BaseModel):
             traffic_token=sb.traffic_token if show_token else None,
             created_at=sb.created_at,
             expires_at=sb.expires_at,
+            volumes=[{k: v for k, v in m.items() if k != "volume_id"} for m in spec.volumes],
         )
 
 

@@ -185,3 +185,29 @@ def layer_builder(runtime: Runtime) -> LayerBuilder:
     if isinstance(runtime, LayerBuilder):
         return runtime
     raise Unsupported("image layers (template builds)", runtime.name)
+
+
+@runtime_checkable
+class VolumeHost(Protocol):
+    """Volumes: host directories bound in (only under the operator's allowed roots) and named,
+    size-limited volumes that outlive sandboxes. A spec's volumes are mounted by create."""
+
+    def check_bind(self, host_path: str, field: str) -> None:
+        """InvalidRequest(field) unless host_path is a directory under an allowed root, reached
+        without leaving it."""
+
+    async def create_volume(self, volume_id: str, size_mb: int) -> None:
+        """Storage for a named volume holding at most size_mb (writes past it fail in the sandbox)."""
+
+    async def remove_volume(self, volume_id: str) -> None:
+        """Removes its storage with everything in it; nothing if there is none."""
+
+    def volume_ids(self) -> set[str]:
+        """The volumes that have storage: what the startup sweep compares with the records."""
+
+
+def volume_host(runtime: Runtime) -> VolumeHost:
+    """The runtime's volume capability; Unsupported (501) if it has none."""
+    if isinstance(runtime, VolumeHost):
+        return runtime
+    raise Unsupported("volumes", runtime.name)

@@ -31,6 +31,7 @@ def _local(settings: Settings) -> Runtime:
         dns_upstream=settings.dns_upstream,
         broker_upstream_ca=settings.broker_upstream_ca,
         scratch_size_gb=settings.scratch_size_gb,
+        bind_allow=settings.bind_allow,
     )
 
 

@@ -20,6 +20,7 @@ from sandboxd.services.ports import PortService
 from sandboxd.services.supervisor import Supervisor
 from sandboxd.services.templates import TemplateService
 from sandboxd.services.tenancy import TenancyService
+from sandboxd.services.volumes import VolumeService
 from sandboxd.store.base import Store
 from sandboxd.store.sql import open_store
 
@@ -39,6 +40,7 @@ class Services:
     auth: AuthService
     tenancy: TenancyService
     images: ImageService
+    volumes: VolumeService
     _store: Store
 
     @classmethod
@@ -73,12 +75,15 @@ class Services:
         )
         await images.start()
         sandboxes.images = images  # create resolves a project's image names
+        volumes = VolumeService(settings, store, runtime)
+        sandboxes.volumes = volumes  # create checks its volume mounts
 
         async def in_use(project_id: str) -> bool:
             return (
                 await sandboxes.has_sandboxes(project_id)
                 or await templates.has_templates(project_id)
                 or await images.holds_any(project_id)
+                or bool(await store.find_volumes(project_id))
             )
 
         services = cls(
@@ -93,9 +98,11 @@ class Services:
             auth=auth,
             tenancy=TenancyService(store, auth, in_use),
             images=images,
+            volumes=volumes,
             _store=store,
         )
         await supervisor.reconcile()
+        await volumes.sweep()
         await templates.reconcile()
         supervisor.start()
         return services

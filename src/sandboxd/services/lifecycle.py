@@ -42,7 +42,7 @@ from sandboxd.runtimes.base import (
 )
 from sandboxd.runtimes.registry import outbound_rules
 from sandboxd.services import first_start, pausing
-from sandboxd.services.requests import CreateSandbox, EgressPolicy
+from sandboxd.services.requests import CreateSandbox, EgressPolicy, VolumeMount
 from sandboxd.services.specs import build_spec, egress_rules
 from sandboxd.store.base import Store
 
@@ -113,6 +113,12 @@ class Images(Protocol):
     async def resolve(self, project_id: str, name: str, auth: tuple[str, str] | None = None) -> str: ...
 
 
+class Volumes(Protocol):
+    """What create needs of the volume service: the request's volume mounts, checked."""
+
+    async def resolve(self, project_id: str, mounts: list[VolumeMount]) -> list[dict[str, object]]: ...
+
+
 class SandboxService:
     def __init__(self, settings: Settings, store: Store, runtime: Runtime) -> None:
         self.settings = settings
@@ -122,6 +128,7 @@ class SandboxService:
         self._locks: dict[str, asyncio.Lock] = {}
         self.templates: Templates | None = None  # set once the template service exists
         self.images: Images | None = None  # set once the image service exists; None: names are global
+        self.volumes: Volumes | None = None  # set once the volume service exists; None: no volumes
         self.on_transition: list[Callable[[str, State], None]] = []  # told of every state change
         # The agent port of each running sandbox, with the runtime record it was made for: it keeps
         # idle connections, closed when the sandbox leaves running (or its record changes).
@@ -134,6 +141,10 @@ class SandboxService:
         spec = build_spec(self.settings, req, templates.runtime_template if templates else None)
         if spec.timeout_action == TimeoutAction.PAUSE:
             pausable(self.runtime)  # refused (501) before anything is made
+        if req.volumes:
+            if self.volumes is None:
+                raise InvalidRequest("volumes", "this server has no volumes")
+            spec.volumes = await self.volumes.resolve(project_id, req.volumes)
         # Credentials go to the runtime for this create only: they are not part of the record.
         auth = (req.image_auth.username, req.image_auth.password) if req.image_auth else None
         return await self.launch(project_id, spec, auth, wait, name=req.name)

@@ -197,6 +197,66 @@ def check_sandbox_name(name: str | None) -> str | None:
     return name
 
 
+# Where the sandbox's own machinery lives: a volume over one of these (or over /) would hide or
+# replace what isolates it or what the server talks to (the agent is mounted at /.sandboxd).
+RESERVED_MOUNT_PATHS = ("/.sandboxd", "/proc", "/sys", "/dev")
+VOLUME_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+
+
+def check_mount_path(path: str) -> str:
+    """An absolute, already clean path that shadows nothing of the sandbox's own."""
+    if "\0" in path or not path.startswith("/") or path.startswith("//"):
+        raise ValueError("must be an absolute path")
+    if posixpath.normpath(path) != path or ".." in path.split("/"):
+        raise ValueError("must be a clean path (no '..', '.', '//' or trailing '/')")
+    if path == "/" or any(path == r or path.startswith(r + "/") for r in RESERVED_MOUNT_PATHS):
+        raise ValueError(f"must not be / or under {', '.join(RESERVED_MOUNT_PATHS)}")
+    return path
+
+
+def check_host_path(path: str) -> str:
+    if "\0" in path or not path.startswith("/") or path.startswith("//"):
+        raise ValueError("must be an absolute path")
+    if ".." in path.split("/") or posixpath.normpath(path) != path:
+        raise ValueError("must be a clean path (no '..', '.', '//' or trailing '/')")
+    return path
+
+
+class BindMount(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["bind"]
+    host_path: str = Field(max_length=4096, description="A directory under one the operator allows (bind_allow).")
+    mount_path: str = Field(max_length=4096, description="Where the sandbox sees it (absolute).")
+    read_only: bool = False
+
+
+class NamedVolumeMount(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["volume"]
+    name: str = Field(max_length=63, description="A volume of the project (POST /api/v1/volumes).")
+    mount_path: str = Field(max_length=4096, description="Where the sandbox sees it (absolute).")
+    read_only: bool = False
+
+
+VolumeMount = Annotated[BindMount | NamedVolumeMount, Field(discriminator="type")]
+
+
+class CreateVolume(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Unique in the project: lowercase letters, digits, '.', '_', '-' (1-63).")
+    size_mb: int = Field(1024, ge=16, description="What it may hold (data and metadata), in MB.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not VOLUME_NAME.match(value):
+            raise ValueError("must be 1-63 lowercase letters, digits, '.', '_' or '-', starting and ending alnum")
+        return value
+
+
 class CreateSandbox(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -252,6 +312,9 @@ class CreateSandbox(BaseModel):
     )
     image_auth: RegistryAuth | None = Field(
         None, description="Registry credentials for pulling this image; used once, never stored."
+    )
+    volumes: list[VolumeMount] = Field(
+        default_factory=list, max_length=16, description="Host directories (bind) and named volumes to mount."
     )
 
     _env = field_validator("env")(check_env)

@@ -7,7 +7,7 @@ from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
-from sandboxd.domain import ApiKey, ImageRef, Organization, Project, Sandbox, State, TemplateVersion
+from sandboxd.domain import ApiKey, ImageRef, Organization, Project, Sandbox, State, TemplateVersion, Volume
 
 
 class DuplicateKey(Exception):
@@ -139,6 +139,18 @@ class Store(Protocol):
         image with ``image`` (an image is in use while any reference names it)."""
 
     async def remove_image_ref(self, project_id: str, name: str) -> bool: ...
+
+    # -- named volumes (store/volumes.py) ------------------------------------------------------------
+
+    async def insert_volume(self, volume: Volume) -> Volume:
+        """DuplicateKey("name") if the project holds a volume of that name."""
+
+    async def get_volume(self, project_id: str, name: str) -> Volume | None: ...
+
+    async def find_volumes(self, project_id: str | None) -> list[Volume]:
+        """By name; every project's with None."""
+
+    async def delete_volume(self, volume_id: str) -> bool: ...
 
     async def ensure_default_tenant(self) -> None:
         """The default organization and its default project (DEFAULT_ORG, DEFAULT_PROJECT)."""

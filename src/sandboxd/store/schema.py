@@ -98,3 +98,14 @@ image_refs = sa.Table(
     sa.Column("image", sa.String, nullable=False, index=True),
     sa.Column("created_at", UtcDateTime, nullable=False),
 )
+
+volumes = sa.Table(
+    "volumes",
+    metadata,
+    sa.Column("id", sa.String, primary_key=True),
+    sa.Column("project_id", sa.String, nullable=False),
+    sa.Column("name", sa.String, nullable=False),
+    sa.Column("size_mb", sa.Integer, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("project_id", "name", name="uq_volumes_project_name"),
+)

@@ -31,6 +31,7 @@ from sandboxd.store.records import RecordMap
 from sandboxd.store.runner import runner
 from sandboxd.store.schema import sandboxes, templates
 from sandboxd.store.tenancy import TenancyStore
+from sandboxd.store.volumes import VolumeStore
 
 ENDED = [State.TERMINATED.value, State.FAILED.value]
 
@@ -56,7 +57,7 @@ _GET = SANDBOXES.select.where(sandboxes.c.id == sa.bindparam("w_id"))
 _GET_SCOPED = _GET.where(sandboxes.c.project_id == sa.bindparam("w_project_id"))
 
 
-class SqlStore(TenancyStore, ImageRefStore):
+class SqlStore(TenancyStore, ImageRefStore, VolumeStore):
     # -- sandboxes ---------------------------------------------------------------------------------
 
     async def insert_if_absent(self, sandbox: Sandbox) -> tuple[Sandbox, bool]:

@@ -1,5 +1,5 @@
 """One connection to a sandboxd server for everything that is not one sandbox: the sandboxes
-listing, images, templates, runtimes,
+listing, images, templates, runtimes, volumes,
 organizations, projects and keys. GENERATED from ../_async by scripts/unasync.py: do not edit."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from sandboxd_sdk._sync._http import _check, _client
 from sandboxd_sdk._sync.images import Images
 from sandboxd_sdk._sync.templates import Templates
 from sandboxd_sdk._sync.tenancy import Keys, Orgs, Projects
+from sandboxd_sdk._sync.volumes import Volumes
 
 
 class Client:
@@ -36,6 +37,7 @@ class Client:
         self.orgs = Orgs(self._http)
         self.projects = Projects(self._http)
         self.keys = Keys(self._http, self.projects)
+        self.volumes = Volumes(self._http)
 
     def sandboxes(self, state: Sequence[str] = (), labels: Sequence[str] = ()) -> list[dict[str, Any]]:
         """Every sandbox (all pages), optionally only those in the given states and with every

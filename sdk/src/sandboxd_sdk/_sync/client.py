@@ -307,6 +307,7 @@ class Sandbox:
         public_traffic: bool = False,
         source: dict[str, Any] | None = None,
         image_auth: dict[str, str] | None = None,
+        volumes: list[dict[str, Any]] | None = None,
         url: str | None = None,
         api_key: str | None = None,
         project: str | None = None,
@@ -342,6 +343,8 @@ class Sandbox:
             ("ports", ports),  # reachable through the server's proxy; see port_url()
             ("source", source),  # {"type": "git", "url", "revision", "depth"} or {"type": "tarball", "url"}
             ("image_auth", image_auth),  # {"username", "password"} for a private registry image
+            # [{"type": "bind", "host_path", "mount_path", "read_only"} | {"type": "volume", "name", ...}]
+            ("volumes", volumes),
         ):
             if value is not None:
                 body[key] = value

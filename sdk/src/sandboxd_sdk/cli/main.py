@@ -17,6 +17,7 @@ from sandboxd_sdk.cli.sandboxes import create, get, kill, list_, logs
 from sandboxd_sdk.cli.stopstart import start, stop
 from sandboxd_sdk.cli.templates import runtimes, template
 from sandboxd_sdk.cli.tenancy import keys, orgs, projects
+from sandboxd_sdk.cli.volumes import volume
 
 
 # show_default: every option's help ends with its default (children inherit the setting).
@@ -40,6 +41,7 @@ def main(project: str | None) -> None:
 
 
 main.add_command(image)
+main.add_command(volume)
 main.add_command(template)
 main.add_command(runtimes)
 main.add_command(keys)

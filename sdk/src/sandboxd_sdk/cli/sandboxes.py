@@ -17,6 +17,7 @@ from rich.text import Text
 from sandboxd_sdk._sync.client import Sandbox
 from sandboxd_sdk.cli._common import client, connect, console, emit, err, project
 from sandboxd_sdk.cli.progress import build_log
+from sandboxd_sdk.cli.volumes import mounts
 
 # The server's states (sandboxd.domain.State), in lifecycle order; the live ones have not ended.
 STATES = ("pending", "running", "paused", "stopping", "stopped", "terminated", "failed")
@@ -121,6 +122,9 @@ def details(s: dict[str, Any]) -> list[tuple[str, str]]:
         ("egress", egress(s)),
         ("labels", ", ".join(f"{k}={v}" for k, v in sorted((s.get("metadata") or {}).items())) or "-"),
     ]
+    for m in s.get("volumes") or []:
+        source = m.get("host_path") or m.get("name")
+        rows.append(("volume", f"{m['type']} {source} on {m['mount_path']}" + (" (ro)" if m.get("read_only") else "")))
     if s.get("entrypoint"):
         rows.append(("entrypoint", " ".join(s["entrypoint"])))
     return rows
@@ -179,6 +183,8 @@ QUIET = click.option("--quiet", "-q", is_flag=True, help="Print only the sandbox
     help="What the timeout does: destroy it, or pause it (memory kept; `sandboxd resume ID`).",
 )
 @click.option("--auto-resume", is_flag=True, help="Commands, files and ports of it while paused resume it first.")
+@click.option("--volume", "-v", "volumes", multiple=True, help="NAME:/path[:ro] mounts a named volume; repeatable.")
+@click.option("--bind", "binds", multiple=True, help="HOST_DIR:/path[:ro] under the server's bind_allow; repeatable.")
 @QUIET
 @JSON
 def create(
@@ -195,6 +201,8 @@ def create(
     no_internet: bool,
     timeout_action: str | None,
     auto_resume: bool,
+    volumes: tuple[str, ...],
+    binds: tuple[str, ...],
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -213,6 +221,7 @@ def create(
         env=_pairs(env, "--env"),
         metadata=_pairs(label, "--label"),
         internet_access=not no_internet,
+        volumes=mounts(volumes, binds) or None,
         project=project(),
         on_build_log=build_log(err, runtime, template),
     )

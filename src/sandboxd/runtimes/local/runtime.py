@@ -36,7 +36,7 @@ from sandboxd.runtimes.local.logpipe import LogPipes
 from sandboxd.runtimes.local.network.bridge import Network
 from sandboxd.runtimes.local.network.egress import Policy
 from sandboxd.runtimes.local.network.plane import SandboxNetworks
-from sandboxd.runtimes.local.oci import cgroups, mounts, rootfs
+from sandboxd.runtimes.local.oci import binds, cgroups, mounts, rootfs
 from sandboxd.runtimes.local.oci import config as oci
 from sandboxd.runtimes.local.oci.agent_mount import AgentMount
 from sandboxd.runtimes.local.oci.cli import RECORD_KEY, OciClasses
@@ -68,7 +68,9 @@ class LocalRuntime:
         broker_upstream_ca: Path | None = None,
         scratch_size_gb: int = 64,
         blocked_cidrs: Sequence[ipaddress.IPv4Network] = (),
+        bind_allow: Sequence[Path] = (),
     ) -> None:
+        self.bind_allow = list(bind_allow)
         self.root = data_dir / "sandboxes"
         self.images = images
         self.scratch = ScratchVolume(data_dir, scratch_size_gb)
@@ -157,6 +159,8 @@ class LocalRuntime:
         """Starts the container on the root mounted at home/rootfs and wires its network: the
         agent answers when it returns. record holds its runtime class and address; gets its pid."""
         cli = self.oci.of(record)
+        # Staged again at each boot (a stop's clear_home unmounts them): checked as at create.
+        volumes = await asyncio.to_thread(self._volume_mounts, home, spec)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         userns: OwnedNamespace | None = None
         try:
@@ -175,6 +179,7 @@ class LocalRuntime:
                 agent_config=json.dumps({"entrypoint": spec.entrypoint, "cwd": spec.cwd, "user": spec.user}),
                 userns_path=userns.path,
                 rlimits=oci.own_rlimits() if cli.own_rlimits else None,
+                volumes=volumes,
             )
             (home / "config.json").write_text(json.dumps(config))
             pipe = self.log_pipes.open(sandbox_id, home / LOG_FIFO, create=True)
@@ -231,6 +236,24 @@ class LocalRuntime:
             self.networks.etc_files(_hostname(sandbox_id), address),
             self.networks.ca.pem if spec.transforms else None,
         )
+
+    def _volume_mounts(self, home: Path, spec: SandboxSpec) -> list[dict[str, Any]]:
+        """The config.json mounts of the spec's volumes. A bind's host directory is opened safely
+        and staged under the sandbox's home now (oci/binds.py): the runtime binds what was checked."""
+        found = []
+        for i, volume in enumerate(spec.volumes):
+            read_only = bool(volume.get("read_only"))
+            if volume["type"] == "bind":
+                source = home / "binds" / str(i)
+                field = f"volumes[{i}].host_path"
+                binds.stage(self.bind_allow, volume["host_path"], field, source, read_only, self._private())
+            else:
+                source = self.volume_path(volume["volume_id"])
+                if not source.is_dir():  # deleted between the create's check and now
+                    field = f"volumes[{i}].name"
+                    raise InvalidRequest(field, f"{field}: volume {volume.get('name')!r} no longer exists")
+            found.append(oci.volume_mount(str(source), volume["mount_path"], read_only))
+        return found
 
     async def _wait_ready(self, sandbox_id: str) -> None:
         """Returns once the agent answers: the sandbox can run commands."""
@@ -337,6 +360,41 @@ class LocalRuntime:
                 log.exception("cleanup after a failed start failed", extra={"sandbox_id": sandbox_id})
             raise
         return record
+
+    # -- VolumeHost --------------------------------------------------------------------------------
+
+    def check_bind(self, host_path: str, field: str) -> None:
+        binds.check(self.bind_allow, host_path, field, self._private())
+
+    def _private(self) -> tuple[Path, ...]:
+        """What no bind may show a sandbox: the data dir (every sandbox's root, the database, the
+        key) and the image store."""
+        return (self.root.parent, self.images.root)
+
+    def volume_path(self, volume_id: str) -> Path:
+        return self.scratch.path / volume_id / "data"
+
+    async def create_volume(self, volume_id: str, size_mb: int) -> None:
+        """A subvolume whose qgroup caps what every sandbox together writes in it; its data dir is
+        owned by the sandboxes' root (host uid id_base), so they can write there."""
+
+        def make() -> None:
+            self.scratch.create(volume_id, size_mb)
+            data = self.volume_path(volume_id)
+            data.mkdir(mode=0o755)
+            os.chown(data, self.idmap.host_id, self.idmap.host_id)
+
+        try:
+            await asyncio.to_thread(make)
+        except BaseException:
+            await asyncio.to_thread(self.scratch.remove, volume_id)
+            raise
+
+    async def remove_volume(self, volume_id: str) -> None:
+        await asyncio.to_thread(self.scratch.remove, volume_id)
+
+    def volume_ids(self) -> set[str]:
+        return self.scratch.volume_ids()
 
     # -- inspection ------------------------------------------------------------------------------
 

@@ -161,10 +161,12 @@ def build_config(
     agent_config: str,
     userns_path: str | None = None,
     rlimits: list[dict[str, Any]] | None = None,
+    volumes: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """userns_path: a user namespace made beforehand (userns.py) that the sandbox joins, with these
     id maps already written; None: the runtime makes one. rlimits: process.rlimits, for a runtime
-    that sets them as it should (own_rlimits); None: the runtime runs under prlimit_command."""
+    that sets them as it should (own_rlimits); None: the runtime runs under prlimit_command.
+    volumes: bind mounts after the sandbox's own (volume_mount), so none is mounted under them."""
     memory = limits.memory_mb * 1024 * 1024
     mapping = [{"containerID": 0, "hostID": idmap.host_id, "size": idmap.size}]
     return {
@@ -226,6 +228,7 @@ def build_config(
                 "source": agent_host_dir,
                 "options": ["rbind", "ro", "nosuid", "nodev"],
             },
+            *(volumes or []),
         ],
         "linux": {
             "uidMappings": mapping,
@@ -271,6 +274,15 @@ def build_config(
         },
         "hooks": {"createContainer": [user_namespace_limits_hook()]},
     }
+
+
+def volume_mount(source: str, destination: str, read_only: bool) -> dict[str, Any]:
+    """A volume's bind: not recursive (nothing mounted below its source comes along), nosuid and
+    nodev. Read-only is locked: the sandbox's mount namespace belongs to its user namespace, where
+    a mount it received cannot be made writable again (and it holds no CAP_SYS_ADMIN, and mount is
+    refused by seccomp)."""
+    options = ["bind", "nosuid", "nodev", "ro" if read_only else "rw"]
+    return {"destination": destination, "type": "bind", "source": source, "options": options}
 
 
 def _limits() -> dict[str, tuple[int, int]]:

@@ -36,6 +36,7 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
 BTRFS_SUPER_MAGIC = 0x9123683E
 SANDBOX_NAME = re.compile(r"^sbx_[0-9a-z]{26}$")
+VOLUME_NAME = re.compile(r"^vol_[0-9a-z]{26}$")  # named volumes: a subvolume each, beside sandboxes'
 
 
 def _ioc(direction: int, number: int, size: int) -> int:
@@ -238,7 +239,7 @@ class ScratchVolume:
     def remove(self, sandbox_id: str) -> None:
         """Deletes the sandbox's subvolume with all it holds. Its extents are freed in the
         background, then the kernel drops its qgroup."""
-        if not SANDBOX_NAME.match(sandbox_id):
+        if not (SANDBOX_NAME.match(sandbox_id) or VOLUME_NAME.match(sandbox_id)):
             return  # create made none for it
         name = sandbox_id
         try:
@@ -262,8 +263,15 @@ class ScratchVolume:
         except FileNotFoundError:
             return set()
 
+    def volume_ids(self) -> set[str]:
+        """The named volumes that have a subvolume here."""
+        try:
+            return {name for name in os.listdir(self.path) if VOLUME_NAME.match(name)}
+        except FileNotFoundError:
+            return set()
+
 
 def _checked(sandbox_id: str) -> str:
-    if not SANDBOX_NAME.match(sandbox_id):
+    if not (SANDBOX_NAME.match(sandbox_id) or VOLUME_NAME.match(sandbox_id)):
         raise RuntimeFailure(f"invalid sandbox id {sandbox_id!r}")
     return sandbox_id
