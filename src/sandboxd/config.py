@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     registry_allow_hosts: list[str] = []
     dns_queries_per_second: int = 200  # per sandbox, twice that in a burst; more are dropped
     retention_seconds: int = 3600
+    # Sandbox events (the history and the event stream's resume), kept at least as long as the
+    # sandboxes' own records: a record never goes without its history.
+    event_retention_seconds: int = 7 * 86400
+    event_heartbeat_seconds: float = 15.0  # an SSE comment on an idle event stream, for proxies
     # Runtime names → template names. A template that was never built is built on first use from
     # <name>.toml in template_dirs or the definitions shipped with sandboxd.
     runtimes: dict[str, str] = {"python3.11": "python3.11", "node18": "node18"}

@@ -21,6 +21,7 @@ from sandboxd_sdk._models import (
     Organization,
     ProcessInfo,
     Project,
+    SandboxEvent,
 )
 from sandboxd_sdk._pool import aclose_shared_clients, close_shared_clients
 from sandboxd_sdk._sync.api import Client
@@ -58,6 +59,7 @@ __all__ = [
     "Projects",
     "Sandbox",
     "SandboxError",
+    "SandboxEvent",
     "SandboxdConnectionError",
     "TemplateBuildError",
     "Templates",

@@ -17,7 +17,18 @@ from sandboxd.api import docs, errors, proxy_transport
 from sandboxd.api.deps import authorize, authorize_admin, authorize_operator, authorize_websocket
 from sandboxd.api.guard import RequestGuard
 from sandboxd.api.proxy import PortProxy
-from sandboxd.api.routes import commands, files, health, images, ports, sandboxes, templates, tenancy, terminal
+from sandboxd.api.routes import (
+    commands,
+    events,
+    files,
+    health,
+    images,
+    ports,
+    sandboxes,
+    templates,
+    tenancy,
+    terminal,
+)
 from sandboxd.api.state import KEY as STATE_KEY
 from sandboxd.api.state import ApiState
 from sandboxd.config import Settings
@@ -102,7 +113,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     auth = [Depends(authorize)]
     app.include_router(health.router)
     app.include_router(health.metrics_router, dependencies=[*auth, Depends(authorize_operator)])
-    for module in (sandboxes, commands, files, templates, ports, images):
+    for module in (sandboxes, commands, files, templates, ports, images, events):
         app.include_router(module.router, dependencies=auth)
     app.include_router(tenancy.router, dependencies=[*auth, Depends(authorize_admin)])
     app.include_router(terminal.router, dependencies=[Depends(authorize_websocket)])

@@ -17,6 +17,7 @@ from sandboxd.errors import Forbidden
 from sandboxd.services.auth import PROJECT_HEADER, Principal, scope_for_method
 from sandboxd.services.commands import CommandService
 from sandboxd.services.container import Services
+from sandboxd.services.events import EventService
 from sandboxd.services.files import FileService
 from sandboxd.services.images import ImageService
 from sandboxd.services.lifecycle import SandboxService
@@ -120,6 +121,10 @@ async def _images(request: Request) -> ImageService:
     return _services(request).images
 
 
+async def _events(request: Request) -> EventService:
+    return _services(request).events
+
+
 State = Annotated[ApiState, Depends(_state)]
 Images = Annotated[ImageService, Depends(_images)]
 Sandboxes = Annotated[SandboxService, Depends(_sandboxes)]
@@ -128,6 +133,7 @@ Files = Annotated[FileService, Depends(_files)]
 Templates = Annotated[TemplateService, Depends(_templates)]
 Ports = Annotated[PortService, Depends(_ports)]
 Tenancy = Annotated[TenancyService, Depends(_tenancy)]
+Events = Annotated[EventService, Depends(_events)]
 
 
 async def _project(request: Request) -> str:

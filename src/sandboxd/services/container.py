@@ -13,6 +13,7 @@ from sandboxd.runtimes.base import Runtime
 from sandboxd.runtimes.registry import image_catalog
 from sandboxd.services.auth import AuthService
 from sandboxd.services.commands import CommandService
+from sandboxd.services.events import EventService
 from sandboxd.services.files import FileService
 from sandboxd.services.images import ImageService
 from sandboxd.services.lifecycle import SandboxService
@@ -39,6 +40,7 @@ class Services:
     auth: AuthService
     tenancy: TenancyService
     images: ImageService
+    events: EventService
     _store: Store
 
     @classmethod
@@ -93,8 +95,15 @@ class Services:
             auth=auth,
             tenancy=TenancyService(store, auth, in_use),
             images=images,
+            events=EventService(
+                store,
+                sandboxes,
+                max(settings.event_retention_seconds, settings.retention_seconds),
+                settings.event_heartbeat_seconds,
+            ),
             _store=store,
         )
+        await services.events.start()  # before reconcile: its transitions are events too
         await supervisor.reconcile()
         await templates.reconcile()
         supervisor.start()
@@ -102,6 +111,7 @@ class Services:
 
     async def close(self) -> None:
         """Stops background work; running sandboxes keep running for the next server."""
+        await self.events.shutdown()
         await self.supervisor.shutdown()
         await self.templates.shutdown()
         await self.sandboxes.shutdown()

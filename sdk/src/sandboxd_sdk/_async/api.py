@@ -4,15 +4,17 @@ organizations, projects and keys. Generated into ../_sync by scripts/unasync.py.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import httpx
 
 from sandboxd_sdk._async._http import _check, _client
+from sandboxd_sdk._async.events import follow_events
 from sandboxd_sdk._async.images import AsyncImages
 from sandboxd_sdk._async.templates import AsyncTemplates
 from sandboxd_sdk._async.tenancy import AsyncKeys, AsyncOrgs, AsyncProjects
+from sandboxd_sdk._models import SandboxEvent
 
 
 class AsyncClient:
@@ -51,6 +53,28 @@ class AsyncClient:
             cursor = page["next_cursor"]
             if not cursor:
                 return items
+
+    def events(
+        self,
+        *,
+        sandbox_id: str | None = None,
+        labels: Sequence[str] = (),
+        last_event_id: int | None = None,
+        reconnect: bool = True,
+        on_gap: Callable[[int, int], object] | None = None,
+    ) -> AsyncIterator[SandboxEvent]:
+        """The state transitions of the project's sandboxes as they happen (``async for event in
+        client.events(): ...``), only one sandbox's or those with every label "key=value" given.
+        From now on, or after last_event_id; a dropped connection is resumed from the last event
+        yielded. on_gap(after, next): events between were purged before this reader got them."""
+        return follow_events(
+            self._http,
+            sandbox_id=sandbox_id,
+            labels=labels,
+            last_event_id=last_event_id,
+            reconnect=reconnect,
+            on_gap=on_gap,
+        )
 
     async def runtimes(self) -> list[dict[str, Any]]:
         return await self.templates.runtimes()
