@@ -25,7 +25,8 @@ async def test_every_transition_is_an_event_with_the_state_it_left(store: Store)
     await store.insert_if_absent(sb)
     # Progress of a pending sandbox is no transition; a compare-and-set that fails writes nothing.
     await store.update_if(sb.id, {"status": status(State.PENDING, "pulling")}, expected_states=[State.PENDING])
-    assert await store.update_if(sb.id, {"status": status(State.STOPPING, "x")}, expected_states=[State.RUNNING]) is None
+    stopping = {"status": status(State.STOPPING, "x")}
+    assert await store.update_if(sb.id, stopping, expected_states=[State.RUNNING]) is None
     await store.update_if(sb.id, {"status": status(State.RUNNING, "started")}, expected_states=[State.PENDING])
     await store.update_if(sb.id, {"expires_at": utcnow()})  # not a status: no event
     await store.update_if(sb.id, {"status": status(State.STOPPING, "deleted", "by\nme")}, project_id=DEFAULT_PROJECT)
