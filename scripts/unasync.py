@@ -11,6 +11,8 @@ RULES = [
     (r"\bsandboxd_sdk\._async\.", "sandboxd_sdk._sync."),
     (r"\bwebsockets\.asyncio\.client\b", "websockets.sync.client"),
     (r"\bAsyncIterator\b", "Iterator"),
+    (r"\bAsyncGenerator\[(\w+), None\]", r"Generator[\1, None, None]"),
+    (r"\bAsyncGenerator\b", "Generator"),
     (r"\bAsyncSandbox\b", "Sandbox"),
     (r"\bAsyncCommands\b", "Commands"),
     (r"\bAsyncFiles\b", "Files"),

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -129,7 +129,7 @@ class EventService:
             after = (await self.store.event_bounds())[1]
         return subscriber, after
 
-    async def stream(self, subscriber: Subscriber, after: int) -> AsyncIterator[SandboxEvent | Gap | None]:
+    async def stream(self, subscriber: Subscriber, after: int) -> AsyncGenerator[SandboxEvent | Gap | None, None]:
         """The subscriber's events after ``after`` in id order; None when ``self.heartbeat`` seconds
         passed without one; a Gap where events it asked for were purged."""
         cursor = after

@@ -4,7 +4,7 @@ organizations, projects and keys. Generated into ../_sync by scripts/unasync.py.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 
 import httpx
@@ -62,11 +62,12 @@ class AsyncClient:
         last_event_id: int | None = None,
         reconnect: bool = True,
         on_gap: Callable[[int, int], object] | None = None,
-    ) -> AsyncIterator[SandboxEvent]:
+    ) -> AsyncGenerator[SandboxEvent, None]:
         """The state transitions of the project's sandboxes as they happen (``async for event in
         client.events(): ...``), only one sandbox's or those with every label "key=value" given.
         From now on, or after last_event_id; a dropped connection is resumed from the last event
-        yielded. on_gap(after, next): events between were purged before this reader got them."""
+        yielded; aclose() (close() in the sync client) ends it. on_gap(after, next): events
+        between were purged before this reader got them."""
         return follow_events(
             self._http,
             sandbox_id=sandbox_id,

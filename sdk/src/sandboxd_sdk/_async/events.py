@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 
 import httpx
@@ -29,7 +29,7 @@ async def follow_events(
     reconnect: bool = True,
     retry_delay: float = 1.0,
     on_gap: Callable[[int, int], object] | None = None,
-) -> AsyncIterator[SandboxEvent]:
+) -> AsyncGenerator[SandboxEvent, None]:
     """Yields events until the caller stops; reconnects (after retry_delay) when the connection
     drops, from the last event it yielded. on_gap(after, next): events in between were purged
     from the server before this reader got them."""

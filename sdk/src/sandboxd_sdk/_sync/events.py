@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 import json
-from collections.abc import Iterator, Callable, Sequence
+from collections.abc import Generator, Callable, Sequence
 from typing import Any
 
 import httpx
@@ -29,7 +29,7 @@ def follow_events(
     reconnect: bool = True,
     retry_delay: float = 1.0,
     on_gap: Callable[[int, int], object] | None = None,
-) -> Iterator[SandboxEvent]:
+) -> Generator[SandboxEvent, None, None]:
     """Yields events until the caller stops; reconnects (after retry_delay) when the connection
     drops, from the last event it yielded. on_gap(after, next): events in between were purged
     from the server before this reader got them."""
