@@ -4,17 +4,16 @@ organizations, projects and keys. Generated into ../_sync by scripts/unasync.py.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
 
 from sandboxd_sdk._async._http import _check, _client
-from sandboxd_sdk._async.events import follow_events
+from sandboxd_sdk._async.events import AsyncEventStream, follow_events
 from sandboxd_sdk._async.images import AsyncImages
 from sandboxd_sdk._async.templates import AsyncTemplates
 from sandboxd_sdk._async.tenancy import AsyncKeys, AsyncOrgs, AsyncProjects
-from sandboxd_sdk._models import SandboxEvent
 
 
 class AsyncClient:
@@ -54,7 +53,7 @@ class AsyncClient:
             if not cursor:
                 return items
 
-    def events(
+    async def events(
         self,
         *,
         sandbox_id: str | None = None,
@@ -62,13 +61,13 @@ class AsyncClient:
         last_event_id: int | None = None,
         reconnect: bool = True,
         on_gap: Callable[[int, int], object] | None = None,
-    ) -> AsyncGenerator[SandboxEvent, None]:
-        """The state transitions of the project's sandboxes as they happen (``async for event in
-        client.events(): ...``), only one sandbox's or those with every label "key=value" given.
-        From now on, or after last_event_id; a dropped connection is resumed from the last event
-        yielded; aclose() (close() in the sync client) ends it. on_gap(after, next): events
-        between were purged before this reader got them."""
-        return follow_events(
+    ) -> AsyncEventStream:
+        """The state transitions of the project's sandboxes as they happen (``async with await
+        client.events() as events: async for event in events: ...``), only one sandbox's or those
+        with every label "key=value" given. Subscribed when it returns: from now on, or after
+        last_event_id. A dropped connection is resumed after the last event yielded. on_gap(after,
+        next): events between were purged before this reader got them."""
+        return await follow_events(
             self._http,
             sandbox_id=sandbox_id,
             labels=labels,

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import httpx
@@ -20,6 +21,107 @@ READ_TIMEOUT = 60.0
 NOT_RETRIED = ("BAD_URL", "TLS_ERROR")
 
 
+class AsyncEventStream:
+    """``async for event in stream``: SandboxEvents, until aclose() (or the ``async with`` ends).
+    Subscribed once made (client.events() returns after the server answered), so whatever the
+    caller does next is in it. A dropped connection is opened again after retry_delay, after the
+    last event yielded; with reconnect=False the iteration ends instead."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        params: dict[str, Any],
+        last_event_id: int | None,
+        reconnect: bool,
+        retry_delay: float,
+        on_gap: Callable[[int, int], object] | None,
+    ) -> None:
+        self._http = http
+        self._params = params
+        self.last_event_id = last_event_id  # the id to resume after
+        self._reconnect = reconnect
+        self._retry_delay = retry_delay
+        self._on_gap = on_gap
+        self._opened: AbstractAsyncContextManager[httpx.Response] | None = None
+        self._lines: AsyncIterator[str] | None = None
+        self._closed = False
+
+    async def open(self) -> None:
+        """Connects (the first time: the caller's errors, such as a 401, raise here)."""
+        headers = {"Last-Event-ID": str(self.last_event_id)} if self.last_event_id is not None else {}
+        timeout = httpx.Timeout(30.0, read=READ_TIMEOUT)
+        opened = self._http.stream("GET", "/api/v1/events", params=self._params, headers=headers, timeout=timeout)
+        response = await opened.__aenter__()
+        try:
+            await _check(response)
+        except BaseException:
+            await opened.__aexit__(None, None, None)
+            raise
+        self._opened, self._lines = opened, response.aiter_lines()
+
+    def __aiter__(self) -> AsyncEventStream:
+        return self
+
+    async def __anext__(self) -> SandboxEvent:
+        while not self._closed:
+            try:
+                if self._lines is None:
+                    await self.open()
+                event = await self._next_event()
+            except SandboxdConnectionError as exc:
+                if not self._reconnect or exc.code in NOT_RETRIED:
+                    await self.aclose()
+                    raise
+                event = None
+            if event is not None:
+                return event
+            await self._disconnect()  # the server ended the stream, or the connection broke
+            if not self._reconnect:
+                break
+            await asyncio.sleep(self._retry_delay)
+        raise StopAsyncIteration
+
+    async def _next_event(self) -> SandboxEvent | None:
+        assert self._lines is not None
+        kind, data = "", ""
+        while True:
+            try:
+                line = await self._lines.__anext__()
+            except StopAsyncIteration:
+                return None
+            if line.startswith("event:"):
+                kind = line[6:].strip()
+            elif line.startswith("data:"):
+                data = line[5:].strip()
+            elif line == "" and data:
+                body = json.loads(data)
+                if kind == "transition":
+                    event = SandboxEvent.from_json(body)
+                    self.last_event_id = event.id
+                    return event
+                if kind == "gap" and self._on_gap is not None:
+                    self._on_gap(int(body["after"]), int(body["next"]))
+                kind, data = "", ""
+
+    async def _disconnect(self) -> None:
+        opened, self._opened, self._lines = self._opened, None, None
+        if opened is not None:
+            try:
+                await opened.__aexit__(None, None, None)
+            except SandboxdConnectionError:
+                pass  # already broken
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await self._disconnect()
+
+    async def __aenter__(self) -> AsyncEventStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
 async def follow_events(
     http: httpx.AsyncClient,
     *,
@@ -29,41 +131,13 @@ async def follow_events(
     reconnect: bool = True,
     retry_delay: float = 1.0,
     on_gap: Callable[[int, int], object] | None = None,
-) -> AsyncGenerator[SandboxEvent, None]:
-    """Yields events until the caller stops; reconnects (after retry_delay) when the connection
-    drops, from the last event it yielded. on_gap(after, next): events in between were purged
-    from the server before this reader got them."""
+) -> AsyncEventStream:
     params: dict[str, Any] = {"label": list(labels)}
     if sandbox_id is not None:
         params["sandbox_id"] = sandbox_id
-    last = last_event_id
-    while True:
-        headers = {"Last-Event-ID": str(last)} if last is not None else {}
-        timeout = httpx.Timeout(30.0, read=READ_TIMEOUT)
-        try:
-            async with http.stream("GET", "/api/v1/events", params=params, headers=headers, timeout=timeout) as r:
-                await _check(r)
-                kind, data = "", ""
-                async for line in r.aiter_lines():
-                    if line.startswith("event:"):
-                        kind = line[6:].strip()
-                    elif line.startswith("data:"):
-                        data = line[5:].strip()
-                    elif line == "" and data:
-                        body = json.loads(data)
-                        if kind == "transition":
-                            event = SandboxEvent.from_json(body)
-                            last = event.id
-                            yield event
-                        elif kind == "gap" and on_gap is not None:
-                            on_gap(int(body["after"]), int(body["next"]))
-                        kind, data = "", ""
-        except SandboxdConnectionError as exc:
-            if not reconnect or exc.code in NOT_RETRIED:
-                raise
-        if not reconnect:
-            return
-        await asyncio.sleep(retry_delay)
+    stream = AsyncEventStream(http, params, last_event_id, reconnect, retry_delay, on_gap)
+    await stream.open()
+    return stream
 
 
 async def history(http: httpx.AsyncClient, sandbox_id: str) -> list[SandboxEvent]:

@@ -4,17 +4,16 @@ organizations, projects and keys. GENERATED from ../_async by scripts/unasync.py
 
 from __future__ import annotations
 
-from collections.abc import Generator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
 
 from sandboxd_sdk._sync._http import _check, _client
-from sandboxd_sdk._sync.events import follow_events
+from sandboxd_sdk._sync.events import EventStream, follow_events
 from sandboxd_sdk._sync.images import Images
 from sandboxd_sdk._sync.templates import Templates
 from sandboxd_sdk._sync.tenancy import Keys, Orgs, Projects
-from sandboxd_sdk._models import SandboxEvent
 
 
 class Client:
@@ -62,12 +61,12 @@ class Client:
         last_event_id: int | None = None,
         reconnect: bool = True,
         on_gap: Callable[[int, int], object] | None = None,
-    ) -> Generator[SandboxEvent, None, None]:
-        """The state transitions of the project's sandboxes as they happen (``for event in
-        client.events(): ...``), only one sandbox's or those with every label "key=value" given.
-        From now on, or after last_event_id; a dropped connection is resumed from the last event
-        yielded; close() (close() in the sync client) ends it. on_gap(after, next): events
-        between were purged before this reader got them."""
+    ) -> EventStream:
+        """The state transitions of the project's sandboxes as they happen (``with await
+        client.events() as events: for event in events: ...``), only one sandbox's or those
+        with every label "key=value" given. Subscribed when it returns: from now on, or after
+        last_event_id. A dropped connection is resumed after the last event yielded. on_gap(after,
+        next): events between were purged before this reader got them."""
         return follow_events(
             self._http,
             sandbox_id=sandbox_id,

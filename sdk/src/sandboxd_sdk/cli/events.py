@@ -37,8 +37,8 @@ def events(sandbox_id: str | None, label: tuple[str, ...], since: int | None, as
     def gap(after: int, following: int) -> None:
         err.print(f"(events {after + 1}..{following - 1} were purged before they could be shown)", markup=False)
 
-    with client() as c:
-        for event in c.events(sandbox_id=sandbox_id, labels=label, last_event_id=since, on_gap=gap):
+    with client() as c, c.events(sandbox_id=sandbox_id, labels=label, last_event_id=since, on_gap=gap) as stream:
+        for event in stream:
             click.echo(json.dumps(_json(event)) if as_json else _line(event))
 
 
