@@ -96,14 +96,20 @@ async def test_a_timed_out_sandbox_says_timeout(server: Server) -> None:
     assert "timeout passed" in got[-1].message
 
 
-async def test_a_client_resumes_across_a_server_kill(own_server: Server) -> None:
+@pytest.mark.parametrize("stop", ["kill9", "sigterm"])
+async def test_a_client_resumes_across_a_server_restart(own_server: Server, stop: str) -> None:
     """The SDK's stream reconnects with Last-Event-ID; what happened while it was away (a server
-    killed and restarted, a delete made meanwhile) comes from the store."""
+    killed and restarted, a delete made meanwhile) comes from the store. A server stopped with
+    SIGTERM does not wait for the open stream to end."""
     async with AsyncClient(url=own_server.url, api_key=own_server.key) as client:
         sb = await AsyncSandbox.create(url=own_server.url, api_key=own_server.key, timeout=600)
         stream = await client.events(sandbox_id=sb.id, last_event_id=0)
         started = await take_until(stream, lambda e: e.to_state == "running")
-        own_server.kill9()
+        if stop == "kill9":
+            own_server.kill9()
+        else:
+            own_server.stop()
+            assert own_server.proc is not None and own_server.proc.returncode == 0
         own_server.start()
         with own_server.client() as http:
             assert http.delete(f"/api/v1/sandboxes/{sb.id}").status_code == 200
