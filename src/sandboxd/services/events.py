@@ -129,9 +129,12 @@ class EventService:
             after = (await self.store.event_bounds())[1]
         return subscriber, after
 
-    async def stream(self, subscriber: Subscriber, after: int) -> AsyncGenerator[SandboxEvent | Gap | None, None]:
+    async def stream(
+        self, subscriber: Subscriber, after: int, follow: bool = True
+    ) -> AsyncGenerator[SandboxEvent | Gap | None, None]:
         """The subscriber's events after ``after`` in id order; None when ``self.heartbeat`` seconds
-        passed without one; a Gap where events it asked for were purged."""
+        passed without one; a Gap where events it asked for were purged. Without ``follow``, only
+        what the store holds now."""
         cursor = after
         catch_up = True  # what the store holds past the cursor comes first
         try:
@@ -143,6 +146,8 @@ class EventService:
                         if isinstance(item, SandboxEvent):
                             cursor = item.id
                         yield item
+                    if not follow:
+                        return
                     continue
                 if not subscriber.queue:
                     subscriber.wake.clear()

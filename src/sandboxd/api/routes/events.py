@@ -97,13 +97,14 @@ async def events(
         int | None, Query(ge=0, description="As the Last-Event-ID header (for clients that cannot set it).")
     ] = None,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    follow: Annotated[bool, Query(description="false: end once the events kept so far are sent.")] = True,
 ) -> StreamingResponse:
     """State transitions of the project's sandboxes as Server-Sent Events, from now on (or after
-    `Last-Event-ID`), until the client disconnects."""
+    `Last-Event-ID`), until the client disconnects (or, with `follow=false`, until caught up)."""
     after = _resume_id(last_event_id_header, last_event_id)
     subscriber, start = await service.subscribe(project, after=after, sandbox_id=sandbox_id, labels=_labels(label))
     return StreamingResponse(
-        _sse(service.stream(subscriber, start)),
+        _sse(service.stream(subscriber, start, follow)),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
