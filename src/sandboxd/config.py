@@ -102,6 +102,10 @@ class Settings(BaseSettings):
     # How long a paused sandbox (its memory held on this host) is kept before it is destroyed
     # (reason pause_expired); a resume restarts its timeout.
     paused_retention_seconds: int = 86400
+    # Sandbox events (the history and the event stream's resume), kept at least as long as the
+    # sandboxes' own records: a record never goes without its history.
+    event_retention_seconds: int = 7 * 86400
+    event_heartbeat_seconds: float = 15.0  # an SSE comment on an idle event stream, for proxies
     # Runtime names → template names. A template that was never built is built on first use from
     # <name>.toml in template_dirs or the definitions shipped with sandboxd.
     runtimes: dict[str, str] = {"python3.11": "python3.11", "node18": "node18"}

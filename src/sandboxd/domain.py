@@ -321,3 +321,20 @@ class Gap:
     @property
     def dropped(self) -> int:
         return self.end - self.start
+
+
+class SandboxEvent(BaseModel):
+    """One state transition of a sandbox, as the store recorded it: the history and the event
+    stream. ``id`` increases with every event the store writes (never reused), so a reader resumes
+    after the last one it saw. States are plain strings: a reader passes through states it does
+    not know."""
+
+    id: int
+    sandbox_id: str
+    project_id: str
+    from_state: str | None  # None for the first event (the sandbox's creation)
+    to_state: str
+    reason: str
+    message: str = ""
+    changed_at: datetime
+    labels: dict[str, str] = Field(default_factory=dict)  # the sandbox's labels, for filtering

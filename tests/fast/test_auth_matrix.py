@@ -114,6 +114,8 @@ class World:
         url = re.sub(r"\{(\w+)\}", lambda m: values[m[1]], path)
         if path == "/api/v1/images/import":
             url += "?name=another"
+        if path == "/api/v1/events":  # every event kept, then the end (a followed stream has none)
+            url += "?follow=false&last_event_id=0"
         needs_path = ("/files", "/files/list", "/files/stat", "/archive")
         if path.startswith("/api/v1/sandboxes/{sandbox_id}") and path.endswith(needs_path):
             url += "?path=" + ("/" if path.endswith("/list") else "/etc/hostname")

@@ -6,6 +6,7 @@ the server."""
 
 from sandboxd_sdk._async.api import AsyncClient
 from sandboxd_sdk._async.client import AsyncCommandHandle, AsyncSandbox
+from sandboxd_sdk._async.events import AsyncEventStream
 from sandboxd_sdk._async.images import AsyncImages
 from sandboxd_sdk._async.templates import AsyncTemplates
 from sandboxd_sdk._async.tenancy import AsyncKeys, AsyncOrgs, AsyncProjects
@@ -22,10 +23,12 @@ from sandboxd_sdk._models import (
     Organization,
     ProcessInfo,
     Project,
+    SandboxEvent,
 )
 from sandboxd_sdk._pool import aclose_shared_clients, close_shared_clients
 from sandboxd_sdk._sync.api import Client
 from sandboxd_sdk._sync.client import CommandHandle, Sandbox
+from sandboxd_sdk._sync.events import EventStream
 from sandboxd_sdk._sync.images import Images
 from sandboxd_sdk._sync.templates import Templates
 from sandboxd_sdk._sync.tenancy import Keys, Orgs, Projects
@@ -36,6 +39,7 @@ __all__ = [
     "ApiKey",
     "AsyncClient",
     "AsyncCommandHandle",
+    "AsyncEventStream",
     "AsyncImages",
     "AsyncKeys",
     "AsyncOrgs",
@@ -50,6 +54,7 @@ __all__ = [
     "CommandResult",
     "Copied",
     "CreatedKey",
+    "EventStream",
     "FileEntry",
     "Images",
     "Keys",
@@ -61,6 +66,7 @@ __all__ = [
     "Projects",
     "Sandbox",
     "SandboxError",
+    "SandboxEvent",
     "SandboxdConnectionError",
     "TemplateBuildError",
     "Templates",

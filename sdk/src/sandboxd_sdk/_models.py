@@ -190,3 +190,34 @@ class CreatedKey(ApiKey):
     def from_json(cls, body: dict[str, Any]) -> CreatedKey:
         record = ApiKey.from_json(body)
         return cls(**{**record.__dict__, "key": body["key"]})
+
+
+@dataclass(frozen=True)
+class SandboxEvent:
+    """One state transition of a sandbox: client.events() yields these, sb.history() lists them.
+    ``to_state`` is a plain string: a newer server may have states this SDK does not know."""
+
+    id: int
+    sandbox_id: str
+    from_state: str | None  # None for the sandbox's creation
+    to_state: str
+    reason: str
+    message: str
+    changed_at: datetime
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> SandboxEvent:
+        try:
+            return cls(
+                id=int(body["id"]),
+                sandbox_id=str(body["sandbox_id"]),
+                from_state=None if body.get("from_state") is None else str(body["from_state"]),
+                to_state=str(body["to_state"]),
+                reason=str(body["reason"]),
+                message=str(body.get("message", "")),
+                changed_at=datetime.fromisoformat(body["changed_at"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            from sandboxd_sdk._errors import SandboxError  # _errors imports this module
+
+            raise SandboxError("BAD_RESPONSE", f"the server's answer is not a sandbox event: {exc!r:.200}") from None

@@ -25,6 +25,7 @@ from sandboxd.api.guard import RequestGuard
 from sandboxd.api.proxy import PortProxy
 from sandboxd.api.routes import (
     commands,
+    events,
     files,
     health,
     images,
@@ -120,7 +121,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(health.router)
     app.include_router(health.metrics_router, dependencies=[*auth, Depends(authorize_operator)])
     # A sandbox's name stands for its id in every /sandboxes/{sandbox_id} route (after auth: per project).
-    for module in (sandboxes, commands, files, templates, ports, images, volumes):
+    for module in (sandboxes, commands, files, templates, ports, images, volumes, events):
         app.include_router(module.router, dependencies=[*auth, Depends(resolve_sandbox)])
     app.include_router(tenancy.router, dependencies=[*auth, Depends(authorize_admin)])
     app.include_router(terminal.router, dependencies=[Depends(authorize_websocket), Depends(resolve_sandbox)])

@@ -17,6 +17,7 @@ from sandboxd.errors import Forbidden
 from sandboxd.services.auth import PROJECT_HEADER, Principal, scope_for_method
 from sandboxd.services.commands import CommandService
 from sandboxd.services.container import Services
+from sandboxd.services.events import EventService
 from sandboxd.services.files import FileService
 from sandboxd.services.images import ImageService
 from sandboxd.services.lifecycle import SandboxService
@@ -135,6 +136,10 @@ async def _volumes(request: Request) -> VolumeService:
     return _services(request).volumes
 
 
+async def _events(request: Request) -> EventService:
+    return _services(request).events
+
+
 State = Annotated[ApiState, Depends(_state)]
 Volumes = Annotated[VolumeService, Depends(_volumes)]
 Images = Annotated[ImageService, Depends(_images)]
@@ -144,6 +149,7 @@ Files = Annotated[FileService, Depends(_files)]
 Templates = Annotated[TemplateService, Depends(_templates)]
 Ports = Annotated[PortService, Depends(_ports)]
 Tenancy = Annotated[TenancyService, Depends(_tenancy)]
+Events = Annotated[EventService, Depends(_events)]
 
 
 async def _project(request: Request) -> str:

@@ -16,6 +16,8 @@ def _response(status: str) -> bytes:
 
 TIMED_OUT = _response("408 Request Timeout")
 TOO_LARGE = _response("431 Request Header Fields Too Large")
+# Responses that never end by themselves: a shutdown cuts them instead of waiting for them.
+ENDLESS_PATHS = frozenset({"/api/v1/events"})
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -36,6 +38,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._headers_done()
         super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        # uvicorn waits for every response in flight before it stops; an event stream would hold
+        # it forever. Cut, it ends as a client's disconnect does; the client resumes from the next
+        # server with Last-Event-ID.
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and cycle.scope["path"] in ENDLESS_PATHS:
+            self.transport.close()
+            return
+        super().shutdown()
 
     def data_received(self, data: bytes) -> None:
         in_headers = self._deadline is not None

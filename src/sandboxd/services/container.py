@@ -13,6 +13,7 @@ from sandboxd.runtimes.base import Runtime
 from sandboxd.runtimes.registry import image_catalog
 from sandboxd.services.auth import AuthService
 from sandboxd.services.commands import CommandService
+from sandboxd.services.events import EventService
 from sandboxd.services.files import FileService
 from sandboxd.services.images import ImageService
 from sandboxd.services.lifecycle import SandboxService
@@ -41,6 +42,7 @@ class Services:
     tenancy: TenancyService
     images: ImageService
     volumes: VolumeService
+    events: EventService
     _store: Store
 
     @classmethod
@@ -99,8 +101,15 @@ class Services:
             tenancy=TenancyService(store, auth, in_use),
             images=images,
             volumes=volumes,
+            events=EventService(
+                store,
+                sandboxes,
+                max(settings.event_retention_seconds, settings.retention_seconds),
+                settings.event_heartbeat_seconds,
+            ),
             _store=store,
         )
+        await services.events.start()  # before reconcile: its transitions are events too
         await supervisor.reconcile()
         await volumes.sweep()
         await templates.reconcile()
@@ -109,6 +118,7 @@ class Services:
 
     async def close(self) -> None:
         """Stops background work; running sandboxes keep running for the next server."""
+        await self.events.shutdown()
         await self.supervisor.shutdown()
         await self.templates.shutdown()
         await self.sandboxes.shutdown()

@@ -3,11 +3,21 @@ SQLite or PostgreSQL."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
-from sandboxd.domain import ApiKey, ImageRef, Organization, Project, Sandbox, State, TemplateVersion, Volume
+from sandboxd.domain import (
+    ApiKey,
+    ImageRef,
+    Organization,
+    Project,
+    Sandbox,
+    SandboxEvent,
+    State,
+    TemplateVersion,
+    Volume,
+)
 
 
 class DuplicateKey(Exception):
@@ -67,6 +77,22 @@ class Store(Protocol):
 
     async def purge_ended(self, before: datetime) -> list[str]:
         """Deletes sandboxes that ended at or before ``before``; their ids."""
+
+    # -- events: every state change, written with it (insert_if_absent, update_if of a status) --
+
+    def on_events(self, listener: Callable[[], None]) -> None:
+        """``listener`` is called after every commit of this process that wrote events."""
+
+    async def events_after(
+        self, after: int, project_id: str | None, *, sandbox_id: str | None = None, limit: int = 500
+    ) -> list[SandboxEvent]:
+        """Events with an id above ``after``, oldest first."""
+
+    async def event_bounds(self) -> tuple[int, int]:
+        """(oldest kept id, newest id); (0, 0) when none is kept."""
+
+    async def purge_events(self, before: datetime) -> int:
+        """Deletes events older than ``before`` but the newest; how many."""
 
     # -- templates ---------------------------------------------------------------------------------
 

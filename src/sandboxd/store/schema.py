@@ -109,3 +109,24 @@ volumes = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.UniqueConstraint("project_id", "name", name="uq_volumes_project_name"),
 )
+
+
+# Every state transition of every sandbox, kept for event_retention_seconds (longer than the
+# sandboxes' own records): the history, and the event stream's resume point. AUTOINCREMENT on
+# SQLite: an id is never reused, even after the newest events are purged.
+sandbox_events = sa.Table(
+    "sandbox_events",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("sandbox_id", sa.String, nullable=False),
+    sa.Column("project_id", sa.String, nullable=False),
+    sa.Column("from_state", sa.String),
+    sa.Column("to_state", sa.String, nullable=False),
+    sa.Column("reason", sa.String, nullable=False),
+    sa.Column("message", sa.String, nullable=False),
+    sa.Column("changed_at", UtcDateTime, nullable=False, index=True),
+    sa.Column("labels", JsonDoc, nullable=False),
+    sa.Index("ix_sandbox_events_project_id_id", "project_id", "id"),
+    sa.Index("ix_sandbox_events_sandbox_id_id", "sandbox_id", "id"),
+    sqlite_autoincrement=True,
+)

@@ -21,11 +21,13 @@ from sandboxd.domain import (
     Project,
     Sandbox,
     State,
+    Status,
     TemplateVersion,
     utcnow,
 )
 from sandboxd.store import migrate
 from sandboxd.store.base import DuplicateKey, Store
+from sandboxd.store.events import EventStore, event_params, first_event, serialize_writers, transition_statement
 from sandboxd.store.imagerefs import ImageRefStore
 from sandboxd.store.records import RecordMap
 from sandboxd.store.runner import runner
@@ -57,7 +59,7 @@ _GET = SANDBOXES.select.where(sandboxes.c.id == sa.bindparam("w_id"))
 _GET_SCOPED = _GET.where(sandboxes.c.project_id == sa.bindparam("w_project_id"))
 
 
-class SqlStore(TenancyStore, ImageRefStore, VolumeStore):
+class SqlStore(TenancyStore, ImageRefStore, VolumeStore, EventStore):
     # -- sandboxes ---------------------------------------------------------------------------------
 
     async def insert_if_absent(self, sandbox: Sandbox) -> tuple[Sandbox, bool]:
@@ -65,9 +67,17 @@ class SqlStore(TenancyStore, ImageRefStore, VolumeStore):
         taken = sa.select(sandboxes.c.id).where(sandboxes.c.id == sandbox.id)
         # The insert goes first (one statement in the usual case); the unique indexes settle races,
         # then we look for the winner. A holder that ended meanwhile frees the name: try again.
+        event = first_event(sandbox)
+
+        def write(conn: sa.Connection) -> None:
+            conn.execute(insert)  # first: the transaction's first statement writes (SQLite)
+            serialize_writers(conn)
+            conn.execute(event)
+
         for _ in range(5):
             try:
-                await self.runner.write_one(lambda conn: conn.execute(insert))
+                await self.runner.write(write)
+                self._events_written()
                 return sandbox, True
             except sa.exc.IntegrityError:
                 pass
@@ -133,8 +143,14 @@ class SqlStore(TenancyStore, ImageRefStore, VolumeStore):
             params["w_states"] = [State(s).value for s in expected_states]
         if expected_version is not None:
             params["w_version"] = expected_version
+        status = patch.get("status")
         try:
-            row = await self.runner.write_one(lambda conn: conn.execute(stmt, params).first())
+            if status is None:
+                row = await self.runner.write_one(lambda conn: conn.execute(stmt, params).first())
+            else:
+                row, wrote = await self.runner.write(lambda conn: _transition(conn, stmt, params, values["status"]))
+                if wrote:
+                    self._events_written()
         except sa.exc.IntegrityError:
             field = "name" if "name" in patch else "idempotency_key"
             raise DuplicateKey(field, str(patch.get(field, ""))) from None
@@ -248,6 +264,19 @@ def _update_statement(columns: tuple[str, ...], scoped: bool, states: bool, vers
     if version:
         stmt = stmt.where(sandboxes.c.version == sa.bindparam("w_version"))
     return stmt
+
+
+def _transition(conn: sa.Connection, update: sa.Update, params: dict[str, Any], status: Any) -> tuple[Any, bool]:
+    """A status update and its event, in one transaction: the event first, taking the state the
+    row had (see store/events.py)."""
+    serialize_writers(conn)
+    where = {k for k in params if k.startswith("w_")}
+    insert = transition_statement("w_project_id" in where, "w_states" in where, "w_version" in where)
+    event_id = conn.execute(insert, event_params(Status.model_validate(status), params)).scalar()
+    row = conn.execute(update, params).first()
+    if event_id is not None and row is None:
+        raise RuntimeError("a transition's event was written but its update matched no row")
+    return row, event_id is not None
 
 
 def _holder(conn: sa.Connection, sandbox: Sandbox) -> Sandbox | None:

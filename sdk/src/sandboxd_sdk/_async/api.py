@@ -4,12 +4,13 @@ organizations, projects and keys. Generated into ../_sync by scripts/unasync.py.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
 
 from sandboxd_sdk._async._http import _check, _client
+from sandboxd_sdk._async.events import AsyncEventStream, follow_events
 from sandboxd_sdk._async.images import AsyncImages
 from sandboxd_sdk._async.templates import AsyncTemplates
 from sandboxd_sdk._async.tenancy import AsyncKeys, AsyncOrgs, AsyncProjects
@@ -53,6 +54,29 @@ class AsyncClient:
             cursor = page["next_cursor"]
             if not cursor:
                 return items
+
+    async def events(
+        self,
+        *,
+        sandbox_id: str | None = None,
+        labels: Sequence[str] = (),
+        last_event_id: int | None = None,
+        reconnect: bool = True,
+        on_gap: Callable[[int, int], object] | None = None,
+    ) -> AsyncEventStream:
+        """The state transitions of the project's sandboxes as they happen (``async with await
+        client.events() as events: async for event in events: ...``), only one sandbox's or those
+        with every label "key=value" given. Subscribed when it returns: from now on, or after
+        last_event_id. A dropped connection is resumed after the last event yielded. on_gap(after,
+        next): events between were purged before this reader got them."""
+        return await follow_events(
+            self._http,
+            sandbox_id=sandbox_id,
+            labels=labels,
+            last_event_id=last_event_id,
+            reconnect=reconnect,
+            on_gap=on_gap,
+        )
 
     async def runtimes(self) -> list[dict[str, Any]]:
         return await self.templates.runtimes()

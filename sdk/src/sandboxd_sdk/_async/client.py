@@ -16,9 +16,10 @@ import httpx
 from sandboxd_sdk import tarsafe
 from sandboxd_sdk._async._http import _check, _client, segment
 from sandboxd_sdk._async._waiting import until_started
+from sandboxd_sdk._async.events import history
 from sandboxd_sdk._async.terminal import AsyncTerminal
 from sandboxd_sdk._errors import CommandExitError, SandboxError
-from sandboxd_sdk._models import CommandResult, Copied, FileEntry, Logs, ProcessInfo
+from sandboxd_sdk._models import CommandResult, Copied, FileEntry, Logs, ProcessInfo, SandboxEvent
 
 
 @dataclass
@@ -434,6 +435,11 @@ class AsyncSandbox:
         """Thaws a paused sandbox (in milliseconds), with its full timeout again."""
         r = await _check(await self._http.post(f"{self._path}/resume"))
         self.info = r.json()
+
+    async def history(self) -> list[SandboxEvent]:
+        """Every state transition of the sandbox with its reason, oldest first (kept after the
+        sandbox itself is gone, for the server's event retention)."""
+        return await history(self._http, self.id)
 
     async def set_timeout(self, seconds: int) -> None:
         """Renews the timeout: the sandbox is destroyed seconds from now (info["expires_at"])."""

@@ -4,12 +4,13 @@ organizations, projects and keys. GENERATED from ../_async by scripts/unasync.py
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
 
 from sandboxd_sdk._sync._http import _check, _client
+from sandboxd_sdk._sync.events import EventStream, follow_events
 from sandboxd_sdk._sync.images import Images
 from sandboxd_sdk._sync.templates import Templates
 from sandboxd_sdk._sync.tenancy import Keys, Orgs, Projects
@@ -53,6 +54,29 @@ class Client:
             cursor = page["next_cursor"]
             if not cursor:
                 return items
+
+    def events(
+        self,
+        *,
+        sandbox_id: str | None = None,
+        labels: Sequence[str] = (),
+        last_event_id: int | None = None,
+        reconnect: bool = True,
+        on_gap: Callable[[int, int], object] | None = None,
+    ) -> EventStream:
+        """The state transitions of the project's sandboxes as they happen (``with await
+        client.events() as events: for event in events: ...``), only one sandbox's or those
+        with every label "key=value" given. Subscribed when it returns: from now on, or after
+        last_event_id. A dropped connection is resumed after the last event yielded. on_gap(after,
+        next): events between were purged before this reader got them."""
+        return follow_events(
+            self._http,
+            sandbox_id=sandbox_id,
+            labels=labels,
+            last_event_id=last_event_id,
+            reconnect=reconnect,
+            on_gap=on_gap,
+        )
 
     def runtimes(self) -> list[dict[str, Any]]:
         return self.templates.runtimes()

@@ -16,9 +16,10 @@ import httpx
 from sandboxd_sdk import tarsafe
 from sandboxd_sdk._sync._http import _check, _client, segment
 from sandboxd_sdk._sync._waiting import until_started
+from sandboxd_sdk._sync.events import history
 from sandboxd_sdk._sync.terminal import Terminal
 from sandboxd_sdk._errors import CommandExitError, SandboxError
-from sandboxd_sdk._models import CommandResult, Copied, FileEntry, Logs, ProcessInfo
+from sandboxd_sdk._models import CommandResult, Copied, FileEntry, Logs, ProcessInfo, SandboxEvent
 
 
 @dataclass
@@ -434,6 +435,11 @@ class Sandbox:
         """Thaws a paused sandbox (in milliseconds), with its full timeout again."""
         r = _check(self._http.post(f"{self._path}/resume"))
         self.info = r.json()
+
+    def history(self) -> list[SandboxEvent]:
+        """Every state transition of the sandbox with its reason, oldest first (kept after the
+        sandbox itself is gone, for the server's event retention)."""
+        return history(self._http, self.id)
 
     def set_timeout(self, seconds: int) -> None:
         """Renews the timeout: the sandbox is destroyed seconds from now (info["expires_at"])."""

@@ -9,6 +9,7 @@ import click
 
 from sandboxd_sdk.cli._common import Group, fail, version
 from sandboxd_sdk.cli.cp import cp
+from sandboxd_sdk.cli.events import events, history
 from sandboxd_sdk.cli.exec import exec_
 from sandboxd_sdk.cli.images import image
 from sandboxd_sdk.cli.network import egress, port, timeout
@@ -47,7 +48,24 @@ main.add_command(runtimes)
 main.add_command(keys)
 main.add_command(projects)
 main.add_command(orgs)
-for command in (create, list_, get, kill, exec_, logs, cp, port, timeout, egress, stop, start, pause, resume):
+for command in (
+    create,
+    list_,
+    get,
+    kill,
+    exec_,
+    logs,
+    cp,
+    port,
+    timeout,
+    egress,
+    stop,
+    start,
+    pause,
+    resume,
+    events,
+    history,
+):
     main.add_command(command)
 
 SERVER_MISSING = "`sandboxd serve` runs the server, which is not installed here: pip install sandboxd"
