@@ -96,6 +96,11 @@ class Settings(BaseSettings):
     registry_allow_hosts: list[str] = []
     dns_queries_per_second: int = 200  # per sandbox, twice that in a burst; more are dropped
     retention_seconds: int = 3600
+    # Idempotency-Key: how long a POST's answer is kept for retries, how long a retry waits for
+    # the first request still running (then 409), and the largest answer kept with its body.
+    idempotency_retention_seconds: int = 24 * 3600
+    idempotency_wait_seconds: float = 60.0
+    idempotency_max_response_kb: int = 1024
     # Runtime names → template names. A template that was never built is built on first use from
     # <name>.toml in template_dirs or the definitions shipped with sandboxd.
     runtimes: dict[str, str] = {"python3.11": "python3.11", "node18": "node18"}

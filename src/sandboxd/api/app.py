@@ -16,6 +16,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from sandboxd.api import docs, errors, proxy_transport
 from sandboxd.api.deps import authorize, authorize_admin, authorize_operator, authorize_websocket
 from sandboxd.api.guard import RequestGuard
+from sandboxd.api.idempotency import IdempotencyMiddleware
+from sandboxd.api.idempotency import document as document_idempotency
 from sandboxd.api.proxy import PortProxy
 from sandboxd.api.routes import commands, files, health, images, ports, sandboxes, templates, tenancy, terminal
 from sandboxd.api.state import KEY as STATE_KEY
@@ -93,7 +95,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     errors.install(app)
     docs.install(app)
 
-    # Outermost last: the port proxy, then request ids, then the key and body checks.
+    # Outermost last: the port proxy, then request ids, then the key and body checks, then
+    # Idempotency-Key (it needs the caller's project and a bounded body).
+    app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(RequestGuard)
     app.add_middleware(RequestIdMiddleware, counts=request_counts)
     app.add_middleware(PortProxy, proxy_domain=cfg.proxy_domain)
@@ -106,4 +110,5 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         app.include_router(module.router, dependencies=auth)
     app.include_router(tenancy.router, dependencies=[*auth, Depends(authorize_admin)])
     app.include_router(terminal.router, dependencies=[Depends(authorize_websocket)])
+    document_idempotency(app)
     return app

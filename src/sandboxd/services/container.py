@@ -14,6 +14,7 @@ from sandboxd.runtimes.registry import image_catalog
 from sandboxd.services.auth import AuthService
 from sandboxd.services.commands import CommandService
 from sandboxd.services.files import FileService
+from sandboxd.services.idempotency import IdempotencyService
 from sandboxd.services.images import ImageService
 from sandboxd.services.lifecycle import SandboxService
 from sandboxd.services.ports import PortService
@@ -39,6 +40,7 @@ class Services:
     auth: AuthService
     tenancy: TenancyService
     images: ImageService
+    idempotency: IdempotencyService
     _store: Store
 
     @classmethod
@@ -54,7 +56,8 @@ class Services:
             await store.close()
             raise
         sandboxes = SandboxService(settings, store, runtime)
-        supervisor = Supervisor(settings, store, runtime, sandboxes)
+        idempotency = IdempotencyService(settings, store)
+        supervisor = Supervisor(settings, store, runtime, sandboxes, idempotency.sweep)
         commands = CommandService(sandboxes)
         templates = TemplateService(settings, store, runtime, sandboxes, commands)
         # Create resolves templates, and builds create sandboxes: the one cycle, closed here.
@@ -93,8 +96,10 @@ class Services:
             auth=auth,
             tenancy=TenancyService(store, auth, in_use),
             images=images,
+            idempotency=idempotency,
             _store=store,
         )
+        await idempotency.start()  # before serving: keys claimed by a server that died are released
         await supervisor.reconcile()
         await templates.reconcile()
         supervisor.start()

@@ -26,6 +26,7 @@ from sandboxd.domain import (
 )
 from sandboxd.store import migrate
 from sandboxd.store.base import DuplicateKey, Store
+from sandboxd.store.idempotency import IdempotencyStore
 from sandboxd.store.imagerefs import ImageRefStore
 from sandboxd.store.records import RecordMap
 from sandboxd.store.runner import runner
@@ -56,7 +57,7 @@ _GET = SANDBOXES.select.where(sandboxes.c.id == sa.bindparam("w_id"))
 _GET_SCOPED = _GET.where(sandboxes.c.project_id == sa.bindparam("w_project_id"))
 
 
-class SqlStore(TenancyStore, ImageRefStore):
+class SqlStore(TenancyStore, ImageRefStore, IdempotencyStore):
     # -- sandboxes ---------------------------------------------------------------------------------
 
     async def insert_if_absent(self, sandbox: Sandbox) -> tuple[Sandbox, bool]:
