@@ -170,6 +170,11 @@ QUIET = click.option("--quiet", "-q", is_flag=True, help="Print only the sandbox
 @click.option("--env", "-e", multiple=True, help="NAME=VALUE environment variable; repeat for several.")
 @click.option("--label", "-l", multiple=True, help="KEY=VALUE label (ls -l filters on it); repeat for several.")
 @click.option("--no-internet", is_flag=True, help="Refuse all outbound traffic.")
+@click.option(
+    "--idempotency-key",
+    default=None,
+    help="Run again with the same key (and options) to get the same sandbox, not a second one (kept 24 h).",
+)
 @QUIET
 @JSON
 def create(
@@ -183,6 +188,7 @@ def create(
     env: tuple[str, ...],
     label: tuple[str, ...],
     no_internet: bool,
+    idempotency_key: str | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -200,6 +206,7 @@ def create(
         internet_access=not no_internet,
         project=project(),
         on_build_log=build_log(err, runtime, template),
+        idempotency_key=idempotency_key,
     )
     sb.close()  # it keeps running: the CLI only closes its connection
     if quiet and not as_json:
