@@ -28,9 +28,7 @@ def new_key() -> str:
     return "sdk-" + secrets.token_hex(16)
 
 
-def post_idempotent(
-    http: httpx.Client, path: str, key: str, retries: int, **kwargs: Any
-) -> httpx.Response:
+def post_idempotent(http: httpx.Client, path: str, key: str, retries: int, **kwargs: Any) -> httpx.Response:
     """POST with the key; sent again up to ``retries`` times when the connection broke."""
     headers = {**kwargs.pop("headers", {}), HEADER: key}
     attempt = 0
