@@ -37,7 +37,8 @@ async def test_a_retry_gets_the_first_answer_and_makes_nothing(api: Api) -> None
     assert "idempotent-replayed" not in first.headers
     # The same request by value: key order and spacing do not make it another.
     spaced = b'{ "metadata" : {"t": "seq"} }'
-    again = await api.client.post(SANDBOXES, content=spaced, headers={**key("seq-1"), "content-type": "application/json"})
+    as_json = {**key("seq-1"), "content-type": "application/json"}
+    again = await api.client.post(SANDBOXES, content=spaced, headers=as_json)
     assert again.status_code == 201 and again.json() == first.json()
     assert again.headers["idempotent-replayed"] == "true"
     assert again.headers["location"] == f"{SANDBOXES}/{first.json()['id']}"
@@ -81,7 +82,7 @@ async def test_keys_are_the_projects_own(api: Api) -> None:
     ("value", "why"), [("x" * 256, "1 to 255"), ("tab\there", "control"), ("del\x7f", "control"), ("é", "control")]
 )
 async def test_a_bad_key_is_a_400(api: Api, value: str, why: str) -> None:
-    headers: dict[str, bytes] = {"Idempotency-Key": value.encode("latin-1")}
+    headers = {b"Idempotency-Key": value.encode("latin-1")}
     r = await api.client.post(SANDBOXES, json={}, headers=headers)
     assert r.status_code == 400, r.text
     assert error(r)["field"] == "Idempotency-Key" and why in error(r)["message"]
