@@ -134,7 +134,7 @@ def test_the_cli_create_with_a_key_prints_the_same_sandbox(server: Server) -> No
 @pytest.fixture
 def own_server(image_cache: Path, workdir: Path, request: pytest.FixtureRequest) -> Iterator[Server]:
     env = getattr(request, "param", {})
-    with restartable(Server(workdir / request.node.name[:24], BRIDGE, SUBNET, **env)) as srv:
+    with restartable(Server(workdir / unique("idem")[:10], BRIDGE, SUBNET, **env)) as srv:
         yield srv
 
 

@@ -16,8 +16,9 @@ from sandboxd_sdk._async._http import _check
 from sandboxd_sdk._errors import SandboxError
 
 HEADER = "Idempotency-Key"
-# Waits before each retry: about 7 s in all, what a server takes to restart.
-DELAYS = (1.0, 2.0, 4.0)
+# Waits before each retry: about 30 s in all, what a server may take to restart (its startup sweep
+# takes down what a killed create left, measured at 16 s when processes ran in it).
+DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
 # The first failure must be one where the request may have reached the server (not a timeout: the
 # message says to give it longer); after it, the server may be restarting: refusals are waited out.
 FIRST = {"CONNECTION_LOST"}

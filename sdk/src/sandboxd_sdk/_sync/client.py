@@ -312,7 +312,7 @@ class Sandbox:
         transport: httpx.BaseTransport | None = None,
         on_build_log: Callable[[str], object] | None = None,
         idempotency_key: str | None = None,
-        retries: int = 3,
+        retries: int = 6,
     ) -> Sandbox:
         """A new sandbox, running. url, api_key and project (an id or name, for a key not bound to
         one) default to SANDBOXD_URL, SANDBOXD_API_KEY and SANDBOXD_PROJECT. A runtime or an
