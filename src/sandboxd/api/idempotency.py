@@ -52,9 +52,12 @@ class IdempotencyMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        raw = dict(scope["headers"]).get(_RAW_HEADER) if scope["type"] == "http" else None
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        raw = next((value for name, value in scope["headers"] if name == _RAW_HEADER), None)
         principal = scope.get(PRINCIPAL)
-        if raw is None or scope["method"] != "POST" or not isinstance(principal, Principal):
+        if raw is None or not isinstance(principal, Principal):
             await self.app(scope, receive, send)
             return
         project = principal.project_id or f"org:{principal.org_id}"

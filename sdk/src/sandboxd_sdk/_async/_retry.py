@@ -29,9 +29,13 @@ def new_key() -> str:
     return "sdk-" + secrets.token_hex(16)
 
 
-async def post_idempotent(http: httpx.AsyncClient, path: str, key: str, retries: int, **kwargs: Any) -> httpx.Response:
-    """POST with the key; sent again up to ``retries`` times when the connection broke."""
-    headers = {**kwargs.pop("headers", {}), HEADER: key}
+async def post_idempotent(
+    http: httpx.AsyncClient, path: str, key: str | None, retries: int, **kwargs: Any
+) -> httpx.Response:
+    """POST with the key; sent again up to ``retries`` times when the connection broke. Without a
+    key it is sent once: a retry could do the work twice."""
+    headers = {**kwargs.pop("headers", {}), **({HEADER: key} if key else {})}
+    retries = retries if key else 0
     attempt = 0
     while True:
         try:
