@@ -106,6 +106,11 @@ class Settings(BaseSettings):
     # sandboxes' own records: a record never goes without its history.
     event_retention_seconds: int = 7 * 86400
     event_heartbeat_seconds: float = 15.0  # an SSE comment on an idle event stream, for proxies
+    # Idempotency-Key: how long a POST's answer is kept for retries, how long a retry waits for
+    # the first request still running (then 409), and the largest answer kept with its body.
+    idempotency_retention_seconds: int = 24 * 3600
+    idempotency_wait_seconds: float = 60.0
+    idempotency_max_response_kb: int = 1024
     # Runtime names → template names. A template that was never built is built on first use from
     # <name>.toml in template_dirs or the definitions shipped with sandboxd.
     runtimes: dict[str, str] = {"python3.11": "python3.11", "node18": "node18"}

@@ -338,3 +338,21 @@ class SandboxEvent(BaseModel):
     message: str = ""
     changed_at: datetime
     labels: dict[str, str] = Field(default_factory=dict)  # the sandbox's labels, for filtering
+
+
+@dataclass(frozen=True)
+class IdempotentCall:
+    """A POST made with an Idempotency-Key, by project and key: what it was (``fingerprint``: its
+    method, path, query and body), and once done, what it answered, to be given again to a retry."""
+
+    project_id: str
+    key: str
+    fingerprint: str
+    method: str
+    path: str
+    created_at: datetime
+    done: bool = False
+    status: int | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes | None = None  # None when done: the answer was larger than the cap, not kept
+    expires_at: datetime | None = None  # set when done: the retention starts then

@@ -125,3 +125,37 @@ class Unsupported(SandboxdError):
 
     def __init__(self, feature: str, runtime: str) -> None:
         super().__init__(f"{feature} is not supported by the {runtime!r} runtime of this server")
+
+
+class IdempotencyKeyReused(SandboxdError):
+    """The key was first used on another request (method, path, query or body)."""
+
+    code = "IDEMPOTENCY_KEY_REUSED"
+    status = 422
+
+    def __init__(self, key: str, method: str, path: str) -> None:
+        super().__init__(
+            f"Idempotency-Key {key!r} was used with a different request (first: {method} {path}); "
+            "use a new key for a new request",
+            "Idempotency-Key",
+        )
+
+
+class IdempotencyInProgress(SandboxdError):
+    code = "IDEMPOTENCY_IN_PROGRESS"
+    status = 409
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"a request with Idempotency-Key {key!r} is still running; retry later", "Idempotency-Key")
+
+
+class IdempotentResponseNotKept(SandboxdError):
+    code = "IDEMPOTENT_RESPONSE_NOT_KEPT"
+    status = 409
+
+    def __init__(self, key: str, status: int) -> None:
+        super().__init__(
+            f"the request with Idempotency-Key {key!r} was done (status {status}), but its answer was too "
+            "large to keep; it is not run again",
+            "Idempotency-Key",
+        )

@@ -22,6 +22,8 @@ from sandboxd.api.deps import (
     resolve_sandbox,
 )
 from sandboxd.api.guard import RequestGuard
+from sandboxd.api.idempotency import IdempotencyMiddleware
+from sandboxd.api.idempotency import document as document_idempotency
 from sandboxd.api.proxy import PortProxy
 from sandboxd.api.routes import (
     commands,
@@ -111,7 +113,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     errors.install(app)
     docs.install(app)
 
-    # Outermost last: the port proxy, then request ids, then the key and body checks.
+    # Outermost last: the port proxy, then request ids, then the key and body checks, then
+    # Idempotency-Key (it needs the caller's project and a bounded body).
+    app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(RequestGuard)
     app.add_middleware(RequestIdMiddleware, counts=request_counts)
     app.add_middleware(PortProxy, proxy_domain=cfg.proxy_domain)
@@ -125,4 +129,5 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         app.include_router(module.router, dependencies=[*auth, Depends(resolve_sandbox)])
     app.include_router(tenancy.router, dependencies=[*auth, Depends(authorize_admin)])
     app.include_router(terminal.router, dependencies=[Depends(authorize_websocket), Depends(resolve_sandbox)])
+    document_idempotency(app)
     return app

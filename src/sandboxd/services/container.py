@@ -15,6 +15,7 @@ from sandboxd.services.auth import AuthService
 from sandboxd.services.commands import CommandService
 from sandboxd.services.events import EventService
 from sandboxd.services.files import FileService
+from sandboxd.services.idempotency import IdempotencyService
 from sandboxd.services.images import ImageService
 from sandboxd.services.lifecycle import SandboxService
 from sandboxd.services.ports import PortService
@@ -43,6 +44,7 @@ class Services:
     images: ImageService
     volumes: VolumeService
     events: EventService
+    idempotency: IdempotencyService
     _store: Store
 
     @classmethod
@@ -58,7 +60,8 @@ class Services:
             await store.close()
             raise
         sandboxes = SandboxService(settings, store, runtime)
-        supervisor = Supervisor(settings, store, runtime, sandboxes)
+        idempotency = IdempotencyService(settings, store)
+        supervisor = Supervisor(settings, store, runtime, sandboxes, idempotency.sweep)
         commands = CommandService(sandboxes)
         templates = TemplateService(settings, store, runtime, sandboxes, commands)
         # Create resolves templates, and builds create sandboxes: the one cycle, closed here.
@@ -107,9 +110,11 @@ class Services:
                 max(settings.event_retention_seconds, settings.retention_seconds),
                 settings.event_heartbeat_seconds,
             ),
+            idempotency=idempotency,
             _store=store,
         )
         await services.events.start()  # before reconcile: its transitions are events too
+        await idempotency.start()  # before serving: keys claimed by a server that died are released
         await supervisor.reconcile()
         await volumes.sweep()
         await templates.reconcile()

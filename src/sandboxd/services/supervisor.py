@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from sandboxd.config import Settings
@@ -23,8 +24,16 @@ log = logging.getLogger("sandboxd.supervisor")
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, store: Store, runtime: Runtime, sandboxes: SandboxService) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        runtime: Runtime,
+        sandboxes: SandboxService,
+        sweep_idempotency: Callable[[datetime], Awaitable[int]] | None = None,
+    ) -> None:
         self.settings = settings
+        self.sweep_idempotency = sweep_idempotency  # forgets Idempotency-Keys past their retention
         self.store = store
         self.runtime = runtime
         self.sandboxes = sandboxes
@@ -148,6 +157,8 @@ class Supervisor:
                 log.exception("reaping failed", extra={"sandbox_id": sandbox.id})
         for sandbox_id in await self.store.purge_ended(now - timedelta(seconds=self.settings.retention_seconds)):
             self.sandboxes.forget(sandbox_id)
+        if self.sweep_idempotency is not None:
+            await self.sweep_idempotency(now)
 
     async def _expire(self, sandbox: Sandbox) -> None:
         """What a passed expires_at means: the timeout of a running sandbox (its timeout_action

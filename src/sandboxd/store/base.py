@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from sandboxd.domain import (
     ApiKey,
+    IdempotentCall,
     ImageRef,
     Organization,
     Project,
@@ -177,6 +178,33 @@ class Store(Protocol):
         """By name; every project's with None."""
 
     async def delete_volume(self, volume_id: str) -> bool: ...
+
+    # -- idempotency keys (services/idempotency.py) ------------------------------------------------
+
+    async def claim_idempotent(self, call: IdempotentCall) -> IdempotentCall | None:
+        """None once ``call`` is inserted; else the call its project and key already hold."""
+
+    async def get_idempotent(self, project_id: str, key: str) -> IdempotentCall | None: ...
+
+    async def finish_idempotent(
+        self,
+        project_id: str,
+        key: str,
+        status: int,
+        headers: tuple[tuple[str, str], ...],
+        body: bytes | None,
+        expires_at: datetime,
+    ) -> None:
+        """Records the answer of a claimed call (body None: too large to keep)."""
+
+    async def release_idempotent(self, project_id: str, key: str) -> None:
+        """Forgets a claimed call that is not done, so a retry runs it again."""
+
+    async def release_unfinished_idempotent(self) -> int:
+        """Forgets every call not done: at start, they belong to a server that died."""
+
+    async def purge_idempotent(self, now: datetime) -> int:
+        """Deletes done calls whose retention ended by ``now``."""
 
     async def ensure_default_tenant(self) -> None:
         """The default organization and its default project (DEFAULT_ORG, DEFAULT_PROJECT)."""

@@ -130,3 +130,21 @@ sandbox_events = sa.Table(
     sa.Index("ix_sandbox_events_sandbox_id_id", "sandbox_id", "id"),
     sqlite_autoincrement=True,
 )
+
+
+# A POST's Idempotency-Key and its answer (services/idempotency.py); one per project and key.
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("project_id", sa.String, primary_key=True),
+    sa.Column("key", sa.String, primary_key=True),
+    sa.Column("fingerprint", sa.String, nullable=False),
+    sa.Column("method", sa.String, nullable=False),
+    sa.Column("path", sa.String, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("done", sa.Boolean, nullable=False),
+    sa.Column("status", sa.Integer),
+    sa.Column("headers", JsonDoc, nullable=False),
+    sa.Column("body", sa.LargeBinary),
+    sa.Column("expires_at", UtcDateTime, index=True),
+)

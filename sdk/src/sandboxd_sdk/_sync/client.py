@@ -15,6 +15,7 @@ import httpx
 
 from sandboxd_sdk import tarsafe
 from sandboxd_sdk._sync._http import _check, _client, segment
+from sandboxd_sdk._sync._retry import new_key, post_idempotent
 from sandboxd_sdk._sync._waiting import until_started
 from sandboxd_sdk._sync.events import history
 from sandboxd_sdk._sync.terminal import Terminal
@@ -315,11 +316,20 @@ class Sandbox:
         request_timeout: float = 120.0,
         transport: httpx.BaseTransport | None = None,
         on_build_log: Callable[[str], object] | None = None,
+        idempotency_key: str | None = None,
+        retries: int = 6,
     ) -> Sandbox:
         """A new sandbox, running. url, api_key and project (an id or name, for a key not bound to
         one) default to SANDBOXD_URL, SANDBOXD_API_KEY and SANDBOXD_PROJECT. A runtime or an
         operator's template is built on its first use: on_build_log then gets that build's log,
-        line by line, while the create waits (and the wait is not bound by request_timeout)."""
+        line by line, while the create waits (and the wait is not bound by request_timeout).
+
+        The create is sent with an Idempotency-Key (idempotency_key, else a new random one), so it
+        is sent again, up to ``retries`` times, when the connection breaks before the answer: the
+        server answers a retry with the first call's sandbox, never a second one. Pass the same
+        idempotency_key again (within the server's retention, 24 h) to get the same sandbox.
+        retries=0 without an idempotency_key sends no key (the server then skips the two writes
+        that keeping the answer takes: about 1 ms per create)."""
         body: dict[str, Any] = {"internet_access": internet_access, "public_traffic": public_traffic}
         if auto_resume:  # requests to it while paused resume it first
             body["auto_resume"] = True
@@ -350,11 +360,12 @@ class Sandbox:
             if value is not None:
                 body[key] = value
         http, owned = _client(url, api_key, request_timeout, project, transport)
+        sent = idempotency_key or (new_key() if retries > 0 else None)
         try:
             if on_build_log is None:
-                info = (_check(http.post("/api/v1/sandboxes", json=body))).json()
+                info = (post_idempotent(http, "/api/v1/sandboxes", sent, retries, json=body)).json()
             else:  # answered at once, pending; followed here (a build's log on the way)
-                r = _check(http.post("/api/v1/sandboxes", json=body, params={"wait": False}))
+                r = post_idempotent(http, "/api/v1/sandboxes", sent, retries, json=body, params={"wait": False})
                 info = until_started(http, r.json(), on_build_log)
         except BaseException:
             if owned:

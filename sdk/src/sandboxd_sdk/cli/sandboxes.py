@@ -185,6 +185,11 @@ QUIET = click.option("--quiet", "-q", is_flag=True, help="Print only the sandbox
 @click.option("--auto-resume", is_flag=True, help="Commands, files and ports of it while paused resume it first.")
 @click.option("--volume", "-v", "volumes", multiple=True, help="NAME:/path[:ro] mounts a named volume; repeatable.")
 @click.option("--bind", "binds", multiple=True, help="HOST_DIR:/path[:ro] under the server's bind_allow; repeatable.")
+@click.option(
+    "--idempotency-key",
+    default=None,
+    help="Run again with the same key (and options) to get the same sandbox, not a second one (kept 24 h).",
+)
 @QUIET
 @JSON
 def create(
@@ -203,6 +208,7 @@ def create(
     auto_resume: bool,
     volumes: tuple[str, ...],
     binds: tuple[str, ...],
+    idempotency_key: str | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -224,6 +230,7 @@ def create(
         volumes=mounts(volumes, binds) or None,
         project=project(),
         on_build_log=build_log(err, runtime, template),
+        idempotency_key=idempotency_key,
     )
     sb.close()  # it keeps running: the CLI only closes its connection
     if quiet and not as_json:

@@ -1,0 +1,84 @@
+"""Idempotency keys (the store half of services/idempotency.py): one row per project and key.
+
+A claim is one INSERT, so two requests racing with one key are settled by the primary key: one
+inserts, the other finds its row."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from sandboxd.domain import IdempotentCall
+from sandboxd.store.runner import Runner
+from sandboxd.store.schema import idempotency_keys as table
+
+_COLUMNS = [table.c[f] for f in IdempotentCall.__dataclass_fields__]
+
+
+def _load(row: sa.Row[Any]) -> IdempotentCall:
+    values = row._asdict()
+    values["headers"] = tuple((str(k), str(v)) for k, v in values["headers"])
+    return IdempotentCall(**values)
+
+
+def _where(project_id: str, key: str) -> sa.ColumnElement[bool]:
+    return sa.and_(table.c.project_id == project_id, table.c.key == key)
+
+
+class IdempotencyStore:
+    runner: Runner
+
+    async def claim_idempotent(self, call: IdempotentCall) -> IdempotentCall | None:
+        """None once ``call`` (not yet done) is inserted; else the row its project and key hold."""
+        row = {f: getattr(call, f) for f in IdempotentCall.__dataclass_fields__}
+        row["headers"] = [list(pair) for pair in call.headers]
+        insert = table.insert().values(row)
+        query = sa.select(*_COLUMNS).where(_where(call.project_id, call.key))
+        for _ in range(5):
+            try:
+                await self.runner.write_one(lambda conn: conn.execute(insert))
+                return None
+            except sa.exc.IntegrityError:
+                pass
+            found = await self.runner.read(lambda conn: conn.execute(query).first())
+            if found is not None:
+                return _load(found)
+            # The holder was released between the two statements: try to insert again.
+        raise RuntimeError(f"idempotency key {call.key!r} kept changing hands")
+
+    async def get_idempotent(self, project_id: str, key: str) -> IdempotentCall | None:
+        query = sa.select(*_COLUMNS).where(_where(project_id, key))
+        row = await self.runner.read(lambda conn: conn.execute(query).first())
+        return _load(row) if row is not None else None
+
+    async def finish_idempotent(
+        self,
+        project_id: str,
+        key: str,
+        status: int,
+        headers: tuple[tuple[str, str], ...],
+        body: bytes | None,
+        expires_at: datetime,
+    ) -> None:
+        stmt = (
+            table.update()
+            .where(_where(project_id, key), table.c.done.is_(False))
+            .values(done=True, status=status, headers=[list(p) for p in headers], body=body, expires_at=expires_at)
+        )
+        await self.runner.write_one(lambda conn: conn.execute(stmt))
+
+    async def release_idempotent(self, project_id: str, key: str) -> None:
+        """Forgets a key whose request left no answer to give again (it failed, or died)."""
+        stmt = table.delete().where(_where(project_id, key), table.c.done.is_(False))
+        await self.runner.write_one(lambda conn: conn.execute(stmt))
+
+    async def release_unfinished_idempotent(self) -> int:
+        """At start: a key still claimed was claimed by a server that died during its request."""
+        stmt = table.delete().where(table.c.done.is_(False))
+        return await self.runner.write_one(lambda conn: conn.execute(stmt).rowcount)
+
+    async def purge_idempotent(self, now: datetime) -> int:
+        stmt = table.delete().where(table.c.done.is_(True), table.c.expires_at <= now)
+        return await self.runner.write_one(lambda conn: conn.execute(stmt).rowcount)

@@ -1,0 +1,59 @@
+"""The idempotency-key half of the store contract, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import anyio
+import pytest
+
+from sandboxd.domain import IdempotentCall
+from sandboxd.store.base import Store
+
+pytestmark = pytest.mark.anyio
+T0 = datetime(2030, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+
+
+def call(key: str = "k", project: str = "prj_a", fingerprint: str = "f1") -> IdempotentCall:
+    return IdempotentCall(project, key, fingerprint, "POST", "/api/v1/sandboxes", T0)
+
+
+async def test_one_claim_per_project_and_key(store: Store) -> None:
+    assert await store.claim_idempotent(call()) is None
+    held = await store.claim_idempotent(call(fingerprint="f2"))
+    assert held is not None and held.fingerprint == "f1" and not held.done
+    assert await store.claim_idempotent(call(project="prj_b")) is None  # another project's own
+
+    await store.finish_idempotent("prj_a", "k", 201, (("location", "/x"),), b"\x00body", T0 + timedelta(1))
+    done = await store.get_idempotent("prj_a", "k")
+    headers = (("location", "/x"),)
+    assert done == IdempotentCall(
+        "prj_a", "k", "f1", "POST", "/api/v1/sandboxes", T0, True, 201, headers, b"\x00body", T0 + timedelta(1)
+    )
+    await store.release_idempotent("prj_a", "k")  # a done call is not released
+    assert await store.get_idempotent("prj_a", "k") == done
+
+
+async def test_racing_claims_have_one_winner(store: Store) -> None:
+    results: list[IdempotentCall | None] = []
+
+    async def claim() -> None:
+        results.append(await store.claim_idempotent(call("race")))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(8):
+            tg.start_soon(claim)
+    assert results.count(None) == 1
+
+
+async def test_release_and_purge(store: Store) -> None:
+    for key in ("running", "done", "later"):
+        assert await store.claim_idempotent(call(key)) is None
+    await store.finish_idempotent("prj_a", "done", 200, (), None, T0)
+    await store.finish_idempotent("prj_a", "later", 200, (), b"{}", T0 + timedelta(hours=1))
+    assert await store.purge_idempotent(T0) == 1  # only done ones past their retention
+    assert await store.get_idempotent("prj_a", "done") is None
+    assert await store.release_unfinished_idempotent() == 1
+    assert await store.get_idempotent("prj_a", "running") is None
+    later = await store.get_idempotent("prj_a", "later")
+    assert later is not None and later.body == b"{}"
