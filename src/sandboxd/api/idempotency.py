@@ -60,7 +60,9 @@ class IdempotencyMiddleware:
         if raw is None or not isinstance(principal, Principal):
             await self.app(scope, receive, send)
             return
-        project = principal.project_id or f"org:{principal.org_id}"
+        # A key's answers are its own: another key of the project (another scope, another holder)
+        # never gets them replayed, nor learns what it sent.
+        project = f"{principal.project_id or 'org:' + principal.org_id}:{principal.key_id}"
         try:
             key = check_key(raw.decode("latin-1"))
             why = _excluded(scope["path"])

@@ -60,6 +60,9 @@ def _labels(label: list[str] | None) -> dict[str, str]:
     return labels
 
 
+MAX_EVENT_ID = 2**63 - 1  # the store's 64-bit ids: a larger one would fail in the database mid-stream
+
+
 def _resume_id(header: str | None, query: int | None) -> int | None:
     if query is not None:
         return query
@@ -69,8 +72,8 @@ def _resume_id(header: str | None, query: int | None) -> int | None:
         value = int(header.strip())
     except ValueError:
         raise InvalidRequest("Last-Event-ID", "Last-Event-ID must be an event id (an integer)") from None
-    if value < 0:
-        raise InvalidRequest("Last-Event-ID", "Last-Event-ID must not be negative")
+    if value < 0 or value > MAX_EVENT_ID:
+        raise InvalidRequest("Last-Event-ID", f"Last-Event-ID must be an event id from 0 to {MAX_EVENT_ID}")
     return value
 
 
@@ -94,7 +97,8 @@ async def events(
     sandbox_id: Annotated[str | None, Query(description="Only this sandbox's events.")] = None,
     label: Annotated[list[str] | None, Query(description="key=value; repeat to require several.")] = None,
     last_event_id: Annotated[
-        int | None, Query(ge=0, description="As the Last-Event-ID header (for clients that cannot set it).")
+        int | None,
+        Query(ge=0, le=2**63 - 1, description="As the Last-Event-ID header (for clients that cannot set it)."),
     ] = None,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     follow: Annotated[bool, Query(description="false: end once the events kept so far are sent.")] = True,

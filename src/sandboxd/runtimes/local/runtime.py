@@ -327,12 +327,14 @@ class LocalRuntime:
             raise stopped
         if not stopped:  # as in destroy: its address is not given to another
             raise RuntimeFailure(f"sandbox {sandbox_id} did not stop; try again")
-        self.networks.release(record)
         await asyncio.to_thread(rootfs.clear_home, self.root / sandbox_id)
         if not isinstance(network, BaseException) and network:
             raise network[0]
         if isinstance(network, BaseException):
             raise network
+        # Released last, once nothing failed: a stop that raises keeps the address in the stored
+        # record, so only the later delete or stop releases it — never twice, never another's.
+        self.networks.release(record)
         return {**{k: v for k, v in record.items() if k != "pid"}, "address": None}
 
     async def start_sandbox(self, sandbox_id: str, spec: SandboxSpec, record: dict[str, Any]) -> dict[str, Any]:

@@ -166,7 +166,10 @@ def build_config(
     """userns_path: a user namespace made beforehand (userns.py) that the sandbox joins, with these
     id maps already written; None: the runtime makes one. rlimits: process.rlimits, for a runtime
     that sets them as it should (own_rlimits); None: the runtime runs under prlimit_command.
-    volumes: bind mounts after the sandbox's own (volume_mount), so none is mounted under them."""
+    volumes: bind mounts before the sandbox's own (volume_mount): the runtime follows symlinks in
+    a destination inside the root (which the image or the sandbox made), so a volume at a path
+    that leads to /.sandboxd, /proc, /dev or /sys lands there, and the sandbox's own mounts after
+    it cover it again: no volume can hide the agent or the kernel's interfaces."""
     memory = limits.memory_mb * 1024 * 1024
     mapping = [{"containerID": 0, "hostID": idmap.host_id, "size": idmap.size}]
     return {
@@ -184,6 +187,7 @@ def build_config(
         "root": {"path": rootfs, "readonly": False},
         "hostname": hostname,
         "mounts": [
+            *(volumes or []),
             {"destination": "/proc", "type": "proc", "source": "proc"},
             {
                 "destination": "/dev",
@@ -228,7 +232,6 @@ def build_config(
                 "source": agent_host_dir,
                 "options": ["rbind", "ro", "nosuid", "nodev"],
             },
-            *(volumes or []),
         ],
         "linux": {
             "uidMappings": mapping,
