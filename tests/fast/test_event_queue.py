@@ -97,3 +97,12 @@ async def test_a_resume_from_before_the_oldest_kept_event_says_what_is_missing(s
     assert await anext(stream) == Gap(low, high)
     assert (await anext(stream)).id == high  # type: ignore[union-attr]
     await stream.aclose()
+
+
+def test_a_resume_id_past_the_stores_ids_is_a_400() -> None:
+    from sandboxd.api.routes.events import MAX_EVENT_ID, _resume_id
+    from sandboxd.errors import InvalidRequest
+
+    assert _resume_id(str(MAX_EVENT_ID), None) == MAX_EVENT_ID
+    with pytest.raises(InvalidRequest):
+        _resume_id(str(MAX_EVENT_ID + 1), None)

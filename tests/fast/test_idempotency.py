@@ -188,3 +188,15 @@ async def test_keys_expire(swept: Api) -> None:
     later = await swept.client.post(SANDBOXES, json=body, headers=key("exp"))
     assert later.status_code == 201 and later.json()["id"] != first.json()["id"]
     assert "idempotent-replayed" not in later.headers
+
+
+async def test_another_api_key_never_gets_a_keys_answer(api: Api) -> None:
+    """An answer kept for one API key (it may hold the sandbox's traffic token) is not replayed to
+    another key of the same project, whatever its scope: the Idempotency-Key is the API key's own."""
+    made = await api.client.post("/api/v1/keys", json={"name": "ci", "scopes": ["write"]})
+    assert made.status_code == 201, made.text
+    second = {"Authorization": f"Bearer {made.json()['key']}"}
+    mine = await api.client.post(SANDBOXES, json={"metadata": {"t": "k"}}, headers=key("per-key"))
+    theirs = await api.client.post(SANDBOXES, json={"metadata": {"t": "k"}}, headers={**key("per-key"), **second})
+    assert mine.status_code == theirs.status_code == 201
+    assert mine.json()["id"] != theirs.json()["id"] and "idempotent-replayed" not in theirs.headers
