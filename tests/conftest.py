@@ -226,7 +226,20 @@ def sandbox(server: Server) -> Iterator[Sandbox]:
 def restartable(srv: Server) -> Iterator[Server]:
     """A started server for a test that may kill it: started again if the test left it down, then
     emptied, stopped and checked for leaks."""
-    yield srv.start()
+    try:
+        yield srv.start()
+    except BaseException:
+        # A failed test still must not leave its server, sandboxes, table or bridge behind to fail
+        # the tests after it; its own failure is what gets reported.
+        with contextlib.suppress(Exception):
+            if srv.proc is None or srv.proc.poll() is not None:
+                srv.start()
+            srv.delete_all()
+        with contextlib.suppress(Exception):
+            srv.stop()
+        with contextlib.suppress(Exception):
+            teardown_bridge(srv.bridge)
+        raise
     if srv.proc is None or srv.proc.poll() is not None:
         srv.start()
     srv.delete_all()

@@ -200,7 +200,8 @@ def test_a_stopped_sandbox_is_deleted_after_its_retention(image_cache: Path, wor
         sb = srv.create(timeout=600)
         sb.stop()
         deadline = time.monotonic() + 15
-        while sb.refresh()["status"]["state"] == "stopped":
+        # The reaper passes through `stopping` on its way to `terminated`.
+        while sb.refresh()["status"]["state"] in ("stopped", "stopping"):
             assert time.monotonic() < deadline
             time.sleep(0.1)
         assert sb.info["status"]["state"] == "terminated" and sb.info["status"]["reason"] == "stopped_retention"
