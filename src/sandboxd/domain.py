@@ -44,6 +44,9 @@ class State(enum.StrEnum):
     PAUSED = "paused"  # every process frozen (cgroup freezer), memory kept; resume thaws it
     STOPPING = "stopping"
     STOPPED = "stopped"  # no processes, no network; its writable layer kept for a start
+    # No processes held, only disk (and, where the host can checkpoint, the processes' memory
+    # saved on it: Status.memory_kept says which); resume boots (or restores) it.
+    HIBERNATED = "hibernated"
     TERMINATED = "terminated"
     FAILED = "failed"
 
@@ -55,10 +58,12 @@ class State(enum.StrEnum):
 # Allowed transitions; later lifecycle states (paused, hibernated) slot in here.
 TRANSITIONS: dict[State, set[State]] = {
     State.PENDING: {State.RUNNING, State.STOPPING, State.FAILED},
-    State.RUNNING: {State.STOPPING, State.FAILED, State.TERMINATED, State.STOPPED, State.PAUSED},
+    State.RUNNING: {State.STOPPING, State.FAILED, State.TERMINATED, State.STOPPED, State.PAUSED, State.HIBERNATED},
     # A start that fails leaves it stopped (its files kept); running again only once booted.
     State.STOPPED: {State.RUNNING, State.STOPPING, State.FAILED},
     State.PAUSED: {State.RUNNING, State.STOPPING, State.FAILED, State.TERMINATED},
+    # Like stopped: a failed resume leaves it hibernated, running again only once booted.
+    State.HIBERNATED: {State.RUNNING, State.STOPPING, State.FAILED},
     State.STOPPING: {State.TERMINATED, State.FAILED},
     State.TERMINATED: set(),
     State.FAILED: set(),
@@ -71,6 +76,8 @@ class TimeoutAction(enum.StrEnum):
 
     DESTROY = "destroy"
     PAUSE = "pause"
+    STOP = "stop"  # processes end, files kept (stopped_retention_seconds)
+    HIBERNATE = "hibernate"  # like stop, memory saved too where the host can checkpoint
 
 
 # The kernel refuses a CFS quota under 1 ms (per 100 ms period), and a quota of 0 leaves runc
@@ -140,6 +147,8 @@ class Status(BaseModel):
     reason: str
     message: str = ""
     changed_at: datetime
+    # Hibernated only: whether the processes' memory was saved (a checkpoint) or only the disk.
+    memory_kept: bool | None = None
 
 
 class Sandbox(BaseModel):

@@ -124,6 +124,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     auth = [Depends(authorize)]
     app.include_router(health.router)
     app.include_router(health.metrics_router, dependencies=[*auth, Depends(authorize_operator)])
+    app.include_router(health.capabilities_router, dependencies=auth)
     # A sandbox's name stands for its id in every /sandboxes/{sandbox_id} route (after auth: per project).
     for module in (sandboxes, commands, files, templates, ports, images, volumes, events):
         app.include_router(module.router, dependencies=[*auth, Depends(resolve_sandbox)])

@@ -14,6 +14,7 @@ __all__ = [
     "CommandResult",
     "ExitInfo",
     "FileInfo",
+    "Hibernation",
     "MoveIn",
     "PathIn",
     "ProcessInfo",
@@ -35,6 +36,14 @@ class SandboxStatus(BaseModel):
     changed_at: datetime
 
 
+class Hibernation(BaseModel):
+    memory_kept: bool = Field(
+        description="Whether its processes' memory was saved (they go on at resume) or only its disk "
+        "(resume boots it again: processes from before are gone)."
+    )
+    at: datetime
+
+
 class SandboxOut(BaseModel):
     id: str
     name: str | None = Field(None, description="Its name, usable wherever its id is (until it ends).")
@@ -51,8 +60,10 @@ class SandboxOut(BaseModel):
     pids: int
     disk_mb: int | None = Field(description="What it may write, in MB; null for sandboxes from before disk limits.")
     timeout: int
-    timeout_action: TimeoutAction = Field(description="What happens when the timeout passes: destroy or pause.")
-    auto_resume: bool = Field(description="Requests to it while paused resume it first.")
+    timeout_action: TimeoutAction = Field(
+        description="What happens when the timeout passes: destroy, pause, stop or hibernate."
+    )
+    auto_resume: bool = Field(description="Requests to it while paused, stopped or hibernated resume it first.")
     internet_access: bool
     egress: dict[str, Any] | None = Field(description="The egress policy; null: allow all.")
     transforms: list[dict[str, Any]] = Field(description="Credential brokering; injected values are not shown.")
@@ -67,6 +78,7 @@ class SandboxOut(BaseModel):
     volumes: list[dict[str, Any]] = Field(
         default_factory=list, description="Its volume mounts: {type, host_path|name, mount_path, read_only}."
     )
+    hibernation: Hibernation | None = Field(None, description="While hibernated: what was kept, since when.")
 
     @classmethod
     def of(cls, sb: Sandbox, show_token: bool = True) -> SandboxOut:
@@ -100,6 +112,9 @@ class SandboxOut(BaseModel):
             created_at=sb.created_at,
             expires_at=sb.expires_at,
             volumes=[{k: v for k, v in m.items() if k != "volume_id"} for m in spec.volumes],
+            hibernation=Hibernation(memory_kept=bool(sb.status.memory_kept), at=sb.status.changed_at)
+            if sb.status.state == State.HIBERNATED
+            else None,
         )
 
 

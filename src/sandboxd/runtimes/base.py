@@ -13,6 +13,8 @@ refuse with `Unsupported` when it is missing:
   builds).
 - `StopStart`: ending a sandbox's processes keeping its filesystem, and booting it again.
 - `Pausable`: freezing every process of a sandbox with its memory kept, and thawing it.
+- `Checkpointing`: saving a sandbox's processes with their memory to disk (CRIU) and restoring
+  them (hibernate keeps memory only where a runtime has it and the host's `criu check` passes).
 """
 
 from __future__ import annotations
@@ -164,6 +166,19 @@ class Pausable(Protocol):
 
     async def resume(self, sandbox_id: str, record: dict[str, Any]) -> None:
         """Thaws every process of the sandbox."""
+
+
+@runtime_checkable
+class Checkpointing(Protocol):
+    """Saving a running sandbox's processes, memory included, to disk and ending them; restoring
+    them later on the same writable layer."""
+
+    async def checkpoint_sandbox(self, sandbox_id: str, record: dict[str, Any]) -> dict[str, Any]:
+        """Saves and ends its processes, keeping its writable layer and the saved image; returns
+        its record. RuntimeFailure, with the sandbox still running, if a process cannot be saved."""
+
+    async def restore_sandbox(self, sandbox_id: str, spec: SandboxSpec, record: dict[str, Any]) -> dict[str, Any]:
+        """Brings the saved processes back; on failure it is left stopped (files and image kept)."""
 
 
 def pausable(runtime: Runtime) -> Pausable:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from sandboxd.config import Settings
 from sandboxd.runtimes.base import Runtime
 from sandboxd.runtimes.registry import image_catalog
+from sandboxd.services import hibernation
 from sandboxd.services.auth import AuthService
 from sandboxd.services.commands import CommandService
 from sandboxd.services.events import EventService
@@ -60,6 +61,7 @@ class Services:
             await store.close()
             raise
         sandboxes = SandboxService(settings, store, runtime)
+        await hibernation.checkpoint_unavailable(runtime)  # `criu check` once, before anything is served
         idempotency = IdempotencyService(settings, store)
         supervisor = Supervisor(settings, store, runtime, sandboxes, idempotency.sweep)
         commands = CommandService(sandboxes)

@@ -41,7 +41,7 @@ from sandboxd.runtimes.base import (
     stop_start,
 )
 from sandboxd.runtimes.registry import outbound_rules
-from sandboxd.services import first_start, pausing
+from sandboxd.services import first_start, hibernation, pausing
 from sandboxd.services.requests import CreateSandbox, EgressPolicy, VolumeMount
 from sandboxd.services.specs import build_spec, egress_rules
 from sandboxd.store.base import Store
@@ -60,6 +60,8 @@ def not_running(sandbox: Sandbox) -> SandboxNotRunning:
         return SandboxNotRunning(sandbox.id, "stopped", why)
     if status.state == State.PAUSED:
         return pausing.paused_message(sandbox)
+    if status.state == State.HIBERNATED:
+        return hibernation.hibernated_message(sandbox)
     at = _when(status.changed_at)
     if status.reason == "timeout":
         passed = _when(sandbox.expires_at) if sandbox.expires_at else at
@@ -141,6 +143,8 @@ class SandboxService:
         spec = build_spec(self.settings, req, templates.runtime_template if templates else None)
         if spec.timeout_action == TimeoutAction.PAUSE:
             pausable(self.runtime)  # refused (501) before anything is made
+        if spec.timeout_action in (TimeoutAction.STOP, TimeoutAction.HIBERNATE):
+            stop_start(self.runtime)
         if req.volumes:
             if self.volumes is None:
                 raise InvalidRequest("volumes", "this server has no volumes")
@@ -311,10 +315,13 @@ class SandboxService:
 
     async def running(self, project_id: str | None, sandbox_id: str) -> Sandbox:
         """The sandbox, which must be running: every exec, file, terminal and port request gets
-        its sandbox here. A paused one is resumed first if it was created with auto_resume."""
+        its sandbox here. A paused, stopped or hibernated one is resumed (booted) first if it was
+        created with auto_resume."""
         sandbox = await self.get(project_id, sandbox_id)
         if sandbox.status.state == State.PAUSED:
             sandbox = await pausing.auto_resume(self, sandbox)
+        elif sandbox.status.state in hibernation.BOOTABLE and sandbox.spec.auto_resume:
+            sandbox = await hibernation.auto_boot(self, sandbox)
         if sandbox.status.state != State.RUNNING:
             raise not_running(sandbox)
         return sandbox
@@ -459,11 +466,21 @@ class SandboxService:
         return sandbox
 
     async def resume(self, project_id: str | None, sandbox_id: str) -> Sandbox:
-        """Thaws a paused sandbox; a running one stays as it is; any other state is a 409."""
-        sandbox = await pausing.resume(self, project_id, sandbox_id, "resumed")
+        """Thaws a paused sandbox, boots a hibernated one; a running one stays as it is; any other
+        state is a 409."""
+        sandbox = await self.get(project_id, sandbox_id)
+        if sandbox.status.state == State.HIBERNATED:
+            sandbox = await hibernation.wake(self, project_id, sandbox_id)
+        else:
+            sandbox = await pausing.resume(self, project_id, sandbox_id, "resumed")
         if sandbox.status.state != State.RUNNING:
             raise not_running(sandbox)
         return sandbox
+
+    async def hibernate(self, project_id: str | None, sandbox_id: str) -> Sandbox:
+        """Keeps only a running sandbox's disk (and its memory where the host can checkpoint):
+        services/hibernation.py."""
+        return await hibernation.hibernate(self, project_id, sandbox_id)
 
     async def renew(self, project_id: str, sandbox_id: str, timeout: int) -> Sandbox:
         if timeout > self.settings.max_timeout:
@@ -545,12 +562,18 @@ class SandboxService:
     # -- the state machine -----------------------------------------------------------------------
 
     async def transition(
-        self, sandbox_id: str, state: State, reason: str, message: str = "", also: Mapping[str, Any] | None = None
+        self,
+        sandbox_id: str,
+        state: State,
+        reason: str,
+        message: str = "",
+        also: Mapping[str, Any] | None = None,
+        memory_kept: bool | None = None,
     ) -> Sandbox:
         """Writes a new state (and the fields in also, in the same write) if the current one may
         change to it; otherwise leaves the record as it is (an older change lost the race) and
-        returns it."""
-        status = Status(state=state, reason=reason, message=message, changed_at=utcnow())
+        returns it. memory_kept: a hibernated one's (services/hibernation.py)."""
+        status = Status(state=state, reason=reason, message=message, changed_at=utcnow(), memory_kept=memory_kept)
         patch = {"status": status, **(also or {})}
         changed = await self.store.update_if(sandbox_id, patch, expected_states=FROM[state])
         if changed is None:

@@ -292,13 +292,15 @@ class CreateSandbox(BaseModel):
     )
     timeout_action: TimeoutAction = Field(
         TimeoutAction.DESTROY,
-        description="What happens when the timeout passes: destroy, or pause (frozen, memory kept; a paused "
-        "sandbox is kept for the server's paused retention, then destroyed).",
+        description="What happens when the timeout passes: destroy; pause (frozen, memory kept; a paused "
+        "sandbox is kept for the server's paused retention, then destroyed); stop (processes end, files "
+        "kept); hibernate (only disk kept, memory too where the host can checkpoint). Stopped and "
+        "hibernated sandboxes are kept for the server's stopped retention, then destroyed.",
     )
     auto_resume: bool = Field(
         False,
-        description="A command, file, terminal or port request to it while paused resumes it first; without, "
-        "such a request is a 409.",
+        description="A command, file, terminal or port request to it while paused, stopped or hibernated "
+        "resumes (boots) it first, waiting for it; without, such a request is a 409.",
     )
     internet_access: bool = Field(True, description="false: no egress at all (egress mode deny_all).")
     egress: EgressPolicy | None = Field(None, description="What the sandbox may reach; all if omitted.")

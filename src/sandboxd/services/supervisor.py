@@ -1,7 +1,7 @@
 """The server's own duties towards sandboxes, apart from any request: watching running ones (an
 entrypoint that exits, an init that dies), reconciling store and runtime after a restart, and
-reaping sandboxes past their timeout (or pausing them: timeout_action pause), and paused ones past
-their retention. Later: warm pools.
+reaping sandboxes past their timeout (or pausing, stopping or hibernating them: timeout_action),
+and paused, stopped or hibernated ones past their retention. Later: warm pools.
 
 It acts through the lifecycle service's methods, so its changes take the same locks and obey the
 same state machine as a caller's."""
@@ -17,6 +17,7 @@ from sandboxd.config import Settings
 from sandboxd.domain import Sandbox, State, TimeoutAction, utcnow
 from sandboxd.errors import SandboxdError, SandboxExhausted, SandboxNotFound
 from sandboxd.runtimes.base import Liveness, Runtime, pausable, stop_start
+from sandboxd.services import hibernation
 from sandboxd.services.lifecycle import SandboxService
 from sandboxd.store.base import Store
 
@@ -122,11 +123,12 @@ class Supervisor:
                 return
             await self.runtime.destroy(sandbox.id, sandbox.runtime)
             await transition(sandbox.id, State.FAILED, "vanished", "the sandbox stopped while the server was down")
-        elif state == State.STOPPED:
-            # Stopped, or killed during a stop or a start: whatever of it runs is stopped again.
+        elif state in (State.STOPPED, State.HIBERNATED):
+            # Stopped or hibernated, or killed during a stop, start, hibernate or resume: whatever
+            # of it runs is stopped again (its writable layer kept).
             kept.add(sandbox.id)
             record = await stop_start(self.runtime).stop_sandbox(sandbox.id, sandbox.runtime)
-            await self.store.update_if(sandbox.id, {"runtime": record}, expected_states=[State.STOPPED])
+            await self.store.update_if(sandbox.id, {"runtime": record}, expected_states=[state])
         elif state == State.PAUSED:
             alive = await self.runtime.liveness(sandbox.id, sandbox.runtime)
             if alive in (Liveness.RUNNING, Liveness.PAUSED):
@@ -168,10 +170,17 @@ class Supervisor:
             message = "stopped longer than the server keeps stopped sandboxes"
             await self.sandboxes.delete(None, sandbox.id, "stopped_retention", message)
             return
-        if state == State.RUNNING and sandbox.spec.timeout_action == TimeoutAction.PAUSE:
+        if state == State.HIBERNATED:
+            message = "hibernated longer than the server keeps stopped sandboxes (stopped_retention_seconds)"
+            await self.sandboxes.delete(None, sandbox.id, "hibernated_retention", message)
+            return
+        action = sandbox.spec.timeout_action
+        if state == State.RUNNING and action == TimeoutAction.PAUSE:
             await self.sandboxes.pause(
                 None, sandbox.id, "timeout", "the sandbox's timeout passed (timeout_action pause)"
             )
+        elif state == State.RUNNING and action in (TimeoutAction.STOP, TimeoutAction.HIBERNATE):
+            await hibernation.timeout(self.sandboxes, sandbox.id, action)
         elif state == State.PAUSED:
             retention = self.settings.paused_retention_seconds
             message = f"it stayed paused longer than the server keeps paused sandboxes ({retention} s)"

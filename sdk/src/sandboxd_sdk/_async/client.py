@@ -331,7 +331,7 @@ class AsyncSandbox:
         retries=0 without an idempotency_key sends no key (the server then skips the two writes
         that keeping the answer takes: about 1 ms per create)."""
         body: dict[str, Any] = {"internet_access": internet_access, "public_traffic": public_traffic}
-        if auto_resume:  # requests to it while paused resume it first
+        if auto_resume:  # requests to it while paused, stopped or hibernated resume it first
             body["auto_resume"] = True
         for key, value in (
             ("image", image),
@@ -348,7 +348,7 @@ class AsyncSandbox:
             ("entrypoint", entrypoint),
             ("metadata", metadata),
             ("timeout", timeout),
-            ("timeout_action", timeout_action),  # "destroy" (the default) or "pause" when the timeout passes
+            ("timeout_action", timeout_action),  # "destroy" (the default), "pause", "stop" or "hibernate"
             ("egress", egress),  # {"mode": "allow_all"|"deny_all"|"custom", "allowed_domains", "rules"...}
             ("transforms", transforms),  # [{"domain", "inject_headers", "strip_headers"}]: secrets stay outside
             ("ports", ports),  # reachable through the server's proxy; see port_url()
@@ -443,8 +443,18 @@ class AsyncSandbox:
         self.info = r.json()
 
     async def resume(self) -> None:
-        """Thaws a paused sandbox (in milliseconds), with its full timeout again."""
+        """Thaws a paused sandbox (in milliseconds), or boots a hibernated one, with its full
+        timeout again."""
         r = await _check(await self._http.post(f"{self._path}/resume"))
+        self.info = r.json()
+
+    async def hibernate(self) -> None:
+        """Hibernates the sandbox: only its disk is kept (state "hibernated"), its memory and
+        network are freed; resume() brings it back. info["hibernation"]["memory_kept"] says
+        whether its processes' memory was saved (they go on at resume) or not (resume boots it
+        again, processes from before are gone): memory is kept only where the server's host can
+        checkpoint processes."""
+        r = await _check(await self._http.post(f"{self._path}/hibernate"))
         self.info = r.json()
 
     async def history(self) -> list[SandboxEvent]:

@@ -13,7 +13,7 @@ from sandboxd_sdk.cli.events import events, history
 from sandboxd_sdk.cli.exec import exec_
 from sandboxd_sdk.cli.images import image
 from sandboxd_sdk.cli.network import egress, port, timeout
-from sandboxd_sdk.cli.pause import pause, resume
+from sandboxd_sdk.cli.pause import hibernate, pause, resume
 from sandboxd_sdk.cli.sandboxes import create, get, kill, list_, logs
 from sandboxd_sdk.cli.stopstart import start, stop
 from sandboxd_sdk.cli.templates import runtimes, template
@@ -62,6 +62,7 @@ for command in (
     stop,
     start,
     pause,
+    hibernate,
     resume,
     events,
     history,

@@ -1,4 +1,5 @@
-"""sandboxd pause / resume: freeze a sandbox with its memory kept, and thaw it."""
+"""sandboxd pause / hibernate / resume: freeze a sandbox with its memory kept, or keep only its
+disk, and bring it back."""
 
 from __future__ import annotations
 
@@ -24,8 +25,26 @@ def pause(sandbox_id: str, as_json: bool) -> None:
 @click.command(context_settings=SHOW_DEFAULTS)
 @click.argument("sandbox_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON record instead of a table.")
+def hibernate(sandbox_id: str, as_json: bool) -> None:
+    """Hibernates a sandbox: only its disk is kept (its memory too where the server can checkpoint;
+    the record's hibernation.memory_kept says). `sandboxd resume ID` brings it back."""
+    sb = connect(sandbox_id)
+    try:
+        sb.hibernate()
+    finally:
+        sb.close()
+    output(sb.info, [sb.info], as_json)
+    if not as_json:
+        kept = (sb.info.get("hibernation") or {}).get("memory_kept")
+        click.echo("memory kept: processes go on at resume" if kept else "memory not kept: resume boots it again")
+
+
+@click.command(context_settings=SHOW_DEFAULTS)
+@click.argument("sandbox_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON record instead of a table.")
 def resume(sandbox_id: str, as_json: bool) -> None:
-    """Resumes a paused sandbox: its processes go on where they were."""
+    """Resumes a paused sandbox (its processes go on where they were) or a hibernated one (booted
+    again; its processes come back only if its memory was kept)."""
     sb = connect(sandbox_id)
     try:
         sb.resume()

@@ -177,12 +177,17 @@ QUIET = click.option("--quiet", "-q", is_flag=True, help="Print only the sandbox
 @click.option("--no-internet", is_flag=True, help="Refuse all outbound traffic.")
 @click.option(
     "--timeout-action",
-    type=click.Choice(("destroy", "pause")),
+    type=click.Choice(("destroy", "pause", "stop", "hibernate")),
     default=None,
     show_default="destroy",
-    help="What the timeout does: destroy it, or pause it (memory kept; `sandboxd resume ID`).",
+    help="What the timeout does: destroy it, pause it (memory kept; `sandboxd resume ID`), stop it or hibernate it "
+    "(files kept; `sandboxd start ID` / `sandboxd resume ID`).",
 )
-@click.option("--auto-resume", is_flag=True, help="Commands, files and ports of it while paused resume it first.")
+@click.option(
+    "--auto-resume",
+    is_flag=True,
+    help="Commands, files and ports of it while paused, stopped or hibernated resume it first.",
+)
 @click.option("--volume", "-v", "volumes", multiple=True, help="NAME:/path[:ro] mounts a named volume; repeatable.")
 @click.option("--bind", "binds", multiple=True, help="HOST_DIR:/path[:ro] under the server's bind_allow; repeatable.")
 @click.option(

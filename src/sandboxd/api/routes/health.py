@@ -1,13 +1,18 @@
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 
 from sandboxd.api.deps import State as ApiStateDep
+from sandboxd.services import hibernation
 
 router = APIRouter(tags=["health"])
 # Behind the API key: the series name sandboxes.
 metrics_router = APIRouter(tags=["health"])
+# Behind the API key, any scope: what a client may expect of this server.
+capabilities_router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
@@ -21,6 +26,13 @@ async def readyz(api: ApiStateDep) -> dict[str, str]:
     """Ready once the runtime is prepared and the store reconciled (503 before: the state
     this depends on exists only then)."""
     return {"status": "ready"}
+
+
+@capabilities_router.get("/api/v1/capabilities")
+async def capabilities(api: ApiStateDep) -> dict[str, Any]:
+    """What this server's host can do where that varies by host: whether hibernate keeps memory
+    (a CRIU checkpoint, probed once with `criu check`) and, if not, why."""
+    return await hibernation.capabilities(api.services.sandboxes.runtime)
 
 
 @metrics_router.get("/metrics", response_class=PlainTextResponse)

@@ -98,8 +98,17 @@ async def pause_sandbox(sandbox_id: str, service: Sandboxes, project: ProjectId)
 @router.post("/{sandbox_id}/resume", response_model=SandboxOut)
 async def resume_sandbox(sandbox_id: str, service: Sandboxes, project: ProjectId) -> SandboxOut:
     """Thaws a paused sandbox (in milliseconds): its processes go on where they were, with its full timeout again. A
-    running one answers as it is; 409 if it is neither."""
+    hibernated one is booted again (restored, if its memory was kept). A running one answers as it is; 409 otherwise."""
     return SandboxOut.of(await service.resume(project, sandbox_id))
+
+
+@router.post("/{sandbox_id}/hibernate", response_model=SandboxOut)
+async def hibernate_sandbox(sandbox_id: str, service: Sandboxes, project: ProjectId) -> SandboxOut:
+    """Keeps only the sandbox's disk: its processes end, its memory and network are freed. Where the server can
+    checkpoint processes (GET /api/v1/capabilities) their memory is saved too and resume brings them back;
+    otherwise resume boots it again. `hibernation.memory_kept` says which. Kept as long as a stopped sandbox, then
+    deleted. 409 unless it is running; a process that cannot be checkpointed is a failure that leaves it running."""
+    return SandboxOut.of(await service.hibernate(project, sandbox_id))
 
 
 @router.post("/{sandbox_id}/timeout", response_model=SandboxOut)

@@ -1,0 +1,162 @@
+"""Hibernate: a running sandbox keeps only disk. Its processes end, its memory and network are
+freed, its writable layer stays; resume boots it again (the stop/start machinery). Where the
+runtime can checkpoint and the host's `criu check` passes, the processes' memory is saved to disk
+first and resume restores them instead; the record says which kind happened
+(``status.memory_kept``) and never claims memory it did not keep.
+
+Ordering, as for the other transitions: under the sandbox's lock the record says hibernated
+first, then the runtime stops it, so a server killed in between finds a hibernated record and its
+reconcile stops whatever still runs (as for stopped). A resume boots first and records running
+only once booted: killed in between, it is hibernated again after the restart.
+
+The same parking is what a running sandbox's timeout does with timeout_action stop or hibernate.
+A hibernated sandbox is kept as long as a stopped one (``stopped_retention_seconds``: it holds the
+same, disk only), then deleted with reason hibernated_retention.
+
+auto_resume: a request that needs a stopped or hibernated sandbox running boots it first when it
+was created with auto_resume (waiting at most AUTO_BOOT_WAIT seconds)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from sandboxd.domain import Sandbox, State, TimeoutAction, utcnow
+from sandboxd.errors import Conflict, RuntimeFailure, SandboxdError, SandboxNotRunning, Unsupported
+from sandboxd.runtimes import criu
+from sandboxd.runtimes.base import Checkpointing, Runtime, stop_start
+
+if TYPE_CHECKING:  # the lifecycle service calls into here; only its type is needed back
+    from sandboxd.services.lifecycle import SandboxService
+
+log = logging.getLogger("sandboxd.hibernation")
+
+AUTO_BOOT_WAIT = 30.0  # seconds a request waits for a stopped or hibernated sandbox to boot
+BOOTABLE = (State.STOPPED, State.HIBERNATED)  # what auto_resume boots
+
+
+async def checkpoint_unavailable(runtime: Runtime) -> str | None:
+    """None when hibernate keeps memory on this server; otherwise why it cannot (cached)."""
+    if not isinstance(runtime, Checkpointing):
+        reason = await criu.unavailable()
+        return reason or f"the {runtime.name} runtime does not checkpoint processes"
+    return await criu.unavailable()
+
+
+async def capabilities(runtime: Runtime) -> dict[str, Any]:
+    """What hibernate does on this server, for the capabilities endpoint."""
+    why_not = await checkpoint_unavailable(runtime)
+    return {"hibernate": {"memory_kept": why_not is None, "reason": why_not or ""}}
+
+
+def hibernated_message(sandbox: Sandbox) -> SandboxNotRunning:
+    return SandboxNotRunning(
+        sandbox.id,
+        "hibernated",
+        f"resume it (sb.resume(), sandboxd resume {sandbox.id}) or create it with auto_resume",
+    )
+
+
+async def hibernate(
+    service: SandboxService, project_id: str | None, sandbox_id: str, reason: str = "hibernated", message: str = ""
+) -> Sandbox:
+    """Hibernates a running sandbox; a 409 for any other state."""
+    sandbox = await service.get(project_id, sandbox_id)  # another project's is not found
+    stop_start(service.runtime)  # refused (501) before anything is touched
+    if sandbox.status.state != State.RUNNING:
+        state = sandbox.status.state.value
+        raise Conflict(f"sandbox {sandbox.id} is {state}: only a running one can be hibernated")
+    if sandbox.spec.limits.disk_mb is None:
+        raise Conflict(f"sandbox {sandbox.id} is from before disk limits: it cannot be hibernated, only deleted")
+    memory = await checkpoint_unavailable(service.runtime) is None
+    return await park(service, sandbox.id, State.HIBERNATED, reason, message, memory=memory)
+
+
+async def park(
+    service: SandboxService, sandbox_id: str, state: State, reason: str, message: str = "", *, memory: bool = False
+) -> Sandbox:
+    """Takes a running sandbox to stopped or hibernated (keeping its writable layer, and its
+    memory too if asked: hibernated only). Returns the record after; a sandbox no longer running
+    when the lock is taken is returned as it is."""
+    async with service.lock(sandbox_id):
+        current = await service.get(None, sandbox_id)
+        if current.status.state != State.RUNNING:
+            return current
+        record = current.runtime
+        memory = memory and isinstance(service.runtime, Checkpointing)
+        if memory and isinstance(service.runtime, Checkpointing):
+            # Saved before anything is recorded: a process that cannot be checkpointed fails
+            # here and the sandbox goes on running, its record untouched.
+            record = await service.runtime.checkpoint_sandbox(sandbox_id, record)
+        keep_until = utcnow() + timedelta(seconds=service.settings.stopped_retention_seconds)
+        kept = memory if state == State.HIBERNATED else None
+        changed = await service.transition(
+            sandbox_id, state, reason, message, also={"expires_at": keep_until}, memory_kept=kept
+        )
+        if changed.status.state != state:
+            return changed  # a delete began meanwhile: it waits for this lock and removes it all
+        if not memory:
+            record = await stop_start(service.runtime).stop_sandbox(sandbox_id, record)
+        return await service.store.update_if(
+            sandbox_id, {"runtime": record}, expected_states=[state]
+        ) or await service.get(None, sandbox_id)
+
+
+async def wake(service: SandboxService, project_id: str | None, sandbox_id: str, reason: str = "resumed") -> Sandbox:
+    """Boots (or restores) a hibernated sandbox: same id, spec and traffic token, a new address,
+    its full timeout again. A failed resume leaves it hibernated. Returns the record after; one
+    not hibernated is returned as it is."""
+    async with service.lock(sandbox_id):
+        sandbox = await service.get(project_id, sandbox_id)
+        if sandbox.status.state != State.HIBERNATED:
+            return sandbox
+        memory = bool(sandbox.status.memory_kept)
+        control = stop_start(service.runtime)
+        try:
+            if memory and isinstance(service.runtime, Checkpointing):
+                record = await service.runtime.restore_sandbox(sandbox.id, sandbox.spec, sandbox.runtime)
+            elif memory:
+                raise Unsupported("restoring checkpointed sandboxes", service.runtime.name)
+            else:
+                record = await control.start_sandbox(sandbox.id, sandbox.spec, sandbox.runtime)
+        except SandboxdError as exc:
+            await service.transition(sandbox.id, State.HIBERNATED, "resume_failed", exc.message, memory_kept=memory)
+            raise
+        except Exception as exc:
+            log.exception("resume failed", extra={"sandbox_id": sandbox.id})
+            await service.transition(sandbox.id, State.HIBERNATED, "resume_failed", str(exc), memory_kept=memory)
+            raise RuntimeFailure(f"sandbox {sandbox.id} failed to resume: {exc}") from exc
+        patch = {"runtime": record, "expires_at": utcnow() + timedelta(seconds=sandbox.spec.timeout)}
+        if await service.store.update_if(sandbox.id, patch, expected_states=[State.HIBERNATED]) is None:
+            # A delete came in meanwhile (it waits for this lock): nothing of the boot is left for it.
+            await control.stop_sandbox(sandbox.id, record)
+            return await service.get(None, sandbox.id)
+        return await service.transition(sandbox.id, State.RUNNING, reason)
+
+
+async def auto_boot(service: SandboxService, sandbox: Sandbox) -> Sandbox:
+    """A stopped or hibernated sandbox created with auto_resume, booted for a request that needs
+    it running (at most AUTO_BOOT_WAIT seconds). The caller checks the state of what is returned
+    (a delete may have come first, or the boot failed and left it as it was)."""
+    state = sandbox.status.state
+    try:
+        async with asyncio.timeout(AUTO_BOOT_WAIT):
+            if state == State.HIBERNATED:
+                return await wake(service, None, sandbox.id, "auto_resume")
+            try:
+                return await service.start(sandbox.project_id, sandbox.id)
+            except Conflict:  # another request booted it first
+                return await service.get(None, sandbox.id)
+    except TimeoutError:
+        raise SandboxNotRunning(sandbox.id, state.value, f"it did not boot within {AUTO_BOOT_WAIT:g} s") from None
+
+
+async def timeout(service: SandboxService, sandbox_id: str, action: TimeoutAction) -> Sandbox:
+    """A running sandbox's timeout with timeout_action stop or hibernate."""
+    message = f"the sandbox's timeout passed (timeout_action {action.value})"
+    if action == TimeoutAction.STOP:
+        return await park(service, sandbox_id, State.STOPPED, "timeout", message)
+    memory = await checkpoint_unavailable(service.runtime) is None
+    return await park(service, sandbox_id, State.HIBERNATED, "timeout", message, memory=memory)
