@@ -77,12 +77,13 @@ async def test_a_paused_sandbox_is_deleted_with_the_reason(api: Api) -> None:
     assert sid not in api.runtime.sandboxes
 
 
-@pytest.mark.parametrize("action", ["hibernate", "stop", "", "PAUSE"])
-async def test_timeout_action_takes_destroy_or_pause(api: Api, action: str) -> None:
+@pytest.mark.parametrize("action", ["sleep", "", "PAUSE", "HIBERNATE"])
+async def test_timeout_action_takes_destroy_pause_stop_or_hibernate(api: Api, action: str) -> None:
     r = await api.client.post("/api/v1/sandboxes", json={"image": "debian", "timeout_action": action})
     assert r.status_code == 400 and error(r)["field"] == "timeout_action", r.text
-    sid = await create(api, timeout_action="pause")
-    assert (await api.client.get(f"/api/v1/sandboxes/{sid}")).json()["timeout_action"] == "pause"
+    for taken in ("pause", "stop", "hibernate"):
+        sid = await create(api, timeout_action=taken)
+        assert (await api.client.get(f"/api/v1/sandboxes/{sid}")).json()["timeout_action"] == taken
     default = await create(api)
     assert (await api.client.get(f"/api/v1/sandboxes/{default}")).json()["timeout_action"] == "destroy"
 
