@@ -171,7 +171,11 @@ class Pausable(Protocol):
 @runtime_checkable
 class Checkpointing(Protocol):
     """Saving a running sandbox's processes, memory included, to disk and ending them; restoring
-    them later on the same writable layer."""
+    them later on the same writable layer. A backend built on CRIU answers checkpoint_unavailable
+    from runtimes/criu.py's probe."""
+
+    async def checkpoint_unavailable(self) -> str | None:
+        """None when it can checkpoint on this host now; otherwise why not (asked once, cached)."""
 
     async def checkpoint_sandbox(self, sandbox_id: str, record: dict[str, Any]) -> dict[str, Any]:
         """Saves and ends its processes, keeping its writable layer and the saved image; returns

@@ -40,9 +40,10 @@ BOOTABLE = (State.STOPPED, State.HIBERNATED)  # what auto_resume boots
 async def checkpoint_unavailable(runtime: Runtime) -> str | None:
     """None when hibernate keeps memory on this server; otherwise why it cannot (cached)."""
     if not isinstance(runtime, Checkpointing):
+        # The host's answer first: where CRIU itself fails, that is the reason to give.
         reason = await criu.unavailable()
         return reason or f"the {runtime.name} runtime does not checkpoint processes"
-    return await criu.unavailable()
+    return await runtime.checkpoint_unavailable()
 
 
 async def capabilities(runtime: Runtime) -> dict[str, Any]:
@@ -85,11 +86,12 @@ async def park(
         if current.status.state != State.RUNNING:
             return current
         record = current.runtime
-        memory = memory and isinstance(service.runtime, Checkpointing)
         if memory and isinstance(service.runtime, Checkpointing):
             # Saved before anything is recorded: a process that cannot be checkpointed fails
             # here and the sandbox goes on running, its record untouched.
             record = await service.runtime.checkpoint_sandbox(sandbox_id, record)
+        else:
+            memory = False  # never claimed without a checkpoint taken
         keep_until = utcnow() + timedelta(seconds=service.settings.stopped_retention_seconds)
         kept = memory if state == State.HIBERNATED else None
         changed = await service.transition(

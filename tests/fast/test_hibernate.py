@@ -1,0 +1,117 @@
+"""Hibernate's service logic on a fake runtime: the filesystem kind the API answers on a runtime
+that cannot checkpoint, and the memory kind's rules on a fake one that says it can (whether a real
+checkpoint keeps memory is the real tier's, tests/test_hibernate.py, skipped where CRIU fails):
+memory_kept only when a checkpoint was taken, resume restores exactly those, and a checkpoint
+that fails leaves the sandbox running with its record untouched."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+
+from sandboxd.api.app import create_app
+from sandboxd.config import Settings
+from sandboxd.domain import SandboxSpec
+from sandboxd.errors import RuntimeFailure
+from tests.fake_runtime import FakeRuntime
+from tests.fast.conftest import SERVER_KEY, Api, error, state_per_request
+
+pytestmark = pytest.mark.anyio
+
+
+class CheckpointingFake(FakeRuntime):
+    """A FakeRuntime that says it can checkpoint: records what it was asked to save and restore."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.saved: set[str] = set()
+        self.restored: list[str] = []
+        self.refuse: str | None = None  # a checkpoint of this sandbox fails
+
+    async def checkpoint_unavailable(self) -> str | None:
+        return None
+
+    async def checkpoint_sandbox(self, sandbox_id: str, record: dict[str, Any]) -> dict[str, Any]:
+        if sandbox_id == self.refuse:
+            raise RuntimeFailure(f"sandbox {sandbox_id} could not be checkpointed: a process holds a ghost file")
+        self.saved.add(sandbox_id)
+        return {**record, "address": None, "checkpoint": True}
+
+    async def restore_sandbox(self, sandbox_id: str, spec: SandboxSpec, record: dict[str, Any]) -> dict[str, Any]:
+        assert sandbox_id in self.saved
+        self.restored.append(sandbox_id)
+        return {**record, "address": "10.0.0.2", "checkpoint": None}
+
+
+@pytest.fixture
+async def checkpointing(tmp_path: Path, database_url: str) -> AsyncIterator[Api]:
+    runtime = CheckpointingFake()
+    settings = Settings(data_dir=tmp_path, database_url=database_url, api_key=SERVER_KEY, reaper_interval=3600)
+    app = create_app(settings, runtime=runtime)
+    async with LifespanManager(state_per_request(app)) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://sandboxd.test") as client:
+            client.headers["authorization"] = f"Bearer {SERVER_KEY}"
+            yield Api(app, manager.app, client, runtime, settings)
+
+
+async def create(api: Api, **body: object) -> str:
+    r = await api.client.post("/api/v1/sandboxes", json={"image": "debian", **body})
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+async def test_without_checkpoints_hibernate_keeps_disk_only_and_says_so(api: Api) -> None:
+    sid = await create(api)
+    r = await api.client.post(f"/api/v1/sandboxes/{sid}/hibernate")
+    assert r.status_code == 200 and r.json()["status"]["state"] == "hibernated", r.text
+    assert r.json()["hibernation"]["memory_kept"] is False
+    caps = (await api.client.get("/api/v1/capabilities")).json()["hibernate"]
+    assert caps["memory_kept"] is False and caps["reason"]
+    r = await api.client.post(f"/api/v1/sandboxes/{sid}/resume")
+    assert r.json()["status"]["state"] == "running" and r.json()["hibernation"] is None
+
+
+async def test_with_checkpoints_memory_is_kept_and_restored(checkpointing: Api) -> None:
+    api = checkpointing
+    runtime = api.runtime
+    assert isinstance(runtime, CheckpointingFake)
+    sid = await create(api)
+    assert (await api.client.get("/api/v1/capabilities")).json()["hibernate"] == {"memory_kept": True, "reason": ""}
+    r = await api.client.post(f"/api/v1/sandboxes/{sid}/hibernate")
+    assert r.json()["hibernation"]["memory_kept"] is True and runtime.saved == {sid}
+    r = await api.client.post(f"/api/v1/sandboxes/{sid}/resume")
+    assert r.json()["status"]["state"] == "running" and runtime.restored == [sid]
+
+
+async def test_a_checkpoint_that_fails_leaves_it_running(checkpointing: Api) -> None:
+    api = checkpointing
+    assert isinstance(api.runtime, CheckpointingFake)
+    sid = await create(api)
+    api.runtime.refuse = sid
+    r = await api.client.post(f"/api/v1/sandboxes/{sid}/hibernate")
+    assert r.status_code == 500 and "could not be checkpointed" in error(r)["message"], r.text
+    after = (await api.client.get(f"/api/v1/sandboxes/{sid}")).json()
+    assert after["status"]["state"] == "running" and after["hibernation"] is None
+    r = await api.client.post(f"/api/v1/sandboxes/{sid}/commands", json={"command": "true"})
+    assert r.status_code == 200, r.text
+
+
+async def test_hibernate_of_a_sandbox_not_running_is_a_409(api: Api) -> None:
+    sid = await create(api)
+    await api.client.post(f"/api/v1/sandboxes/{sid}/pause")
+    r = await api.client.post(f"/api/v1/sandboxes/{sid}/hibernate")
+    assert r.status_code == 409 and "only a running one can be hibernated" in error(r)["message"]
+
+
+async def test_a_hibernated_sandbox_deleted_leaves_nothing_and_says_why(api: Api) -> None:
+    sid = await create(api)
+    await api.client.post(f"/api/v1/sandboxes/{sid}/hibernate")
+    r = await api.client.delete(f"/api/v1/sandboxes/{sid}")
+    assert r.json()["status"]["state"] == "terminated" and r.json()["status"]["reason"] == "deleted"
+    assert sid not in api.runtime.sandboxes
