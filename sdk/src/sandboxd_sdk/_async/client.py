@@ -408,7 +408,8 @@ class AsyncSandbox:
 
     @property
     def state(self) -> str:
-        """The state when info was last fetched: "pending", "running", "paused", "stopped", "terminated", "failed"..."""
+        """The state when info was last fetched: "pending", "running", "paused", "hibernated",
+        "stopped", "terminated", "failed"..."""
         return str(self.info["status"]["state"])
 
     async def refresh(self) -> dict[str, Any]:

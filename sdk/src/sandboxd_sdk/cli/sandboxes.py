@@ -20,8 +20,8 @@ from sandboxd_sdk.cli.progress import build_log
 from sandboxd_sdk.cli.volumes import mounts
 
 # The server's states (sandboxd.domain.State), in lifecycle order; the live ones have not ended.
-STATES = ("pending", "running", "paused", "stopping", "stopped", "terminated", "failed")
-LIVE_STATES = ("pending", "running", "paused", "stopping", "stopped")
+STATES = ("pending", "running", "paused", "stopping", "stopped", "hibernated", "terminated", "failed")
+LIVE_STATES = ("pending", "running", "paused", "stopping", "stopped", "hibernated")
 
 
 def clean(value: object) -> str:
