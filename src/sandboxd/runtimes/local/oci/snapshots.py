@@ -18,6 +18,7 @@ import errno
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,9 @@ from sandboxd.runtimes.local.oci import rootfs
 from sandboxd.runtimes.local.oci.scratch import SNAPSHOT_NAME, ScratchVolume
 
 MARKERS = "snapshots"  # <data_dir>/snapshots/<snp_id>/image
+# Tests only (tests/test_snapshots.py kills the server here): "marker" or "subvolume" names the
+# step after which take() writes <data_dir>/snapshot-held and waits, for the test's kill -9.
+HOLD = "SANDBOXD_TEST_SNAPSHOT_HOLD"
 
 
 class SnapshotFiles:
@@ -42,11 +46,18 @@ class SnapshotFiles:
         home.mkdir(mode=0o700)
         try:
             (home / rootfs.MARKER).write_text(json.dumps(marker))
+            self._hold("marker")
             self.scratch.snapshot(sandbox_id, snapshot_id, None)
+            self._hold("subvolume")
         except BaseException:
             self.remove(snapshot_id)
             raise
         return marker
+
+    def _hold(self, step: str) -> None:
+        if os.environ.get(HOLD) == step:
+            (self.root.parent / "snapshot-held").touch()
+            time.sleep(60)
 
     def restore(self, snapshot_id: str, sandbox_id: str, limit_mb: int) -> Path:
         """A writable copy of the snapshot as the sandbox's subvolume, limited to limit_mb."""
