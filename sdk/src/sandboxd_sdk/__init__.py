@@ -8,10 +8,10 @@ from sandboxd_sdk._async.api import AsyncClient
 from sandboxd_sdk._async.client import AsyncCommandHandle, AsyncSandbox
 from sandboxd_sdk._async.events import AsyncEventStream
 from sandboxd_sdk._async.images import AsyncImages
+from sandboxd_sdk._async.snapshots import AsyncSnapshots, from_snapshot
 from sandboxd_sdk._async.templates import AsyncTemplates
 from sandboxd_sdk._async.tenancy import AsyncKeys, AsyncOrgs, AsyncProjects
 from sandboxd_sdk._async.terminal import AsyncTerminal
-from sandboxd_sdk._async.snapshots import AsyncSnapshots, from_snapshot
 from sandboxd_sdk._async.volumes import AsyncVolumes, bind, volume
 from sandboxd_sdk._errors import CommandExitError, SandboxdConnectionError, SandboxError, TemplateBuildError
 from sandboxd_sdk._models import (
@@ -31,10 +31,10 @@ from sandboxd_sdk._sync.api import Client
 from sandboxd_sdk._sync.client import CommandHandle, Sandbox
 from sandboxd_sdk._sync.events import EventStream
 from sandboxd_sdk._sync.images import Images
+from sandboxd_sdk._sync.snapshots import Snapshots
 from sandboxd_sdk._sync.templates import Templates
 from sandboxd_sdk._sync.tenancy import Keys, Orgs, Projects
 from sandboxd_sdk._sync.terminal import Terminal
-from sandboxd_sdk._sync.snapshots import Snapshots
 from sandboxd_sdk._sync.volumes import Volumes
 
 __all__ = [

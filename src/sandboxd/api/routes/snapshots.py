@@ -50,23 +50,23 @@ class SnapshotList(BaseModel):
 
 @router.post("/sandboxes/{sandbox_id}/snapshots", status_code=status.HTTP_201_CREATED, response_model=SnapshotOut)
 async def create_snapshot(
-    sandbox_id: str, body: CreateSnapshot, service: Snapshots, project: ProjectId, response: Response
+    sandbox_id: str, service: Snapshots, project: ProjectId, response: Response, body: CreateSnapshot | None = None
 ) -> SnapshotOut:
     """Snapshots a running (frozen for the copy, milliseconds; it runs on), paused (it stays
     paused) or stopped sandbox's filesystem. Answers once the snapshot is complete. 409 past the
     project's snapshot limit."""
-    snapshot = await service.create(project, sandbox_id, body)
+    snapshot = await service.create(project, sandbox_id, body or CreateSnapshot())
     response.headers["Location"] = f"/api/v1/snapshots/{snapshot.id}"
     return SnapshotOut.of(snapshot)
 
 
 @router.post("/sandboxes/{sandbox_id}/fork", status_code=status.HTTP_201_CREATED, response_model=SandboxOut)
 async def fork_sandbox(
-    sandbox_id: str, body: ForkSandbox, service: Snapshots, project: ProjectId, response: Response
+    sandbox_id: str, service: Snapshots, project: ProjectId, response: Response, body: ForkSandbox | None = None
 ) -> SandboxOut:
     """A new running sandbox with a copy of this one's filesystem as it is now and its spec (env,
     limits, egress, ports); the original keeps running. Both change independently after."""
-    sandbox = await service.fork(project, sandbox_id, body)
+    sandbox = await service.fork(project, sandbox_id, body or ForkSandbox())
     response.headers["Location"] = f"/api/v1/sandboxes/{sandbox.id}"
     return SandboxOut.of(sandbox)
 
