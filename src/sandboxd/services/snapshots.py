@@ -23,20 +23,28 @@ from sandboxd.domain import Sandbox, Snapshot, State, new_id, utcnow
 from sandboxd.errors import Conflict, InvalidRequest, SandboxdError, SnapshotNotFound
 from sandboxd.runtimes.base import Runtime, snapshotter
 from sandboxd.services.lifecycle import SandboxService
-from sandboxd.services.requests import check_sandbox_name
+from sandboxd.services.requests import CreateSandbox, check_sandbox_name
 from sandboxd.store.base import Store
 
 log = logging.getLogger("sandboxd.snapshots")
 SNAPSHOTTABLE = (State.RUNNING, State.PAUSED, State.STOPPED)
+MAX_EXPIRES_IN = 10 * 366 * 86400  # ten years: beyond it, keep it (0) and delete it by hand
 
 
 class CreateSnapshot(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(None, max_length=128, description="A label for people; not unique.")
-    expires_in: int = Field(0, ge=0, description="Seconds until it is deleted; 0: kept until deleted.")
+    name: str | None = Field(
+        None, max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$", description="A label for people; not unique."
+    )
+    expires_in: int = Field(
+        0, ge=0, le=MAX_EXPIRES_IN, description="Seconds until it is deleted; 0: kept until deleted."
+    )
     keep_last: int | None = Field(
-        None, ge=1, description="Keep only this many of the sandbox's snapshots, this one included: older ones go."
+        None,
+        ge=1,
+        le=10_000,
+        description="Keep only this many of the sandbox's snapshots, this one included: older ones go.",
     )
 
 
@@ -48,6 +56,11 @@ class ForkSandbox(BaseModel):
     timeout: int | None = Field(None, ge=1, description="Its timeout in seconds; the original's if omitted.")
 
     _name = field_validator("name")(check_sandbox_name)
+
+    @field_validator("metadata")
+    @classmethod
+    def _labels(cls, labels: dict[str, str] | None) -> dict[str, str] | None:
+        return None if labels is None else CreateSandbox._labels(labels)  # a create's rules
 
 
 class SnapshotService:
