@@ -69,13 +69,16 @@ class SnapshotService:
         self.store = store
         self.runtime = runtime
         self.sandboxes = sandboxes
-        # The count limit and keep_last see every snapshot of the project made before them.
-        self._lock = asyncio.Lock()
+        # Per project: its count limit and keep_last see every snapshot of it made before them.
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def _lock(self, project_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(project_id, asyncio.Lock())
 
     async def create(self, project_id: str, sandbox_id: str, req: CreateSnapshot) -> Snapshot:
         snapshots = snapshotter(self.runtime)
         sandbox = await self.sandboxes.get(project_id, sandbox_id)
-        async with self._lock:
+        async with self._lock(project_id):
             limit = self.settings.max_snapshots_per_project
             if len(await self.store.find_snapshots(project_id)) >= limit:
                 raise Conflict(f"the project holds {limit} snapshots, the most it may; delete some first")
@@ -127,7 +130,7 @@ class SnapshotService:
         return await self.store.find_snapshots(project_id, sandbox_id=sandbox_id)
 
     async def delete(self, project_id: str, snapshot_id: str) -> None:
-        async with self._lock:
+        async with self._lock(project_id):
             await self._remove(await self.get(project_id, snapshot_id), "deleted")
 
     async def _remove(self, snapshot: Snapshot, reason: str) -> None:
@@ -165,7 +168,7 @@ class SnapshotService:
         gone = 0
         for snapshot in await self.store.find_snapshots(None, expired_at=utcnow()):
             try:
-                async with self._lock:
+                async with self._lock(snapshot.project_id):
                     await self._remove(snapshot, "expired")
                 gone += 1
             except Exception:
