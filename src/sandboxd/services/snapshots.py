@@ -82,15 +82,15 @@ class SnapshotService:
             limit = self.settings.max_snapshots_per_project
             if len(await self.store.find_snapshots(project_id)) >= limit:
                 raise Conflict(f"the project holds {limit} snapshots, the most it may; delete some first")
-            snapshot_id, found = await self._take(sandbox)
+            snapshot_id, image, layers = await self._take(sandbox)
             now = utcnow()
             snapshot = Snapshot(
                 id=snapshot_id,
                 project_id=project_id,
                 sandbox_id=sandbox.id,
                 name=req.name,
-                image=found["image"],
-                layers=found["layers"],
+                image=image,
+                layers=layers,
                 disk_mb=sandbox.spec.limits.disk_mb or self.settings.default_disk_mb,
                 created_at=now,
                 expires_at=now + timedelta(seconds=req.expires_in) if req.expires_in else None,
@@ -106,8 +106,8 @@ class SnapshotService:
                     await self._remove(old, "keep_last")
         return snapshot
 
-    async def _take(self, sandbox: Sandbox) -> tuple[str, dict[str, list[str] | str]]:
-        """Makes a snapshot's storage (no record); its id and {"image", "layers"}."""
+    async def _take(self, sandbox: Sandbox) -> tuple[str, str, list[str]]:
+        """Makes a snapshot's storage (no record); its id, image and the layers over the image's."""
         snapshots = snapshotter(self.runtime)
         snapshot_id = new_id("snp_")
         async with self.sandboxes.lock(sandbox.id):
@@ -118,7 +118,7 @@ class SnapshotService:
             if current.spec.limits.disk_mb is None:
                 raise Conflict(f"sandbox {sandbox.id} is from before disk limits: it cannot be snapshotted")
             found = await snapshots.take_snapshot(sandbox.id, current.runtime, snapshot_id)
-        return snapshot_id, found
+        return snapshot_id, str(found["image"]), [str(layer) for layer in found["layers"]]
 
     async def get(self, project_id: str, snapshot_id: str) -> Snapshot:
         snapshot = await self.store.get_snapshot(project_id, snapshot_id)
@@ -147,11 +147,11 @@ class SnapshotService:
         original = await self.sandboxes.get(project_id, sandbox_id)
         if req.timeout is not None and req.timeout > self.settings.max_timeout:
             raise InvalidRequest("timeout", f"timeout must be at most {self.settings.max_timeout} seconds")
-        snapshot_id, found = await self._take(original)
+        snapshot_id, image, layers = await self._take(original)
         try:
             update = {
-                "image": found["image"],
-                "layers": found["layers"],
+                "image": image,
+                "layers": layers,
                 "template": None,
                 "source": None,
                 "snapshot": snapshot_id,
