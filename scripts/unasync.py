@@ -30,6 +30,7 @@ RULES = [
     (r"\bAsyncProjects\b", "Projects"),
     (r"\bAsyncKeys\b", "Keys"),
     (r"\bAsyncVolumes\b", "Volumes"),
+    (r"\bAsyncSnapshots\b", "Snapshots"),
     (r"\bshared_async_client\b", "shared_client"),
     (r"\basync def\b", "def"),
     (r"\basync with\b", "with"),

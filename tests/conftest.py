@@ -111,6 +111,8 @@ class Server:
             for item in http.get("/api/v1/sandboxes", params={"limit": 1000}).json()["items"]:
                 if item["status"]["state"] not in ("terminated", "failed"):
                     http.delete(f"/api/v1/sandboxes/{item['id']}")
+            for item in http.get("/api/v1/snapshots").json()["items"]:  # snapshots outlive sandboxes
+                http.delete(f"/api/v1/snapshots/{item['id']}")
 
     def build_sandboxes(self, template: str | None = None) -> list[tuple[str, str]]:
         """(id, state) of template build-step sandboxes, read from the server's database: they live
@@ -302,7 +304,10 @@ def leaks(data_dir: Path, bridge: str) -> list[str]:
     scratch = data_dir / "scratch"
     subvolumes = [p.name for p in scratch.iterdir()] if scratch.exists() else []
     if subvolumes:
-        found.append(f"scratch subvolumes: {subvolumes}")
+        found.append(f"scratch subvolumes: {subvolumes}")  # sandboxes', volumes' and snapshots' (snp_)
+    markers = [p.name for p in (data_dir / "snapshots").iterdir()] if (data_dir / "snapshots").exists() else []
+    if markers:
+        found.append(f"snapshot image markers: {markers}")
     loops = subprocess.run(
         ["losetup", "--list", "--noheadings", "-O", "NAME,BACK-FILE"], capture_output=True, text=True
     )

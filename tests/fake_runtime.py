@@ -311,6 +311,7 @@ class FakeRuntime:
         self.egress: dict[str, dict[str, Any]] = {}
         self.paused: set[str] = set()
         self.volumes: dict[str, int] = {}  # VolumeHost: volume id -> size_mb; no bind is allowed
+        self.snapshots: dict[str, dict[str, Any]] = {}  # Snapshotter: snapshot id -> {image, layers}
 
     # -- VolumeHost --------------------------------------------------------------------------------
 
@@ -325,6 +326,18 @@ class FakeRuntime:
 
     def volume_ids(self) -> set[str]:
         return set(self.volumes)
+
+    # -- Snapshotter -------------------------------------------------------------------------------
+
+    async def take_snapshot(self, sandbox_id: str, record: dict[str, Any], snapshot_id: str) -> dict[str, Any]:
+        self.snapshots[snapshot_id] = {"image": "debian", "layers": []}
+        return self.snapshots[snapshot_id]
+
+    async def remove_snapshot(self, snapshot_id: str) -> None:
+        self.snapshots.pop(snapshot_id, None)
+
+    def snapshot_ids(self) -> set[str]:
+        return set(self.snapshots)
 
     # -- the core --------------------------------------------------------------------------------
 

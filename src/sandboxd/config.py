@@ -123,6 +123,7 @@ class Settings(BaseSettings):
     # default: every bind is refused. SANDBOXD_BIND_ALLOW='["/srv/shared"]'.
     bind_allow: list[Path] = []
     max_volume_mb: int = 65536  # the largest size_mb a named volume may ask for
+    max_snapshots_per_project: int = 100  # a snapshot past it is a 409 (delete some, or use keep_last)
     # -- limits on what one HTTP request may cost the server (before and after the API key) --
     # JSON request bodies; file and archive uploads are streamed and not capped here.
     max_json_body_mb: float = 10.0

@@ -125,6 +125,7 @@ class SandboxSpec(BaseModel):
     template: str | None = None  # "name:version" when started from a template
     # services.requests.VolumeMount entries as checked; a named volume's also carry its volume_id.
     volumes: list[dict[str, Any]] = Field(default_factory=list)
+    snapshot: str | None = None  # snp_<ulid>: its writable layer starts as a copy of this snapshot
 
     def resolved(self, image_config: dict[str, Any]) -> SandboxSpec:
         """This spec over the image's defaults; the request wins wherever it said something."""
@@ -174,6 +175,21 @@ class Volume(BaseModel):
     name: str  # unique within its project
     size_mb: int
     created_at: datetime
+
+
+class Snapshot(BaseModel):
+    """A sandbox's writable layer as it was at created_at, stacked on its image's layers. It
+    exists only complete: its record is written once its storage is."""
+
+    id: str  # snp_<ulid>: what the runtime names its storage after
+    project_id: str
+    sandbox_id: str  # the sandbox it was taken of (which may be gone since)
+    name: str | None = None
+    image: str  # the catalog image and the layers over it that a sandbox made from it runs on
+    layers: list[str] = Field(default_factory=list)
+    disk_mb: int  # the disk limit a sandbox made from it gets unless its create says otherwise
+    created_at: datetime
+    expires_at: datetime | None = None  # None: kept until deleted
 
 
 class BuildState(enum.StrEnum):

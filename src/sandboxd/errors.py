@@ -62,6 +62,16 @@ class VolumeNotFound(SandboxdError):
         super().__init__(f"volume {name!r} not found", "name")
 
 
+class SnapshotNotFound(SandboxdError):
+    """A snapshot the caller's project does not hold (another project's reads the same)."""
+
+    code = "SNAPSHOT_NOT_FOUND"
+    status = 404
+
+    def __init__(self, snapshot_id: str) -> None:
+        super().__init__(f"snapshot {snapshot_id} not found")
+
+
 class NotFoundInSandbox(SandboxdError):
     """A process or file that does not exist inside a sandbox."""
 

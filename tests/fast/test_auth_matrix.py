@@ -168,8 +168,12 @@ async def world(api: Api) -> World:
     # A volume of the same name as the template: {name} addresses both.
     r = await c.post("/api/v1/volumes", json={"name": "tpl-alpha", "size_mb": 16}, headers=a)
     assert r.status_code == 201, r.text
+    r = await c.post(f"/api/v1/sandboxes/{sandbox['id']}/snapshots", json={}, headers=a)
+    assert r.status_code == 201, r.text
+    snapshot = r.json()
     params = {
         "sandbox_id": sandbox["id"],
+        "snapshot_id": snapshot["id"],
         "process_id": process.get("process_id") or process["id"],
         "port": str(port),
         "name": "tpl-alpha",
@@ -191,6 +195,7 @@ async def world(api: Api) -> World:
         "admin": admin["key"],
     }
     a_ids = [sandbox["id"], params["process_id"], "tpl-alpha", read["id"], admin["id"], alpha["id"], "app-alpha"]
+    a_ids.append(snapshot["id"])
     return World(api, params, a_ids, keys)
 
 

@@ -1,4 +1,4 @@
-"""The sandboxd Python SDK: Sandbox, Client, Templates, Images, Volumes, Orgs, Projects, Keys (sync) and
+"""The sandboxd Python SDK: Sandbox, Client, Templates, Images, Volumes, Snapshots, Orgs, Projects, Keys (sync) and
 their Async twins.
 
 ``pip install sandboxd-sdk`` gives this package and the ``sandboxd`` command line, with nothing of
@@ -8,6 +8,7 @@ from sandboxd_sdk._async.api import AsyncClient
 from sandboxd_sdk._async.client import AsyncCommandHandle, AsyncSandbox
 from sandboxd_sdk._async.events import AsyncEventStream
 from sandboxd_sdk._async.images import AsyncImages
+from sandboxd_sdk._async.snapshots import AsyncSnapshots, from_snapshot
 from sandboxd_sdk._async.templates import AsyncTemplates
 from sandboxd_sdk._async.tenancy import AsyncKeys, AsyncOrgs, AsyncProjects
 from sandboxd_sdk._async.terminal import AsyncTerminal
@@ -30,6 +31,7 @@ from sandboxd_sdk._sync.api import Client
 from sandboxd_sdk._sync.client import CommandHandle, Sandbox
 from sandboxd_sdk._sync.events import EventStream
 from sandboxd_sdk._sync.images import Images
+from sandboxd_sdk._sync.snapshots import Snapshots
 from sandboxd_sdk._sync.templates import Templates
 from sandboxd_sdk._sync.tenancy import Keys, Orgs, Projects
 from sandboxd_sdk._sync.terminal import Terminal
@@ -45,6 +47,7 @@ __all__ = [
     "AsyncOrgs",
     "AsyncProjects",
     "AsyncSandbox",
+    "AsyncSnapshots",
     "AsyncTemplates",
     "AsyncTerminal",
     "AsyncVolumes",
@@ -68,6 +71,7 @@ __all__ = [
     "SandboxError",
     "SandboxEvent",
     "SandboxdConnectionError",
+    "Snapshots",
     "TemplateBuildError",
     "Templates",
     "Terminal",
@@ -75,5 +79,6 @@ __all__ = [
     "aclose_shared_clients",
     "bind",
     "close_shared_clients",
+    "from_snapshot",
     "volume",
 ]

@@ -22,6 +22,7 @@ from sandboxd.services.files import FileService
 from sandboxd.services.images import ImageService
 from sandboxd.services.lifecycle import SandboxService
 from sandboxd.services.ports import PortService
+from sandboxd.services.snapshots import SnapshotService
 from sandboxd.services.templates import TemplateService
 from sandboxd.services.tenancy import TenancyService
 from sandboxd.services.volumes import VolumeService
@@ -142,6 +143,13 @@ async def _events(request: Request) -> EventService:
 
 State = Annotated[ApiState, Depends(_state)]
 Volumes = Annotated[VolumeService, Depends(_volumes)]
+
+
+async def _snapshots(request: Request) -> SnapshotService:
+    return _services(request).snapshots
+
+
+Snapshots = Annotated[SnapshotService, Depends(_snapshots)]
 Images = Annotated[ImageService, Depends(_images)]
 Sandboxes = Annotated[SandboxService, Depends(_sandboxes)]
 Commands = Annotated[CommandService, Depends(_commands)]

@@ -230,3 +230,26 @@ def volume_host(runtime: Runtime) -> VolumeHost:
     if isinstance(runtime, VolumeHost):
         return runtime
     raise Unsupported("volumes", runtime.name)
+
+
+@runtime_checkable
+class Snapshotter(Protocol):
+    """Snapshots: a sandbox's writable layer kept as it is at one moment, stacked on its image's
+    layers; a create whose spec names one (spec.snapshot) starts from a writable copy of it."""
+
+    async def take_snapshot(self, sandbox_id: str, record: dict[str, Any], snapshot_id: str) -> dict[str, Any]:
+        """Snapshots a running (frozen meanwhile), paused or stopped sandbox; returns {"image",
+        "layers"}: what a sandbox made from it runs on. Nothing of it is left on failure."""
+
+    async def remove_snapshot(self, snapshot_id: str) -> None:
+        """Removes its storage; nothing if there is none."""
+
+    def snapshot_ids(self) -> set[str]:
+        """The snapshots with storage (whole or partial): what the startup sweep compares with the records."""
+
+
+def snapshotter(runtime: Runtime) -> Snapshotter:
+    """The runtime's snapshot capability; Unsupported (501) if it has none."""
+    if isinstance(runtime, Snapshotter):
+        return runtime
+    raise Unsupported("snapshots", runtime.name)

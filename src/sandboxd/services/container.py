@@ -20,6 +20,7 @@ from sandboxd.services.idempotency import IdempotencyService
 from sandboxd.services.images import ImageService
 from sandboxd.services.lifecycle import SandboxService
 from sandboxd.services.ports import PortService
+from sandboxd.services.snapshots import SnapshotService
 from sandboxd.services.supervisor import Supervisor
 from sandboxd.services.templates import TemplateService
 from sandboxd.services.tenancy import TenancyService
@@ -44,6 +45,7 @@ class Services:
     tenancy: TenancyService
     images: ImageService
     volumes: VolumeService
+    snapshots: SnapshotService
     events: EventService
     idempotency: IdempotencyService
     _store: Store
@@ -84,6 +86,9 @@ class Services:
         sandboxes.images = images  # create resolves a project's image names
         volumes = VolumeService(settings, store, runtime)
         sandboxes.volumes = volumes  # create checks its volume mounts
+        snapshots = SnapshotService(settings, store, runtime, sandboxes)
+        sandboxes.snapshots = snapshots  # create resolves a snapshot source
+        supervisor.duties.append(snapshots.expire)
 
         async def in_use(project_id: str) -> bool:
             return (
@@ -91,6 +96,7 @@ class Services:
                 or await templates.has_templates(project_id)
                 or await images.holds_any(project_id)
                 or bool(await store.find_volumes(project_id))
+                or bool(await store.find_snapshots(project_id))
             )
 
         services = cls(
@@ -106,6 +112,7 @@ class Services:
             tenancy=TenancyService(store, auth, in_use),
             images=images,
             volumes=volumes,
+            snapshots=snapshots,
             events=EventService(
                 store,
                 sandboxes,
@@ -119,6 +126,7 @@ class Services:
         await idempotency.start()  # before serving: keys claimed by a server that died are released
         await supervisor.reconcile()
         await volumes.sweep()
+        await snapshots.sweep()
         await templates.reconcile()
         supervisor.start()
         return services

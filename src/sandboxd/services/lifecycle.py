@@ -22,7 +22,17 @@ from typing import Any, Protocol
 
 from sandboxd.agent import AgentPort
 from sandboxd.config import Settings
-from sandboxd.domain import TRANSITIONS, Sandbox, SandboxSpec, State, Status, TimeoutAction, new_id, utcnow
+from sandboxd.domain import (
+    TRANSITIONS,
+    Sandbox,
+    SandboxSpec,
+    Snapshot,
+    State,
+    Status,
+    TimeoutAction,
+    new_id,
+    utcnow,
+)
 from sandboxd.errors import (
     Conflict,
     InvalidRequest,
@@ -43,6 +53,7 @@ from sandboxd.runtimes.base import (
 from sandboxd.runtimes.registry import outbound_rules
 from sandboxd.services import first_start, hibernation, pausing
 from sandboxd.services.requests import CreateSandbox, EgressPolicy, VolumeMount
+from sandboxd.services.sources import SnapshotSource
 from sandboxd.services.specs import build_spec, egress_rules
 from sandboxd.store.base import Store
 
@@ -121,6 +132,12 @@ class Volumes(Protocol):
     async def resolve(self, project_id: str, mounts: list[VolumeMount]) -> list[dict[str, object]]: ...
 
 
+class Snapshots(Protocol):
+    """What create needs of the snapshot service: the project's snapshot a source names."""
+
+    async def get(self, project_id: str, snapshot_id: str) -> Snapshot: ...
+
+
 class SandboxService:
     def __init__(self, settings: Settings, store: Store, runtime: Runtime) -> None:
         self.settings = settings
@@ -131,6 +148,7 @@ class SandboxService:
         self.templates: Templates | None = None  # set once the template service exists
         self.images: Images | None = None  # set once the image service exists; None: names are global
         self.volumes: Volumes | None = None  # set once the volume service exists; None: no volumes
+        self.snapshots: Snapshots | None = None  # set once the snapshot service exists; None: none
         self.on_transition: list[Callable[[str, State], None]] = []  # told of every state change
         # The agent port of each running sandbox, with the runtime record it was made for: it keeps
         # idle connections, closed when the sandbox leaves running (or its record changes).
@@ -149,9 +167,26 @@ class SandboxService:
             if self.volumes is None:
                 raise InvalidRequest("volumes", "this server has no volumes")
             spec.volumes = await self.volumes.resolve(project_id, req.volumes)
+        if isinstance(req.source, SnapshotSource):
+            spec = await self._from_snapshot(project_id, req, spec)
         # Credentials go to the runtime for this create only: they are not part of the record.
         auth = (req.image_auth.username, req.image_auth.password) if req.image_auth else None
         return await self.launch(project_id, spec, auth, wait, name=req.name)
+
+    async def _from_snapshot(self, project_id: str, req: CreateSandbox, spec: SandboxSpec) -> SandboxSpec:
+        """The spec of a sandbox whose writable layer starts as a copy of the project's snapshot:
+        on the snapshot's image and layers, with its disk limit unless the request gives one."""
+        if self.snapshots is None:
+            raise InvalidRequest("source", "this server has no snapshots")
+        given = [name for name in ("image", "template", "runtime") if getattr(req, name) is not None]
+        if given:
+            raise InvalidRequest(given[0], f"a sandbox made from a snapshot runs on its image: give no {given[0]}")
+        assert isinstance(req.source, SnapshotSource)
+        snapshot = await self.snapshots.get(project_id, req.source.id)
+        disk = req.disk_mb if req.disk_mb is not None else snapshot.disk_mb
+        limits = spec.limits.model_copy(update={"disk_mb": disk})
+        update = {"image": snapshot.image, "layers": snapshot.layers, "snapshot": snapshot.id, "source": None}
+        return spec.model_copy(update={**update, "limits": limits, "template": None})
 
     async def launch(
         self,
@@ -171,6 +206,9 @@ class SandboxService:
                 raise InvalidRequest("template", "this server has no templates")
             await self.templates.check(project_id, spec.template)
             image = ""
+        elif spec.snapshot:  # the catalog image the snapshot was taken on, kept while it exists
+            image = spec.image
+            self.runtime.check(spec)
         else:
             # The record keeps the name the caller gave; the runtime gets the catalog's image.
             image = await self.image_name(project_id, spec.image, auth)

@@ -111,7 +111,16 @@ class TarballSource(BaseModel):
         return _check_url(url, ("http://", "https://"), "an http(s)://")
 
 
-Source = GitSource | TarballSource
+class SnapshotSource(BaseModel):
+    """Not fetched: the sandbox's writable layer starts as a copy of the project's snapshot."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["snapshot"]
+    id: str = Field(pattern=r"^snp_[0-9a-z]{26}$", description="A snapshot of the caller's project.")
+
+
+Source = GitSource | TarballSource | SnapshotSource
 
 
 def _git_env(home: str) -> dict[str, str]:

@@ -39,6 +39,8 @@ class Supervisor:
         self.runtime = runtime
         self.sandboxes = sandboxes
         self._watchers: dict[str, asyncio.Task[None]] = {}
+        # More periodic duties of other services, run on every reaper pass (expired snapshots).
+        self.duties: list[Callable[[], Awaitable[object]]] = []
         self._reaper: asyncio.Task[None] | None = None
         # A sandbox is watched from the moment it runs until it stops running.
         sandboxes.on_transition.append(self._on_transition)
@@ -161,6 +163,8 @@ class Supervisor:
             self.sandboxes.forget(sandbox_id)
         if self.sweep_idempotency is not None:
             await self.sweep_idempotency(now)
+        for duty in self.duties:
+            await duty()
 
     async def _expire(self, sandbox: Sandbox) -> None:
         """What a passed expires_at means: the timeout of a running sandbox (its timeout_action

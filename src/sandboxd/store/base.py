@@ -15,6 +15,7 @@ from sandboxd.domain import (
     Project,
     Sandbox,
     SandboxEvent,
+    Snapshot,
     State,
     TemplateVersion,
     Volume,
@@ -178,6 +179,21 @@ class Store(Protocol):
         """By name; every project's with None."""
 
     async def delete_volume(self, volume_id: str) -> bool: ...
+
+    # -- snapshots (store/snapshots.py) --------------------------------------------------------------
+
+    async def insert_snapshot(self, snapshot: Snapshot) -> Snapshot: ...
+
+    async def get_snapshot(self, project_id: str | None, snapshot_id: str) -> Snapshot | None:
+        """None for another project's (project_id None: any project's)."""
+
+    async def find_snapshots(
+        self, project_id: str | None, sandbox_id: str | None = None, expired_at: datetime | None = None
+    ) -> list[Snapshot]:
+        """Oldest first; every project's with project_id None; only one sandbox's with sandbox_id;
+        only those whose expires_at is at or before expired_at with it."""
+
+    async def delete_snapshot(self, snapshot_id: str) -> bool: ...
 
     # -- idempotency keys (services/idempotency.py) ------------------------------------------------
 

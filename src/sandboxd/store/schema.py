@@ -111,6 +111,22 @@ volumes = sa.Table(
 )
 
 
+# Snapshots (services/snapshots.py): a row only once its storage is complete.
+snapshots = sa.Table(
+    "snapshots",
+    metadata,
+    sa.Column("id", sa.String, primary_key=True),
+    sa.Column("project_id", sa.String, nullable=False, index=True),
+    sa.Column("sandbox_id", sa.String, nullable=False, index=True),
+    sa.Column("name", sa.String),
+    sa.Column("image", sa.String, nullable=False),
+    sa.Column("layers", JsonDoc, nullable=False),
+    sa.Column("disk_mb", sa.Integer, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("expires_at", UtcDateTime, index=True),
+)
+
+
 # Every state transition of every sandbox, kept for event_retention_seconds (longer than the
 # sandboxes' own records): the history, and the event stream's resume point. AUTOINCREMENT on
 # SQLite: an id is never reused, even after the newest events are purged.

@@ -33,6 +33,7 @@ from sandboxd.store.imagerefs import ImageRefStore
 from sandboxd.store.records import RecordMap
 from sandboxd.store.runner import runner
 from sandboxd.store.schema import sandboxes, templates
+from sandboxd.store.snapshots import SnapshotStore
 from sandboxd.store.tenancy import TenancyStore
 from sandboxd.store.volumes import VolumeStore
 
@@ -60,7 +61,7 @@ _GET = SANDBOXES.select.where(sandboxes.c.id == sa.bindparam("w_id"))
 _GET_SCOPED = _GET.where(sandboxes.c.project_id == sa.bindparam("w_project_id"))
 
 
-class SqlStore(TenancyStore, ImageRefStore, VolumeStore, EventStore, IdempotencyStore):
+class SqlStore(TenancyStore, ImageRefStore, VolumeStore, SnapshotStore, EventStore, IdempotencyStore):
     # -- sandboxes ---------------------------------------------------------------------------------
 
     async def insert_if_absent(self, sandbox: Sandbox) -> tuple[Sandbox, bool]:

@@ -352,7 +352,8 @@ class Sandbox:
             ("egress", egress),  # {"mode": "allow_all"|"deny_all"|"custom", "allowed_domains", "rules"...}
             ("transforms", transforms),  # [{"domain", "inject_headers", "strip_headers"}]: secrets stay outside
             ("ports", ports),  # reachable through the server's proxy; see port_url()
-            ("source", source),  # {"type": "git", "url", "revision", "depth"} or {"type": "tarball", "url"}
+            # {"type": "git", "url", "revision", "depth"}, {"type": "tarball", "url"} or {"type": "snapshot", "id"}
+            ("source", source),
             ("image_auth", image_auth),  # {"username", "password"} for a private registry image
             # [{"type": "bind", "host_path", "mount_path", "read_only"} | {"type": "volume", "name", ...}]
             ("volumes", volumes),
@@ -457,6 +458,35 @@ class Sandbox:
         checkpoint processes."""
         r = _check(self._http.post(f"{self._path}/hibernate"))
         self.info = r.json()
+
+    def snapshot(
+        self, name: str | None = None, expires_in: int = 0, keep_last: int | None = None
+    ) -> dict[str, Any]:
+        """Snapshots the sandbox's files (a running one is frozen for milliseconds and runs on; a
+        paused one stays paused); returns {id, sandbox_id, name, status, disk_mb, created_at,
+        expires_at}. expires_in: seconds until it is deleted (0: never); keep_last: only the
+        newest N snapshots of this sandbox are kept. Make a sandbox from it with
+        ``create(source={"type": "snapshot", "id": ...})``."""
+        body: dict[str, Any] = {"expires_in": expires_in}
+        if name is not None:
+            body["name"] = name
+        if keep_last is not None:
+            body["keep_last"] = keep_last
+        return dict((_check(self._http.post(f"{self._path}/snapshots", json=body))).json())
+
+    def fork(
+        self, name: str | None = None, metadata: dict[str, str] | None = None, timeout: int | None = None
+    ) -> Sandbox:
+        """A new running sandbox with a copy of this one's files as they are now and its env,
+        limits, egress and ports (name, labels and timeout as given, else its labels and timeout);
+        this one keeps running, and each changes on its own after. It shares this object's
+        connection."""
+        body: dict[str, Any] = {}
+        for key, value in (("name", name), ("metadata", metadata), ("timeout", timeout)):
+            if value is not None:
+                body[key] = value
+        r = _check(self._http.post(f"{self._path}/fork", json=body))
+        return type(self)(r.json(), self._http, owned=False)
 
     def history(self) -> list[SandboxEvent]:
         """Every state transition of the sandbox with its reason, oldest first (kept after the

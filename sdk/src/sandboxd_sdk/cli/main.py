@@ -15,6 +15,7 @@ from sandboxd_sdk.cli.images import image
 from sandboxd_sdk.cli.network import egress, port, timeout
 from sandboxd_sdk.cli.pause import hibernate, pause, resume
 from sandboxd_sdk.cli.sandboxes import create, get, kill, list_, logs
+from sandboxd_sdk.cli.snapshots import fork, snapshot
 from sandboxd_sdk.cli.stopstart import start, stop
 from sandboxd_sdk.cli.templates import runtimes, template
 from sandboxd_sdk.cli.tenancy import keys, orgs, projects
@@ -43,6 +44,8 @@ def main(project: str | None) -> None:
 
 main.add_command(image)
 main.add_command(volume)
+main.add_command(snapshot)
+main.add_command(fork)
 main.add_command(template)
 main.add_command(runtimes)
 main.add_command(keys)

@@ -190,6 +190,7 @@ QUIET = click.option("--quiet", "-q", is_flag=True, help="Print only the sandbox
 )
 @click.option("--volume", "-v", "volumes", multiple=True, help="NAME:/path[:ro] mounts a named volume; repeatable.")
 @click.option("--bind", "binds", multiple=True, help="HOST_DIR:/path[:ro] under the server's bind_allow; repeatable.")
+@click.option("--from-snapshot", default=None, help="Start with a copy of this snapshot's files (and its disk limit).")
 @click.option(
     "--idempotency-key",
     default=None,
@@ -213,6 +214,7 @@ def create(
     auto_resume: bool,
     volumes: tuple[str, ...],
     binds: tuple[str, ...],
+    from_snapshot: str | None,
     idempotency_key: str | None,
     quiet: bool,
     as_json: bool,
@@ -233,6 +235,7 @@ def create(
         metadata=_pairs(label, "--label"),
         internet_access=not no_internet,
         volumes=mounts(volumes, binds) or None,
+        source={"type": "snapshot", "id": from_snapshot} if from_snapshot else None,
         project=project(),
         on_build_log=build_log(err, runtime, template),
         idempotency_key=idempotency_key,

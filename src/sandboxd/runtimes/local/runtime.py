@@ -41,6 +41,7 @@ from sandboxd.runtimes.local.oci import config as oci
 from sandboxd.runtimes.local.oci.agent_mount import AgentMount
 from sandboxd.runtimes.local.oci.cli import RECORD_KEY, OciClasses
 from sandboxd.runtimes.local.oci.scratch import ScratchVolume
+from sandboxd.runtimes.local.oci.snapshots import SnapshotFiles
 from sandboxd.runtimes.local.oci.stop import end_container, remove_if_stateless
 from sandboxd.runtimes.local.oci.userns import OwnedNamespace
 
@@ -74,6 +75,7 @@ class LocalRuntime:
         self.root = data_dir / "sandboxes"
         self.images = images
         self.scratch = ScratchVolume(data_dir, scratch_size_gb)
+        self.snapshots = SnapshotFiles(data_dir, self.scratch)
         self.network = network
         self.oci = oci_classes
         self.agent_mount = AgentMount(agent_binary, data_dir / "agent")
@@ -226,7 +228,10 @@ class LocalRuntime:
         if spec.limits.disk_mb is None:  # only records from before disk limits lack one; never created again
             raise RuntimeFailure("a sandbox needs a disk limit")
         home.mkdir(parents=True, exist_ok=True)
-        volume = self.scratch.create(sandbox_id, spec.limits.disk_mb)
+        if spec.snapshot:
+            volume = self.snapshots.restore(spec.snapshot, sandbox_id, spec.limits.disk_mb)
+        else:
+            volume = self.scratch.create(sandbox_id, spec.limits.disk_mb)
         rootfs.prepare(
             home,
             volume,
@@ -235,6 +240,7 @@ class LocalRuntime:
             self.idmap.host_id,
             self.networks.etc_files(_hostname(sandbox_id), address),
             self.networks.ca.pem if spec.transforms else None,
+            restored=bool(spec.snapshot),
         )
 
     def _volume_mounts(self, home: Path, spec: SandboxSpec) -> list[dict[str, Any]]:
@@ -397,6 +403,29 @@ class LocalRuntime:
 
     def volume_ids(self) -> set[str]:
         return self.scratch.volume_ids()
+
+    # -- Snapshotter -------------------------------------------------------------------------------
+
+    async def take_snapshot(self, sandbox_id: str, record: dict[str, Any], snapshot_id: str) -> dict[str, Any]:
+        """Snapshots a sandbox's writable layer. A running one is frozen for the ioctl (so no
+        write is half in it) and thawed after; a paused one stays frozen, a stopped one has no
+        processes. Returns {"image": its catalog image, "layers": the layers over the image's}."""
+        froze = cgroups.populated(sandbox_id) and not cgroups.freezing(sandbox_id)
+        if froze:
+            await self.pause(sandbox_id, record)
+        try:
+            marker = await asyncio.to_thread(self.snapshots.take, self.root / sandbox_id, sandbox_id, snapshot_id)
+        finally:
+            if froze:
+                cgroups.thaw(sandbox_id)
+        image = self.images.get(str(marker["image"]))
+        return {"image": image.name, "layers": [str(layer) for layer in marker["layers"][len(image.layer_ids) :]]}
+
+    async def remove_snapshot(self, snapshot_id: str) -> None:
+        await asyncio.to_thread(self.snapshots.remove, snapshot_id)
+
+    def snapshot_ids(self) -> set[str]:
+        return self.snapshots.ids()
 
     # -- inspection ------------------------------------------------------------------------------
 

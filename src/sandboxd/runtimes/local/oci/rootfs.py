@@ -29,14 +29,17 @@ def prepare(
     owner: int,
     etc_files: dict[str, str],
     ca_pem: bytes | None,
+    restored: bool = False,
 ) -> None:
     """Mounts the root at home/rootfs: lowers (top first) under volume's upper dir, where all the
-    sandbox writes lands (its quota bounds it); then writes its /etc files and CA."""
+    sandbox writes lands (its quota bounds it); then writes its /etc files and CA. A restored
+    volume (a copy of a snapshot) has its upper and work dirs already."""
     (home / MARKER).write_text(json.dumps(marker))
-    for sub in ("upper", "work"):
-        (volume / sub).mkdir()
-    # The overlay root takes its owner from the upper dir: root of the sandbox's user namespace.
-    os.chown(volume / "upper", owner, owner)
+    if not restored:
+        for sub in ("upper", "work"):
+            (volume / sub).mkdir()
+        # The overlay root takes its owner from the upper dir: root of the sandbox's user namespace.
+        os.chown(volume / "upper", owner, owner)
     remount(home, volume, lowers, owner, etc_files, ca_pem)
 
 
@@ -83,10 +86,11 @@ def remove_home(home: Path) -> None:
 
 
 def images_in_use(data_dir: Path) -> tuple[set[str], set[str]]:
-    """The images and layers that this data dir's sandboxes are built on."""
+    """The images and layers that this data dir's sandboxes and snapshots are built on."""
     names: set[str] = set()
     layers: set[str] = set()
-    for path in (data_dir / "sandboxes").glob(f"*/{MARKER}"):
+    markers = [*(data_dir / "sandboxes").glob(f"*/{MARKER}"), *(data_dir / "snapshots").glob(f"*/{MARKER}")]
+    for path in markers:
         try:
             text = path.read_text()
         except OSError:
