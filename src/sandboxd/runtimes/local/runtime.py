@@ -93,6 +93,10 @@ class LocalRuntime:
         server_process.prepare()
         self.agent_mount.check()
         server_process.lock_data_dir(self.root.parent, self.root)
+        try:  # the data dir exists now: a root holding it is refused, whatever its path says
+            binds.check_roots(self.bind_allow, self._private())
+        except ValueError as exc:
+            raise RuntimeFailure(str(exc)) from None
         self.agent_mount.mount()
         self.root.mkdir(parents=True, exist_ok=True)
         # Traverse only (the sandboxes' mapped root must reach its rootfs): host users cannot list
