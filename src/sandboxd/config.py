@@ -111,6 +111,10 @@ class Settings(BaseSettings):
     idempotency_retention_seconds: int = 24 * 3600
     idempotency_wait_seconds: float = 60.0
     idempotency_max_response_kb: int = 1024
+    # What one project may hold: keys (a claim past it is a 429 IDEMPOTENCY_KEYS_EXHAUSTED), and
+    # bytes of kept answers (past it, an answer is kept without its body, like one past the cap).
+    idempotency_max_keys: int = 10000
+    idempotency_max_stored_mb: int = 64
     # Runtime names → template names. A template that was never built is built on first use from
     # <name>.toml in template_dirs or the definitions shipped with sandboxd.
     runtimes: dict[str, str] = {"python3.11": "python3.11", "node18": "node18"}

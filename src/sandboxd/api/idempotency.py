@@ -62,7 +62,8 @@ class IdempotencyMiddleware:
             return
         # A key's answers are its own: another key of the project (another scope, another holder)
         # never gets them replayed, nor learns what it sent.
-        project = f"{principal.project_id or 'org:' + principal.org_id}:{principal.key_id}"
+        owner = principal.project_id or "org:" + principal.org_id  # whose quota of keys it takes
+        project = f"{owner}:{principal.key_id}"
         try:
             key = check_key(raw.decode("latin-1"))
             why = _excluded(scope["path"])
@@ -79,14 +80,14 @@ class IdempotencyMiddleware:
         service = api_state(scope).services.idempotency
         method, path, query = scope["method"], scope["path"], scope.get("query_string", b"").decode("latin-1")
         try:
-            answer = await service.begin(project, key, method, path, query, body)
+            answer = await service.begin(project, key, method, path, query, body, scope=owner)
         except SandboxdError as refused:
             await _send_error(scope, send, refused.status, refused.code, refused.message, refused.field)
             return
         if answer is not None:
             await _send(send, answer.status, [*answer.headers, (REPLAYED, "true")], answer.body or b"")
             return
-        recorder = _Recorder(send, service, project, key, service.settings.idempotency_max_response_kb * 1024)
+        recorder = _Recorder(send, service, (project, owner), key, service.settings.idempotency_max_response_kb * 1024)
         try:
             await self.app(scope, _replay_body(body, receive), recorder.send)
         finally:
@@ -97,10 +98,10 @@ class IdempotencyMiddleware:
 class _Recorder:
     """send() that holds the answer until it is recorded (past the cap: passes it on as it comes)."""
 
-    def __init__(self, send: Send, service: IdempotencyService, project: str, key: str, cap: int) -> None:
+    def __init__(self, send: Send, service: IdempotencyService, project: tuple[str, str], key: str, cap: int) -> None:
         self._send = send
         self.service = service
-        self.project = project
+        self.project, self.owner = project
         self.key = key
         self.cap = cap
         self.start: Message | None = None
@@ -137,7 +138,7 @@ class _Recorder:
             if k.decode("latin-1").lower() not in _UNKEPT
         )
         body = None if self.streaming else b"".join(self.chunks)
-        await self.service.finish(self.project, self.key, Answer(status, headers, body))
+        await self.service.finish(self.project, self.key, Answer(status, headers, body), scope=self.owner)
         self.finished = True
         if not self.streaming:
             await _send(self._send, status, list(headers), body or b"")

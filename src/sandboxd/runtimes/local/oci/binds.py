@@ -122,7 +122,10 @@ def open_beneath(roots: list[Path], host_path: str, field: str, private: tuple[P
         fd = _openat2(root_fd, relative, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV)
         if fd < 0:
             err = ctypes.get_errno()
-            if err == errno.EXDEV and (other := _openat2(root_fd, relative, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)) >= 0:
+            if (
+                err == errno.EXDEV
+                and (other := _openat2(root_fd, relative, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)) >= 0
+            ):
                 os.close(other)
                 raise InvalidRequest(
                     field, f"{field}: {host_path} crosses a mount point below {root}; allow that mount point itself"
