@@ -127,6 +127,10 @@ class Settings(BaseSettings):
     # default: every bind is refused. SANDBOXD_BIND_ALLOW='["/srv/shared"]'.
     bind_allow: list[Path] = []
     max_volume_mb: int = 65536  # the largest size_mb a named volume may ask for
+    # What one project's named volumes may take of the scratch filesystem: how many, and their
+    # size_mb together (a create past either is a 429 QUOTA_EXCEEDED naming it).
+    max_project_volumes: int = 32
+    max_project_volume_mb: int = 131072
     # -- limits on what one HTTP request may cost the server (before and after the API key) --
     # JSON request bodies; file and archive uploads are streamed and not capped here.
     max_json_body_mb: float = 10.0

@@ -149,6 +149,13 @@ class IdempotencyInProgress(SandboxdError):
         super().__init__(f"a request with Idempotency-Key {key!r} is still running; retry later", "Idempotency-Key")
 
 
+class QuotaExceeded(SandboxdError):
+    """A project's limit (named in the message, as its setting) would be passed."""
+
+    code = "QUOTA_EXCEEDED"
+    status = 429
+
+
 class IdempotencyKeysExhausted(SandboxdError):
     code = "IDEMPOTENCY_KEYS_EXHAUSTED"
     status = 429
