@@ -169,9 +169,18 @@ class Supervisor:
             await self.sandboxes.delete(None, sandbox.id, "stopped_retention", message)
             return
         if state == State.RUNNING and sandbox.spec.timeout_action == TimeoutAction.PAUSE:
-            await self.sandboxes.pause(
-                None, sandbox.id, "timeout", "the sandbox's timeout passed (timeout_action pause)"
-            )
+            try:
+                await self.sandboxes.pause(
+                    None, sandbox.id, "timeout", "the sandbox's timeout passed (timeout_action pause)"
+                )
+            except SandboxNotFound:
+                raise
+            except Exception as exc:  # noqa: BLE001 - retried every pass it would run past its timeout forever
+                if (await self.sandboxes.get(None, sandbox.id)).status.state != State.RUNNING:
+                    return  # stopped or deleted meanwhile: not ours to destroy
+                log.warning("pausing at the timeout failed: destroyed", extra={"sandbox_id": sandbox.id}, exc_info=True)
+                message = f"the sandbox's timeout passed and pausing it failed ({exc}): destroyed instead"
+                await self.sandboxes.delete(None, sandbox.id, "pause_failed", message)
         elif state == State.PAUSED:
             retention = self.settings.paused_retention_seconds
             message = f"it stayed paused longer than the server keeps paused sandboxes ({retention} s)"
