@@ -10,10 +10,13 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from asgi_lifespan import LifespanManager
 
 from sandboxd.api.app import create_app
 from sandboxd.config import Settings
+from sandboxd.store.schema import idempotency_keys
+from sandboxd.store.sql import open_store
 from tests.fake_runtime import FakeRuntime
 from tests.fast.conftest import SERVER_KEY, Api, error, state_per_request
 
@@ -235,3 +238,28 @@ async def test_a_project_keeps_a_bounded_number_of_answer_bytes(api: Api) -> Non
     kept = await api.client.post(SANDBOXES, json={"metadata": {"t": "bytes"}}, headers=key("b-0"))
     assert kept.status_code == 201 and kept.json()["id"] == first.json()["id"]
     assert len(await live(api, t="bytes")) == 2
+
+
+async def test_secrets_are_not_kept_with_an_answer_but_a_replay_has_them(api: Api) -> None:
+    """The env values and traffic token are not stored for the retention; the retry still gets
+    them (from the sandbox's record)."""
+    body = {"metadata": {"t": "secret"}, "env": {"API_TOKEN": "hunter2-value"}}
+    first = await api.client.post(SANDBOXES, json=body, headers=key("secret"))
+    assert first.status_code == 201, first.text
+    token = first.json()["traffic_token"]
+    assert token and first.json()["env"]["API_TOKEN"] == "hunter2-value"
+    store = await open_store(api.settings.resolved_database_url())
+    try:
+        rows = [r for r in await _rows(store) if r.key == "secret"]
+    finally:
+        await store.close()
+    assert len(rows) == 1 and rows[0].body is not None
+    assert b"hunter2-value" not in rows[0].body and token.encode() not in rows[0].body
+    again = await api.client.post(SANDBOXES, json=body, headers=key("secret"))
+    assert again.headers["idempotent-replayed"] == "true" and "idempotent-redacted" not in again.headers
+    assert again.json() == first.json()
+
+
+async def _rows(store: Any) -> list[Any]:
+    query = sa.select(idempotency_keys.c.key, idempotency_keys.c.body)
+    return list(await store.runner.read(lambda conn: conn.execute(query).all()))

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sandboxd.api.errors import HTTP_CODES
+from sandboxd.api.idempotency_secrets import redact, restore
 from sandboxd.api.state import PRINCIPAL, api_state
 from sandboxd.errors import InvalidRequest, SandboxdError
 from sandboxd.services.auth import Principal
@@ -85,6 +86,7 @@ class IdempotencyMiddleware:
             await _send_error(scope, send, refused.status, refused.code, refused.message, refused.field)
             return
         if answer is not None:
+            answer = await restore(scope, principal, answer)
             await _send(send, answer.status, [*answer.headers, (REPLAYED, "true")], answer.body or b"")
             return
         recorder = _Recorder(send, service, (project, owner), key, service.settings.idempotency_max_response_kb * 1024)
@@ -138,7 +140,8 @@ class _Recorder:
             if k.decode("latin-1").lower() not in _UNKEPT
         )
         body = None if self.streaming else b"".join(self.chunks)
-        await self.service.finish(self.project, self.key, Answer(status, headers, body), scope=self.owner)
+        # Kept without the secrets it holds (a replay fills them in from the sandbox's record).
+        await self.service.finish(self.project, self.key, redact(Answer(status, headers, body)), scope=self.owner)
         self.finished = True
         if not self.streaming:
             await _send(self._send, status, list(headers), body or b"")
