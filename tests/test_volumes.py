@@ -254,7 +254,9 @@ def test_volumes_are_per_project(vserver: Server) -> None:
 
 def test_a_setuid_file_in_a_writable_bind_gives_no_privilege(vserver: Server, host_dirs: Path) -> None:
     """A setuid-root file planted in a writable bind is run by an unprivileged user of the sandbox:
-    the bind is nosuid (and nodev), so it keeps that user's ids."""
+    it keeps that user's ids. Two walls stop it: the bind is nosuid (and nodev), which mountinfo
+    shows (this is the check that fails without it), and the sandbox's processes have
+    no_new_privs (which alone keeps the ids)."""
     writable = host_dirs / "allowed" / "writable"
     with vserver.create(volumes=[bind(str(writable), "/work")], timeout=120) as sb:
         plant = sb.commands.run("cp /usr/bin/id /work/suid-id && chmod 4755 /work/suid-id && stat -c %a /work/suid-id")
