@@ -200,7 +200,11 @@ PARAMETER: dict[str, Any] = {
         f"`{REPLAYED}: true`) without the work being done twice, also while the first is still running (it waits, "
         "then 409 IDEMPOTENCY_IN_PROGRESS) and after a server restart. The same key on another request is a 422 "
         "IDEMPOTENCY_KEY_REUSED. Keys are the project's own and kept for `idempotency_retention_seconds` "
-        "(24 h); a 5xx, or a request the server died during, is not kept: its retry runs again."
+        "(24 h); a 5xx, or a request the server died during, is not kept: its retry runs again. A project holds at "
+        "most `idempotency_max_keys` keys (then 429 IDEMPOTENCY_KEYS_EXHAUSTED) and `idempotency_max_stored_mb` of "
+        "answers; an answer past that or past `idempotency_max_response_kb` is not kept (its retry: 409 "
+        "IDEMPOTENT_RESPONSE_NOT_KEPT). A sandbox's env values and traffic token are not stored: a replay takes them "
+        "from the sandbox's record (if it is gone: blanked, and an `Idempotent-Redacted` header names them)."
     ),
     "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH, "pattern": "^[ -~]+$"},
 }
@@ -221,6 +225,7 @@ def document(app: FastAPI) -> None:
                 responses = post.setdefault("responses", {})
                 responses.setdefault("409", {"description": "A request with this Idempotency-Key is still running."})
                 responses.setdefault("422", {"description": "This Idempotency-Key was used on another request."})
+                responses.setdefault("429", {"description": "The project holds as many Idempotency-Keys as it may."})
         assert app.openapi_schema is not None
         return app.openapi_schema
 
