@@ -36,13 +36,19 @@ def host_dirs(workdir: Path) -> Iterator[Path]:
     (allowed / "out").symlink_to("../secret")  # relative, leads out
     (allowed / "etc").symlink_to("/etc")  # absolute
     (allowed / "file").write_text("not a directory\n")
+    # A filesystem of its own, noexec (as /tmp or /home often are), allowed by its own path too.
+    (root / "noexec").mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "noexec,size=8m", "sbxd-noexec", str(root / "noexec")], check=True)
+    (root / "noexec" / "d").mkdir()
+    os.chown(root / "noexec" / "d", USERNS_BASE, USERNS_BASE)
     yield root
+    subprocess.run(["umount", "-l", str(root / "noexec")], check=False)
     subprocess.run(["rm", "-rf", str(root)], check=False)
 
 
 @pytest.fixture(scope="module")
 def vserver(image_cache: Path, workdir: Path, host_dirs: Path) -> Iterator[Server]:
-    allow = f'["{host_dirs / "allowed"}"]'
+    allow = f'["{host_dirs / "allowed"}", "{host_dirs / "noexec"}"]'
     with restartable(Server(workdir / "volumes", BRIDGE, SUBNET, SANDBOXD_BIND_ALLOW=allow)) as srv:
         yield srv
         with srv.client() as http:  # volumes outlive sandboxes: the leak audit wants them gone too
@@ -275,3 +281,14 @@ def test_a_bind_allow_root_holding_the_data_dir_is_refused_at_start(workdir: Pat
     for root in (Path("/"), workdir / "bindroots"):
         result = serve_once(data, "sbxdtest12b", "10.77.113.0/24", SANDBOXD_BIND_ALLOW=f'["{root}"]')
         assert_one_plain_line(result, "bind_allow", "SANDBOXD_BIND_ALLOW")
+
+
+def test_a_bind_keeps_its_host_mounts_noexec(vserver: Server, host_dirs: Path) -> None:
+    """A bind of a noexec host filesystem stays noexec inside (the staging remount and the
+    runtime's bind keep the source's flags), and the sandbox still starts."""
+    source = host_dirs / "noexec" / "d"
+    with vserver.create(volumes=[bind(str(source), "/nx")], timeout=120) as sb:
+        options = sb.commands.run("grep ' /nx ' /proc/self/mountinfo").stdout.split()[5].split(",")
+        assert {"noexec", "nosuid", "nodev"} <= set(options), options
+        ran = sb.commands.run("cp /bin/true /nx/t && /nx/t")
+        assert ran.exit_code != 0 and "Permission denied" in ran.stderr, ran
