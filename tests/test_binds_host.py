@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sandboxd.errors import InvalidRequest
-from sandboxd.runtimes.local.oci import binds, mounts
+from sandboxd.runtimes.local.oci import binds, mounts, scratch
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 MS_BIND, MS_SHARED = 4096, 1 << 20
@@ -96,6 +96,6 @@ def test_mount_points_with_escaped_characters_are_found(base: Path) -> None:
     odd.mkdir()
     _mount("odd", odd, "tmpfs", 0, "size=1m")
     assert mounts.mounts_under(base) == [odd]
-    assert mounts.is_mount_point(odd)
+    assert mounts.is_mount_point(odd) and scratch.is_mount_point(odd)
     mounts.unmount(odd)
     assert mounts.mounts_under(base) == []

@@ -50,7 +50,12 @@ def _mount_points() -> list[str]:
     backslash in a path as octal escapes (\\040 \\011 \\012 \\134), and the name's bytes as they are."""
     with open("/proc/self/mounts", "rb") as f:
         raw = [line.split(b" ")[1] for line in f.read().splitlines() if line]
-    return [os.fsdecode(_ESCAPE.sub(lambda m: bytes([int(m[1], 8)]), point)) for point in raw]
+    return [decode(point) for point in raw]
+
+
+def decode(field: bytes) -> str:
+    """A path field of /proc/self/mounts or mountinfo, its octal escapes undone."""
+    return os.fsdecode(_ESCAPE.sub(lambda m: bytes([int(m[1], 8)]), field))
 
 
 def is_mount_point(path: Path) -> bool:
