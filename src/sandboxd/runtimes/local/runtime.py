@@ -374,8 +374,9 @@ class LocalRuntime:
 
     def _private(self) -> tuple[Path, ...]:
         """What no bind may show a sandbox: the data dir (every sandbox's root, the database, the
-        key) and the image store."""
-        return (self.root.parent, self.images.root)
+        key) and the image store. Compared by device and inode: its main subdirectories too, as a
+        bind mount of one elsewhere has an ancestry of its own."""
+        return (self.root.parent, self.root, self.scratch.path, self.images.root)
 
     def volume_path(self, volume_id: str) -> Path:
         return self.scratch.path / volume_id / "data"
