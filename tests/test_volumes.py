@@ -15,6 +15,7 @@ import pytest
 from sandboxd_sdk import Client, SandboxError, bind, volume
 
 from tests.conftest import Server, assert_no_leaks, restartable
+from tests.test_operability import assert_one_plain_line, serve_once
 
 USERNS_BASE = 1_000_000  # the server's default userns_base: the sandboxes' root on the host
 BRIDGE, SUBNET = "sbxdtest12", "10.77.112.0/24"
@@ -35,13 +36,19 @@ def host_dirs(workdir: Path) -> Iterator[Path]:
     (allowed / "out").symlink_to("../secret")  # relative, leads out
     (allowed / "etc").symlink_to("/etc")  # absolute
     (allowed / "file").write_text("not a directory\n")
+    # A filesystem of its own, noexec (as /tmp or /home often are), allowed by its own path too.
+    (root / "noexec").mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "noexec,size=8m", "sbxd-noexec", str(root / "noexec")], check=True)
+    (root / "noexec" / "d").mkdir()
+    os.chown(root / "noexec" / "d", USERNS_BASE, USERNS_BASE)
     yield root
+    subprocess.run(["umount", "-l", str(root / "noexec")], check=False)
     subprocess.run(["rm", "-rf", str(root)], check=False)
 
 
 @pytest.fixture(scope="module")
 def vserver(image_cache: Path, workdir: Path, host_dirs: Path) -> Iterator[Server]:
-    allow = f'["{host_dirs / "allowed"}"]'
+    allow = f'["{host_dirs / "allowed"}", "{host_dirs / "noexec"}"]'
     with restartable(Server(workdir / "volumes", BRIDGE, SUBNET, SANDBOXD_BIND_ALLOW=allow)) as srv:
         yield srv
         with srv.client() as http:  # volumes outlive sandboxes: the leak audit wants them gone too
@@ -249,3 +256,39 @@ def test_volumes_are_per_project(vserver: Server) -> None:
         assert http.delete("/api/v1/volumes/mine", headers=other).status_code == 204
         assert http.delete(f"/api/v1/projects/{made.json()['id']}").status_code == 204
         assert http.delete("/api/v1/volumes/mine").status_code == 204
+
+
+def test_a_setuid_file_in_a_writable_bind_gives_no_privilege(vserver: Server, host_dirs: Path) -> None:
+    """A setuid-root file planted in a writable bind is run by an unprivileged user of the sandbox:
+    it keeps that user's ids. Two walls stop it: the bind is nosuid (and nodev), which mountinfo
+    shows (this is the check that fails without it), and the sandbox's processes have
+    no_new_privs (which alone keeps the ids)."""
+    writable = host_dirs / "allowed" / "writable"
+    with vserver.create(volumes=[bind(str(writable), "/work")], timeout=120) as sb:
+        plant = sb.commands.run("cp /usr/bin/id /work/suid-id && chmod 4755 /work/suid-id && stat -c %a /work/suid-id")
+        assert plant.exit_code == 0 and plant.stdout.strip() == "4755", plant
+        ran = sb.commands.run("setpriv --reuid=65534 --regid=65534 --clear-groups /work/suid-id -u")
+        assert ran.exit_code == 0 and ran.stdout.strip() == "65534", ran  # 0 if setuid were honoured
+        options = sb.commands.run("grep ' /work ' /proc/self/mountinfo").stdout.split()[5].split(",")
+        assert {"nosuid", "nodev"} <= set(options), options
+    (writable / "suid-id").unlink()
+
+
+def test_a_bind_allow_root_holding_the_data_dir_is_refused_at_start(workdir: Path) -> None:
+    """Allowed roots are compared with the data directory by device and inode: / or a directory
+    holding it refuses the start in one line naming the root."""
+    data = workdir / "bindroots" / "data"
+    for root in (Path("/"), workdir / "bindroots"):
+        result = serve_once(data, "sbxdtest12b", "10.77.113.0/24", SANDBOXD_BIND_ALLOW=f'["{root}"]')
+        assert_one_plain_line(result, "bind_allow", "SANDBOXD_BIND_ALLOW")
+
+
+def test_a_bind_keeps_its_host_mounts_noexec(vserver: Server, host_dirs: Path) -> None:
+    """A bind of a noexec host filesystem stays noexec inside (the staging remount and the
+    runtime's bind keep the source's flags), and the sandbox still starts."""
+    source = host_dirs / "noexec" / "d"
+    with vserver.create(volumes=[bind(str(source), "/nx")], timeout=120) as sb:
+        options = sb.commands.run("grep ' /nx ' /proc/self/mountinfo").stdout.split()[5].split(",")
+        assert {"noexec", "nosuid", "nodev"} <= set(options), options
+        ran = sb.commands.run("cp /bin/true /nx/t && /nx/t")
+        assert ran.exit_code != 0 and "Permission denied" in ran.stderr, ran

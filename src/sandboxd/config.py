@@ -111,6 +111,10 @@ class Settings(BaseSettings):
     idempotency_retention_seconds: int = 24 * 3600
     idempotency_wait_seconds: float = 60.0
     idempotency_max_response_kb: int = 1024
+    # What one project may hold: keys (a claim past it is a 429 IDEMPOTENCY_KEYS_EXHAUSTED), and
+    # bytes of kept answers (past it, an answer is kept without its body, like one past the cap).
+    idempotency_max_keys: int = 10000
+    idempotency_max_stored_mb: int = 64
     # Runtime names → template names. A template that was never built is built on first use from
     # <name>.toml in template_dirs or the definitions shipped with sandboxd.
     runtimes: dict[str, str] = {"python3.11": "python3.11", "node18": "node18"}
@@ -124,6 +128,10 @@ class Settings(BaseSettings):
     bind_allow: list[Path] = []
     max_volume_mb: int = 65536  # the largest size_mb a named volume may ask for
     max_snapshots_per_project: int = 100  # a snapshot past it is a 409 (delete some, or use keep_last)
+    # What one project's named volumes may take of the scratch filesystem: how many, and their
+    # size_mb together (a create past either is a 429 QUOTA_EXCEEDED naming it).
+    max_project_volumes: int = 32
+    max_project_volume_mb: int = 131072
     # -- limits on what one HTTP request may cost the server (before and after the API key) --
     # JSON request bodies; file and archive uploads are streamed and not capped here.
     max_json_body_mb: float = 10.0

@@ -381,3 +381,4 @@ class IdempotentCall:
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes | None = None  # None when done: the answer was larger than the cap, not kept
     expires_at: datetime | None = None  # set when done: the retention starts then
+    owner: str | None = None  # the server that claimed it (its restart releases its claims only)

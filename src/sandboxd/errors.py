@@ -159,6 +159,25 @@ class IdempotencyInProgress(SandboxdError):
         super().__init__(f"a request with Idempotency-Key {key!r} is still running; retry later", "Idempotency-Key")
 
 
+class QuotaExceeded(SandboxdError):
+    """A project's limit (named in the message, as its setting) would be passed."""
+
+    code = "QUOTA_EXCEEDED"
+    status = 429
+
+
+class IdempotencyKeysExhausted(SandboxdError):
+    code = "IDEMPOTENCY_KEYS_EXHAUSTED"
+    status = 429
+
+    def __init__(self, limit: int, retention: int) -> None:
+        super().__init__(
+            f"this project holds {limit} Idempotency-Keys, the most it may (idempotency_max_keys); "
+            f"retry without the header, or once older keys expire (kept {retention} s)",
+            "Idempotency-Key",
+        )
+
+
 class IdempotentResponseNotKept(SandboxdError):
     code = "IDEMPOTENT_RESPONSE_NOT_KEPT"
     status = 409
@@ -166,6 +185,7 @@ class IdempotentResponseNotKept(SandboxdError):
     def __init__(self, key: str, status: int) -> None:
         super().__init__(
             f"the request with Idempotency-Key {key!r} was done (status {status}), but its answer was too "
-            "large to keep; it is not run again",
+            "large to keep (idempotency_max_response_kb, or the project's idempotency_max_stored_mb); "
+            "it is not run again",
             "Idempotency-Key",
         )

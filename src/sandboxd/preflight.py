@@ -35,6 +35,7 @@ from typing import Any
 from sandboxd.config import Settings
 from sandboxd.errors import RuntimeFailure
 from sandboxd.runtimes import datalock
+from sandboxd.runtimes.local.oci import binds
 
 PASS_THROUGH = 0o711
 PRIVATE_DIRS = ("logs", "builds", "runc", "oci", "broker")  # runc, oci: the runtimes' state (configs, env)
@@ -73,6 +74,10 @@ def check(settings: Settings) -> None:
         raise Refused(str(exc)) from None
     except OSError as exc:
         raise Refused(f"cannot prepare the data directory {data}: {exc}") from None
+    try:  # by device and inode, the data directory made: a root holding it under another name too
+        binds.check_roots(settings.bind_allow, (data, Path(os.path.abspath(settings.image_root))))
+    except ValueError as exc:
+        raise Refused(f"{exc}: set SANDBOXD_BIND_ALLOW to directories apart from it") from None
     check_subnet(settings.subnet, settings.bridge)
 
 

@@ -10,10 +10,13 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from asgi_lifespan import LifespanManager
 
 from sandboxd.api.app import create_app
 from sandboxd.config import Settings
+from sandboxd.store.schema import idempotency_keys
+from sandboxd.store.sql import open_store
 from tests.fake_runtime import FakeRuntime
 from tests.fast.conftest import SERVER_KEY, Api, error, state_per_request
 
@@ -200,3 +203,63 @@ async def test_another_api_key_never_gets_a_keys_answer(api: Api) -> None:
     theirs = await api.client.post(SANDBOXES, json={"metadata": {"t": "k"}}, headers={**key("per-key"), **second})
     assert mine.status_code == theirs.status_code == 201
     assert mine.json()["id"] != theirs.json()["id"] and "idempotent-replayed" not in theirs.headers
+
+
+async def test_a_project_holds_a_bounded_number_of_keys(api: Api) -> None:
+    """Replaying fresh keys must not fill the database: past the project's count, a clear 429."""
+    api.settings.idempotency_max_keys = 3
+    for i in range(3):
+        made = await api.client.post(SANDBOXES, json={"metadata": {"t": "many"}}, headers=key(f"many-{i}"))
+        assert made.status_code == 201, made.text
+    refused = await api.client.post(SANDBOXES, json={"metadata": {"t": "many"}}, headers=key("many-3"))
+    assert refused.status_code == 429, refused.text
+    assert (
+        error(refused)["code"] == "IDEMPOTENCY_KEYS_EXHAUSTED" and "idempotency_max_keys" in error(refused)["message"]
+    )
+    assert len(await live(api, t="many")) == 3  # refused before any work
+    again = await api.client.post(SANDBOXES, json={"metadata": {"t": "many"}}, headers=key("many-1"))
+    assert again.status_code == 201 and again.headers["idempotent-replayed"] == "true"  # a held key still replays
+    made = await api.client.post("/api/v1/keys", json={"name": "other", "scopes": ["write"]})
+    other = {"Authorization": f"Bearer {made.json()['key']}"}  # another API key of the project: the same count
+    also = await api.client.post(SANDBOXES, json={"metadata": {"t": "many"}}, headers={**key("x"), **other})
+    assert also.status_code == 429, also.text
+
+
+async def test_a_project_keeps_a_bounded_number_of_answer_bytes(api: Api) -> None:
+    """Past the project's stored bytes an answer is not kept: its retry is a 409, never the work again."""
+    first = await api.client.post(SANDBOXES, json={"metadata": {"t": "bytes"}}, headers=key("b-0"))
+    assert first.status_code == 201
+    api.settings.idempotency_max_stored_mb = 0  # what is kept already fills it
+    second = await api.client.post(SANDBOXES, json={"metadata": {"t": "bytes"}}, headers=key("b-1"))
+    assert second.status_code == 201 and second.json()["status"]["state"] == "running"
+    again = await api.client.post(SANDBOXES, json={"metadata": {"t": "bytes"}}, headers=key("b-1"))
+    assert again.status_code == 409 and error(again)["code"] == "IDEMPOTENT_RESPONSE_NOT_KEPT", again.text
+    assert "idempotency_max_stored_mb" in error(again)["message"]
+    kept = await api.client.post(SANDBOXES, json={"metadata": {"t": "bytes"}}, headers=key("b-0"))
+    assert kept.status_code == 201 and kept.json()["id"] == first.json()["id"]
+    assert len(await live(api, t="bytes")) == 2
+
+
+async def test_secrets_are_not_kept_with_an_answer_but_a_replay_has_them(api: Api) -> None:
+    """The env values and traffic token are not stored for the retention; the retry still gets
+    them (from the sandbox's record)."""
+    body = {"metadata": {"t": "secret"}, "env": {"API_TOKEN": "hunter2-value"}}
+    first = await api.client.post(SANDBOXES, json=body, headers=key("secret"))
+    assert first.status_code == 201, first.text
+    token = first.json()["traffic_token"]
+    assert token and first.json()["env"]["API_TOKEN"] == "hunter2-value"
+    store = await open_store(api.settings.resolved_database_url())
+    try:
+        rows = [r for r in await _rows(store) if r.key == "secret"]
+    finally:
+        await store.close()
+    assert len(rows) == 1 and rows[0].body is not None
+    assert b"hunter2-value" not in rows[0].body and token.encode() not in rows[0].body
+    again = await api.client.post(SANDBOXES, json=body, headers=key("secret"))
+    assert again.headers["idempotent-replayed"] == "true" and "idempotent-redacted" not in again.headers
+    assert again.json() == first.json()
+
+
+async def _rows(store: Any) -> list[Any]:
+    query = sa.select(idempotency_keys.c.key, idempotency_keys.c.body)
+    return list(await store.runner.read(lambda conn: conn.execute(query).all()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import anyio
@@ -53,7 +54,29 @@ async def test_release_and_purge(store: Store) -> None:
     await store.finish_idempotent("prj_a", "later", 200, (), b"{}", T0 + timedelta(hours=1))
     assert await store.purge_idempotent(T0) == 1  # only done ones past their retention
     assert await store.get_idempotent("prj_a", "done") is None
-    assert await store.release_unfinished_idempotent() == 1
+    assert await store.release_unfinished_idempotent("srv_me", T0 - timedelta(days=1)) == 1  # unrecorded: released
     assert await store.get_idempotent("prj_a", "running") is None
     later = await store.get_idempotent("prj_a", "later")
     assert later is not None and later.body == b"{}"
+
+
+async def test_a_restart_releases_its_own_claims_only(store: Store) -> None:
+    """Servers sharing a store: one's restart must not free the keys another is running."""
+    assert await store.claim_idempotent(replace(call("mine"), owner="srv_me")) is None
+    assert await store.claim_idempotent(replace(call("theirs"), owner="srv_other")) is None
+    old = replace(call("abandoned"), owner="srv_gone", created_at=T0 - timedelta(days=2))
+    assert await store.claim_idempotent(old) is None
+    assert await store.release_unfinished_idempotent("srv_me", T0 - timedelta(days=1)) == 2
+    assert await store.get_idempotent("prj_a", "mine") is None
+    assert await store.get_idempotent("prj_a", "abandoned") is None
+    theirs = await store.get_idempotent("prj_a", "theirs")
+    assert theirs is not None and theirs.owner == "srv_other" and not theirs.done
+
+
+async def test_usage_counts_a_projects_keys_and_kept_bytes(store: Store) -> None:
+    for project in ("prj_a:key_1", "prj_a:key_2", "prj_ab:key_1", "prj_a%:key_1"):
+        assert await store.claim_idempotent(call("k", project)) is None
+    await store.finish_idempotent("prj_a:key_1", "k", 200, (), b"x" * 100, T0)
+    await store.finish_idempotent("prj_ab:key_1", "k", 200, (), b"y" * 7, T0)
+    assert await store.idempotent_usage("prj_a") == (2, 100)  # not prj_ab's, nor prj_a%'s
+    assert await store.idempotent_usage("prj_ab") == (1, 7)

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sandboxd.api.errors import HTTP_CODES
+from sandboxd.api.idempotency_secrets import redact, restore
 from sandboxd.api.state import PRINCIPAL, api_state
 from sandboxd.errors import InvalidRequest, SandboxdError
 from sandboxd.services.auth import Principal
@@ -62,7 +63,8 @@ class IdempotencyMiddleware:
             return
         # A key's answers are its own: another key of the project (another scope, another holder)
         # never gets them replayed, nor learns what it sent.
-        project = f"{principal.project_id or 'org:' + principal.org_id}:{principal.key_id}"
+        owner = principal.project_id or "org:" + principal.org_id  # whose quota of keys it takes
+        project = f"{owner}:{principal.key_id}"
         try:
             key = check_key(raw.decode("latin-1"))
             why = _excluded(scope["path"])
@@ -79,14 +81,15 @@ class IdempotencyMiddleware:
         service = api_state(scope).services.idempotency
         method, path, query = scope["method"], scope["path"], scope.get("query_string", b"").decode("latin-1")
         try:
-            answer = await service.begin(project, key, method, path, query, body)
+            answer = await service.begin(project, key, method, path, query, body, scope=owner)
         except SandboxdError as refused:
             await _send_error(scope, send, refused.status, refused.code, refused.message, refused.field)
             return
         if answer is not None:
+            answer = await restore(scope, principal, answer)
             await _send(send, answer.status, [*answer.headers, (REPLAYED, "true")], answer.body or b"")
             return
-        recorder = _Recorder(send, service, project, key, service.settings.idempotency_max_response_kb * 1024)
+        recorder = _Recorder(send, service, (project, owner), key, service.settings.idempotency_max_response_kb * 1024)
         try:
             await self.app(scope, _replay_body(body, receive), recorder.send)
         finally:
@@ -97,10 +100,10 @@ class IdempotencyMiddleware:
 class _Recorder:
     """send() that holds the answer until it is recorded (past the cap: passes it on as it comes)."""
 
-    def __init__(self, send: Send, service: IdempotencyService, project: str, key: str, cap: int) -> None:
+    def __init__(self, send: Send, service: IdempotencyService, project: tuple[str, str], key: str, cap: int) -> None:
         self._send = send
         self.service = service
-        self.project = project
+        self.project, self.owner = project
         self.key = key
         self.cap = cap
         self.start: Message | None = None
@@ -137,7 +140,8 @@ class _Recorder:
             if k.decode("latin-1").lower() not in _UNKEPT
         )
         body = None if self.streaming else b"".join(self.chunks)
-        await self.service.finish(self.project, self.key, Answer(status, headers, body))
+        # Kept without the secrets it holds (a replay fills them in from the sandbox's record).
+        await self.service.finish(self.project, self.key, redact(Answer(status, headers, body)), scope=self.owner)
         self.finished = True
         if not self.streaming:
             await _send(self._send, status, list(headers), body or b"")
@@ -196,7 +200,11 @@ PARAMETER: dict[str, Any] = {
         f"`{REPLAYED}: true`) without the work being done twice, also while the first is still running (it waits, "
         "then 409 IDEMPOTENCY_IN_PROGRESS) and after a server restart. The same key on another request is a 422 "
         "IDEMPOTENCY_KEY_REUSED. Keys are the project's own and kept for `idempotency_retention_seconds` "
-        "(24 h); a 5xx, or a request the server died during, is not kept: its retry runs again."
+        "(24 h); a 5xx, or a request the server died during, is not kept: its retry runs again. A project holds at "
+        "most `idempotency_max_keys` keys (then 429 IDEMPOTENCY_KEYS_EXHAUSTED) and `idempotency_max_stored_mb` of "
+        "answers; an answer past that or past `idempotency_max_response_kb` is not kept (its retry: 409 "
+        "IDEMPOTENT_RESPONSE_NOT_KEPT). A sandbox's env values and traffic token are not stored: a replay takes them "
+        "from the sandbox's record (if it is gone: blanked, and an `Idempotent-Redacted` header names them)."
     ),
     "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH, "pattern": "^[ -~]+$"},
 }
@@ -217,6 +225,7 @@ def document(app: FastAPI) -> None:
                 responses = post.setdefault("responses", {})
                 responses.setdefault("409", {"description": "A request with this Idempotency-Key is still running."})
                 responses.setdefault("422", {"description": "This Idempotency-Key was used on another request."})
+                responses.setdefault("429", {"description": "The project holds as many Idempotency-Keys as it may."})
         assert app.openapi_schema is not None
         return app.openapi_schema
 

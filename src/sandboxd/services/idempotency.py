@@ -16,12 +16,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sandboxd.config import Settings
 from sandboxd.domain import IdempotentCall, utcnow
-from sandboxd.errors import IdempotencyInProgress, IdempotencyKeyReused, IdempotentResponseNotKept, InvalidRequest
+from sandboxd.errors import (
+    IdempotencyInProgress,
+    IdempotencyKeyReused,
+    IdempotencyKeysExhausted,
+    IdempotentResponseNotKept,
+    InvalidRequest,
+)
 from sandboxd.store.base import Store
 
 HEADER = "Idempotency-Key"
@@ -62,14 +70,22 @@ class IdempotencyService:
         self.settings = settings
         self.store = store
         self._done: dict[tuple[str, str], asyncio.Event] = {}  # claims of this process, by project and key
+        self.server_id = ""
 
     async def start(self) -> None:
-        """Before serving: a key still claimed was claimed by a server that died in its request."""
-        await self.store.release_unfinished_idempotent()
+        """Before serving: a key this server still claims was claimed before it died in the request.
+        Claims of other servers sharing the store stay theirs, unless older than the retention."""
+        self.server_id = await asyncio.to_thread(_server_id, self.settings)
+        before = utcnow() - timedelta(seconds=self.settings.idempotency_retention_seconds)
+        await self.store.release_unfinished_idempotent(self.server_id, before)
 
-    async def begin(self, project_id: str, key: str, method: str, path: str, query: str, body: bytes) -> Answer | None:
+    async def begin(
+        self, project_id: str, key: str, method: str, path: str, query: str, body: bytes, scope: str | None = None
+    ) -> Answer | None:
         """None: the caller holds the key, runs the request and calls finish() or release().
-        Else the answer to give again (it waits for a claimant still running, bounded)."""
+        Else the answer to give again (it waits for a claimant still running, bounded). ``scope``:
+        the project whose key count is bounded (project_id is it, or starts with it and ':')."""
+        scope = scope or project_id
         call = IdempotentCall(
             project_id=project_id,
             key=key,
@@ -77,9 +93,16 @@ class IdempotencyService:
             method=method,
             path=path,
             created_at=utcnow(),
+            owner=self.server_id or None,
         )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.idempotency_wait_seconds
+        if await self.store.get_idempotent(project_id, key) is None:
+            keys, _ = await self.store.idempotent_usage(scope)
+            if keys >= self.settings.idempotency_max_keys:  # a race may pass it by a few: bounded all the same
+                raise IdempotencyKeysExhausted(
+                    self.settings.idempotency_max_keys, self.settings.idempotency_retention_seconds
+                )
         while True:
             held = await self.store.claim_idempotent(call)
             if held is None:
@@ -103,13 +126,18 @@ class IdempotencyService:
             except TimeoutError:
                 pass
 
-    async def finish(self, project_id: str, key: str, answer: Answer) -> None:
-        """Keeps the claimant's answer for retries; a 5xx releases the key instead."""
+    async def finish(self, project_id: str, key: str, answer: Answer, scope: str | None = None) -> None:
+        """Keeps the claimant's answer for retries; a 5xx releases the key instead. An answer past
+        the cap, or past what its project (``scope``) may keep in all, is kept without its body."""
         if answer.status >= 500:
             await self.release(project_id, key)
             return
         body = answer.body
         kept = body if body is not None and len(body) <= self.settings.idempotency_max_response_kb * 1024 else None
+        if kept:
+            _, stored = await self.store.idempotent_usage(scope or project_id)
+            if stored + len(kept) > self.settings.idempotency_max_stored_mb * 1024 * 1024:
+                kept = None
         expires = utcnow() + timedelta(seconds=self.settings.idempotency_retention_seconds)
         try:
             await self.store.finish_idempotent(project_id, key, answer.status, answer.headers, kept, expires)
@@ -130,6 +158,21 @@ class IdempotencyService:
     async def sweep(self, now: datetime | None = None) -> int:
         """Forgets keys past their retention (the supervisor's reaper calls this)."""
         return await self.store.purge_idempotent(now or utcnow())
+
+
+def _server_id(settings: Settings) -> str:
+    """This server's id, the same across its restarts (kept in its data directory): the claims a
+    restart releases are its own, not those of another server on a shared store."""
+    path = settings.data_dir / "server_id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        made = "srv_" + secrets.token_hex(8)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(made + "\n")
+        return made
 
 
 def _answer(call: IdempotentCall) -> Answer:

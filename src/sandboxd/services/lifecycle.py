@@ -427,22 +427,28 @@ class SandboxService:
         """Ends a running sandbox's processes and network, keeping its filesystem. Stopped is
         written first: the supervisor stops watching it, calls on it are refused, and a server
         killed during the stop finishes it on restart (reconcile). Its timeout stops running; it
-        is kept stopped for stopped_retention_seconds."""
+        is kept stopped for stopped_retention_seconds. Under the sandbox's lock from the first
+        read: a start, pause or resume running meanwhile is waited for, never raced."""
         sandbox = await self.get(project_id, sandbox_id)  # another project's is not found, supported or not
         control = stop_start(self.runtime)
-        if sandbox.status.state != State.RUNNING:
-            raise Conflict(f"sandbox {sandbox.id} is {sandbox.status.state.value}: only a running one can be stopped")
-        if sandbox.spec.limits.disk_mb is None:  # its files are in its directory, not a volume of its own
-            raise Conflict(f"sandbox {sandbox.id} is from before disk limits: it cannot be stopped, only deleted")
-        retention = utcnow() + timedelta(seconds=self.settings.stopped_retention_seconds)
-        status = Status(state=State.STOPPED, reason="stopped", changed_at=utcnow())
-        stopping = await self.store.update_if(
-            sandbox.id, {"status": status, "expires_at": retention}, expected_states=[State.RUNNING]
-        )
-        if stopping is None:
-            return await self.stop(project_id, sandbox_id)  # it changed meanwhile: say what it is now
-        self._announce(sandbox.id, State.STOPPED, "stopped")
         async with self.lock(sandbox.id):
+            sandbox = await self.get(project_id, sandbox.id)
+            if sandbox.status.state != State.RUNNING:
+                state = sandbox.status.state.value
+                raise Conflict(f"sandbox {sandbox.id} is {state}: only a running one can be stopped")
+            if sandbox.spec.limits.disk_mb is None:  # its files are in its directory, not a volume of its own
+                raise Conflict(f"sandbox {sandbox.id} is from before disk limits: it cannot be stopped, only deleted")
+            retention = utcnow() + timedelta(seconds=self.settings.stopped_retention_seconds)
+            status = Status(state=State.STOPPED, reason="stopped", changed_at=utcnow())
+            stopping = await self.store.update_if(
+                sandbox.id, {"status": status, "expires_at": retention}, expected_states=[State.RUNNING]
+            )
+            if stopping is None:  # a delete (it writes stopping before its lock) came first
+                current = await self.get(None, sandbox.id)
+                raise Conflict(
+                    f"sandbox {sandbox.id} is {current.status.state.value}: only a running one can be stopped"
+                )
+            self._announce(sandbox.id, State.STOPPED, "stopped")
             current = await self.get(None, sandbox.id)
             if current.status.state != State.STOPPED:
                 return current  # deleted while it waited for the lock

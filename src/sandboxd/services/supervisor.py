@@ -180,9 +180,18 @@ class Supervisor:
             return
         action = sandbox.spec.timeout_action
         if state == State.RUNNING and action == TimeoutAction.PAUSE:
-            await self.sandboxes.pause(
-                None, sandbox.id, "timeout", "the sandbox's timeout passed (timeout_action pause)"
-            )
+            try:
+                await self.sandboxes.pause(
+                    None, sandbox.id, "timeout", "the sandbox's timeout passed (timeout_action pause)"
+                )
+            except SandboxNotFound:
+                raise
+            except Exception as exc:  # noqa: BLE001 - retried every pass it would run past its timeout forever
+                if (await self.sandboxes.get(None, sandbox.id)).status.state != State.RUNNING:
+                    return  # stopped or deleted meanwhile: not ours to destroy
+                log.warning("pausing at the timeout failed: destroyed", extra={"sandbox_id": sandbox.id}, exc_info=True)
+                message = f"the sandbox's timeout passed and pausing it failed ({exc}): destroyed instead"
+                await self.sandboxes.delete(None, sandbox.id, "pause_failed", message)
         elif state == State.RUNNING and action in (TimeoutAction.STOP, TimeoutAction.HIBERNATE):
             await hibernation.timeout(self.sandboxes, sandbox.id, action)
         elif state == State.PAUSED:

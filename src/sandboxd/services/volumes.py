@@ -13,7 +13,7 @@ import logging
 
 from sandboxd.config import Settings
 from sandboxd.domain import State, Volume, new_id, utcnow
-from sandboxd.errors import Conflict, InvalidRequest, VolumeNotFound
+from sandboxd.errors import Conflict, InvalidRequest, QuotaExceeded, VolumeNotFound
 from sandboxd.runtimes.base import Runtime, volume_host
 from sandboxd.services.requests import BindMount, CreateVolume, VolumeMount, check_host_path, check_mount_path
 from sandboxd.store.base import DuplicateKey, Store
@@ -40,6 +40,7 @@ class VolumeService:
         async with self._lock:
             if await self.store.get_volume(project_id, req.name) is not None:
                 raise Conflict(f"a volume named {req.name!r} exists in this project", "name")
+            self._check_quota(await self.store.find_volumes(project_id), req.size_mb)
             await host.create_volume(volume.id, volume.size_mb)
             try:
                 await self.store.insert_volume(volume)
@@ -49,6 +50,19 @@ class VolumeService:
                     raise Conflict(f"a volume named {req.name!r} exists in this project", "name") from None
                 raise
         return volume
+
+    def _check_quota(self, existing: list[Volume], size_mb: int) -> None:
+        """Under the lock: what the project's volumes take of the scratch filesystem is bounded."""
+        count, most = self.settings.max_project_volumes, self.settings.max_project_volume_mb
+        if len(existing) + 1 > count:
+            raise QuotaExceeded(f"this project has {len(existing)} volumes, the most it may (max_project_volumes)")
+        total = sum(v.size_mb for v in existing)
+        if total + size_mb > most:
+            raise QuotaExceeded(
+                f"this project's volumes take {total} MB; {size_mb} MB more passes its {most} MB "
+                "(max_project_volume_mb)",
+                "size_mb",
+            )
 
     async def find(self, project_id: str) -> list[Volume]:
         return await self.store.find_volumes(project_id)

@@ -216,11 +216,16 @@ class Store(Protocol):
     async def release_idempotent(self, project_id: str, key: str) -> None:
         """Forgets a claimed call that is not done, so a retry runs it again."""
 
-    async def release_unfinished_idempotent(self) -> int:
-        """Forgets every call not done: at start, they belong to a server that died."""
+    async def release_unfinished_idempotent(self, owner: str, claimed_before: datetime) -> int:
+        """Forgets the calls not done that ``owner`` claimed (at its start: it died in them), or
+        that nobody recorded, or that were claimed before ``claimed_before`` (their server is gone)."""
 
     async def purge_idempotent(self, now: datetime) -> int:
         """Deletes done calls whose retention ended by ``now``."""
+
+    async def idempotent_usage(self, scope: str) -> tuple[int, int]:
+        """(calls, bytes of kept answers) of the projects whose id is ``scope`` or starts with
+        ``scope:`` (a project's API keys)."""
 
     async def ensure_default_tenant(self) -> None:
         """The default organization and its default project (DEFAULT_ORG, DEFAULT_PROJECT)."""

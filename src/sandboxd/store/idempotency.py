@@ -74,10 +74,18 @@ class IdempotencyStore:
         stmt = table.delete().where(_where(project_id, key), table.c.done.is_(False))
         await self.runner.write_one(lambda conn: conn.execute(stmt))
 
-    async def release_unfinished_idempotent(self) -> int:
-        """At start: a key still claimed was claimed by a server that died during its request."""
-        stmt = table.delete().where(table.c.done.is_(False))
+    async def release_unfinished_idempotent(self, owner: str, claimed_before: datetime) -> int:
+        """At start: a key this server still holds was claimed by it before it died. Another
+        server's claims (a shared store) are left alone unless older than any request runs."""
+        mine = sa.or_(table.c.owner == owner, table.c.owner.is_(None), table.c.created_at < claimed_before)
+        stmt = table.delete().where(table.c.done.is_(False), mine)
         return await self.runner.write_one(lambda conn: conn.execute(stmt).rowcount)
+
+    async def idempotent_usage(self, scope: str) -> tuple[int, int]:
+        inside = sa.or_(table.c.project_id == scope, table.c.project_id.startswith(scope + ":", autoescape=True))
+        query = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(sa.func.length(table.c.body)), 0)).where(inside)
+        row = await self.runner.read(lambda conn: conn.execute(query).one())
+        return int(row[0]), int(row[1])
 
     async def purge_idempotent(self, now: datetime) -> int:
         stmt = table.delete().where(table.c.done.is_(True), table.c.expires_at <= now)

@@ -163,4 +163,5 @@ idempotency_keys = sa.Table(
     sa.Column("headers", JsonDoc, nullable=False),
     sa.Column("body", sa.LargeBinary),
     sa.Column("expires_at", UtcDateTime, index=True),
+    sa.Column("owner", sa.String),
 )

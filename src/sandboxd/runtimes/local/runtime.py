@@ -95,6 +95,10 @@ class LocalRuntime:
         server_process.prepare()
         self.agent_mount.check()
         server_process.lock_data_dir(self.root.parent, self.root)
+        try:  # the data dir exists now: a root holding it is refused, whatever its path says
+            binds.check_roots(self.bind_allow, self._private())
+        except ValueError as exc:
+            raise RuntimeFailure(str(exc)) from None
         self.agent_mount.mount()
         self.root.mkdir(parents=True, exist_ok=True)
         # Traverse only (the sandboxes' mapped root must reach its rootfs): host users cannot list
@@ -376,8 +380,9 @@ class LocalRuntime:
 
     def _private(self) -> tuple[Path, ...]:
         """What no bind may show a sandbox: the data dir (every sandbox's root, the database, the
-        key) and the image store."""
-        return (self.root.parent, self.images.root)
+        key) and the image store. Compared by device and inode: its main subdirectories too, as a
+        bind mount of one elsewhere has an ancestry of its own."""
+        return (self.root.parent, self.root, self.scratch.path, self.images.root)
 
     def volume_path(self, volume_id: str) -> Path:
         return self.scratch.path / volume_id / "data"

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sandboxd.errors import RuntimeFailure
+from sandboxd.runtimes.local.oci.mounts import decode
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 KNOWN_CLASSES = ("runc", "crun", "runsc")  # classes found on PATH by their own name
@@ -218,7 +219,7 @@ def hybrid_cgroup2_mounts(mountinfo: str = "/proc/self/mountinfo") -> list[str]:
         separator = fields.index("-") if "-" in fields else -1
         if separator < 0 or len(fields) <= separator + 1:
             continue
-        point = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+        point = decode(fields[4].encode())
         if fields[separator + 1] == "cgroup2" and point.startswith(f"{CGROUP_ROOT}/"):
             found.append(point)
     return found

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import re
 from pathlib import Path
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -41,9 +42,24 @@ def remount_readonly(target: Path) -> None:
         raise OSError(err, f"remount {target} read-only: {os.strerror(err)}")
 
 
+_ESCAPE = re.compile(rb"\\([0-7]{3})")
+
+
+def _mount_points() -> list[str]:
+    """The mount points of /proc/self/mounts, decoded: the kernel writes space, tab, newline and
+    backslash in a path as octal escapes (\\040 \\011 \\012 \\134), and the name's bytes as they are."""
+    with open("/proc/self/mounts", "rb") as f:
+        raw = [line.split(b" ")[1] for line in f.read().splitlines() if line]
+    return [decode(point) for point in raw]
+
+
+def decode(field: bytes) -> str:
+    """A path field of /proc/self/mounts or mountinfo, its octal escapes undone."""
+    return os.fsdecode(_ESCAPE.sub(lambda m: bytes([int(m[1], 8)]), field))
+
+
 def is_mount_point(path: Path) -> bool:
-    with open("/proc/self/mounts") as f:
-        return any(line.split()[1].replace("\\040", " ") == str(path) for line in f)
+    return str(path) in _mount_points()
 
 
 def unmount(target: Path, lazy: bool = True) -> None:
@@ -56,10 +72,5 @@ def unmount(target: Path, lazy: bool = True) -> None:
 
 def mounts_under(prefix: Path) -> list[Path]:
     """Mount points below prefix, deepest first, read from /proc/self/mounts."""
-    found = []
-    with open("/proc/self/mounts") as f:
-        for line in f:
-            point = line.split()[1].replace("\\040", " ")
-            if point.startswith(str(prefix) + "/"):
-                found.append(Path(point))
+    found = [Path(point) for point in _mount_points() if point.startswith(str(prefix) + "/")]
     return sorted(found, key=lambda p: len(p.parts), reverse=True)

@@ -109,8 +109,7 @@ def is_btrfs(path: Path) -> bool:
 
 
 def is_mount_point(path: Path) -> bool:
-    with open("/proc/self/mounts") as f:
-        return any(line.split()[1].replace("\\040", " ") == str(path) for line in f)
+    return mounts.is_mount_point(path)  # every octal escape of the mount table decoded
 
 
 class ScratchVolume:
