@@ -35,6 +35,11 @@ class SandboxStatus(BaseModel):
     changed_at: datetime
 
 
+class WarmPoolCheckout(BaseModel):
+    hit: bool = Field(description="A ready sandbox was taken from the pool.")
+    id: str | None = Field(description="The pool that fitted; null when none did.")
+
+
 class SandboxOut(BaseModel):
     id: str
     name: str | None = Field(None, description="Its name, usable wherever its id is (until it ends).")
@@ -66,6 +71,9 @@ class SandboxOut(BaseModel):
     expires_at: datetime | None
     volumes: list[dict[str, Any]] = Field(
         default_factory=list, description="Its volume mounts: {type, host_path|name, mount_path, read_only}."
+    )
+    warm_pool_checkout: WarmPoolCheckout | None = Field(
+        None, description="In a create's answer: whether a warm pool gave the sandbox (hit) and which pool."
     )
 
     @classmethod

@@ -18,6 +18,7 @@ from sandboxd.services.files import FileService
 from sandboxd.services.idempotency import IdempotencyService
 from sandboxd.services.images import ImageService
 from sandboxd.services.lifecycle import SandboxService
+from sandboxd.services.pools import PoolService
 from sandboxd.services.ports import PortService
 from sandboxd.services.supervisor import Supervisor
 from sandboxd.services.templates import TemplateService
@@ -43,6 +44,7 @@ class Services:
     tenancy: TenancyService
     images: ImageService
     volumes: VolumeService
+    pools: PoolService
     events: EventService
     idempotency: IdempotencyService
     _store: Store
@@ -82,6 +84,8 @@ class Services:
         sandboxes.images = images  # create resolves a project's image names
         volumes = VolumeService(settings, store, runtime)
         sandboxes.volumes = volumes  # create checks its volume mounts
+        pools = PoolService(settings, store, sandboxes)
+        sandboxes.pools = pools  # create takes a ready sandbox from a fitting warm pool
 
         async def in_use(project_id: str) -> bool:
             return (
@@ -104,6 +108,7 @@ class Services:
             tenancy=TenancyService(store, auth, in_use),
             images=images,
             volumes=volumes,
+            pools=pools,
             events=EventService(
                 store,
                 sandboxes,
@@ -118,12 +123,15 @@ class Services:
         await supervisor.reconcile()
         await volumes.sweep()
         await templates.reconcile()
+        await pools.sweep()
         supervisor.start()
+        pools.start()  # after reconcile: a pooled sandbox left pending is gone, and is started again
         return services
 
     async def close(self) -> None:
         """Stops background work; running sandboxes keep running for the next server."""
         await self.events.shutdown()
+        await self.pools.shutdown()
         await self.supervisor.shutdown()
         await self.templates.shutdown()
         await self.sandboxes.shutdown()
