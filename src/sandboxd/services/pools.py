@@ -119,10 +119,12 @@ class PoolService:
         return await self._status(pool)
 
     async def delete(self, project_id: str, pool_id: str) -> None:
-        """Drains the pool: its record first (no refill starts after), then every pooled sandbox.
-        One still starting is removed when its start ends (_fill)."""
+        """Drains the pool: its record first (no refill starts after), then, once the ones still
+        starting are up, every pooled sandbox: none is left when the call returns."""
         await self.get(project_id, pool_id)
         await self.store.delete_pool(pool_id)
+        await asyncio.gather(*self._fills.get(pool_id, ()), return_exceptions=True)
+        self._fills.pop(pool_id, None)
         await self._drain(pool_id)
 
     async def _status(self, pool: WarmPool) -> PoolStatus:
