@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import bench_sections as sections  # noqa: E402  (beside this file)
+from bench_pools import pool_figures  # noqa: E402
 
 from sandboxd.runtimes.local.images.catalog import ImageStore  # noqa: E402
 from sandboxd.runtimes.local.oci import mounts  # noqa: E402
@@ -92,6 +93,7 @@ def main() -> None:
                 with server.client() as http:
                     if "core" in only:
                         results.update(core_figures(work, server, http, args.runs))
+                        results.update(pool_figures(http, args.runs))
                     if "agent" in only:
                         results.update(sections.agent_paths(http, server.data_dir, args.runs))
                     if "registry" in only:

@@ -197,7 +197,8 @@ async def world(api: Api) -> World:
         "sibling": sibling["key"],
         "admin": admin["key"],
     }
-    a_ids = [sandbox["id"], params["process_id"], "tpl-alpha", read["id"], admin["id"], alpha["id"], "app-alpha", pool["id"]]
+    a_ids = [sandbox["id"], params["process_id"], "tpl-alpha", read["id"], admin["id"], alpha["id"], "app-alpha"]
+    a_ids.append(pool["id"])
     return World(api, params, a_ids, keys)
 
 
