@@ -99,6 +99,13 @@ def test_a_hit_is_bound_to_the_requests_identity_and_the_pool_refills(srv: Serve
             # Pooled sandboxes start with no egress; the request's policy (allow all) holds now.
             assert reach(sb, test_host.ADDRESS) == "reached hello"
             assert [s["id"] for s in c.sandboxes()] == [sb.id]
+            # The project's history of it begins at the checkout; the pool's own is not the project's.
+            with srv.client() as http:
+                stream = http.get("/api/v1/events", params={"follow": "false", "last_event_id": "0"}).text
+            mine = [line for line in stream.splitlines() if sb.id in line]
+            assert (
+                len(mine) == 1 and "warm_pool_checkout" in mine[0] and '"from_state":null' in mine[0].replace(" ", "")
+            )
             assert c.sandboxes(labels=["team=a"])[0]["id"] == sb.id
             assert time.monotonic() - started < 60
             refilled = wait_pool(c, pool["id"], 1)  # refilled in the background

@@ -30,7 +30,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from sandboxd.config import Settings
-from sandboxd.domain import Sandbox, SandboxSpec, State, WarmPool, new_id, utcnow
+from sandboxd.domain import Sandbox, SandboxSpec, State, Status, WarmPool, new_id, utcnow
 from sandboxd.errors import Conflict, PoolEmpty, PoolNotFound, SandboxdError
 from sandboxd.runtimes.base import egress_control
 from sandboxd.services.lifecycle import SandboxService
@@ -199,6 +199,9 @@ class PoolService:
         bound = spec.resolved({**image, "ready_check": pooled.ready_check})
         now = utcnow()
         fields = {
+            "status": Status(
+                state=State.RUNNING, reason="warm_pool_checkout", message=f"from warm pool {pool.id}", changed_at=now
+            ),
             "name": req.name,
             "spec": bound,
             "created_at": now,

@@ -7,13 +7,14 @@ creates never take the same one."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import sqlalchemy as sa
 
 from sandboxd.domain import Sandbox, State, WarmPool
 from sandboxd.store.base import DuplicateKey
+from sandboxd.store.events import first_event, serialize_writers
 from sandboxd.store.records import RecordMap
 from sandboxd.store.runner import Runner
 from sandboxd.store.schema import sandboxes, warm_pools
@@ -29,6 +30,8 @@ def pooled_project(pool_id: str) -> str:
 
 class PoolStore:
     runner: Runner
+
+    _events_written: Callable[[], None]  # EventStore's (store/events.py): tells the event stream
 
     async def insert_pool(self, pool: WarmPool) -> WarmPool:
         await self.runner.write_one(lambda conn: conn.execute(warm_pools.insert().values(POOLS.row(pool))))
@@ -71,9 +74,10 @@ class PoolStore:
     async def claim_pooled(
         self, sandbox_id: str, pool_id: str, version: int, project_id: str, fields: Mapping[str, Any]
     ) -> Sandbox | None:
-        """Moves a running pooled sandbox into ``project_id`` with ``fields`` (name, spec, expiry,
-        token, created_at) if it is still the pool's, running and at ``version``; None if another
-        checkout (or a drain) got it first. DuplicateKey("name") if the project holds the name."""
+        """Moves a running pooled sandbox into ``project_id`` with ``fields`` (name, spec, status,
+        expiry, token, created_at) if it is still the pool's, running and at ``version``, and writes
+        the event its project's history begins with; None if another checkout (or a drain) got it
+        first. DuplicateKey("name") if the project holds the name."""
         from sandboxd.store.sql import SANDBOXES  # the sandbox row mapping lives with the sandbox store
 
         values = SANDBOXES.patch(fields, frozenset({"id", "project_id", "version"}))
@@ -88,8 +92,19 @@ class PoolStore:
             .values({"version": sandboxes.c.version + 1, "project_id": project_id, **values})
             .returning(*SANDBOXES.columns)
         )
+
+        def claim(conn: sa.Connection) -> Any:
+            serialize_writers(conn)
+            row = conn.execute(stmt).first()
+            if row is not None:  # the project's history of it begins here, in the same transaction
+                conn.execute(first_event(SANDBOXES.load(row)))
+            return row
+
         try:
-            row = await self.runner.write_one(lambda conn: conn.execute(stmt).first())
+            row = await self.runner.write(claim)
         except sa.exc.IntegrityError:
             raise DuplicateKey("name", str(fields.get("name", ""))) from None
-        return SANDBOXES.load(row) if row is not None else None
+        if row is None:
+            return None
+        self._events_written()
+        return SANDBOXES.load(row)
