@@ -161,6 +161,9 @@ def test_another_project_never_takes_from_the_pool(srv: Server) -> None:
             with Sandbox.create(url=srv.url, api_key=srv.key, project="other", memory_mb=MEMORY) as sb:
                 assert sb.info["warm_pool_checkout"] == {"hit": False, "id": None}
         assert c.pools.get(pool["id"])["ready"] == 1
+        with srv.client() as http:  # no key, not even the server's, works in a pool's own records
+            listed = http.get("/api/v1/sandboxes", headers={"X-Sandboxd-Project": f"pooled:{pool['id']}"})
+            assert listed.status_code == 404, listed.text
         c.pools.delete(pool["id"])
 
 
