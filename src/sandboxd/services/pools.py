@@ -44,6 +44,7 @@ log = logging.getLogger("sandboxd.pools")
 MAX_TARGET = 64  # ready sandboxes one pool may keep
 FILL_INTERVAL = 2.0  # seconds between refill passes when no checkout wakes the loop
 FILL_PARALLEL = 2  # sandboxes one pool starts at a time
+REFILL_DELAY = 0.25  # seconds from a checkout to its refill
 FAILED_BACKOFF = 30.0  # seconds a pool whose last fill failed waits before the next
 
 
@@ -174,7 +175,9 @@ class PoolService:
             for candidate in await self._pooled(pool.id, [State.RUNNING]):
                 taken = await self._claim(project_id, pool, candidate, req, spec)
                 if taken is not None:
-                    self._wake.set()
+                    # The refill waits a moment: started at once, it competes for the CPU with the
+                    # caller's first commands in the sandbox just handed out.
+                    asyncio.get_running_loop().call_later(REFILL_DELAY, self._wake.set)
                     self._count(pool.id, hit=True)  # off the create's path
                     return taken, {"hit": True, "id": pool.id}
         self._count(fitting[0].id, hit=False)
