@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 import bench_sections as sections  # noqa: E402  (beside this file)
 from bench_hibernate import hibernate_figures  # noqa: E402  (beside this file)
+from bench_pools import pool_figures  # noqa: E402
 from bench_snapshots import snapshot_figures  # noqa: E402
 
 from sandboxd.runtimes.local.images.catalog import ImageStore  # noqa: E402
@@ -95,6 +96,7 @@ def main() -> None:
                     if "core" in only:
                         results.update(core_figures(work, server, http, args.runs))
                         results.update(snapshot_figures(http, args.runs))
+                        results.update(pool_figures(http, args.runs))
                     if "agent" in only:
                         results.update(sections.agent_paths(http, server.data_dir, args.runs))
                     if "registry" in only:

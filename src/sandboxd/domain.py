@@ -192,6 +192,20 @@ class Snapshot(BaseModel):
     expires_at: datetime | None = None  # None: kept until deleted
 
 
+class WarmPool(BaseModel):
+    """A warm pool: ready sandboxes of one image and limits, kept started for one project's creates
+    (services/pools.py). Its sandboxes belong to no project until one is checked out."""
+
+    id: str  # wp_<ulid>
+    project_id: str  # the only project whose creates take from it
+    image: str  # as the project names it
+    limits: Limits  # a create fits only with exactly these
+    target: int  # ready sandboxes to keep
+    hits: int = 0
+    misses: int = 0
+    created_at: datetime
+
+
 class BuildState(enum.StrEnum):
     BUILDING = "building"
     READY = "ready"

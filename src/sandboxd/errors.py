@@ -72,6 +72,23 @@ class SnapshotNotFound(SandboxdError):
         super().__init__(f"snapshot {snapshot_id} not found")
 
 
+class PoolNotFound(SandboxdError):
+    """A warm pool the caller's project does not hold (another project's reads the same)."""
+
+    code = "POOL_NOT_FOUND"
+    status = 404
+
+    def __init__(self, pool_id: str) -> None:
+        super().__init__(f"warm pool {pool_id!r} not found", "id")
+
+
+class PoolEmpty(SandboxdError):
+    """A create with warm_pool mode require found no ready sandbox that fits."""
+
+    code = "WARM_POOL_EMPTY"
+    status = 503
+
+
 class NotFoundInSandbox(SandboxdError):
     """A process or file that does not exist inside a sandbox."""
 

@@ -46,6 +46,7 @@ CREATES_OWN = {
     ("POST", "/api/v1/images/pull"),
     ("POST", "/api/v1/images/import"),
     ("POST", "/api/v1/volumes"),
+    ("POST", "/api/v1/pools"),
 }
 # Shared by every project: the operator's runtimes; gc, which removes only what nothing references.
 SHARED = {("POST", "/api/v1/runtimes/{runtime}/build"), ("POST", "/api/v1/images/gc")}
@@ -104,6 +105,8 @@ class World:
             ("POST", "/api/v1/images/pull"): {"json": {"reference": "127.0.0.1:9/none/x:1"}},
             ("POST", "/api/v1/images/import"): {"content": rootfs_tar()},
             ("POST", "/api/v1/volumes"): {"json": {"name": "another", "size_mb": 16}},
+            ("POST", "/api/v1/pools"): {"json": {"target": 0}},
+            ("PATCH", "/api/v1/pools/{pool_id}"): {"json": {"target": 0}},
         }
         return bodies.get((method, path), {})
 
@@ -171,6 +174,9 @@ async def world(api: Api) -> World:
     r = await c.post(f"/api/v1/sandboxes/{sandbox['id']}/snapshots", json={}, headers=a)
     assert r.status_code == 201, r.text
     snapshot = r.json()
+    r = await c.post("/api/v1/pools", json={"target": 0}, headers=a)
+    assert r.status_code == 201, r.text
+    pool = r.json()
     params = {
         "sandbox_id": sandbox["id"],
         "snapshot_id": snapshot["id"],
@@ -184,6 +190,7 @@ async def world(api: Api) -> World:
         "key_id": read["id"],
         "rest": "index.html",
         "image": "app-alpha",
+        "pool_id": pool["id"],
     }
     keys = {
         "none": "",
@@ -196,6 +203,7 @@ async def world(api: Api) -> World:
     }
     a_ids = [sandbox["id"], params["process_id"], "tpl-alpha", read["id"], admin["id"], alpha["id"], "app-alpha"]
     a_ids.append(snapshot["id"])
+    a_ids.append(pool["id"])
     return World(api, params, a_ids, keys)
 
 

@@ -21,6 +21,7 @@ from sandboxd.services.events import EventService
 from sandboxd.services.files import FileService
 from sandboxd.services.images import ImageService
 from sandboxd.services.lifecycle import SandboxService
+from sandboxd.services.pools import PoolService
 from sandboxd.services.ports import PortService
 from sandboxd.services.snapshots import SnapshotService
 from sandboxd.services.templates import TemplateService
@@ -137,6 +138,10 @@ async def _volumes(request: Request) -> VolumeService:
     return _services(request).volumes
 
 
+async def _pools(request: Request) -> PoolService:
+    return _services(request).pools
+
+
 async def _events(request: Request) -> EventService:
     return _services(request).events
 
@@ -150,6 +155,8 @@ async def _snapshots(request: Request) -> SnapshotService:
 
 
 Snapshots = Annotated[SnapshotService, Depends(_snapshots)]
+
+Pools = Annotated[PoolService, Depends(_pools)]
 Images = Annotated[ImageService, Depends(_images)]
 Sandboxes = Annotated[SandboxService, Depends(_sandboxes)]
 Commands = Annotated[CommandService, Depends(_commands)]

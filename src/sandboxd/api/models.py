@@ -44,6 +44,11 @@ class Hibernation(BaseModel):
     at: datetime
 
 
+class WarmPoolCheckout(BaseModel):
+    hit: bool = Field(description="A ready sandbox was taken from the pool.")
+    id: str | None = Field(description="The pool that fitted; null when none did.")
+
+
 class SandboxOut(BaseModel):
     id: str
     name: str | None = Field(None, description="Its name, usable wherever its id is (until it ends).")
@@ -79,6 +84,9 @@ class SandboxOut(BaseModel):
         default_factory=list, description="Its volume mounts: {type, host_path|name, mount_path, read_only}."
     )
     hibernation: Hibernation | None = Field(None, description="While hibernated: what was kept, since when.")
+    warm_pool_checkout: WarmPoolCheckout | None = Field(
+        None, description="In a create's answer: whether a warm pool gave the sandbox (hit) and which pool."
+    )
 
     @classmethod
     def of(cls, sb: Sandbox, show_token: bool = True) -> SandboxOut:

@@ -19,6 +19,7 @@ from sandboxd.services.files import FileService
 from sandboxd.services.idempotency import IdempotencyService
 from sandboxd.services.images import ImageService
 from sandboxd.services.lifecycle import SandboxService
+from sandboxd.services.pools import PoolService
 from sandboxd.services.ports import PortService
 from sandboxd.services.snapshots import SnapshotService
 from sandboxd.services.supervisor import Supervisor
@@ -46,6 +47,7 @@ class Services:
     images: ImageService
     volumes: VolumeService
     snapshots: SnapshotService
+    pools: PoolService
     events: EventService
     idempotency: IdempotencyService
     _store: Store
@@ -89,6 +91,8 @@ class Services:
         snapshots = SnapshotService(settings, store, runtime, sandboxes)
         sandboxes.snapshots = snapshots  # create resolves a snapshot source
         supervisor.duties.append(snapshots.expire)
+        pools = PoolService(settings, store, sandboxes)
+        sandboxes.pools = pools  # create takes a ready sandbox from a fitting warm pool
 
         async def in_use(project_id: str) -> bool:
             return (
@@ -113,6 +117,7 @@ class Services:
             images=images,
             volumes=volumes,
             snapshots=snapshots,
+            pools=pools,
             events=EventService(
                 store,
                 sandboxes,
@@ -128,12 +133,15 @@ class Services:
         await volumes.sweep()
         await snapshots.sweep()
         await templates.reconcile()
+        await pools.sweep()
         supervisor.start()
+        pools.start()  # after reconcile: a pooled sandbox left pending is gone, and is started again
         return services
 
     async def close(self) -> None:
         """Stops background work; running sandboxes keep running for the next server."""
         await self.events.shutdown()
+        await self.pools.shutdown()
         await self.supervisor.shutdown()
         await self.templates.shutdown()
         await self.sandboxes.shutdown()

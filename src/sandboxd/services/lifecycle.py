@@ -138,6 +138,14 @@ class Snapshots(Protocol):
     async def get(self, project_id: str, snapshot_id: str) -> Snapshot: ...
 
 
+class Pools(Protocol):
+    """What create needs of the warm pool service: a ready sandbox that fits, checked out."""
+
+    async def checkout(
+        self, project_id: str, req: CreateSandbox, spec: SandboxSpec
+    ) -> tuple[Sandbox | None, dict[str, Any]]: ...
+
+
 class SandboxService:
     def __init__(self, settings: Settings, store: Store, runtime: Runtime) -> None:
         self.settings = settings
@@ -149,6 +157,7 @@ class SandboxService:
         self.images: Images | None = None  # set once the image service exists; None: names are global
         self.volumes: Volumes | None = None  # set once the volume service exists; None: no volumes
         self.snapshots: Snapshots | None = None  # set once the snapshot service exists; None: none
+        self.pools: Pools | None = None  # set once the warm pool service exists; None: no pools
         self.on_transition: list[Callable[[str, State], None]] = []  # told of every state change
         # The agent port of each running sandbox, with the runtime record it was made for: it keeps
         # idle connections, closed when the sandbox leaves running (or its record changes).
@@ -157,12 +166,23 @@ class SandboxService:
     # -- create ----------------------------------------------------------------------------------
 
     async def create(self, project_id: str, req: CreateSandbox, wait: bool = True) -> Sandbox:
+        return (await self.create_reporting(project_id, req, wait))[0]
+
+    async def create_reporting(
+        self, project_id: str, req: CreateSandbox, wait: bool = True
+    ) -> tuple[Sandbox, dict[str, Any] | None]:
+        """Creates a sandbox; also says whether a warm pool gave it ({hit, id}; None without pools)."""
         templates = self.templates
         spec = build_spec(self.settings, req, templates.runtime_template if templates else None)
         if spec.timeout_action == TimeoutAction.PAUSE:
             pausable(self.runtime)  # refused (501) before anything is made
         if spec.timeout_action in (TimeoutAction.STOP, TimeoutAction.HIBERNATE):
             stop_start(self.runtime)
+        checkout = None
+        if self.pools is not None:
+            taken, checkout = await self.pools.checkout(project_id, req, spec)
+            if taken is not None:
+                return taken, checkout
         if req.volumes:
             if self.volumes is None:
                 raise InvalidRequest("volumes", "this server has no volumes")
@@ -171,7 +191,7 @@ class SandboxService:
             spec = await self._from_snapshot(project_id, req, spec)
         # Credentials go to the runtime for this create only: they are not part of the record.
         auth = (req.image_auth.username, req.image_auth.password) if req.image_auth else None
-        return await self.launch(project_id, spec, auth, wait, name=req.name)
+        return await self.launch(project_id, spec, auth, wait, name=req.name), checkout
 
     async def _from_snapshot(self, project_id: str, req: CreateSandbox, spec: SandboxSpec) -> SandboxSpec:
         """The spec of a sandbox whose writable layer starts as a copy of the project's snapshot:
@@ -240,6 +260,26 @@ class SandboxService:
                 raise error
             return await self.get(project_id, sandbox.id)
         return sandbox
+
+    async def launch_pooled(self, project_id: str, pool_project: str, spec: SandboxSpec) -> SandboxdError | None:
+        """Starts a warm pool's sandbox (services/pools.py): the image as project_id names it,
+        recorded in the pool's pseudo project with no expiry until a checkout gives it one. A
+        server killed meanwhile finds it pending on restart (reconcile removes it). Returns the
+        error that failed it, if one did."""
+        image = await self.image_name(project_id, spec.image)
+        self.runtime.check(spec.model_copy(update={"image": image}))
+        now = utcnow()
+        sandbox = Sandbox(
+            id=new_id(),
+            project_id=pool_project,
+            spec=spec,
+            status=Status(state=State.PENDING, reason="creating", changed_at=now),
+            created_at=now,
+            expires_at=None,
+            traffic_token=secrets.token_urlsafe(24),
+        )
+        await self.store.insert_if_absent(sandbox)
+        return await self._start(sandbox, image)
 
     async def image_name(self, project_id: str, name: str, auth: tuple[str, str] | None = None) -> str:
         """The catalog image the project's ``name`` stands for; ImageNotFound for one it does not see."""

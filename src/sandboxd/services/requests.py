@@ -257,6 +257,19 @@ class CreateVolume(BaseModel):
         return value
 
 
+class WarmPoolChoice(BaseModel):
+    """Which warm pool a create may take a ready sandbox from (services/pools.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(None, description="A pool of the project; omitted: any of its pools that fits.")
+    mode: Literal["prefer", "require", "bypass"] = Field(
+        "prefer",
+        description="prefer: a ready fitting sandbox if there is one, else a normal create; require: a "
+        "503 (WARM_POOL_EMPTY) instead of a normal create; bypass: always a normal create.",
+    )
+
+
 class CreateSandbox(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -317,6 +330,11 @@ class CreateSandbox(BaseModel):
     )
     volumes: list[VolumeMount] = Field(
         default_factory=list, max_length=16, description="Host directories (bind) and named volumes to mount."
+    )
+    warm_pool: WarmPoolChoice | None = Field(
+        None,
+        description="Take a ready sandbox from a warm pool when the request fits it (same image and limits). "
+        "Omitted: prefer any fitting pool of the project.",
     )
 
     _env = field_validator("env")(check_env)

@@ -19,6 +19,7 @@ from sandboxd.domain import (
     State,
     TemplateVersion,
     Volume,
+    WarmPool,
 )
 
 
@@ -194,6 +195,26 @@ class Store(Protocol):
         only those whose expires_at is at or before expired_at with it."""
 
     async def delete_snapshot(self, snapshot_id: str) -> bool: ...
+
+    # -- warm pools (store/pools.py) --------------------------------------------------------------
+
+    async def insert_pool(self, pool: WarmPool) -> WarmPool: ...
+
+    async def get_pool(self, project_id: str | None, pool_id: str) -> WarmPool | None: ...
+
+    async def find_pools(self, project_id: str | None) -> list[WarmPool]:
+        """Oldest first; every project's with None."""
+
+    async def resize_pool(self, project_id: str, pool_id: str, target: int) -> WarmPool | None: ...
+
+    async def count_checkout(self, pool_id: str, hit: bool) -> None: ...
+
+    async def delete_pool(self, pool_id: str) -> bool: ...
+
+    async def claim_pooled(
+        self, sandbox_id: str, pool_id: str, version: int, project_id: str, fields: Mapping[str, Any]
+    ) -> Sandbox | None:
+        """Moves a running pooled sandbox at ``version`` into the project (compare-and-set)."""
 
     # -- idempotency keys (services/idempotency.py) ------------------------------------------------
 

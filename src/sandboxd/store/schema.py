@@ -165,3 +165,16 @@ idempotency_keys = sa.Table(
     sa.Column("expires_at", UtcDateTime, index=True),
     sa.Column("owner", sa.String),
 )
+
+warm_pools = sa.Table(
+    "warm_pools",
+    metadata,
+    sa.Column("id", sa.String, primary_key=True),
+    sa.Column("project_id", sa.String, nullable=False, index=True),
+    sa.Column("image", sa.String, nullable=False),
+    sa.Column("limits", JsonDoc, nullable=False),
+    sa.Column("target", sa.Integer, nullable=False),
+    sa.Column("hits", sa.Integer, nullable=False),
+    sa.Column("misses", sa.Integer, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)

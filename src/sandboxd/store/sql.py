@@ -30,6 +30,7 @@ from sandboxd.store.base import DuplicateKey, Store
 from sandboxd.store.events import EventStore, event_params, first_event, serialize_writers, transition_statement
 from sandboxd.store.idempotency import IdempotencyStore
 from sandboxd.store.imagerefs import ImageRefStore
+from sandboxd.store.pools import PoolStore
 from sandboxd.store.records import RecordMap
 from sandboxd.store.runner import runner
 from sandboxd.store.schema import sandboxes, templates
@@ -61,7 +62,7 @@ _GET = SANDBOXES.select.where(sandboxes.c.id == sa.bindparam("w_id"))
 _GET_SCOPED = _GET.where(sandboxes.c.project_id == sa.bindparam("w_project_id"))
 
 
-class SqlStore(TenancyStore, ImageRefStore, VolumeStore, SnapshotStore, EventStore, IdempotencyStore):
+class SqlStore(TenancyStore, ImageRefStore, VolumeStore, SnapshotStore, EventStore, IdempotencyStore, PoolStore):
     # -- sandboxes ---------------------------------------------------------------------------------
 
     async def insert_if_absent(self, sandbox: Sandbox) -> tuple[Sandbox, bool]:

@@ -1,5 +1,5 @@
 """One connection to a sandboxd server for everything that is not one sandbox: the sandboxes
-listing, images, templates, runtimes, volumes, snapshots,
+listing, images, templates, runtimes, volumes, snapshots, warm pools,
 organizations, projects and keys. Generated into ../_sync by scripts/unasync.py."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import httpx
 from sandboxd_sdk._async._http import _check, _client
 from sandboxd_sdk._async.events import AsyncEventStream, follow_events
 from sandboxd_sdk._async.images import AsyncImages
+from sandboxd_sdk._async.pools import AsyncPools
 from sandboxd_sdk._async.snapshots import AsyncSnapshots
 from sandboxd_sdk._async.templates import AsyncTemplates
 from sandboxd_sdk._async.tenancy import AsyncKeys, AsyncOrgs, AsyncProjects
@@ -41,6 +42,7 @@ class AsyncClient:
         self.keys = AsyncKeys(self._http, self.projects)
         self.volumes = AsyncVolumes(self._http)
         self.snapshots = AsyncSnapshots(self._http)
+        self.pools = AsyncPools(self._http)
 
     async def sandboxes(self, state: Sequence[str] = (), labels: Sequence[str] = ()) -> list[dict[str, Any]]:
         """Every sandbox (all pages), optionally only those in the given states and with every

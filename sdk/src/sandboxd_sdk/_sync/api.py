@@ -1,5 +1,5 @@
 """One connection to a sandboxd server for everything that is not one sandbox: the sandboxes
-listing, images, templates, runtimes, volumes, snapshots,
+listing, images, templates, runtimes, volumes, snapshots, warm pools,
 organizations, projects and keys. GENERATED from ../_async by scripts/unasync.py: do not edit."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import httpx
 from sandboxd_sdk._sync._http import _check, _client
 from sandboxd_sdk._sync.events import EventStream, follow_events
 from sandboxd_sdk._sync.images import Images
+from sandboxd_sdk._sync.pools import AsyncPools
 from sandboxd_sdk._sync.snapshots import Snapshots
 from sandboxd_sdk._sync.templates import Templates
 from sandboxd_sdk._sync.tenancy import Keys, Orgs, Projects
@@ -41,6 +42,7 @@ class Client:
         self.keys = Keys(self._http, self.projects)
         self.volumes = Volumes(self._http)
         self.snapshots = Snapshots(self._http)
+        self.pools = AsyncPools(self._http)
 
     def sandboxes(self, state: Sequence[str] = (), labels: Sequence[str] = ()) -> list[dict[str, Any]]:
         """Every sandbox (all pages), optionally only those in the given states and with every

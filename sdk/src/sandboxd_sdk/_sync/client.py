@@ -310,6 +310,7 @@ class Sandbox:
         source: dict[str, Any] | None = None,
         image_auth: dict[str, str] | None = None,
         volumes: list[dict[str, Any]] | None = None,
+        warm_pool: dict[str, Any] | None = None,
         url: str | None = None,
         api_key: str | None = None,
         project: str | None = None,
@@ -357,6 +358,9 @@ class Sandbox:
             ("image_auth", image_auth),  # {"username", "password"} for a private registry image
             # [{"type": "bind", "host_path", "mount_path", "read_only"} | {"type": "volume", "name", ...}]
             ("volumes", volumes),
+            # {"id": pool id or omitted (any fitting pool), "mode": "prefer"|"require"|"bypass"};
+            # info["warm_pool_checkout"] says whether a pool gave it: {"hit", "id"}
+            ("warm_pool", warm_pool),
         ):
             if value is not None:
                 body[key] = value

@@ -14,6 +14,7 @@ from sandboxd_sdk.cli.exec import exec_
 from sandboxd_sdk.cli.images import image
 from sandboxd_sdk.cli.network import egress, port, timeout
 from sandboxd_sdk.cli.pause import hibernate, pause, resume
+from sandboxd_sdk.cli.pools import pool
 from sandboxd_sdk.cli.sandboxes import create, get, kill, list_, logs
 from sandboxd_sdk.cli.snapshots import fork, snapshot
 from sandboxd_sdk.cli.stopstart import start, stop
@@ -46,6 +47,7 @@ main.add_command(image)
 main.add_command(volume)
 main.add_command(snapshot)
 main.add_command(fork)
+main.add_command(pool)
 main.add_command(template)
 main.add_command(runtimes)
 main.add_command(keys)

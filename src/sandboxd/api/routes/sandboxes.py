@@ -7,7 +7,7 @@ from fastapi import APIRouter, Query, Response, status
 from pydantic import BaseModel, Field
 
 from sandboxd.api.deps import CurrentPrincipal, Ports, ProjectId, Sandboxes
-from sandboxd.api.models import RenewTimeout, SandboxList, SandboxOut
+from sandboxd.api.models import RenewTimeout, SandboxList, SandboxOut, WarmPoolCheckout
 from sandboxd.api.params import PortNumber
 from sandboxd.api.routing import CheckedRoute
 from sandboxd.domain import Scope, State
@@ -27,11 +27,14 @@ async def create_sandbox(
 ) -> SandboxOut:
     """Creates a sandbox from an image, a template or a runtime. Answers 201 once it runs, or with `wait=false` 202
     at once while it is `pending` (poll it with GET)."""
-    sandbox = await service.create(project, body, wait=wait)
+    sandbox, checkout = await service.create_reporting(project, body, wait=wait)
     response.headers["Location"] = f"/api/v1/sandboxes/{sandbox.id}"
-    if not wait:
+    if not wait and sandbox.status.state == State.PENDING:
         response.status_code = status.HTTP_202_ACCEPTED
-    return SandboxOut.of(sandbox)
+    out = SandboxOut.of(sandbox)
+    if checkout is not None:
+        out.warm_pool_checkout = WarmPoolCheckout(**checkout)
+    return out
 
 
 @router.get("", response_model=SandboxList)

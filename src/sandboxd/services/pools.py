@@ -1,0 +1,317 @@
+"""Warm pools: ready sandboxes of one image and limits, kept started for one project's creates.
+
+Who manages a pool: the project it belongs to (a key that may write to the project), and only that
+project's creates take from it: a pooled sandbox is never handed to another tenant. Until checked
+out a pooled sandbox is recorded in the pool's pseudo project (store/pools.py), so it is in no
+user's list, quota, name space or event stream, and has no expiry.
+
+A create fits a pool when everything fixed when the container was made is the same: the image (as
+the project names it) and the limits; no entrypoint, volumes, source, credential brokering or
+template of its own; env, cwd and user only where the image has no start command (which runs with
+the pool's). What is the sandbox's identity is bound at checkout, in one compare-and-set statement
+(two creates never get the same one): its project, name, labels, env/cwd/user for execs, timeout
+(it starts at checkout), a new traffic token; then its egress policy (pooled ones start with deny
+all). Its id, and so its hostname and /etc/hosts, is a fresh ULID no one has seen before the
+checkout, so neither needs rewriting inside the (hostile) root filesystem.
+
+Pools refill in the background (a loop woken by every checkout). A server killed during a refill
+finds the pooled sandbox pending on restart: reconcile removes it and the loop starts another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sandboxd.config import Settings
+from sandboxd.domain import Sandbox, SandboxSpec, State, Status, WarmPool, new_id, utcnow
+from sandboxd.errors import Conflict, PoolEmpty, PoolNotFound, SandboxdError
+from sandboxd.runtimes.base import egress_control
+from sandboxd.services.lifecycle import SandboxService
+from sandboxd.services.requests import CreateSandbox, WarmPoolChoice
+from sandboxd.services.specs import build_spec
+from sandboxd.store.base import DuplicateKey, Store
+from sandboxd.store.pools import POOLED_PREFIX, pooled_project
+
+log = logging.getLogger("sandboxd.pools")
+
+MAX_TARGET = 64  # ready sandboxes one pool may keep
+FILL_INTERVAL = 2.0  # seconds between refill passes when no checkout wakes the loop
+FILL_PARALLEL = 2  # sandboxes one pool starts at a time
+REFILL_DELAY = 0.25  # seconds from a checkout to its refill
+FAILED_BACKOFF = 30.0  # seconds a pool whose last fill failed waits before the next
+
+
+class CreatePool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    image: str | None = Field(None, description="The image, as the project names it; the server's default if omitted.")
+    target: int = Field(1, ge=0, le=MAX_TARGET, description="Ready sandboxes to keep started.")
+    cpu: float | None = Field(None, description="Limits a create must ask for (the defaults if omitted).")
+    memory_mb: int | None = None
+    pids: int | None = None
+    disk_mb: int | None = None
+
+
+class ResizePool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target: int = Field(ge=0, le=MAX_TARGET, description="Ready sandboxes to keep started.")
+
+
+@dataclass
+class PoolStatus:
+    pool: WarmPool
+    ready: int
+    starting: int
+
+
+class PoolService:
+    def __init__(self, settings: Settings, store: Store, sandboxes: SandboxService) -> None:
+        self.settings = settings
+        self.store = store
+        self.sandboxes = sandboxes
+        self._wake = asyncio.Event()
+        self._loop: asyncio.Task[None] | None = None
+        self._fills: dict[str, set[asyncio.Task[None]]] = {}
+        self._failed_at: dict[str, float] = {}
+        self._counts: set[asyncio.Task[None]] = set()
+
+    # -- managing pools --------------------------------------------------------------------------
+
+    async def create(self, project_id: str, req: CreatePool) -> PoolStatus:
+        request = CreateSandbox(
+            image=req.image, cpu=req.cpu, memory_mb=req.memory_mb, pids=req.pids, disk_mb=req.disk_mb
+        )
+        spec = build_spec(self.settings, request)  # the limits checked as a create's
+        await self.sandboxes.image_name(project_id, spec.image)  # an image the project cannot see: 400/404 now
+        pool = WarmPool(
+            id=new_id("wp_"),
+            project_id=project_id,
+            image=spec.image,
+            limits=spec.limits,
+            target=req.target,
+            created_at=utcnow(),
+        )
+        await self.store.insert_pool(pool)
+        self._wake.set()
+        return PoolStatus(pool, 0, 0)
+
+    async def find(self, project_id: str) -> list[PoolStatus]:
+        return [await self._status(pool) for pool in await self.store.find_pools(project_id)]
+
+    async def get(self, project_id: str, pool_id: str) -> PoolStatus:
+        pool = await self.store.get_pool(project_id, pool_id)
+        if pool is None:
+            raise PoolNotFound(pool_id)
+        return await self._status(pool)
+
+    async def resize(self, project_id: str, pool_id: str, target: int) -> PoolStatus:
+        pool = await self.store.resize_pool(project_id, pool_id, target)
+        if pool is None:
+            raise PoolNotFound(pool_id)
+        self._wake.set()
+        return await self._status(pool)
+
+    async def delete(self, project_id: str, pool_id: str) -> None:
+        """Drains the pool: its record first (no refill starts after), then, once the ones still
+        starting are up, every pooled sandbox: none is left when the call returns."""
+        await self.get(project_id, pool_id)
+        await self.store.delete_pool(pool_id)
+        await asyncio.gather(*self._fills.get(pool_id, ()), return_exceptions=True)
+        self._fills.pop(pool_id, None)
+        await self._drain(pool_id)
+
+    async def _status(self, pool: WarmPool) -> PoolStatus:
+        live = await self._pooled(pool.id, [State.RUNNING, State.PENDING])
+        ready = sum(1 for s in live if s.status.state == State.RUNNING)
+        return PoolStatus(pool, ready, len(live) - ready)
+
+    async def _pooled(self, pool_id: str, states: list[State]) -> list[Sandbox]:
+        return await self.store.find_sandboxes(pooled_project(pool_id), states=states, limit=MAX_TARGET * 4)
+
+    async def _drain(self, pool_id: str, keep: int = 0) -> None:
+        ready = await self._pooled(pool_id, [State.RUNNING])
+        for sandbox in ready[keep:]:
+            try:
+                await self.sandboxes.delete(None, sandbox.id, "pool_drained")
+            except SandboxdError:
+                log.exception("could not remove a pooled sandbox", extra={"sandbox_id": sandbox.id})
+
+    # -- checkout ----------------------------------------------------------------------------------
+
+    async def checkout(
+        self, project_id: str, req: CreateSandbox, spec: SandboxSpec
+    ) -> tuple[Sandbox | None, dict[str, Any]]:
+        """A ready sandbox of the project's pools that fits the request, bound to it; (None,
+        {hit: false}) where there is none (then a normal create runs), a 503 for mode require."""
+        choice = req.warm_pool or WarmPoolChoice()
+        if choice.mode == "bypass":
+            return None, {"hit": False, "id": None}
+        if choice.id is not None:
+            pool = await self.store.get_pool(project_id, choice.id)
+            if pool is None:
+                raise PoolNotFound(choice.id)
+            pools = [pool]
+        else:
+            pools = await self.store.find_pools(project_id)
+        fitting = [pool for pool in pools if _fits(pool, req, spec)]
+        if not fitting:
+            if choice.mode == "require":
+                which = f"warm pool {choice.id}" if choice.id else "no warm pool of this project"
+                raise Conflict(
+                    f"{which} fits this create: a pool fits the same image and limits, no entrypoint, "
+                    "volumes, source, transforms or template",
+                    "warm_pool",
+                )
+            return None, {"hit": False, "id": choice.id}
+        for pool in fitting:
+            for candidate in await self._pooled(pool.id, [State.RUNNING]):
+                taken = await self._claim(project_id, pool, candidate, req, spec)
+                if taken is not None:
+                    # The refill waits a moment: started at once, it competes for the CPU with the
+                    # caller's first commands in the sandbox just handed out.
+                    asyncio.get_running_loop().call_later(REFILL_DELAY, self._wake.set)
+                    self._count(pool.id, hit=True)  # off the create's path
+                    return taken, {"hit": True, "id": pool.id}
+        self._count(fitting[0].id, hit=False)
+        self._wake.set()
+        if choice.mode == "require":
+            raise PoolEmpty(f"warm pool {fitting[0].id} has no ready sandbox now; try again, or use mode prefer")
+        return None, {"hit": False, "id": fitting[0].id}
+
+    def _count(self, pool_id: str, hit: bool) -> None:
+        task = asyncio.create_task(self.store.count_checkout(pool_id, hit))
+        self._counts.add(task)
+        task.add_done_callback(self._counts.discard)
+
+    async def _claim(
+        self, project_id: str, pool: WarmPool, candidate: Sandbox, req: CreateSandbox, spec: SandboxSpec
+    ) -> Sandbox | None:
+        pooled = candidate.spec
+        if pooled.entrypoint and (req.env or req.cwd or req.user):
+            return None  # its start command runs with the pool's env, cwd and user
+        # The request over the image's defaults, as create resolves it: the pooled spec holds them.
+        image = {"env": pooled.env, "cwd": pooled.cwd, "user": pooled.user, "entrypoint": pooled.entrypoint}
+        bound = spec.resolved({**image, "ready_check": pooled.ready_check})
+        now = utcnow()
+        fields = {
+            "status": Status(
+                state=State.RUNNING, reason="warm_pool_checkout", message=f"from warm pool {pool.id}", changed_at=now
+            ),
+            "name": req.name,
+            "spec": bound,
+            "created_at": now,
+            "expires_at": now + timedelta(seconds=bound.timeout),
+            "traffic_token": secrets.token_urlsafe(24),
+        }
+        try:
+            taken = await self.store.claim_pooled(candidate.id, pool.id, candidate.version, project_id, fields)
+        except DuplicateKey:
+            raise Conflict(f"a sandbox named {req.name!r} exists in this project", "name") from None
+        if taken is None:
+            return None  # another create took it first
+        if bound.egress_rules != pooled.egress_rules:
+            try:
+                async with self.sandboxes.lock(taken.id):
+                    control = egress_control(self.sandboxes.runtime)
+                    record = await control.set_egress(taken.id, taken.runtime, bound.egress_rules or {})
+                    patched = await self.store.update_if(taken.id, {"runtime": record}, expected_states=[State.RUNNING])
+                    taken = patched or taken
+            except Exception as exc:
+                # It is the caller's now, and not as asked: removed, with the reason on record.
+                log.exception("binding egress at checkout failed", extra={"sandbox_id": taken.id})
+                await self.sandboxes.delete(None, taken.id, "checkout_failed", str(exc))
+                return None
+        return taken
+
+    # -- refilling ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop = asyncio.create_task(self._fill_forever())
+
+    async def shutdown(self) -> None:
+        fills = [t for tasks in self._fills.values() for t in tasks]
+        tasks = [*fills, *self._counts, *([self._loop] if self._loop else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def sweep(self) -> None:
+        """At start: removes pooled sandboxes whose pool is gone (deleted while one was starting)."""
+        pools = {pool.id for pool in await self.store.find_pools(None)}
+        for sandbox in await self.store.active():
+            if sandbox.project_id.startswith(POOLED_PREFIX) and sandbox.project_id[len(POOLED_PREFIX) :] not in pools:
+                await self.sandboxes.delete(None, sandbox.id, "pool_deleted")
+
+    async def _fill_forever(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self.fill_once()
+            except Exception:
+                log.exception("warm pool refill pass failed")
+            try:
+                await asyncio.wait_for(self._wake.wait(), FILL_INTERVAL)
+            except TimeoutError:
+                pass
+
+    async def fill_once(self) -> None:
+        loop = asyncio.get_running_loop()
+        for pool in await self.store.find_pools(None):
+            if loop.time() - self._failed_at.get(pool.id, -FAILED_BACKOFF) < FAILED_BACKOFF:
+                continue
+            status = await self._status(pool)
+            have = status.ready + status.starting
+            if have > pool.target:
+                await self._drain(pool.id, keep=max(pool.target - status.starting, 0))
+                continue
+            fills = self._fills.setdefault(pool.id, set())
+            for _ in range(min(pool.target - have, FILL_PARALLEL - len(fills))):
+                task = asyncio.create_task(self._fill(pool))
+                fills.add(task)
+                task.add_done_callback(fills.discard)
+
+    async def _fill(self, pool: WarmPool) -> None:
+        request = CreateSandbox(
+            image=pool.image,
+            cpu=pool.limits.cpu,
+            memory_mb=pool.limits.memory_mb,
+            pids=pool.limits.pids,
+            disk_mb=pool.limits.disk_mb,
+            internet_access=False,  # until a checkout binds the caller's policy
+        )
+        try:
+            error = await self.sandboxes.launch_pooled(
+                pool.project_id, pooled_project(pool.id), build_spec(self.settings, request)
+            )
+        except SandboxdError as exc:
+            error = exc
+        if error is not None:
+            log.warning("warm pool %s could not start a sandbox: %s", pool.id, error.message)
+            self._failed_at[pool.id] = asyncio.get_running_loop().time()
+            return
+        self._failed_at.pop(pool.id, None)
+        if await self.store.get_pool(None, pool.id) is None:
+            await self._drain(pool.id)  # deleted while it started
+        self._wake.set()
+
+
+def _fits(pool: WarmPool, req: CreateSandbox, spec: SandboxSpec) -> bool:
+    """Whether nothing the container was made with differs from what the request asks."""
+    return (
+        spec.template is None
+        and spec.image == pool.image
+        and spec.limits == pool.limits
+        and req.entrypoint is None
+        and not req.volumes
+        and req.source is None
+        and not req.transforms
+        and req.image_auth is None
+    )

@@ -1,0 +1,110 @@
+"""Warm pools: the store half (services/pools.py keeps them filled).
+
+A pooled sandbox is an ordinary sandbox record whose project is the pool's own pseudo project
+(``pooled_project``): no user project holds it, so no list, name lookup, quota or event stream of
+a user sees it. A checkout moves it into the caller's project in one conditional statement, so two
+creates never take the same one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import sqlalchemy as sa
+
+from sandboxd.domain import Sandbox, State, WarmPool
+from sandboxd.store.base import DuplicateKey
+from sandboxd.store.events import first_event, serialize_writers
+from sandboxd.store.records import RecordMap
+from sandboxd.store.runner import Runner
+from sandboxd.store.schema import sandboxes, warm_pools
+
+POOLS = RecordMap(WarmPool, warm_pools)
+POOLED_PREFIX = "pooled:"  # no project id (prj_<ulid>, DEFAULT_PROJECT) starts so
+
+
+def pooled_project(pool_id: str) -> str:
+    """The pseudo project a pool's sandboxes are recorded in until checked out."""
+    return POOLED_PREFIX + pool_id
+
+
+class PoolStore:
+    runner: Runner
+
+    _events_written: Callable[[], None]  # EventStore's (store/events.py): tells the event stream
+
+    async def insert_pool(self, pool: WarmPool) -> WarmPool:
+        await self.runner.write_one(lambda conn: conn.execute(warm_pools.insert().values(POOLS.row(pool))))
+        return pool
+
+    async def get_pool(self, project_id: str | None, pool_id: str) -> WarmPool | None:
+        query = POOLS.select.where(warm_pools.c.id == pool_id)
+        if project_id is not None:
+            query = query.where(warm_pools.c.project_id == project_id)
+        rows = await self.runner.read(lambda conn: list(conn.execute(query)))
+        return POOLS.load(rows[0]) if rows else None
+
+    async def find_pools(self, project_id: str | None) -> list[WarmPool]:
+        """Oldest first; every project's with None (the refill loop)."""
+        query = POOLS.select.order_by(warm_pools.c.id)
+        if project_id is not None:
+            query = query.where(warm_pools.c.project_id == project_id)
+        rows = await self.runner.read(lambda conn: list(conn.execute(query)))
+        return [POOLS.load(row) for row in rows]
+
+    async def resize_pool(self, project_id: str, pool_id: str, target: int) -> WarmPool | None:
+        stmt = (
+            warm_pools.update()
+            .where(warm_pools.c.id == pool_id, warm_pools.c.project_id == project_id)
+            .values(target=target)
+            .returning(*POOLS.columns)
+        )
+        row = await self.runner.write_one(lambda conn: conn.execute(stmt).first())
+        return POOLS.load(row) if row is not None else None
+
+    async def count_checkout(self, pool_id: str, hit: bool) -> None:
+        column = warm_pools.c.hits if hit else warm_pools.c.misses
+        stmt = warm_pools.update().where(warm_pools.c.id == pool_id).values({column: column + 1})
+        await self.runner.write_one(lambda conn: conn.execute(stmt))
+
+    async def delete_pool(self, pool_id: str) -> bool:
+        stmt = warm_pools.delete().where(warm_pools.c.id == pool_id)
+        return await self.runner.write(lambda conn: conn.execute(stmt).rowcount > 0)
+
+    async def claim_pooled(
+        self, sandbox_id: str, pool_id: str, version: int, project_id: str, fields: Mapping[str, Any]
+    ) -> Sandbox | None:
+        """Moves a running pooled sandbox into ``project_id`` with ``fields`` (name, spec, status,
+        expiry, token, created_at) if it is still the pool's, running and at ``version``, and writes
+        the event its project's history begins with; None if another checkout (or a drain) got it
+        first. DuplicateKey("name") if the project holds the name."""
+        from sandboxd.store.sql import SANDBOXES  # the sandbox row mapping lives with the sandbox store
+
+        values = SANDBOXES.patch(fields, frozenset({"id", "project_id", "version"}))
+        stmt = (
+            sandboxes.update()
+            .where(
+                sandboxes.c.id == sandbox_id,
+                sandboxes.c.project_id == pooled_project(pool_id),
+                sandboxes.c.state == State.RUNNING.value,
+                sandboxes.c.version == version,
+            )
+            .values({"version": sandboxes.c.version + 1, "project_id": project_id, **values})
+            .returning(*SANDBOXES.columns)
+        )
+
+        def claim(conn: sa.Connection) -> Any:
+            serialize_writers(conn)
+            row = conn.execute(stmt).first()
+            if row is not None:  # the project's history of it begins here, in the same transaction
+                conn.execute(first_event(SANDBOXES.load(row)))
+            return row
+
+        try:
+            row = await self.runner.write(claim)
+        except sa.exc.IntegrityError:
+            raise DuplicateKey("name", str(fields.get("name", ""))) from None
+        if row is None:
+            return None
+        self._events_written()
+        return SANDBOXES.load(row)
