@@ -14,6 +14,7 @@ from sandboxd_sdk.cli.exec import exec_
 from sandboxd_sdk.cli.images import image
 from sandboxd_sdk.cli.network import egress, port, timeout
 from sandboxd_sdk.cli.pause import pause, resume
+from sandboxd_sdk.cli.procs import ps, wait
 from sandboxd_sdk.cli.sandboxes import create, get, kill, list_, logs
 from sandboxd_sdk.cli.stopstart import start, stop
 from sandboxd_sdk.cli.templates import runtimes, template
@@ -54,6 +55,8 @@ for command in (
     get,
     kill,
     exec_,
+    ps,
+    wait,
     logs,
     cp,
     port,
