@@ -10,8 +10,11 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
-from sandboxd import ProcessInfo, Sandbox
+import pytest
+
+from sandboxd import ProcessInfo, Sandbox, SandboxError
 from tests.conftest import Server
 
 ALL_BYTES = bytes(range(256))
@@ -30,7 +33,7 @@ def test_the_pid_arrives_before_any_output(server: Server, sandbox: Sandbox) -> 
     begin = time.monotonic()
     result = sandbox.commands.run(
         "sleep 1; echo late",
-        on_start=lambda p: (starts.append(p), events.append((time.monotonic() - begin, "start"))),
+        on_start=lambda p: starts.append(p) or events.append((time.monotonic() - begin, "start")),  # type: ignore[func-returns-value]
         on_stdout=lambda s: events.append((time.monotonic() - begin, s)),
     )
     assert [e for _, e in events] == ["start", "late\n"]
@@ -109,8 +112,8 @@ def test_binary_stdin_round_trip_with_byte_counts(server: Server, sandbox: Sandb
         assert r.json()["written"] == len("é€".encode())
         assert text.wait().stdout == "é€"
     # exec -i passes bytes through untouched.
-    r = cli(server, "exec", "-i", sandbox.id, "--", "sha256sum", stdin=data)
-    assert r.returncode == 0 and r.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest(), r
+    done = cli(server, "exec", "-i", sandbox.id, "--", "sha256sum", stdin=data)
+    assert done.returncode == 0 and done.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest(), done
 
 
 def test_logs_by_offset(server: Server, sandbox: Sandbox) -> None:
@@ -148,3 +151,27 @@ def test_a_bounded_log_drops_the_oldest_and_says_so(server: Server, sandbox: San
     assert r.stdout == b"aaaEND\n" and b"no longer kept" not in r.stderr
     r = cli(server, "logs", sandbox.id, handle.id)
     assert f"[sandboxd: {logs.dropped} bytes of output were no longer kept]".encode() in r.stderr
+
+
+def test_process_calls_on_a_paused_sandbox_are_409_or_resume_it(server: Server) -> None:
+    with server.create(timeout=300, memory_mb=128) as sb:
+        handle = sb.commands.run("sleep 30", background=True)
+        sb.pause()
+        calls: list[Callable[[], object]] = [
+            lambda: handle.wait_exit(1),
+            lambda: handle.send_stdin(b"\0"),
+            lambda: handle.logs(),
+        ]
+        for call in calls:
+            with pytest.raises(SandboxError) as refused:
+                call()
+            assert refused.value.status == 409 and "auto_resume" in refused.value.message
+    with server.create(timeout=300, memory_mb=128, auto_resume=True) as sb:
+        handle = sb.commands.run(["cat"], background=True)
+        sb.pause()
+        assert handle.send_stdin(b"\xff\x00", eof=True) == 2  # resumes it first
+        sb.refresh()
+        assert sb.state == "running" and sb.info["status"]["reason"] == "auto_resume"
+        sb.pause()
+        assert handle.wait_exit(10).exit_code == 0
+        assert handle.logs().stdout == "\ufffd\x00"
