@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"sync"
 	"time"
 )
 
@@ -11,6 +12,29 @@ const (
 	stdinWriteDefault = 10 * time.Second // how long a write_stdin waits for the process to read
 	stdinWriteMax     = 600 * time.Second
 )
+
+// One write_stdin per process at a time: each sets the deadline of the one stdin file, and a second
+// would clear the first's (which could then block for ever on a process that does not read).
+var (
+	stdinBusyMu sync.Mutex
+	stdinBusy   = map[*Proc]bool{}
+)
+
+func claimStdin(p *Proc) bool {
+	stdinBusyMu.Lock()
+	defer stdinBusyMu.Unlock()
+	if stdinBusy[p] {
+		return false
+	}
+	stdinBusy[p] = true
+	return true
+}
+
+func releaseStdin(p *Proc) {
+	stdinBusyMu.Lock()
+	delete(stdinBusy, p)
+	stdinBusyMu.Unlock()
+}
 
 // stdinWriteReply is the process's info and how many of the bytes sent reached its stdin.
 type stdinWriteReply struct {
@@ -32,6 +56,10 @@ func writeStdinFrames(c *conn, p *Proc, up *upload, eof bool, timeout *float64) 
 	if target == nil {
 		return conflict("process %s has no open stdin", p.id)
 	}
+	if !claimStdin(p) {
+		return conflict("another write to process %s's stdin is in progress", p.id)
+	}
+	defer releaseStdin(p)
 	wait := stdinWriteDefault
 	if timeout != nil && *timeout > 0 {
 		wait = time.Duration(min64f(*timeout, stdinWriteMax.Seconds()) * float64(time.Second))

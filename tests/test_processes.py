@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -101,6 +102,11 @@ def test_binary_stdin_round_trip_with_byte_counts(server: Server, sandbox: Sandb
         assert r.status_code == 200, r.text
         assert 0 < r.json()["written"] < 1_000_000 and r.json()["running"]
         assert time.monotonic() - began < 10
+        # Two writes at once to one stdin: the second is refused, not left to block past its timeout.
+        big = {"data_base64": base64.b64encode(b"y" * 1_000_000).decode(), "timeout": 2}
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda _: http.post(f"{base}/{stuck.id}/stdin", json=big), range(2)))
+        assert sorted(a.status_code for a in answers) == [200, 409], [a.text for a in answers]
         stuck.kill()
         bad = http.post(f"{base}/{stuck.id}/stdin", json={"data_base64": "not base64!"})
         assert bad.status_code == 400 and bad.json()["field"] == "data_base64"

@@ -120,3 +120,14 @@ async def test_a_wait_that_ends_gives_the_exit() -> None:
 
     info = await port(answer).wait("p1", 5)
     assert info.exit_code == 3 and not info.running
+
+
+@pytest.mark.anyio
+async def test_a_stdin_write_the_agent_never_answers_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sandboxd.agent import port as port_module
+
+    monkeypatch.setattr(port_module, "ANSWER_GRACE", 0.2)  # the real grace is 30 s past the agent's deadline
+    began = time.monotonic()
+    with pytest.raises(AgentFailure, match="did not answer"):
+        await port(lambda args: []).write_stdin("p1", b"abc", timeout=0.1)
+    assert time.monotonic() - began < 3

@@ -36,6 +36,8 @@ READ_BATCH = 1024 * 1024  # a file read is passed on in pieces of this size (the
 # An offset past any output a process can have (the agent's offsets are int64): an attachment from
 # there sends no output, only the exit once the process has ended (its output drained).
 PAST_OUTPUT = 2**62
+STDIN_WAIT = 10.0  # the agent's default wait for a process to read what is written to its stdin
+ANSWER_GRACE = 30.0  # seconds past an agent's own deadline before its silence is its failure
 
 
 def _when(value: object) -> datetime | None:
@@ -359,7 +361,11 @@ class AgentPort:
         async def body() -> AsyncIterator[bytes]:
             yield data
 
-        reply = await self._upload(Op.WRITE_STDIN, body(), id=process_id, eof=eof, timeout=timeout)
+        try:  # the agent answers by its timeout; one that does not is not waited on for ever
+            async with asyncio.timeout((timeout or STDIN_WAIT) + ANSWER_GRACE):
+                reply = await self._upload(Op.WRITE_STDIN, body(), id=process_id, eof=eof, timeout=timeout)
+        except TimeoutError:
+            raise AgentFailure("the sandbox agent did not answer a stdin write in time") from None
         written = reply.get("written") if isinstance(reply, dict) else None
         if type(written) is not int or not 0 <= written <= len(data):
             raise AgentFailure(f"the sandbox agent answered a stdin write with a bad count: {written!r:.40}")

@@ -125,7 +125,7 @@ class ProcessLogs(BaseModel):
     process: ProcessInfo = Field(description="The process's status when the read ended.")
 
 
-MAX_STDIN = 8 * 1024 * 1024  # bytes one stdin write may carry
+MAX_STDIN = 7 * 1024 * 1024  # bytes one stdin write may carry: in base64, under the 10 MiB JSON body limit
 
 
 class StdinIn(BaseModel):
