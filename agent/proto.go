@@ -54,6 +54,7 @@ const (
 	opStatus         = "status"
 	opSignal         = "signal"
 	opStdin          = "stdin"
+	opWriteStdin     = "write_stdin"
 	opWaitEntrypoint = "wait_entrypoint"
 	opStat           = "stat"
 	opRead           = "read"
@@ -66,7 +67,7 @@ const (
 	opTarPut         = "tar_put"
 )
 
-var servedOps = []string{opSpawn, opAttach, opList, opStatus, opSignal, opStdin, opWaitEntrypoint, opStat,
+var servedOps = []string{opSpawn, opAttach, opList, opStatus, opSignal, opStdin, opWriteStdin, opWaitEntrypoint, opStat,
 	opRead, opWrite, opListDir, opMkdir, opRemove, opMove, opTarGet, opTarPut}
 
 func init() {

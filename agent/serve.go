@@ -55,7 +55,7 @@ func serveOne(c *conn) (again bool) {
 		return false
 	}
 	var up *upload
-	if req.Op == opWrite || req.Op == opTarPut {
+	if req.Op == opWrite || req.Op == opTarPut || req.Op == opWriteStdin {
 		up = &upload{c: c}
 	}
 	if err := dispatch(c, &req, up); err != nil {
@@ -130,6 +130,12 @@ func dispatch(c *conn, req *request, up *upload) error {
 			closeStdin(p)
 		}
 		c.sendJSON(frameReply, p.info())
+	case opWriteStdin:
+		p, err := lookup(derefString(req.ID))
+		if err != nil {
+			return err
+		}
+		return writeStdinFrames(c, p, up, req.EOF, req.Timeout)
 	case opWaitEntrypoint:
 		c.done = true // its reader goroutine may still hold the connection
 		waitEntrypoint(c)

@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 import bench_sections as sections  # noqa: E402  (beside this file)
 from bench_hibernate import hibernate_figures  # noqa: E402  (beside this file)
 from bench_pools import pool_figures  # noqa: E402
+from bench_procs import process_figures  # noqa: E402
 from bench_snapshots import snapshot_figures  # noqa: E402
 
 from sandboxd.runtimes.local.images.catalog import ImageStore  # noqa: E402
@@ -155,6 +156,7 @@ def core_figures(work: Path, server: Server, http: httpx.Client, runs: int) -> d
             timed(lambda: http.post(f"/api/v1/sandboxes/{sid}/commands", json=body).raise_for_status())
         )
     results.update(pause_figures(http, sid, runs))
+    results.update(process_figures(http, sid, runs))
     results.update(hibernate_figures(http, sid, runs))
     oci = oci_cli(server.data_dir, sid)  # the sandbox's own class (crun where it can run)
     for _ in range(runs):

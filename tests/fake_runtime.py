@@ -155,7 +155,7 @@ class FakeAgent(AgentConnection):
         if kind == Frame.REQ:  # requests follow one another on a connection, as on the agent
             self.request_args = json.loads(raw)
             self.upload = bytearray()
-            self.uploading = self.request_args["op"] in (Op.WRITE, Op.TAR_PUT)
+            self.uploading = self.request_args["op"] in (Op.WRITE, Op.TAR_PUT, Op.WRITE_STDIN)
             if not self.uploading:
                 self._answer()
         elif kind == Frame.DATA:
@@ -202,6 +202,8 @@ class FakeAgent(AgentConnection):
             self._put(R, json.dumps([p.info() for p in sb.procs.values()]).encode())
         elif op in (Op.STATUS, Op.STDIN):
             self._put(R, sb.proc(args["id"]).info())
+        elif op == Op.WRITE_STDIN:
+            self._put(R, {**sb.proc(args["id"]).info(), "written": len(self.upload)})
         elif op == Op.SIGNAL:
             proc = sb.proc(args["id"])
             proc.end(None, int(args["signal"]))

@@ -76,6 +76,8 @@ def account(events: Iterator[tuple[str, str, str]], start: int = 0) -> tuple[int
             gaps.append(gap)
         elif event == "exit":
             break
+        elif event == "start":  # the process started by the request, before its output
+            assert position == delivered == 0 and isinstance(json.loads(data)["pid"], int)
         else:
             pytest.fail(f"unexpected event {event}: {data[:200]}")
     return delivered, position, gaps

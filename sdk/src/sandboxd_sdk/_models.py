@@ -56,13 +56,25 @@ class FileEntry:
         return f"FileEntry({shown})"
 
 
-class Logs(NamedTuple):
-    """A background process's output so far: pass next_offset as offset to get only what follows.
-    Unpacks as the (stdout, stderr, next_offset) tuple it used to be."""
-
+class _LogsTuple(NamedTuple):
     stdout: str
     stderr: str
     next_offset: int
+
+
+class Logs(_LogsTuple):
+    """A background process's output so far: pass next_offset as offset to get only what follows.
+    Unpacks as the (stdout, stderr, next_offset) tuple it used to be. ``dropped``: bytes between the
+    offset asked for and next_offset that are missing from stdout and stderr because the server no
+    longer kept them (it keeps the newest 16 MiB of a process's output); 0 when nothing is missing."""
+
+    dropped: int = 0
+
+    @classmethod
+    def of(cls, stdout: str, stderr: str, next_offset: int, dropped: int = 0) -> Logs:
+        logs = cls(stdout, stderr, next_offset)
+        logs.dropped = dropped
+        return logs
 
 
 @dataclass

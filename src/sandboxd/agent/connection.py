@@ -41,7 +41,14 @@ KNOWN: dict[str, type[SandboxdError]] = {
     ErrorCode.EXHAUSTED: SandboxExhausted,
 }
 # The argument a failed operation is most likely about, when the agent names none.
-OP_FIELDS = {"spawn": "command", "stdin": "data", "signal": "signal", "attach": "process_id", "move": "destination"}
+OP_FIELDS = {
+    "spawn": "command",
+    "stdin": "data",
+    "write_stdin": "data",
+    "signal": "signal",
+    "attach": "process_id",
+    "move": "destination",
+}
 
 
 class SandboxRefused(SandboxdError):

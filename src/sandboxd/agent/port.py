@@ -6,6 +6,7 @@ domain's values; what does not hold together is the agent's failure (AgentFailur
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,11 @@ TIME_FIELDS = ("started_at", "ended_at", "modified_at")
 LATEST = 253402300799.0  # 9999-12-31T23:59:59Z: a datetime can hold no later time
 STREAMS: dict[int, Literal["stdout", "stderr"]] = {Frame.STDOUT: "stdout", Frame.STDERR: "stderr"}
 READ_BATCH = 1024 * 1024  # a file read is passed on in pieces of this size (the agent sends 64 KiB)
+# An offset past any output a process can have (the agent's offsets are int64): an attachment from
+# there sends no output, only the exit once the process has ended (its output drained).
+PAST_OUTPUT = 2**62
+STDIN_WAIT = 10.0  # the agent's default wait for a process to read what is written to its stdin
+ANSWER_GRACE = 30.0  # seconds past an agent's own deadline before its silence is its failure
 
 
 def _when(value: object) -> datetime | None:
@@ -304,6 +310,25 @@ class AgentPort:
             raise AgentFailure(f"the sandbox agent answered an attach with a bad offset: {start!r:.40}")
         return ProcessStream(conn, offset, start, release=self._release)
 
+    async def wait(self, process_id: str, timeout: float) -> ProcessInfo:
+        """The process's status once it has ended (its output complete), or after timeout seconds
+        while it still runs, whichever comes first. An unknown process raises."""
+        stream = await self.attach(process_id, PAST_OUTPUT, follow=True)
+        items = aiter(stream)
+        try:
+            async with asyncio.timeout(timeout):
+                async for item in items:
+                    if isinstance(item, ExitInfo):
+                        return ProcessInfo.model_validate(item.model_dump(exclude={"offset", "oom_killed"}))
+                    # Output or a gap from past every process's output is the agent's fault.
+                    raise AgentFailure("the sandbox agent sent output past where it was asked to start")
+        except TimeoutError:
+            pass
+        finally:
+            await items.aclose()
+            await stream.close()  # the hang-up ends the agent's side of the wait
+        return await self.process(process_id)
+
     @staticmethod
     async def _spawned(conn: AgentConnection, reply: Any) -> ProcessInfo:
         try:
@@ -325,6 +350,26 @@ class AgentPort:
     async def stdin(self, process_id: str, data: str | bytes, eof: bool = False) -> ProcessInfo:
         text = data.decode(errors="replace") if isinstance(data, bytes) else data
         return await self._call(Op.STDIN, lambda r: parse(ProcessInfo, r), id=process_id, data=text, eof=eof)
+
+    async def write_stdin(
+        self, process_id: str, data: bytes, eof: bool = False, timeout: float | None = None
+    ) -> tuple[ProcessInfo, int]:
+        """Writes data, bytes as they are, to the process's stdin; eof closes it after. Returns the
+        process and how many bytes it took: fewer than sent when it did not read them within
+        timeout seconds (the agent's default: 10), and stdin is then left open."""
+
+        async def body() -> AsyncIterator[bytes]:
+            yield data
+
+        try:  # the agent answers by its timeout; one that does not is not waited on for ever
+            async with asyncio.timeout((timeout or STDIN_WAIT) + ANSWER_GRACE):
+                reply = await self._upload(Op.WRITE_STDIN, body(), id=process_id, eof=eof, timeout=timeout)
+        except TimeoutError:
+            raise AgentFailure("the sandbox agent did not answer a stdin write in time") from None
+        written = reply.get("written") if isinstance(reply, dict) else None
+        if type(written) is not int or not 0 <= written <= len(data):
+            raise AgentFailure(f"the sandbox agent answered a stdin write with a bad count: {written!r:.40}")
+        return parse(ProcessInfo, reply), written
 
     async def wait_entrypoint(self) -> ExitInfo:
         """Returns once the sandbox's entrypoint has ended and its output is in the log; raises

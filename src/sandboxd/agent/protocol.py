@@ -39,6 +39,7 @@ class Op(enum.StrEnum):
     STATUS = "status"
     SIGNAL = "signal"
     STDIN = "stdin"
+    WRITE_STDIN = "write_stdin"  # {"id", "eof", "timeout"?} then DATA frames until END; REPLY info + "written"
     WAIT_ENTRYPOINT = "wait_entrypoint"
     STAT = "stat"
     READ = "read"

@@ -30,6 +30,7 @@ from sandboxd.services.idempotency import HEADER, MAX_KEY_LENGTH, Answer, Idempo
 # POSTs that refuse the header, and why (the OpenAPI document's path templates).
 EXCLUDED = {
     "/api/v1/sandboxes/{sandbox_id}/commands/stream": "its answer is a stream of events",
+    "/api/v1/sandboxes/{sandbox_id}/processes/{process_id}/wait": "its answer is the process as it is then",
     "/api/v1/images/pull": "its answer is a stream of progress events",
     "/api/v1/images/import": "its body is streamed to disk",
     "/api/v1/keys": "its answer holds a secret that is not stored",

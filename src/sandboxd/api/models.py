@@ -26,6 +26,7 @@ __all__ = [
     "SandboxStatus",
     "SignalIn",
     "StdinIn",
+    "StdinOut",
 ]
 
 
@@ -147,9 +148,28 @@ class ProcessLogs(BaseModel):
     process: ProcessInfo = Field(description="The process's status when the read ended.")
 
 
+MAX_STDIN = 7 * 1024 * 1024  # bytes one stdin write may carry: in base64, under the 10 MiB JSON body limit
+
+
 class StdinIn(BaseModel):
-    data: str = ""
-    eof: bool = False
+    data: str = Field("", max_length=MAX_STDIN, description="Text to write (sent as UTF-8).")
+    data_base64: str | None = Field(
+        None,
+        max_length=(MAX_STDIN + 2) // 3 * 4,
+        description="Bytes to write, base64-encoded: any bytes (NUL, not UTF-8). Instead of `data`.",
+    )
+    eof: bool = Field(False, description="Close stdin after the data (once all of it was written).")
+    timeout: float | None = Field(
+        None,
+        gt=0,
+        le=600,
+        description="Seconds the process has to read the data (default 10); what it has not read by "
+        "then is not written, and `written` says how much was.",
+    )
+
+
+class StdinOut(ProcessInfo):
+    written: int = Field(description="Bytes of the data written to the process's stdin.")
 
 
 class SignalIn(BaseModel):

@@ -42,9 +42,10 @@ class CommandService:
 
     async def stream(
         self, project_id: str | None, sandbox_id: str, cmd: RunCommand
-    ) -> AsyncIterator[Output | Gap | ExitInfo]:
-        """Starts a command (errors raise here, before any output) and returns its output as it
-        comes, then its exit."""
+    ) -> AsyncIterator[ProcessInfo | Output | Gap | ExitInfo]:
+        """Starts a command (errors raise here, before any output) and returns the process started
+        (its id and pid, before any output), its output as it comes, then its exit (an ExitInfo,
+        itself a ProcessInfo: test for ExitInfo first)."""
         sandbox, agent = await self._agent(project_id, sandbox_id)
         oom_before = await self.sandboxes.oom_kills(sandbox)
         stdin = cmd.stdin.encode() if cmd.stdin is not None else None
@@ -53,7 +54,9 @@ class CommandService:
 
     async def _marked(
         self, stream: ProcessStream, sandbox: Sandbox, oom_before: int
-    ) -> AsyncIterator[Output | Gap | ExitInfo]:
+    ) -> AsyncIterator[ProcessInfo | Output | Gap | ExitInfo]:
+        if stream.process is not None:
+            yield stream.process
         async for item in stream:
             if isinstance(item, ExitInfo):
                 # A shell reports its child's SIGKILL as exit 137 rather than dying of it.
@@ -77,7 +80,7 @@ class CommandService:
                 truncated = truncated or len(item.data) > room
                 out[item.stream].append(item.data[:room])
                 kept[item.stream] += min(len(item.data), room)
-            else:
+            elif isinstance(item, ExitInfo):
                 end = item
         if end is None or end.exit_code is None:  # a stream ends with the process's exit, or raises
             raise AgentFailure("the sandbox agent ended a command's output without its exit code")
@@ -114,10 +117,16 @@ class CommandService:
     async def signal(self, project_id: str | None, sandbox_id: str, process_id: str, signal: int) -> ProcessInfo:
         return await (await self._agent(project_id, sandbox_id))[1].signal(process_id, signal)
 
+    async def wait(self, project_id: str | None, sandbox_id: str, process_id: str, timeout: float) -> ProcessInfo:
+        """The process once it has ended, or as it is after timeout seconds (still running)."""
+        return await (await self._agent(project_id, sandbox_id))[1].wait(process_id, timeout)
+
     async def write_stdin(
-        self, project_id: str | None, sandbox_id: str, process_id: str, data: str, eof: bool
-    ) -> ProcessInfo:
-        return await (await self._agent(project_id, sandbox_id))[1].stdin(process_id, data, eof)
+        self, project_id: str | None, sandbox_id: str, process_id: str, data: bytes, eof: bool, timeout: float | None
+    ) -> tuple[ProcessInfo, int]:
+        """Writes bytes to a process's stdin; returns it and how many bytes it took in time."""
+        agent = (await self._agent(project_id, sandbox_id))[1]
+        return await agent.write_stdin(process_id, data, eof, timeout)
 
     async def logs(
         self, project_id: str | None, sandbox_id: str, process_id: str, offset: int, follow: bool

@@ -276,7 +276,7 @@ class TemplateService:
                     elif isinstance(item, Gap):
                         pending = b""
                         say(f"    [sandboxd: {item.dropped} bytes of this step's output were dropped here]")
-                    else:
+                    elif isinstance(item, ExitInfo):  # (the process started is told first)
                         exit_info = item
                 if pending:
                     say("    " + pending.decode(errors="replace"))

@@ -3,6 +3,7 @@ scripts/unasync.py, which CI runs with --check."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import tarfile
@@ -37,12 +38,21 @@ class CommandHandle:
         return ProcessInfo.from_json(r.json())
 
     def logs(self, offset: int = 0) -> Logs:
-        """The output produced so far from byte offset on: Logs(stdout, stderr, next_offset)."""
+        """The output produced so far from byte offset on: Logs(stdout, stderr, next_offset), and
+        .dropped, the bytes of it the server no longer kept."""
         r = _check(
             self.sandbox._http.get(f"{self.sandbox._path}/processes/{self.id}/logs", params={"offset": offset})
         )
         body = r.json()
-        return Logs(body["stdout"], body["stderr"], body["next_offset"])
+        return Logs.of(body["stdout"], body["stderr"], body["next_offset"], body.get("dropped", 0))
+
+    def wait_exit(self, timeout: float = 30.0) -> ProcessInfo:
+        """Waits, at most timeout seconds, for the process to end, without reading its output.
+        Returns its status: .running is still True if the timeout passed first."""
+        path = f"{self.sandbox._path}/processes/{self.id}/wait"
+        # The server answers by the timeout: the request may take that long and a margin.
+        r = _check(self.sandbox._http.post(path, params={"timeout": timeout}, timeout=timeout + 30))
+        return ProcessInfo.from_json(r.json())
 
     def wait(
         self,
@@ -56,10 +66,21 @@ class CommandHandle:
         path = f"{self.sandbox._path}/processes/{self.id}/logs"
         return _follow(self.sandbox._http, "GET", path, None, {"follow": True}, on_stdout, on_stderr, on_gap)
 
-    def send_stdin(self, data: str, eof: bool = False) -> None:
-        """Writes to the process's stdin; eof=True closes it after data."""
+    def send_stdin(self, data: str | bytes, eof: bool = False, timeout: float | None = None) -> int:
+        """Writes to the process's stdin, text or bytes as they are; eof=True closes it after data.
+        Returns the bytes written: fewer than sent if the process did not read them within
+        timeout seconds (the server's default: 10), and stdin then stays open."""
         path = f"{self.sandbox._path}/processes/{self.id}/stdin"
-        _check(self.sandbox._http.post(path, json={"data": data, "eof": eof}))
+        body: dict[str, Any] = {"eof": eof}
+        if isinstance(data, bytes):
+            body["data_base64"] = base64.b64encode(data).decode()
+        else:
+            body["data"] = data
+        if timeout is not None:
+            body["timeout"] = timeout
+        # The server answers once the process took the data, or by the timeout: allow that and a margin.
+        r = _check(self.sandbox._http.post(path, json=body, timeout=(timeout or 10) + 30))
+        return int(r.json()["written"])
 
     def kill(self, signal: str | int = "SIGKILL") -> None:
         """Sends a signal (a name such as "SIGTERM", or a number) to the process."""
@@ -76,6 +97,7 @@ def _follow(
     on_stdout: Callable[[str], object] | None,
     on_stderr: Callable[[str], object] | None,
     on_gap: Callable[[int, int], object] | None = None,
+    on_start: Callable[[ProcessInfo], object] | None = None,
 ) -> CommandResult:
     out: dict[str, list[str]] = {"stdout": [], "stderr": []}
     truncated = False
@@ -96,6 +118,9 @@ def _follow(
                     truncated = True
                     if on_gap is not None:
                         on_gap(data["from"], data["to"])
+                elif event == "start":  # the process, before any of its output
+                    if on_start is not None:
+                        on_start(ProcessInfo.from_json(data))
                 elif event == "exit":
                     return CommandResult(
                         stdout="".join(out["stdout"]),
@@ -131,11 +156,13 @@ class Commands:
         on_stdout: Callable[[str], object] | None = None,
         on_stderr: Callable[[str], object] | None = None,
         on_gap: Callable[[int, int], object] | None = None,
+        on_start: Callable[[ProcessInfo], object] | None = None,
     ) -> Any:
         """Runs cmd (a shell line, or an argv list). Returns a CommandResult, or with
         background=True an CommandHandle at once. check=True raises CommandExitError on a
-        non-zero exit. With callbacks the output streams; on_gap(from, to) is told of output
-        dropped before it was sent (the result is then truncated)."""
+        non-zero exit. With callbacks the output streams; on_start(process) gets the process (its
+        id and pid) before any output; on_gap(from, to) is told of output dropped before it was
+        sent (the result is then truncated)."""
         body: dict[str, Any] = {"command": cmd, "env": env or {}, "background": background}
         for key, value in (("cwd", cwd), ("user", user), ("timeout", timeout), ("stdin", stdin)):
             if value is not None:
@@ -145,9 +172,9 @@ class Commands:
             r = _check(http.post(f"{path}/commands", json=body))
             info = r.json()
             return CommandHandle(self._sandbox, info["id"], info["pid"])
-        if on_stdout or on_stderr or on_gap:
+        if on_stdout or on_stderr or on_gap or on_start:
             stream = f"{path}/commands/stream"
-            result = _follow(http, "POST", stream, body, None, on_stdout, on_stderr, on_gap)
+            result = _follow(http, "POST", stream, body, None, on_stdout, on_stderr, on_gap, on_start)
         else:
             r = _check(http.post(f"{path}/commands", json=body, timeout=None))
             result = CommandResult(**r.json())
@@ -159,6 +186,12 @@ class Commands:
         """The sandbox's processes started through the API, running or ended."""
         r = _check(self._sandbox._http.get(f"{self._sandbox._path}/processes"))
         return [ProcessInfo.from_json(p) for p in r.json()]
+
+    def get(self, process_id: str) -> CommandHandle:
+        """A handle on a process started before (by id, as `list` shows it)."""
+        path = f"{self._sandbox._path}/processes/{segment(process_id)}"
+        info = ProcessInfo.from_json((_check(self._sandbox._http.get(path))).json())
+        return CommandHandle(self._sandbox, info.id, info.pid)
 
 
 class Files:

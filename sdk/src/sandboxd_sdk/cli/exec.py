@@ -7,7 +7,6 @@ rule: a script's stdin is not sent to a sandbox unless asked)."""
 
 from __future__ import annotations
 
-import codecs
 import json
 import os
 import sys
@@ -25,6 +24,7 @@ INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C ended
 NOT_FOUND, NOT_EXECUTABLE = 127, 126  # the shell's codes
 GRACE = 2.0  # seconds a command has to end after SIGINT before it is killed
 CHUNK = 64 * 1024
+STDIN_WAIT = 10.0  # seconds one write of stdin waits for the command to read it
 
 
 def command_of(args: tuple[str, ...], sh: bool) -> str | list[str]:
@@ -45,16 +45,17 @@ def _start_failed(exc: SandboxError) -> int | None:
 
 
 def _pump_stdin(handle: CommandHandle, ended: threading.Event) -> None:
-    """This process's stdin to the command's, chunk by chunk, then end of file. The API takes
-    text: bytes that are not UTF-8 arrive replaced."""
-    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    """This process's stdin to the command's, chunk by chunk and byte for byte, then end of file.
+    What the command has not read within STDIN_WAIT is sent again (it may read slower than we do)."""
     fd = sys.stdin.fileno()
     try:
         while not ended.is_set():
             chunk = os.read(fd, CHUNK)
-            text = decoder.decode(chunk, final=not chunk)
-            if text or not chunk:
-                handle.send_stdin(text, eof=not chunk)
+            rest = chunk
+            while True:
+                rest = rest[handle.send_stdin(rest, eof=not chunk, timeout=STDIN_WAIT) :]
+                if not rest or ended.is_set():
+                    break
             if not chunk:
                 return
     except Exception:  # noqa: BLE001 - the command ended or closed its stdin: nothing more to send

@@ -15,6 +15,7 @@ from sandboxd_sdk.cli.images import image
 from sandboxd_sdk.cli.network import egress, port, timeout
 from sandboxd_sdk.cli.pause import hibernate, pause, resume
 from sandboxd_sdk.cli.pools import pool
+from sandboxd_sdk.cli.procs import ps, wait
 from sandboxd_sdk.cli.sandboxes import create, get, kill, list_, logs
 from sandboxd_sdk.cli.snapshots import fork, snapshot
 from sandboxd_sdk.cli.stopstart import start, stop
@@ -59,6 +60,8 @@ for command in (
     get,
     kill,
     exec_,
+    ps,
+    wait,
     logs,
     cp,
     port,

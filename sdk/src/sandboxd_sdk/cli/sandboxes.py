@@ -302,9 +302,16 @@ def kill(sandbox_id: str, as_json: bool) -> None:
 
 @click.command(context_settings=SHOW_DEFAULTS)
 @click.argument("sandbox_id")
-@click.option("--offset", type=int, default=0, show_default=True, help="Byte offset to print from.")
-def logs(sandbox_id: str, offset: int) -> None:
-    """Prints the entrypoint's output."""
+@click.argument("process_id", required=False)
+@click.option("--offset", type=click.IntRange(0), default=0, show_default=True, help="Byte offset to print from.")
+@click.option("--json", "as_json", is_flag=True, help="With a PROCESS_ID: print JSON with next_offset and dropped.")
+def logs(sandbox_id: str, process_id: str | None, offset: int, as_json: bool) -> None:
+    """Prints the entrypoint's output, or with a PROCESS_ID that process's (stdout and stderr)."""
+    if process_id is not None:
+        from sandboxd_sdk.cli.procs import process_logs
+
+        process_logs(sandbox_id, process_id, offset, as_json)
+        return
     sb = connect(sandbox_id)
     try:
         sys.stdout.write(sb.logs(offset))

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import base64
+import binascii
 import codecs
 import json
 from collections.abc import AsyncIterator
@@ -9,7 +11,16 @@ from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import StreamingResponse
 
 from sandboxd.api.deps import Commands, ProjectId
-from sandboxd.api.models import CommandResult, ExitInfo, ProcessInfo, ProcessLogs, SignalIn, StdinIn
+from sandboxd.api.models import (
+    MAX_STDIN,
+    CommandResult,
+    ExitInfo,
+    ProcessInfo,
+    ProcessLogs,
+    SignalIn,
+    StdinIn,
+    StdinOut,
+)
 from sandboxd.api.params import Offset
 from sandboxd.api.routing import CheckedRoute
 from sandboxd.domain import Gap, Output
@@ -18,19 +29,23 @@ from sandboxd.services.requests import RunCommand, signal_number
 
 router = APIRouter(prefix="/api/v1/sandboxes/{sandbox_id}", tags=["commands"], route_class=CheckedRoute)
 
+MAX_WAIT = 3600.0  # seconds a wait may hold its request open
+
 SSE_DOC: dict[int | str, dict[str, Any]] = {
     200: {
         "description": 'Server-Sent Events: `stdout` and `stderr` events carry {"data"}, with `id:` '
         "the byte offset to resume from; a final `exit` event carries the result. A reader that falls "
         "more than the output kept per process (16 MiB) behind loses the oldest output: a `gap` event "
         '{"from", "to", "dropped"} (its `id:` is `to`) says which bytes are missing before the output '
-        "goes on, so offsets stay real and every byte is either delivered or accounted for.",
+        "goes on, so offsets stay real and every byte is either delivered or accounted for. A command "
+        "started by this request first gets a `start` event with the process (its `id` and `pid`), "
+        "before any output.",
         "content": {"text/event-stream": {}},
     }
 }
 
 
-async def _sse(items: AsyncIterator[Output | Gap | ExitInfo]) -> AsyncIterator[str]:
+async def _sse(items: AsyncIterator[ProcessInfo | Output | Gap | ExitInfo]) -> AsyncIterator[str]:
     # One decoder per stream: a character split between two reads is not mangled.
     decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in ("stdout", "stderr")}
     async for item in items:
@@ -42,8 +57,10 @@ async def _sse(items: AsyncIterator[Output | Gap | ExitInfo]) -> AsyncIterator[s
                 decoder.reset()  # a character cut by the gap is not glued to what follows
             data = json.dumps({"from": item.start, "to": item.end, "dropped": item.dropped})
             yield f"event: gap\nid: {item.end}\ndata: {data}\n\n"
-        else:
+        elif isinstance(item, ExitInfo):
             yield f"event: exit\ndata: {item.model_dump_json()}\n\n"
+        else:  # the process started: its id and pid come before any output
+            yield f"event: start\nid: 0\ndata: {item.model_dump_json()}\n\n"
 
 
 @router.post("/commands", response_model=CommandResult | ProcessInfo)
@@ -112,12 +129,41 @@ async def process_logs(
     )
 
 
-@router.post("/processes/{process_id}/stdin", response_model=ProcessInfo)
+@router.post("/processes/{process_id}/wait", response_model=ProcessInfo)
+async def wait_process(
+    sandbox_id: str,
+    process_id: str,
+    service: Commands,
+    project: ProjectId,
+    timeout: Annotated[
+        float, Query(ge=0, le=MAX_WAIT, description="Seconds to wait at most; 0 answers at once.")
+    ] = 30.0,
+) -> ProcessInfo:
+    """Waits until a background process ends (and its output is complete), at most `timeout` seconds.
+    The answer is the process: `running: false` with its `exit_code` once it ended, or `running: true`
+    if it was still running when the timeout passed."""
+    return await service.wait(project, sandbox_id, process_id, timeout)
+
+
+@router.post("/processes/{process_id}/stdin", response_model=StdinOut)
 async def write_stdin(
     sandbox_id: str, process_id: str, body: StdinIn, service: Commands, project: ProjectId
-) -> ProcessInfo:
-    """Writes to a background process's standard input; `eof` closes it."""
-    return await service.write_stdin(project, sandbox_id, process_id, body.data, body.eof)
+) -> StdinOut:
+    """Writes to a background process's standard input, text (`data`) or any bytes (`data_base64`);
+    `eof` closes it after. The answer is the process and how many bytes were `written`: fewer than
+    sent if the process did not read them within `timeout` (stdin then stays open)."""
+    data = body.data.encode()
+    if body.data_base64 is not None:
+        if body.data:
+            raise InvalidRequest("data_base64", "give data or data_base64, not both")
+        try:
+            data = base64.b64decode(body.data_base64, validate=True)
+        except binascii.Error:
+            raise InvalidRequest("data_base64", "not valid base64") from None
+    if len(data) > MAX_STDIN:
+        raise InvalidRequest("data", f"at most {MAX_STDIN} bytes per write")
+    info, written = await service.write_stdin(project, sandbox_id, process_id, data, body.eof, body.timeout)
+    return StdinOut(**info.model_dump(), written=written)
 
 
 @router.post("/processes/{process_id}/signal", response_model=ProcessInfo)
