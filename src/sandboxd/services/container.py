@@ -22,6 +22,7 @@ from sandboxd.services.ports import PortService
 from sandboxd.services.supervisor import Supervisor
 from sandboxd.services.templates import TemplateService
 from sandboxd.services.tenancy import TenancyService
+from sandboxd.services.terminals import TerminalService
 from sandboxd.services.volumes import VolumeService
 from sandboxd.store.base import Store
 from sandboxd.store.sql import open_store
@@ -45,6 +46,7 @@ class Services:
     volumes: VolumeService
     events: EventService
     idempotency: IdempotencyService
+    terminals: TerminalService
     _store: Store
 
     @classmethod
@@ -111,6 +113,7 @@ class Services:
                 settings.event_heartbeat_seconds,
             ),
             idempotency=idempotency,
+            terminals=TerminalService(settings, sandboxes, commands),
             _store=store,
         )
         await services.events.start()  # before reconcile: its transitions are events too
@@ -123,6 +126,7 @@ class Services:
 
     async def close(self) -> None:
         """Stops background work; running sandboxes keep running for the next server."""
+        await self.terminals.shutdown()
         await self.events.shutdown()
         await self.supervisor.shutdown()
         await self.templates.shutdown()
