@@ -151,14 +151,18 @@ class TerminalService:
                 await term.resize(rows, cols)
         return session, attachment, term
 
-    def release(self, session: Session, attachment: Attachment, exited: bool) -> None:
-        """The client of attachment let go: the session ends if its process did, else it waits
-        the grace period for a client. A client that was taken over changes nothing."""
+    async def release(self, session: Session, attachment: Attachment, exited: bool, hang_up: bool = False) -> None:
+        """The client of attachment let go: the session ends if its process did, or is hung up
+        (SIGHUP, as a closed terminal window does) if the client closed it; else it waits the
+        grace period for a client. A client that was taken over changes nothing."""
         if session.attachment is not attachment:
             return
         session.attachment = None
-        if exited:
-            self._sessions.pop(session.id, None)
+        if exited or hang_up:
+            if self._sessions.pop(session.id, None) is not None and hang_up:
+                with contextlib.suppress(SandboxdError):
+                    pid = session.process_id
+                    await self.commands.signal(session.project_id, session.sandbox_id, pid, signals.SIGHUP)
             return
         if self._sessions.get(session.id) is not session:
             return

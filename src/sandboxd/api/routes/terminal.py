@@ -77,7 +77,7 @@ async def terminal(
         await websocket.send_text(json.dumps({"type": "session", **hello, "grace_seconds": grace}))
     except Exception:  # noqa: BLE001  gone already: the session waits for it
         await term.detach()
-        terminals.release(held, attachment, exited=False)
+        await terminals.release(held, attachment, exited=False)
         return
     await _relay(websocket, terminals, held, attachment, term)
 
@@ -122,11 +122,9 @@ async def _relay(
         for task in (reader, writer, evicted):
             task.cancel()
         await asyncio.gather(reader, writer, evicted, return_exceptions=True)
-        if term.exit is None and hang_up and not attachment.ended.is_set():
-            await term.close()  # hangs up the shell: the client closed its terminal
-        else:
-            await term.detach()  # dropped, or taken over: the program goes on for the next client
-        terminals.release(held, attachment, exited=term.exit is not None or hang_up)
+        # Dropped, or taken over: the program goes on for the next client. Closed: hung up.
+        await term.detach()
+        await terminals.release(held, attachment, exited=term.exit is not None, hang_up=hang_up)
         with contextlib.suppress(Exception):
             if attachment.ended.is_set():
                 await websocket.send_text(json.dumps({"type": "detached", "reason": attachment.reason}))
