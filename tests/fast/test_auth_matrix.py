@@ -180,6 +180,7 @@ async def world(api: Api) -> World:
         "key_id": read["id"],
         "rest": "index.html",
         "image": "app-alpha",
+        "session_id": "term_none",  # a terminal session: refused alike whether it exists or not
     }
     keys = {
         "none": "",
