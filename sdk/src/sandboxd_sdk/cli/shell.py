@@ -9,21 +9,54 @@ import signal
 import sys
 import termios
 import threading
+import time
 import tty
 from typing import Any
 
+from sandboxd_sdk._errors import SandboxError
+from sandboxd_sdk._sync.client import Sandbox
 from sandboxd_sdk._sync.terminal import Terminal
 from sandboxd_sdk.cli._common import connect
 
+RECONNECT_TRIES = 10  # about 20 s: a dropped connection (a network blip, a proxy's idle cut)
 
-def run_shell(sandbox_id: str, command: str = "") -> int:
+
+def run_shell(sandbox_id: str, command: str = "", attach: str | None = None) -> int:
+    """The terminal, relayed; a connection that drops while the terminal runs is attached again
+    (the session's recent output first) for as long as the server's grace period allows."""
     cols, rows = shutil.get_terminal_size()
     sb = connect(sandbox_id)
     try:
-        with sb.terminal(command, cols, rows) as term:
-            return _relay(term)
+        term = sb.terminal(command, cols, rows, session=attach)
+        while True:
+            with term:
+                code = _relay(term)
+            if not (term.dropped and term.session_id):
+                return code
+            again = _reattach(sb, term.session_id)
+            if again is None:
+                sys.stderr.write(
+                    f"error: the connection dropped; attach again with: sandboxd shell {sandbox_id} "
+                    f"--attach {term.session_id}\r\n"
+                )
+                return code
+            term = again
     finally:
         sb.close()
+
+
+def _reattach(sb: Sandbox, session_id: str) -> Terminal | None:
+    sys.stderr.write("[sandboxd: connection lost, reconnecting]\r\n")
+    for attempt in range(RECONNECT_TRIES):
+        try:
+            return sb.terminal(
+                cols=shutil.get_terminal_size()[0], rows=shutil.get_terminal_size()[1], session=session_id
+            )
+        except SandboxError as exc:
+            if exc.status == 404:  # the session ended meanwhile (its grace period, a kill)
+                return None
+            time.sleep(min(0.5 * (attempt + 1), 3))
+    return None
 
 
 def _relay(term: Terminal) -> int:
