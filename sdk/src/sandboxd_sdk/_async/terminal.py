@@ -50,7 +50,8 @@ class AsyncTerminal:
         # The same credentials and project as the client's requests.
         headers = {k: v for k, v in http.headers.items() if k.lower() in ("authorization", "x-sandboxd-project")}
         try:
-            ws = await connect(f"{base}{path}?{query}", additional_headers=headers)
+            # Entered as a context manager (closed by close()): the sync client warns otherwise.
+            ws = await connect(f"{base}{path}?{query}", additional_headers=headers).__aenter__()
         except InvalidStatus as exc:  # refused (a wrong key, no such sandbox): the server's error, as for any request
             raise error_from_body(exc.response.status_code, bytes(exc.response.body or b"")) from None
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:

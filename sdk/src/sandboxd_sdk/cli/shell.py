@@ -26,8 +26,12 @@ def run_shell(sandbox_id: str, command: str = "", attach: str | None = None) -> 
     (the session's recent output first) for as long as the server's grace period allows."""
     cols, rows = shutil.get_terminal_size()
     sb = connect(sandbox_id)
+    interactive = sys.stdin.isatty()
+    saved = termios.tcgetattr(sys.stdin) if interactive else None
     try:
         term = sb.terminal(command, cols, rows, session=attach)
+        if interactive:  # raw until the end, reconnects included (no local echo meanwhile)
+            tty.setraw(sys.stdin)
         while True:
             with term:
                 code = _relay(term)
@@ -42,6 +46,8 @@ def run_shell(sandbox_id: str, command: str = "", attach: str | None = None) -> 
                 return code
             term = again
     finally:
+        if saved is not None:
+            termios.tcsetattr(sys.stdin, termios.TCSADRAIN, saved)
         sb.close()
 
 
@@ -60,10 +66,7 @@ def _reattach(sb: Sandbox, session_id: str) -> Terminal | None:
 
 
 def _relay(term: Terminal) -> int:
-    interactive = sys.stdin.isatty()
-    saved = termios.tcgetattr(sys.stdin) if interactive else None
-    if interactive:
-        tty.setraw(sys.stdin)
+    if sys.stdin.isatty():
 
         def on_resize(*_: Any) -> None:
             term.resize(*shutil.get_terminal_size())
@@ -76,7 +79,7 @@ def _relay(term: Terminal) -> int:
         try:
             while not stop.is_set():
                 ready, _, _ = select.select([fd], [], [], 0.2)
-                if ready:
+                if ready and not stop.is_set():  # a reconnect's next relay reads what comes now
                     data = os.read(fd, 4096)
                     if not data:
                         _end_of_input(term, stop, complete=last in b"\r\n")
@@ -92,9 +95,7 @@ def _relay(term: Terminal) -> int:
             os.write(sys.stdout.fileno(), output)
     finally:
         stop.set()
-        if saved is not None:
-            termios.tcsetattr(sys.stdin, termios.TCSADRAIN, saved)
-    if term.error:
+    if term.error and not term.dropped:
         sys.stderr.write(f"error: {term.error}\r\n")
     return int(term.exit_code or 0)
 
