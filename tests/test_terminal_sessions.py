@@ -220,3 +220,17 @@ def test_deleting_the_sandbox_ends_its_sessions(srv: Server) -> None:
     late = open_ws(srv, sb.id, f"session={sid}")
     assert control(late)["type"] == "error"
     late.close()
+
+
+def test_stopping_the_sandbox_ends_its_sessions(srv: Server) -> None:
+    with srv.create(memory_mb=256, timeout=300) as sb:
+        ws = open_ws(srv, sb.id)
+        sid = control(ws)["id"]
+        drop(ws)
+        wait_for(lambda: sessions(srv, sb.id).json()[0]["attached"] is False)
+        sb.stop()
+        assert sessions(srv, sb.id).json() == []
+        sb.start()
+        late = open_ws(srv, sb.id, f"session={sid}")
+        assert control(late)["code"] == "TERMINAL_NOT_FOUND"
+        late.close()
