@@ -123,6 +123,12 @@ class Settings(BaseSettings):
     build_pids: int = 4096
     build_disk_mb: int = 8192
     reaper_interval: float = 1.0
+    # Terminal sessions: a shell whose WebSocket dropped keeps running this long for a client to
+    # reattach (?session=ID) and get the last terminal_scrollback_kb of its output again; at most
+    # terminal_max_sessions live per sandbox.
+    terminal_grace_seconds: float = 300.0
+    terminal_scrollback_kb: int = Field(64, ge=1, le=16384)
+    terminal_max_sessions: int = Field(16, ge=1, le=1024)
     # Host directories under which sandboxes may bind-mount (volumes of type "bind"); none by
     # default: every bind is refused. SANDBOXD_BIND_ALLOW='["/srv/shared"]'.
     bind_allow: list[Path] = []

@@ -312,6 +312,18 @@ class ExitInfo(ProcessInfo):
     oom_killed: bool = False
 
 
+class TerminalSession(BaseModel):
+    """A terminal (a process on a PTY) that outlives its WebSocket for a grace period."""
+
+    id: str = Field(description="term_<ulid>: attach again with ?session=ID on the terminal WebSocket.")
+    sandbox_id: str
+    process_id: str = Field(description="The agent's process id of the terminal's program.")
+    created_at: datetime
+    attached: bool = Field(description="Whether a client is attached now.")
+    detached_at: datetime | None = Field(None, description="Since when no client is attached.")
+    expires_at: datetime | None = Field(None, description="When it ends unless a client attaches first.")
+
+
 class CommandResult(BaseModel):
     """A command run to completion."""
 

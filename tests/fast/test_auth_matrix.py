@@ -191,6 +191,7 @@ async def world(api: Api) -> World:
         "rest": "index.html",
         "image": "app-alpha",
         "pool_id": pool["id"],
+        "session_id": "term_none",  # a terminal session: refused alike whether it exists or not
     }
     keys = {
         "none": "",

@@ -38,6 +38,7 @@ from sandboxd.api.routes import (
     templates,
     tenancy,
     terminal,
+    terminals,
     volumes,
 )
 from sandboxd.api.state import KEY as STATE_KEY
@@ -128,7 +129,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(health.metrics_router, dependencies=[*auth, Depends(authorize_operator)])
     app.include_router(health.capabilities_router, dependencies=auth)
     # A sandbox's name stands for its id in every /sandboxes/{sandbox_id} route (after auth: per project).
-    for module in (sandboxes, commands, files, templates, ports, images, volumes, snapshots, pools, events):
+    for module in (sandboxes, commands, files, templates, ports, images, volumes, snapshots, pools, events, terminals):
         app.include_router(module.router, dependencies=[*auth, Depends(resolve_sandbox)])
     app.include_router(tenancy.router, dependencies=[*auth, Depends(authorize_admin)])
     app.include_router(terminal.router, dependencies=[Depends(authorize_websocket), Depends(resolve_sandbox)])

@@ -26,6 +26,7 @@ from sandboxd.services.ports import PortService
 from sandboxd.services.snapshots import SnapshotService
 from sandboxd.services.templates import TemplateService
 from sandboxd.services.tenancy import TenancyService
+from sandboxd.services.terminals import TerminalService
 from sandboxd.services.volumes import VolumeService
 
 bearer = HTTPBearer(
@@ -146,6 +147,10 @@ async def _events(request: Request) -> EventService:
     return _services(request).events
 
 
+async def _terminals(request: Request) -> TerminalService:
+    return _services(request).terminals
+
+
 State = Annotated[ApiState, Depends(_state)]
 Volumes = Annotated[VolumeService, Depends(_volumes)]
 
@@ -165,6 +170,7 @@ Templates = Annotated[TemplateService, Depends(_templates)]
 Ports = Annotated[PortService, Depends(_ports)]
 Tenancy = Annotated[TenancyService, Depends(_tenancy)]
 Events = Annotated[EventService, Depends(_events)]
+Terminals = Annotated[TerminalService, Depends(_terminals)]
 
 
 async def _project(request: Request) -> str:

@@ -7,7 +7,16 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from sandboxd.domain import CommandResult, ExitInfo, FileInfo, ProcessInfo, Sandbox, State, TimeoutAction
+from sandboxd.domain import (
+    CommandResult,
+    ExitInfo,
+    FileInfo,
+    ProcessInfo,
+    Sandbox,
+    State,
+    TerminalSession,
+    TimeoutAction,
+)
 
 # The agent's values are the domain's, rendered as they are (times in RFC 3339).
 __all__ = [
@@ -27,6 +36,7 @@ __all__ = [
     "SignalIn",
     "StdinIn",
     "StdinOut",
+    "TerminalSession",
 ]
 
 

@@ -144,6 +144,12 @@ class CommandService:
         spawn = self._spawn(sandbox, cmd, TERM="xterm-256color")
         return Terminal(await agent.terminal(spawn, rows, cols))
 
+    async def attach_terminal(
+        self, project_id: str | None, sandbox_id: str, process_id: str, offset: int
+    ) -> ProcessStream:
+        """A terminal's process again: its output from offset on, then live, until it ends."""
+        return await (await self._agent(project_id, sandbox_id))[1].attach(process_id, offset, follow=True)
+
 
 class Terminal:
     """A process on a PTY: write keystrokes, resize, signal, read output until its exit."""
@@ -152,6 +158,8 @@ class Terminal:
         self._stream = stream
         self._items = aiter(stream)
         self.exit: ExitInfo | None = None
+        # The agent's id of the process (a stream started by attach has none: its session knows it).
+        self.process_id = stream.process.id if stream.process is not None else None
 
     async def write(self, data: bytes) -> None:
         await self._stream.write(data)
@@ -181,5 +189,9 @@ class Terminal:
             # The client left first: hang up as a closed terminal would.
             with contextlib.suppress(Exception):
                 await self.signal(signals.SIGHUP)
+        await self.detach()
+
+    async def detach(self) -> None:
+        """Stops reading; the process goes on (a terminal session may be attached again)."""
         await self._items.aclose()
         await self._stream.close()

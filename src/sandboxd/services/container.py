@@ -25,6 +25,7 @@ from sandboxd.services.snapshots import SnapshotService
 from sandboxd.services.supervisor import Supervisor
 from sandboxd.services.templates import TemplateService
 from sandboxd.services.tenancy import TenancyService
+from sandboxd.services.terminals import TerminalService
 from sandboxd.services.volumes import VolumeService
 from sandboxd.store.base import Store
 from sandboxd.store.sql import open_store
@@ -50,6 +51,7 @@ class Services:
     pools: PoolService
     events: EventService
     idempotency: IdempotencyService
+    terminals: TerminalService
     _store: Store
 
     @classmethod
@@ -125,6 +127,7 @@ class Services:
                 settings.event_heartbeat_seconds,
             ),
             idempotency=idempotency,
+            terminals=TerminalService(settings, sandboxes, commands),
             _store=store,
         )
         await services.events.start()  # before reconcile: its transitions are events too
@@ -140,6 +143,7 @@ class Services:
 
     async def close(self) -> None:
         """Stops background work; running sandboxes keep running for the next server."""
+        await self.terminals.shutdown()
         await self.events.shutdown()
         await self.pools.shutdown()
         await self.supervisor.shutdown()

@@ -601,9 +601,21 @@ class AsyncSandbox:
         r = await _check(await self._http.get(f"{self._path}/logs", params={"offset": offset}))
         return r.text
 
-    async def terminal(self, command: str = "", cols: int = 80, rows: int = 24) -> AsyncTerminal:
-        """An interactive terminal (a login shell, or command): see AsyncTerminal. Close it when done."""
-        return await AsyncTerminal.open(self._http, f"{self._path}/terminal", command, cols, rows)
+    async def terminal(
+        self, command: str = "", cols: int = 80, rows: int = 24, session: str | None = None
+    ) -> AsyncTerminal:
+        """An interactive terminal (a login shell, or command): see AsyncTerminal. Close it when
+        done. With session, attaches again to that terminal session (its recent output first)."""
+        return await AsyncTerminal.open(self._http, f"{self._path}/terminal", command, cols, rows, session)
+
+    async def terminals(self) -> list[dict[str, Any]]:
+        """Its terminal sessions: id, process_id, attached, and expires_at when no client holds one."""
+        r = await _check(await self._http.get(f"{self._path}/terminals"))
+        return list(r.json())
+
+    async def kill_terminal(self, session_id: str) -> None:
+        """Ends a terminal session: its program and what it started are killed."""
+        await _check(await self._http.delete(f"{self._path}/terminals/{segment(session_id)}"))
 
     async def kill(self) -> None:
         """Destroys the sandbox (its files and processes go)."""

@@ -601,9 +601,21 @@ class Sandbox:
         r = _check(self._http.get(f"{self._path}/logs", params={"offset": offset}))
         return r.text
 
-    def terminal(self, command: str = "", cols: int = 80, rows: int = 24) -> Terminal:
-        """An interactive terminal (a login shell, or command): see Terminal. Close it when done."""
-        return Terminal.open(self._http, f"{self._path}/terminal", command, cols, rows)
+    def terminal(
+        self, command: str = "", cols: int = 80, rows: int = 24, session: str | None = None
+    ) -> Terminal:
+        """An interactive terminal (a login shell, or command): see Terminal. Close it when
+        done. With session, attaches again to that terminal session (its recent output first)."""
+        return Terminal.open(self._http, f"{self._path}/terminal", command, cols, rows, session)
+
+    def terminals(self) -> list[dict[str, Any]]:
+        """Its terminal sessions: id, process_id, attached, and expires_at when no client holds one."""
+        r = _check(self._http.get(f"{self._path}/terminals"))
+        return list(r.json())
+
+    def kill_terminal(self, session_id: str) -> None:
+        """Ends a terminal session: its program and what it started are killed."""
+        _check(self._http.delete(f"{self._path}/terminals/{segment(session_id)}"))
 
     def kill(self) -> None:
         """Destroys the sandbox (its files and processes go)."""

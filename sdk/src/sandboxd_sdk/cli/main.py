@@ -105,11 +105,13 @@ def serve(host: str | None, port: int | None) -> None:
 @main.command()
 @click.argument("sandbox_id")
 @click.option("--command", "-c", default="", help="Run this instead of a login shell.")
-def shell(sandbox_id: str, command: str) -> None:
-    """An interactive terminal in the sandbox."""
+@click.option("--attach", "-a", "session", default=None, help="Attach again to this terminal session.")
+def shell(sandbox_id: str, command: str, session: str | None) -> None:
+    """An interactive terminal in the sandbox. A dropped connection reconnects to the same
+    terminal while the server keeps it (its grace period)."""
     from sandboxd_sdk.cli.shell import run_shell
 
-    sys.exit(run_shell(sandbox_id, command))
+    sys.exit(run_shell(sandbox_id, command, session))
 
 
 __all__ = ["main"]

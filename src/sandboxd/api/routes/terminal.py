@@ -1,6 +1,16 @@
 """A PTY over WebSocket. Binary frames are channel-prefixed: 0x00 + bytes is stdin from the client,
 0x01 + bytes is terminal output to it. Text frames are JSON control: {"type": "resize", "cols",
-"rows"} and {"type": "signal", "signal"} from the client; {"type": "exit", ...} ends the session."""
+"rows"} and {"type": "signal", "signal"} from the client; {"type": "exit", ...} ends the session.
+
+Sessions: the first frame to the client is {"type": "session", "id", "process_id", "reattached",
+"grace_seconds"}. A client that closes the WebSocket normally (code 1000) hangs the terminal up,
+as closing a terminal window does; a connection that drops (any other close, or none) leaves the
+program running for grace_seconds, and ?session=ID attaches to it again: the last output
+(scrollback) first, then live. One client at a time: a new attach takes the session over, and
+the client it replaces gets {"type": "detached", "reason"} and close code 4001; a session ended
+meanwhile (DELETE, expiry, the sandbox stopped) closes with 4002. Errors before the session:
+{"type": "error", "code", "message"} and close code 4000 + the HTTP status (4404: no such
+session, or another project's)."""
 
 from __future__ import annotations
 
@@ -13,9 +23,11 @@ from fastapi import APIRouter, Query, WebSocket
 
 from sandboxd.api.deps import WebSocketProjectId
 from sandboxd.api.state import api_state
+from sandboxd.config import Settings
 from sandboxd.errors import SandboxdError
-from sandboxd.services.commands import CommandService
+from sandboxd.services.commands import Terminal
 from sandboxd.services.requests import RunCommand
+from sandboxd.services.terminals import Attachment, Session, TerminalService
 
 router = APIRouter(prefix="/api/v1/sandboxes/{sandbox_id}", tags=["terminal"])
 STDIN, OUTPUT = 0, 1
@@ -27,32 +39,60 @@ STDIN, OUTPUT = 0, 1
 LOGIN_SHELL = "if command -v bash >/dev/null 2>&1; then exec bash -il; else exec sh -il; fi"
 
 
+TAKEN_OVER, SESSION_GONE = 4001, 4002
+HANG_UP = 1000  # the client's normal close: the terminal is closed, not dropped
+
+
 @router.websocket("/terminal")
 async def terminal(
     websocket: WebSocket,
     sandbox_id: str,
     project: WebSocketProjectId,
-    cols: Annotated[int, Query(ge=1, le=1000)] = 80,
-    rows: Annotated[int, Query(ge=1, le=1000)] = 24,
+    cols: Annotated[int | None, Query(ge=1, le=1000)] = None,
+    rows: Annotated[int | None, Query(ge=1, le=1000)] = None,
     command: str = "",
     argv: Annotated[list[str], Query(description="A program and its arguments, run without a shell")] = [],  # noqa: B006
     user: str | None = None,
+    session: Annotated[str | None, Query(max_length=64, description="A session to attach to again")] = None,
 ) -> None:
-    commands: CommandService = api_state(websocket.scope).services.commands
+    services = api_state(websocket.scope).services
+    terminals: TerminalService = services.terminals
+    settings: Settings = services.settings
     if not argv:  # an image without a shell still gets a terminal through argv
         argv = ["/bin/sh", "-c", command or LOGIN_SHELL]
     await websocket.accept()
     try:
-        term = await commands.terminal(project, sandbox_id, RunCommand(command=argv, user=user), rows, cols)
+        if session:
+            held, attachment, term = await terminals.attach(project, sandbox_id, session, rows, cols)
+        else:
+            cmd = RunCommand(command=argv, user=user)
+            held, attachment, term = await terminals.open(project, sandbox_id, cmd, rows or 24, cols or 80)
     except SandboxdError as exc:
         await websocket.send_text(json.dumps({"type": "error", "code": exc.code, "message": exc.message}))
-        await websocket.close(code=4404 if exc.status == 404 else 4400)
+        await websocket.close(code=4000 + exc.status if 400 <= exc.status < 600 else 4500)
         return
+    hello = {"id": held.id, "process_id": held.process_id, "reattached": bool(session)}
+    try:
+        grace = settings.terminal_grace_seconds
+        await websocket.send_text(json.dumps({"type": "session", **hello, "grace_seconds": grace}))
+    except Exception:  # noqa: BLE001  gone already: the session waits for it
+        await term.detach()
+        await terminals.release(held, attachment, exited=False)
+        return
+    await _relay(websocket, terminals, held, attachment, term)
+
+
+async def _relay(
+    websocket: WebSocket, terminals: TerminalService, held: Session, attachment: Attachment, term: Terminal
+) -> None:
+    hang_up = False
 
     async def from_client() -> None:
+        nonlocal hang_up
         while True:
             msg = await websocket.receive()
             if msg["type"] == "websocket.disconnect":
+                hang_up = msg.get("code") == HANG_UP
                 return
             if msg.get("bytes"):
                 if msg["bytes"][0] == STDIN:
@@ -75,12 +115,20 @@ async def terminal(
 
     reader = asyncio.create_task(from_client())
     writer = asyncio.create_task(to_client())
+    evicted = asyncio.create_task(attachment.ended.wait())
     try:
-        await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({reader, writer, evicted}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (reader, writer):
+        for task in (reader, writer, evicted):
             task.cancel()
-        await asyncio.gather(reader, writer, return_exceptions=True)
-        await term.close()  # hangs up the shell unless it already exited
+        await asyncio.gather(reader, writer, evicted, return_exceptions=True)
+        # Dropped, or taken over: the program goes on for the next client. Closed: hung up.
+        await term.detach()
+        await terminals.release(held, attachment, exited=term.exit is not None, hang_up=hang_up)
         with contextlib.suppress(Exception):
-            await websocket.close()
+            if attachment.ended.is_set():
+                await websocket.send_text(json.dumps({"type": "detached", "reason": attachment.reason}))
+                taken = held.attachment is not None and held.attachment is not attachment
+                await websocket.close(code=TAKEN_OVER if taken else SESSION_GONE)
+            else:
+                await websocket.close()
