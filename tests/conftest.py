@@ -108,6 +108,9 @@ class Server:
 
     def delete_all(self) -> None:
         with self.client() as http:
+            # Pools first: their ready sandboxes are in no list, and a pool refills what is deleted.
+            for item in http.get("/api/v1/pools").json()["items"]:
+                http.delete(f"/api/v1/pools/{item['id']}")
             for item in http.get("/api/v1/sandboxes", params={"limit": 1000}).json()["items"]:
                 if item["status"]["state"] not in ("terminated", "failed"):
                     http.delete(f"/api/v1/sandboxes/{item['id']}")

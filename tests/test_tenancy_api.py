@@ -36,7 +36,7 @@ class IdleRuntime:
         return Liveness.MISSING
 
     def __getattr__(self, name: str) -> Any:
-        raise AssertionError(f"the idle runtime has no {name}")
+        raise AttributeError(f"the idle runtime has no {name}")  # isinstance(runtime, Protocol) asks too
 
 
 @pytest.fixture
