@@ -30,7 +30,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from sandboxd.config import Settings
-from sandboxd.domain import Sandbox, SandboxSpec, State, Status, WarmPool, new_id, utcnow
+from sandboxd.domain import MIN_CPU, Sandbox, SandboxSpec, State, Status, WarmPool, new_id, utcnow
 from sandboxd.errors import Conflict, PoolEmpty, PoolNotFound, SandboxdError
 from sandboxd.runtimes.base import egress_control
 from sandboxd.services.lifecycle import SandboxService
@@ -53,10 +53,11 @@ class CreatePool(BaseModel):
 
     image: str | None = Field(None, description="The image, as the project names it; the server's default if omitted.")
     target: int = Field(1, ge=0, le=MAX_TARGET, description="Ready sandboxes to keep started.")
-    cpu: float | None = Field(None, description="Limits a create must ask for (the defaults if omitted).")
-    memory_mb: int | None = None
-    pids: int | None = None
-    disk_mb: int | None = None
+    # The bounds of a create's own (CreateSandbox): a pool's limits are a create's.
+    cpu: float | None = Field(None, ge=MIN_CPU, description="Limits a create must ask for (the defaults if omitted).")
+    memory_mb: int | None = Field(None, ge=16)
+    pids: int | None = Field(None, ge=16)
+    disk_mb: int | None = Field(None, ge=16)
 
 
 class ResizePool(BaseModel):
