@@ -401,8 +401,12 @@ async def _proxy_websocket(
     except (OSError, TimeoutError, websockets.exceptions.InvalidHandshake):
         await _refuse(scope, receive, send, _not_listening(target))
         return
-    await receive()  # websocket.connect
-    await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
+    try:
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
+    except BaseException:
+        await upstream.close()  # the client went before the accept: the sandbox's socket goes too
+        raise
 
     async def client_to_sandbox() -> None:
         while True:
