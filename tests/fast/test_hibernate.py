@@ -139,7 +139,9 @@ async def test_a_checkpoint_that_fails_at_the_timeout_hibernates_with_disk_only(
     timeout for ever: the timeout falls back to the disk-only kind, and says so."""
     api = reaping
     assert isinstance(api.runtime, CheckpointingFake)
-    r = await api.client.post("/api/v1/sandboxes", json={"image": "debian", "timeout": 1, "timeout_action": "hibernate"})
+    r = await api.client.post(
+        "/api/v1/sandboxes", json={"image": "debian", "timeout": 1, "timeout_action": "hibernate"}
+    )
     sid = r.json()["id"]
     api.runtime.refuse = sid
     body: dict[str, Any] = {}
