@@ -81,8 +81,8 @@ def test_capabilities_say_why_memory_is_not_kept(srv: Server) -> None:
         caps = http.get("/api/v1/capabilities").json()["hibernate"]
     reason = asyncio.run(criu.unavailable())
     assert caps["memory_kept"] is (reason is None)
-    if reason is not None:
-        assert caps["reason"] == reason and "criu" in caps["reason"]
+    if reason is not None:  # a fixed reason: criu check's own output (the host's details) is the log's
+        assert caps["reason"] == "criu check failed on this host" and reason not in caps["reason"]
 
 
 def criu_works(srv: Server) -> None:

@@ -116,6 +116,33 @@ def test_a_fork_diverges_from_its_original(sserver: Server) -> None:
     assert storage(sserver) == set()  # nor kept
 
 
+def test_a_fork_chain_holds_no_more_than_its_disk_mb(sserver: Server) -> None:
+    """Simple quotas charge an extent to the subvolume that wrote it: a fork's own qgroup starts
+    near zero whatever it inherited. What it inherited still counts against its disk_mb, so a fork
+    of a sandbox holding 40 MB of its 64 cannot write 60 MB more, nor a fork of that fork; a
+    sandbox made from a snapshot that already holds more than its disk_mb is refused."""
+    write = "dd if=/dev/urandom of=/root/{} bs=1M count={} conv=fsync"
+    with create(sserver, disk_mb=64) as sb:
+        assert sb.commands.run(write.format("first", 40)).exit_code == 0
+        with sb.fork() as fork:
+            assert fork.commands.run("stat -c %s /root/first").stdout == f"{40 << 20}\n"
+            done = fork.commands.run(write.format("more", 60))
+            assert done.exit_code != 0 and ("quota" in done.stderr or "space" in done.stderr), done.stderr
+            fork.commands.run("rm -f /root/more")
+            assert fork.commands.run(write.format("small", 8)).exit_code == 0  # what is left is usable
+            with fork.fork() as grandchild:  # 48 MB inherited now
+                done = grandchild.commands.run(write.format("more", 24))
+                assert done.exit_code != 0, "a fork of a fork got a fresh disk_mb"
+        snap = sb.snapshot()
+        with pytest.raises(SandboxError) as refused:
+            create(sserver, source=from_snapshot(snap["id"]), disk_mb=32)
+        assert refused.value.code == "INVALID_REQUEST" and "disk_mb" in str(refused.value), refused.value
+        with create(sserver, source=from_snapshot(snap["id"]), disk_mb=128) as bigger:
+            assert bigger.commands.run(write.format("more", 60)).exit_code == 0
+        with Client(url=sserver.url, api_key=sserver.key) as client:
+            client.snapshots.delete(snap["id"])
+
+
 def test_expiry_keep_last_and_the_project_limit(sserver: Server) -> None:
     with create(sserver) as sb, Client(url=sserver.url, api_key=sserver.key) as client:
         short = sb.snapshot(expires_in=1)

@@ -134,6 +134,9 @@ class Settings(BaseSettings):
     bind_allow: list[Path] = []
     max_volume_mb: int = 65536  # the largest size_mb a named volume may ask for
     max_snapshots_per_project: int = 100  # a snapshot past it is a 409 (delete some, or use keep_last)
+    # What one project's snapshots may hold of the scratch filesystem together, each counted as its
+    # disk_mb (what it holds at most); a snapshot past it is a 429 QUOTA_EXCEEDED.
+    max_project_snapshot_mb: int = 131072
     # What one project's named volumes may take of the scratch filesystem: how many, and their
     # size_mb together (a create past either is a 429 QUOTA_EXCEEDED naming it).
     max_project_volumes: int = 32

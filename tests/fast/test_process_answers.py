@@ -131,3 +131,54 @@ async def test_a_stdin_write_the_agent_never_answers_ends(monkeypatch: pytest.Mo
     with pytest.raises(AgentFailure, match="did not answer"):
         await port(lambda args: []).write_stdin("p1", b"abc", timeout=0.1)
     assert time.monotonic() - began < 3
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("silent", [Op.ATTACH, Op.STATUS])
+async def test_a_wait_whose_attach_or_status_the_agent_never_answers_ends(
+    monkeypatch: pytest.MonkeyPatch, silent: str
+) -> None:
+    from sandboxd.agent import port as port_module
+
+    monkeypatch.setattr(port_module, "ANSWER_GRACE", 0.3)  # the real grace is 30 s past the wait's timeout
+
+    def answer(args: dict[str, Any]) -> list[tuple[int, bytes]]:
+        if args["op"] == silent:
+            return []  # and then nothing, ever
+        if args["op"] == Op.ATTACH:
+            return [frame(Frame.REPLY, {"offset": args["offset"]})]
+        return [frame(Frame.REPLY, INFO)]
+
+    began = time.monotonic()
+    with pytest.raises(AgentFailure, match="did not answer a wait"):
+        await port(answer).wait("p1", 0.1)
+    assert time.monotonic() - began < 3
+
+
+@pytest.mark.anyio
+async def test_past_output_beyond_what_the_agent_keeps_is_the_agents_failure() -> None:
+    """A non-follow read of a process's output (GET .../logs) gets at most what the agent keeps:
+    an agent that sends on and on is stopped, not buffered."""
+    chunk = b"x" * (1 << 20)
+
+    def answer(args: dict[str, Any]) -> list[tuple[int, bytes]]:
+        assert args["op"] == Op.ATTACH and args["follow"] is False
+        return [frame(Frame.REPLY, {"offset": 0})] + [frame(Frame.STDOUT, chunk)] * 64
+
+    got = 0
+    with pytest.raises(AgentFailure, match="more of a process's output than it keeps"):
+        async for item in await port(answer).attach("p1", 0, follow=False):
+            got += len(getattr(item, "data", b""))
+    assert got <= 17 << 20
+
+
+@pytest.mark.anyio
+async def test_all_the_output_the_agent_keeps_is_read() -> None:
+    ended = {**INFO, "running": False, "exit_code": 0, "ended_at": 2.0, "offset": 16 << 20}
+
+    def answer(args: dict[str, Any]) -> list[tuple[int, bytes]]:
+        out = [frame(Frame.STDOUT, b"y" * (1 << 20))] * 16
+        return [frame(Frame.REPLY, {"offset": 0}), *out, frame(Frame.EXIT, ended)]
+
+    items = [item async for item in await port(answer).attach("p1", 0, follow=False)]
+    assert sum(len(getattr(item, "data", b"")) for item in items) == 16 << 20

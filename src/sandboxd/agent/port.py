@@ -37,6 +37,9 @@ READ_BATCH = 1024 * 1024  # a file read is passed on in pieces of this size (the
 # there sends no output, only the exit once the process has ended (its output drained).
 PAST_OUTPUT = 2**62
 STDIN_WAIT = 10.0  # the agent's default wait for a process to read what is written to its stdin
+# What a non-follow attach may send: the agent keeps 16 MiB of a process's output (agent/procs.go
+# outputCap); more, with slack for what is written while it answers, is a hostile agent's.
+MAX_PAST_OUTPUT = (16 << 20) + (1 << 20)
 ANSWER_GRACE = 30.0  # seconds past an agent's own deadline before its silence is its failure
 
 
@@ -105,8 +108,10 @@ class ProcessStream:
         start: int,
         process: ProcessInfo | None = None,
         release: Release | None = None,
+        limit: int | None = None,
     ) -> None:
         self._conn = conn
+        self._limit = limit  # bytes of output it may send in all (a non-follow attach's bound)
         self._offset = offset  # where the reader asked to start
         self._start = start  # where the agent said its output starts
         self.process = process  # the spawned process, for a stream started by spawn
@@ -145,7 +150,7 @@ class ProcessStream:
         return self._items()
 
     async def _items(self) -> AsyncGenerator[Output | Gap | ExitInfo]:
-        offset = self._offset
+        offset, received = self._offset, 0
         try:
             if self._start > offset:
                 yield Gap(offset, self._start)
@@ -153,7 +158,9 @@ class ProcessStream:
             while True:
                 kind, payload = await self._conn.recv()
                 if kind in STREAMS:
-                    offset += len(payload)
+                    offset, received = offset + len(payload), received + len(payload)
+                    if self._limit is not None and received > self._limit:
+                        raise AgentFailure("the sandbox agent sent more of a process's output than it keeps")
                     yield Output(STREAMS[kind], payload, offset)
                 elif kind == Frame.GAP:
                     gap = _gap(payload, offset)
@@ -308,11 +315,21 @@ class AgentPort:
         if type(start) is not int or start < offset:
             await conn.close()
             raise AgentFailure(f"the sandbox agent answered an attach with a bad offset: {start!r:.40}")
-        return ProcessStream(conn, offset, start, release=self._release)
+        limit = None if follow else MAX_PAST_OUTPUT  # what is there now: a bound the agent keeps to
+        return ProcessStream(conn, offset, start, release=self._release, limit=limit)
 
     async def wait(self, process_id: str, timeout: float) -> ProcessInfo:
         """The process's status once it has ended (its output complete), or after timeout seconds
-        while it still runs, whichever comes first. An unknown process raises."""
+        while it still runs, whichever comes first. An unknown process raises. The attach and the
+        final status are bounded too (ANSWER_GRACE past the timeout, all told): an agent that
+        never answers them holds the request no longer than that."""
+        try:
+            async with asyncio.timeout(timeout + ANSWER_GRACE):
+                return await self._wait(process_id, timeout)
+        except TimeoutError:
+            raise AgentFailure("the sandbox agent did not answer a wait in time") from None
+
+    async def _wait(self, process_id: str, timeout: float) -> ProcessInfo:
         stream = await self.attach(process_id, PAST_OUTPUT, follow=True)
         items = aiter(stream)
         try:
@@ -323,7 +340,7 @@ class AgentPort:
                     # Output or a gap from past every process's output is the agent's fault.
                     raise AgentFailure("the sandbox agent sent output past where it was asked to start")
         except TimeoutError:
-            pass
+            pass  # the inner bound only: the outer one's expiry is a cancellation until wait sees it
         finally:
             await items.aclose()
             await stream.close()  # the hang-up ends the agent's side of the wait

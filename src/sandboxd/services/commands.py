@@ -12,17 +12,20 @@ from collections.abc import AsyncIterator
 
 from sandboxd.agent import AgentFailure, AgentPort, ProcessStream, Spawn
 from sandboxd.domain import CommandResult, ExitInfo, Gap, Output, ProcessInfo, Sandbox
+from sandboxd.errors import QuotaExceeded
 from sandboxd.services.lifecycle import SandboxService
 from sandboxd.services.requests import RunCommand
 
 __all__ = ["CommandService", "Gap", "Output", "Terminal"]
 
 MAX_SYNC_OUTPUT = 8 * 1024 * 1024  # bytes per stream in a synchronous result
+MAX_WAITS = 16  # long-poll process waits held open at once per sandbox (each holds an agent connection)
 
 
 class CommandService:
     def __init__(self, sandboxes: SandboxService) -> None:
         self.sandboxes = sandboxes
+        self._waits: dict[str, int] = {}  # sandbox id -> its waits under way
 
     async def _agent(self, project_id: str | None, sandbox_id: str) -> tuple[Sandbox, AgentPort]:
         return await self.sandboxes.agent(project_id, sandbox_id)
@@ -118,8 +121,20 @@ class CommandService:
         return await (await self._agent(project_id, sandbox_id))[1].signal(process_id, signal)
 
     async def wait(self, project_id: str | None, sandbox_id: str, process_id: str, timeout: float) -> ProcessInfo:
-        """The process once it has ended, or as it is after timeout seconds (still running)."""
-        return await (await self._agent(project_id, sandbox_id))[1].wait(process_id, timeout)
+        """The process once it has ended, or as it is after timeout seconds (still running). At
+        most MAX_WAITS at once per sandbox (a 429 past that): each holds a connection to its agent."""
+        sandbox, agent = await self._agent(project_id, sandbox_id)
+        held = self._waits.get(sandbox.id, 0)
+        if held >= MAX_WAITS:
+            raise QuotaExceeded(f"sandbox {sandbox.id} has {held} process waits open, the most it may: retry later")
+        self._waits[sandbox.id] = held + 1
+        try:
+            return await agent.wait(process_id, timeout)
+        finally:
+            if (left := self._waits[sandbox.id] - 1) > 0:
+                self._waits[sandbox.id] = left
+            else:
+                del self._waits[sandbox.id]
 
     async def write_stdin(
         self, project_id: str | None, sandbox_id: str, process_id: str, data: bytes, eof: bool, timeout: float | None

@@ -67,7 +67,7 @@ class Services:
             await store.close()
             raise
         sandboxes = SandboxService(settings, store, runtime)
-        await hibernation.checkpoint_unavailable(runtime)  # `criu check` once, before anything is served
+        await hibernation.log_checkpoints(runtime)  # `criu check` once, before anything is served
         idempotency = IdempotencyService(settings, store)
         supervisor = Supervisor(settings, store, runtime, sandboxes, idempotency.sweep)
         commands = CommandService(sandboxes)

@@ -35,6 +35,7 @@ log = logging.getLogger("sandboxd.hibernation")
 
 AUTO_BOOT_WAIT = 30.0  # seconds a request waits for a stopped or hibernated sandbox to boot
 BOOTABLE = (State.STOPPED, State.HIBERNATED)  # what auto_resume boots
+_BOOTS: set[asyncio.Task[Sandbox]] = set()  # auto_resume boots under way
 
 
 async def checkpoint_unavailable(runtime: Runtime) -> str | None:
@@ -46,10 +47,28 @@ async def checkpoint_unavailable(runtime: Runtime) -> str | None:
     return await runtime.checkpoint_unavailable()
 
 
+async def log_checkpoints(runtime: Runtime) -> None:
+    """Runs `criu check` once, before anything is served, and logs its full answer for the
+    operator: the capabilities endpoint gives API keys only a fixed short reason (the host's
+    kernel and CRIU details are not theirs)."""
+    why_not = await checkpoint_unavailable(runtime)
+    if why_not is None:
+        log.info("hibernate keeps memory on this server (criu check passed)")
+    else:
+        log.warning("hibernate keeps disk only on this server: %s", why_not)
+
+
 async def capabilities(runtime: Runtime) -> dict[str, Any]:
     """What hibernate does on this server, for the capabilities endpoint."""
-    why_not = await checkpoint_unavailable(runtime)
-    return {"hibernate": {"memory_kept": why_not is None, "reason": why_not or ""}}
+    if await checkpoint_unavailable(runtime) is None:
+        return {"hibernate": {"memory_kept": True, "reason": ""}}
+    if await criu.unavailable() is not None:
+        reason = "criu check failed on this host"
+    elif isinstance(runtime, Checkpointing):
+        reason = f"the {runtime.name} runtime cannot checkpoint processes on this host"
+    else:
+        reason = f"the {runtime.name} runtime does not checkpoint processes"
+    return {"hibernate": {"memory_kept": False, "reason": reason}}
 
 
 def hibernated_message(sandbox: Sandbox) -> SandboxNotRunning:
@@ -141,24 +160,50 @@ async def wake(service: SandboxService, project_id: str | None, sandbox_id: str,
 async def auto_boot(service: SandboxService, sandbox: Sandbox) -> Sandbox:
     """A stopped or hibernated sandbox created with auto_resume, booted for a request that needs
     it running (at most AUTO_BOOT_WAIT seconds). The caller checks the state of what is returned
-    (a delete may have come first, or the boot failed and left it as it was)."""
+    (a delete may have come first, or the boot failed and left it as it was).
+
+    Only the caller's wait is bounded: the boot runs as its own task, shielded, so a request that
+    gives up (or is cancelled) never cuts it between the runtime's boot and its record (a running
+    container whose record says stopped); it finishes and records, and the next request finds it."""
     state = sandbox.status.state
+    boot = asyncio.create_task(_boot(service, sandbox))
+    _BOOTS.add(boot)  # the loop holds tasks weakly: one nobody awaits any more must not vanish
+    boot.add_done_callback(_BOOTS.discard)
     try:
         async with asyncio.timeout(AUTO_BOOT_WAIT):
-            if state == State.HIBERNATED:
-                return await wake(service, None, sandbox.id, "auto_resume")
-            try:
-                return await service.start(sandbox.project_id, sandbox.id)
-            except Conflict:  # another request booted it first
-                return await service.get(None, sandbox.id)
+            return await asyncio.shield(boot)
     except TimeoutError:
         raise SandboxNotRunning(sandbox.id, state.value, f"it did not boot within {AUTO_BOOT_WAIT:g} s") from None
+    finally:
+        if not boot.done():  # left running on its own: its outcome is logged, not lost
+            boot.add_done_callback(_log_boot)
+
+
+async def _boot(service: SandboxService, sandbox: Sandbox) -> Sandbox:
+    if sandbox.status.state == State.HIBERNATED:
+        return await wake(service, None, sandbox.id, "auto_resume")
+    try:
+        return await service.start(sandbox.project_id, sandbox.id)
+    except Conflict:  # another request booted it first
+        return await service.get(None, sandbox.id)
+
+
+def _log_boot(boot: asyncio.Future[Sandbox]) -> None:
+    if not boot.cancelled() and (exc := boot.exception()) is not None:
+        log.warning("an auto_resume boot nobody waited for failed: %s", exc)
 
 
 async def timeout(service: SandboxService, sandbox_id: str, action: TimeoutAction) -> Sandbox:
-    """A running sandbox's timeout with timeout_action stop or hibernate."""
+    """A running sandbox's timeout with timeout_action stop or hibernate. A checkpoint that fails
+    here falls back to the disk-only kind: retried every reaper pass, it would leave the sandbox
+    running past its timeout for ever."""
     message = f"the sandbox's timeout passed (timeout_action {action.value})"
     if action == TimeoutAction.STOP:
         return await park(service, sandbox_id, State.STOPPED, "timeout", message)
-    memory = await checkpoint_unavailable(service.runtime) is None
-    return await park(service, sandbox_id, State.HIBERNATED, "timeout", message, memory=memory)
+    if await checkpoint_unavailable(service.runtime) is None:
+        try:
+            return await park(service, sandbox_id, State.HIBERNATED, "timeout", message, memory=True)
+        except Exception as exc:  # noqa: BLE001 - any failure of the checkpoint: disk only then
+            log.warning("checkpoint at the timeout failed: disk only", extra={"sandbox_id": sandbox_id}, exc_info=True)
+            message = f"{message}; its memory could not be saved ({exc}): hibernated with disk only"
+    return await park(service, sandbox_id, State.HIBERNATED, "timeout", message)

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sandboxd.config import Settings
 from sandboxd.domain import Sandbox, Snapshot, State, new_id, utcnow
-from sandboxd.errors import Conflict, InvalidRequest, SandboxdError, SnapshotNotFound
+from sandboxd.errors import Conflict, InvalidRequest, QuotaExceeded, SandboxdError, SnapshotNotFound
 from sandboxd.runtimes.base import Runtime, snapshotter
 from sandboxd.services.lifecycle import SandboxService
 from sandboxd.services.requests import CreateSandbox, check_sandbox_name
@@ -63,6 +63,20 @@ class ForkSandbox(BaseModel):
         return None if labels is None else CreateSandbox._labels(labels)  # a create's rules
 
 
+def check_storage(settings: Settings, existing: list[Snapshot], sandbox: Sandbox) -> None:
+    """A project's snapshots together may hold at most max_project_snapshot_mb. Each counts as its
+    disk_mb: an upper bound of what it holds (a sandbox, made from a snapshot or not, holds at
+    most its disk_mb in all), known without reading the storage. A 429 past it."""
+    most = settings.max_project_snapshot_mb
+    total = sum(s.disk_mb for s in existing)
+    size = sandbox.spec.limits.disk_mb or settings.default_disk_mb
+    if total + size > most:
+        raise QuotaExceeded(
+            f"this project's snapshots take up to {total} MB; one of a sandbox with disk_mb {size} passes "
+            f"its {most} MB (max_project_snapshot_mb): delete some first, or use keep_last"
+        )
+
+
 class SnapshotService:
     def __init__(self, settings: Settings, store: Store, runtime: Runtime, sandboxes: SandboxService) -> None:
         self.settings = settings
@@ -80,8 +94,10 @@ class SnapshotService:
         sandbox = await self.sandboxes.get(project_id, sandbox_id)
         async with self._lock(project_id):
             limit = self.settings.max_snapshots_per_project
-            if len(await self.store.find_snapshots(project_id)) >= limit:
+            existing = await self.store.find_snapshots(project_id)
+            if len(existing) >= limit:
                 raise Conflict(f"the project holds {limit} snapshots, the most it may; delete some first")
+            check_storage(self.settings, existing, sandbox)
             snapshot_id, image, layers = await self._take(sandbox)
             now = utcnow()
             snapshot = Snapshot(
@@ -167,8 +183,13 @@ class SnapshotService:
         """Deletes snapshots past their expires_at (the supervisor's reaper); how many."""
         gone = 0
         for snapshot in await self.store.find_snapshots(None, expired_at=utcnow()):
+            lock = self._lock(snapshot.project_id)
+            if lock.locked():
+                # A create holds it while it waits for a sandbox's lock (a slow boot, a long
+                # stop): the reaper never waits behind that; the next pass takes this one.
+                continue
             try:
-                async with self._lock(snapshot.project_id):
+                async with lock:  # free: taken at once, nothing runs in between
                     await self._remove(snapshot, "expired")
                 gone += 1
             except Exception:

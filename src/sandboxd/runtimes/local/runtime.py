@@ -233,7 +233,7 @@ class LocalRuntime:
             raise RuntimeFailure("a sandbox needs a disk limit")
         home.mkdir(parents=True, exist_ok=True)
         if spec.snapshot:
-            volume = self.snapshots.restore(spec.snapshot, sandbox_id, spec.limits.disk_mb)
+            volume = self.snapshots.restore(spec.snapshot, sandbox_id, home, spec.limits.disk_mb)
         else:
             volume = self.scratch.create(sandbox_id, spec.limits.disk_mb)
         rootfs.prepare(

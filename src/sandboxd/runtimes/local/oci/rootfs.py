@@ -19,6 +19,8 @@ from sandboxd.errors import InvalidRequest, RuntimeFailure
 from sandboxd.runtimes.local.oci import mounts
 
 MARKER = "image"  # <home>/image: what the root is built on, read by image deletion and layer gc
+# Bytes the writable layer holds that its qgroup does not charge (oci/snapshots.py): kept with it.
+INHERITED = "inherited"
 
 
 def prepare(
@@ -63,10 +65,11 @@ def remove_mounts(home: Path) -> None:
 
 def clear_home(home: Path) -> None:
     """Unmounts the root and removes all of home but the image marker: a stopped sandbox keeps
-    only its writable layer, and the marker that keeps its image from being deleted under it."""
+    only its writable layer, and the marker that keeps its image from being deleted under it
+    (and the count of what that layer inherited, which its disk limit still counts)."""
     remove_mounts(home)
     for entry in home.iterdir() if home.exists() else []:
-        if entry.name == MARKER:
+        if entry.name in (MARKER, INHERITED):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)

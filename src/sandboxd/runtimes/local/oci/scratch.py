@@ -84,10 +84,22 @@ class _QuotaCtl(ctypes.Structure):
     _fields_ = [("cmd", ctypes.c_uint64), ("status", ctypes.c_uint64)]
 
 
+class _FsInfo(ctypes.Structure):
+    _fields_ = [("max_id", ctypes.c_uint64), ("num_devices", ctypes.c_uint64), ("fsid", ctypes.c_uint8 * 16)]
+    _fields_ += [("rest", ctypes.c_uint8 * (1024 - 32))]
+
+
+class _InoLookup(ctypes.Structure):
+    _fields_ = [("treeid", ctypes.c_uint64), ("objectid", ctypes.c_uint64), ("name", ctypes.c_char * 4080)]
+
+
 SUBVOL_CREATE_V2 = _ioc(1, 24, ctypes.sizeof(_VolArgsV2))
 SNAP_CREATE_V2 = _ioc(1, 23, ctypes.sizeof(_VolArgsV2))
 SNAP_DESTROY = _ioc(1, 15, ctypes.sizeof(_VolArgs))
 QUOTA_CTL = _ioc(3, 40, ctypes.sizeof(_QuotaCtl))
+FS_INFO = _ioc(2, 31, ctypes.sizeof(_FsInfo))
+INO_LOOKUP = _ioc(3, 18, ctypes.sizeof(_InoLookup))
+FIRST_FREE_OBJECTID = 256  # a subvolume's root directory inode
 SUBVOL_RDONLY, SUBVOL_QGROUP_INHERIT = 1 << 1, 1 << 2
 QGROUP_INHERIT_SET_LIMITS = 1
 LIMIT_MAX_RFER, LIMIT_MAX_EXCL = 1, 2
@@ -258,6 +270,34 @@ class ScratchVolume:
         finally:
             os.close(parent)
         return self.path / dst
+
+    def simple_quotas(self) -> bool:
+        """True when the volume's quotas are simple ones: an extent stays charged to the subvolume
+        that wrote it, so a writable snapshot's qgroup starts near zero whatever it holds (and
+        its limit bounds only what it writes itself). Full qgroups charge the snapshot all it
+        references."""
+        return self._qgroups().joinpath("mode").read_text().strip() == "squota"
+
+    def used_bytes(self, name: str) -> int:
+        """What the subvolume's own qgroup holds (as of the last commit: a snapshot commits)."""
+        fd = os.open(self.path / _checked(name), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            lookup = _InoLookup(treeid=0, objectid=FIRST_FREE_OBJECTID)
+            _ioctl(fd, INO_LOOKUP, lookup, f"subvolume id of {name}")
+        finally:
+            os.close(fd)
+        return int(self._qgroups().joinpath(f"0_{lookup.treeid}", "referenced").read_text())
+
+    def _qgroups(self) -> Path:
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            info = _FsInfo()
+            _ioctl(fd, FS_INFO, info, "filesystem info")
+        finally:
+            os.close(fd)
+        fsid = bytes(info.fsid).hex()
+        uuid = f"{fsid[:8]}-{fsid[8:12]}-{fsid[12:16]}-{fsid[16:20]}-{fsid[20:]}"
+        return Path("/sys/fs/btrfs") / uuid / "qgroups"
 
     def remove(self, sandbox_id: str) -> None:
         """Deletes the sandbox's subvolume with all it holds. Its extents are freed in the

@@ -9,6 +9,14 @@ server's, copied from the sandbox's home (written there by create).
 
 The marker is written before the subvolume and removed after it: whatever a killed server leaves,
 an image in use is never unmarked. ``ids`` names both halves, so the startup sweep finds either.
+
+Disk limits across copies: under simple quotas (scratch.py) a writable copy's qgroup is charged
+only what the copy itself writes, not the extents it shares with its source, so its limit alone
+would let a chain of forks each hold a fresh disk_mb. Beside the marker the snapshot records
+``inherited``: the bytes of its content no qgroup of a copy will charge (the source sandbox's own
+qgroup plus what that sandbox itself inherited, an upper bound: a deleted inherited file still
+counts). A copy's qgroup limit is its disk_mb less that, and the copy records it in its home for
+its own snapshots. Full qgroups charge a copy all it references: nothing is inherited there.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ from sandboxd.runtimes.local.oci import rootfs
 from sandboxd.runtimes.local.oci.scratch import SNAPSHOT_NAME, ScratchVolume
 
 MARKERS = "snapshots"  # <data_dir>/snapshots/<snp_id>/image
+INHERITED = rootfs.INHERITED  # bytes a copy's qgroup does not charge: in a snapshot's and a sandbox's home
+MIN_FREE_MB = 1  # what a copy must be able to write at least (the files its start puts in it)
 # Tests only (tests/test_snapshots.py kills the server here): "marker" or "subvolume" names the
 # step after which take() writes <data_dir>/snapshot-held and waits, for the test's kill -9.
 HOLD = "SANDBOXD_TEST_SNAPSHOT_HOLD"
@@ -48,6 +58,10 @@ class SnapshotFiles:
             (home / rootfs.MARKER).write_text(json.dumps(marker))
             self._hold("marker")
             self.scratch.snapshot(sandbox_id, snapshot_id, None)
+            inherited = 0
+            if self.scratch.simple_quotas():  # the snapshot ioctl committed: the count is current
+                inherited = read_inherited(sandbox_home) + self.scratch.used_bytes(sandbox_id)
+            (home / INHERITED).write_text(str(inherited))
             self._hold("subvolume")
         except BaseException:
             self.remove(snapshot_id)
@@ -59,14 +73,25 @@ class SnapshotFiles:
             (self.root.parent / "snapshot-held").touch()
             time.sleep(60)
 
-    def restore(self, snapshot_id: str, sandbox_id: str, limit_mb: int) -> Path:
-        """A writable copy of the snapshot as the sandbox's subvolume, limited to limit_mb."""
+    def restore(self, snapshot_id: str, sandbox_id: str, sandbox_home: Path, limit_mb: int) -> Path:
+        """A writable copy of the snapshot as the sandbox's subvolume, holding at most limit_mb
+        in all: what it inherits counts. A 400 if the copy alone leaves no room."""
+        inherited = read_inherited(self.root / snapshot_id)
+        room = limit_mb - -(-inherited >> 20)  # whole MiB, rounded against the sandbox
+        if room < MIN_FREE_MB:
+            raise InvalidRequest(
+                "disk_mb",
+                f"snapshot {snapshot_id} already holds {-(-inherited >> 20)} MB: a sandbox made from it "
+                f"needs a disk_mb above that (it has {limit_mb})",
+            )
         try:
-            return self.scratch.snapshot(snapshot_id, sandbox_id, limit_mb)
+            volume = self.scratch.snapshot(snapshot_id, sandbox_id, room)
         except OSError as exc:
             if exc.errno == errno.ENOENT:
                 raise InvalidRequest("source", f"snapshot {snapshot_id} no longer exists") from None
             raise
+        (sandbox_home / INHERITED).write_text(str(inherited))
+        return volume
 
     def remove(self, snapshot_id: str) -> None:
         if not SNAPSHOT_NAME.match(snapshot_id):
@@ -82,3 +107,11 @@ class SnapshotFiles:
         except FileNotFoundError:
             marked = set()
         return marked | self.scratch.snapshot_ids()
+
+
+def read_inherited(home: Path) -> int:
+    """The bytes recorded in home (a snapshot's or a sandbox's; server-written); 0 if none."""
+    try:
+        return int((home / INHERITED).read_text())
+    except FileNotFoundError:
+        return 0
