@@ -85,12 +85,7 @@ async def services(tmp_path: Path, database_url: str) -> AsyncIterator[Services]
     try:
         yield started
     finally:
-        closing = asyncio.ensure_future(started.close())
-        done, _ = await asyncio.wait([closing], timeout=10)
-        if not done:
-            for t in asyncio.all_tasks():
-                t.print_stack()
-            raise AssertionError("close hung")
+        await started.close()
 
 
 async def ready_pool(services: Services, target: int) -> PoolStatus:

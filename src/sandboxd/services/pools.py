@@ -28,6 +28,7 @@ longest timeout. A pooled sandbox is only ever removed by a compare-and-set on t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from dataclasses import dataclass
@@ -109,9 +110,9 @@ class PoolService:
         )
         async with self._sizing:
             pools = await self.store.find_pools(project_id)
-            most = self.settings.max_pools_per_project
-            if len(pools) >= most:
-                raise QuotaExceeded(f"this project has {len(pools)} warm pools, the most it may (max_pools_per_project)")
+            if len(pools) >= self.settings.max_pools_per_project:
+                have = len(pools)
+                raise QuotaExceeded(f"this project has {have} warm pools, the most it may (max_pools_per_project)")
             self._check_targets(pools, req.target)
             await self.store.insert_pool(pool)
         self._wake.set()
@@ -304,10 +305,10 @@ class PoolService:
                 await self.fill_once()
             except Exception:
                 log.exception("warm pool refill pass failed")
-            try:
-                await asyncio.wait_for(self._wake.wait(), FILL_INTERVAL)
-            except TimeoutError:
-                pass
+            # Not wait_for: on 3.11 it swallows a cancel that comes as the event is set.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(FILL_INTERVAL):
+                    await self._wake.wait()
 
     async def fill_once(self) -> None:
         loop = asyncio.get_running_loop()
