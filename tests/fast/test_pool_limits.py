@@ -159,7 +159,7 @@ async def test_a_drain_leaves_alone_a_sandbox_a_create_took_after_the_drain_read
 
     async def read_then_checkout(pool_id: str, states: list[State]) -> list[Sandbox]:
         found = await read(pool_id, states)
-        if found and not taken:
+        if states == [State.RUNNING] and found and not taken:  # the drain's read (not the status's)
             # A create that read the pool before its delete now claims the sandbox the drain just read.
             req = CreateSandbox(name="mine")
             claimed = await pools._claim(DEFAULT_PROJECT, pool, found[0], req, build_spec(services.settings, req))
