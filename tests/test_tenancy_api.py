@@ -25,6 +25,8 @@ class IdleRuntime:
     """Starts, stops and sweeps: enough for a server that never runs a sandbox. Anything else is a
     test that strayed into the real-sandbox tier."""
 
+    name = "idle"
+
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...

@@ -133,6 +133,15 @@ class Settings(BaseSettings):
     # default: every bind is refused. SANDBOXD_BIND_ALLOW='["/srv/shared"]'.
     bind_allow: list[Path] = []
     max_volume_mb: int = 65536  # the largest size_mb a named volume may ask for
+    # Warm pools (services/pools.py): how many pools one project may have, the ready sandboxes they
+    # keep together (the sum of their targets), and the pooled sandboxes the whole server keeps (the
+    # refill starts no more past it); a create or resize past a project's limit is a 429 naming it.
+    # A pooled sandbox is recycled (removed and started again) at this age, bounded by max_timeout:
+    # whatever its image's start command runs cannot run unbounded before a checkout.
+    max_pools_per_project: int = Field(4, ge=0)
+    max_pooled_sandboxes_per_project: int = Field(16, ge=0)
+    max_pooled_sandboxes: int = Field(64, ge=0)
+    pool_max_age_seconds: float = Field(3600.0, gt=0)
     max_snapshots_per_project: int = 100  # a snapshot past it is a 409 (delete some, or use keep_last)
     # What one project's snapshots may hold of the scratch filesystem together, each counted as its
     # disk_mb (what it holds at most); a snapshot past it is a 429 QUOTA_EXCEEDED.

@@ -103,6 +103,7 @@ class Services:
                 or await images.holds_any(project_id)
                 or bool(await store.find_volumes(project_id))
                 or bool(await store.find_snapshots(project_id))
+                or bool(await store.find_pools(project_id))  # refilling: delete the pools first, as volumes
             )
 
         services = cls(

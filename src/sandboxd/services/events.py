@@ -185,8 +185,11 @@ class EventService:
         last_purge = 0.0
         loop = asyncio.get_running_loop()
         while True:
+            # Not wait_for: on 3.11 it swallows a cancel that comes as the event is set, and the
+            # shutdown then waits for this loop forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._written.wait(), POLL_SECONDS)
+                async with asyncio.timeout(POLL_SECONDS):
+                    await self._written.wait()
             self._written.clear()
             try:
                 # Even with no subscriber: its cursor stays right for one that comes meanwhile.

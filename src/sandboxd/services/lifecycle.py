@@ -281,6 +281,26 @@ class SandboxService:
         await self.store.insert_if_absent(sandbox)
         return await self._start(sandbox, image)
 
+    async def remove_pooled(self, sandbox: Sandbox, reason: str) -> bool:
+        """Removes a warm pool's sandbox (a drain, a recycle) if it is still as ``sandbox`` was
+        read: in its pool's pseudo project, running, at the same version. The stopping is written
+        by a compare-and-set, as a checkout's claim is: one that a create took meanwhile is the
+        create's and is left alone (False). Stopping written first, the delete finishes the job,
+        and a server killed between the two finds it stopping (reconcile ends it)."""
+        status = Status(state=State.STOPPING, reason=reason, changed_at=utcnow())
+        taken = await self.store.update_if(
+            sandbox.id,
+            {"status": status},
+            project_id=sandbox.project_id,
+            expected_states=[State.RUNNING],
+            expected_version=sandbox.version,
+        )
+        if taken is None:
+            return False
+        self._announce(sandbox.id, State.STOPPING, reason)
+        await self.delete(None, sandbox.id, reason)
+        return True
+
     async def image_name(self, project_id: str, name: str, auth: tuple[str, str] | None = None) -> str:
         """The catalog image the project's ``name`` stands for; ImageNotFound for one it does not see."""
         return name if self.images is None else await self.images.resolve(project_id, name, auth)

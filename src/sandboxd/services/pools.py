@@ -16,11 +16,19 @@ checkout, so neither needs rewriting inside the (hostile) root filesystem.
 
 Pools refill in the background (a loop woken by every checkout). A server killed during a refill
 finds the pooled sandbox pending on restart: reconcile removes it and the loop starts another.
+
+What pools may cost is bounded (config.py): pools per project and the sum of their targets (create
+and resize, checked under one lock), the pooled sandboxes of the whole server (the refill starts
+none past it), and a pooled sandbox's age: one older than pool_max_age_seconds (at most
+max_timeout) is recycled, so what its image's start command runs never outlives a sandbox's
+longest timeout. A pooled sandbox is only ever removed by a compare-and-set on the record as read
+(SandboxService.remove_pooled): one a create took meanwhile is the create's, and left alone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from dataclasses import dataclass
@@ -31,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sandboxd.config import Settings
 from sandboxd.domain import MIN_CPU, Sandbox, SandboxSpec, State, Status, WarmPool, new_id, utcnow
-from sandboxd.errors import Conflict, PoolEmpty, PoolNotFound, SandboxdError
+from sandboxd.errors import Conflict, PoolEmpty, PoolNotFound, QuotaExceeded, SandboxdError
 from sandboxd.runtimes.base import egress_control
 from sandboxd.services.lifecycle import SandboxService
 from sandboxd.services.requests import CreateSandbox, WarmPoolChoice
@@ -83,6 +91,7 @@ class PoolService:
         self._fills: dict[str, set[asyncio.Task[None]]] = {}
         self._failed_at: dict[str, float] = {}
         self._counts: set[asyncio.Task[None]] = set()
+        self._sizing = asyncio.Lock()  # a project's pool count and target sum, checked and written together
 
     # -- managing pools --------------------------------------------------------------------------
 
@@ -100,7 +109,13 @@ class PoolService:
             target=req.target,
             created_at=utcnow(),
         )
-        await self.store.insert_pool(pool)
+        async with self._sizing:
+            pools = await self.store.find_pools(project_id)
+            if len(pools) >= self.settings.max_pools_per_project:
+                have = len(pools)
+                raise QuotaExceeded(f"this project has {have} warm pools, the most it may (max_pools_per_project)")
+            self._check_targets(pools, req.target)
+            await self.store.insert_pool(pool)
         self._wake.set()
         return PoolStatus(pool, 0, 0)
 
@@ -114,11 +129,28 @@ class PoolService:
         return await self._status(pool)
 
     async def resize(self, project_id: str, pool_id: str, target: int) -> PoolStatus:
-        pool = await self.store.resize_pool(project_id, pool_id, target)
+        async with self._sizing:
+            pools = await self.store.find_pools(project_id)
+            if not any(p.id == pool_id for p in pools):
+                raise PoolNotFound(pool_id)
+            self._check_targets([p for p in pools if p.id != pool_id], target)
+            pool = await self.store.resize_pool(project_id, pool_id, target)
         if pool is None:
             raise PoolNotFound(pool_id)
         self._wake.set()
         return await self._status(pool)
+
+    def _check_targets(self, others: list[WarmPool], target: int) -> None:
+        """QuotaExceeded if ``target`` with the project's other pools' targets passes its limit
+        (a smaller target than before always passes: shrinking is never refused)."""
+        most = self.settings.max_pooled_sandboxes_per_project
+        kept = sum(p.target for p in others)
+        if target and kept + target > most:
+            raise QuotaExceeded(
+                f"this project's other warm pools keep {kept} sandboxes; {target} more passes its {most} "
+                "(max_pooled_sandboxes_per_project)",
+                "target",
+            )
 
     async def delete(self, project_id: str, pool_id: str) -> None:
         """Drains the pool: its record first (no refill starts after), then, once the ones still
@@ -140,10 +172,26 @@ class PoolService:
     async def _drain(self, pool_id: str, keep: int = 0) -> None:
         ready = await self._pooled(pool_id, [State.RUNNING])
         for sandbox in ready[keep:]:
-            try:
-                await self.sandboxes.delete(None, sandbox.id, "pool_drained")
-            except SandboxdError:
-                log.exception("could not remove a pooled sandbox", extra={"sandbox_id": sandbox.id})
+            await self._remove(sandbox, "pool_drained")
+
+    async def _remove(self, sandbox: Sandbox, reason: str) -> bool:
+        """Removes a pooled sandbox unless a create took it since it was read (compare-and-set)."""
+        try:
+            return await self.sandboxes.remove_pooled(sandbox, reason)
+        except SandboxdError:
+            log.exception("could not remove a pooled sandbox", extra={"sandbox_id": sandbox.id})
+            return False
+
+    async def _recycle(self, pool_id: str) -> int:
+        """Removes the pool's ready sandboxes older than pool_max_age_seconds (at most max_timeout);
+        the refill starts new ones. How many it removed."""
+        age = min(self.settings.pool_max_age_seconds, float(self.settings.max_timeout))
+        oldest = utcnow() - timedelta(seconds=age)
+        removed = 0
+        for sandbox in await self._pooled(pool_id, [State.RUNNING]):
+            if sandbox.created_at <= oldest and await self._remove(sandbox, "pool_recycled"):
+                removed += 1
+        return removed
 
     # -- checkout ----------------------------------------------------------------------------------
 
@@ -258,23 +306,32 @@ class PoolService:
                 await self.fill_once()
             except Exception:
                 log.exception("warm pool refill pass failed")
-            try:
-                await asyncio.wait_for(self._wake.wait(), FILL_INTERVAL)
-            except TimeoutError:
-                pass
+            # Not wait_for: on 3.11 it swallows a cancel that comes as the event is set.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(FILL_INTERVAL):
+                    await self._wake.wait()
 
     async def fill_once(self) -> None:
         loop = asyncio.get_running_loop()
-        for pool in await self.store.find_pools(None):
+        pools = await self.store.find_pools(None)
+        for pool in pools:
+            await self._recycle(pool.id)
+        statuses = [await self._status(pool) for pool in pools]
+        # The server's pooled sandboxes: a fill started but not yet recorded counts too.
+        room = self.settings.max_pooled_sandboxes - sum(
+            s.ready + max(s.starting, len(self._fills.get(s.pool.id, ()))) for s in statuses
+        )
+        for status in statuses:
+            pool = status.pool
             if loop.time() - self._failed_at.get(pool.id, -FAILED_BACKOFF) < FAILED_BACKOFF:
                 continue
-            status = await self._status(pool)
             have = status.ready + status.starting
             if have > pool.target:
                 await self._drain(pool.id, keep=max(pool.target - status.starting, 0))
                 continue
             fills = self._fills.setdefault(pool.id, set())
-            for _ in range(min(pool.target - have, FILL_PARALLEL - len(fills))):
+            for _ in range(min(pool.target - have, FILL_PARALLEL - len(fills), max(room, 0))):
+                room -= 1
                 task = asyncio.create_task(self._fill(pool))
                 fills.add(task)
                 task.add_done_callback(fills.discard)
