@@ -151,25 +151,27 @@ def test_another_project_with_the_same_name_starts_fresh(pserver: Server) -> Non
     assert storage(pserver) == set()
 
 
-def cli(srv: Server, *args: str) -> str:
+def cli(srv: Server, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "SANDBOXD_URL": srv.url, "SANDBOXD_API_KEY": srv.key, "COLUMNS": "120"}
     env.pop("FORCE_COLOR", None)
     done = subprocess.run(
         [sys.executable, "-m", "sandboxd_sdk.cli.main", *args], env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, (args, done.stdout, done.stderr)
-    return done.stdout
+    return done
 
 
 def test_the_cli_creates_a_persistent_sandbox_and_resumes_it(pserver: Server) -> None:
-    out = cli(pserver, "create", "--name", "clip", "--persistent", "--memory", "128")
-    assert "persistent:" in out and "started fresh" in out
+    made = cli(pserver, "create", "--name", "clip", "--persistent", "--memory", "128", "-q")
+    assert made.stdout.startswith("sbx_") and "started fresh" in made.stderr
+    assert "yes, started fresh" in cli(pserver, "get", "clip").stdout
     cli(pserver, "exec", "clip", "--", "sh", "-c", "echo from-cli > /root/c.txt")
     cli(pserver, "kill", "clip")
     [snap] = kept(pserver)
-    out = cli(pserver, "create", "--name", "clip", "--persistent", "--memory", "128")
-    assert f"resumed from snapshot {snap['id']}" in out
-    assert cli(pserver, "exec", "clip", "--", "cat", "/root/c.txt") == "from-cli\n"
+    made = cli(pserver, "create", "--name", "clip", "--persistent", "--memory", "128")
+    assert f"resumed from snapshot {snap['id']}" in made.stderr
+    assert f"resumed from snapshot {snap['id']}" in cli(pserver, "get", "clip").stdout
+    assert cli(pserver, "exec", "clip", "--", "cat", "/root/c.txt").stdout == "from-cli\n"
     pserver.delete_all()
 
 

@@ -256,6 +256,10 @@ def create(
         click.echo(sb.id)
     else:
         output(sb.info, [sb.info], as_json)
+    if persistent and not as_json:  # on stderr: -q's stdout stays the id alone
+        resumed = sb.resumed_from
+        said = f"resumed from snapshot {resumed}" if resumed else "started fresh (no snapshot of this name)"
+        click.echo(said, err=True)
 
 
 @click.command("ls", context_settings=SHOW_DEFAULTS)
