@@ -126,6 +126,8 @@ class SandboxSpec(BaseModel):
     # services.requests.VolumeMount entries as checked; a named volume's also carry its volume_id.
     volumes: list[dict[str, Any]] = Field(default_factory=list)
     snapshot: str | None = None  # snp_<ulid>: its writable layer starts as a copy of this snapshot
+    persistent: bool = False  # its files are kept as its name's snapshot when it ends (services/persistence.py)
+    resumed_from: str | None = None  # snp_<ulid>: the name's snapshot it resumed from
 
     def resolved(self, image_config: dict[str, Any]) -> SandboxSpec:
         """This spec over the image's defaults; the request wins wherever it said something."""
@@ -190,6 +192,8 @@ class Snapshot(BaseModel):
     disk_mb: int  # the disk limit a sandbox made from it gets unless its create says otherwise
     created_at: datetime
     expires_at: datetime | None = None  # None: kept until deleted
+    # The persistent sandbox name it holds the files of (one per name and project); None: a user's.
+    persistent_name: str | None = None
 
 
 class WarmPool(BaseModel):

@@ -95,6 +95,10 @@ class SandboxOut(BaseModel):
         default_factory=list, description="Its volume mounts: {type, host_path|name, mount_path, read_only}."
     )
     hibernation: Hibernation | None = Field(None, description="While hibernated: what was kept, since when.")
+    persistent: bool = Field(False, description="Its files are kept as its name's snapshot when it ends.")
+    resumed_from: str | None = Field(
+        None, description="The snapshot of its name it resumed from (persistent); null: it started fresh."
+    )
     warm_pool_checkout: WarmPoolCheckout | None = Field(
         None, description="In a create's answer: whether a warm pool gave the sandbox (hit) and which pool."
     )
@@ -131,6 +135,8 @@ class SandboxOut(BaseModel):
             created_at=sb.created_at,
             expires_at=sb.expires_at,
             volumes=[{k: v for k, v in m.items() if k != "volume_id"} for m in spec.volumes],
+            persistent=spec.persistent,
+            resumed_from=spec.resumed_from,
             hibernation=Hibernation(memory_kept=bool(sb.status.memory_kept), at=sb.status.changed_at)
             if sb.status.state == State.HIBERNATED
             else None,

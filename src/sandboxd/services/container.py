@@ -19,6 +19,7 @@ from sandboxd.services.files import FileService
 from sandboxd.services.idempotency import IdempotencyService
 from sandboxd.services.images import ImageService
 from sandboxd.services.lifecycle import SandboxService
+from sandboxd.services.persistence import Persistence
 from sandboxd.services.pools import PoolService
 from sandboxd.services.ports import PortService
 from sandboxd.services.snapshots import SnapshotService
@@ -93,6 +94,7 @@ class Services:
         snapshots = SnapshotService(settings, store, runtime, sandboxes)
         sandboxes.snapshots = snapshots  # create resolves a snapshot source
         supervisor.duties.append(snapshots.expire)
+        sandboxes.persistence = Persistence(snapshots)  # persistent sandboxes keep files under their name
         pools = PoolService(settings, store, sandboxes)
         sandboxes.pools = pools  # create takes a ready sandbox from a fitting warm pool
 

@@ -138,6 +138,14 @@ class Snapshots(Protocol):
     async def get(self, project_id: str, snapshot_id: str) -> Snapshot: ...
 
 
+class Persistence(Protocol):
+    """What create and delete need of persistent sandboxes (services/persistence.py)."""
+
+    async def resume(self, project_id: str, req: CreateSandbox, spec: SandboxSpec) -> SandboxSpec: ...
+
+    async def keep(self, sandbox_id: str) -> str: ...
+
+
 class Pools(Protocol):
     """What create needs of the warm pool service: a ready sandbox that fits, checked out."""
 
@@ -158,6 +166,7 @@ class SandboxService:
         self.volumes: Volumes | None = None  # set once the volume service exists; None: no volumes
         self.snapshots: Snapshots | None = None  # set once the snapshot service exists; None: none
         self.pools: Pools | None = None  # set once the warm pool service exists; None: no pools
+        self.persistence: Persistence | None = None  # set once snapshots exist; None: no persistent sandboxes
         self.on_transition: list[Callable[[str, State], None]] = []  # told of every state change
         # The agent port of each running sandbox, with the runtime record it was made for: it keeps
         # idle connections, closed when the sandbox leaves running (or its record changes).
@@ -172,6 +181,9 @@ class SandboxService:
         self, project_id: str, req: CreateSandbox, wait: bool = True
     ) -> tuple[Sandbox, dict[str, Any] | None]:
         """Creates a sandbox; also says whether a warm pool gave it ({hit, id}; None without pools)."""
+        if req.persistent and (req.name is None or self.persistence is None):
+            why = "a persistent sandbox needs a name: its files are kept under it"
+            raise InvalidRequest("name", why) if req.name is None else InvalidRequest("persistent", "no snapshots here")
         templates = self.templates
         spec = build_spec(self.settings, req, templates.runtime_template if templates else None)
         if spec.timeout_action == TimeoutAction.PAUSE:
@@ -179,7 +191,7 @@ class SandboxService:
         if spec.timeout_action in (TimeoutAction.STOP, TimeoutAction.HIBERNATE):
             stop_start(self.runtime)
         checkout = None
-        if self.pools is not None:
+        if self.pools is not None and not req.persistent:  # a pool's sandbox is not the name's
             taken, checkout = await self.pools.checkout(project_id, req, spec)
             if taken is not None:
                 return taken, checkout
@@ -189,6 +201,8 @@ class SandboxService:
             spec.volumes = await self.volumes.resolve(project_id, req.volumes)
         if isinstance(req.source, SnapshotSource):
             spec = await self._from_snapshot(project_id, req, spec)
+        if req.persistent and self.persistence is not None:
+            spec = await self.persistence.resume(project_id, req, spec)
         # Credentials go to the runtime for this create only: they are not part of the record.
         auth = (req.image_auth.username, req.image_auth.password) if req.image_auth else None
         return await self.launch(project_id, spec, auth, wait, name=req.name), checkout
@@ -475,6 +489,9 @@ class SandboxService:
             return sandbox
         if sandbox.status.state != State.STOPPING:
             await self.transition(sandbox_id, State.STOPPING, reason, message)
+        if sandbox.spec.persistent and self.persistence is not None:  # its files first: its name's snapshot
+            kept = await self.persistence.keep(sandbox_id)
+            message = f"{message}; {kept}" if message and kept else message or kept
         async with self.lock(sandbox_id):
             current = await self.get(None, sandbox_id)
             if current.status.state.ended:

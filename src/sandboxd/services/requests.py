@@ -310,6 +310,13 @@ class CreateSandbox(BaseModel):
         "kept); hibernate (only disk kept, memory too where the host can checkpoint). Stopped and "
         "hibernated sandboxes are kept for the server's stopped retention, then destroyed.",
     )
+    persistent: bool = Field(
+        False,
+        description="Needs a name. When it is deleted (or its timeout or retention ends it), its files are kept "
+        "as a snapshot of that name (one per name, replacing the previous); a later persistent create of the "
+        "name resumes from it (answer: resumed_from) on that snapshot's image. Deleting the snapshot starts "
+        "the name fresh.",
+    )
     auto_resume: bool = Field(
         False,
         description="A command, file, terminal or port request to it while paused, stopped or hibernated "

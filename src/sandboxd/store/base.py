@@ -194,6 +194,12 @@ class Store(Protocol):
         """Oldest first; every project's with project_id None; only one sandbox's with sandbox_id;
         only those whose expires_at is at or before expired_at with it."""
 
+    async def find_persistent(self, project_id: str, name: str) -> list[Snapshot]:
+        """The snapshots holding a persistent sandbox name's files (one, but for a moment), oldest first."""
+
+    async def replace_snapshots(self, snapshot: Snapshot, replaced: list[str]) -> None:
+        """Inserts snapshot and deletes the replaced records, in one transaction."""
+
     async def delete_snapshot(self, snapshot_id: str) -> bool: ...
 
     # -- warm pools (store/pools.py) --------------------------------------------------------------

@@ -124,6 +124,8 @@ snapshots = sa.Table(
     sa.Column("disk_mb", sa.Integer, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("expires_at", UtcDateTime, index=True),
+    sa.Column("persistent_name", sa.String),  # services/persistence.py
+    sa.Index("ix_snapshots_persistent_name", "project_id", "persistent_name"),
 )
 
 

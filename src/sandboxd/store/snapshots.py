@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import Connection
+
 from sandboxd.domain import Snapshot
 from sandboxd.store.records import RecordMap
 from sandboxd.store.runner import Runner
@@ -39,6 +41,21 @@ class SnapshotStore:
             query = query.where(snapshots.c.expires_at.is_not(None), snapshots.c.expires_at <= expired_at)
         rows = await self.runner.read(lambda conn: list(conn.execute(query)))
         return [SNAPSHOTS.load(row) for row in rows]
+
+    async def find_persistent(self, project_id: str, name: str) -> list[Snapshot]:
+        query = SNAPSHOTS.select.where(snapshots.c.project_id == project_id, snapshots.c.persistent_name == name)
+        rows = await self.runner.read(lambda conn: list(conn.execute(query.order_by(snapshots.c.created_at))))
+        return [SNAPSHOTS.load(row) for row in rows]
+
+    async def replace_snapshots(self, snapshot: Snapshot, replaced: list[str]) -> None:
+        row = SNAPSHOTS.row(snapshot)
+
+        def run(conn: Connection) -> None:  # one transaction: the new record in, the old ones out
+            conn.execute(snapshots.insert().values(row))
+            if replaced:
+                conn.execute(snapshots.delete().where(snapshots.c.id.in_(replaced)))
+
+        await self.runner.write(run)
 
     async def delete_snapshot(self, snapshot_id: str) -> bool:
         stmt = snapshots.delete().where(snapshots.c.id == snapshot_id)

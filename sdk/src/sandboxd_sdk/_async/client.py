@@ -335,6 +335,7 @@ class AsyncSandbox:
         timeout: int | None = None,
         timeout_action: str | None = None,
         auto_resume: bool = False,
+        persistent: bool = False,
         internet_access: bool = True,
         egress: dict[str, Any] | None = None,
         transforms: list[dict[str, Any]] | None = None,
@@ -367,6 +368,8 @@ class AsyncSandbox:
         body: dict[str, Any] = {"internet_access": internet_access, "public_traffic": public_traffic}
         if auto_resume:  # requests to it while paused, stopped or hibernated resume it first
             body["auto_resume"] = True
+        if persistent:  # needs a name: deleting it keeps its files as the name's snapshot, and a
+            body["persistent"] = True  # persistent create of the name resumes (info["resumed_from"])
         for key, value in (
             ("image", image),
             ("name", name),  # unique in the project while it lives; connect(name) finds it
@@ -449,6 +452,12 @@ class AsyncSandbox:
         """The state when info was last fetched: "pending", "running", "paused", "hibernated",
         "stopped", "terminated", "failed"..."""
         return str(self.info["status"]["state"])
+
+    @property
+    def resumed_from(self) -> str | None:
+        """The snapshot a persistent sandbox resumed from (its name's files); None: started fresh."""
+        found = self.info.get("resumed_from")
+        return None if found is None else str(found)
 
     async def refresh(self) -> dict[str, Any]:
         """Fetches the sandbox's record again into info, and returns it."""

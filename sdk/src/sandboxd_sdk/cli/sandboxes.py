@@ -127,6 +127,9 @@ def details(s: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("volume", f"{m['type']} {source} on {m['mount_path']}" + (" (ro)" if m.get("read_only") else "")))
     if s.get("entrypoint"):
         rows.append(("entrypoint", " ".join(s["entrypoint"])))
+    if s.get("persistent"):
+        resumed = s.get("resumed_from")
+        rows.append(("persistent", f"yes, resumed from snapshot {resumed}" if resumed else "yes, started fresh"))
     return rows
 
 
@@ -190,6 +193,12 @@ QUIET = click.option("--quiet", "-q", is_flag=True, help="Print only the sandbox
 )
 @click.option("--volume", "-v", "volumes", multiple=True, help="NAME:/path[:ro] mounts a named volume; repeatable.")
 @click.option("--bind", "binds", multiple=True, help="HOST_DIR:/path[:ro] under the server's bind_allow; repeatable.")
+@click.option(
+    "--persistent",
+    is_flag=True,
+    help="Needs --name. Deleting it (or its timeout) keeps its files as the name's snapshot; "
+    "creating --persistent with the name again resumes from it.",
+)
 @click.option("--from-snapshot", default=None, help="Start with a copy of this snapshot's files (and its disk limit).")
 @click.option(
     "--idempotency-key",
@@ -214,6 +223,7 @@ def create(
     auto_resume: bool,
     volumes: tuple[str, ...],
     binds: tuple[str, ...],
+    persistent: bool,
     from_snapshot: str | None,
     idempotency_key: str | None,
     quiet: bool,
@@ -231,6 +241,7 @@ def create(
         timeout=timeout,
         timeout_action=timeout_action,
         auto_resume=auto_resume,
+        persistent=persistent,
         env=_pairs(env, "--env"),
         metadata=_pairs(label, "--label"),
         internet_access=not no_internet,
@@ -245,6 +256,10 @@ def create(
         click.echo(sb.id)
     else:
         output(sb.info, [sb.info], as_json)
+    if persistent and not as_json:  # on stderr: -q's stdout stays the id alone
+        resumed = sb.resumed_from
+        said = f"resumed from snapshot {resumed}" if resumed else "started fresh (no snapshot of this name)"
+        click.echo(said, err=True)
 
 
 @click.command("ls", context_settings=SHOW_DEFAULTS)

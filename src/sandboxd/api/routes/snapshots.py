@@ -30,6 +30,7 @@ class SnapshotOut(BaseModel):
     disk_mb: int
     created_at: str
     expires_at: str | None
+    persistent_name: str | None = None  # the persistent sandbox name whose files it holds
 
     @classmethod
     def of(cls, snapshot: Snapshot) -> SnapshotOut:
@@ -41,6 +42,7 @@ class SnapshotOut(BaseModel):
             disk_mb=snapshot.disk_mb,
             created_at=_time(snapshot.created_at) or "",
             expires_at=_time(snapshot.expires_at),
+            persistent_name=snapshot.persistent_name,
         )
 
 
