@@ -4,6 +4,7 @@ and a clear 502 for a port nobody listens on. The app in the sandbox is the stdl
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 
@@ -239,3 +240,57 @@ def test_one_sandbox_cannot_jam_the_proxy_for_the_others(server: Server, app: Sa
         statuses, extra, other = asyncio.run(jam())
         assert extra == 503 and other == 200
         assert statuses.count(200) == PER_SANDBOX  # the ones within its share were served
+
+
+def other_project_key(server: Server, name: str) -> str:
+    with server.client() as http:
+        r = http.post("/api/v1/projects", json={"name": name})
+        assert r.status_code == 201, r.text
+        r = http.post("/api/v1/keys", json={"name": name, "scopes": ["write"], "project_id": r.json()["id"]})
+        assert r.status_code == 201, r.text
+        return str(r.json()["key"])
+
+
+def serve(sb: Sandbox) -> None:
+    sb.files.write("/srv/app.py", APP)
+    sb.commands.run("python3 /srv/app.py 8000", background=True)
+    probe = "python3 -c \"import socket; socket.create_connection(('127.0.0.1', 8000))\""
+    for _ in range(100):
+        if sb.commands.run(probe).exit_code == 0:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the app did not start")
+
+
+def test_the_path_route_takes_a_name_in_the_api_keys_project_only(server: Server) -> None:
+    name, nosuch = "web-" + os.urandom(3).hex(), "nosuch-" + os.urandom(3).hex()
+    theirs = {"Authorization": f"Bearer {other_project_key(server, 'ports-' + os.urandom(3).hex())}"}
+    mine = {"Authorization": f"Bearer {server.key}"}
+    with server.create(name=name, ports=[8000]) as sb, httpx.Client(base_url=server.url, timeout=10) as http:
+        serve(sb)
+        path = f"/api/v1/sandboxes/{name}/ports/8000"
+        ok = http.get(f"{path}/p/q?x=1", headers=mine)
+        assert ok.status_code == 200 and ok.json()["path"] == "/p/q?x=1", ok.text
+        assert "authorization" not in {k.lower() for k in ok.json()["headers"]}
+        with ws_connect(f"ws://127.0.0.1:{server.port}{path}/ws", additional_headers=mine) as ws:
+            ws.send("by name")
+            assert ws.recv() == "echo:by name"
+        assert http.get(path, headers=mine).json()["port"] == 8000  # the API's own route, as before
+
+        # Another project's key, or no key at all (a name is a project's: the traffic token
+        # admits by id only), gets an unknown name's answer word for word.
+        def refused(ref: str, headers: dict[str, str]) -> str:
+            r = http.get(f"/api/v1/sandboxes/{ref}/ports/8000/p", headers=headers)
+            assert r.status_code == 404 and r.json()["code"] == "SANDBOX_NOT_FOUND", r.text
+            return str(r.json()["message"]).replace(ref, "REF")
+
+        assert refused(name, theirs) == refused(nosuch, theirs) == refused(nosuch, mine)
+        token = {"X-Sandbox-Token": sb.traffic_token}
+        assert refused(name, token) == refused(nosuch, token)
+        assert http.get(f"/api/v1/sandboxes/{sb.id}/ports/8000/p", headers=token).status_code == 200
+
+        # Their own sandbox of the same name is the one their key reaches (nothing listens in it).
+        with Sandbox.create(url=server.url, api_key=theirs["Authorization"][7:], name=name, ports=[8000]) as other:
+            r = http.get(f"{path}/p", headers=theirs)
+            assert r.status_code == 502 and other.id in r.json()["message"] and sb.id not in r.text, r.text
+            assert http.get(f"{path}/p", headers=mine).json()["path"] == "/p"

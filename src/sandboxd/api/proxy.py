@@ -50,7 +50,10 @@ from sandboxd.services.ports import (
 )
 
 SANDBOX_ID = r"sbx[_-][0-9a-z]{26}"
-PATH_ROUTE = re.compile(rf"^/api/v1/sandboxes/({SANDBOX_ID})/ports/(\d{{1,5}})(/.*)$")
+# The path route takes a sandbox's name too (requests.SANDBOX_NAME; services/ports.py resolves it in
+# the project of the request's API key only). The host route takes ids only.
+SANDBOX_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}"
+PATH_ROUTE = re.compile(rf"^/api/v1/sandboxes/({SANDBOX_ID}|{SANDBOX_NAME})/ports/(\d{{1,5}})(/.*)$")
 # Hop-by-hop headers end at the proxy (RFC 9110 7.6.1); host and length are set again per hop.
 HOP = {
     b"connection",
@@ -121,7 +124,9 @@ class PortProxy:
             return
         match = by_host or by_path
         assert match is not None
-        sandbox_id, port = match.group(1).replace("-", "_", 1), int(match.group(2))
+        ref, port = match.group(1), int(match.group(2))
+        # An id (sbx_, or sbx- as in a host) or, on the path route, a name, left as it is.
+        sandbox_id = ref.replace("-", "_", 1) if re.fullmatch(SANDBOX_ID, ref) else ref
         # The path as the client sent it (still percent-encoded: %2F, %3F, %23 stay what they are).
         raw = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
         path = raw if by_host else ("/" + raw.split("/", 7)[7] if raw.count("/") >= 7 else "/")
@@ -145,6 +150,7 @@ class PortProxy:
         except SandboxdError as exc:
             await _refuse(scope, receive, send, exc)
             return
+        sandbox_id = target.sandbox_id  # the id a name stood for
         forward_query = urlencode([(k, v) for k, v in query if k not in (TOKEN_QUERY, SIGNATURE_QUERY)])
         path_qs = path + (f"?{forward_query}" if forward_query else "")
         headers = _forwarded_headers(scope, state.api_key, cookies=by_host is not None)

@@ -178,13 +178,16 @@ class PortService:
         signature: str | None,
         api_key_project: str | None = None,
     ) -> Target:
-        """Where traffic for sandbox_id:port goes, if the caller may send it there.
+        """Where traffic for sandbox_id:port goes, if the caller may send it there. sandbox_id
+        may be a name on the path route (_by_name).
         api_key_project: the project of an API key the request carried (path route only); it
         admits the sandboxes of that project.
 
         A request nothing admits gets the answer an unknown sandbox gets, word for word, before
         anything else is looked at: without a credential, nobody learns whether a sandbox exists
         or which of its ports are exposed."""
+        if not sandbox_id.startswith("sbx_"):
+            sandbox_id = await self._by_name(sandbox_id, port, token, signature, api_key_project)
         now = time.monotonic()
         cached = self._recent.get(sandbox_id)
         if cached is not None and now - cached[0] < RECORD_TTL:
@@ -211,6 +214,19 @@ class PortService:
         except SandboxdError as exc:
             raise PortUnreachable(exc.message) from None
         return Target(sandbox_id, address, port)
+
+    async def _by_name(
+        self, name: str, port: int, token: str | None, signature: str | None, api_key_project: str | None
+    ) -> str:
+        """The id of a sandbox the path route names: names are a project's, so only an API key
+        (already checked, with the method's scope) names one, in its own project. Anything else,
+        an unknown name or another project's, gets the unknown sandbox's answer, word for word."""
+        if api_key_project is None:
+            raise PortNotFound(name, port, token, signature)
+        try:
+            return await self.sandboxes.resolve(api_key_project, name)
+        except SandboxNotFound:
+            raise PortNotFound(name, port, token, signature) from None
 
     def _may_reach(
         self, sandbox: Sandbox, port: int, token: str | None, signature: str | None, api_key_project: str | None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from datetime import timedelta
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -29,6 +30,10 @@ from sandboxd.store.base import Store
 log = logging.getLogger("sandboxd.snapshots")
 SNAPSHOTTABLE = (State.RUNNING, State.PAUSED, State.STOPPED)
 MAX_EXPIRES_IN = 10 * 366 * 86400  # ten years: beyond it, keep it (0) and delete it by hand
+# Tests only (tests/test_fork_restart.py kills the server here): "fork-taken" holds a fork between
+# its snapshot's storage and its sandbox's record, "forked" between its sandbox running and the
+# removal of that storage, having written <data_dir>/snapshot-held.
+HOLD = "SANDBOXD_TEST_SNAPSHOT_HOLD"
 
 
 class CreateSnapshot(BaseModel):
@@ -165,6 +170,7 @@ class SnapshotService:
             raise InvalidRequest("timeout", f"timeout must be at most {self.settings.max_timeout} seconds")
         snapshot_id, image, layers = await self._take(original)
         try:
+            await self._hold("fork-taken")
             update = {
                 "image": image,
                 "layers": layers,
@@ -175,9 +181,16 @@ class SnapshotService:
                 "timeout": original.spec.timeout if req.timeout is None else req.timeout,
             }
             spec = original.spec.model_copy(update=update)
-            return await self.sandboxes.launch(project_id, spec, name=req.name)
+            forked = await self.sandboxes.launch(project_id, spec, name=req.name)
+            await self._hold("forked")
+            return forked
         finally:
             await asyncio.shield(snapshots.remove_snapshot(snapshot_id))
+
+    async def _hold(self, step: str) -> None:
+        if os.environ.get(HOLD) == step:
+            (self.settings.data_dir / "snapshot-held").touch()
+            await asyncio.sleep(60)
 
     async def expire(self) -> int:
         """Deletes snapshots past their expires_at (the supervisor's reaper); how many."""
