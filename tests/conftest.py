@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -251,6 +252,25 @@ def restartable(srv: Server) -> Iterator[Server]:
     srv.stop()
     assert_no_leaks(srv.data_dir, srv.bridge)
     teardown_bridge(srv.bridge)
+
+
+def kill_during(srv: Server, path: str, delay: float) -> None:
+    """POSTs to path, kills the server with SIGKILL `delay` seconds later, and starts it again."""
+
+    def call() -> None:
+        try:
+            with srv.client() as http:
+                http.post(path)
+        except httpx.HTTPError:
+            pass  # the server died under it
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    time.sleep(delay)
+    srv.kill9()
+    thread.join()
+    time.sleep(0.3)
+    srv.start()
 
 
 def teardown_bridge(bridge: str) -> None:

@@ -6,7 +6,6 @@ hibernate; a server killed mid-hibernate and mid-resume leaves a consistent reco
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 from sandboxd_sdk import Sandbox, SandboxError
 
 from sandboxd.runtimes import criu
-from tests.conftest import Server, assert_no_leaks, restartable
+from tests.conftest import Server, assert_no_leaks, kill_during, restartable
 from tests.test_cli_sandboxes import cli, run_ok
 from tests.test_pause import start_counter
 from tests.test_stop_start import stopped_leftovers
@@ -187,23 +186,6 @@ def test_cli_hibernate_and_resume(srv: Server) -> None:
         run_ok(srv, "kill", sid)
 
 
-def _kill_during(srv: Server, path: str, delay: float) -> None:
-    def call() -> None:
-        try:
-            with srv.client() as http:
-                http.post(path)
-        except httpx.HTTPError:
-            pass  # the server died under it
-
-    thread = threading.Thread(target=call)
-    thread.start()
-    time.sleep(delay)
-    srv.kill9()
-    thread.join()
-    time.sleep(0.3)
-    srv.start()
-
-
 # A hibernate takes ~10 ms here and a resume ~50 ms (as stop and start): the delays land before,
 # in the middle of and after each.
 @pytest.mark.parametrize("delay", [0.002, 0.006, 0.03, 0.15])
@@ -211,7 +193,7 @@ def test_kill_9_during_hibernate_and_resume_leaves_it_hibernated_or_running(srv:
     sb = srv.create(timeout=600)
     sb.files.write("/root/kept.txt", "kept")
     sb.close()
-    _kill_during(srv, f"/api/v1/sandboxes/{sb.id}/hibernate", delay)
+    kill_during(srv, f"/api/v1/sandboxes/{sb.id}/hibernate", delay)
     with srv.client() as http:
         now = state(http, sb.id)
         assert now["state"] in ("running", "hibernated"), now
@@ -220,7 +202,7 @@ def test_kill_9_during_hibernate_and_resume_leaves_it_hibernated_or_running(srv:
         assert http.get(f"/api/v1/sandboxes/{sb.id}").json()["hibernation"]["memory_kept"] is False
     stopped_leftovers(srv, sb.id)
 
-    _kill_during(srv, f"/api/v1/sandboxes/{sb.id}/resume", delay)
+    kill_during(srv, f"/api/v1/sandboxes/{sb.id}/resume", delay)
     with srv.client() as http:
         now = state(http, sb.id)
         assert now["state"] in ("running", "hibernated"), now

@@ -4,7 +4,6 @@ through the SDK, the CLI and the HTTP API, including a server killed mid-stop an
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ import httpx
 import pytest
 from sandboxd_sdk import Sandbox, SandboxError
 
-from tests.conftest import InternetHost, Server, assert_no_leaks, leaks, restartable
+from tests.conftest import InternetHost, Server, assert_no_leaks, kill_during, leaks, restartable
 from tests.test_cli_sandboxes import cli, run_ok
 
 
@@ -149,23 +148,6 @@ def test_cli_create_name_stop_start_and_ls(server: Server) -> None:
         run_ok(server, "kill", sid)
 
 
-def _kill_during(srv: Server, path: str, delay: float) -> None:
-    def call() -> None:
-        try:
-            with srv.client() as http:
-                http.post(path)
-        except httpx.HTTPError:
-            pass  # the server died under it
-
-    thread = threading.Thread(target=call)
-    thread.start()
-    time.sleep(delay)
-    srv.kill9()
-    thread.join()
-    time.sleep(0.3)
-    srv.start()
-
-
 # A stop takes ~10 ms here and a start ~50 ms (measured): the first delays land in the middle of
 # a stop, all but the last in the middle of a start, the last after it.
 @pytest.mark.parametrize("delay", [0.002, 0.006, 0.03, 0.15])
@@ -173,7 +155,7 @@ def test_kill_9_during_stop_and_start_leaves_it_stopped_or_running(own_server: S
     sb = own_server.create(timeout=600, name="survivor")
     sb.files.write("/root/kept.txt", "kept")
     sb.close()
-    _kill_during(own_server, f"/api/v1/sandboxes/{sb.id}/stop", delay)
+    kill_during(own_server, f"/api/v1/sandboxes/{sb.id}/stop", delay)
     with own_server.client() as http:
         now = state(http, "survivor")["state"]
         assert now in ("running", "stopped")
@@ -181,7 +163,7 @@ def test_kill_9_during_stop_and_start_leaves_it_stopped_or_running(own_server: S
             assert http.post(f"/api/v1/sandboxes/{sb.id}/stop").json()["status"]["state"] == "stopped"
     stopped_leftovers(own_server, sb.id)
 
-    _kill_during(own_server, f"/api/v1/sandboxes/{sb.id}/start", delay)
+    kill_during(own_server, f"/api/v1/sandboxes/{sb.id}/start", delay)
     with own_server.client() as http:
         now = state(http, "survivor")["state"]
         assert now in ("running", "stopped")

@@ -201,8 +201,8 @@ class PoolService:
         """A ready sandbox of the project's pools that fits the request, bound to it; (None,
         {hit: false}) where there is none (then a normal create runs), a 503 for mode require."""
         choice = req.warm_pool or WarmPoolChoice()
-        if choice.mode == "bypass":
-            return None, {"hit": False, "id": None}
+        if choice.mode == "bypass" or (choice.id is None and choice.mode == "prefer" and not _poolable(req, spec)):
+            return None, {"hit": False, "id": None}  # no pool could fit: the store is not asked
         if choice.id is not None:
             pool = await self.store.get_pool(project_id, choice.id)
             if pool is None:
@@ -361,15 +361,18 @@ class PoolService:
         self._wake.set()
 
 
-def _fits(pool: WarmPool, req: CreateSandbox, spec: SandboxSpec) -> bool:
-    """Whether nothing the container was made with differs from what the request asks."""
+def _poolable(req: CreateSandbox, spec: SandboxSpec) -> bool:
+    """Whether the request asks nothing a pooled sandbox cannot have, whatever the pool."""
     return (
         spec.template is None
-        and spec.image == pool.image
-        and spec.limits == pool.limits
         and req.entrypoint is None
         and not req.volumes
         and req.source is None
         and not req.transforms
         and req.image_auth is None
     )
+
+
+def _fits(pool: WarmPool, req: CreateSandbox, spec: SandboxSpec) -> bool:
+    """Whether nothing the container was made with differs from what the request asks."""
+    return spec.image == pool.image and spec.limits == pool.limits and _poolable(req, spec)
