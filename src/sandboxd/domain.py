@@ -202,9 +202,15 @@ class WarmPool(BaseModel):
 
     id: str  # wp_<ulid>
     project_id: str  # the only project whose creates take from it
-    image: str  # as the project names it
+    image: str  # as the project names it; "" for a template's pool
     limits: Limits  # a create fits only with exactly these
     target: int  # ready sandboxes to keep
+    # A template's pool: the template as the pool names it (name or name:version; a runtime's is
+    # its template), and what that last resolved to in the pool's project (name:version and its
+    # image): pooled sandboxes of anything else are not handed out (services/pool_templates.py).
+    template: str | None = None
+    template_ref: str | None = None
+    template_image: str | None = None
     hits: int = 0
     misses: int = 0
     created_at: datetime

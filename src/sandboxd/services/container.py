@@ -97,6 +97,7 @@ class Services:
         sandboxes.persistence = Persistence(snapshots)  # persistent sandboxes keep files under their name
         pools = PoolService(settings, store, sandboxes)
         sandboxes.pools = pools  # create takes a ready sandbox from a fitting warm pool
+        pools.templates = templates  # a template's pool resolves it in its own project
 
         async def in_use(project_id: str) -> bool:
             return (

@@ -275,12 +275,15 @@ class SandboxService:
             return await self.get(project_id, sandbox.id)
         return sandbox
 
-    async def launch_pooled(self, project_id: str, pool_project: str, spec: SandboxSpec) -> SandboxdError | None:
-        """Starts a warm pool's sandbox (services/pools.py): the image as project_id names it,
-        recorded in the pool's pseudo project with no expiry until a checkout gives it one. A
-        server killed meanwhile finds it pending on restart (reconcile removes it). Returns the
-        error that failed it, if one did."""
-        image = await self.image_name(project_id, spec.image)
+    async def launch_pooled(
+        self, project_id: str, pool_project: str, spec: SandboxSpec, image: str | None = None
+    ) -> SandboxdError | None:
+        """Starts a warm pool's sandbox (services/pools.py): the image as project_id names it (or
+        ``image``, a template's, resolved in project_id already), recorded in the pool's pseudo
+        project with no expiry until a checkout gives it one. A server killed meanwhile finds it
+        pending on restart (reconcile removes it). Returns the error that failed it, if one did."""
+        resolved = image is not None
+        image = image if image is not None else await self.image_name(project_id, spec.image)
         self.runtime.check(spec.model_copy(update={"image": image}))
         now = utcnow()
         sandbox = Sandbox(
@@ -293,7 +296,7 @@ class SandboxService:
             traffic_token=secrets.token_urlsafe(24),
         )
         await self.store.insert_if_absent(sandbox)
-        return await self._start(sandbox, image)
+        return await self._start(sandbox, image, resolved=resolved)
 
     async def remove_pooled(self, sandbox: Sandbox, reason: str) -> bool:
         """Removes a warm pool's sandbox (a drain, a recycle) if it is still as ``sandbox`` was
@@ -319,9 +322,12 @@ class SandboxService:
         """The catalog image the project's ``name`` stands for; ImageNotFound for one it does not see."""
         return name if self.images is None else await self.images.resolve(project_id, name, auth)
 
-    async def _start(self, sandbox: Sandbox, image: str, auth: tuple[str, str] | None = None) -> SandboxdError | None:
-        """Runs the runtime's create on the catalog's ``image``; returns the error that failed it, if one did."""
-        if sandbox.spec.template and self.templates is not None:
+    async def _start(
+        self, sandbox: Sandbox, image: str, auth: tuple[str, str] | None = None, *, resolved: bool = False
+    ) -> SandboxdError | None:
+        """Runs the runtime's create on the catalog's ``image``; returns the error that failed it,
+        if one did. ``resolved``: the spec's template is resolved to ``image`` already (a pool's)."""
+        if sandbox.spec.template and self.templates is not None and not resolved:
             # Outside the sandbox's lock: a first-use build can take minutes, and a delete (or the
             # reaper) must not wait for it. Nothing of the sandbox exists yet.
             try:

@@ -6,9 +6,9 @@ out a pooled sandbox is recorded in the pool's pseudo project (store/pools.py), 
 user's list, quota, name space or event stream, and has no expiry.
 
 A create fits a pool when everything fixed when the container was made is the same: the image (as
-the project names it) and the limits; no entrypoint, volumes, source, credential brokering or
-template of its own; env, cwd and user only where the image has no start command (which runs with
-the pool's). What is the sandbox's identity is bound at checkout, in one compare-and-set statement
+the project names it) or the template (services/pool_templates.py: a template's pool follows its
+newest build) and the limits; no entrypoint, volumes, source or credential brokering of its own;
+env, cwd and user only where the image has no start command (which runs with the pool's). What is the sandbox's identity is bound at checkout, in one compare-and-set statement
 (two creates never get the same one): its project, name, labels, env/cwd/user for execs, timeout
 (it starts at checkout), a new traffic token; then its egress policy (pooled ones start with deny
 all). Its id, and so its hostname and /etc/hosts, is a fresh ULID no one has seen before the
@@ -35,13 +35,24 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sandboxd.config import Settings
-from sandboxd.domain import MIN_CPU, Sandbox, SandboxSpec, State, Status, WarmPool, new_id, utcnow
-from sandboxd.errors import Conflict, PoolEmpty, PoolNotFound, QuotaExceeded, SandboxdError
+from sandboxd.domain import (
+    MIN_CPU,
+    Sandbox,
+    SandboxSpec,
+    State,
+    Status,
+    TemplateVersion,
+    WarmPool,
+    new_id,
+    utcnow,
+)
+from sandboxd.errors import Conflict, InvalidRequest, PoolEmpty, PoolNotFound, QuotaExceeded, SandboxdError
 from sandboxd.runtimes.base import egress_control
 from sandboxd.services.lifecycle import SandboxService
+from sandboxd.services.pool_templates import Templates, made_from, no_progress, pool_fits_template
 from sandboxd.services.requests import CreateSandbox, WarmPoolChoice
 from sandboxd.services.specs import build_spec
 from sandboxd.store.base import DuplicateKey, Store
@@ -59,13 +70,28 @@ FAILED_BACKOFF = 30.0  # seconds a pool whose last fill failed waits before the 
 class CreatePool(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    image: str | None = Field(None, description="The image, as the project names it; the server's default if omitted.")
+    image: str | None = Field(
+        None, description="The image, as the project names it; the server's default if no image, template or runtime."
+    )
+    template: str | None = Field(
+        None,
+        description="A template (its newest ready version, followed as new ones are built) or name:version: "
+        "its image, env, start command and ready check are the pool's.",
+    )
+    runtime: str | None = Field(None, description="A runtime the server is configured with (the template it names).")
     target: int = Field(1, ge=0, le=MAX_TARGET, description="Ready sandboxes to keep started.")
     # The bounds of a create's own (CreateSandbox): a pool's limits are a create's.
     cpu: float | None = Field(None, ge=MIN_CPU, description="Limits a create must ask for (the defaults if omitted).")
     memory_mb: int | None = Field(None, ge=16)
     pids: int | None = Field(None, ge=16)
     disk_mb: int | None = Field(None, ge=16)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CreatePool:
+        given = [name for name in ("image", "template", "runtime") if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of image, template and runtime, not {' and '.join(given)}")
+        return self
 
 
 class ResizePool(BaseModel):
@@ -92,6 +118,7 @@ class PoolService:
         self._failed_at: dict[str, float] = {}
         self._counts: set[asyncio.Task[None]] = set()
         self._sizing = asyncio.Lock()  # a project's pool count and target sum, checked and written together
+        self.templates: Templates | None = None  # set once the template service exists; None: no template pools
 
     # -- managing pools --------------------------------------------------------------------------
 
@@ -100,14 +127,24 @@ class PoolService:
             image=req.image, cpu=req.cpu, memory_mb=req.memory_mb, pids=req.pids, disk_mb=req.disk_mb
         )
         spec = build_spec(self.settings, request)  # the limits checked as a create's
-        await self.sandboxes.image_name(project_id, spec.image)  # an image the project cannot see: 400/404 now
+        template = current = None
+        if req.template is not None or req.runtime is not None:
+            templates = self._templates("runtime" if req.runtime is not None else "template")
+            template = req.template or templates.runtime_template(str(req.runtime))
+            await templates.check(project_id, template)  # one the project cannot start from: 404/409 now
+            current = await templates.current(project_id, template)  # None: built by the first refill
+        else:
+            await self.sandboxes.image_name(project_id, spec.image)  # an image the project cannot see: 400/404 now
         pool = WarmPool(
             id=new_id("wp_"),
             project_id=project_id,
-            image=spec.image,
+            image="" if template else spec.image,
             limits=spec.limits,
             target=req.target,
             created_at=utcnow(),
+            template=template,
+            template_ref=current.ref if current else None,
+            template_image=current.image if current else None,
         )
         async with self._sizing:
             pools = await self.store.find_pools(project_id)
@@ -139,6 +176,11 @@ class PoolService:
             raise PoolNotFound(pool_id)
         self._wake.set()
         return await self._status(pool)
+
+    def _templates(self, field: str) -> Templates:
+        if self.templates is None:
+            raise InvalidRequest(field, "this server has no templates")
+        return self.templates
 
     def _check_targets(self, others: list[WarmPool], target: int) -> None:
         """QuotaExceeded if ``target`` with the project's other pools' targets passes its limit
@@ -210,18 +252,23 @@ class PoolService:
             pools = [pool]
         else:
             pools = await self.store.find_pools(project_id)
-        fitting = [pool for pool in pools if _fits(pool, req, spec)]
+        current = None  # the template version a create of it gets now, if a pool could give one
+        if spec.template is not None and self.templates is not None and any(p.template for p in pools):
+            current = await self.templates.current(project_id, spec.template)
+        fitting = [pool for pool in pools if _fits(pool, req, spec, current)]
         if not fitting:
             if choice.mode == "require":
                 which = f"warm pool {choice.id}" if choice.id else "no warm pool of this project"
                 raise Conflict(
-                    f"{which} fits this create: a pool fits the same image and limits, no entrypoint, "
-                    "volumes, source, transforms or template",
+                    f"{which} fits this create: a pool fits the same image or template and limits, no "
+                    "entrypoint, volumes, source or transforms",
                     "warm_pool",
                 )
             return None, {"hit": False, "id": choice.id}
         for pool in fitting:
             for candidate in await self._pooled(pool.id, [State.RUNNING]):
+                if current is not None and not made_from(candidate, current):
+                    continue  # made from an older build: the refill replaces it
                 taken = await self._claim(project_id, pool, candidate, req, spec)
                 if taken is not None:
                     # The refill waits a moment: started at once, it competes for the CPU with the
@@ -248,6 +295,8 @@ class PoolService:
             return None  # its start command runs with the pool's env, cwd and user
         # The request over the image's defaults, as create resolves it: the pooled spec holds them.
         image = {"env": pooled.env, "cwd": pooled.cwd, "user": pooled.user, "entrypoint": pooled.entrypoint}
+        if pool.template is not None:  # recorded as a create of the template records it: the build it started from
+            spec = spec.model_copy(update={"image": pooled.image, "template": pooled.template})
         bound = spec.resolved({**image, "ready_check": pooled.ready_check})
         now = utcnow()
         fields = {
@@ -316,6 +365,8 @@ class PoolService:
         pools = await self.store.find_pools(None)
         for pool in pools:
             await self._recycle(pool.id)
+            if pool.template is not None:
+                await self._follow_template(pool)
         statuses = [await self._status(pool) for pool in pools]
         # The server's pooled sandboxes: a fill started but not yet recorded counts too.
         room = self.settings.max_pooled_sandboxes - sum(
@@ -336,9 +387,28 @@ class PoolService:
                 fills.add(task)
                 task.add_done_callback(fills.discard)
 
+    async def _follow_template(self, pool: WarmPool) -> None:
+        """Records what the pool's template resolves to now and removes the pooled sandboxes made
+        from anything else (a build before the newest): the refill replaces them."""
+        assert pool.template is not None
+        try:
+            current = await self._templates("template").current(pool.project_id, pool.template)
+        except SandboxdError as exc:
+            log.warning("warm pool %s: template %s: %s", pool.id, pool.template, exc.message)
+            return
+        if current is None or current.image is None:
+            return  # not built yet: the refill's start builds it
+        if (pool.template_ref, pool.template_image) != (current.ref, current.image):
+            await self.store.set_pool_template(pool.id, current.ref, current.image)
+            pool.template_ref, pool.template_image = current.ref, current.image
+        for sandbox in await self._pooled(pool.id, [State.RUNNING]):
+            if not made_from(sandbox, current):
+                await self._remove(sandbox, "pool_template_changed")
+
     async def _fill(self, pool: WarmPool) -> None:
         request = CreateSandbox(
-            image=pool.image,
+            image=pool.image or None,
+            template=pool.template,
             cpu=pool.limits.cpu,
             memory_mb=pool.limits.memory_mb,
             pids=pool.limits.pids,
@@ -346,9 +416,11 @@ class PoolService:
             internet_access=False,  # until a checkout binds the caller's policy
         )
         try:
-            error = await self.sandboxes.launch_pooled(
-                pool.project_id, pooled_project(pool.id), build_spec(self.settings, request)
-            )
+            spec, image = build_spec(self.settings, request), None
+            if pool.template is not None:  # resolved (first built) in the pool's project, not the pseudo one
+                image, ref = await self._templates("template").image_for(pool.project_id, pool.template, no_progress)
+                spec = spec.model_copy(update={"image": image, "template": ref})
+            error = await self.sandboxes.launch_pooled(pool.project_id, pooled_project(pool.id), spec, image)
         except SandboxdError as exc:
             error = exc
         if error is not None:
@@ -364,8 +436,7 @@ class PoolService:
 def _poolable(req: CreateSandbox, spec: SandboxSpec) -> bool:
     """Whether the request asks nothing a pooled sandbox cannot have, whatever the pool."""
     return (
-        spec.template is None
-        and req.entrypoint is None
+        req.entrypoint is None
         and not req.volumes
         and req.source is None
         and not req.transforms
@@ -373,6 +444,11 @@ def _poolable(req: CreateSandbox, spec: SandboxSpec) -> bool:
     )
 
 
-def _fits(pool: WarmPool, req: CreateSandbox, spec: SandboxSpec) -> bool:
-    """Whether nothing the container was made with differs from what the request asks."""
-    return spec.image == pool.image and spec.limits == pool.limits and _poolable(req, spec)
+def _fits(pool: WarmPool, req: CreateSandbox, spec: SandboxSpec, current: TemplateVersion | None) -> bool:
+    """Whether nothing the container was made with differs from what the request asks (a
+    template's pool: the template, resolving to ``current`` now)."""
+    if not (spec.limits == pool.limits and _poolable(req, spec)):
+        return False
+    if pool.template is None:
+        return spec.template is None and spec.image == pool.image
+    return pool_fits_template(pool, spec.template, current)

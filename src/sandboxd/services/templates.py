@@ -38,6 +38,7 @@ from sandboxd.services.requests import (
 )
 from sandboxd.services.template_definitions import Definitions
 from sandboxd.store.base import Store
+from sandboxd.store.pools import POOLED_PREFIX
 
 log = logging.getLogger("sandboxd.templates")
 
@@ -365,6 +366,7 @@ class TemplateService:
             raise TemplateNotFound(f"{name}:{version}")
         if found.state == BuildState.BUILDING:
             raise Conflict(f"template {found.ref} is still building")
+        await self._release_pools(found)
         # Images are named by content: another version, or another project's identical build,
         # may be using the same one.
         shared = any(
@@ -379,6 +381,23 @@ class TemplateService:
                     raise
         await self.store.delete_template(project_id, name, version)
         self.log_path(found).unlink(missing_ok=True)
+
+    async def _release_pools(self, found: TemplateVersion) -> None:
+        """A version a warm pool of the project starts its sandboxes from is not deleted (409:
+        the pool would be left with nothing to start, or silently start another version); the
+        pooled sandboxes still made from it (the pool moved on to a newer build) are removed
+        first, as no create would get them: none runs on its image once it is deleted."""
+        for pool in await self.store.find_pools(None if found.project_id == SHARED_PROJECT else found.project_id):
+            if (pool.template_ref, pool.template_image) == (found.ref, found.image):
+                raise Conflict(
+                    f"template {found.ref} is what warm pool {pool.id} starts its sandboxes from: "
+                    "delete the pool, or build a newer version of the template, first",
+                    "template",
+                )
+        for sandbox in await self.store.active():
+            made_from = (sandbox.spec.template, sandbox.spec.image) == (found.ref, found.image)
+            if made_from and sandbox.project_id.startswith(POOLED_PREFIX):
+                await self.sandboxes.remove_pooled(sandbox, "template_deleted")
 
     # -- sandboxes from templates and runtimes ---------------------------------------------------
 
@@ -410,6 +429,13 @@ class TemplateService:
         if version is None and (latest := await self._find(project_id, name)) is not None:
             raise _never_built(latest)
         raise TemplateNotFound(template)
+
+    async def current(self, project_id: str, template: str) -> TemplateVersion | None:
+        """The ready version a create naming ``template`` starts from now; None where there is
+        none yet (an operator's template never built). Builds nothing (a warm pool's check)."""
+        name, version = _split_ref(template)
+        found = await self._find(project_id, name, version, ready=version is None)
+        return found if found is not None and found.state == BuildState.READY and found.image else None
 
     async def image_for(self, project_id: str, template: str, progress: Callable[[str, str], None]) -> tuple[str, str]:
         """(image, name:version) for a template reference; an operator's template that was never

@@ -62,6 +62,11 @@ class PoolStore:
         row = await self.runner.write_one(lambda conn: conn.execute(stmt).first())
         return POOLS.load(row) if row is not None else None
 
+    async def set_pool_template(self, pool_id: str, ref: str, image: str) -> None:
+        """Records what the pool's template resolves to now (services/pool_templates.py)."""
+        stmt = warm_pools.update().where(warm_pools.c.id == pool_id).values(template_ref=ref, template_image=image)
+        await self.runner.write_one(lambda conn: conn.execute(stmt))
+
     async def count_checkout(self, pool_id: str, hit: bool) -> None:
         column = warm_pools.c.hits if hit else warm_pools.c.misses
         stmt = warm_pools.update().where(warm_pools.c.id == pool_id).values({column: column + 1})

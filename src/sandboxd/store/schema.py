@@ -179,4 +179,7 @@ warm_pools = sa.Table(
     sa.Column("hits", sa.Integer, nullable=False),
     sa.Column("misses", sa.Integer, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("template", sa.String),
+    sa.Column("template_ref", sa.String),
+    sa.Column("template_image", sa.String),
 )

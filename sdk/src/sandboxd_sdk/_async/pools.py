@@ -1,7 +1,7 @@
 """Warm pools on a sandboxd server: client.pools (create, list, get, resize, delete). A pool keeps
-``target`` sandboxes of one image and limits started; a create of the project that asks for the
-same image and limits takes one: ``Sandbox.create(warm_pool={"mode": "prefer"})`` (the default
-when a fitting pool exists). Generated into ../_sync by scripts/unasync.py."""
+``target`` sandboxes of one image (or template) and limits started; a create of the project that
+asks for the same image (or template) and limits takes one:
+``Sandbox.create(warm_pool={"mode": "prefer"})`` (the default when a fitting pool exists). Generated into ../_sync by scripts/unasync.py."""
 
 from __future__ import annotations
 
@@ -24,16 +24,22 @@ class AsyncPools:
         image: str | None = None,
         target: int = 1,
         *,
+        template: str | None = None,
+        runtime: str | None = None,
         cpu: float | None = None,
         memory_mb: int | None = None,
         pids: int | None = None,
         disk_mb: int | None = None,
     ) -> dict[str, Any]:
-        """A pool keeping ``target`` sandboxes of image (the server's default if None) started,
-        with these limits (the server's defaults where None): creates must ask for the same."""
+        """A pool keeping ``target`` sandboxes of image (the server's default if no image,
+        template or runtime) started, with these limits (the server's defaults where None):
+        creates must ask for the same. A template's pool (``template`` "name" or "name:version",
+        or a ``runtime``) starts sandboxes of its newest build and replaces older ones."""
         body: dict[str, Any] = {"target": target}
         for key, value in (
             ("image", image),
+            ("template", template),
+            ("runtime", runtime),
             ("cpu", cpu),
             ("memory_mb", memory_mb),
             ("pids", pids),
@@ -44,7 +50,8 @@ class AsyncPools:
         return dict((await _check(await self._http.post("/api/v1/pools", json=body))).json())
 
     async def list(self) -> builtins.list[dict[str, Any]]:
-        """{id, image, cpu, memory_mb, pids, disk_mb, target, ready, starting, hits, misses, created_at}."""
+        """{id, image, template, template_ref, cpu, memory_mb, pids, disk_mb, target, ready, starting,
+        hits, misses, created_at}."""
         return list((await _check(await self._http.get("/api/v1/pools"))).json()["items"])
 
     async def get(self, pool_id: str) -> dict[str, Any]:

@@ -10,11 +10,13 @@ from sandboxd_sdk.cli._common import cell, client, emit, json_option
 
 @click.group()
 def pool() -> None:
-    """Warm pools: sandboxes of one image and limits kept started, so a create that fits is instant."""
+    """Warm pools: sandboxes of one image (or template) and limits kept started, so a create that fits is instant."""
 
 
 @pool.command("create")
-@click.option("--image", default=None, help="The image (the server's default if omitted).")
+@click.option("--image", default=None, help="The image (the server's default if no image, template or runtime).")
+@click.option("--template", default=None, help="A template (NAME: its newest build, followed; or NAME:VERSION).")
+@click.option("--runtime", default=None, help="A runtime the server is configured with (the template it names).")
 @click.option("--target", type=int, default=1, show_default=True, help="Ready sandboxes to keep.")
 @click.option("--cpu", type=float, default=None, help="Limits a create must ask for (defaults if omitted).")
 @click.option("--memory", "memory_mb", type=int, default=None, help="MB.")
@@ -23,6 +25,8 @@ def pool() -> None:
 @json_option
 def pool_create(
     image: str | None,
+    template: str | None,
+    runtime: str | None,
     target: int,
     cpu: float | None,
     memory_mb: int | None,
@@ -32,7 +36,9 @@ def pool_create(
 ) -> None:
     """Creates a pool; prints its id."""
     with client() as c:
-        made = c.pools.create(image, target, cpu=cpu, memory_mb=memory_mb, pids=pids, disk_mb=disk_mb)
+        made = c.pools.create(
+            image, target, template=template, runtime=runtime, cpu=cpu, memory_mb=memory_mb, pids=pids, disk_mb=disk_mb
+        )
     if as_json:
         emit(made, True)
     else:
@@ -49,7 +55,8 @@ def pool_ls(as_json: bool) -> None:
     for item in items:
         limits = f"{item['cpu']:g} cpu, {item['memory_mb']} MB"
         numbers = [str(item[k]) for k in ("target", "ready", "starting", "hits", "misses")]
-        table.add_row(cell(item["id"]), cell(item["image"]), limits, *numbers)
+        source = item["image"] or f"template {item.get('template_ref') or item.get('template')}"
+        table.add_row(cell(item["id"]), cell(source), limits, *numbers)
     emit(items, as_json, table)
 
 

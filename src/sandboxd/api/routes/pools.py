@@ -1,4 +1,4 @@
-"""Warm pools: ready sandboxes of one image and limits kept started for the project's creates
+"""Warm pools: ready sandboxes of one image (or template) and limits kept started for the project's creates
 (services/pools.py). A pool belongs to a project; only that project's creates take from it."""
 
 from __future__ import annotations
@@ -17,7 +17,11 @@ router = APIRouter(prefix="/api/v1/pools", tags=["pools"], route_class=CheckedRo
 
 class PoolOut(BaseModel):
     id: str
-    image: str
+    image: str = Field(description='The image as the project names it; "" for a template\'s pool.')
+    template: str | None = Field(None, description="A template's pool: the template as the pool names it.")
+    template_ref: str | None = Field(
+        None, description="The template version (name:version) the pool starts sandboxes from now; null until built."
+    )
     cpu: float
     memory_mb: int
     pids: int
@@ -35,6 +39,8 @@ class PoolOut(BaseModel):
         return cls(
             id=pool.id,
             image=pool.image,
+            template=pool.template,
+            template_ref=pool.template_ref,
             cpu=pool.limits.cpu,
             memory_mb=pool.limits.memory_mb,
             pids=pool.limits.pids,
@@ -54,8 +60,9 @@ class PoolList(BaseModel):
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=PoolOut)
 async def create_pool(body: CreatePool, service: Pools, project: ProjectId, response: Response) -> PoolOut:
-    """Creates a warm pool: `target` sandboxes of the image and limits kept started in the background. A create
-    of the project with the same image and limits takes one (see `warm_pool` on create)."""
+    """Creates a warm pool: `target` sandboxes of the image (or template, or runtime) and limits kept started in the
+    background. A create of the project with the same image or template and limits takes one (see `warm_pool` on
+    create). A template's pool follows its newest build: sandboxes of an older one are replaced, not handed out."""
     found = await service.create(project, body)
     response.headers["Location"] = f"/api/v1/pools/{found.pool.id}"
     return PoolOut.of(found)
