@@ -8,11 +8,12 @@ user's list, quota, name space or event stream, and has no expiry.
 A create fits a pool when everything fixed when the container was made is the same: the image (as
 the project names it) or the template (services/pool_templates.py: a template's pool follows its
 newest build) and the limits; no entrypoint, volumes, source or credential brokering of its own;
-env, cwd and user only where the image has no start command (which runs with the pool's). What is the sandbox's identity is bound at checkout, in one compare-and-set statement
-(two creates never get the same one): its project, name, labels, env/cwd/user for execs, timeout
-(it starts at checkout), a new traffic token; then its egress policy (pooled ones start with deny
-all). Its id, and so its hostname and /etc/hosts, is a fresh ULID no one has seen before the
-checkout, so neither needs rewriting inside the (hostile) root filesystem.
+env, cwd and user only where the image has no start command (which runs with the pool's). What is
+the sandbox's identity is bound at checkout, in one compare-and-set statement (two creates never get
+the same one): its project, name, labels, env/cwd/user for execs, timeout (it starts at checkout), a
+new traffic token; then its egress policy (pooled ones start with deny all). Its id, and so its
+hostname and /etc/hosts, is a fresh ULID no one has seen before the checkout, so neither needs
+rewriting inside the (hostile) root filesystem.
 
 Pools refill in the background (a loop woken by every checkout). A server killed during a refill
 finds the pooled sandbox pending on restart: reconcile removes it and the loop starts another.

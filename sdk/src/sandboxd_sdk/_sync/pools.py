@@ -1,7 +1,8 @@
 """Warm pools on a sandboxd server: client.pools (create, list, get, resize, delete). A pool keeps
 ``target`` sandboxes of one image (or template) and limits started; a create of the project that
-asks for the same image (or template) and limits takes one:
-``Sandbox.create(warm_pool={"mode": "prefer"})`` (the default when a fitting pool exists). GENERATED from ../_async by scripts/unasync.py: do not edit."""
+asks for the same image (or template) and limits takes one: ``Sandbox.create(warm_pool={"mode":
+"prefer"})`` (the default when a fitting pool exists). Generated into ../_sync by
+scripts/unasync.py."""
 
 from __future__ import annotations
 
