@@ -103,6 +103,8 @@ def test_a_miss_and_require_on_an_empty_template_pool(srv: Server) -> None:
             assert other.status_code == 409 and "fits this create" in other.json()["message"]
             missing = http.post("/api/v1/pools", json={"template": unique("nosuch")})
             assert missing.status_code == 404 and missing.json()["code"] == "TEMPLATE_NOT_FOUND", missing.text
+            runtime = http.post("/api/v1/pools", json={"runtime": "nosuch"})
+            assert runtime.status_code == 400 and "runtime 'nosuch' is not configured" in runtime.text
             both = http.post("/api/v1/pools", json={"template": name, "image": "debian"})
             assert both.status_code == 400 and "one of image, template and runtime" in both.text
         assert c.pools.get(pool["id"])["misses"] == 2
