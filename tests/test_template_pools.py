@@ -160,3 +160,25 @@ def test_a_pool_pinned_to_a_version_keeps_it_after_a_new_build(srv: Server) -> N
         assert c.pools.get(pool["id"])["template_ref"] == f"{name}:1"
         c.pools.delete(pool["id"])
     assert live(srv) == []
+
+
+def test_a_server_killed_during_a_template_pool_refill_comes_back_consistent(srv: Server) -> None:
+    name = unique("killed")
+    build(srv, name, "survives")
+    with client(srv) as c:
+        pool = c.pools.create(template=name, target=2, memory_mb=MEMORY)
+        deadline = time.monotonic() + 30
+        while not any(state == "pending" for _, state in pooled_records(srv)):
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+    srv.kill9()
+    srv.start()
+    with client(srv) as c:
+        wait_pool(c, pool["id"], 2)
+        states = [s for _, s in pooled_records(srv)]
+        assert "pending" not in states and states.count("running") == 2
+        with srv.create(template=name, memory_mb=MEMORY) as sb:
+            assert sb.info["warm_pool_checkout"] == {"hit": True, "id": pool["id"]}
+            assert sb.commands.run("cat /opt/tpl/marker").stdout == "survives\n"
+        c.pools.delete(pool["id"])
+    assert live(srv) == []
