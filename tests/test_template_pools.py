@@ -24,7 +24,7 @@ START = "echo started-by-template > /tmp/started; exec sleep 100000"
 
 
 def build(srv: Server, name: str, marker: str) -> dict[str, Any]:
-    steps = [
+    steps: list[dict[str, Any]] = [
         {"type": "copy", "path": "/opt/tpl/marker", "content": f"{marker}\n"},
         {"type": "env", "env": {"TPL_GREETING": f"hello-{marker}"}},
     ]
