@@ -9,8 +9,9 @@ a crash left behind and remove it.
 
 Besides the lifecycle core it implements the capabilities: EgressControl (network/plane.py does
 the work), LayerBuilder (images/ does), StopStart (a stopped sandbox keeps only its scratch
-volume and the image marker in its directory) and Pausable (the sandbox's freezer cgroup,
-oci/cgroups.py).
+volume and the image marker in its directory), Pausable (the sandbox's freezer cgroup,
+oci/cgroups.py) and Checkpointing (runc checkpoint/restore, oci/checkpoints.py: a hibernated
+sandbox's saved processes in ``checkpoints/<id>``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from sandboxd.runtimes.local.logpipe import LogPipes
 from sandboxd.runtimes.local.network.bridge import Network
 from sandboxd.runtimes.local.network.egress import Policy
 from sandboxd.runtimes.local.network.plane import SandboxNetworks
-from sandboxd.runtimes.local.oci import binds, cgroups, mounts, rootfs
+from sandboxd.runtimes.local.oci import binds, cgroups, checkpoints, mounts, rootfs
 from sandboxd.runtimes.local.oci import config as oci
 from sandboxd.runtimes.local.oci.agent_mount import AgentMount
 from sandboxd.runtimes.local.oci.cli import RECORD_KEY, OciClasses
@@ -76,6 +77,7 @@ class LocalRuntime:
         self.images = images
         self.scratch = ScratchVolume(data_dir, scratch_size_gb)
         self.snapshots = SnapshotFiles(data_dir, self.scratch)
+        self.checkpoint_images = checkpoints.CheckpointImages(data_dir)
         self.network = network
         self.oci = oci_classes
         self.agent_mount = AgentMount(agent_binary, data_dir / "agent")
@@ -161,9 +163,12 @@ class LocalRuntime:
             raise
         return record
 
-    async def _boot(self, sandbox_id: str, home: Path, spec: SandboxSpec, record: dict[str, Any]) -> None:
+    async def _boot(
+        self, sandbox_id: str, home: Path, spec: SandboxSpec, record: dict[str, Any], image: Path | None = None
+    ) -> None:
         """Starts the container on the root mounted at home/rootfs and wires its network: the
-        agent answers when it returns. record holds its runtime class and address; gets its pid."""
+        agent answers when it returns. record holds its runtime class and address; gets its pid.
+        With image, its checkpointed processes are restored instead of a new init started."""
         cli = self.oci.of(record)
         # Staged again at each boot (a stop's clear_home unmounts them): checked as at create.
         volumes = await asyncio.to_thread(self._volume_mounts, home, spec)
@@ -192,15 +197,26 @@ class LocalRuntime:
             log_fd = pipe.writer()
             try:
                 # The listening socket becomes the agent's stdin; the log FIFO its stdout/stderr.
-                await cli.create(
-                    sandbox_id,
-                    home,
-                    home / "pid",
-                    stdin=listener.fileno(),
-                    stdout=log_fd,
-                    prefix=[] if cli.own_rlimits else oci.prlimit_command(),
-                    on_failure=lambda: self.log_pipes.tail(sandbox_id),
-                )
+                if image is not None:  # a restore: they take the places of the saved ones
+                    await cli.restore(
+                        sandbox_id,
+                        image,
+                        home,
+                        home / "pid",
+                        stdin=listener.fileno(),
+                        stdout=log_fd,
+                        on_failure=lambda: self.log_pipes.tail(sandbox_id),
+                    )
+                else:
+                    await cli.create(
+                        sandbox_id,
+                        home,
+                        home / "pid",
+                        stdin=listener.fileno(),
+                        stdout=log_fd,
+                        prefix=[] if cli.own_rlimits else oci.prlimit_command(),
+                        on_failure=lambda: self.log_pipes.tail(sandbox_id),
+                    )
             finally:
                 os.close(log_fd)
         finally:
@@ -209,9 +225,11 @@ class LocalRuntime:
                 await userns.close()
         pid = int((home / "pid").read_text())
         record["pid"] = pid
-        # The policy holds before the sandbox's first process runs.
+        # The policy holds before the sandbox's first process runs (a restored one runs already,
+        # in an empty network namespace until then: nothing leaves it).
         await self.networks.attach(sandbox_id, pid, record)
-        await cli.start(sandbox_id)
+        if image is None:
+            await cli.start(sandbox_id)
         await self._wait_ready(sandbox_id)
 
     def _namespace_owner(self, address: str) -> int:
@@ -314,10 +332,11 @@ class LocalRuntime:
         # Every step runs even if one before it failed; the first failure is raised at the end.
         failures: list[BaseException] = [home] if isinstance(home, BaseException) else []
         failures += [network] if isinstance(network, BaseException) else network
-        try:
-            await asyncio.to_thread(self.scratch.remove, sandbox_id)
-        except Exception as exc:
-            failures.append(exc)
+        for remove in (self.scratch.remove, self.checkpoint_images.remove):
+            try:
+                await asyncio.to_thread(remove, sandbox_id)
+            except Exception as exc:
+                failures.append(exc)
         if failures:
             raise failures[0]
 
@@ -347,9 +366,12 @@ class LocalRuntime:
         self.networks.release(record)
         return {**{k: v for k, v in record.items() if k != "pid"}, "address": None}
 
-    async def start_sandbox(self, sandbox_id: str, spec: SandboxSpec, record: dict[str, Any]) -> dict[str, Any]:
+    async def start_sandbox(
+        self, sandbox_id: str, spec: SandboxSpec, record: dict[str, Any], saved: Path | None = None
+    ) -> dict[str, Any]:
         """Boots a stopped sandbox again on its kept writable layer, with a new address; its egress
-        policy and transforms are the record's. On failure it is left stopped."""
+        policy and transforms are the record's (with saved, a checkpoint image: restores its
+        processes). On failure it is left stopped."""
         home = self.root / sandbox_id
         volume = self.scratch.path / sandbox_id
         record = {**record, "address": None}
@@ -364,13 +386,42 @@ class LocalRuntime:
             etc = self.networks.etc_files(_hostname(sandbox_id), address)
             ca = self.networks.ca.pem if record.get("transforms") else None
             await asyncio.to_thread(rootfs.remount, home, volume, lowers, self.idmap.host_id, etc, ca)
-            await self._boot(sandbox_id, home, spec, record)
+            await self._boot(sandbox_id, home, spec, record, saved)
         except BaseException:
             try:
                 await asyncio.shield(self.stop_sandbox(sandbox_id, record))
             except Exception:  # the start's own error is the one to report
                 log.exception("cleanup after a failed start failed", extra={"sandbox_id": sandbox_id})
             raise
+        return record
+
+    # -- Checkpointing ---------------------------------------------------------------------------
+
+    async def checkpoint_unavailable(self) -> str | None:
+        return await checkpoints.unavailable(self.oci.default)
+
+    async def checkpoint_sandbox(self, sandbox_id: str, record: dict[str, Any]) -> dict[str, Any]:
+        """Saves its processes into checkpoints/<id> and ends them; the rest goes as at a stop
+        (network, mounts), the writable layer and the image stay. A failed dump leaves it running
+        (runc ends the container only once saved) and no image behind."""
+        cli = self.oci.of(record)
+        if cli.runtime_class != checkpoints.CHECKPOINT_CLASS:
+            raise RuntimeFailure(f"sandbox {sandbox_id} runs on {cli.runtime_class}: its processes cannot be saved")
+        image = await asyncio.to_thread(self.checkpoint_images.fresh, sandbox_id)
+        try:
+            await cli.checkpoint(sandbox_id, image)
+        except BaseException:
+            await asyncio.to_thread(self.checkpoint_images.remove, sandbox_id)
+            raise
+        return await self.stop_sandbox(sandbox_id, record)
+
+    async def restore_sandbox(self, sandbox_id: str, spec: SandboxSpec, record: dict[str, Any]) -> dict[str, Any]:
+        """Restores its saved processes on its writable layer, with a new address, and removes
+        the image once they answer. On failure it is left stopped, the image kept for another try."""
+        if not await asyncio.to_thread(self.checkpoint_images.exists, sandbox_id):
+            raise RuntimeFailure(f"sandbox {sandbox_id} has no saved processes to restore")
+        record = await self.start_sandbox(sandbox_id, spec, record, self.checkpoint_images.path(sandbox_id))
+        await asyncio.to_thread(self.checkpoint_images.remove, sandbox_id)
         return record
 
     # -- VolumeHost --------------------------------------------------------------------------------
@@ -461,7 +512,7 @@ class LocalRuntime:
         if self.root.exists():
             for path in self.root.iterdir():
                 found.setdefault(path.name, {})
-        for sandbox_id in self.scratch.ids():
+        for sandbox_id in self.scratch.ids() | self.checkpoint_images.ids():
             found.setdefault(sandbox_id, {})
         orphans = sorted(set(found) - known)
         for sandbox_id in orphans:
