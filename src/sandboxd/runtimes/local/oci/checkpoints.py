@@ -20,8 +20,10 @@ fails the checkpoint and leaves the sandbox running:
 - --empty-ns network: the network namespace is not saved. The restore makes an empty one (no
   interface but a down loopback: nothing can leave it) and the server wires it as a boot does,
   with a new address and the sandbox's egress policy. Connections were refused at the dump.
-- the user namespace is a fresh one of the sandbox's own owner (userns.py), joined by path as at
-  boot: config.json is written again before the restore.
+- the user namespace is a fresh one of the sandbox's own owner (userns.py), named by path in
+  config.json as at boot (written again before the restore): runc has CRIU join it (its join-ns,
+  which CRIU itself calls not fully tested for user namespaces). The network and pid namespaces
+  have no path in config.json, so runc marks none of them external.
 - only the runc class: crun's checkpoint has its own options (and its create its own wrapper on
   hybrid hosts), not handled here.
 
