@@ -417,9 +417,12 @@ class LocalRuntime:
 
     async def restore_sandbox(self, sandbox_id: str, spec: SandboxSpec, record: dict[str, Any]) -> dict[str, Any]:
         """Restores its saved processes on its writable layer, with a new address, and removes
-        the image once they answer. On failure it is left stopped, the image kept for another try."""
+        the image once they answer. On failure it is left stopped, the image kept for another try.
+        Without an image (a server killed between removing it and recording the resume) it boots
+        afresh on its writable layer: a sandbox whose every resume fails would be stuck for good."""
         if not await asyncio.to_thread(self.checkpoint_images.exists, sandbox_id):
-            raise RuntimeFailure(f"sandbox {sandbox_id} has no saved processes to restore")
+            log.warning("no checkpoint image to restore: booting it afresh", extra={"sandbox_id": sandbox_id})
+            return await self.start_sandbox(sandbox_id, spec, record)
         record = await self.start_sandbox(sandbox_id, spec, record, self.checkpoint_images.path(sandbox_id))
         await asyncio.to_thread(self.checkpoint_images.remove, sandbox_id)
         return record
