@@ -1,0 +1,49 @@
+"""Checkpointing for the local runtime: runc checkpoint/restore (oci/checkpoints.py), a hibernated
+sandbox's saved processes in ``checkpoints/<id>``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from sandboxd.domain import SandboxSpec
+from sandboxd.errors import RuntimeFailure
+from sandboxd.runtimes.local.oci import checkpoints
+from sandboxd.runtimes.local.stop_start import StopStartSupport
+
+log = logging.getLogger("sandboxd.runtime")
+
+
+class CheckpointSupport(StopStartSupport):
+    # -- Checkpointing ---------------------------------------------------------------------------
+
+    async def checkpoint_unavailable(self) -> str | None:
+        return await checkpoints.unavailable(self.oci.default)
+
+    async def checkpoint_sandbox(self, sandbox_id: str, record: dict[str, Any]) -> dict[str, Any]:
+        """Saves its processes into checkpoints/<id> and ends them; the rest goes as at a stop
+        (network, mounts), the writable layer and the image stay. A failed dump leaves it running
+        (runc ends the container only once saved) and no image behind."""
+        cli = self.oci.of(record)
+        if cli.runtime_class != checkpoints.CHECKPOINT_CLASS:
+            raise RuntimeFailure(f"sandbox {sandbox_id} runs on {cli.runtime_class}: its processes cannot be saved")
+        image = await asyncio.to_thread(self.checkpoint_images.fresh, sandbox_id)
+        try:
+            await cli.checkpoint(sandbox_id, image)
+        except BaseException:
+            await asyncio.to_thread(self.checkpoint_images.remove, sandbox_id)
+            raise
+        return await self.stop_sandbox(sandbox_id, record)
+
+    async def restore_sandbox(self, sandbox_id: str, spec: SandboxSpec, record: dict[str, Any]) -> dict[str, Any]:
+        """Restores its saved processes on its writable layer, with a new address, and removes
+        the image once they answer. On failure it is left stopped, the image kept for another try.
+        Without an image (a server killed between removing it and recording the resume) it boots
+        afresh on its writable layer: a sandbox whose every resume fails would be stuck for good."""
+        if not await asyncio.to_thread(self.checkpoint_images.exists, sandbox_id):
+            log.warning("no checkpoint image to restore: booting it afresh", extra={"sandbox_id": sandbox_id})
+            return await self.start_sandbox(sandbox_id, spec, record)
+        record = await self.start_sandbox(sandbox_id, spec, record, self.checkpoint_images.path(sandbox_id))
+        await asyncio.to_thread(self.checkpoint_images.remove, sandbox_id)
+        return record
