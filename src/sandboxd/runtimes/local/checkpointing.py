@@ -36,14 +36,17 @@ class CheckpointSupport(StopStartSupport):
             raise
         return await self.stop_sandbox(sandbox_id, record)
 
-    async def restore_sandbox(self, sandbox_id: str, spec: SandboxSpec, record: dict[str, Any]) -> dict[str, Any]:
+    async def restore_sandbox(
+        self, sandbox_id: str, spec: SandboxSpec, record: dict[str, Any]
+    ) -> tuple[dict[str, Any], bool]:
         """Restores its saved processes on its writable layer, with a new address, and removes
         the image once they answer. On failure it is left stopped, the image kept for another try.
         Without an image (a server killed between removing it and recording the resume) it boots
-        afresh on its writable layer: a sandbox whose every resume fails would be stuck for good."""
+        afresh on its writable layer, and says so (False): a sandbox whose every resume fails
+        would be stuck for good, and memory is never claimed when it was not restored."""
         if not await asyncio.to_thread(self.checkpoint_images.exists, sandbox_id):
             log.warning("no checkpoint image to restore: booting it afresh", extra={"sandbox_id": sandbox_id})
-            return await self.start_sandbox(sandbox_id, spec, record)
+            return await self.start_sandbox(sandbox_id, spec, record), False
         record = await self.start_sandbox(sandbox_id, spec, record, self.checkpoint_images.path(sandbox_id))
         await asyncio.to_thread(self.checkpoint_images.remove, sandbox_id)
-        return record
+        return record, True
