@@ -126,3 +126,55 @@ def test_on_this_host_the_answer_is_criu_checks_own() -> None:
     host = asyncio.run(criu.unavailable())
     answer = asyncio.run(checkpoints.unavailable("runc"))
     assert answer == host
+
+
+def test_stdio_identities_are_read_from_a_real_process_with_the_agents_kind_of_stdio(tmp_path: Path) -> None:
+    """A process whose stdin is a listening unix socket and stdout/stderr one open FIFO, as the
+    agent's (booting.py): the identities CRIU knows them by, and the config lines built of them."""
+    import socket
+    import subprocess
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp_path / "agent.sock"))
+    listener.listen(1)
+    fifo = tmp_path / "log.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    writer = os.open(fifo, os.O_WRONLY)
+    proc = subprocess.Popen(["sleep", "30"], stdin=listener.fileno(), stdout=writer, stderr=writer)
+    try:
+        stdio = checkpoints.stdio_of(proc.pid)
+        assert stdio["socket"] == os.fstat(listener.fileno()).st_ino
+        assert stdio["inode"] == os.stat(fifo).st_ino and stdio["mnt_id"] > 0
+        dump = checkpoints.criu_config(stdio, restore=False)
+        assert dump == f"external file[{stdio['mnt_id']}:{stdio['inode']}]\n"
+        restore = checkpoints.criu_config(stdio, restore=True).splitlines()
+        assert restore[0] == f"inherit-fd fd[0]:socket[{stdio['socket']}]"
+        assert restore[1:] == [f"inherit-fd fd[{n}]:file[{stdio['mnt_id']}:{stdio['inode']}]" for n in (1, 2)]
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(writer)
+        os.close(reader)
+        listener.close()
+
+
+def test_a_process_whose_stdin_is_not_the_agents_socket_is_refused() -> None:
+    import subprocess
+
+    proc = subprocess.Popen(["sleep", "30"], stdin=subprocess.PIPE)
+    try:
+        with pytest.raises(ValueError, match="not a socket"):
+            checkpoints.stdio_of(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_config_files_are_written_into_the_image_and_read_back_for_the_restore(tmp_path: Path) -> None:
+    images = CheckpointImages(tmp_path)
+    image = images.fresh("sbx_a")
+    images.write_config("sbx_a", {"socket": 11, "mnt_id": 22, "inode": 33})
+    assert (image / checkpoints.CRIU_CONFIG).read_text() == "external file[22:33]\n"
+    images.write_config("sbx_a", None)
+    assert (image / checkpoints.CRIU_CONFIG).read_text().startswith("inherit-fd fd[0]:socket[11]\n")

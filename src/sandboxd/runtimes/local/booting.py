@@ -14,7 +14,7 @@ from typing import Any
 
 from sandboxd.domain import SandboxSpec
 from sandboxd.errors import InvalidRequest, RuntimeFailure
-from sandboxd.runtimes.local.oci import binds, cgroups, rootfs
+from sandboxd.runtimes.local.oci import binds, cgroups, checkpoints, rootfs
 from sandboxd.runtimes.local.oci import config as oci
 from sandboxd.runtimes.local.oci.userns import OwnedNamespace
 from sandboxd.runtimes.local.parts import RuntimeParts, sandbox_hostname
@@ -55,6 +55,10 @@ class Booting(RuntimeParts):
                 rlimits=oci.own_rlimits() if cli.own_rlimits else None,
                 volumes=volumes,
             )
+            if cli.runtime_class == checkpoints.CHECKPOINT_CLASS:  # runc hands it to CRIU (oci/checkpoints.py)
+                config.setdefault("annotations", {})[checkpoints.ANNOTATION] = str(
+                    self.checkpoint_images.path(sandbox_id) / checkpoints.CRIU_CONFIG
+                )
             (home / "config.json").write_text(json.dumps(config))
             pipe = self.log_pipes.open(sandbox_id, home / LOG_FIFO, create=True)
             log_fd = pipe.writer()

@@ -30,6 +30,11 @@ class CheckpointSupport(StopStartSupport):
             raise RuntimeFailure(f"sandbox {sandbox_id} runs on {cli.runtime_class}: its processes cannot be saved")
         image = await asyncio.to_thread(self.checkpoint_images.fresh, sandbox_id)
         try:
+            try:  # the agent's stdio, declared to CRIU (oci/checkpoints.py: the socket and the FIFO)
+                stdio = await asyncio.to_thread(checkpoints.stdio_of, int(record["pid"]))
+            except (KeyError, TypeError, ValueError, OSError, StopIteration) as exc:
+                raise RuntimeFailure(f"sandbox {sandbox_id}'s agent stdio could not be read: {exc}") from exc
+            await asyncio.to_thread(self.checkpoint_images.write_config, sandbox_id, stdio)
             await cli.checkpoint(sandbox_id, image)
         except BaseException:
             await asyncio.to_thread(self.checkpoint_images.remove, sandbox_id)
@@ -47,6 +52,7 @@ class CheckpointSupport(StopStartSupport):
         if not await asyncio.to_thread(self.checkpoint_images.exists, sandbox_id):
             log.warning("no checkpoint image to restore: booting it afresh", extra={"sandbox_id": sandbox_id})
             return await self.start_sandbox(sandbox_id, spec, record), False
+        await asyncio.to_thread(self.checkpoint_images.write_config, sandbox_id, None)  # inherit-fd lines
         record = await self.start_sandbox(sandbox_id, spec, record, self.checkpoint_images.path(sandbox_id))
         await asyncio.to_thread(self.checkpoint_images.remove, sandbox_id)
         return record, True

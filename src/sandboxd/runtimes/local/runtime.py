@@ -151,6 +151,9 @@ class LocalRuntime(CheckpointSupport, VolumesAndSnapshots, LayerSupport):
         return Liveness.PAUSED if cgroups.freezing(sandbox_id) else Liveness.RUNNING
 
     def adopt(self, sandbox_id: str, record: dict[str, Any]) -> None:
+        # A running sandbox holds no saved image: one here is a dump the server was killed in
+        # (runc ends the container only once saved, so it runs on) and is removed.
+        self.checkpoint_images.remove(sandbox_id)
         if (self.root / sandbox_id / LOG_FIFO).exists():
             try:
                 self.log_pipes.open(sandbox_id, self.root / sandbox_id / LOG_FIFO)

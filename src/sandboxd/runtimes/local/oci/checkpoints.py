@@ -9,14 +9,27 @@ fails the checkpoint and leaves the sandbox running:
   connection, a unix socket connected to a process outside the sandbox (a command or file
   transfer in flight through the agent), a held file lock or a terminal makes CRIU refuse the
   dump. The caller gets the error; nothing was stopped.
-- the agent's host-facing socket and the log FIFO are the container's stdio (fd 0 a listening
-  unix socket bound on the host, fds 1 and 2 a named FIFO): no --ext-unix-sk or --external for
-  them. runc's restore hands its own stdio to CRIU in place of the saved ones (--inherit-fd) only
-  where they were anonymous pipes (runc's descriptors.json, "pipe:[...]"); ours are not, so CRIU
-  must save and reopen them itself, which is the first thing to prove on a host where `criu
-  check` passes. If it refuses, the checkpoint fails cleanly; the fix then is a CRIU config file
-  for the sandbox (runc reads one named by the `org.criu.config` annotation) with `external` on
-  the dump and `inherit-fd` on the restore, or anonymous stdio for the agent.
+- the agent's stdio crosses from the host: fd 0 is a listening unix socket bound at
+  ``sandboxes/<id>/agent.sock`` (a host path the container's mount namespace cannot see), fds 1
+  and 2 one open file of the named FIFO ``sandboxes/<id>/log.fifo`` (host-side too). CRIU would
+  refuse to dump a file it cannot resolve in the dumped mount namespace, and at restore must not
+  reopen the old ones (the socket's path is bound anew at each boot, the FIFO's reader is the new
+  server's). runc's restore swaps in its own stdio (--inherit-fd) only where they were anonymous
+  pipes (descriptors.json "pipe:[...]"), which ours are not. So each runc sandbox's config.json
+  names a CRIU config file (the ``org.criu.config`` annotation, read by runc at both checkpoint and
+  restore; ``criu.conf`` in its image directory), written just before each (criu_config()):
+    dump:    external file[<mnt_id>:<inode>]     the FIFO, "an opened file that cannot be resolved
+                                                 from the current mount namespace"
+    restore: inherit-fd fd[0]:socket[<inode>]     runc's stdin, which _boot makes the new listener
+             inherit-fd fd[1]:file[<mnt_id>:<inode>], and fd[2] the same: runc's stdout, the new
+                                                 FIFO writer (runc gives criu swrk its own stdio)
+  the identities read from the init's /proc/<pid>/fd and fdinfo at the checkpoint and kept in the
+  image (stdio.json). The listening socket is not declared external at the dump: CRIU has no
+  external kind for a listening socket and dumps it by its name (SIOCUNIXFILE gives it the mount);
+  inherit-fd then takes it over at restore before CRIU would bind the name. Unproven (CRIU does not
+  run here): if a CRIU refuses the socket, the checkpoint fails cleanly (tests/
+  test_checkpoint_failure.py proves that path), and the next step is anonymous stdio for the agent
+  (a socketpair the server keeps the other end of, passed as "pipe"-like inherited fds).
 - --empty-ns network: the network namespace is not saved. The restore makes an empty one (no
   interface but a down loopback: nothing can leave it) and the server wires it as a boot does,
   with a new address and the sandbox's egress policy. Connections were refused at the dump.
@@ -32,13 +45,38 @@ removed once the restore succeeded, and by the delete and the startup sweep (``i
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from sandboxd.runtimes import criu
 
 CHECKPOINT_CLASS = "runc"  # the only class whose checkpoint and restore are driven here
 CHECKPOINTS_DIR = "checkpoints"
+CRIU_CONFIG = "criu.conf"  # in the image directory, named by the org.criu.config annotation
+STDIO = "stdio.json"  # the agent's stdio identities at the dump, for the restore's inherit-fd
+ANNOTATION = "org.criu.config"
+
+
+def stdio_of(pid: int, proc: Path = Path("/proc")) -> dict[str, Any]:
+    """The identities CRIU knows the container init's stdio by: fd 0's socket inode, fd 1's
+    (and 2's: one open file) mount id and inode."""
+    link = os.readlink(proc / str(pid) / "fd" / "0")
+    if not (link.startswith("socket:[") and link.endswith("]")):
+        raise ValueError(f"the agent's stdin is not a socket: {link}")
+    fdinfo = (proc / str(pid) / "fdinfo" / "1").read_text()
+    mnt_id = next(int(line.split()[1]) for line in fdinfo.splitlines() if line.startswith("mnt_id:"))
+    return {"socket": int(link[8:-1]), "mnt_id": mnt_id, "inode": os.stat(proc / str(pid) / "fd" / "1").st_ino}
+
+
+def criu_config(stdio: dict[str, Any], *, restore: bool) -> str:
+    """The CRIU config file's lines for a dump or a restore of a sandbox whose init had stdio."""
+    fifo = f"file[{int(stdio['mnt_id'])}:{int(stdio['inode'])}]"
+    if not restore:
+        return f"external {fifo}\n"
+    return f"inherit-fd fd[0]:socket[{int(stdio['socket'])}]\ninherit-fd fd[1]:{fifo}\ninherit-fd fd[2]:{fifo}\n"
 
 
 async def unavailable(default_class: str) -> str | None:
@@ -103,6 +141,17 @@ class CheckpointImages:
         image.mkdir(mode=0o700)
         (image / "work").mkdir(mode=0o700)
         return image
+
+    def write_config(self, sandbox_id: str, stdio: dict[str, Any] | None) -> None:
+        """Before a dump (stdio given: kept for the restore) or a restore (read back): the CRIU
+        config file runc hands CRIU (module docstring)."""
+        image = self.path(sandbox_id)
+        if stdio is not None:
+            (image / STDIO).write_text(json.dumps(stdio))
+            (image / CRIU_CONFIG).write_text(criu_config(stdio, restore=False))
+        else:
+            saved = json.loads((image / STDIO).read_text())
+            (image / CRIU_CONFIG).write_text(criu_config(saved, restore=True))
 
     def exists(self, sandbox_id: str) -> bool:
         return (self.path(sandbox_id) / "inventory.img").is_file()  # the index every CRIU dump writes
