@@ -169,6 +169,8 @@ def test_a_process_whose_stdin_is_not_the_agents_socket_is_refused() -> None:
     finally:
         proc.kill()
         proc.wait()
+        assert proc.stdin is not None
+        proc.stdin.close()
 
 
 def test_the_config_files_are_written_into_the_image_and_read_back_for_the_restore(tmp_path: Path) -> None:
