@@ -141,9 +141,12 @@ def test_stdio_identities_are_read_from_a_real_process_with_the_agents_kind_of_s
     os.mkfifo(fifo)
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
     writer = os.open(fifo, os.O_WRONLY)
-    proc = subprocess.Popen(["sleep", "30"], stdin=listener.fileno(), stdout=writer, stderr=writer)
+    # The agent keeps its socket on a descriptor of its own, fd 0 /dev/null (agent/main.go).
+    proc = subprocess.Popen(
+        ["sleep", "30"], stdin=subprocess.DEVNULL, stdout=writer, stderr=writer, pass_fds=[listener.fileno()]
+    )
     try:
-        stdio = checkpoints.stdio_of(proc.pid)
+        stdio = checkpoints.stdio_of(proc.pid, tmp_path / "agent.sock")
         assert stdio["socket"] == os.fstat(listener.fileno()).st_ino
         assert stdio["inode"] == os.stat(fifo).st_ino and stdio["mnt_id"] > 0
         dump = checkpoints.criu_config(stdio, restore=False)
@@ -159,18 +162,25 @@ def test_stdio_identities_are_read_from_a_real_process_with_the_agents_kind_of_s
         listener.close()
 
 
-def test_a_process_whose_stdin_is_not_the_agents_socket_is_refused() -> None:
+def test_a_process_that_does_not_hold_the_agents_socket_is_refused(tmp_path: Path) -> None:
+    import socket
     import subprocess
 
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp_path / "agent.sock"))
+    listener.listen(1)
     proc = subprocess.Popen(["sleep", "30"], stdin=subprocess.PIPE)
     try:
-        with pytest.raises(ValueError, match="not a socket"):
-            checkpoints.stdio_of(proc.pid)
+        with pytest.raises(ValueError, match="does not hold its agent socket"):
+            checkpoints.stdio_of(proc.pid, tmp_path / "agent.sock")
+        with pytest.raises(ValueError, match="no listening socket"):
+            checkpoints.stdio_of(proc.pid, tmp_path / "other.sock")
     finally:
         proc.kill()
         proc.wait()
         assert proc.stdin is not None
         proc.stdin.close()
+        listener.close()
 
 
 def test_the_config_files_are_written_into_the_image_and_read_back_for_the_restore(tmp_path: Path) -> None:

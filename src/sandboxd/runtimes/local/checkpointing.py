@@ -31,7 +31,9 @@ class CheckpointSupport(StopStartSupport):
         image = await asyncio.to_thread(self.checkpoint_images.fresh, sandbox_id)
         try:
             try:  # the agent's stdio, declared to CRIU (oci/checkpoints.py: the socket and the FIFO)
-                stdio = await asyncio.to_thread(checkpoints.stdio_of, int(record["pid"]))
+                stdio = await asyncio.to_thread(
+                    checkpoints.stdio_of, int(record["pid"]), self.root / sandbox_id / "agent.sock"
+                )
             except (KeyError, TypeError, ValueError, OSError, StopIteration) as exc:
                 raise RuntimeFailure(f"sandbox {sandbox_id}'s agent stdio could not be read: {exc}") from exc
             await asyncio.to_thread(self.checkpoint_images.write_config, sandbox_id, stdio)

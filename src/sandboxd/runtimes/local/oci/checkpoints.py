@@ -60,15 +60,28 @@ STDIO = "stdio.json"  # the agent's stdio identities at the dump, for the restor
 ANNOTATION = "org.criu.config"
 
 
-def stdio_of(pid: int, proc: Path = Path("/proc")) -> dict[str, Any]:
-    """The identities CRIU knows the container init's stdio by: fd 0's socket inode, fd 1's
-    (and 2's: one open file) mount id and inode."""
-    link = os.readlink(proc / str(pid) / "fd" / "0")
-    if not (link.startswith("socket:[") and link.endswith("]")):
-        raise ValueError(f"the agent's stdin is not a socket: {link}")
+def stdio_of(pid: int, socket_path: Path, proc: Path = Path("/proc")) -> dict[str, Any]:
+    """The identities CRIU knows the agent's host-facing files by: its listening socket's inode
+    and the log FIFO's mount id and inode. The agent moves the socket it got as stdin to a
+    descriptor of its own and makes fd 0 /dev/null (agent/main.go), so the socket is found by its
+    bound path in the host's socket table (the server made it, in the host's network namespace)
+    and must be one the init holds; the FIFO stays its fd 1 (2 and the agent's log fd share it)."""
+    inode = _listening_inode(socket_path, proc)
+    held = {os.readlink(fd) for fd in (proc / str(pid) / "fd").iterdir()}
+    if f"socket:[{inode}]" not in held:
+        raise ValueError(f"the sandbox's init does not hold its agent socket {socket_path}")
     fdinfo = (proc / str(pid) / "fdinfo" / "1").read_text()
     mnt_id = next(int(line.split()[1]) for line in fdinfo.splitlines() if line.startswith("mnt_id:"))
-    return {"socket": int(link[8:-1]), "mnt_id": mnt_id, "inode": os.stat(proc / str(pid) / "fd" / "1").st_ino}
+    return {"socket": inode, "mnt_id": mnt_id, "inode": os.stat(proc / str(pid) / "fd" / "1").st_ino}
+
+
+def _listening_inode(socket_path: Path, proc: Path) -> int:
+    # /proc/net/unix: Num RefCount Protocol Flags Type St Inode [Path]; flag 0x10000 = listening.
+    for line in (proc / "self" / "net" / "unix").read_text().splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 8 and fields[7] == str(socket_path) and int(fields[3], 16) & 0x10000:
+            return int(fields[6])
+    raise ValueError(f"no listening socket bound at {socket_path}")
 
 
 def criu_config(stdio: dict[str, Any], *, restore: bool) -> str:
