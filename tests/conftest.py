@@ -331,6 +331,10 @@ def leaks(data_dir: Path, bridge: str) -> list[str]:
     markers = [p.name for p in (data_dir / "snapshots").iterdir()] if (data_dir / "snapshots").exists() else []
     if markers:
         found.append(f"snapshot image markers: {markers}")
+    # Hibernated sandboxes' saved processes (oci/checkpoints.py): none once their sandbox is gone.
+    saved = [p.name for p in (data_dir / "checkpoints").iterdir()] if (data_dir / "checkpoints").exists() else []
+    if saved:
+        found.append(f"checkpoint images: {saved}")
     loops = subprocess.run(
         ["losetup", "--list", "--noheadings", "-O", "NAME,BACK-FILE"], capture_output=True, text=True
     )

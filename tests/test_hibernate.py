@@ -101,6 +101,7 @@ def test_criu_hibernate_keeps_memory_a_counter_goes_on(srv: Server) -> None:
         assert sb.info["hibernation"]["memory_kept"] is True
         at = int((srv.data_dir / "scratch" / sb.id / "upper" / "root" / "count").read_text())
         sb.resume()
+        assert sb.info["status"]["message"] == "its processes were restored from the checkpoint"
         time.sleep(0.3)
         assert int(sb.files.read_text("/root/count")) > at  # counting on, not from 0 again
 
@@ -116,8 +117,10 @@ def test_criu_a_process_that_cannot_be_checkpointed_fails_it_and_keeps_it_runnin
         )
         sb.commands.run(["python3", "-c", held], background=True)
         time.sleep(1)
-        with pytest.raises(SandboxError):
+        with pytest.raises(SandboxError) as failed:
             sb.hibernate()
+        assert failed.value.status == 409 and failed.value.code == "CHECKPOINT_FAILED", failed.value.message
+        assert "could not be checkpointed; it runs on" in failed.value.message
         assert sb.refresh()["status"]["state"] == "running"
         assert sb.commands.run("echo up").stdout == "up\n"
 

@@ -102,6 +102,11 @@ class Settings(BaseSettings):
     # How long a paused sandbox (its memory held on this host) is kept before it is destroyed
     # (reason pause_expired); a resume restarts its timeout.
     paused_retention_seconds: int = 86400
+    # Lets a hibernate with memory "require" try `runc checkpoint` even where `criu check` failed
+    # (the capabilities still say memory is not kept): for an operator checking what CRIU makes of
+    # this host's sandboxes, and for the tests that prove a failed checkpoint leaves the sandbox
+    # running. A failure is a 409 and the sandbox runs on; memory "auto" is not affected.
+    checkpoint_despite_criu_check: bool = False
     # Sandbox events (the history and the event stream's resume), kept at least as long as the
     # sandboxes' own records: a record never goes without its history.
     event_retention_seconds: int = 7 * 86400

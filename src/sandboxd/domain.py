@@ -70,6 +70,14 @@ TRANSITIONS: dict[State, set[State]] = {
 }
 
 
+class HibernateMemory(enum.StrEnum):
+    """What a hibernate does with the sandbox's memory (services/hibernation.py)."""
+
+    AUTO = "auto"  # saved where the server can checkpoint (its capabilities say), else disk only
+    REQUIRE = "require"  # saved, or the hibernate fails (409) and the sandbox runs on
+    NEVER = "never"  # disk only, even where memory could be saved
+
+
 class TimeoutAction(enum.StrEnum):
     """What happens to a running sandbox when its timeout passes. New actions (stop, hibernate)
     are added here and handled in the supervisor's reaper; the API's enum follows this one."""

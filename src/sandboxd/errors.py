@@ -101,6 +101,12 @@ class Conflict(SandboxdError):
     status = 409
 
 
+class CheckpointFailed(Conflict):
+    """A hibernate that was to keep the sandbox's memory could not: the sandbox runs on as before."""
+
+    code = "CHECKPOINT_FAILED"
+
+
 class SandboxNotRunning(SandboxdError):
     code = "SANDBOX_NOT_RUNNING"
     status = 409

@@ -34,6 +34,7 @@ class CheckpointingFake(FakeRuntime):
         self.saved: set[str] = set()
         self.restored: list[str] = []
         self.refuse: str | None = None  # a checkpoint of this sandbox fails
+        self.lost: set[str] = set()  # their saved image is gone by the resume
 
     async def checkpoint_unavailable(self) -> str | None:
         return None
@@ -44,10 +45,13 @@ class CheckpointingFake(FakeRuntime):
         self.saved.add(sandbox_id)
         return {**record, "address": None, "checkpoint": True}
 
-    async def restore_sandbox(self, sandbox_id: str, spec: SandboxSpec, record: dict[str, Any]) -> dict[str, Any]:
+    async def restore_sandbox(
+        self, sandbox_id: str, spec: SandboxSpec, record: dict[str, Any]
+    ) -> tuple[dict[str, Any], bool]:
         assert sandbox_id in self.saved
         self.restored.append(sandbox_id)
-        return {**record, "address": "10.0.0.2", "checkpoint": None}
+        # A saved image gone (a server killed mid-resume) boots afresh: not restored.
+        return {**record, "address": "10.0.0.2", "checkpoint": None}, sandbox_id not in self.lost
 
 
 @pytest.fixture
@@ -104,6 +108,37 @@ async def test_with_checkpoints_memory_is_kept_and_restored(checkpointing: Api) 
     assert r.json()["hibernation"]["memory_kept"] is True and runtime.saved == {sid}
     r = await api.client.post(f"/api/v1/sandboxes/{sid}/resume")
     assert r.json()["status"]["state"] == "running" and runtime.restored == [sid]
+    assert r.json()["status"]["message"] == "its processes were restored from the checkpoint"
+
+
+async def test_a_resume_that_found_no_saved_image_never_claims_memory(checkpointing: Api) -> None:
+    api = checkpointing
+    assert isinstance(api.runtime, CheckpointingFake)
+    sid = await create(api)
+    await api.client.post(f"/api/v1/sandboxes/{sid}/hibernate")
+    api.runtime.lost.add(sid)
+    r = await api.client.post(f"/api/v1/sandboxes/{sid}/resume")
+    assert r.json()["status"]["state"] == "running", r.text
+    assert "no saved processes were left: booted afresh" in r.json()["status"]["message"]
+
+
+async def test_memory_never_keeps_disk_only_where_memory_could_be_kept(checkpointing: Api) -> None:
+    api = checkpointing
+    assert isinstance(api.runtime, CheckpointingFake)
+    sid = await create(api)
+    r = await api.client.post(f"/api/v1/sandboxes/{sid}/hibernate", json={"memory": "never"})
+    assert r.json()["hibernation"]["memory_kept"] is False and api.runtime.saved == set(), r.text
+
+
+async def test_memory_require_without_checkpoints_is_a_409_and_it_runs_on(api: Api) -> None:
+    sid = await create(api)
+    r = await api.client.post(f"/api/v1/sandboxes/{sid}/hibernate", json={"memory": "require"})
+    assert r.status_code == 409 and error(r)["code"] == "CHECKPOINT_FAILED", r.text
+    assert "memory cannot be kept on this server" in error(r)["message"]
+    after = (await api.client.get(f"/api/v1/sandboxes/{sid}")).json()
+    assert after["status"]["state"] == "running"
+    r = await api.client.post(f"/api/v1/sandboxes/{sid}/hibernate", json={"memory": "sometimes"})
+    assert r.status_code == 400, r.text
 
 
 async def test_a_checkpoint_that_fails_leaves_it_running(checkpointing: Api) -> None:
@@ -112,7 +147,8 @@ async def test_a_checkpoint_that_fails_leaves_it_running(checkpointing: Api) -> 
     sid = await create(api)
     api.runtime.refuse = sid
     r = await api.client.post(f"/api/v1/sandboxes/{sid}/hibernate")
-    assert r.status_code == 500 and "could not be checkpointed" in error(r)["message"], r.text
+    assert r.status_code == 409 and error(r)["code"] == "CHECKPOINT_FAILED", r.text
+    assert "could not be checkpointed; it runs on" in error(r)["message"]
     after = (await api.client.get(f"/api/v1/sandboxes/{sid}")).json()
     assert after["status"]["state"] == "running" and after["hibernation"] is None
     r = await api.client.post(f"/api/v1/sandboxes/{sid}/commands", json={"command": "true"})

@@ -11,6 +11,7 @@ from sandboxd.domain import (
     CommandResult,
     ExitInfo,
     FileInfo,
+    HibernateMemory,
     ProcessInfo,
     Sandbox,
     State,
@@ -146,6 +147,14 @@ class SandboxOut(BaseModel):
 class SandboxList(BaseModel):
     items: list[SandboxOut]
     next_cursor: str | None = Field(None, description="Pass as ?cursor= for the next page.")
+
+
+class HibernateRequest(BaseModel):
+    memory: HibernateMemory = Field(
+        HibernateMemory.AUTO,
+        description="auto: its memory is saved where this server can checkpoint (GET /api/v1/capabilities), else "
+        "disk only; require: saved, or a 409 (CHECKPOINT_FAILED) saying why and the sandbox runs on; never: disk only.",
+    )
 
 
 class RenewTimeout(BaseModel):

@@ -181,8 +181,12 @@ class Checkpointing(Protocol):
         """Saves and ends its processes, keeping its writable layer and the saved image; returns
         its record. RuntimeFailure, with the sandbox still running, if a process cannot be saved."""
 
-    async def restore_sandbox(self, sandbox_id: str, spec: SandboxSpec, record: dict[str, Any]) -> dict[str, Any]:
-        """Brings the saved processes back; on failure it is left stopped (files and image kept)."""
+    async def restore_sandbox(
+        self, sandbox_id: str, spec: SandboxSpec, record: dict[str, Any]
+    ) -> tuple[dict[str, Any], bool]:
+        """Brings the saved processes back; on failure it is left stopped (files and image kept).
+        Returns its record and whether the processes were restored (False: no saved image was
+        left, it was booted afresh on its files): memory is never claimed when it was not."""
 
 
 def pausable(runtime: Runtime) -> Pausable:

@@ -23,8 +23,15 @@ import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from sandboxd.domain import Sandbox, State, TimeoutAction, utcnow
-from sandboxd.errors import Conflict, RuntimeFailure, SandboxdError, SandboxNotRunning, Unsupported
+from sandboxd.domain import HibernateMemory, Sandbox, State, TimeoutAction, utcnow
+from sandboxd.errors import (
+    CheckpointFailed,
+    Conflict,
+    RuntimeFailure,
+    SandboxdError,
+    SandboxNotRunning,
+    Unsupported,
+)
 from sandboxd.runtimes import criu
 from sandboxd.runtimes.base import Checkpointing, Runtime, stop_start
 
@@ -62,13 +69,17 @@ async def capabilities(runtime: Runtime) -> dict[str, Any]:
     """What hibernate does on this server, for the capabilities endpoint."""
     if await checkpoint_unavailable(runtime) is None:
         return {"hibernate": {"memory_kept": True, "reason": ""}}
+    return {"hibernate": {"memory_kept": False, "reason": await _public_reason(runtime)}}
+
+
+async def _public_reason(runtime: Runtime) -> str:
+    """Why memory is not kept, in fixed words an API key may read (criu check's own output names
+    the host's kernel and CRIU details: that is the operator's, in the server log)."""
     if await criu.unavailable() is not None:
-        reason = "criu check failed on this host"
-    elif isinstance(runtime, Checkpointing):
-        reason = f"the {runtime.name} runtime cannot checkpoint processes on this host"
-    else:
-        reason = f"the {runtime.name} runtime does not checkpoint processes"
-    return {"hibernate": {"memory_kept": False, "reason": reason}}
+        return "criu check failed on this host"
+    if isinstance(runtime, Checkpointing):
+        return f"the {runtime.name} runtime cannot checkpoint processes on this host"
+    return f"the {runtime.name} runtime does not checkpoint processes"
 
 
 def hibernated_message(sandbox: Sandbox) -> SandboxNotRunning:
@@ -80,9 +91,17 @@ def hibernated_message(sandbox: Sandbox) -> SandboxNotRunning:
 
 
 async def hibernate(
-    service: SandboxService, project_id: str | None, sandbox_id: str, reason: str = "hibernated", message: str = ""
+    service: SandboxService,
+    project_id: str | None,
+    sandbox_id: str,
+    reason: str = "hibernated",
+    message: str = "",
+    *,
+    memory: HibernateMemory = HibernateMemory.AUTO,
 ) -> Sandbox:
-    """Hibernates a running sandbox; a 409 for any other state."""
+    """Hibernates a running sandbox; a 409 for any other state. memory: auto saves it where this
+    server can checkpoint, never keeps disk only, require saves it or fails (CheckpointFailed, 409)
+    leaving the sandbox running."""
     sandbox = await service.get(project_id, sandbox_id)  # another project's is not found
     stop_start(service.runtime)  # refused (501) before anything is touched
     if sandbox.status.state != State.RUNNING:
@@ -90,8 +109,23 @@ async def hibernate(
         raise Conflict(f"sandbox {sandbox.id} is {state}: only a running one can be hibernated")
     if sandbox.spec.limits.disk_mb is None:
         raise Conflict(f"sandbox {sandbox.id} is from before disk limits: it cannot be hibernated, only deleted")
-    memory = await checkpoint_unavailable(service.runtime) is None
-    return await park(service, sandbox.id, State.HIBERNATED, reason, message, memory=memory)
+    why_not = await checkpoint_unavailable(service.runtime)
+    if memory == HibernateMemory.NEVER:
+        keep = False
+    elif why_not is None:
+        keep = True
+    elif memory == HibernateMemory.AUTO:
+        keep = False
+    elif service.settings.checkpoint_despite_criu_check and isinstance(service.runtime, Checkpointing):
+        # The operator asked for the attempt anyway: runc and CRIU say for themselves what fails.
+        log.warning("checkpoint tried although: %s", why_not, extra={"sandbox_id": sandbox.id})
+        keep = True
+    else:
+        raise CheckpointFailed(
+            f"sandbox {sandbox.id}'s memory cannot be kept on this server ({await _public_reason(service.runtime)}); "
+            'it runs on. Hibernate it with memory "auto" or "never" to keep its disk only'
+        )
+    return await park(service, sandbox.id, State.HIBERNATED, reason, message, memory=keep)
 
 
 async def park(
@@ -107,8 +141,16 @@ async def park(
         record = current.runtime
         if memory and isinstance(service.runtime, Checkpointing):
             # Saved before anything is recorded: a process that cannot be checkpointed fails
-            # here and the sandbox goes on running, its record untouched.
-            record = await service.runtime.checkpoint_sandbox(sandbox_id, record)
+            # here and the sandbox goes on running, its record untouched (runc ends the
+            # container only once CRIU saved it all; the runtime removes the partial image).
+            try:
+                record = await service.runtime.checkpoint_sandbox(sandbox_id, record)
+            except RuntimeFailure as exc:
+                log.warning("checkpoint failed, the sandbox runs on: %s", exc.message, extra={"sandbox_id": sandbox_id})
+                raise CheckpointFailed(
+                    f"sandbox {sandbox_id}'s processes could not be checkpointed; it runs on, nothing was "
+                    f"saved: {_why(exc.message)}"
+                ) from exc
         else:
             memory = False  # never claimed without a checkpoint taken
         keep_until = utcnow() + timedelta(seconds=service.settings.stopped_retention_seconds)
@@ -135,9 +177,10 @@ async def wake(service: SandboxService, project_id: str | None, sandbox_id: str,
             return sandbox
         memory = bool(sandbox.status.memory_kept)
         control = stop_start(service.runtime)
+        restored = False
         try:
             if memory and isinstance(service.runtime, Checkpointing):
-                record = await service.runtime.restore_sandbox(sandbox.id, sandbox.spec, sandbox.runtime)
+                record, restored = await service.runtime.restore_sandbox(sandbox.id, sandbox.spec, sandbox.runtime)
             elif memory:
                 raise Unsupported("restoring checkpointed sandboxes", service.runtime.name)
             else:
@@ -154,7 +197,20 @@ async def wake(service: SandboxService, project_id: str | None, sandbox_id: str,
             # A delete came in meanwhile (it waits for this lock): nothing of the boot is left for it.
             await control.stop_sandbox(sandbox.id, record)
             return await service.get(None, sandbox.id)
-        return await service.transition(sandbox.id, State.RUNNING, reason)
+        if restored:
+            note = "its processes were restored from the checkpoint"
+        elif memory:  # the saved image was gone (a server killed mid-resume): never claimed restored
+            note = "no saved processes were left: booted afresh on its files, processes from before are gone"
+        else:
+            note = "booted afresh on its files: only its disk was kept"
+        return await service.transition(sandbox.id, State.RUNNING, reason, note, memory_kept=restored)
+
+
+def _why(failure: str) -> str:
+    """The runtime's reason for an API caller: its first line, without the log file paths runc
+    and CRIU add (host paths; the whole of it is in the server log)."""
+    line = failure.strip().splitlines()[0] if failure.strip() else "unknown"
+    return line.split("log file:")[0].strip()[:300]
 
 
 async def auto_boot(service: SandboxService, sandbox: Sandbox) -> Sandbox:

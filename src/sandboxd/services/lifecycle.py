@@ -24,6 +24,7 @@ from sandboxd.agent import AgentPort
 from sandboxd.config import Settings
 from sandboxd.domain import (
     TRANSITIONS,
+    HibernateMemory,
     Sandbox,
     SandboxSpec,
     Snapshot,
@@ -604,10 +605,12 @@ class SandboxService:
             raise not_running(sandbox)
         return sandbox
 
-    async def hibernate(self, project_id: str | None, sandbox_id: str) -> Sandbox:
-        """Keeps only a running sandbox's disk (and its memory where the host can checkpoint):
-        services/hibernation.py."""
-        return await hibernation.hibernate(self, project_id, sandbox_id)
+    async def hibernate(
+        self, project_id: str | None, sandbox_id: str, memory: HibernateMemory = HibernateMemory.AUTO
+    ) -> Sandbox:
+        """Keeps only a running sandbox's disk (and its memory where the host can checkpoint, or
+        as memory asks): services/hibernation.py."""
+        return await hibernation.hibernate(self, project_id, sandbox_id, memory=memory)
 
     async def renew(self, project_id: str, sandbox_id: str, timeout: int) -> Sandbox:
         if timeout > self.settings.max_timeout:

@@ -496,13 +496,16 @@ class AsyncSandbox:
         r = await _check(await self._http.post(f"{self._path}/resume"))
         self.info = r.json()
 
-    async def hibernate(self) -> None:
+    async def hibernate(self, memory: str | None = None) -> None:
         """Hibernates the sandbox: only its disk is kept (state "hibernated"), its memory and
         network are freed; resume() brings it back. info["hibernation"]["memory_kept"] says
         whether its processes' memory was saved (they go on at resume) or not (resume boots it
         again, processes from before are gone): memory is kept only where the server's host can
-        checkpoint processes."""
-        r = await _check(await self._http.post(f"{self._path}/hibernate"))
+        checkpoint processes. memory: "auto" (the server's default: saved where it can),
+        "require" (saved, or a SandboxError 409 CHECKPOINT_FAILED saying why, the sandbox still
+        running) or "never" (disk only)."""
+        body = {"memory": memory} if memory is not None else None
+        r = await _check(await self._http.post(f"{self._path}/hibernate", json=body))
         self.info = r.json()
 
     async def snapshot(

@@ -25,12 +25,18 @@ def pause(sandbox_id: str, as_json: bool) -> None:
 @click.command(context_settings=SHOW_DEFAULTS)
 @click.argument("sandbox_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON record instead of a table.")
-def hibernate(sandbox_id: str, as_json: bool) -> None:
+@click.option(
+    "--memory",
+    type=click.Choice(["auto", "require", "never"]),
+    default=None,
+    help="auto: saved where the server can checkpoint; require: saved or fail (the sandbox runs on); never: disk only.",
+)
+def hibernate(sandbox_id: str, as_json: bool, memory: str | None) -> None:
     """Hibernates a sandbox: only its disk is kept (its memory too where the server can checkpoint;
     the record's hibernation.memory_kept says). `sandboxd resume ID` brings it back."""
     sb = connect(sandbox_id)
     try:
-        sb.hibernate()
+        sb.hibernate(memory)
     finally:
         sb.close()
     output(sb.info, [sb.info], as_json)

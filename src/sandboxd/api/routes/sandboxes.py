@@ -7,10 +7,10 @@ from fastapi import APIRouter, Query, Response, status
 from pydantic import BaseModel, Field
 
 from sandboxd.api.deps import CurrentPrincipal, Ports, ProjectId, Sandboxes
-from sandboxd.api.models import RenewTimeout, SandboxList, SandboxOut, WarmPoolCheckout
+from sandboxd.api.models import HibernateRequest, RenewTimeout, SandboxList, SandboxOut, WarmPoolCheckout
 from sandboxd.api.params import PortNumber
 from sandboxd.api.routing import CheckedRoute
-from sandboxd.domain import Scope, State
+from sandboxd.domain import HibernateMemory, Scope, State
 from sandboxd.errors import InvalidRequest
 from sandboxd.services.requests import CreateSandbox, EgressPolicy
 
@@ -106,12 +106,16 @@ async def resume_sandbox(sandbox_id: str, service: Sandboxes, project: ProjectId
 
 
 @router.post("/{sandbox_id}/hibernate", response_model=SandboxOut)
-async def hibernate_sandbox(sandbox_id: str, service: Sandboxes, project: ProjectId) -> SandboxOut:
+async def hibernate_sandbox(
+    sandbox_id: str, service: Sandboxes, project: ProjectId, body: HibernateRequest | None = None
+) -> SandboxOut:
     """Keeps only the sandbox's disk: its processes end, its memory and network are freed. Where the server can
     checkpoint processes (GET /api/v1/capabilities) their memory is saved too and resume brings them back;
     otherwise resume boots it again. `hibernation.memory_kept` says which. Kept as long as a stopped sandbox, then
-    deleted. 409 unless it is running; a process that cannot be checkpointed is a failure that leaves it running."""
-    return SandboxOut.of(await service.hibernate(project, sandbox_id))
+    deleted. 409 unless it is running; a process that cannot be checkpointed is a failure that leaves it running
+    (409 CHECKPOINT_FAILED, with memory "require"; with "auto", the same, where the server tried)."""
+    memory = body.memory if body is not None else HibernateMemory.AUTO
+    return SandboxOut.of(await service.hibernate(project, sandbox_id, memory))
 
 
 @router.post("/{sandbox_id}/timeout", response_model=SandboxOut)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sandboxd.errors import RuntimeFailure
+from sandboxd.runtimes.local.oci import checkpoints
 from sandboxd.runtimes.local.oci.mounts import decode
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -103,6 +104,27 @@ class OciCli:
             prefix=[*prefix, *self.create_wrapper],
             on_failure=on_failure,
         )
+
+    async def checkpoint(self, container_id: str, image: Path) -> None:
+        """Saves the container's processes into image and ends it (oci/checkpoints.py); on
+        failure it runs on and RuntimeFailure says why."""
+        await self.run(*checkpoints.checkpoint_args(container_id, image))
+
+    async def restore(
+        self,
+        container_id: str,
+        image: Path,
+        bundle: Path,
+        pid_file: Path,
+        *,
+        stdin: int,
+        stdout: int,
+        on_failure: Callable[[], str] | None = None,
+    ) -> None:
+        """Restores a checkpointed container, detached; stdin and stdout take the places of its
+        saved stdio (runc passes them to CRIU as inherited fds)."""
+        args = checkpoints.restore_args(container_id, image, bundle, pid_file)
+        await self.run(*args, stdin=stdin, stdout=stdout, on_failure=on_failure)
 
     async def start(self, container_id: str) -> None:
         await self.run("start", container_id)
