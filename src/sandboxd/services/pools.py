@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sandboxd.config import Settings
 from sandboxd.domain import MIN_CPU, Sandbox, SandboxSpec, State, Status, WarmPool, new_id, utcnow
 from sandboxd.errors import Conflict, PoolEmpty, PoolNotFound, QuotaExceeded, SandboxdError
-from sandboxd.runtimes.base import egress_control
+from sandboxd.runtimes.base import EgressRecords, egress_control
 from sandboxd.services.lifecycle import SandboxService
 from sandboxd.services.requests import CreateSandbox, WarmPoolChoice
 from sandboxd.services.specs import build_spec
@@ -203,13 +203,12 @@ class PoolService:
         choice = req.warm_pool or WarmPoolChoice()
         if choice.mode == "bypass" or (choice.id is None and choice.mode == "prefer" and not _poolable(req, spec)):
             return None, {"hit": False, "id": None}  # no pool could fit: the store is not asked
-        if choice.id is not None:
-            pool = await self.store.get_pool(project_id, choice.id)
-            if pool is None:
-                raise PoolNotFound(choice.id)
-            pools = [pool]
-        else:
-            pools = await self.store.find_pools(project_id)
+        # The pools and their ready sandboxes in one read: a hit's path has one read and one write.
+        found = await self.store.ready_pooled(project_id, choice.id, MAX_TARGET * 4)
+        if choice.id is not None and not found:
+            raise PoolNotFound(choice.id)
+        ready = {pool.id: sandboxes for pool, sandboxes in found}
+        pools = [pool for pool, _ in found]
         fitting = [pool for pool in pools if _fits(pool, req, spec)]
         if not fitting:
             if choice.mode == "require":
@@ -221,7 +220,7 @@ class PoolService:
                 )
             return None, {"hit": False, "id": choice.id}
         for pool in fitting:
-            for candidate in await self._pooled(pool.id, [State.RUNNING]):
+            for candidate in ready[pool.id]:
                 taken = await self._claim(project_id, pool, candidate, req, spec)
                 if taken is not None:
                     # The refill waits a moment: started at once, it competes for the CPU with the
@@ -260,19 +259,28 @@ class PoolService:
             "expires_at": now + timedelta(seconds=bound.timeout),
             "traffic_token": secrets.token_urlsafe(24),
         }
+        control = egress_control(self.sandboxes.runtime) if bound.egress_rules != pooled.egress_rules else None
+        if isinstance(control, EgressRecords):
+            # The record as it will be once the caller's policy is in force, written by the claim
+            # itself: no second write. Until set_egress below returns, the kernel still holds the
+            # pool's deny-all (stricter than the record) and the caller has no answer; a server
+            # killed in between applies the recorded policy again on restart (adopt).
+            fields["runtime"] = control.egress_record(candidate.runtime, bound.egress_rules or {})
         try:
             taken = await self.store.claim_pooled(candidate.id, pool.id, candidate.version, project_id, fields)
         except DuplicateKey:
             raise Conflict(f"a sandbox named {req.name!r} exists in this project", "name") from None
         if taken is None:
             return None  # another create took it first
-        if bound.egress_rules != pooled.egress_rules:
+        if control is not None:
             try:
                 async with self.sandboxes.lock(taken.id):
-                    control = egress_control(self.sandboxes.runtime)
-                    record = await control.set_egress(taken.id, taken.runtime, bound.egress_rules or {})
-                    patched = await self.store.update_if(taken.id, {"runtime": record}, expected_states=[State.RUNNING])
-                    taken = patched or taken
+                    record = await control.set_egress(taken.id, candidate.runtime, bound.egress_rules or {})
+                    if record != taken.runtime:  # a runtime that cannot say its record beforehand
+                        patched = await self.store.update_if(
+                            taken.id, {"runtime": record}, expected_states=[State.RUNNING]
+                        )
+                        taken = patched or taken
             except Exception as exc:
                 # It is the caller's now, and not as asked: removed, with the reason on record.
                 log.exception("binding egress at checkout failed", extra={"sandbox_id": taken.id})

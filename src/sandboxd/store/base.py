@@ -211,6 +211,11 @@ class Store(Protocol):
     async def find_pools(self, project_id: str | None) -> list[WarmPool]:
         """Oldest first; every project's with None."""
 
+    async def ready_pooled(
+        self, project_id: str, pool_id: str | None, limit: int
+    ) -> list[tuple[WarmPool, list[Sandbox]]]:
+        """The project's pools (or its one ``pool_id``), each with its running sandboxes."""
+
     async def resize_pool(self, project_id: str, pool_id: str, target: int) -> WarmPool | None: ...
 
     async def count_checkout(self, pool_id: str, hit: bool) -> None: ...

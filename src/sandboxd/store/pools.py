@@ -52,6 +52,39 @@ class PoolStore:
         rows = await self.runner.read(lambda conn: list(conn.execute(query)))
         return [POOLS.load(row) for row in rows]
 
+    async def ready_pooled(
+        self, project_id: str, pool_id: str | None, limit: int
+    ) -> list[tuple[WarmPool, list[Sandbox]]]:
+        """The project's pools (or its one ``pool_id``), oldest first, each with its running
+        sandboxes, oldest first (at most ``limit`` a pool): a checkout's candidates in one read."""
+        from sandboxd.store.sql import SANDBOXES  # the sandbox row mapping lives with the sandbox store
+
+        query = POOLS.select.where(warm_pools.c.project_id == project_id).order_by(warm_pools.c.id)
+        if pool_id is not None:
+            query = query.where(warm_pools.c.id == pool_id)
+
+        def read(conn: sa.Connection) -> tuple[list[Any], list[Any]]:
+            pools = list(conn.execute(query))
+            if not pools:
+                return pools, []
+            owners = [pooled_project(row.id) for row in pools]
+            ready = SANDBOXES.select.where(
+                sandboxes.c.project_id.in_(owners), sandboxes.c.state == State.RUNNING.value
+            ).order_by(sandboxes.c.id)
+            return pools, list(conn.execute(ready.limit(limit * len(pools))))
+
+        pool_rows, sandbox_rows = await self.runner.read(read)
+        found: dict[str, tuple[WarmPool, list[Sandbox]]] = {}
+        for row in pool_rows:
+            pool = POOLS.load(row)
+            found[pooled_project(pool.id)] = (pool, [])
+        for row in sandbox_rows:
+            sandbox = SANDBOXES.load(row)
+            kept = found[sandbox.project_id][1]
+            if len(kept) < limit:
+                kept.append(sandbox)
+        return list(found.values())
+
     async def resize_pool(self, project_id: str, pool_id: str, target: int) -> WarmPool | None:
         stmt = (
             warm_pools.update()
