@@ -7,6 +7,7 @@ creates never take the same one."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -59,19 +60,15 @@ class PoolStore:
         sandboxes, oldest first (at most ``limit`` a pool): a checkout's candidates in one read."""
         from sandboxd.store.sql import SANDBOXES  # the sandbox row mapping lives with the sandbox store
 
-        query = POOLS.select.where(warm_pools.c.project_id == project_id).order_by(warm_pools.c.id)
-        if pool_id is not None:
-            query = query.where(warm_pools.c.id == pool_id)
+        pools_query, ready_query = _ready_statements(pool_id is not None)
 
         def read(conn: sa.Connection) -> tuple[list[Any], list[Any]]:
-            pools = list(conn.execute(query))
+            pools = list(conn.execute(pools_query, {"w_project_id": project_id, "w_id": pool_id}))
             if not pools:
                 return pools, []
             owners = [pooled_project(row.id) for row in pools]
-            ready = SANDBOXES.select.where(
-                sandboxes.c.project_id.in_(owners), sandboxes.c.state == State.RUNNING.value
-            ).order_by(sandboxes.c.id)
-            return pools, list(conn.execute(ready.limit(limit * len(pools))))
+            params = {"w_owners": owners, "w_state": State.RUNNING.value, "w_limit": limit * len(pools)}
+            return pools, list(conn.execute(ready_query, params))
 
         pool_rows, sandbox_rows = await self.runner.read(read)
         found: dict[str, tuple[WarmPool, list[Sandbox]]] = {}
@@ -79,10 +76,9 @@ class PoolStore:
             pool = POOLS.load(row)
             found[pooled_project(pool.id)] = (pool, [])
         for row in sandbox_rows:
-            sandbox = SANDBOXES.load(row)
-            kept = found[sandbox.project_id][1]
+            kept = found[row.project_id][1]
             if len(kept) < limit:
-                kept.append(sandbox)
+                kept.append(SANDBOXES.load(row))
         return list(found.values())
 
     async def resize_pool(self, project_id: str, pool_id: str, target: int) -> WarmPool | None:
@@ -114,30 +110,70 @@ class PoolStore:
         from sandboxd.store.sql import SANDBOXES  # the sandbox row mapping lives with the sandbox store
 
         values = SANDBOXES.patch(fields, frozenset({"id", "project_id", "version"}))
-        stmt = (
-            sandboxes.update()
-            .where(
-                sandboxes.c.id == sandbox_id,
-                sandboxes.c.project_id == pooled_project(pool_id),
-                sandboxes.c.state == State.RUNNING.value,
-                sandboxes.c.version == version,
-            )
-            .values({"version": sandboxes.c.version + 1, "project_id": project_id, **values})
-            .returning(*SANDBOXES.columns)
-        )
+        stmt = _claim_statement(tuple(values))
+        params = {f"v_{column}": value for column, value in values.items()}
+        params |= {
+            "v_project_id": project_id,
+            "w_id": sandbox_id,
+            "w_pool": pooled_project(pool_id),
+            "w_state": State.RUNNING.value,
+            "w_version": version,
+        }
 
-        def claim(conn: sa.Connection) -> Any:
+        def claim(conn: sa.Connection) -> Sandbox | None:
             serialize_writers(conn)
-            row = conn.execute(stmt).first()
-            if row is not None:  # the project's history of it begins here, in the same transaction
-                conn.execute(first_event(SANDBOXES.load(row)))
-            return row
+            row = conn.execute(stmt, params).first()
+            if row is None:
+                return None
+            taken = SANDBOXES.load(row)
+            conn.execute(first_event(taken))  # the project's history of it begins here, in the same transaction
+            return taken
 
         try:
-            row = await self.runner.write(claim)
+            taken = await self.runner.write(claim)
         except sa.exc.IntegrityError:
             raise DuplicateKey("name", str(fields.get("name", ""))) from None
-        if row is None:
-            return None
-        self._events_written()
-        return SANDBOXES.load(row)
+        if taken is not None:
+            self._events_written()
+        return taken
+
+
+# Built once per shape: a statement built per call costs more than SQLite takes to run it (sql.py).
+
+
+@functools.cache
+def _ready_statements(one_pool: bool) -> tuple[sa.Select[Any], sa.Select[Any]]:
+    from sandboxd.store.sql import SANDBOXES
+
+    pools = POOLS.select.where(warm_pools.c.project_id == sa.bindparam("w_project_id")).order_by(warm_pools.c.id)
+    if one_pool:
+        pools = pools.where(warm_pools.c.id == sa.bindparam("w_id"))
+    ready = (
+        SANDBOXES.select.where(
+            sandboxes.c.project_id.in_(sa.bindparam("w_owners", expanding=True)),
+            sandboxes.c.state == sa.bindparam("w_state"),
+        )
+        .order_by(sandboxes.c.id)
+        .limit(sa.bindparam("w_limit"))
+    )
+    return pools, ready
+
+
+@functools.cache
+def _claim_statement(columns: tuple[str, ...]) -> sa.Update:
+    from sandboxd.store.sql import SANDBOXES
+
+    return (
+        sandboxes.update()
+        .where(
+            sandboxes.c.id == sa.bindparam("w_id"),
+            sandboxes.c.project_id == sa.bindparam("w_pool"),
+            sandboxes.c.state == sa.bindparam("w_state"),
+            sandboxes.c.version == sa.bindparam("w_version"),
+        )
+        .values(
+            {"version": sandboxes.c.version + 1, "project_id": sa.bindparam("v_project_id")}
+            | {c: sa.bindparam(f"v_{c}", type_=sandboxes.c[c].type) for c in columns}
+        )
+        .returning(*SANDBOXES.columns)
+    )
