@@ -91,6 +91,7 @@ class PoolService:
         self._fills: dict[str, set[asyncio.Task[None]]] = {}
         self._failed_at: dict[str, float] = {}
         self._counts: set[asyncio.Task[None]] = set()
+        self._closed = False  # no count is written once the store may be closing
         self._sizing = asyncio.Lock()  # a project's pool count and target sum, checked and written together
 
     # -- managing pools --------------------------------------------------------------------------
@@ -224,15 +225,21 @@ class PoolService:
                 taken = await self._claim(project_id, pool, candidate, req, spec)
                 if taken is not None:
                     # The refill waits a moment: started at once, it competes for the CPU with the
-                    # caller's first commands in the sandbox just handed out.
-                    asyncio.get_running_loop().call_later(REFILL_DELAY, self._wake.set)
-                    self._count(pool.id, hit=True)  # off the create's path
+                    # caller's first commands in the sandbox just handed out. So does the count,
+                    # a write that would share the store's thread with the create's answer.
+                    asyncio.get_running_loop().call_later(REFILL_DELAY, self._refill_after_hit, pool.id)
                     return taken, {"hit": True, "id": pool.id}
         self._count(fitting[0].id, hit=False)
         self._wake.set()
         if choice.mode == "require":
             raise PoolEmpty(f"warm pool {fitting[0].id} has no ready sandbox now; try again, or use mode prefer")
         return None, {"hit": False, "id": fitting[0].id}
+
+    def _refill_after_hit(self, pool_id: str) -> None:
+        if self._closed:
+            return
+        self._count(pool_id, hit=True)  # before the refill's writes: a refilled pool shows the hit
+        self._wake.set()
 
     def _count(self, pool_id: str, hit: bool) -> None:
         task = asyncio.create_task(self.store.count_checkout(pool_id, hit))
@@ -294,6 +301,7 @@ class PoolService:
         self._loop = asyncio.create_task(self._fill_forever())
 
     async def shutdown(self) -> None:
+        self._closed = True
         fills = [t for tasks in self._fills.values() for t in tasks]
         tasks = [*fills, *self._counts, *([self._loop] if self._loop else [])]
         for task in tasks:
