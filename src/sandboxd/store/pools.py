@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from sandboxd.domain import Sandbox, State, WarmPool
 from sandboxd.store.base import DuplicateKey
-from sandboxd.store.events import first_event, serialize_writers
+from sandboxd.store.events import FIRST_EVENT, first_event_params, serialize_writers
 from sandboxd.store.records import RecordMap
 from sandboxd.store.runner import Runner
 from sandboxd.store.schema import sandboxes, warm_pools
@@ -126,7 +126,8 @@ class PoolStore:
             if row is None:
                 return None
             taken = SANDBOXES.load(row)
-            conn.execute(first_event(taken))  # the project's history of it begins here, in the same transaction
+            # The project's history of it begins here, in the same transaction.
+            conn.execute(FIRST_EVENT, first_event_params(taken))
             return taken
 
         try:
