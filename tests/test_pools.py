@@ -209,3 +209,28 @@ def test_a_server_killed_during_a_refill_comes_back_consistent(srv: Server) -> N
     assert [s for _, s in pooled_records(srv) if s not in ("terminated", "failed")] == []
     with httpx.Client(base_url=srv.url) as http:
         assert http.get("/readyz").status_code == 200
+
+
+def test_the_policy_bound_at_checkout_is_on_record_and_outlives_a_kill9(srv: Server, test_host: InternetHost) -> None:
+    """The claim itself records the request's egress policy (no second write after it): a server
+    killed after the checkout applies that policy again on restart, not the pool's deny-all."""
+    with client(srv) as c:
+        pool = c.pools.create(target=1, memory_mb=MEMORY)
+        wait_pool(c, pool["id"], 1)
+        sb = srv.create(memory_mb=MEMORY)  # allow all: the pooled sandbox had none
+        try:
+            assert sb.info["warm_pool_checkout"]["hit"] is True
+            assert reach(sb, test_host.ADDRESS) == "reached hello"
+            with closing(sqlite3.connect(srv.data_dir / "sandboxd.db")) as db:
+                (runtime,) = db.execute("SELECT runtime FROM sandboxes WHERE id = ?", (sb.id,)).fetchone()
+            assert json.loads(runtime)["egress"]["default"] == "allow"
+            c.pools.resize(pool["id"], 0)  # no refill under way when it is killed
+            wait_pool(c, pool["id"], 0)
+            srv.kill9()
+            srv.start()
+            with client(srv) as again:
+                assert [s["id"] for s in again.sandboxes()] == [sb.id]
+            assert reach(sb, test_host.ADDRESS) == "reached hello"
+        finally:
+            sb.kill()
+        c.pools.delete(pool["id"])

@@ -34,10 +34,10 @@ class World:
         self.auth = AuthService(self.store, SERVER_KEY)
         self.busy: set[str] = set()  # projects that "have sandboxes"
 
-        async def has_sandboxes(project_id: str) -> bool:
-            return project_id in self.busy
+        async def in_use(project_id: str) -> list[str]:
+            return ["sandboxes"] if project_id in self.busy else []
 
-        self.tenancy = TenancyService(self.store, self.auth, has_sandboxes)
+        self.tenancy = TenancyService(self.store, self.auth, in_use)
 
     async def as_(self, token: str, project: str | None = None) -> Principal:
         headers = {"authorization": f"Bearer {token}"}

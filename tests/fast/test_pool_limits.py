@@ -70,6 +70,13 @@ async def test_a_project_with_a_pool_cannot_be_deleted_until_the_pool_is(api: Ap
     assert pool.status_code == 201, pool.text
     refused = await api.client.delete(f"/api/v1/projects/{project['id']}")
     assert refused.status_code == 409, refused.text
+    # It says what remains: the pool (its pooled sandboxes are in no list of the project's).
+    assert refused.json()["message"] == "project 'pooling' still has warm pools: delete them first"
+    body = {"warm_pool": {"mode": "bypass"}}
+    sandbox = (await api.client.post("/api/v1/sandboxes", json=body, headers=where)).json()
+    refused = await api.client.delete(f"/api/v1/projects/{project['id']}")
+    assert refused.json()["message"] == "project 'pooling' still has sandboxes and warm pools: delete them first"
+    assert (await api.client.delete(f"/api/v1/sandboxes/{sandbox['id']}", headers=where)).status_code == 200
     assert (await api.client.get(f"/api/v1/pools/{pool.json()['id']}", headers=where)).status_code == 200
     assert (await api.client.delete(f"/api/v1/pools/{pool.json()['id']}", headers=where)).status_code == 204
     assert (await api.client.delete(f"/api/v1/projects/{project['id']}")).status_code == 204

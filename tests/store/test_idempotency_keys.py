@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from sandboxd.domain import IdempotentCall
-from sandboxd.store.base import Store
+from sandboxd.store.base import KeysExhausted, Store
 
 pytestmark = pytest.mark.anyio
 T0 = datetime(2030, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
@@ -80,3 +80,29 @@ async def test_usage_counts_a_projects_keys_and_kept_bytes(store: Store) -> None
     await store.finish_idempotent("prj_ab:key_1", "k", 200, (), b"y" * 7, T0)
     assert await store.idempotent_usage("prj_a") == (2, 100)  # not prj_ab's, nor prj_a%'s
     assert await store.idempotent_usage("prj_ab") == (1, 7)
+
+
+async def test_the_key_cap_is_exact_under_racing_claims(store: Store) -> None:
+    """Many new keys claimed at once: exactly the cap is inserted, the rest refused with nothing
+    written; a key already held is still found at the cap, and the project's API keys count too."""
+    outcomes: list[str] = []
+    claimed: list[IdempotentCall] = []
+
+    async def claim(key: str, project: str) -> None:
+        try:
+            held = await store.claim_idempotent(call(key, project), "prj_a", 3)
+            outcomes.append("claimed" if held is None else "held")
+            if held is None:
+                claimed.append(call(key, project))
+        except KeysExhausted:
+            outcomes.append("refused")
+
+    async with anyio.create_task_group() as tg:
+        for i in range(12):
+            tg.start_soon(claim, f"k{i}", "prj_a" if i % 2 else "prj_a:key_1")
+    assert sorted(outcomes) == ["claimed"] * 3 + ["refused"] * 9
+    assert await store.idempotent_usage("prj_a") == (3, 0)
+    mine = claimed[0]
+    again = await store.claim_idempotent(call(mine.key, mine.project_id, "other"), "prj_a", 3)
+    assert again is not None and again.fingerprint == "f1"  # held: found, not refused
+    assert await store.claim_idempotent(call("k", "prj_b"), "prj_b", 3) is None  # another project's own count

@@ -105,6 +105,15 @@ class EgressControl(Protocol):
 
 
 @runtime_checkable
+class EgressRecords(Protocol):
+    """Optional beside EgressControl: the record set_egress will return, known before it runs, so a
+    warm pool's checkout writes it in its one compare-and-set rather than in a second write."""
+
+    def egress_record(self, record: dict[str, Any], rules: dict[str, Any]) -> dict[str, Any]:
+        """What set_egress(sandbox_id, record, rules) returns once it succeeds; changes nothing."""
+
+
+@runtime_checkable
 class RefusalRecord(Protocol):
     """Optional beside EgressControl: which names and destinations the policy refused lately."""
 

@@ -99,15 +99,17 @@ class Services:
         sandboxes.pools = pools  # create takes a ready sandbox from a fitting warm pool
         pools.templates = templates  # a template's pool resolves it in its own project
 
-        async def in_use(project_id: str) -> bool:
-            return (
-                await sandboxes.has_sandboxes(project_id)
-                or await templates.has_templates(project_id)
-                or await images.holds_any(project_id)
-                or bool(await store.find_volumes(project_id))
-                or bool(await store.find_snapshots(project_id))
-                or bool(await store.find_pools(project_id))  # refilling: delete the pools first, as volumes
-            )
+        async def in_use(project_id: str) -> list[str]:
+            """What the project still holds, by kind (a refusal to delete it names them)."""
+            held = {
+                "sandboxes": await sandboxes.has_sandboxes(project_id),
+                "templates": await templates.has_templates(project_id),
+                "images": await images.holds_any(project_id),
+                "volumes": bool(await store.find_volumes(project_id)),
+                "snapshots": bool(await store.find_snapshots(project_id)),
+                "warm pools": bool(await store.find_pools(project_id)),  # refilling: delete the pools first
+            }
+            return [kind for kind, holds in held.items() if holds]
 
         services = cls(
             settings=settings,

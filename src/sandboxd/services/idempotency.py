@@ -30,7 +30,7 @@ from sandboxd.errors import (
     IdempotentResponseNotKept,
     InvalidRequest,
 )
-from sandboxd.store.base import Store
+from sandboxd.store.base import KeysExhausted, Store
 
 HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255
@@ -97,14 +97,13 @@ class IdempotencyService:
         )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.idempotency_wait_seconds
-        if await self.store.get_idempotent(project_id, key) is None:
-            keys, _ = await self.store.idempotent_usage(scope)
-            if keys >= self.settings.idempotency_max_keys:  # a race may pass it by a few: bounded all the same
+        while True:
+            try:  # the project's count is checked in the claim's own transaction: exact under races
+                held = await self.store.claim_idempotent(call, scope, self.settings.idempotency_max_keys)
+            except KeysExhausted:
                 raise IdempotencyKeysExhausted(
                     self.settings.idempotency_max_keys, self.settings.idempotency_retention_seconds
-                )
-        while True:
-            held = await self.store.claim_idempotent(call)
+                ) from None
             if held is None:
                 self._done.setdefault((project_id, key), asyncio.Event())
                 return None

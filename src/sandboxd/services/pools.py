@@ -51,7 +51,7 @@ from sandboxd.domain import (
     utcnow,
 )
 from sandboxd.errors import Conflict, InvalidRequest, PoolEmpty, PoolNotFound, QuotaExceeded, SandboxdError
-from sandboxd.runtimes.base import egress_control
+from sandboxd.runtimes.base import EgressRecords, egress_control
 from sandboxd.services.lifecycle import SandboxService
 from sandboxd.services.pool_templates import Templates, made_from, no_progress, pool_fits_template
 from sandboxd.services.requests import CreateSandbox, WarmPoolChoice
@@ -118,6 +118,7 @@ class PoolService:
         self._fills: dict[str, set[asyncio.Task[None]]] = {}
         self._failed_at: dict[str, float] = {}
         self._counts: set[asyncio.Task[None]] = set()
+        self._closed = False  # no count is written once the store may be closing
         self._sizing = asyncio.Lock()  # a project's pool count and target sum, checked and written together
         self.templates: Templates | None = None  # set once the template service exists; None: no template pools
 
@@ -246,13 +247,12 @@ class PoolService:
         choice = req.warm_pool or WarmPoolChoice()
         if choice.mode == "bypass" or (choice.id is None and choice.mode == "prefer" and not _poolable(req, spec)):
             return None, {"hit": False, "id": None}  # no pool could fit: the store is not asked
-        if choice.id is not None:
-            pool = await self.store.get_pool(project_id, choice.id)
-            if pool is None:
-                raise PoolNotFound(choice.id)
-            pools = [pool]
-        else:
-            pools = await self.store.find_pools(project_id)
+        # The pools and their ready sandboxes in one read: a hit's path has one read and one write.
+        found = await self.store.ready_pooled(project_id, choice.id, MAX_TARGET * 4)
+        if choice.id is not None and not found:
+            raise PoolNotFound(choice.id)
+        ready = {pool.id: sandboxes for pool, sandboxes in found}
+        pools = [pool for pool, _ in found]
         current = None  # the template version a create of it gets now, if a pool could give one
         if spec.template is not None and self.templates is not None and any(p.template for p in pools):
             current = await self.templates.current(project_id, spec.template)
@@ -267,21 +267,27 @@ class PoolService:
                 )
             return None, {"hit": False, "id": choice.id}
         for pool in fitting:
-            for candidate in await self._pooled(pool.id, [State.RUNNING]):
+            for candidate in ready[pool.id]:
                 if current is not None and not made_from(candidate, current):
                     continue  # made from an older build: the refill replaces it
                 taken = await self._claim(project_id, pool, candidate, req, spec)
                 if taken is not None:
                     # The refill waits a moment: started at once, it competes for the CPU with the
-                    # caller's first commands in the sandbox just handed out.
-                    asyncio.get_running_loop().call_later(REFILL_DELAY, self._wake.set)
-                    self._count(pool.id, hit=True)  # off the create's path
+                    # caller's first commands in the sandbox just handed out. So does the count,
+                    # a write that would share the store's thread with the create's answer.
+                    asyncio.get_running_loop().call_later(REFILL_DELAY, self._refill_after_hit, pool.id)
                     return taken, {"hit": True, "id": pool.id}
         self._count(fitting[0].id, hit=False)
         self._wake.set()
         if choice.mode == "require":
             raise PoolEmpty(f"warm pool {fitting[0].id} has no ready sandbox now; try again, or use mode prefer")
         return None, {"hit": False, "id": fitting[0].id}
+
+    def _refill_after_hit(self, pool_id: str) -> None:
+        if self._closed:
+            return
+        self._count(pool_id, hit=True)  # before the refill's writes: a refilled pool shows the hit
+        self._wake.set()
 
     def _count(self, pool_id: str, hit: bool) -> None:
         task = asyncio.create_task(self.store.count_checkout(pool_id, hit))
@@ -310,19 +316,28 @@ class PoolService:
             "expires_at": now + timedelta(seconds=bound.timeout),
             "traffic_token": secrets.token_urlsafe(24),
         }
+        control = egress_control(self.sandboxes.runtime) if bound.egress_rules != pooled.egress_rules else None
+        if isinstance(control, EgressRecords):
+            # The record as it will be once the caller's policy is in force, written by the claim
+            # itself: no second write. Until set_egress below returns, the kernel still holds the
+            # pool's deny-all (stricter than the record) and the caller has no answer; a server
+            # killed in between applies the recorded policy again on restart (adopt).
+            fields["runtime"] = control.egress_record(candidate.runtime, bound.egress_rules or {})
         try:
             taken = await self.store.claim_pooled(candidate.id, pool.id, candidate.version, project_id, fields)
         except DuplicateKey:
             raise Conflict(f"a sandbox named {req.name!r} exists in this project", "name") from None
         if taken is None:
             return None  # another create took it first
-        if bound.egress_rules != pooled.egress_rules:
+        if control is not None:
             try:
                 async with self.sandboxes.lock(taken.id):
-                    control = egress_control(self.sandboxes.runtime)
-                    record = await control.set_egress(taken.id, taken.runtime, bound.egress_rules or {})
-                    patched = await self.store.update_if(taken.id, {"runtime": record}, expected_states=[State.RUNNING])
-                    taken = patched or taken
+                    record = await control.set_egress(taken.id, candidate.runtime, bound.egress_rules or {})
+                    if record != taken.runtime:  # a runtime that cannot say its record beforehand
+                        patched = await self.store.update_if(
+                            taken.id, {"runtime": record}, expected_states=[State.RUNNING]
+                        )
+                        taken = patched or taken
             except Exception as exc:
                 # It is the caller's now, and not as asked: removed, with the reason on record.
                 log.exception("binding egress at checkout failed", extra={"sandbox_id": taken.id})
@@ -336,6 +351,7 @@ class PoolService:
         self._loop = asyncio.create_task(self._fill_forever())
 
     async def shutdown(self) -> None:
+        self._closed = True
         fills = [t for tasks in self._fills.values() for t in tasks]
         tasks = [*fills, *self._counts, *([self._loop] if self._loop else [])]
         for task in tasks:

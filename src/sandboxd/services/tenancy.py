@@ -45,16 +45,16 @@ NAME_RULE = "1 to 63 lower-case letters, digits and '-', starting and ending wit
 MAX_KEY_NAME = 100
 MAX_EXPIRY = timedelta(days=3650)
 
-# Whether a project still holds sandboxes (or anything else that must go first): supplied by the
-# container, since sandboxes are another service's.
-InUse = Callable[[str], Awaitable[bool]]
+# What a project still holds that must go first, by kind ("sandboxes", "warm pools", ...; [] if
+# nothing): supplied by the container, since those are other services'.
+InUse = Callable[[str], Awaitable[list[str]]]
 
 
 class TenancyService:
-    def __init__(self, store: TenancyStore, auth: AuthService, has_sandboxes: InUse) -> None:
+    def __init__(self, store: TenancyStore, auth: AuthService, in_use: InUse) -> None:
         self.store = store
         self.auth = auth
-        self.has_sandboxes = has_sandboxes
+        self.in_use = in_use
 
     # -- organizations ---------------------------------------------------------------------------
 
@@ -90,8 +90,8 @@ class TenancyService:
         if org.id == DEFAULT_ORG:
             raise Conflict("the default organization holds what the server's key makes; it cannot be deleted")
         for project in await self.store.find_projects(org.id):
-            if await self.has_sandboxes(project.id):
-                raise Conflict(f"project {project.name!r} of this organization still has sandboxes")
+            if held := await self.in_use(project.id):
+                raise Conflict(f"project {project.name!r} of this organization still has {_kinds(held)}")
         await self.store.delete_org(org.id)
 
     # -- projects --------------------------------------------------------------------------------
@@ -122,8 +122,8 @@ class TenancyService:
         project = await self._visible_project(principal, project_id)
         if project.id == DEFAULT_PROJECT:
             raise Conflict("the default project holds what the server's key makes; it cannot be deleted")
-        if await self.has_sandboxes(project.id):
-            raise Conflict(f"project {project.name!r} still has sandboxes: delete them first")
+        if held := await self.in_use(project.id):
+            raise Conflict(f"project {project.name!r} still has {_kinds(held)}: delete them first")
         await self.store.delete_project(project.id)
 
     async def _visible_project(self, principal: Principal, project_id: str) -> Project:
@@ -240,3 +240,7 @@ def _expiry(expires_at: datetime | None, expires_in: int | None) -> datetime | N
     if expires_at - now > MAX_EXPIRY:
         raise InvalidRequest("expires_at", "expires_at: at most ten years ahead")
     return expires_at
+
+
+def _kinds(held: list[str]) -> str:
+    return held[0] if len(held) == 1 else ", ".join(held[:-1]) + " and " + held[-1]

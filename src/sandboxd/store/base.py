@@ -23,6 +23,10 @@ from sandboxd.domain import (
 )
 
 
+class KeysExhausted(Exception):
+    """A new idempotency key would pass the most its project may hold (nothing was written)."""
+
+
 class DuplicateKey(Exception):
     """A record with this unique field already exists (an id, a template version, a project name)."""
 
@@ -211,6 +215,11 @@ class Store(Protocol):
     async def find_pools(self, project_id: str | None) -> list[WarmPool]:
         """Oldest first; every project's with None."""
 
+    async def ready_pooled(
+        self, project_id: str, pool_id: str | None, limit: int
+    ) -> list[tuple[WarmPool, list[Sandbox]]]:
+        """The project's pools (or its one ``pool_id``), each with its running sandboxes."""
+
     async def resize_pool(self, project_id: str, pool_id: str, target: int) -> WarmPool | None: ...
 
     async def set_pool_template(self, pool_id: str, ref: str, image: str) -> None: ...
@@ -226,8 +235,12 @@ class Store(Protocol):
 
     # -- idempotency keys (services/idempotency.py) ------------------------------------------------
 
-    async def claim_idempotent(self, call: IdempotentCall) -> IdempotentCall | None:
-        """None once ``call`` is inserted; else the call its project and key already hold."""
+    async def claim_idempotent(
+        self, call: IdempotentCall, scope: str | None = None, max_keys: int | None = None
+    ) -> IdempotentCall | None:
+        """None once ``call`` is inserted; else the call its project and key already hold.
+        KeysExhausted if inserting it would make the keys of ``scope`` (see idempotent_usage)
+        more than ``max_keys``: checked in the insert's own transaction, so the cap is exact."""
 
     async def get_idempotent(self, project_id: str, key: str) -> IdempotentCall | None: ...
 

@@ -139,6 +139,13 @@ class CachedStore(SqlStore):
                 expected_version=expected_version,
             )
 
+    async def claim_pooled(
+        self, sandbox_id: str, pool_id: str, version: int, project_id: str, fields: Mapping[str, Any]
+    ) -> Sandbox | None:
+        # The record changes project: a cached copy from before would read as the pool's.
+        with self._sandbox_cache.writing(sandbox_id):
+            return await super().claim_pooled(sandbox_id, pool_id, version, project_id, fields)
+
     async def purge_ended(self, before: datetime) -> list[str]:
         # Which ids go is known only afterwards: no read overlapping it is kept, and the purged
         # ones are dropped once known (the others stay cached: the reaper purges often).

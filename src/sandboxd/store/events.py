@@ -69,19 +69,27 @@ def event_params(status: Status, where: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
+FIRST_EVENT = sandbox_events.insert()  # with first_event_params: built once, not per call
+
+
+def first_event_params(sandbox: Sandbox) -> dict[str, Any]:
+    """The values of the event of a sandbox's creation (from no state)."""
+    status = sandbox.status
+    return {
+        "sandbox_id": sandbox.id,
+        "project_id": sandbox.project_id,
+        "from_state": None,
+        "to_state": status.state.value,
+        "reason": status.reason,
+        "message": status.message,
+        "changed_at": status.changed_at,
+        "labels": dict(sandbox.spec.metadata),
+    }
+
+
 def first_event(sandbox: Sandbox) -> sa.Insert:
     """The event of a sandbox's creation (from no state)."""
-    status = sandbox.status
-    return sandbox_events.insert().values(
-        sandbox_id=sandbox.id,
-        project_id=sandbox.project_id,
-        from_state=None,
-        to_state=status.state.value,
-        reason=status.reason,
-        message=status.message,
-        changed_at=status.changed_at,
-        labels=dict(sandbox.spec.metadata),
-    )
+    return FIRST_EVENT.values(first_event_params(sandbox))
 
 
 class EventStore:

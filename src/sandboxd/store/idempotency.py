@@ -1,7 +1,9 @@
 """Idempotency keys (the store half of services/idempotency.py): one row per project and key.
 
 A claim is one INSERT, so two requests racing with one key are settled by the primary key: one
-inserts, the other finds its row."""
+inserts, the other finds its row. A project's cap on keys is checked after the insert in the same
+transaction, which is rolled back past it: on SQLite the insert holds the one write lock until the
+commit, on PostgreSQL the project's advisory lock orders its claims, so the cap is exact."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from sandboxd.domain import IdempotentCall
+from sandboxd.store.base import KeysExhausted
 from sandboxd.store.runner import Runner
 from sandboxd.store.schema import idempotency_keys as table
 
@@ -27,19 +30,47 @@ def _where(project_id: str, key: str) -> sa.ColumnElement[bool]:
     return sa.and_(table.c.project_id == project_id, table.c.key == key)
 
 
+def _inside(scope: str) -> sa.ColumnElement[bool]:
+    """The rows of project ``scope`` and of its API keys (``scope:<key id>``)."""
+    return sa.or_(table.c.project_id == scope, table.c.project_id.startswith(scope + ":", autoescape=True))
+
+
+class _Full(Exception):
+    """Raised inside a claim's transaction to roll it back: the cap would be passed."""
+
+
 class IdempotencyStore:
     runner: Runner
 
-    async def claim_idempotent(self, call: IdempotentCall) -> IdempotentCall | None:
-        """None once ``call`` (not yet done) is inserted; else the row its project and key hold."""
+    async def claim_idempotent(
+        self, call: IdempotentCall, scope: str | None = None, max_keys: int | None = None
+    ) -> IdempotentCall | None:
+        """None once ``call`` (not yet done) is inserted; else the row its project and key hold.
+        KeysExhausted (nothing written) if ``scope`` would then hold more than ``max_keys``."""
         row = {f: getattr(call, f) for f in IdempotentCall.__dataclass_fields__}
         row["headers"] = [list(pair) for pair in call.headers]
         insert = table.insert().values(row)
         query = sa.select(*_COLUMNS).where(_where(call.project_id, call.key))
+        scope = scope or call.project_id
+        count = sa.select(sa.func.count()).where(_inside(scope))
+
+        def claim(conn: sa.Connection) -> None:
+            if conn.dialect.name == "postgresql":
+                # Claims of one project one at a time: each counts the others' committed rows.
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext("idempotency:" + scope))))
+            conn.execute(insert)  # first (SQLite: the write lock from here to the commit)
+            if max_keys is not None and conn.execute(count).scalar_one() > max_keys:
+                raise _Full  # rolls the insert back
+
         for _ in range(5):
             try:
-                await self.runner.write_one(lambda conn: conn.execute(insert))
+                if max_keys is None:
+                    await self.runner.write_one(lambda conn: conn.execute(insert))
+                else:
+                    await self.runner.write(claim)
                 return None
+            except _Full:
+                raise KeysExhausted(scope) from None
             except sa.exc.IntegrityError:
                 pass
             found = await self.runner.read(lambda conn: conn.execute(query).first())
@@ -82,8 +113,9 @@ class IdempotencyStore:
         return await self.runner.write_one(lambda conn: conn.execute(stmt).rowcount)
 
     async def idempotent_usage(self, scope: str) -> tuple[int, int]:
-        inside = sa.or_(table.c.project_id == scope, table.c.project_id.startswith(scope + ":", autoescape=True))
-        query = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(sa.func.length(table.c.body)), 0)).where(inside)
+        query = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(sa.func.length(table.c.body)), 0)).where(
+            _inside(scope)
+        )
         row = await self.runner.read(lambda conn: conn.execute(query).one())
         return int(row[0]), int(row[1])
 

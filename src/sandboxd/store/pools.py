@@ -7,6 +7,7 @@ creates never take the same one."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -14,7 +15,7 @@ import sqlalchemy as sa
 
 from sandboxd.domain import Sandbox, State, WarmPool
 from sandboxd.store.base import DuplicateKey
-from sandboxd.store.events import first_event, serialize_writers
+from sandboxd.store.events import FIRST_EVENT, first_event_params, serialize_writers
 from sandboxd.store.records import RecordMap
 from sandboxd.store.runner import Runner
 from sandboxd.store.schema import sandboxes, warm_pools
@@ -52,6 +53,34 @@ class PoolStore:
         rows = await self.runner.read(lambda conn: list(conn.execute(query)))
         return [POOLS.load(row) for row in rows]
 
+    async def ready_pooled(
+        self, project_id: str, pool_id: str | None, limit: int
+    ) -> list[tuple[WarmPool, list[Sandbox]]]:
+        """The project's pools (or its one ``pool_id``), oldest first, each with its running
+        sandboxes, oldest first (at most ``limit`` a pool): a checkout's candidates in one read."""
+        from sandboxd.store.sql import SANDBOXES  # the sandbox row mapping lives with the sandbox store
+
+        pools_query, ready_query = _ready_statements(pool_id is not None)
+
+        def read(conn: sa.Connection) -> tuple[list[Any], list[Any]]:
+            pools = list(conn.execute(pools_query, {"w_project_id": project_id, "w_id": pool_id}))
+            if not pools:
+                return pools, []
+            owners = [pooled_project(row.id) for row in pools]
+            params = {"w_owners": owners, "w_state": State.RUNNING.value, "w_limit": limit * len(pools)}
+            return pools, list(conn.execute(ready_query, params))
+
+        pool_rows, sandbox_rows = await self.runner.read(read)
+        found: dict[str, tuple[WarmPool, list[Sandbox]]] = {}
+        for row in pool_rows:
+            pool = POOLS.load(row)
+            found[pooled_project(pool.id)] = (pool, [])
+        for row in sandbox_rows:
+            kept = found[row.project_id][1]
+            if len(kept) < limit:
+                kept.append(SANDBOXES.load(row))
+        return list(found.values())
+
     async def resize_pool(self, project_id: str, pool_id: str, target: int) -> WarmPool | None:
         stmt = (
             warm_pools.update()
@@ -86,30 +115,71 @@ class PoolStore:
         from sandboxd.store.sql import SANDBOXES  # the sandbox row mapping lives with the sandbox store
 
         values = SANDBOXES.patch(fields, frozenset({"id", "project_id", "version"}))
-        stmt = (
-            sandboxes.update()
-            .where(
-                sandboxes.c.id == sandbox_id,
-                sandboxes.c.project_id == pooled_project(pool_id),
-                sandboxes.c.state == State.RUNNING.value,
-                sandboxes.c.version == version,
-            )
-            .values({"version": sandboxes.c.version + 1, "project_id": project_id, **values})
-            .returning(*SANDBOXES.columns)
-        )
+        stmt = _claim_statement(tuple(values))
+        params = {f"v_{column}": value for column, value in values.items()}
+        params |= {
+            "v_project_id": project_id,
+            "w_id": sandbox_id,
+            "w_pool": pooled_project(pool_id),
+            "w_state": State.RUNNING.value,
+            "w_version": version,
+        }
 
-        def claim(conn: sa.Connection) -> Any:
+        def claim(conn: sa.Connection) -> Sandbox | None:
             serialize_writers(conn)
-            row = conn.execute(stmt).first()
-            if row is not None:  # the project's history of it begins here, in the same transaction
-                conn.execute(first_event(SANDBOXES.load(row)))
-            return row
+            row = conn.execute(stmt, params).first()
+            if row is None:
+                return None
+            taken = SANDBOXES.load(row)
+            # The project's history of it begins here, in the same transaction.
+            conn.execute(FIRST_EVENT, first_event_params(taken))
+            return taken
 
         try:
-            row = await self.runner.write(claim)
+            taken = await self.runner.write(claim)
         except sa.exc.IntegrityError:
             raise DuplicateKey("name", str(fields.get("name", ""))) from None
-        if row is None:
-            return None
-        self._events_written()
-        return SANDBOXES.load(row)
+        if taken is not None:
+            self._events_written()
+        return taken
+
+
+# Built once per shape: a statement built per call costs more than SQLite takes to run it (sql.py).
+
+
+@functools.cache
+def _ready_statements(one_pool: bool) -> tuple[sa.Select[Any], sa.Select[Any]]:
+    from sandboxd.store.sql import SANDBOXES
+
+    pools = POOLS.select.where(warm_pools.c.project_id == sa.bindparam("w_project_id")).order_by(warm_pools.c.id)
+    if one_pool:
+        pools = pools.where(warm_pools.c.id == sa.bindparam("w_id"))
+    ready = (
+        SANDBOXES.select.where(
+            sandboxes.c.project_id.in_(sa.bindparam("w_owners", expanding=True)),
+            sandboxes.c.state == sa.bindparam("w_state"),
+        )
+        .order_by(sandboxes.c.id)
+        .limit(sa.bindparam("w_limit"))
+    )
+    return pools, ready
+
+
+@functools.cache
+def _claim_statement(columns: tuple[str, ...]) -> sa.Update:
+    from sandboxd.store.sql import SANDBOXES
+
+    return (
+        sandboxes.update()
+        .where(
+            sandboxes.c.id == sa.bindparam("w_id"),
+            sandboxes.c.project_id == sa.bindparam("w_pool"),
+            sandboxes.c.state == sa.bindparam("w_state"),
+            sandboxes.c.version == sa.bindparam("w_version"),
+        )
+        .values(
+            {"version": sandboxes.c.version + 1, "project_id": sa.bindparam("v_project_id")}
+            | {c: sa.bindparam(f"v_{c}", type_=sandboxes.c[c].type) for c in columns}
+        )
+        .returning(*SANDBOXES.columns)
+    )

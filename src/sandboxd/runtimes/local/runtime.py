@@ -199,6 +199,9 @@ class LocalRuntime(CheckpointSupport, VolumesAndSnapshots, LayerSupport):
     async def set_egress(self, sandbox_id: str, record: dict[str, Any], rules: dict[str, Any]) -> dict[str, Any]:
         return await self.networks.set_egress(sandbox_id, record, rules)
 
+    def egress_record(self, record: dict[str, Any], rules: dict[str, Any]) -> dict[str, Any]:  # EgressRecords
+        return self.networks.egress_record(record, rules)
+
     async def egress_refusals(self, sandbox_id: str) -> dict[str, int]:
         return await self.networks.refusals(sandbox_id)
 

@@ -163,12 +163,16 @@ class SandboxNetworks:
 
     # -- egress ----------------------------------------------------------------------------------
 
+    def egress_record(self, record: dict[str, Any], rules: dict[str, Any]) -> dict[str, Any]:
+        """The record set_egress returns (checked rules: an invalid policy raises here too)."""
+        return {**record, "egress": Policy.of(rules).record()}
+
     async def set_egress(self, sandbox_id: str, record: dict[str, Any], rules: dict[str, Any]) -> dict[str, Any]:
         address = record.get("address")
         if not isinstance(address, str):
             raise Conflict(f"sandbox {sandbox_id} has no network interface (created by an older server)")
         policy = Policy.of(rules)
-        record = {**record, "egress": policy.record()}
+        record = {**record, "egress": policy.record()}  # as egress_record has it
         # Lookups still being answered under the old policy see it is no longer current.
         self._attached[address] = _attached(sandbox_id, record)
         await self.egress.apply(sandbox_id, address, policy)
