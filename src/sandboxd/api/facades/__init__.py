@@ -15,18 +15,16 @@ from fastapi import FastAPI
 from starlette.datastructures import Headers
 from starlette.types import Scope
 
-from sandboxd.api.facades import opensandbox, vercel
-
-# prefix on the main listener -> builder of the sub-app (which serves the system's original paths)
-FACADES = {
-    "/opensandbox": opensandbox.build,
-    "/vercel": vercel.build,
-}
+# The prefixes on the main listener; each facade's sub-app serves its system's original paths.
+FACADES = ("/opensandbox", "/vercel")
 
 
 def mount(app: FastAPI) -> None:
-    for prefix, build in FACADES.items():
-        app.mount(prefix, build(prefix))
+    # Imported here: the facades' modules import this package's helpers (public_base).
+    from sandboxd.api.facades import opensandbox, vercel
+
+    app.mount("/opensandbox", opensandbox.build("/opensandbox"))
+    app.mount("/vercel", vercel.build("/vercel"))
 
 
 def is_facade_path(path: str) -> bool:
