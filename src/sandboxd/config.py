@@ -31,6 +31,9 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8080
+    # A facade also served at its original paths on a port of its own (same host), e.g.
+    # {"opensandbox": 8090}: for clients that cannot take a path prefix. Always on the main port too.
+    facade_ports: dict[Literal["opensandbox", "vercel"], int] = {}
     data_dir: Path = Path("/var/lib/sandboxd")
     images_dir: Path | None = None  # default: <data_dir>/images
     # The sandboxes' PID 1: a static binary that scripts/bootstrap builds from agent/ into build/.

@@ -6,6 +6,7 @@ so nothing of the server is loaded for its other commands.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -87,15 +88,46 @@ def _run(settings: Settings) -> None:
     # The stdlib loop: uvloop spawns subprocesses (runc, ip) ~25 ms slower per create, measured.
     # No X-Forwarded-* trust: uvicorn would take any loopback client's header for the client's
     # address, and the port proxy passes the real one on to sandboxes.
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level="info",
-        loop="asyncio",
-        log_config=None,
-        proxy_headers=False,
-        server_header=False,  # a proxied answer keeps its app's Server header, and only that one
-        http=GuardedHttpToolsProtocol.configured(settings.header_timeout, settings.max_header_bytes),
-        timeout_keep_alive=settings.keep_alive_timeout,
-    )
+    app = create_app(settings)
+    common: dict[str, Any] = {
+        "host": settings.host,
+        "log_level": "info",
+        "loop": "asyncio",
+        "log_config": None,
+        "proxy_headers": False,
+        "server_header": False,  # a proxied answer keeps its app's Server header, and only that one
+        "http": GuardedHttpToolsProtocol.configured(settings.header_timeout, settings.max_header_bytes),
+        "timeout_keep_alive": settings.keep_alive_timeout,
+    }
+    if not settings.facade_ports:
+        uvicorn.run(app, port=settings.port, **common)
+        return
+    asyncio.run(_serve_with_facades(settings, app, common))
+
+
+async def _serve_with_facades(settings: Settings, app: Any, common: dict[str, Any]) -> None:
+    """The main server, then a server per facade port once the main one has started (they share its
+    lifespan state: one set of services). Stopping the main server stops them all."""
+    import uvicorn
+
+    from sandboxd.api.facades.listener import OriginalPaths, SignalsToMain
+
+    main = uvicorn.Server(uvicorn.Config(app, port=settings.port, **common))
+    running = asyncio.create_task(main.serve())
+    while not main.started:
+        if running.done():
+            await running  # it failed to start: its error, or its exit
+            return
+        await asyncio.sleep(0.02)
+    state = main.lifespan.state  # the main server's lifespan state: its services
+    others = []
+    for name, port in settings.facade_ports.items():
+        wrapped = OriginalPaths(app, "/" + name, lambda: state)
+        server = SignalsToMain(uvicorn.Config(wrapped, port=port, lifespan="off", **common))
+        others.append(server)
+        click.echo(f"sandboxd: the {name} facade at its original paths on http://{settings.host}:{port}", err=True)
+    facades = [asyncio.create_task(server.serve()) for server in others]
+    await running
+    for server in others:
+        server.should_exit = True
+    await asyncio.gather(*facades, return_exceptions=True)

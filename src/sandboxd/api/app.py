@@ -13,7 +13,7 @@ from fastapi import Depends, FastAPI
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sandboxd.api import docs, errors, proxy_transport
+from sandboxd.api import docs, errors, facades, proxy_transport
 from sandboxd.api.deps import (
     authorize,
     authorize_admin,
@@ -134,4 +134,6 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(tenancy.router, dependencies=[*auth, Depends(authorize_admin)])
     app.include_router(terminal.router, dependencies=[Depends(authorize_websocket), Depends(resolve_sandbox)])
     document_idempotency(app)
+    # Other systems' APIs over the same services, each with its own auth and error bodies.
+    facades.mount(app)
     return app

@@ -24,6 +24,10 @@ from sandboxd.services.requests import MAX_COPY_BYTES
 MIB = 1024 * 1024
 # Uploads go to the agent chunk by chunk as they come: no cap on their size, only on silences.
 STREAMED = re.compile(r"^/api/v1/sandboxes/[^/]+/(files|archive)$")
+# The facades' uploads, streamed the same way: OpenSandbox's execd upload, Vercel's fs/write.
+STREAMED_POSTS = re.compile(
+    r"^(/opensandbox)?/sandboxes/[^/]+/proxy/44772/files/upload$|^(/vercel)?/v2/sandboxes/sessions/[^/]+/fs/write$"
+)
 # Template copy steps carry up to 4 x MAX_COPY_BYTES of content inline; room for JSON escapes.
 TEMPLATE_BODY = 2 * 4 * MAX_COPY_BYTES
 
@@ -53,6 +57,8 @@ def needs_key(path: str) -> bool:
 
 def body_limit(method: str, path: str, max_json: int) -> int | None:
     if method == "PUT" and STREAMED.match(path):
+        return None
+    if method == "POST" and STREAMED_POSTS.match(path):
         return None
     if method == "POST" and path == "/api/v1/images/import":  # spooled to disk, bounded by the image service
         return None

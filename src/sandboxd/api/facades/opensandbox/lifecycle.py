@@ -1,0 +1,7 @@
+"""OpenSandbox facade: the lifecycle API."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,7 @@
+"""Vercel facade: drives."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,7 @@
+"""Vercel facade: sessions."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()
