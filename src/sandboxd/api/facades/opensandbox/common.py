@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from starlette.types import Scope
 
-from sandboxd.api.facades import PUBLIC_PREFIX
+from sandboxd.api import facades
 from sandboxd.api.facades.auth import principal
 from sandboxd.api.state import ApiState, api_state
 from sandboxd.errors import SandboxdError, Unauthorized
@@ -45,5 +45,6 @@ def state(request: Request) -> ApiState:
 
 
 def public_prefix(scope: Scope) -> str:
-    """The path prefix this facade's clients see ("/opensandbox", or "" on a listener of its own)."""
-    return str(scope.get(PUBLIC_PREFIX, scope.get("root_path", "")))
+    """The path prefix this facade's clients see ("/opensandbox", or "" on a listener of its own).
+    (facades.* is read at call time: that package imports this one while it initialises.)"""
+    return str(scope.get(facades.PUBLIC_PREFIX, scope.get("root_path", "")))

@@ -21,7 +21,7 @@ from sandboxd.api.facades.opensandbox.states import EXTENSION_PREFIX, RESERVED_P
 from sandboxd.api.facades.translate import cpu_cores, memory_mib
 from sandboxd.config import Settings
 from sandboxd.errors import InvalidRequest
-from sandboxd.services.requests import CreateSandbox, CreateVolume, EgressPolicy
+from sandboxd.services.requests import CreateSandbox, CreateVolume, EgressPolicy, check_mount_path
 from sandboxd.services.volumes import VolumeService
 
 # Core request fields -> the OpenSandbox field a caller wrote.
@@ -152,6 +152,10 @@ async def volume_mounts(
         at = f"volumes[{i}]"
         if not _DNS_LABEL.match(vol.name):
             raise _bad(f"{at}.name", "must be a DNS label (lowercase letters, digits, '-', at most 63)")
+        try:  # checked here too: a pvc's volume is made before the core sees the mount
+            check_mount_path(vol.mount_path)
+        except ValueError as exc:
+            raise _bad(f"{at}.mountPath", f"{vol.mount_path!r} {exc}") from None
         backends = [n for n in ("host", "pvc", "ossfs") if getattr(vol, n) is not None]
         if len(backends) != 1:
             raise _bad(at, "give exactly one backend: host or pvc")

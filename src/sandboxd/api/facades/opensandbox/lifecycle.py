@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Body, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
-from sandboxd.api.facades import public_base
+from sandboxd.api import facades
 from sandboxd.api.facades.opensandbox import snapshots
 from sandboxd.api.facades.opensandbox.common import Caller, public_prefix, state
 from sandboxd.api.facades.opensandbox.create import check_metadata, core_request, rename, volume_mounts
@@ -147,10 +147,10 @@ async def renew_expiration(sandbox_id: str, body: RenewIn, request: Request, who
     seconds = math.ceil((when - datetime.now(UTC)).total_seconds())
     if seconds < 1:
         raise InvalidRequest("expiresAt", "expiresAt: must be in the future")
-    try:
-        sandbox = await state(request).services.sandboxes.renew(who.project(), sandbox_id, seconds)
-    except InvalidRequest as exc:
-        raise InvalidRequest("expiresAt", f"expiresAt: {exc.message} from now") from None
+    most = state(request).settings.max_timeout
+    if seconds > most:
+        raise InvalidRequest("expiresAt", f"expiresAt: at most {most} seconds from now (the server's max_timeout)")
+    sandbox = await state(request).services.sandboxes.renew(who.project(), sandbox_id, seconds)
     return {"expiresAt": rfc3339(sandbox.expires_at)}
 
 
@@ -203,7 +203,7 @@ async def get_endpoint(
         name, header = SIDECARS[port]
         token = access_token(api.api_key, name, sandbox.id, sandbox.traffic_token)
         return {
-            "endpoint": f"{public_base(request.scope)}/sandboxes/{sandbox.id}/proxy/{port}",
+            "endpoint": f"{facades.public_base(request.scope)}/sandboxes/{sandbox.id}/proxy/{port}",
             "headers": {header: token},
         }
     ports = api.services.ports
