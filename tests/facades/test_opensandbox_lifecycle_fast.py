@@ -269,7 +269,7 @@ async def test_list_filters_and_pages(api: Api) -> None:
     assert body["pagination"] == {"page": 2, "pageSize": 2, "totalItems": 5, "totalPages": 3, "hasNextPage": True}
     r = await api.client.get(f"{BASE}/sandboxes", params={"metadata": "batch=b1&n=3"}, headers=KEY)
     assert [s["id"] for s in r.json()["items"]] == [ids[3]]
-    params: list[tuple[str, str | int]] = [("metadata", "batch=b1"), ("state", "Paused")]
+    params: list[tuple[str, str | int | float | bool | None]] = [("metadata", "batch=b1"), ("state", "Paused")]
     r = await api.client.get(f"{BASE}/sandboxes", params=params, headers=KEY)
     assert [s["id"] for s in r.json()["items"]] == [ids[0]] and r.json()["items"][0]["status"]["state"] == "Paused"
     params = [("metadata", "batch=b1"), ("state", "Running"), ("state", "Paused")]
