@@ -383,3 +383,23 @@ async def test_metrics_events_are_accepted(api: Api) -> None:
     assert (await api.client.post(f"{BASE}/metrics/events", json=event, headers=KEY)).status_code == 204
     async with api.anonymous() as anon:
         os_error(await anon.post(f"{BASE}/metrics/events", json=event), 401, "MISSING_API_KEY")
+
+
+async def test_stopped_is_paused_and_resume_starts_it(api: Api) -> None:
+    """The native API's stop: OpenSandbox has no such state; it is Paused, and resume brings it back."""
+    sid = (await create(api))["id"]
+    await running(api, sid)
+    assert (await api.client.post(f"/api/v1/sandboxes/{sid}/stop")).status_code == 200
+    got = (await api.client.get(f"{BASE}/sandboxes/{sid}", headers=KEY)).json()
+    assert got["status"]["state"] == "Paused" and got["status"]["reason"].startswith("stopped")
+    assert (await api.client.post(f"{BASE}/sandboxes/{sid}/resume", headers=KEY)).status_code == 202
+    assert (await api.client.get(f"/api/v1/sandboxes/{sid}")).json()["status"]["state"] == "running"
+
+
+async def test_template_id_names_a_template(api: Api) -> None:
+    body = {k: v for k, v in BODY.items() if k != "image"}
+    r = await api.client.post(f"{BASE}/sandboxes", json={**body, "templateId": "no-such-template"}, headers=KEY)
+    assert r.status_code in (400, 404), r.text
+    assert "no-such-template" in os_error(r, r.status_code)["message"]
+    r = await api.client.post(f"{BASE}/sandboxes", json={**BODY, "templateId": "t"}, headers=KEY)
+    os_error(r, 400, mentions="exactly one of image, snapshotId and templateId")
