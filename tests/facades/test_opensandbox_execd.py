@@ -288,14 +288,15 @@ def test_files_raw_boundaries(execd: httpx.Client, sb: Sandbox) -> None:
 
     assert upload({"path": "/tmp/m7777", "mode": 7777}).status_code == 200
     assert sb.files.stat("/tmp/m7777")["mode"] == 0o7777
-    for meta, field in (
+    refusals: list[tuple[dict[str, object], str]] = [
         ({"path": "/tmp/m8", "mode": 758}, "mode"),
         ({"path": "/tmp/m8", "mode": 17777}, "mode"),
         ({"path": "/tmp/m8", "owner": "root"}, "owner"),
         ({"path": "/tmp/m8", "group": "root"}, "group"),
         ({"path": "relative"}, "path"),
         ({"path": "/tmp/m8", "color": "red"}, "color"),
-    ):
+    ]
+    for meta, field in refusals:
         refused = upload(meta)
         assert refused.status_code == 400 and field in refused.json()["message"], (meta, refused.text)
     assert not sb.files.exists("/tmp/m8")
@@ -305,6 +306,24 @@ def test_files_raw_boundaries(execd: httpx.Client, sb: Sandbox) -> None:
     assert not sb.files.exists("/tmp/dd")
     deep = execd.get("/directories/list", params={"path": "/tmp", "depth": 33})
     assert deep.status_code == 400
+
+
+def test_metrics(execd: httpx.Client, sb: Sandbox) -> None:
+    """Usage from the sandbox's cgroup: a process holding 64 MiB shows in mem_used_mib."""
+    idle = execd.get("/metrics").json()
+    assert set(idle) == {"cpu_count", "cpu_used_pct", "mem_total_mib", "mem_used_mib", "timestamp"}
+    assert idle["mem_total_mib"] == 256 and idle["cpu_count"] == sb.info["cpu"]
+    holder = sb.commands.run(
+        "python3 -c \"import time; b = bytearray(64 << 20); b[::4096] = b'x' * len(b[::4096]); time.sleep(30)\"",
+        background=True,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while (busy := execd.get("/metrics").json())["mem_used_mib"] < idle["mem_used_mib"] + 60:
+            assert time.monotonic() < deadline, busy
+            time.sleep(0.2)
+    finally:
+        holder.kill()
 
 
 def test_sdk_connect_through_lifecycle_endpoints(server: Server, sb: Sandbox) -> None:

@@ -69,7 +69,7 @@ def _target(value: str, index: int) -> str:
     try:
         return check_egress_target(value)
     except ValueError as exc:
-        raise InvalidRequest(f"[{index}].target", str(exc)) from None
+        raise InvalidRequest(f"{index}.target", f"{index}.target: {exc}") from None
 
 
 def _lock(request: Request, sandbox_id: str) -> asyncio.Lock:

@@ -16,11 +16,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sandboxd.api.facades import translate
-from sandboxd.api.facades.opensandbox import execd_files, sse
-from sandboxd.api.facades.opensandbox.access import ExecdSandbox, commands, sandboxes
+from sandboxd.api.facades.opensandbox import execd_files, execd_metrics, sse
+from sandboxd.api.facades.opensandbox.access import ExecdSandbox, commands, files, sandboxes
 from sandboxd.domain import Output, ProcessInfo
 from sandboxd.errors import InvalidRequest, SandboxNotRunning
 from sandboxd.services.commands import CommandService
+from sandboxd.services.files import FileService
 from sandboxd.services.lifecycle import SandboxService
 from sandboxd.services.requests import RunCommand
 
@@ -31,6 +32,7 @@ router.include_router(execd_files.router)
 CURSOR_HEADER = "EXECD-COMMANDS-TAIL-CURSOR"
 Commands = Annotated[CommandService, Depends(commands)]
 Sandboxes = Annotated[SandboxService, Depends(sandboxes)]
+Files = Annotated[FileService, Depends(files)]
 
 
 class RunIn(BaseModel):
@@ -148,3 +150,9 @@ async def command_logs(
         lines.pop()
     text = "".join(lines[cursor:])
     return PlainTextResponse(text, headers={CURSOR_HEADER: str(max(len(lines), cursor))})
+
+
+@router.get("/metrics")
+async def metrics(sandbox: ExecdSandbox, service: Files) -> dict[str, object]:
+    """CPU and memory use, from the sandbox's cgroup (execd_metrics.py); /metrics/watch is not served."""
+    return await execd_metrics.metrics(service, sandbox)
