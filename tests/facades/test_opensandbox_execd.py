@@ -140,9 +140,10 @@ def test_sse_dialect_raw(execd: httpx.Client) -> None:
     assert ok.status_code == 200 and ok.headers["content-type"].startswith("text/event-stream")
     assert ok.text.startswith("{")  # bare JSON, no "data:" prefix
     got = events(ok)
-    assert got[0]["type"] == "init" and str(got[0]["text"]).startswith("proc_") or got[0]["text"]
+    assert got[0]["type"] == "init" and got[0]["text"]
     assert {"type": "stdout", "text": "hi\n"}.items() <= got[1].items()
     assert got[-1]["type"] == "execution_complete" and isinstance(got[-1]["execution_time"], int)
+    assert execd.get(f"/command/status/{got[0]['text']}").json()["exit_code"] == 0  # init's id is the command's
     assert all(isinstance(e["timestamp"], int) for e in got)
     bad = events(execd.post("/command", json={"argv": ["/bin/sh", "-c", "exit 7"]}))
     assert bad[-1]["type"] == "error" and bad[-1]["error"] == {
@@ -198,6 +199,8 @@ def test_token_gate(server: Server, sb: Sandbox, execd: httpx.Client) -> None:
     fake = httpx.get(ghost, headers={EXECD_HEADER: execd.headers[EXECD_HEADER]})
     assert (fake.status_code, fake.json()["code"]) == (401, "INVALID_ACCESS_TOKEN")
     assert execd.get("/ping").status_code == 200
+    # The gate comes before the body is looked at: a bad body without a token is still a 401.
+    assert httpx.post(f"{url}/command", json={"nope": 1}).status_code == 401
     with server.create(memory_mb=128, timeout=120) as other:
         # The token of one sandbox does not open another's execd (nor its commands).
         theirs = httpx.post(

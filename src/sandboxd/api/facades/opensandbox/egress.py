@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Annotated, Literal
+from weakref import WeakValueDictionary
 
 from fastapi import APIRouter, Body, Depends, Request
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -22,7 +23,7 @@ from sandboxd.services.requests import EgressPolicy, EgressRule, check_egress_ta
 router = APIRouter(prefix="/sandboxes/{sandbox_id}/proxy/18080")
 Sandboxes = Annotated[SandboxService, Depends(sandboxes)]
 ENFORCEMENT = "dns+nftables"  # DNS answers filtered, connections filtered by address
-LOCKS = "sandboxd.opensandbox.egress_locks"
+LOCKS = "egress_locks"
 
 
 class NetworkRule(BaseModel):
@@ -74,9 +75,16 @@ def _target(value: str, index: int) -> str:
 
 def _lock(request: Request, sandbox_id: str) -> asyncio.Lock:
     """One change at a time per sandbox: a read, the merge, then the write, none lost between
-    two PATCHes (the server is one process; the lock lives in its application's state)."""
-    locks: dict[str, asyncio.Lock] = request.app.state.__dict__.setdefault(LOCKS, {})
-    return locks.setdefault(sandbox_id, asyncio.Lock())
+    two PATCHes (the server is one process; the locks live in the facade app's state, each only
+    as long as a change holds it)."""
+    locks: WeakValueDictionary[str, asyncio.Lock] | None = getattr(request.app.state, LOCKS, None)
+    if locks is None:
+        locks = WeakValueDictionary()
+        setattr(request.app.state, LOCKS, locks)
+    lock = locks.get(sandbox_id)
+    if lock is None:
+        lock = locks[sandbox_id] = asyncio.Lock()
+    return lock
 
 
 @router.get("/policy")
