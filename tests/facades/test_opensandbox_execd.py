@@ -111,7 +111,7 @@ def test_sdk_background_status_logs_cursor_and_interrupt(server: Server, sb: San
 def _commands_background(commands: CommandsAdapterSync, sb: Sandbox) -> None:
     started = time.monotonic()
     bg = commands.run(
-        "sleep 0.5; echo one; echo two >&2; echo three > /tmp/bg.txt", opts=RunCommandOpts(background=True)
+        "sleep 0.5; echo one; sleep 0.2; echo two >&2; echo three > /tmp/bg.txt", opts=RunCommandOpts(background=True)
     )
     assert bg.id and time.monotonic() - started < 0.5  # answered at once
     deadline = time.monotonic() + 20
