@@ -3,11 +3,15 @@ split across chunks at every position, bounds) and the Range header."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 
-from sandboxd.api.facades.opensandbox import execd_files, multipart
+from sandboxd.api.facades.opensandbox import execd_files, multipart, sse
+from sandboxd.domain import ExitInfo, Gap, Output, ProcessInfo
 from sandboxd.errors import InvalidRequest
 
 pytestmark = pytest.mark.anyio
@@ -93,3 +97,54 @@ def test_modes() -> None:
     for bad in (758, 17777, -1, 8):
         with pytest.raises(InvalidRequest):
             execd_files.mode_in(bad, "mode")
+
+
+def process(running: bool = True, exit_code: int | None = None, **more: object) -> dict[str, object]:
+    now = datetime.now(UTC)
+    return {
+        "id": "proc_1",
+        "pid": 7,
+        "running": running,
+        "exit_code": exit_code,
+        "signal": None,
+        "timed_out": False,
+        "started_at": now,
+        "ended_at": None if running else now,
+        "duration_ms": 12.7,
+        "output_size": 0,
+        **more,
+    }
+
+
+async def test_sse_events_pings_utf8_and_endings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sse, "PING_EVERY", 0.05)
+    closed = []
+
+    async def stream(end: ExitInfo) -> AsyncIterator[ProcessInfo | Output | Gap | ExitInfo]:
+        try:
+            yield ProcessInfo(**process())
+            yield Output("stdout", "é".encode()[:1], 1)  # a character split between two reads
+            await asyncio.sleep(0.12)
+            yield Output("stdout", "é".encode()[1:], 2)
+            yield Gap(2, 10)
+            yield end
+        finally:
+            closed.append(True)
+
+    ok = [json.loads(e) async for e in sse.command_events(stream(ExitInfo(**process(False, 0))))]
+    kinds = [e["type"] for e in ok]
+    assert kinds[0] == "init" and ok[0]["text"] == "proc_1" and "ping" in kinds
+    assert [e["text"] for e in ok if e["type"] == "stdout"] == ["é"]
+    assert "8 bytes of output dropped" in next(e["text"] for e in ok if e["type"] == "stderr")
+    assert ok[-1]["type"] == "execution_complete" and ok[-1]["execution_time"] == 12
+    failed = [json.loads(e) async for e in sse.command_events(stream(ExitInfo(**process(False, 3))))]
+    assert failed[-1]["error"] == {"ename": "CommandExecError", "evalue": "3", "traceback": ["exit status 3"]}
+    killed = ExitInfo(**process(False, None, signal=9))
+    assert json.loads(sse.end_event(killed))["error"]["evalue"] == "137"
+
+    # A reader that leaves mid-stream: the service's stream is closed at once.
+    closed.clear()
+    events = sse.command_events(stream(ExitInfo(**process(False, 0))))
+    assert json.loads(await anext(events))["type"] == "init"
+    await events.aclose()
+    assert closed == [True]

@@ -42,7 +42,7 @@ def background(info: ProcessInfo) -> list[str]:
     return [event("init", text=info.id), event("execution_complete", execution_time=0)]
 
 
-async def command_events(items: AsyncIterator[ProcessInfo | Output | Gap | ExitInfo]) -> AsyncIterator[str]:
+async def command_events(items: AsyncIterator[ProcessInfo | Output | Gap | ExitInfo]) -> AsyncGenerator[str, None]:
     """The events of a foreground command from the service's stream, with pings in its silences."""
     decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in ("stdout", "stderr")}
     source = aiter(items)
