@@ -13,6 +13,9 @@ from datetime import timedelta
 
 import httpx
 import pytest
+from opensandbox.adapters.command_adapter import CommandsAdapter
+from opensandbox.adapters.filesystem_adapter import FilesystemAdapter
+from opensandbox.config.connection import ConnectionConfig
 from opensandbox.config.connection_sync import ConnectionConfigSync
 from opensandbox.exceptions import SandboxException
 from opensandbox.models.execd import RunCommandOpts
@@ -337,3 +340,22 @@ def test_sdk_connect_through_lifecycle_endpoints(server: Server, sb: Sandbox) ->
         assert remote.commands.run("echo connected > /tmp/c.txt").exit_code == 0
         assert sb.files.read("/tmp/c.txt") == b"connected\n"
         assert remote.files.read_file("/tmp/c.txt") == "connected\n"
+
+
+@pytest.mark.anyio
+async def test_async_sdk_commands_and_files(server: Server, sb: Sandbox) -> None:
+    """The async SDK's clients (the same wire, its own code)."""
+    transport = httpx.AsyncHTTPTransport()
+    try:
+        conf = ConnectionConfig(domain=f"{server.url}/opensandbox", api_key=server.key, transport=transport)
+        commands = CommandsAdapter(conf, endpoint(server, sb))
+        run = await commands.run("echo async > /tmp/async.txt; echo out; exit 4")
+        assert run.exit_code == 4 and [m.text for m in run.logs.stdout] == ["out\n"]
+        assert sb.files.read("/tmp/async.txt") == b"async\n"
+        fs = FilesystemAdapter(conf, endpoint(server, sb))
+        await fs.write_file("/tmp/async-up.bin", b"\x00\x01\x02", mode=600)
+        assert sb.files.read("/tmp/async-up.bin") == b"\x00\x01\x02"
+        assert sb.files.stat("/tmp/async-up.bin")["mode"] == 0o600
+        assert await fs.read_bytes("/tmp/async-up.bin", range_header="bytes=1-") == b"\x01\x02"
+    finally:
+        await transport.aclose()
