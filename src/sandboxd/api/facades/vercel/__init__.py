@@ -17,6 +17,9 @@ from sandboxd.errors import SandboxNotRunning
 
 
 def render(request: Request, code: str, message: str, field: str | None = None) -> dict[str, object]:
+    # Vercel's body has no field of its own: the message names it.
+    if field and not message.startswith(f"{field}:"):
+        message = f"{field}: {message}"
     return {"error": {"code": vercel_code(code), "message": message}}
 
 

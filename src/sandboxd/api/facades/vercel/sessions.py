@@ -27,7 +27,6 @@ from sandboxd.api.facades.vercel.common import (
 from sandboxd.api.facades.vercel.models import ExtendBody, NetworkPolicy, SnapshotBody
 from sandboxd.api.facades.vercel.sandboxes import native
 from sandboxd.domain import Sandbox, State, utcnow
-from sandboxd.errors import InvalidRequest
 from sandboxd.services.snapshots import CreateSnapshot
 
 router = APIRouter(prefix="/v2/sandboxes/sessions")
@@ -99,7 +98,8 @@ async def extend_timeout(request: Request, session_id: str, body: ExtendBody) ->
     """Adds `duration` ms to the running session's time left (the native timeout from now)."""
     project, found = await session_of(request, session_id)
     if found.status.state != State.RUNNING or found.expires_at is None:
-        raise InvalidRequest("duration", f"session {session_id} is not running: nothing to extend")
+        # The SDK resumes the sandbox on this and extends the new session.
+        raise VercelError(410, "sandbox_stopped", f"session {session_id} is {shapes.status(found)}")
     left = max(timedelta(0), found.expires_at - utcnow()) + timedelta(milliseconds=body.duration)
     renewed = await services(request).sandboxes.renew(project, found.id, max(1, round(left.total_seconds())))
     return {"session": shapes.session(renewed)}
