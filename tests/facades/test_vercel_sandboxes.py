@@ -283,3 +283,47 @@ def test_auth_team_and_other_projects(vserver: Server) -> None:
             assert theirs.get("/v2/sandboxes").json()["sandboxes"] == []
         assert native(vserver, sid)["status"]["state"] == "running"  # untouched
         http.delete("/v2/sandboxes/mine")
+
+
+def test_sessions_snapshots_and_network_policy(vserver: Server) -> None:
+    with vercel(vserver) as http:
+        made = http.post("/v3/sandboxes", json={"name": "net", "networkPolicy": {"mode": "deny-all"}}).json()
+        sid = made["session"]["id"]
+        assert made["session"]["networkPolicy"] == {"mode": "deny-all"}
+        with vserver.client() as admin:
+            assert admin.get(f"/api/v1/sandboxes/{sid}/egress").json()["policy"]["mode"] == "deny_all"
+        custom = {"allow": ["example.com"], "subnets": {"allow": ["10.1.0.0/16"], "deny": ["10.2.0.0/16"]}}
+        r = http.post(f"/v2/sandboxes/sessions/{sid}/network-policy", json=custom)
+        assert r.status_code == 200, r.text
+        policy = r.json()["session"]["networkPolicy"]
+        assert policy == {
+            "mode": "custom",
+            "allowedDomains": ["example.com"],
+            "allowedCIDRs": ["10.1.0.0/16"],
+            "deniedCIDRs": ["10.2.0.0/16"],
+        }
+        with vserver.client() as admin:
+            native_policy = admin.get(f"/api/v1/sandboxes/{sid}/egress").json()["policy"]
+        assert native_policy["mode"] == "custom" and native_policy["allowed_domains"] == ["example.com"]
+        assert http.get(f"/v2/sandboxes/sessions/{sid}").json()["session"]["status"] == "running"
+        listed = http.get("/v2/sandboxes/sessions", params={"project": "default", "name": "net"}).json()
+        assert [s["id"] for s in listed["sessions"]] == [sid]
+
+        write(vserver, sid, "/srv/state.txt", "snap me")
+        snap = http.post(f"/v2/sandboxes/sessions/{sid}/snapshot", json={"expiration": 3_600_000})
+        assert snap.status_code == 200, snap.text
+        taken = snap.json()
+        assert taken["session"]["status"] == "stopped"  # Vercel's snapshot stops the session
+        snap_id = taken["snapshot"]["id"]
+        expires = taken["snapshot"]["expiresAt"] - taken["snapshot"]["createdAt"]
+        assert abs(expires - 3_600_000) < 2000
+        names = http.get("/v2/sandboxes/snapshots", params={"project": "default", "name": "net"}).json()
+        assert [s["id"] for s in names["snapshots"]] == [snap_id]
+        assert http.get(f"/v2/sandboxes/snapshots/{snap_id}").json()["snapshot"]["sourceSessionId"] == sid
+        restored = http.post("/v3/sandboxes", json={"source": {"type": "snapshot", "snapshotId": snap_id}}).json()
+        assert read(vserver, restored["session"]["id"], "/srv/state.txt") == "snap me"
+        http.delete(f"/v2/sandboxes/{restored['sandbox']['name']}")
+        gone = http.delete(f"/v2/sandboxes/snapshots/{snap_id}")
+        assert gone.status_code == 200 and gone.json()["snapshot"]["status"] == "deleted"
+        assert http.get(f"/v2/sandboxes/snapshots/{snap_id}").json()["error"]["code"] == "not_found"
+        assert http.delete("/v2/sandboxes/net").status_code == 200
