@@ -242,6 +242,11 @@ def test_create_boundaries_just_inside(vserver: Server) -> None:
         assert patched.status_code == 200 and patched.json()["sandbox"]["tags"] == {"k": "v"}
         assert [r["port"] for r in patched.json()["routes"]] == [8080]
         assert http.get("/v2/sandboxes", params={"tags": "k:v"}).json()["pagination"]["count"] == 1
+        session_id = patched.json()["sandbox"]["currentSessionId"]
+        assert native(vserver, session_id)["ports"] == [8080]
+        assert http.patch("/v2/sandboxes/edge", json={"ports": []}).json()["routes"] == []
+        assert native(vserver, session_id)["ports"] == []
+        assert http.patch("/v2/sandboxes/edge", json={"mounts": {}}).json()["error"]["message"].startswith("mounts")
         forked = http.post("/v2/sandboxes/edge/fork", json={"name": "edge-fork"})
         assert forked.status_code == 200, forked.text
         assert run(vserver, forked.json()["session"]["id"], "echo $VERCEL_TEST_RUNTIME") == "python3.13\n"

@@ -31,6 +31,7 @@ from sandboxd.domain import Sandbox, State, TimeoutAction, new_id
 from sandboxd.errors import InvalidRequest
 from sandboxd.services.requests import CreateSandbox
 from sandboxd.services.snapshots import ForkSandbox
+from sandboxd.services.specs import egress_rules
 
 router = APIRouter()
 
@@ -241,13 +242,25 @@ async def update_sandbox(request: Request, name: str, body: UpdateBody, projectI
         if last.status.state == State.RUNNING:
             await svc.sandboxes.set_egress(project, last.id, policy)
         else:
-            rules = {"egress": policy.model_dump(), "internet_access": policy.mode != "deny_all"}
-            await svc.sandboxes.patch_spec(project, last.id, lambda s: s.model_copy(update=rules), running=False)
+            saved = {
+                "egress": policy.model_dump(),
+                "egress_rules": egress_rules(policy),  # what its next start enforces
+                "internet_access": policy.mode != "deny_all",
+            }
+            await svc.sandboxes.patch_spec(project, last.id, lambda s: s.model_copy(update=saved), running=False)
     if body.ports is not None:
+        # Through the port service: it forgets the proxy's cached routes of a port that goes.
         wanted = native(CreateSandbox, ports=body.ports).ports
-        await svc.sandboxes.patch_spec(
-            project, last.id, lambda s: s.model_copy(update={"ports": wanted}), running=False
-        )
+        for port in sorted(set(last.spec.ports) - set(wanted)):
+            await svc.ports.unexpose(project, last.id, port)
+        added = sorted(set(wanted) - set(last.spec.ports))
+        if added and last.status.state == State.RUNNING:
+            for port in added:
+                await svc.ports.expose(project, last.id, port)
+        elif added:
+            await svc.sandboxes.patch_spec(
+                project, last.id, lambda s: s.model_copy(update={"ports": sorted({*s.ports, *added})}), running=False
+            )
     labels = body.labels()
 
     def change(spec: Any) -> Any:
