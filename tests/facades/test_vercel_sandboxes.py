@@ -332,3 +332,25 @@ def test_sessions_snapshots_and_network_policy(vserver: Server) -> None:
         assert gone.status_code == 200 and gone.json()["snapshot"]["status"] == "deleted"
         assert http.get(f"/v2/sandboxes/snapshots/{snap_id}").json()["error"]["code"] == "not_found"
         assert http.delete("/v2/sandboxes/net").status_code == 200
+
+
+def test_resume_after_the_server_ended_the_session_starts_a_new_one_from_its_files(vserver: Server) -> None:
+    """Once sandboxd has ended a persistent session (its stopped retention, or a native delete),
+    resume=true starts a new session from the name's kept files."""
+    with vercel(vserver) as http:
+        first = http.post("/v3/sandboxes", json={"name": "kept", "env": {"K": "1"}}).json()["session"]["id"]
+        write(vserver, first, "/root/notes.txt", "still here")
+        with vserver.client() as admin:
+            assert admin.delete(f"/api/v1/sandboxes/{first}").status_code == 200
+        assert http.get("/v2/sandboxes/kept").json()["sandbox"]["status"] == "stopped"
+        resumed = http.get("/v2/sandboxes/kept", params={"resume": "true"}).json()
+        second = resumed["session"]["id"]
+        assert resumed["resumed"] is True and second != first and resumed["sandbox"]["currentSessionId"] == second
+        assert read(vserver, second, "/root/notes.txt") == "still here"
+        assert run(vserver, second, "echo $K") == "1\n"
+        sessions = http.get("/v2/sandboxes/sessions", params={"name": "kept", "sortOrder": "asc"}).json()
+        assert [s["id"] for s in sessions["sessions"]] == [first, second]
+        assert http.delete("/v2/sandboxes/kept").status_code == 200
+        with vserver.client() as admin:
+            kept = [s for s in admin.get("/api/v1/snapshots").json()["items"] if s["persistent_name"] == "kept"]
+        assert kept == []  # the name's files went with it
