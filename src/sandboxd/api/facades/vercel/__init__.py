@@ -8,13 +8,26 @@ A Vercel sandbox is a name with successive sessions; a session is one native san
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from sandboxd.api import errors
 from sandboxd.api.facades.vercel import commands, drives, fs, sandboxes, sessions, snapshots
+from sandboxd.api.facades.vercel.common import vercel_code
+from sandboxd.errors import SandboxNotRunning
 
 
 def render(request: Request, code: str, message: str, field: str | None = None) -> dict[str, object]:
-    return {"error": {"code": code, "message": message}}
+    # Vercel's body has no field of its own: the message names it.
+    if field and not message.startswith(f"{field}:"):
+        message = f"{field}: {message}"
+    return {"error": {"code": vercel_code(code), "message": message}}
+
+
+async def _not_running(request: Request, exc: Exception) -> JSONResponse:
+    """A call on a session that is not running: 410 sandbox_stopped, on which the SDK resumes the
+    sandbox (a new or rebooted session) and replays the call once."""
+    message = exc.message if isinstance(exc, SandboxNotRunning) else str(exc)
+    return JSONResponse(render(request, "sandbox_stopped", message), status_code=410)
 
 
 def build(prefix: str) -> FastAPI:
@@ -22,6 +35,8 @@ def build(prefix: str) -> FastAPI:
     app = FastAPI(title="sandboxd: Vercel Sandbox facade", openapi_url=None, docs_url=None, redoc_url=None)
     app.state.prefix = prefix
     errors.install(app, render)
-    for module in (sandboxes, sessions, commands, fs, snapshots, drives):
+    app.add_exception_handler(SandboxNotRunning, _not_running)
+    # /v2/sandboxes/{name} last: sessions, snapshots and drives are paths, not names.
+    for module in (sessions, commands, fs, snapshots, drives, sandboxes):
         app.include_router(module.router)
     return app
