@@ -160,7 +160,11 @@ async def write_stdin(
     a 504 carrying that total, on which the SDK resends the rest."""
     await session(caller, session_id)
     data = _decoded(body.data)
-    known = registry(request).obtain(session_id, command_id)
+    commands = registry(request)
+    if commands.get(session_id, command_id) is None:  # remember only commands that exist
+        async with translated(caller, session_id, COMMAND_MISSING):
+            await caller.services.commands.status(caller.project, session_id, command_id)
+    known = commands.obtain(session_id, command_id)
     async with known.lock:
         if not known.stdin or known.closed:
             if known.stdin:  # a close went through: the process may still be running

@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from sandboxd.api.facades.translate import epoch_ms
 from sandboxd.domain import ProcessInfo
 
-MAX_KNOWN = 50_000  # commands remembered in all; the oldest go first
+MAX_PER_SESSION = 4096  # commands remembered per session; its oldest go first
+MAX_SESSIONS = 10_000  # sessions remembered; the least recently used go first
 
 
 class RunIn(BaseModel):
@@ -65,21 +66,30 @@ class Known:
 
 
 class Registry:
-    def __init__(self, limit: int = MAX_KNOWN) -> None:
-        self._known: OrderedDict[tuple[str, str], Known] = OrderedDict()
-        self._limit = limit
+    """Bounded per session (a session's many commands push out only its own oldest) and in sessions
+    (the least recently used go first), so that no project's commands evict another's."""
+
+    def __init__(self, per_session: int = MAX_PER_SESSION, sessions: int = MAX_SESSIONS) -> None:
+        self._sessions: OrderedDict[str, OrderedDict[str, Known]] = OrderedDict()
+        self._per_session = per_session
+        self._max_sessions = sessions
 
     def add(self, session_id: str, command_id: str, known: Known) -> None:
-        self._known[(session_id, command_id)] = known
-        while len(self._known) > self._limit:
-            self._known.popitem(last=False)
+        commands = self._sessions.setdefault(session_id, OrderedDict())
+        self._sessions.move_to_end(session_id)
+        commands[command_id] = known
+        while len(commands) > self._per_session:
+            commands.popitem(last=False)
+        while len(self._sessions) > self._max_sessions:
+            self._sessions.popitem(last=False)
 
     def get(self, session_id: str, command_id: str) -> Known | None:
-        return self._known.get((session_id, command_id))
+        commands = self._sessions.get(session_id)
+        return None if commands is None else commands.get(command_id)
 
     def obtain(self, session_id: str, command_id: str) -> Known:
-        """What is known of a command, or a record for one this server did not start: its stdin
-        is taken as open, at a position only the client knows."""
+        """What is known of a command (the caller has checked that it exists), or a record for one
+        this server did not start: its stdin taken as open, at a position only the client knows."""
         found = self.get(session_id, command_id)
         if found is None:
             found = Known("", [], "", stdin=True, written=None)
