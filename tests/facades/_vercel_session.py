@@ -8,8 +8,8 @@ client code, unchanged, to the facade."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import httpx
@@ -17,6 +17,9 @@ from vercel.sandbox import SandboxClient
 from vercel.sandbox._internal.async_runtime import SandboxRuntimeSession
 from vercel.sandbox._internal.options import SandboxCredentials, SandboxServiceOptions
 from vercel.sandbox._internal.state import SandboxRuntimeSessionState
+from vercel.sandbox._internal.sync_runtime import SyncSandboxRuntimeSession
+from vercel.sandbox.sync import SandboxServiceOptions as SyncSandboxServiceOptions
+from vercel.sandbox.sync import SyncSandboxClient
 
 from tests.conftest import Server
 
@@ -38,6 +41,23 @@ async def vercel_session(server: Server, session_id: str, cwd: str = "/") -> Asy
         yield SandboxRuntimeSession(payload=state, service=client._service)
     finally:
         await client.aclose()
+
+
+@contextmanager
+def sync_vercel_session(server: Server, session_id: str, cwd: str = "/") -> Iterator[SyncSandboxRuntimeSession]:
+    """The sync SDK's session handle (not entered as a context manager: that would stop the session)."""
+
+    def credentials() -> SandboxCredentials:
+        return SandboxCredentials(token=server.key, team_id=TEAM, project_id="prj_test")
+
+    client = SyncSandboxClient.create(
+        options=SyncSandboxServiceOptions(base_url=f"{server.url}/vercel", credentials_factory=credentials)
+    )
+    try:
+        state = SandboxRuntimeSessionState(id=session_id, cwd=cwd)
+        yield SyncSandboxRuntimeSession(payload=state, service=client._service)
+    finally:
+        client.close()
 
 
 def raw(server: Server, key: str | None = None, **kwargs: Any) -> httpx.Client:

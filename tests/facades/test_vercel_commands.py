@@ -14,7 +14,7 @@ import pytest
 
 from sandboxd import Sandbox
 from tests.conftest import Server
-from tests.facades._vercel_session import native_exec, raw, vercel_session
+from tests.facades._vercel_session import native_exec, raw, sync_vercel_session, vercel_session
 
 pytestmark = pytest.mark.anyio
 
@@ -41,7 +41,13 @@ async def test_run_process_streams_output_in_order_with_the_exit_code(server: Se
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
-        assert merged.stdout == "a\nb\nc\n"  # in the order written (two pipes: apart in time)
+        assert merged.stdout == "a\nb\nc\n"
+        fed = await session.run_process("sh", ["-c", "cat; echo fed >&2"], input=b"given\n", capture_output=True)
+        assert (fed.stdout, fed.stderr, fed.returncode) == (
+            "given\n",
+            "fed\n",
+            0,
+        )  # in the order written (two pipes: apart in time)
     assert native_exec(server, sbx.id, "cat /tmp/ran")["stdout"] == "inside\n"
 
 
@@ -76,6 +82,7 @@ def test_run_refuses_unknown_fields_and_bad_values(server: Server, sbx: Sandbox)
         assert http.post(f"/{sbx.id}/cmd", json={"command": "true", "timeout": 0}).status_code == 400
         r = http.post(f"/{sbx.id}/cmd", json={"command": "true", "timeout": 1}, params={"wait": "true"})
         assert r.status_code == 200, r.text  # just inside: 1 ms
+        assert r.json()["command"]["exitCode"] is not None  # wait without logs: the command at its end
 
 
 async def test_detached_wait_and_logs_replay(server: Server, sbx: Sandbox) -> None:
@@ -236,3 +243,31 @@ def test_stopped_session_is_410(server: Server) -> None:
             for path, body in [("/cmd", {"command": "true"}), ("/fs/read", {"path": "/x"}), ("/cmd", None)]:
                 r = http.request("POST" if body else "GET", f"/{sb.id}{path}", json=body)
                 assert r.status_code == 410 and r.json()["error"]["code"] == "sandbox_stopped", r.text
+
+
+def test_sync_sdk_session(server: Server, sbx: Sandbox) -> None:
+    with sync_vercel_session(server, sbx.id) as session:
+        done = session.run_process("sh", ["-c", "echo sync; echo oops >&2; exit 2"], capture_output=True)
+        assert (done.returncode, done.stdout, done.stderr) == (2, "sync\n", "oops\n")
+        process = session.create_process("sh", ["-c", "cat > /tmp/sync.bin"], stdin=subprocess.PIPE)
+        assert process.stdin is not None
+        process.stdin.write(b"\x00sync\xff")
+        process.stdin.close()
+        assert process.wait() == 0
+        session.fs.write_bytes("/work/sync/f.bin", b"\x01\x02")
+        assert session.fs.read_bytes("/work/sync/f.bin") == b"\x01\x02"
+    assert native_exec(server, sbx.id, "od -An -tx1 /tmp/sync.bin")["stdout"].split() == "00 73 79 6e 63 ff".split()
+
+
+def test_stdin_not_read_in_time_is_504_with_the_bytes_taken(server: Server, sbx: Sandbox) -> None:
+    with raw(server) as http:
+        started = http.post(f"/{sbx.id}/cmd", json={"command": "sleep", "args": ["60"], "attachStdin": True}).json()[
+            "command"
+        ]
+        path = f"/{sbx.id}/cmd/{started['id']}/stdin"
+        r = http.post(path, json={"data": base64.b64encode(b"q" * (1024 * 1024)).decode(), "offset": 0})
+        assert r.status_code == 504, r.text
+        took = r.json()["error"]["bytesWritten"]
+        assert 0 < took < 1024 * 1024  # a pipe's worth, no more
+        assert http.post(path, json={}).json()["bytesWritten"] == took
+        http.post(f"/{sbx.id}/cmd/{started['id']}/kill", json={"signal": 9})
