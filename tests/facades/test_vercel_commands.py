@@ -79,6 +79,10 @@ def test_run_refuses_unknown_fields_and_bad_values(server: Server, sbx: Sandbox)
         r = http.post(f"/{sbx.id}/cmd", json={"command": "true", "shell": True})
         assert r.status_code == 400 and "shell" in r.json()["error"]["message"]
         assert http.post(f"/{sbx.id}/cmd", json={"command": ""}).status_code == 400
+        r = http.post(f"/{sbx.id}/cmd", json={"command": "true", "cwd": "relative"})
+        assert r.status_code == 400 and r.json()["error"]["message"].startswith("cwd"), r.text
+        r = http.post(f"/{sbx.id}/cmd", json={"command": "true", "env": {"BAD NAME": "1"}})
+        assert r.status_code == 400 and r.json()["error"]["message"].startswith("env"), r.text
         assert http.post(f"/{sbx.id}/cmd", json={"command": "true", "timeout": 0}).status_code == 400
         r = http.post(f"/{sbx.id}/cmd", json={"command": "true", "timeout": 1}, params={"wait": "true"})
         assert r.status_code == 200, r.text  # just inside: 1 ms

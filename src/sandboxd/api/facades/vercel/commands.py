@@ -16,6 +16,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
 
 from sandboxd.api.facades.translate import ms_to_seconds
 from sandboxd.api.facades.vercel import interactive, ndjson
@@ -43,6 +44,17 @@ def registry(request: Request) -> Registry:
 
 
 def _run_command(body: RunIn, cwd: str) -> RunCommand:
+    """The native request; the native rules on cwd and env names apply, as a 400 naming the field."""
+    try:
+        return _native(body, cwd)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or None
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise VercelError(400, "bad_request", f"{field}: {message}" if field else message, field) from None
+
+
+def _native(body: RunIn, cwd: str) -> RunCommand:
     return RunCommand(
         command=[body.command, *body.args],
         env=body.env,
@@ -64,8 +76,8 @@ async def run(
     the command, its output, the command with its exit code. With wait only: `{command}` at its end."""
     sandbox = await session(caller, session_id)
     cwd = body.cwd or sandbox.spec.cwd or "/"
+    cmd = _run_command(body, cwd)
     async with translated(caller, session_id):
-        cmd = _run_command(body, cwd)
         info = await caller.services.commands.start(caller.project, session_id, cmd)
     known = Known(body.command, list(body.args), cwd, stdin=body.attach_stdin, closed=not body.attach_stdin)
     registry(request).add(session_id, info.id, known)
