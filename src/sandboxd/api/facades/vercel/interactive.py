@@ -1,0 +1,156 @@
+"""Vercel facade: interactive PTY sessions (`POST …/sessions/{sessionId}/interactive` -> `{url, token}`).
+
+The URL is a WebSocket on this facade; the SDK connects to it with `?token=` (it first tries
+`https://<host>/health` a few times and goes on when that fails). The protocol, as the SDK 0.10.0
+speaks it (vercel/sandbox/_internal/interactive_session.py):
+- client -> server: a text frame `{"type": "start", "command", "args", "env": ["K=V"], "cwd",
+  "cols", "rows"}` first (a `sudo` session's argv starts with "sudo": it runs as root here, without
+  a sudo binary), then binary frames = keystrokes, and text `{"type": "resize", "cols", "rows"}`;
+- server -> client: binary frames = terminal output, and `{"type": "exit", "code": N}` at the end.
+The program runs as a native terminal session (its per-sandbox limit applies); closing the
+WebSocket hangs it up.
+
+The token is an HMAC under the server's key of the session id, the sandbox's traffic token and an
+expiry: nothing is stored, it opens this one session's PTY only, and it is void once it expires or
+the sandbox's traffic token changes. The caller's key never goes into a URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request, WebSocket
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from sandboxd.api.facades.vercel.caller import CurrentCaller, session
+from sandboxd.api.state import api_state
+from sandboxd.domain import Sandbox
+from sandboxd.errors import SandboxdError
+from sandboxd.services.commands import Terminal
+from sandboxd.services.requests import RunCommand
+from sandboxd.services.terminals import Attachment, Session, TerminalService
+
+router = APIRouter()
+TOKEN_SECONDS = 600  # a token opens its PTY within this long
+START_WAIT = 30.0  # seconds the client has to send its start frame
+
+
+class StartIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # the SDK's start frame may grow fields: a PTY is still a PTY
+
+    type: str
+    command: str = Field(min_length=1, max_length=4096)
+    args: list[str] = Field(default_factory=list, max_length=10_000)
+    env: list[str] = Field(default_factory=list, max_length=10_000)
+    cwd: str | None = None
+    cols: int = Field(80, ge=1, le=1000)
+    rows: int = Field(24, ge=1, le=1000)
+
+
+def _mac(key: str, sandbox: Sandbox, expires: int) -> str:
+    message = f"vercel:interactive:{sandbox.id}:{sandbox.traffic_token}:{expires}".encode()
+    return hmac.new(key.encode(), message, hashlib.sha256).hexdigest()
+
+
+def token(key: str, sandbox: Sandbox, now: float | None = None) -> str:
+    expires = int(now if now is not None else time.time()) + TOKEN_SECONDS
+    return f"{expires}.{_mac(key, sandbox, expires)}"
+
+
+def valid(presented: str, key: str, sandbox: Sandbox) -> bool:
+    expires, _, mac = presented.partition(".")
+    if not expires.isdigit() or len(expires) > 12 or int(expires) < time.time():
+        return False
+    return hmac.compare_digest(mac.encode(), _mac(key, sandbox, int(expires)).encode())
+
+
+@router.post("/interactive")
+async def open_interactive(session_id: str, request: Request, caller: CurrentCaller) -> dict[str, Any]:
+    from sandboxd.api.facades import public_base  # the package imports this module: not at import time
+
+    sandbox = await session(caller, session_id)
+    scheme = "wss" if request.url.scheme == "https" else "ws"
+    url = f"{scheme}://{public_base(request.scope)}/v2/sandboxes/sessions/{sandbox.id}/interactive/connect"
+    return {"url": url, "token": token(caller.services.settings.resolved_api_key(), sandbox)}
+
+
+def _command(start: StartIn) -> RunCommand:
+    argv = [start.command, *start.args]
+    user = None
+    if argv[0] == "sudo" and len(argv) > 1:  # the SDK's way to ask for root
+        argv, user = argv[1:], "root"
+    env = dict(item.partition("=")[::2] for item in start.env if "=" in item)
+    return RunCommand(command=argv, env=env, cwd=start.cwd or None, user=user)
+
+
+@router.websocket("/interactive/connect")
+async def connect(websocket: WebSocket, session_id: str, token: str = "") -> None:
+    services = api_state(websocket.scope).services
+    try:  # any project's: the token, made for one sandbox of the caller's project, decides
+        found = await services.sandboxes.get(None, session_id)
+    except SandboxdError:
+        found = None
+    if found is None or not valid(token, services.settings.resolved_api_key(), found):
+        await websocket.close(code=4401)  # before accept: the handshake is refused (403)
+        return
+    await websocket.accept()
+    try:
+        async with asyncio.timeout(START_WAIT):
+            start = StartIn.model_validate(json.loads(await websocket.receive_text()))
+        terminals: TerminalService = services.terminals
+        cmd = _command(start)
+        held, attachment, term = await terminals.open(found.project_id, found.id, cmd, start.rows, start.cols)
+    except (TimeoutError, ValueError, ValidationError, SandboxdError, KeyError) as exc:
+        message = exc.message if isinstance(exc, SandboxdError) else "expected a start frame first"
+        with contextlib.suppress(Exception):
+            await websocket.send_text(json.dumps({"type": "error", "message": message}))
+            await websocket.close(code=4400)
+        return
+    await _relay(websocket, terminals, held, attachment, term)
+
+
+async def _relay(
+    websocket: WebSocket, terminals: TerminalService, held: Session, attachment: Attachment, term: Terminal
+) -> None:
+    async def from_client() -> None:
+        while True:
+            msg = await websocket.receive()
+            if msg["type"] == "websocket.disconnect":
+                return
+            if msg.get("bytes"):
+                await term.write(msg["bytes"])
+            elif msg.get("text"):
+                try:
+                    control = json.loads(msg["text"])
+                    if control.get("type") == "resize":
+                        await term.resize(int(control["rows"]), int(control["cols"]))
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    continue  # a malformed control frame is ignored, not the end of the session
+
+    async def to_client() -> None:
+        while (data := await term.read()) is not None:
+            await websocket.send_bytes(data)
+        end = term.exit
+        code = None if end is None else end.exit_code if end.exit_code is not None else 128 + (end.signal or 0)
+        await websocket.send_text(json.dumps({"type": "exit", "code": code}))
+
+    reader = asyncio.create_task(from_client())
+    writer = asyncio.create_task(to_client())
+    evicted = asyncio.create_task(attachment.ended.wait())
+    try:
+        await asyncio.wait({reader, writer, evicted}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (reader, writer, evicted):
+            task.cancel()
+        await asyncio.gather(reader, writer, evicted, return_exceptions=True)
+        await term.detach()
+        # Vercel's client cannot attach again: whatever ended the connection hangs the PTY up.
+        await terminals.release(held, attachment, exited=term.exit is not None, hang_up=True)
+        with contextlib.suppress(Exception):
+            await websocket.close()
