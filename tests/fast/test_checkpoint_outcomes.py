@@ -25,6 +25,7 @@ from sandboxd.errors import CheckpointFailed, RuntimeFailure
 from sandboxd.runtimes.base import CheckpointFailure
 from sandboxd.runtimes.local.checkpointing import CheckpointSupport
 from sandboxd.runtimes.local.oci import cgroups, checkpoints
+from sandboxd.runtimes.local.oci.cli import OciCli
 from sandboxd.services import hibernation
 from sandboxd.services.container import Services
 from sandboxd.services.pools import CreatePool
@@ -281,3 +282,22 @@ async def test_deleting_a_template_version_leaves_another_projects_pooled_sandbo
 async def _ready(services: Services, project: str, pool_id: str) -> bool:
     found = await services.pools.get(project, pool_id)
     return found.ready == 1 and found.starting == 0
+
+
+# -- runc's CLI ----------------------------------------------------------------------------------
+
+
+async def test_a_cancelled_checkpoint_kills_the_runc_it_started(tmp_path: Path) -> None:
+    """Left running after its caller gave up (and thawed the sandbox), a runc checkpoint would go
+    on dumping and freeze it again, or end it with nobody recording that."""
+    pid_file = tmp_path / "pid"
+    binary = tmp_path / "runc"
+    binary.write_text(f"#!/bin/sh\necho $$ > {pid_file}\nexec sleep 60\n")
+    binary.chmod(0o755)
+    task = asyncio.create_task(OciCli("runc", str(binary), tmp_path / "state").checkpoint("sbx_a", tmp_path / "img"))
+    await until(lambda: _true(pid_file.is_file() and pid_file.read_text().strip() != ""))
+    pid = int(pid_file.read_text())
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not Path(f"/proc/{pid}").exists()  # killed and reaped, not left on its own
