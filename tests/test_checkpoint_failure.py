@@ -65,6 +65,8 @@ def test_forced_require_runs_runc_checkpoint_which_fails_and_the_sandbox_runs_on
         assert err.status == 409 and err.code == "CHECKPOINT_FAILED", (err.status, err.code, err.message)
         assert "could not be checkpointed; it runs on" in err.message and "runc checkpoint failed" in err.message
         assert "log file" not in err.message  # host paths stay in the server log
+        assert str(srv.data_dir) not in err.message and "criu.conf" not in err.message, err.message
+        assert err.message.endswith("nothing was saved: runc checkpoint failed"), err.message  # fixed words
         assert sb.refresh()["status"]["state"] == "running"
         counting_on(sb, pid)
         no_image(srv, sb.id)

@@ -35,6 +35,7 @@ class CheckpointingFake(FakeRuntime):
         self.restored: list[str] = []
         self.refuse: str | None = None  # a checkpoint of this sandbox fails
         self.lost: set[str] = set()  # their saved image is gone by the resume
+        self.dumped: set[str] = set()  # a complete saved image on disk (checkpointed)
 
     async def checkpoint_unavailable(self) -> str | None:
         return None
@@ -43,7 +44,11 @@ class CheckpointingFake(FakeRuntime):
         if sandbox_id == self.refuse:
             raise RuntimeFailure(f"sandbox {sandbox_id} could not be checkpointed: a process holds a ghost file")
         self.saved.add(sandbox_id)
-        return {**record, "address": None, "checkpoint": True}
+        self.dumped.add(sandbox_id)
+        return {**record, "checkpoint": True}
+
+    async def checkpointed(self, sandbox_id: str) -> bool:
+        return sandbox_id in self.dumped
 
     async def restore_sandbox(
         self, sandbox_id: str, spec: SandboxSpec, record: dict[str, Any]

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol, runtime_checkable
 
 from sandboxd.domain import SandboxSpec
-from sandboxd.errors import Unsupported
+from sandboxd.errors import RuntimeFailure, Unsupported
 from sandboxd.runtimes.agent_client import Agent
 
 Progress = Callable[[str, str], None]  # (step, message), callable from any thread
@@ -177,6 +177,17 @@ class Pausable(Protocol):
         """Thaws every process of the sandbox."""
 
 
+class CheckpointFailure(RuntimeFailure):
+    """A checkpoint that saved nothing. message (host paths, runc's and CRIU's words) is the
+    server log's; public is fixed words an API caller may read; ended: its processes are gone
+    anyway (no claim it runs on)."""
+
+    def __init__(self, message: str, public: str, ended: bool = False) -> None:
+        super().__init__(message)
+        self.public = public
+        self.ended = ended
+
+
 @runtime_checkable
 class Checkpointing(Protocol):
     """Saving a running sandbox's processes, memory included, to disk and ending them; restoring
@@ -187,8 +198,12 @@ class Checkpointing(Protocol):
         """None when it can checkpoint on this host now; otherwise why not (asked once, cached)."""
 
     async def checkpoint_sandbox(self, sandbox_id: str, record: dict[str, Any]) -> dict[str, Any]:
-        """Saves and ends its processes, keeping its writable layer and the saved image; returns
-        its record. RuntimeFailure, with the sandbox still running, if a process cannot be saved."""
+        """Saves and ends its processes, keeping the saved image; returns its record, the rest of
+        it (network, mounts) for stop_sandbox. CheckpointFailure if nothing was saved: the
+        sandbox still running, unless its ``ended`` says its processes are gone all the same."""
+
+    async def checkpointed(self, sandbox_id: str) -> bool:
+        """Whether a complete saved image of it is on disk (a server killed after the dump)."""
 
     async def restore_sandbox(
         self, sandbox_id: str, spec: SandboxSpec, record: dict[str, Any]

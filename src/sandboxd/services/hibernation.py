@@ -33,7 +33,7 @@ from sandboxd.errors import (
     Unsupported,
 )
 from sandboxd.runtimes import criu
-from sandboxd.runtimes.base import Checkpointing, Runtime, stop_start
+from sandboxd.runtimes.base import CheckpointFailure, Checkpointing, Runtime, stop_start
 
 if TYPE_CHECKING:  # the lifecycle service calls into here; only its type is needed back
     from sandboxd.services.lifecycle import SandboxService
@@ -139,32 +139,66 @@ async def park(
         if current.status.state != State.RUNNING:
             return current
         record = current.runtime
+        ended: CheckpointFailure | None = None
         if memory and isinstance(service.runtime, Checkpointing):
             # Saved before anything is recorded: a process that cannot be checkpointed fails
             # here and the sandbox goes on running, its record untouched (runc ends the
             # container only once CRIU saved it all; the runtime removes the partial image).
-            try:
-                record = await service.runtime.checkpoint_sandbox(sandbox_id, record)
-            except RuntimeFailure as exc:
-                log.warning("checkpoint failed, the sandbox runs on: %s", exc.message, extra={"sandbox_id": sandbox_id})
-                raise CheckpointFailed(
-                    f"sandbox {sandbox_id}'s processes could not be checkpointed; it runs on, nothing was "
-                    f"saved: {_why(exc.message)}"
-                ) from exc
+            # Once saved, it is recorded hibernated whatever the rest of the stop does.
+            record, ended = await _checkpoint(service, sandbox_id, record)
+            memory = ended is None
         else:
             memory = False  # never claimed without a checkpoint taken
         keep_until = utcnow() + timedelta(seconds=service.settings.stopped_retention_seconds)
         kept = memory if state == State.HIBERNATED else None
+        if ended is not None:
+            message = "its processes ended while being checkpointed and nothing was saved: only its disk was kept"
         changed = await service.transition(
             sandbox_id, state, reason, message, also={"expires_at": keep_until}, memory_kept=kept
         )
         if changed.status.state != state:
             return changed  # a delete began meanwhile: it waits for this lock and removes it all
-        if not memory:
-            record = await stop_start(service.runtime).stop_sandbox(sandbox_id, record)
-        return await service.store.update_if(
+        record = await stop_start(service.runtime).stop_sandbox(sandbox_id, record)
+        parked = await service.store.update_if(
             sandbox_id, {"runtime": record}, expected_states=[state]
         ) or await service.get(None, sandbox_id)
+        if ended is not None:
+            raise CheckpointFailed(
+                f"sandbox {sandbox_id}'s processes could not be checkpointed ({ended.public}) and ended all the "
+                "same: it is hibernated with its disk only"
+            )
+        return parked
+
+
+async def _checkpoint(
+    service: SandboxService, sandbox_id: str, record: dict[str, Any]
+) -> tuple[dict[str, Any], CheckpointFailure | None]:
+    """The runtime's checkpoint, with the server's own connections to the agent closed around it
+    (lifecycle quiesce). Returns the record and, where the processes ended without being saved,
+    why; CheckpointFailed (fixed words: the detail, with host paths, is the server log's) where
+    it runs on."""
+    assert isinstance(service.runtime, Checkpointing)
+    runs_on = True
+    try:
+        await service.quiesce(sandbox_id)
+        saved = await service.runtime.checkpoint_sandbox(sandbox_id, record)
+        runs_on = False
+        return saved, None
+    except CheckpointFailure as exc:
+        log.warning("checkpoint failed: %s", exc.message, extra={"sandbox_id": sandbox_id})
+        if exc.ended:
+            runs_on = False
+            return record, exc
+        public = exc.public
+    except RuntimeFailure as exc:
+        log.warning("checkpoint failed: %s", exc.message, extra={"sandbox_id": sandbox_id})
+        public = "the checkpoint failed on the host"
+    finally:
+        if runs_on:
+            service.checkpoint_refused(sandbox_id)
+    raise CheckpointFailed(
+        f"sandbox {sandbox_id}'s processes could not be checkpointed; it runs on, nothing was saved: {public}"
+    )
 
 
 async def wake(service: SandboxService, project_id: str | None, sandbox_id: str, reason: str = "resumed") -> Sandbox:
@@ -204,13 +238,6 @@ async def wake(service: SandboxService, project_id: str | None, sandbox_id: str,
         else:
             note = "booted afresh on its files: only its disk was kept"
         return await service.transition(sandbox.id, State.RUNNING, reason, note, memory_kept=restored)
-
-
-def _why(failure: str) -> str:
-    """The runtime's reason for an API caller: its first line, without the log file paths runc
-    and CRIU add (host paths; the whole of it is in the server log)."""
-    line = failure.strip().splitlines()[0] if failure.strip() else "unknown"
-    return line.split("log file:")[0].strip()[:300]
 
 
 async def auto_boot(service: SandboxService, sandbox: Sandbox) -> Sandbox:

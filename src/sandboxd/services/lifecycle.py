@@ -16,7 +16,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -169,6 +169,11 @@ class SandboxService:
         self.pools: Pools | None = None  # set once the warm pool service exists; None: no pools
         self.persistence: Persistence | None = None  # set once snapshots exist; None: no persistent sandboxes
         self.on_transition: list[Callable[[str, State], None]] = []  # told of every state change
+        # Told before a running sandbox's processes are checkpointed, and again (the second) when
+        # it failed and they run on: a connection held to its agent from outside (the watcher's)
+        # is a unix socket CRIU refuses to dump, so it is closed first and made again after.
+        self.before_checkpoint: list[Callable[[str], Awaitable[None]]] = []
+        self.checkpoint_failed: list[Callable[[str], None]] = []
         # The agent port of each running sandbox, with the runtime record it was made for: it keeps
         # idle connections, closed when the sandbox leaves running (or its record changes).
         self._agents: dict[str, tuple[dict[str, Any], AgentPort]] = {}
@@ -455,6 +460,19 @@ class SandboxService:
         if held is not None:
             self._background(held[1].close())
         return sandbox, port
+
+    async def quiesce(self, sandbox_id: str) -> None:
+        """Closes what the server holds open to a sandbox's agent, before a checkpoint."""
+        held = self._agents.pop(sandbox_id, None)
+        if held is not None:
+            await held[1].close()
+        for hook in self.before_checkpoint:
+            await hook(sandbox_id)
+
+    def checkpoint_refused(self, sandbox_id: str) -> None:
+        """After a checkpoint that failed with the sandbox running: its watchers come back."""
+        for hook in self.checkpoint_failed:
+            hook(sandbox_id)
 
     def _drop_agent(self, sandbox_id: str) -> None:
         """Closes the idle connections to a sandbox's agent (it is stopping, or gone)."""

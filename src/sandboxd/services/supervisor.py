@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from sandboxd.config import Settings
 from sandboxd.domain import Sandbox, State, TimeoutAction, utcnow
 from sandboxd.errors import SandboxdError, SandboxExhausted, SandboxNotFound
-from sandboxd.runtimes.base import Liveness, Runtime, pausable, stop_start
+from sandboxd.runtimes.base import Checkpointing, Liveness, Runtime, pausable, stop_start
 from sandboxd.services import hibernation
 from sandboxd.services.lifecycle import SandboxService
 from sandboxd.store.base import Store
@@ -44,6 +44,10 @@ class Supervisor:
         self._reaper: asyncio.Task[None] | None = None
         # A sandbox is watched from the moment it runs until it stops running.
         sandboxes.on_transition.append(self._on_transition)
+        # Not watched while its processes are checkpointed (the watcher's agent connection is a
+        # socket CRIU refuses to dump); watched again if they run on.
+        sandboxes.before_checkpoint.append(self._unwatch)
+        sandboxes.checkpoint_failed.append(self._watch)
 
     def _on_transition(self, sandbox_id: str, state: State) -> None:
         if state == State.RUNNING:
@@ -54,6 +58,13 @@ class Supervisor:
             watcher.cancel()
 
     # -- watching running sandboxes --------------------------------------------------------------
+
+    async def _unwatch(self, sandbox_id: str) -> None:
+        """Stops watching it and waits until the watcher's connection is closed."""
+        watcher = self._watchers.pop(sandbox_id, None)
+        if watcher is not None and watcher is not asyncio.current_task():
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
 
     def _watch(self, sandbox_id: str) -> None:
         if sandbox_id not in self._watchers:
@@ -123,6 +134,12 @@ class Supervisor:
                 kept.add(sandbox.id)
                 self._watch(sandbox.id)
                 return
+            if isinstance(self.runtime, Checkpointing) and await self.runtime.checkpointed(sandbox.id):
+                # Killed between a checkpoint that ended it and recording it hibernated: its
+                # processes are saved, so it is hibernated with its memory, as park would have.
+                kept.add(sandbox.id)
+                await self._hibernated_after_checkpoint(sandbox)
+                return
             await self.runtime.destroy(sandbox.id, sandbox.runtime)
             await transition(sandbox.id, State.FAILED, "vanished", "the sandbox stopped while the server was down")
         elif state in (State.STOPPED, State.HIBERNATED):
@@ -147,6 +164,15 @@ class Supervisor:
         else:  # stopping
             await self.runtime.destroy(sandbox.id, sandbox.runtime)
             await transition(sandbox.id, State.TERMINATED, sandbox.status.reason, sandbox.status.message)
+
+    async def _hibernated_after_checkpoint(self, sandbox: Sandbox) -> None:
+        keep_until = utcnow() + timedelta(seconds=self.settings.stopped_retention_seconds)
+        message = "the server stopped after its processes were checkpointed"
+        await self.sandboxes.transition(
+            sandbox.id, State.HIBERNATED, "hibernated", message, also={"expires_at": keep_until}, memory_kept=True
+        )
+        record = await stop_start(self.runtime).stop_sandbox(sandbox.id, sandbox.runtime)
+        await self.store.update_if(sandbox.id, {"runtime": record}, expected_states=[State.HIBERNATED])
 
     # -- timeouts and retention ------------------------------------------------------------------
 

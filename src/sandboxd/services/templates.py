@@ -38,7 +38,7 @@ from sandboxd.services.requests import (
 )
 from sandboxd.services.template_definitions import Definitions
 from sandboxd.store.base import Store
-from sandboxd.store.pools import POOLED_PREFIX
+from sandboxd.store.pools import pooled_project
 
 log = logging.getLogger("sandboxd.templates")
 
@@ -387,16 +387,20 @@ class TemplateService:
         the pool would be left with nothing to start, or silently start another version); the
         pooled sandboxes still made from it (the pool moved on to a newer build) are removed
         first, as no create would get them: none runs on its image once it is deleted."""
-        for pool in await self.store.find_pools(None if found.project_id == SHARED_PROJECT else found.project_id):
+        pools = await self.store.find_pools(None if found.project_id == SHARED_PROJECT else found.project_id)
+        for pool in pools:
             if (pool.template_ref, pool.template_image) == (found.ref, found.image):
                 raise Conflict(
                     f"template {found.ref} is what warm pool {pool.id} starts its sandboxes from: "
                     "delete the pool, or build a newer version of the template, first",
                     "template",
                 )
+        # Only the pools that could start from this version (the project's own, or any for a
+        # shared one): another project's template of the same name and image is not this one.
+        owners = {pooled_project(pool.id) for pool in pools}
         for sandbox in await self.store.active():
             made_from = (sandbox.spec.template, sandbox.spec.image) == (found.ref, found.image)
-            if made_from and sandbox.project_id.startswith(POOLED_PREFIX):
+            if made_from and sandbox.project_id in owners:
                 await self.sandboxes.remove_pooled(sandbox, "template_deleted")
 
     # -- sandboxes from templates and runtimes ---------------------------------------------------

@@ -45,6 +45,7 @@ removed once the restore succeeded, and by the delete and the startup sweep (``i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -67,12 +68,21 @@ def stdio_of(pid: int, socket_path: Path, proc: Path = Path("/proc")) -> dict[st
     bound path in the host's socket table (the server made it, in the host's network namespace)
     and must be one the init holds; the FIFO stays its fd 1 (2 and the agent's log fd share it)."""
     inode = _listening_inode(socket_path, proc)
-    held = {os.readlink(fd) for fd in (proc / str(pid) / "fd").iterdir()}
-    if f"socket:[{inode}]" not in held:
+    if f"socket:[{inode}]" not in _held(proc / str(pid) / "fd"):
         raise ValueError(f"the sandbox's init does not hold its agent socket {socket_path}")
     fdinfo = (proc / str(pid) / "fdinfo" / "1").read_text()
     mnt_id = next(int(line.split()[1]) for line in fdinfo.splitlines() if line.startswith("mnt_id:"))
     return {"socket": inode, "mnt_id": mnt_id, "inode": os.stat(proc / str(pid) / "fd" / "1").st_ino}
+
+
+def _held(fds: Path) -> set[str]:
+    """What a process's descriptors point at. It may close one between the listing and the
+    readlink (a process mid-exec, or a hostile init doing it on purpose): such a one is skipped."""
+    held = set()
+    for fd in fds.iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            held.add(os.readlink(fd))
+    return held
 
 
 def _listening_inode(socket_path: Path, proc: Path) -> int:

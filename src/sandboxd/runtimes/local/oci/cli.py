@@ -14,6 +14,7 @@ subcommands follow the state create wrote.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shlex
 import shutil
@@ -54,9 +55,11 @@ class OciCli:
         check: bool = True,
         prefix: Sequence[str] = (),
         on_failure: Callable[[], str] | None = None,
+        kill_on_cancel: bool = False,
     ) -> str:
         """Runs one subcommand; its stdout, or "" if it failed and check is off. With stdout given
-        (a create: the container's output goes there, its errors too), on_failure says what failed."""
+        (a create: the container's output goes there, its errors too), on_failure says what failed.
+        kill_on_cancel: a cancelled caller kills it (and waits) rather than leave it running."""
         proc = await asyncio.create_subprocess_exec(
             *prefix,
             self.binary,
@@ -67,7 +70,14 @@ class OciCli:
             stdout=stdout if stdout is not None else asyncio.subprocess.PIPE,
             stderr=stdout if stdout is not None else asyncio.subprocess.PIPE,
         )
-        out, err = await proc.communicate()
+        try:
+            out, err = await proc.communicate()
+        except asyncio.CancelledError:
+            if kill_on_cancel and proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await asyncio.shield(proc.wait())
+            raise
         if proc.returncode != 0:
             if check:
                 message = on_failure() if on_failure is not None else (err or b"").decode().strip()
@@ -107,8 +117,9 @@ class OciCli:
 
     async def checkpoint(self, container_id: str, image: Path) -> None:
         """Saves the container's processes into image and ends it (oci/checkpoints.py); on
-        failure it runs on and RuntimeFailure says why."""
-        await self.run(*checkpoints.checkpoint_args(container_id, image))
+        failure it runs on and RuntimeFailure says why. Cancelled, runc is killed: left on its
+        own it would go on dumping (the sandbox frozen) after its caller thawed it."""
+        await self.run(*checkpoints.checkpoint_args(container_id, image), kill_on_cancel=True)
 
     async def restore(
         self,
