@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,9 +18,10 @@ from pathlib import Path
 
 import httpx
 from opensandbox.config.connection_sync import ConnectionConfigSync
+from opensandbox.models.sandboxes import Host, Volume
 from opensandbox.sync import SandboxSync
 
-from tests.conftest import Server, assert_no_leaks, free_port, teardown_bridge
+from tests.conftest import USERNS_BASE, Server, assert_no_leaks, free_port, teardown_bridge
 
 os.environ.setdefault("OPENSANDBOX_DISABLE_METRICS", "1")
 BRIDGE, SUBNET = "sbxdfac0", "10.77.130.0/24"
@@ -32,7 +34,15 @@ def listening(port: int) -> bool:
 
 def test_facade_port_serves_original_paths_and_stops_with_the_server(image_cache: Path, workdir: Path) -> None:
     port = free_port()
-    srv = Server(workdir / "facade-port", BRIDGE, SUBNET, SANDBOXD_FACADE_PORTS=json.dumps({"opensandbox": port}))
+    allowed = workdir / "facade-port-binds"
+    (allowed / "shared").mkdir(parents=True)
+    os.chown(allowed / "shared", USERNS_BASE, USERNS_BASE)  # the sandbox's root may write there
+    (allowed / "link").symlink_to("/etc")  # a link out of the allowed root, made by "someone"
+    env = {
+        "SANDBOXD_FACADE_PORTS": json.dumps({"opensandbox": port}),
+        "SANDBOXD_BIND_ALLOW": json.dumps([str(allowed)]),
+    }
+    srv = Server(workdir / "facade-port", BRIDGE, SUBNET, **env)
     srv.start()
     try:
         base = f"http://127.0.0.1:{port}"
@@ -47,6 +57,16 @@ def test_facade_port_serves_original_paths_and_stops_with_the_server(image_cache
             r = http.get(f"{base}/v1/sandboxes/{raw_id}/endpoints/44772", headers=key)
             assert r.json()["endpoint"] == f"127.0.0.1:{port}/sandboxes/{raw_id}/proxy/44772", r.text
             assert http.delete(f"{base}/v1/sandboxes/{raw_id}", headers=key).status_code == 204
+            # Host volumes: only beneath the operator's allowed root, never out of it by .. or a link.
+            for host, sub in (
+                ("/etc", None),
+                (f"{allowed}/../..", "etc"),
+                (str(allowed), "link"),
+                (f"{allowed}/link", None),
+            ):
+                volume = {"name": "h", "mountPath": "/h", "host": {"path": host}, **({"subPath": sub} if sub else {})}
+                r = http.post(f"{base}/v1/sandboxes", json={**body, "volumes": [volume]}, headers=key)
+                assert r.status_code == 400 and "volumes[0]" in r.json()["message"], (host, sub, r.text)
             # The prefixed paths are the main listener's only.
             assert http.get(f"{base}/opensandbox/v1/sandboxes", headers=key).status_code == 404
             native_auth = {"Authorization": f"Bearer {srv.key}"}
@@ -54,8 +74,13 @@ def test_facade_port_serves_original_paths_and_stops_with_the_server(image_cache
 
         transport = httpx.HTTPTransport()
         config = ConnectionConfigSync(domain=base, api_key=srv.key, transport=transport)
+        volume = Volume(name="shared", host=Host(path=str(allowed)), mount_path="/shared", sub_path="shared")
         sb = SandboxSync.create(
-            "debian", entrypoint=["sleep", "infinity"], timeout=timedelta(minutes=5), connection_config=config
+            "debian",
+            entrypoint=["sleep", "infinity"],
+            timeout=timedelta(minutes=5),
+            volumes=[volume],
+            connection_config=config,
         )
         try:
             endpoint = sb.get_endpoint(44772)
@@ -67,6 +92,8 @@ def test_facade_port_serves_original_paths_and_stops_with_the_server(image_cache
                 assert got.content == b"through the facade port\n"
             sb.files.write_file("/tmp/up.txt", "up")
             assert sb.files.read_file("/tmp/up.txt") == "up"
+            assert sb.commands.run("echo -n to the host > /shared/out.txt").exit_code == 0  # allowed/shared
+            assert (allowed / "shared" / "out.txt").read_text() == "to the host"
             sb.kill()
             with srv.client() as native:
                 assert native.get(f"/api/v1/sandboxes/{sb.id}").json()["status"]["state"] == "terminated"
@@ -92,3 +119,4 @@ def test_facade_port_serves_original_paths_and_stops_with_the_server(image_cache
         srv.stop()
         assert_no_leaks(srv.data_dir, srv.bridge)
         teardown_bridge(srv.bridge)
+        shutil.rmtree(allowed, ignore_errors=True)
