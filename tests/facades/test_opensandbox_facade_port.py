@@ -64,8 +64,10 @@ def test_facade_port_serves_original_paths_and_stops_with_the_server(image_cache
                 (str(allowed), "link"),
                 (f"{allowed}/link", None),
             ):
-                volume = {"name": "h", "mountPath": "/h", "host": {"path": host}, **({"subPath": sub} if sub else {})}
-                r = http.post(f"{base}/v1/sandboxes", json={**body, "volumes": [volume]}, headers=key)
+                bad: dict[str, object] = {"name": "h", "mountPath": "/h", "host": {"path": host}}
+                if sub:
+                    bad["subPath"] = sub
+                r = http.post(f"{base}/v1/sandboxes", json={**body, "volumes": [bad]}, headers=key)
                 assert r.status_code == 400 and "volumes[0]" in r.json()["message"], (host, sub, r.text)
             # The prefixed paths are the main listener's only.
             assert http.get(f"{base}/opensandbox/v1/sandboxes", headers=key).status_code == 404
@@ -74,12 +76,12 @@ def test_facade_port_serves_original_paths_and_stops_with_the_server(image_cache
 
         transport = httpx.HTTPTransport()
         config = ConnectionConfigSync(domain=base, api_key=srv.key, transport=transport)
-        volume = Volume(name="shared", host=Host(path=str(allowed)), mount_path="/shared", sub_path="shared")
+        shared = Volume(name="shared", host=Host(path=str(allowed)), mount_path="/shared", sub_path="shared")
         sb = SandboxSync.create(
             "debian",
             entrypoint=["sleep", "infinity"],
             timeout=timedelta(minutes=5),
-            volumes=[volume],
+            volumes=[shared],
             connection_config=config,
         )
         try:

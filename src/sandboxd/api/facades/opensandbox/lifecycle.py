@@ -25,7 +25,6 @@ from sandboxd.api.facades.opensandbox.tokens import EGRESS, EGRESS_HEADER, EXECD
 from sandboxd.api.facades.translate import parse_rfc3339, rfc3339
 from sandboxd.domain import Sandbox, SandboxSpec, Scope, State
 from sandboxd.errors import InvalidRequest, SandboxNotRunning
-
 from sandboxd.services.ports import SIGNATURE_QUERY
 from sandboxd.services.requests import CreateSandbox
 
