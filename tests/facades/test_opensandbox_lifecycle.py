@@ -179,7 +179,13 @@ async def test_async_sdk_session(server: Server, other_key: str) -> None:
         assert restored.id != sb.id and native(server, restored.id)["status"]["state"] == "running"
         assert await restored.files.read_file("/root/marker.txt") == "written before the snapshot\n"
         assert (await restored.get_info()).snapshot_id == snapshot.id
-        # The restored sandbox's execd is its own: a command there changes nothing in the original.
+        # The restored sandbox's execd is its own: the original's token does not open it.
+        mine, theirs = await sb.get_endpoint(44772), await restored.get_endpoint(44772)
+        assert mine.headers != theirs.headers
+        async with httpx.AsyncClient(timeout=30) as http:
+            r = await http.post(f"http://{theirs.endpoint}/command", json={"command": "id"}, headers=mine.headers)
+            assert r.status_code == 401, r.text
+        # A command there changes nothing in the original.
         await restored.commands.run("echo changed > /root/marker.txt")
         assert read(server, sb.id, "/root/marker.txt") == b"written before the snapshot\n"
 
