@@ -110,9 +110,9 @@ async def _serve_with_facades(settings: Settings, app: Any, common: dict[str, An
     lifespan state: one set of services). Stopping the main server stops them all."""
     import uvicorn
 
-    from sandboxd.api.facades.listener import OriginalPaths, SignalsToMain
+    from sandboxd.api.facades.listener import MainServer, OriginalPaths, SignalsToMain
 
-    main = uvicorn.Server(uvicorn.Config(app, port=settings.port, **common))
+    main = MainServer(uvicorn.Config(app, port=settings.port, **common))
     running = asyncio.create_task(main.serve())
     while not main.started:
         if running.done():
@@ -120,14 +120,9 @@ async def _serve_with_facades(settings: Settings, app: Any, common: dict[str, An
             return
         await asyncio.sleep(0.02)
     state = main.lifespan.state  # the main server's lifespan state: its services
-    others = []
     for name, port in settings.facade_ports.items():
         wrapped = OriginalPaths(app, "/" + name, lambda: state)
         server = SignalsToMain(uvicorn.Config(wrapped, port=port, lifespan="off", **common))
-        others.append(server)
+        main.facades.append((server, asyncio.create_task(server.serve())))
         click.echo(f"sandboxd: the {name} facade at its original paths on http://{settings.host}:{port}", err=True)
-    facades = [asyncio.create_task(server.serve()) for server in others]
-    await running
-    for server in others:
-        server.should_exit = True
-    await asyncio.gather(*facades, return_exceptions=True)
+    await running  # its shutdown stops the facade servers first (MainServer)

@@ -8,6 +8,7 @@ lifespan state (the services) is put into each request, as the main server's own
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -59,3 +60,22 @@ class SignalsToMain(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+class MainServer(uvicorn.Server):
+    """The main listener's server when facade listeners run beside it: on its way down (a signal,
+    a failure) it stops them first and waits for them, then shuts itself down, lifespan last, so no
+    facade request is in flight once the services are gone."""
+
+    facades: list[tuple[uvicorn.Server, asyncio.Task[None]]]
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.facades = []
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        for server, _ in self.facades:
+            server.should_exit = True
+            server.force_exit = self.force_exit
+        await asyncio.gather(*(task for _, task in self.facades), return_exceptions=True)
+        await super().shutdown(sockets)

@@ -20,10 +20,10 @@ from sandboxd.api.facades.opensandbox import snapshots
 from sandboxd.api.facades.opensandbox.common import Caller, public_prefix, state
 from sandboxd.api.facades.opensandbox.create import check_metadata, core_request, rename, volume_mounts
 from sandboxd.api.facades.opensandbox.models import CreateSandboxIn, Pagination, RenewIn, dump
-from sandboxd.api.facades.opensandbox.states import FROM_OPENSANDBOX, RESERVED_PREFIX, sandbox_out
+from sandboxd.api.facades.opensandbox.states import FROM_OPENSANDBOX, RESERVED_PREFIX, SERVER_PREFIX, sandbox_out
 from sandboxd.api.facades.opensandbox.tokens import EGRESS, EGRESS_HEADER, EXECD, EXECD_HEADER, access_token
 from sandboxd.api.facades.translate import parse_rfc3339, rfc3339
-from sandboxd.domain import Sandbox, SandboxSpec, State
+from sandboxd.domain import Sandbox, SandboxSpec, Scope, State
 from sandboxd.errors import InvalidRequest, SandboxNotRunning
 from sandboxd.services.ports import SIGNATURE_QUERY
 from sandboxd.services.requests import CreateSandbox
@@ -158,12 +158,13 @@ async def renew_expiration(sandbox_id: str, body: RenewIn, request: Request, who
 async def patch_metadata(
     sandbox_id: str, request: Request, who: Caller, patch: Annotated[dict[str, str | None], Body()]
 ) -> dict[str, Any]:
-    """JSON merge patch: a string sets a key, null removes it; keys under opensandbox.io/ are refused
-    (this facade keeps its own there)."""
+    """JSON merge patch: a string sets a key, null removes it; keys under opensandbox.io/ (this
+    facade's own) and sandboxd. (the server's own) are refused, set or removed."""
     check_metadata({k: v for k, v in patch.items() if v is not None})
-    for key in patch:
-        if key.startswith(RESERVED_PREFIX):
-            raise InvalidRequest(f"metadata.{key}", f"metadata.{key}: the prefix {RESERVED_PREFIX} is reserved")
+    for key in patch:  # a null too: removing the server's or this facade's own labels is no caller's
+        for reserved in (RESERVED_PREFIX, SERVER_PREFIX):
+            if key.startswith(reserved):
+                raise InvalidRequest(f"metadata.{key}", f"metadata.{key}: the prefix {reserved} is reserved")
 
     def merge(spec: SandboxSpec) -> SandboxSpec:
         labels = {k: v for k, v in spec.metadata.items() if patch.get(k, "") is not None}
@@ -191,7 +192,10 @@ async def get_endpoint(
     even while it is pending (the SDK pings execd until it runs), with the sandbox's access token
     for that API. Any other port is exposed through the port proxy (the sandbox must be running)
     and answered with its path URL without a scheme (the SDK adds one) and its traffic token.
-    use_server_proxy changes nothing: every endpoint is on sandboxd already."""
+    use_server_proxy changes nothing: every endpoint is on sandboxd already.
+    A GET, but it needs the write scope: the execd token runs commands, and another port is
+    exposed by this call (a read-only key must get neither)."""
+    who.require(Scope.WRITE)
     api = state(request)
     project = who.project()
     if not 1 <= port <= 65535:

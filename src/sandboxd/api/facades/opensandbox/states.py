@@ -40,6 +40,8 @@ FROM_OPENSANDBOX: dict[str, list[State]] = {
 # not use it), so extensions are stored under it without colliding with anyone's metadata.
 RESERVED_PREFIX = "opensandbox.io/"
 EXTENSION_PREFIX = RESERVED_PREFIX + "ext."
+# The server's own labels (services/requests.py refuses them in a create's metadata).
+SERVER_PREFIX = "sandboxd."
 
 _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 
