@@ -36,23 +36,30 @@ SLEEPER = ["sleep", "infinity"]  # OpenSandbox asks an entrypoint with an image;
 
 
 class _Counter:
-    """Counts the HTTP requests every sync httpx transport in this process sends (each SDK makes
-    its own client; all of them end in HTTPTransport.handle_request). Restored on exit."""
+    """Counts the HTTP requests every httpx client in this process sends, sync or async (each SDK
+    makes its own client; every request goes through Client.send or AsyncClient.send). Restored
+    on exit."""
 
     sent = 0
 
     def __enter__(self) -> _Counter:
-        self._original = original = httpx.HTTPTransport.handle_request
+        self._sync, self._async = sync, asynchronous = httpx.Client.send, httpx.AsyncClient.send
 
-        def counted(transport: httpx.HTTPTransport, request: httpx.Request) -> httpx.Response:
+        def counted(client: httpx.Client, request: httpx.Request, **kwargs: Any) -> httpx.Response:
             _Counter.sent += 1
-            return original(transport, request)
+            return sync(client, request, **kwargs)
 
-        httpx.HTTPTransport.handle_request = counted  # type: ignore[method-assign]
+        async def counted_async(client: httpx.AsyncClient, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+            _Counter.sent += 1
+            return await asynchronous(client, request, **kwargs)
+
+        httpx.Client.send = counted  # type: ignore[method-assign]
+        httpx.AsyncClient.send = counted_async  # type: ignore[method-assign]
         return self
 
     def __exit__(self, *exc: object) -> None:
-        httpx.HTTPTransport.handle_request = self._original  # type: ignore[method-assign]
+        httpx.Client.send = self._sync  # type: ignore[method-assign]
+        httpx.AsyncClient.send = self._async  # type: ignore[method-assign]
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[float, int, Any]:
