@@ -11,6 +11,8 @@ Sections (--only picks some; all by default):
              `runc run` of the same bundle (process `true`), and `runc exec` of `true` in a running
              sandbox, which is what exec would cost without the in-sandbox agent
   agent      exec `true` and a 1 MiB read over the API, and the same straight to the agent's socket
+  facades    the OpenSandbox and Vercel facades through their official SDKs next to the native SDK:
+             create → first command done, and one command; each facade's overhead (goal < 2 ms a call)
   registry   a 50 MB pull from a loopback registry; create from a pulled image
   templates  template builds, cold and cached; create from a template
   network    egress by name under a policy; the port proxy against the port itself
@@ -40,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import bench_sections as sections  # noqa: E402  (beside this file)
+from bench_facades import facade_figures  # noqa: E402  (beside this file)
 from bench_hibernate import hibernate_figures  # noqa: E402  (beside this file)
 from bench_pools import pool_figures  # noqa: E402
 from bench_procs import process_figures  # noqa: E402
@@ -67,7 +70,7 @@ def timed(fn) -> float:  # type: ignore[no-untyped-def]
     return (time.perf_counter() - start) * 1000
 
 
-SECTIONS = ("core", "registry", "templates", "network", "agent", "cycles", "scale")
+SECTIONS = ("core", "registry", "templates", "network", "agent", "facades", "cycles", "scale")
 
 
 def main() -> None:
@@ -90,7 +93,7 @@ def main() -> None:
     results: dict[str, list[float]] = {}
     figures: list[sections.Figure] = []
     try:
-        if only & {"core", "registry", "templates", "agent", "cycles"}:
+        if only & {"core", "registry", "templates", "agent", "facades", "cycles"}:
             server = Server(work / "data", "sbxdbench0", "10.77.9.0/24", **LOOPBACK_FETCHES).start()
             try:
                 with server.client() as http:
@@ -100,6 +103,8 @@ def main() -> None:
                         results.update(pool_figures(http, args.runs))
                     if "agent" in only:
                         results.update(sections.agent_paths(http, server.data_dir, args.runs))
+                    if "facades" in only:
+                        results.update(facade_figures(server, args.runs))
                     if "registry" in only:
                         results.update(registry_figures(work, http, args.runs))
                     if "templates" in only:

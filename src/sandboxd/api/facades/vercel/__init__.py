@@ -7,11 +7,14 @@ A Vercel sandbox is a name with successive sessions; a session is one native san
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.requests import HTTPConnection
 
 from sandboxd.api import errors
+from sandboxd.api.facades.auth import principal
 from sandboxd.api.facades.vercel import commands, drives, fs, sandboxes, sessions, snapshots
+from sandboxd.api.facades.vercel.caller import bearer
 from sandboxd.api.facades.vercel.common import vercel_code
 from sandboxd.errors import SandboxNotRunning
 
@@ -30,9 +33,23 @@ async def _not_running(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(render(request, "sandbox_stopped", message), status_code=410)
 
 
+async def _key_first(conn: HTTPConnection) -> None:
+    """Every HTTP call's key, checked before its body or query is validated: without a valid key
+    the answer is 401, never a 400 about the request. (The PTY WebSocket is admitted by its own
+    token, interactive.py.) The principal is kept for the route's own caller."""
+    if conn.scope["type"] == "http":
+        await principal(conn, bearer(conn))
+
+
 def build(prefix: str) -> FastAPI:
     """The facade's app; `prefix` is where it is mounted ("" on a listener of its own)."""
-    app = FastAPI(title="sandboxd: Vercel Sandbox facade", openapi_url=None, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="sandboxd: Vercel Sandbox facade",
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        dependencies=[Depends(_key_first)],
+    )
     app.state.prefix = prefix
     errors.install(app, render)
     app.add_exception_handler(SandboxNotRunning, _not_running)
