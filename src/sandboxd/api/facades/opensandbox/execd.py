@@ -7,6 +7,7 @@ background processes. Admission is by the sandbox's execd access token only (acc
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sandboxd.api.facades import translate
 from sandboxd.api.facades.opensandbox import execd_files, execd_metrics, sse
 from sandboxd.api.facades.opensandbox.access import ExecdSandbox, commands, files, sandboxes
-from sandboxd.domain import Output, ProcessInfo
+from sandboxd.domain import Output, ProcessInfo, State
 from sandboxd.errors import InvalidRequest, SandboxNotRunning
 from sandboxd.services.commands import CommandService
 from sandboxd.services.files import FileService
@@ -72,15 +73,28 @@ class RunIn(BaseModel):
             raise InvalidRequest(fields.get(name, name), f"{fields.get(name, name)}: {message}") from None
 
 
+# How long a ping waits for a sandbox that is still starting. The SDK pings right after create
+# (which answers at once, Pending) and, on a 503, sleeps 200 ms before the next: answering the
+# moment the sandbox runs saves the caller most of that sleep (a create takes ~50 ms).
+PING_WAIT = 5.0
+PING_POLL = 0.01
+
+
 @router.get("/ping")
 async def ping(sandbox: ExecdSandbox, service: Sandboxes) -> Response:
     """200 once the sandbox runs (a paused one with auto_resume is resumed, as any native call
-    would), else 503: the SDK pings until it answers."""
-    try:
-        await service.running(sandbox.project_id, sandbox.id)
-    except SandboxNotRunning as exc:
-        return JSONResponse({"code": "SANDBOX_NOT_READY", "message": exc.message}, status_code=503)
-    return Response(status_code=200)
+    would); one still starting is waited for, up to PING_WAIT; else 503: the SDK pings until it
+    answers."""
+    deadline = asyncio.get_running_loop().time() + PING_WAIT
+    while True:
+        try:
+            await service.running(sandbox.project_id, sandbox.id)
+            return Response(status_code=200)
+        except SandboxNotRunning as exc:
+            current = await service.get(sandbox.project_id, sandbox.id)
+            if current.status.state != State.PENDING or asyncio.get_running_loop().time() >= deadline:
+                return JSONResponse({"code": "SANDBOX_NOT_READY", "message": exc.message}, status_code=503)
+        await asyncio.sleep(PING_POLL)
 
 
 @router.post("/command", response_class=StreamingResponse)

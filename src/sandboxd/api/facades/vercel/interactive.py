@@ -25,7 +25,7 @@ import json
 import time
 from typing import Any
 
-from fastapi import APIRouter, Request, WebSocket
+from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sandboxd.api.facades.vercel.caller import CurrentCaller, session
@@ -106,6 +106,8 @@ async def connect(websocket: WebSocket, session_id: str, token: str = "") -> Non
         terminals: TerminalService = services.terminals
         cmd = _command(start)
         held, attachment, term = await terminals.open(found.project_id, found.id, cmd, start.rows, start.cols)
+    except WebSocketDisconnect:
+        return  # gone before its start frame: nothing was opened
     except (TimeoutError, ValueError, ValidationError, SandboxdError, KeyError) as exc:
         message = exc.message if isinstance(exc, SandboxdError) else "expected a start frame first"
         with contextlib.suppress(Exception):
