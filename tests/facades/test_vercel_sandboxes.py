@@ -117,7 +117,10 @@ class Streamed(io.StringIO):
         return last - first > 0.8
 
 
-SCRIPT = "echo first $GREETING; sleep 1.5; echo $VERCEL_TEST_RUNTIME > /work/ran; echo last; echo err >&2; exit 3"
+SCRIPT = (
+    "echo first $GREETING; sleep 1.5; "
+    "mkdir -p /work; echo $VERCEL_TEST_RUNTIME > /work/ran; echo last; echo err >&2; exit 3"
+)
 
 
 def test_sync_session_create_run_fs_extend_stop_snapshot_restore_resume_destroy(vserver: Server) -> None:
