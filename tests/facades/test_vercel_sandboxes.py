@@ -400,6 +400,25 @@ def test_auth_team_and_other_projects(vserver: Server) -> None:
         assert native(vserver, sid)["status"]["state"] == "running"  # untouched
         http.delete("/v2/sandboxes/mine")
 
+        # resume=true starts a session: a GET, but not one a read-only key may make.
+        sleepy = http.post("/v3/sandboxes", json={"name": "sleepy"}).json()["session"]["id"]
+        assert http.post(f"/v2/sandboxes/sessions/{sleepy}/stop", json={}).status_code == 200
+        with vserver.client() as admin:
+            reader = admin.post("/api/v1/keys", json={"name": "r", "scopes": ["read"], "project_id": "prj_default"})
+            assert reader.status_code in (200, 201), reader.text
+        with httpx.Client(
+            base_url=f"{vserver.url}/vercel",
+            headers={"Authorization": f"Bearer {reader.json()['key']}"},
+            params={"teamId": TEAM},
+        ) as looker:
+            assert looker.get("/v2/sandboxes/sleepy").json()["sandbox"]["status"] == "stopped"
+            r = looker.get("/v2/sandboxes/sleepy", params={"resume": "true"})
+            assert r.status_code == 403, r.text
+        assert native(vserver, sleepy)["status"]["state"] == "stopped"
+        assert http.get("/v2/sandboxes/sleepy", params={"resume": "true"}).json()["resumed"] is True
+        assert native(vserver, sleepy)["status"]["state"] == "running"
+        assert http.delete("/v2/sandboxes/sleepy").status_code == 200
+
 
 def test_sessions_snapshots_and_network_policy(vserver: Server) -> None:
     with vercel(vserver) as http:
