@@ -1,10 +1,10 @@
 """Shared by the Vercel session tests: a native sandbox as a Vercel session, and the official SDK's
 session handle on it.
 
-Until the facade's create is in, a session is made with the native SDK (a session id IS a native
-sandbox id) and the Vercel SDK's own session class (`SandboxRuntimeSession`, what its Sandbox hands
-out as `.session`) is built on that id: every command and fs call then goes through the SDK's own
-client code, unchanged, to the facade."""
+A session is a native sandbox labelled as a Vercel sandbox's (`vercel.sandbox=<name>`, what the
+facade's create sets), made here with the native SDK, and the Vercel SDK's own session class
+(`SandboxRuntimeSession`, what its Sandbox hands out as `.session`) is built on its id: every
+command and fs call then goes through the SDK's own client code, unchanged, to the facade."""
 
 from __future__ import annotations
 
@@ -23,7 +23,12 @@ from vercel.sandbox.sync import SyncSandboxClient
 
 from tests.conftest import Server
 
-TEAM = "team_test"
+TEAM = "org_default"  # the server key's organization: the facade refuses any other
+
+
+def labels(name: str) -> dict[str, str]:
+    """The native labels that make a sandbox the session of the Vercel sandbox `name`."""
+    return {"vercel.sandbox": name}
 
 
 def options(server: Server, key: str | None = None) -> SandboxServiceOptions:

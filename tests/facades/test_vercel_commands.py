@@ -11,17 +11,19 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as ws_connect
 
 from sandboxd import Sandbox
 from tests.conftest import Server
-from tests.facades._vercel_session import native_exec, raw, sync_vercel_session, vercel_session
+from tests.facades._vercel_session import labels, native_exec, raw, sync_vercel_session, vercel_session
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture(scope="module")
 def sbx(server: Server) -> Iterator[Sandbox]:
-    with server.create(memory_mb=256, timeout=900) as sb:
+    with server.create(memory_mb=256, timeout=900, metadata=labels("exec-commands")) as sb:
         yield sb
 
 
@@ -173,7 +175,7 @@ async def test_stdin_binary_with_offsets(server: Server, sbx: Sandbox) -> None:
 
 
 async def test_sudo_runs_as_root(server: Server) -> None:
-    with server.create(memory_mb=256, timeout=300, user="nobody") as sb:
+    with server.create(memory_mb=256, timeout=300, user="nobody", metadata=labels("exec-sudo")) as sb:
         async with vercel_session(server, sb.id) as session:
             plain = await session.run_process("id", ["-u"], capture_output=True)
             root = await session.run_process("id", ["-u"], sudo=True, capture_output=True)
@@ -211,6 +213,23 @@ async def test_interactive_pty(server: Server, sbx: Sandbox) -> None:
     assert r.status_code == 403
 
 
+def test_interactive_token_opens_one_terminal_only(server: Server, sbx: Sandbox) -> None:
+    """A token seen once (a log, a proxy) cannot open a second terminal."""
+    with raw(server) as http:
+        info = http.post(f"/{sbx.id}/interactive", json={}).json()
+    url = f"{info['url']}?token={info['token']}"
+    start = {"type": "start", "command": "sh", "args": ["-c", "echo use >> /tmp/pty-uses"], "cols": 80, "rows": 24}
+    with ws_connect(url) as ws:
+        ws.send(json.dumps(start))
+        while not (isinstance(frame := ws.recv(timeout=30), str) and json.loads(frame).get("type") == "exit"):
+            pass
+    with pytest.raises(InvalidStatus) as refused:
+        with ws_connect(url) as ws:
+            ws.send(json.dumps(start))
+    assert refused.value.response.status_code == 403
+    assert native_exec(server, sbx.id, "cat /tmp/pty-uses")["stdout"] == "use\n"
+
+
 def test_auth_and_other_projects(server: Server, sbx: Sandbox) -> None:
     for key in ("", "wrong-key"):
         with raw(server, key=key) as http:
@@ -236,11 +255,21 @@ def test_auth_and_other_projects(server: Server, sbx: Sandbox) -> None:
             }, (path, r.text)
         r = http.post("/sbx_nothere/cmd", json={"command": "true"})
         assert r.status_code == 404 and r.json()["error"]["code"] == "sandbox_not_found"
+    # Its own project's native sandbox that is no Vercel session is not one either; a team that is
+    # not the key's organization is "not found" before any session is looked up.
+    with server.create(memory_mb=256, timeout=300) as plain, raw(server) as http:
+        r = http.post(f"/{plain.id}/cmd", json={"command": "touch", "args": ["/tmp/intruder"]})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "sandbox_not_found", r.text
+        r = http.post(
+            f"/{sbx.id}/cmd", params={"teamId": "team_other"}, json={"command": "touch", "args": ["/tmp/intruder"]}
+        )
+        assert r.status_code == 404, r.text
+        assert native_exec(server, plain.id, "test -e /tmp/intruder")["exit_code"] == 1
     assert native_exec(server, sbx.id, "test -e /tmp/intruder")["exit_code"] == 1
 
 
 def test_stopped_session_is_410(server: Server) -> None:
-    with server.create(memory_mb=256, timeout=300) as sb:
+    with server.create(memory_mb=256, timeout=300, metadata=labels("exec-stopped")) as sb:
         with server.client() as http:
             assert http.post(f"/api/v1/sandboxes/{sb.id}/stop").status_code == 200
         with raw(server) as http:

@@ -14,14 +14,14 @@ from vercel.sandbox import SandboxPathNotFoundError
 
 from sandboxd import Sandbox
 from tests.conftest import Server
-from tests.facades._vercel_session import native_exec, raw, vercel_session
+from tests.facades._vercel_session import labels, native_exec, raw, vercel_session
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture(scope="module")
 def sbx(server: Server) -> Iterator[Sandbox]:
-    with server.create(memory_mb=256, timeout=900) as sb:
+    with server.create(memory_mb=256, timeout=900, metadata=labels("exec-fs")) as sb:
         yield sb
 
 

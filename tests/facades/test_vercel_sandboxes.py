@@ -5,7 +5,9 @@ for the validation boundaries, auth and another project's sandbox."""
 
 from __future__ import annotations
 
+import io
 import os
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -18,6 +20,7 @@ os.environ.setdefault("VERCEL_TELEMETRY_DISABLED", "1")
 
 from vercel.sandbox import SandboxClient, SandboxCredentials, SandboxServiceOptions  # noqa: E402
 from vercel.sandbox import SandboxResources as AsyncResources  # noqa: E402
+from vercel.sandbox import SnapshotSource as AsyncSnapshotSource  # noqa: E402
 from vercel.sandbox.sync import SandboxResources, SnapshotSource, SyncSandboxClient  # noqa: E402
 from vercel.sandbox.sync import SandboxServiceOptions as SyncOptions  # noqa: E402
 
@@ -65,6 +68,13 @@ def sync_client(srv: Server, key: str | None = None, project: str = "default") -
     return SyncSandboxClient.create(options=options)
 
 
+def async_client(srv: Server, key: str | None = None) -> SandboxClient:
+    async def creds() -> SandboxCredentials:
+        return SandboxCredentials(token=key or srv.key, team_id=TEAM, project_id="default")
+
+    return SandboxClient.create(options=SandboxServiceOptions(base_url=f"{srv.url}/vercel", credentials_factory=creds))
+
+
 def write(srv: Server, session_id: str, path: str, text: str) -> None:
     with srv.client() as http:
         r = http.put(f"/api/v1/sandboxes/{session_id}/files", params={"path": path}, content=text.encode())
@@ -89,7 +99,32 @@ def native(srv: Server, session_id: str) -> dict[str, Any]:
         return dict(http.get(f"/api/v1/sandboxes/{session_id}").json())
 
 
-def test_sync_session_create_extend_stop_snapshot_restore_resume_destroy(vserver: Server) -> None:
+class Streamed(io.StringIO):
+    """A TextIO that notes when each piece of output arrived."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: list[tuple[float, str]] = []
+
+    def write(self, text: str) -> int:
+        self.times.append((time.monotonic(), text))
+        return super().write(text)
+
+    def streamed(self) -> bool:
+        """The first line came well before the last: it was not handed over at the end."""
+        first = next(t for t, text in self.times if "first" in text)
+        last = next(t for t, text in self.times if "last" in text)
+        return last - first > 0.8
+
+
+SCRIPT = (
+    "echo first $GREETING; sleep 1.5; "
+    "mkdir -p /work; echo $VERCEL_TEST_RUNTIME > /work/ran; echo last; echo err >&2; exit 3"
+)
+
+
+def test_sync_session_create_run_fs_extend_stop_snapshot_restore_resume_destroy(vserver: Server) -> None:
+    """The issue's session through the SDK's own SyncSandbox object, effects checked inside."""
     client = sync_client(vserver)
     try:
         sb = client.create_sandbox(
@@ -107,9 +142,17 @@ def test_sync_session_create_extend_stop_snapshot_restore_resume_destroy(vserver
         # The session is the native sandbox: its env, limits and runtime template are real.
         info = native(vserver, first)
         assert info["name"] == "demo" and info["template"].startswith("vnode24:")
-        assert run(vserver, first, "echo $GREETING $VERCEL_TEST_RUNTIME") == "hello node24\n"
         assert (info["cpu"], info["memory_mb"], info["metadata"]["vercel.tag.team"]) == (1.0, 2048, "core")
-        write(vserver, first, "/work/kept.txt", "from session one")
+
+        out, err = Streamed(), Streamed()
+        done = sb.run_process("sh", ["-c", SCRIPT], stdout=out, stderr=err)
+        assert (done.returncode, out.getvalue(), err.getvalue()) == (3, "first hello\nlast\n", "err\n")
+        assert out.streamed() and done.session_id == first
+        assert read(vserver, first, "/work/ran") == "node24\n"
+
+        sb.fs.write_text("/work/kept.txt", "from session one")
+        assert read(vserver, first, "/work/kept.txt") == "from session one"
+        assert sb.fs.read_text("/work/kept.txt") == "from session one"
 
         before = native(vserver, first)["expires_at"]
         session = sb.extend_execution_time_limit(timedelta(minutes=2))
@@ -124,7 +167,8 @@ def test_sync_session_create_extend_stop_snapshot_restore_resume_destroy(vserver
         assert snap.id.startswith("snp_") and snap.status == "created"
 
         restored = client.create_sandbox(name="restored", source=SnapshotSource(snapshot_id=snap.id))
-        assert read(vserver, restored.current_session_id, "/work/kept.txt") == "from session one"
+        assert restored.fs.read_text("/work/kept.txt") == "from session one"
+        assert restored.current_session_id != first
         restored.destroy(delete_orphan_snapshots=True)
 
         # Resume by name: the persistent sandbox runs again with its files.
@@ -132,7 +176,8 @@ def test_sync_session_create_extend_stop_snapshot_restore_resume_destroy(vserver
         assert again.status == "stopped"
         resumed = client.resume_sandbox(name="demo")
         assert resumed.status == "running"
-        assert read(vserver, resumed.current_session_id, "/work/kept.txt") == "from session one"
+        assert resumed.fs.read_text("/work/kept.txt") == "from session one"
+        assert run(vserver, resumed.current_session_id, "cat /work/kept.txt") == "from session one"
 
         listed = [s.id for s in resumed.list_sessions()]
         assert first in listed
@@ -140,24 +185,87 @@ def test_sync_session_create_extend_stop_snapshot_restore_resume_destroy(vserver
         with vercel(vserver) as http:
             assert http.get("/v2/sandboxes/demo").status_code == 404
             assert http.get(f"/v2/sandboxes/snapshots/{snap.id}").status_code == 404  # orphan deleted
+        assert native(vserver, resumed.current_session_id)["status"]["state"] == "terminated"
     finally:
         client.close()
 
 
+@pytest.mark.anyio
+async def test_async_session_create_run_fs_extend_stop_snapshot_restore_resume_destroy(vserver: Server) -> None:
+    """The same session through the async SDK's Sandbox object."""
+    client = async_client(vserver)
+    try:
+        sb = await client.create_sandbox(
+            name="async-demo",
+            ports=[8080],
+            env={"GREETING": "bonjour"},
+            resources=AsyncResources(vcpus=2, memory=4096),
+        )
+        first = sb.current_session_id
+        assert sb.vcpus == 2 and [r.port for r in sb.routes] == [8080]
+        assert (native(vserver, first)["cpu"], native(vserver, first)["memory_mb"]) == (2.0, 4096)
+
+        out, err = Streamed(), Streamed()
+        done = await sb.run_process("sh", ["-c", SCRIPT], stdout=out, stderr=err)
+        assert (done.returncode, out.getvalue(), err.getvalue()) == (3, "first bonjour\nlast\n", "err\n")
+        assert out.streamed()
+        assert read(vserver, first, "/work/ran") == "node24\n"
+
+        await sb.fs.write_bytes("/work/data/kept.bin", b"\x00async\xff")
+        assert run(vserver, first, "od -An -tx1 /work/data/kept.bin").split() == "00 61 73 79 6e 63 ff".split()
+        assert await sb.fs.read_bytes("/work/data/kept.bin") == b"\x00async\xff"
+
+        before = native(vserver, first)["expires_at"]
+        await sb.extend_execution_time_limit(timedelta(minutes=1))
+        assert native(vserver, first)["expires_at"] > before
+
+        await sb.stop()
+        assert native(vserver, first)["status"]["state"] == "stopped"
+        snap = await sb.snapshot()
+
+        restored = await client.create_sandbox(name="async-restored", source=AsyncSnapshotSource(snapshot_id=snap.id))
+        assert await restored.fs.read_bytes("/work/data/kept.bin") == b"\x00async\xff"
+        await restored.destroy(delete_orphan_snapshots=True)
+
+        resumed = await client.resume_sandbox(name="async-demo")
+        assert resumed.status == "running"
+        assert await resumed.fs.read_bytes("/work/data/kept.bin") == b"\x00async\xff"
+        assert run(vserver, resumed.current_session_id, "echo $GREETING") == "bonjour\n"
+        await resumed.destroy(delete_orphan_snapshots=True)
+        with vercel(vserver) as http:
+            assert http.get("/v2/sandboxes/async-demo").status_code == 404
+    finally:
+        await client.aclose()
+
+
 def test_sdk_resumes_a_stopped_session_on_410(vserver: Server) -> None:
     """A session-bound call on a stopped session is a 410 sandbox_stopped: the SDK resumes the
-    sandbox by name and replays the call."""
+    sandbox by name and replays the call (a command, here, that then runs in the new session)."""
     client = sync_client(vserver)
     try:
         with client.create_sandbox(name="auto", resources=SandboxResources(vcpus=1, memory=2048)) as sb:
+            first = sb.current_session_id
+            sb.fs.write_text("/work/before.txt", "kept")
             with vercel(vserver) as http:
-                stopped = http.post(f"/v2/sandboxes/sessions/{sb.current_session_id}/stop", json={})
+                stopped = http.post(f"/v2/sandboxes/sessions/{first}/stop", json={})
                 assert stopped.status_code == 200 and stopped.json()["session"]["status"] == "stopped"
-                policy = {"mode": "deny-all"}
-                r = http.post(f"/v2/sandboxes/sessions/{sb.current_session_id}/network-policy", json=policy)
-                assert r.status_code == 410 and r.json()["error"]["code"] == "sandbox_stopped"
-            sb.extend_execution_time_limit(timedelta(seconds=30))  # resumed, then extended
+                for method, path, body in [
+                    ("POST", "network-policy", {"mode": "deny-all"}),
+                    ("POST", "cmd", {"command": "true"}),
+                    ("POST", "fs/read", {"path": "/work/before.txt"}),
+                    ("POST", "interactive", {}),
+                ]:
+                    r = http.request(method, f"/v2/sandboxes/sessions/{first}/{path}", json=body)
+                    assert r.status_code == 410 and r.json()["error"]["code"] == "sandbox_stopped", (path, r.text)
+            # The SDK's handle still names the stopped session: the command gets a 410, the SDK
+            # resumes "auto" and replays it.
+            done = sb.run_process(
+                "sh", ["-c", "cat /work/before.txt; echo replayed > /work/after.txt"], capture_output=True
+            )
+            assert done.stdout == "kept" and done.returncode == 0
             assert native(vserver, sb.current_session_id)["status"]["state"] == "running"
+            assert read(vserver, sb.current_session_id, "/work/after.txt") == "replayed\n"
+            sb.extend_execution_time_limit(timedelta(seconds=30))
     finally:
         client.close()
 
@@ -280,14 +388,36 @@ def test_auth_team_and_other_projects(vserver: Server) -> None:
         ) as theirs:
             for r in (
                 theirs.get("/v2/sandboxes/mine"),
-                theirs.get(f"/v2/sandboxes/sessions/{sid}"),
-                theirs.post(f"/v2/sandboxes/sessions/{sid}/stop", json={}),
                 theirs.get("/v2/sandboxes/mine", params={"projectId": "default"}),  # a project it may not reach
             ):
                 assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", r.text
+            for r in (  # a session: not a path, so not the code the SDK reads as "no such file"
+                theirs.get(f"/v2/sandboxes/sessions/{sid}"),
+                theirs.post(f"/v2/sandboxes/sessions/{sid}/stop", json={}),
+            ):
+                assert r.status_code == 404 and r.json()["error"]["code"] == "sandbox_not_found", r.text
             assert theirs.get("/v2/sandboxes").json()["sandboxes"] == []
         assert native(vserver, sid)["status"]["state"] == "running"  # untouched
         http.delete("/v2/sandboxes/mine")
+
+        # resume=true starts a session: a GET, but not one a read-only key may make.
+        sleepy = http.post("/v3/sandboxes", json={"name": "sleepy"}).json()["session"]["id"]
+        assert http.post(f"/v2/sandboxes/sessions/{sleepy}/stop", json={}).status_code == 200
+        with vserver.client() as admin:
+            reader = admin.post("/api/v1/keys", json={"name": "r", "scopes": ["read"], "project_id": "prj_default"})
+            assert reader.status_code in (200, 201), reader.text
+        with httpx.Client(
+            base_url=f"{vserver.url}/vercel",
+            headers={"Authorization": f"Bearer {reader.json()['key']}"},
+            params={"teamId": TEAM},
+        ) as looker:
+            assert looker.get("/v2/sandboxes/sleepy").json()["sandbox"]["status"] == "stopped"
+            r = looker.get("/v2/sandboxes/sleepy", params={"resume": "true"})
+            assert r.status_code == 403, r.text
+        assert native(vserver, sleepy)["status"]["state"] == "stopped"
+        assert http.get("/v2/sandboxes/sleepy", params={"resume": "true"}).json()["resumed"] is True
+        assert native(vserver, sleepy)["status"]["state"] == "running"
+        assert http.delete("/v2/sandboxes/sleepy").status_code == 200
 
 
 def test_sessions_snapshots_and_network_policy(vserver: Server) -> None:

@@ -20,8 +20,8 @@ from pydantic import ValidationError
 
 from sandboxd.api.facades.translate import ms_to_seconds
 from sandboxd.api.facades.vercel import interactive, ndjson
-from sandboxd.api.facades.vercel.caller import Caller, CurrentCaller, VercelError, session, translated
 from sandboxd.api.facades.vercel.command_shapes import KillIn, Known, Registry, RunIn, StdinIn, command
+from sandboxd.api.facades.vercel.common import LiveSession, Session, VercelError, translated
 from sandboxd.api.models import MAX_STDIN
 from sandboxd.domain import ExitInfo, ProcessInfo
 from sandboxd.errors import Conflict
@@ -70,23 +70,23 @@ def _native(body: RunIn, cwd: str) -> RunCommand:
 
 @router.post("/cmd", response_model=None)
 async def run(
-    session_id: str, body: RunIn, request: Request, caller: CurrentCaller, wait: bool = False, logs: bool = False
+    session_id: str, body: RunIn, request: Request, session: LiveSession, wait: bool = False, logs: bool = False
 ) -> JSONResponse | StreamingResponse:
     """Starts a command. Without wait: `{command}` at once (detached). With wait and logs: NDJSON,
     the command, its output, the command with its exit code. With wait only: `{command}` at its end."""
-    sandbox = await session(caller, session_id)
+    sandbox = session.sandbox
     cwd = body.cwd or sandbox.spec.cwd or "/"
     cmd = _run_command(body, cwd)
-    async with translated(caller, session_id):
-        info = await caller.services.commands.start(caller.project, session_id, cmd)
+    async with translated(session):
+        info = await session.services.commands.start(session.project, session_id, cmd)
     known = Known(body.command, list(body.args), cwd, stdin=body.attach_stdin, closed=not body.attach_stdin)
     registry(request).add(session_id, info.id, known)
     if not (wait or body.wait):
         return JSONResponse({"command": command(session_id, info, known)})
     if not (logs or body.logs):
-        return JSONResponse({"command": command(session_id, await _wait(caller, session_id, info.id), known)})
-    async with translated(caller, session_id, COMMAND_MISSING):
-        items = await caller.services.commands.logs(caller.project, session_id, info.id, 0, follow=True)
+        return JSONResponse({"command": command(session_id, await _wait(session, session_id, info.id), known)})
+    async with translated(session, COMMAND_MISSING):
+        items = await session.services.commands.logs(session.project, session_id, info.id, 0, follow=True)
 
     def final(end: ExitInfo) -> bytes:
         return ndjson.line({"command": command(session_id, end, known)})
@@ -100,53 +100,49 @@ async def run(
 
 
 @router.get("/cmd")
-async def list_commands(session_id: str, request: Request, caller: CurrentCaller) -> dict[str, Any]:
-    await session(caller, session_id)
+async def list_commands(session_id: str, request: Request, session: LiveSession) -> dict[str, Any]:
     known = registry(request)
-    async with translated(caller, session_id):
-        found = await caller.services.commands.list(caller.project, session_id)
+    async with translated(session):
+        found = await session.services.commands.list(session.project, session_id)
     return {"commands": [command(session_id, info, known.get(session_id, info.id)) for info in found]}
 
 
-async def _wait(caller: Caller, session_id: str, command_id: str) -> ProcessInfo:
-    async with translated(caller, session_id, COMMAND_MISSING):
+async def _wait(session: Session, session_id: str, command_id: str) -> ProcessInfo:
+    async with translated(session, COMMAND_MISSING):
         while True:
-            info = await caller.services.commands.wait(caller.project, session_id, command_id, WAIT_STEP)
+            info = await session.services.commands.wait(session.project, session_id, command_id, WAIT_STEP)
             if not info.running:
                 return info
 
 
 @router.get("/cmd/{command_id}")
 async def get_command(
-    session_id: str, command_id: str, request: Request, caller: CurrentCaller, wait: bool = False
+    session_id: str, command_id: str, request: Request, session: LiveSession, wait: bool = False
 ) -> dict[str, Any]:
     """The command; with wait=true, once it has ended (its output complete)."""
-    await session(caller, session_id)
     if wait:
-        info = await _wait(caller, session_id, command_id)
+        info = await _wait(session, session_id, command_id)
     else:
-        async with translated(caller, session_id, COMMAND_MISSING):
-            info = await caller.services.commands.status(caller.project, session_id, command_id)
+        async with translated(session, COMMAND_MISSING):
+            info = await session.services.commands.status(session.project, session_id, command_id)
     return {"command": command(session_id, info, registry(request).get(session_id, command_id))}
 
 
 @router.get("/cmd/{command_id}/logs", response_model=None)
-async def command_logs(session_id: str, command_id: str, caller: CurrentCaller) -> StreamingResponse:
+async def command_logs(session_id: str, command_id: str, session: LiveSession) -> StreamingResponse:
     """The command's output from its start, then live, until it ends (NDJSON stream lines only)."""
-    await session(caller, session_id)
-    async with translated(caller, session_id, COMMAND_MISSING):
-        items = await caller.services.commands.logs(caller.project, session_id, command_id, 0, follow=True)
+    async with translated(session, COMMAND_MISSING):
+        items = await session.services.commands.logs(session.project, session_id, command_id, 0, follow=True)
     return StreamingResponse(ndjson.output_lines(items), media_type=ndjson.MEDIA_TYPE)
 
 
 @router.post("/cmd/{command_id}/kill")
 async def kill(
-    session_id: str, command_id: str, body: KillIn, request: Request, caller: CurrentCaller
+    session_id: str, command_id: str, body: KillIn, request: Request, session: LiveSession
 ) -> dict[str, Any]:
     """Sends the signal to the command and everything it started."""
-    await session(caller, session_id)
-    async with translated(caller, session_id, COMMAND_MISSING):
-        info = await caller.services.commands.signal(caller.project, session_id, command_id, body.signal)
+    async with translated(session, COMMAND_MISSING):
+        info = await session.services.commands.signal(session.project, session_id, command_id, body.signal)
     return {"command": command(session_id, info, registry(request).get(session_id, command_id))}
 
 
@@ -164,18 +160,17 @@ def _decoded(data: str | None) -> bytes:
 
 @router.post("/cmd/{command_id}/stdin")
 async def write_stdin(
-    session_id: str, command_id: str, body: StdinIn, request: Request, caller: CurrentCaller
+    session_id: str, command_id: str, body: StdinIn, request: Request, session: LiveSession
 ) -> JSONResponse:
     """Writes bytes to the command's stdin. `offset` is where the client believes its stdin stands:
     bytes before what it already took are skipped (a resent write), a gap past it is refused.
     `bytesWritten` is the total it took so far; fewer than sent (it did not read them in time) is
     a 504 carrying that total, on which the SDK resends the rest."""
-    await session(caller, session_id)
     data = _decoded(body.data)
     commands = registry(request)
     if commands.get(session_id, command_id) is None:  # remember only commands that exist
-        async with translated(caller, session_id, COMMAND_MISSING):
-            await caller.services.commands.status(caller.project, session_id, command_id)
+        async with translated(session, COMMAND_MISSING):
+            await session.services.commands.status(session.project, session_id, command_id)
     known = commands.obtain(session_id, command_id)
     async with known.lock:
         if not known.stdin or known.closed:
@@ -190,14 +185,14 @@ async def write_stdin(
                 400, "stdin_offset_mismatch", f"offset {offset} is past the {known.written} bytes written", "offset"
             )
         data = data[known.written - offset :]
-        async with translated(caller, session_id, COMMAND_MISSING):
+        async with translated(session, COMMAND_MISSING):
             try:
                 if data or body.close:
-                    info, took = await caller.services.commands.write_stdin(
-                        caller.project, session_id, command_id, data, body.close, None
+                    info, took = await session.services.commands.write_stdin(
+                        session.project, session_id, command_id, data, body.close, None
                     )
                 else:
-                    info, took = await caller.services.commands.status(caller.project, session_id, command_id), 0
+                    info, took = await session.services.commands.status(session.project, session_id, command_id), 0
             except Conflict as exc:  # its stdin is closed (or it never had one): the agent's word
                 raise VercelError(400, "command_stdin_unavailable", exc.message) from None
         known.written += took

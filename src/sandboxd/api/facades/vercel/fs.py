@@ -24,7 +24,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from sandboxd.api.facades.vercel.caller import Caller, CurrentCaller, VercelError, session, translated
+from sandboxd.api.facades.vercel.common import LiveSession, Session, VercelError, translated
 from sandboxd.domain import Sandbox
 from sandboxd.errors import InvalidRequest
 from sandboxd.services.files import sandbox_path
@@ -76,22 +76,22 @@ async def gunzipped(request: Request) -> AsyncIterator[bytes]:
 
 
 @router.post("/write")
-async def write(session_id: str, request: Request, caller: CurrentCaller) -> dict[str, Any]:
+async def write(session_id: str, request: Request, session: LiveSession) -> dict[str, Any]:
     """Unpacks the gzipped tar beneath x-cwd (the directory is made if missing)."""
-    sandbox = await session(caller, session_id)
+    sandbox = session.sandbox
     target = resolve(sandbox, ".", request.headers.get("x-cwd"), "x-cwd")
-    async with _fs_errors(caller, session_id):
-        await caller.services.files.upload_tar(caller.project, session_id, target, gunzipped(request))
+    async with _fs_errors(session, session_id):
+        await session.services.files.upload_tar(session.project, session_id, target, gunzipped(request))
     return {}
 
 
 @router.post("/read", response_model=None)
-async def read(session_id: str, body: PathIn, caller: CurrentCaller) -> Response:
+async def read(session_id: str, body: PathIn, session: LiveSession) -> Response:
     """The file's bytes as they are."""
-    sandbox = await session(caller, session_id)
+    sandbox = session.sandbox
     path = resolve(sandbox, body.path, body.cwd)
-    async with _fs_errors(caller, session_id):
-        size, chunks = await caller.services.files.read(caller.project, session_id, path)
+    async with _fs_errors(session, session_id):
+        size, chunks = await session.services.files.read(session.project, session_id, path)
         if size is not None and size <= INLINE_READ:
             return Response(b"".join([chunk async for chunk in chunks]), media_type="application/octet-stream")
     headers = {"Content-Length": str(size)} if size is not None else {}
@@ -99,18 +99,18 @@ async def read(session_id: str, body: PathIn, caller: CurrentCaller) -> Response
 
 
 @router.post("/mkdir")
-async def mkdir(session_id: str, body: MkdirIn, caller: CurrentCaller) -> dict[str, Any]:
+async def mkdir(session_id: str, body: MkdirIn, session: LiveSession) -> dict[str, Any]:
     """Makes the directory; with recursive=false its parent must exist already."""
-    sandbox = await session(caller, session_id)
+    sandbox = session.sandbox
     path = resolve(sandbox, body.path, body.cwd)
-    async with _fs_errors(caller, session_id):
+    async with _fs_errors(session, session_id):
         if not body.recursive and path != "/":
-            parent = await caller.services.files.stat(caller.project, session_id, posixpath.dirname(path))
+            parent = await session.services.files.stat(session.project, session_id, posixpath.dirname(path))
             if parent.type != "dir":
                 raise VercelError(400, "bad_request", f"{parent.path} is not a directory", "path")
-        await caller.services.files.mkdir(caller.project, session_id, path)
+        await session.services.files.mkdir(session.project, session_id, path)
     return {}
 
 
-def _fs_errors(caller: Caller, session_id: str) -> AbstractAsyncContextManager[None]:
-    return translated(caller, session_id, "file_not_found")
+def _fs_errors(session: Session, session_id: str) -> AbstractAsyncContextManager[None]:
+    return translated(session, "file_not_found")

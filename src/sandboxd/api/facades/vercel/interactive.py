@@ -11,8 +11,10 @@ The program runs as a native terminal session (its per-sandbox limit applies); c
 WebSocket hangs it up.
 
 The token is an HMAC under the server's key of the session id, the sandbox's traffic token and an
-expiry: nothing is stored, it opens this one session's PTY only, and it is void once it expires or
-the sandbox's traffic token changes. The caller's key never goes into a URL.
+expiry: it opens this one session's PTY only, once (the SDK connects once per token; a token seen
+in a log or a proxy cannot open a second terminal), and it is void once it expires or the
+sandbox's traffic token changes. Only the spent tokens are kept, until they expire. The caller's
+key never goes into a URL.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sandboxd.api.facades.vercel.caller import CurrentCaller, session
+from sandboxd.api.facades.vercel.common import LiveSession
 from sandboxd.api.state import api_state
 from sandboxd.domain import Sandbox
 from sandboxd.errors import SandboxdError
@@ -38,6 +40,7 @@ from sandboxd.services.terminals import Attachment, Session, TerminalService
 
 router = APIRouter()
 TOKEN_SECONDS = 600  # a token opens its PTY within this long
+MAX_SPENT = 100_000  # tokens spent in one TOKEN_SECONDS window; past that, connections wait for room
 START_WAIT = 30.0  # seconds the client has to send its start frame
 
 
@@ -70,14 +73,40 @@ def valid(presented: str, key: str, sandbox: Sandbox) -> bool:
     return hmac.compare_digest(mac.encode(), _mac(key, sandbox, int(expires)).encode())
 
 
+class Spent:
+    """The tokens already used, each until it expires (then its MAC refuses it anyway)."""
+
+    def __init__(self) -> None:
+        self._until: dict[str, int] = {}
+
+    def take(self, presented: str) -> bool:
+        """True the first time a (valid) token is presented, False after."""
+        now = time.time()
+        if len(self._until) >= MAX_SPENT:
+            self._until = {t: e for t, e in self._until.items() if e >= now}
+        if presented in self._until or len(self._until) >= MAX_SPENT:
+            return False
+        self._until[presented] = int(presented.partition(".")[0])
+        return True
+
+
+def spent(websocket: WebSocket) -> Spent:
+    state = websocket.app.state  # the facade's own app
+    found = getattr(state, "vercel_spent_tokens", None)
+    if found is None:
+        found = state.vercel_spent_tokens = Spent()
+    assert isinstance(found, Spent)
+    return found
+
+
 @router.post("/interactive")
-async def open_interactive(session_id: str, request: Request, caller: CurrentCaller) -> dict[str, Any]:
+async def open_interactive(session_id: str, request: Request, session: LiveSession) -> dict[str, Any]:
     from sandboxd.api.facades import public_base  # the package imports this module: not at import time
 
-    sandbox = await session(caller, session_id)
+    sandbox = session.sandbox
     scheme = "wss" if request.url.scheme == "https" else "ws"
     url = f"{scheme}://{public_base(request.scope)}/v2/sandboxes/sessions/{sandbox.id}/interactive/connect"
-    return {"url": url, "token": token(caller.services.settings.resolved_api_key(), sandbox)}
+    return {"url": url, "token": token(session.services.settings.resolved_api_key(), sandbox)}
 
 
 def _command(start: StartIn) -> RunCommand:
@@ -96,7 +125,11 @@ async def connect(websocket: WebSocket, session_id: str, token: str = "") -> Non
         found = await services.sandboxes.get(None, session_id)
     except SandboxdError:
         found = None
-    if found is None or not valid(token, services.settings.resolved_api_key(), found):
+    if (
+        found is None
+        or not valid(token, services.settings.resolved_api_key(), found)
+        or not spent(websocket).take(token)
+    ):
         await websocket.close(code=4401)  # before accept: the handshake is refused (403)
         return
     await websocket.accept()

@@ -21,13 +21,14 @@ from sandboxd.api.facades.vercel.common import (
     SANDBOX_LABEL,
     TAG_PREFIX,
     VercelError,
+    caller,
     current,
     project_of,
     services,
     sessions,
 )
 from sandboxd.api.facades.vercel.models import CreateBody, ForkBody, Overrides, UpdateBody
-from sandboxd.domain import Sandbox, State, TimeoutAction, new_id
+from sandboxd.domain import Sandbox, Scope, State, TimeoutAction, new_id
 from sandboxd.errors import InvalidRequest
 from sandboxd.services.requests import CreateSandbox
 from sandboxd.services.snapshots import ForkSandbox
@@ -156,6 +157,8 @@ async def get_sandbox(
     request: Request, name: str, projectId: str | None = None, resume: bool = False
 ) -> dict[str, Any]:
     project = await project_of(request, projectId)
+    if resume:  # a GET that starts a session: the key must be one that may change things
+        (await caller(request, projectId)).require(Scope.WRITE)
     found = await current(request, project, name)
     last = found[-1]
     if resume and last.status.state not in (State.RUNNING, State.PENDING):

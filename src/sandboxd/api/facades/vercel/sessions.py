@@ -19,6 +19,7 @@ from sandboxd.api.facades.vercel.common import (
     SANDBOX_LABEL,
     SNAPSHOT_EXPIRATION_LABEL,
     VercelError,
+    count_label,
     current,
     project_of,
     services,
@@ -115,12 +116,11 @@ async def set_network_policy(request: Request, session_id: str, body: NetworkPol
 def _expiration_seconds(found: Sandbox, body: SnapshotBody | None, keep: bool) -> int:
     """The snapshot's life: the request's, else the sandbox's keepLastSnapshots expiration (for
     the snapshots it keeps), else its snapshotExpiration; 0 or none: kept until deleted."""
-    labels = found.spec.metadata
     ms: int | None = body.expiration if body is not None else None
-    if ms is None and keep and KEEP_LAST_EXPIRATION_LABEL in labels:
-        ms = int(labels[KEEP_LAST_EXPIRATION_LABEL])
-    if ms is None and SNAPSHOT_EXPIRATION_LABEL in labels:
-        ms = int(labels[SNAPSHOT_EXPIRATION_LABEL])
+    if ms is None and keep:
+        ms = count_label(found, KEEP_LAST_EXPIRATION_LABEL)
+    if ms is None:
+        ms = count_label(found, SNAPSHOT_EXPIRATION_LABEL)
     return 0 if not ms else -(-ms // 1000)
 
 
@@ -129,9 +129,9 @@ async def snapshot_session(request: Request, session_id: str, body: SnapshotBody
     project, found = await session_of(request, session_id)
     if found.status.state.ended:  # its files are gone: the SDK resumes (a new session) and asks again
         raise VercelError(410, "sandbox_stopped", f"session {session_id} has stopped")
-    keep = found.spec.metadata.get(KEEP_LAST_LABEL)
+    keep = count_label(found, KEEP_LAST_LABEL)
     expires = _expiration_seconds(found, body, keep is not None)
-    req = native(CreateSnapshot, expires_in=expires, keep_last=int(keep) if keep else None)
+    req = native(CreateSnapshot, expires_in=expires, keep_last=keep or None)
     made = await services(request).snapshots.create(project, found.id, req)
     after = await services(request).sandboxes.get(project, found.id)
     if after.status.state == State.RUNNING:

@@ -14,6 +14,7 @@ from sandboxd.api.facades.vercel.common import (
     SANDBOX_LABEL,
     SNAPSHOT_EXPIRATION_LABEL,
     TAG_PREFIX,
+    count_label,
 )
 from sandboxd.api.facades.vercel.models import MiB
 from sandboxd.domain import Sandbox, Snapshot, State, Volume
@@ -127,12 +128,12 @@ def sandbox(name: str, sessions: list[Sandbox], current_snapshot: str | None = N
     }
     if last.expires_at is not None and last.status.state == State.RUNNING:
         body["expiresAt"] = epoch_ms(last.expires_at)
-    if SNAPSHOT_EXPIRATION_LABEL in labels:
-        body["snapshotExpiration"] = int(labels[SNAPSHOT_EXPIRATION_LABEL])
-    if KEEP_LAST_LABEL in labels:
-        keep: dict[str, Any] = {"count": int(labels[KEEP_LAST_LABEL]), "deleteEvicted": True}
-        if KEEP_LAST_EXPIRATION_LABEL in labels:
-            keep["expiration"] = int(labels[KEEP_LAST_EXPIRATION_LABEL])
+    if (expiration := count_label(last, SNAPSHOT_EXPIRATION_LABEL)) is not None:
+        body["snapshotExpiration"] = expiration
+    if (count := count_label(last, KEEP_LAST_LABEL)) is not None:
+        keep: dict[str, Any] = {"count": count, "deleteEvicted": True}
+        if (expiration := count_label(last, KEEP_LAST_EXPIRATION_LABEL)) is not None:
+            keep["expiration"] = expiration
         body["keepLastSnapshots"] = keep
     return body
 
