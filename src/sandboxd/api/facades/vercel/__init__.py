@@ -14,8 +14,7 @@ from starlette.requests import HTTPConnection
 from sandboxd.api import errors
 from sandboxd.api.facades.auth import principal
 from sandboxd.api.facades.vercel import commands, drives, fs, sandboxes, sessions, snapshots
-from sandboxd.api.facades.vercel.caller import bearer
-from sandboxd.api.facades.vercel.common import vercel_code
+from sandboxd.api.facades.vercel.common import bearer, vercel_code
 from sandboxd.errors import SandboxNotRunning
 
 

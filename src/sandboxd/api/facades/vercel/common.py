@@ -92,7 +92,7 @@ def services(conn: HTTPConnection) -> Services:
     return api_state(conn.scope).services
 
 
-def _bearer(conn: HTTPConnection) -> str | None:
+def bearer(conn: HTTPConnection) -> str | None:
     header = conn.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
@@ -100,7 +100,7 @@ def _bearer(conn: HTTPConnection) -> str | None:
 
 def _headers(conn: HTTPConnection, project: str) -> dict[str, str]:
     headers = {PROJECT_HEADER: project}
-    if key := _bearer(conn):
+    if key := bearer(conn):
         headers["authorization"] = f"Bearer {key}"
     return headers
 
@@ -108,7 +108,7 @@ def _headers(conn: HTTPConnection, project: str) -> dict[str, str]:
 async def caller(conn: HTTPConnection, project: str | None = None) -> Principal:
     """The caller in `project` (None: the key's own); 401 without a valid key; 400 without teamId;
     404 for a team or project the key does not belong to."""
-    who = await principal(conn, _bearer(conn), project or None)
+    who = await principal(conn, bearer(conn), project or None)
     team = conn.query_params.get("teamId")
     if not team:
         raise VercelError(400, "bad_request", "teamId: the teamId query parameter is required")
