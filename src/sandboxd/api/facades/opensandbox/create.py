@@ -2,7 +2,7 @@
 
 Every refusal is an InvalidRequest naming the OpenSandbox field (resourceLimits.gpu, volumes[0].pvc),
 and so is every refusal of the core request, its field renamed back (memory_mb -> resourceLimits.memory).
-Decisions (tabled in docs/facades/opensandbox-lifecycle.md):
+Decisions (tabled in the README, OpenSandbox section):
 - timeout null or omitted ("no expiry", manual cleanup) becomes the server's max_timeout: sandboxd
   has no sandbox without an expiry, and the longest it allows is the nearest promise it can keep;
   expiresAt says when that is, and renew-expiration moves it.
