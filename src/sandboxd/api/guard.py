@@ -16,6 +16,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sandboxd.api.facades import is_facade_path
 from sandboxd.api.state import PRINCIPAL, api_state
 from sandboxd.errors import SandboxdError
 from sandboxd.services.auth import scope_for_method
@@ -28,6 +29,7 @@ STREAMED = re.compile(r"^/api/v1/sandboxes/[^/]+/(files|archive)$")
 STREAMED_POSTS = re.compile(
     r"^(/opensandbox)?/sandboxes/[^/]+/proxy/44772/files/upload$|^(/vercel)?/v2/sandboxes/sessions/[^/]+/fs/write$"
 )
+FACADE_BODY = MIB
 # Template copy steps carry up to 4 x MAX_COPY_BYTES of content inline; room for JSON escapes.
 TEMPLATE_BODY = 2 * 4 * MAX_COPY_BYTES
 
@@ -60,6 +62,11 @@ def body_limit(method: str, path: str, max_json: int) -> int | None:
         return None
     if method == "POST" and STREAMED_POSTS.match(path):
         return None
+    if is_facade_path(path):
+        # A facade checks its key (or access token) in the route, after FastAPI has read and parsed
+        # the body: a small cap bounds what a caller without one can make the server parse. The
+        # largest body the facades' clients send is Vercel's stdin piece (512 KiB, base64).
+        return min(FACADE_BODY, max_json)
     if method == "POST" and path == "/api/v1/images/import":  # spooled to disk, bounded by the image service
         return None
     if method == "POST" and path.rstrip("/") == "/api/v1/templates":

@@ -159,11 +159,32 @@ async def command_logs(
             chunks.append(item.data)
         elif isinstance(item, ProcessInfo):
             running = item.running
-    lines = b"".join(chunks).decode(errors="replace").splitlines(keepends=True)
-    if running and lines and not lines[-1].endswith("\n"):
-        lines.pop()
-    text = "".join(lines[cursor:])
-    return PlainTextResponse(text, headers={CURSOR_HEADER: str(max(len(lines), cursor))})
+    data = b"".join(chunks)
+    del chunks
+    # Lines are counted on the bytes, b"\n" only, and never split into a list: the output is the
+    # sandbox's, and short lines as Python strings would cost many times its size.
+    end = data.rfind(b"\n") + 1 if running else len(data)  # a running command's last partial line waits
+    total = data.count(b"\n", 0, end) + (1 if end > 0 and data[end - 1 : end] != b"\n" else 0)
+    start = _after_lines(data, cursor, end)
+    text = data[start:end].decode(errors="replace")
+    return PlainTextResponse(text, headers={CURSOR_HEADER: str(max(total, cursor))})
+
+
+def _after_lines(data: bytes, lines: int, end: int, block: int = 1 << 16) -> int:
+    """The offset just past the first `lines` lines of data[:end] (end if it has fewer): counted a
+    block at a time, then found within the one block that holds it."""
+    pos = 0
+    while lines > 0 and pos < end:
+        stop = min(pos + block, end)
+        found = data.count(b"\n", pos, stop)
+        if found < lines:
+            lines -= found
+            pos = stop
+            continue
+        while lines > 0:
+            pos = data.index(b"\n", pos, stop) + 1
+            lines -= 1
+    return min(pos, end) if lines == 0 else end
 
 
 @router.get("/metrics")

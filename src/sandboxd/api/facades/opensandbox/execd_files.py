@@ -27,7 +27,9 @@ Files = Annotated[FileService, Depends(files)]
 Commands = Annotated[CommandService, Depends(commands)]
 Paths = Annotated[list[str], Query(alias="path", min_length=1)]
 MAX_METADATA = 64 * 1024
-MAX_REPLACE = 16 * 1024 * 1024  # bytes of a file rewritten in memory by /files/replace
+MAX_REPLACE = 16 * 1024 * 1024  # bytes of a file rewritten in memory by /files/replace, before and after
+MAX_REPLACE_FILES = 64  # files one /files/replace may name
+MAX_REPLACEMENTS = 64  # {old, new} pairs one file may be given
 TYPES = {"file": "file", "dir": "directory", "symlink": "symlink", "other": "other"}
 
 
@@ -262,30 +264,44 @@ async def replace(
 ) -> dict[str, object]:
     """Replaces text in each file, every occurrence (one {old, new}, as the SDK sends, or a list of
     them applied in order); answers the count per file, `verbose` or not."""
+    if len(body) > MAX_REPLACE_FILES:
+        raise InvalidRequest("body", f"at most {MAX_REPLACE_FILES} files at once")
     counts: dict[str, object] = {}
     for path, given in body.items():
         items = given if isinstance(given, list) else [given]
+        if len(items) > MAX_REPLACEMENTS:
+            raise InvalidRequest(path, f"at most {MAX_REPLACEMENTS} replacements a file")
+        if any(not item.old for item in items):
+            raise InvalidRequest("old", "old must not be empty")
         stat = await service.stat(sandbox.project_id, sandbox.id, path)
         if stat.type != "file" or stat.size > MAX_REPLACE:
             raise InvalidRequest("path", f"{path} is not a regular file of at most {MAX_REPLACE} bytes")
         _, chunks = await service.read(sandbox.project_id, sandbox.id, path)
-        data = b""
+        parts, size = [], 0
         async for chunk in chunks:
-            data += chunk
-            if len(data) > MAX_REPLACE:
+            size += len(chunk)
+            if size > MAX_REPLACE:  # the file grew since its stat
                 raise InvalidRequest("path", f"{path} is larger than {MAX_REPLACE} bytes")
+            parts.append(chunk)
         try:
-            text = data.decode()
+            text = b"".join(parts).decode()
         except UnicodeDecodeError:
             raise InvalidRequest("path", f"{path} is not UTF-8 text") from None
+        del parts
         count = 0
         for item in items:
-            if not item.old:
-                raise InvalidRequest("old", "old must not be empty")
-            count += text.count(item.old)
+            found = text.count(item.old)
+            # What the text would grow to, known before it is built: a few bytes of request must
+            # not make the server build terabytes (a -> aa, applied again and again).
+            if len(text) + found * (len(item.new) - len(item.old)) > MAX_REPLACE:
+                raise InvalidRequest(path, f"the result would be larger than {MAX_REPLACE} bytes")
+            count += found
             text = text.replace(item.old, item.new)
         if count:
-            await service.write(sandbox.project_id, sandbox.id, path, _one(text.encode()), stat.mode & 0o7777)
+            data = text.encode()
+            if len(data) > MAX_REPLACE:
+                raise InvalidRequest(path, f"the result would be larger than {MAX_REPLACE} bytes")
+            await service.write(sandbox.project_id, sandbox.id, path, _one(data), stat.mode & 0o7777)
         counts[path] = {"replacedCount": count}
     return counts
 

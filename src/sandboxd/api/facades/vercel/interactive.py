@@ -40,7 +40,8 @@ from sandboxd.services.terminals import Attachment, Session, TerminalService
 
 router = APIRouter()
 TOKEN_SECONDS = 600  # a token opens its PTY within this long
-MAX_SPENT = 100_000  # tokens spent in one TOKEN_SECONDS window; past that, connections wait for room
+MAX_SPENT = 1000  # tokens one session may spend in a TOKEN_SECONDS window; past that, its connections wait
+MAX_SESSIONS = 10_000  # sessions with spent tokens kept before the expired ones are swept
 START_WAIT = 30.0  # seconds the client has to send its start frame
 
 
@@ -74,19 +75,25 @@ def valid(presented: str, key: str, sandbox: Sandbox) -> bool:
 
 
 class Spent:
-    """The tokens already used, each until it expires (then its MAC refuses it anyway)."""
+    """The tokens already used, per session, each until it expires (then its MAC refuses it anyway).
+    Kept per session so that a caller spending tokens fast on its own session blocks only that
+    session's terminals, never another tenant's."""
 
     def __init__(self) -> None:
-        self._until: dict[str, int] = {}
+        self._until: dict[str, dict[str, int]] = {}
 
-    def take(self, presented: str) -> bool:
+    def take(self, session_id: str, presented: str) -> bool:
         """True the first time a (valid) token is presented, False after."""
         now = time.time()
-        if len(self._until) >= MAX_SPENT:
-            self._until = {t: e for t, e in self._until.items() if e >= now}
-        if presented in self._until or len(self._until) >= MAX_SPENT:
+        spent = self._until.setdefault(session_id, {})
+        if len(spent) >= MAX_SPENT:
+            spent = self._until[session_id] = {t: e for t, e in spent.items() if e >= now}
+        if len(self._until) > MAX_SESSIONS:  # sessions whose tokens have all expired go
+            self._until = {sid: kept for sid, kept in self._until.items() if any(e >= now for e in kept.values())}
+            self._until.setdefault(session_id, spent)
+        if presented in spent or len(spent) >= MAX_SPENT:
             return False
-        self._until[presented] = int(presented.partition(".")[0])
+        spent[presented] = int(presented.partition(".")[0])
         return True
 
 
@@ -128,7 +135,7 @@ async def connect(websocket: WebSocket, session_id: str, token: str = "") -> Non
     if (
         found is None
         or not valid(token, services.settings.resolved_api_key(), found)
-        or not spent(websocket).take(token)
+        or not spent(websocket).take(found.id, token)
     ):
         await websocket.close(code=4401)  # before accept: the handshake is refused (403)
         return
