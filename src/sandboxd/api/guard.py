@@ -29,7 +29,7 @@ STREAMED = re.compile(r"^/api/v1/sandboxes/[^/]+/(files|archive)$")
 STREAMED_POSTS = re.compile(
     r"^(/opensandbox)?/sandboxes/[^/]+/proxy/44772/files/upload$|^(/vercel)?/v2/sandboxes/sessions/[^/]+/fs/write$"
 )
-FACADE_BODY = MIB
+FACADE_BODY = 2 * MIB
 # Template copy steps carry up to 4 x MAX_COPY_BYTES of content inline; room for JSON escapes.
 TEMPLATE_BODY = 2 * 4 * MAX_COPY_BYTES
 
@@ -65,7 +65,8 @@ def body_limit(method: str, path: str, max_json: int) -> int | None:
     if is_facade_path(path):
         # A facade checks its key (or access token) in the route, after FastAPI has read and parsed
         # the body: a small cap bounds what a caller without one can make the server parse. The
-        # largest body the facades' clients send is Vercel's stdin piece (512 KiB, base64).
+        # largest body the facades' clients send is Vercel's stdin piece (512 KiB, as base64),
+        # with room for a client that sends twice that.
         return min(FACADE_BODY, max_json)
     if method == "POST" and path == "/api/v1/images/import":  # spooled to disk, bounded by the image service
         return None
