@@ -83,9 +83,10 @@ async def test_a_facade_caller_without_a_key_cannot_make_the_server_parse_megaby
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         assert r.status_code == 413, r.text
+        assert set(r.json()) == {"code", "message"}  # in OpenSandbox's body
         assert peak < 2 * len(body), peak
         r = await anon.post("/vercel/v3/sandboxes?teamId=t", content=body, headers={"content-type": "application/json"})
-        assert r.status_code == 413, r.text
+        assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large", r.text
 
 
 def test_spent_pty_tokens_are_kept_per_session() -> None:

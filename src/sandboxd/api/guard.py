@@ -150,9 +150,14 @@ async def _reject(scope: Scope, send: Send, status: int, code: str, message: str
     """An answer given without reading the body; the connection is closed after it, so the
     unread body is not drained either."""
     body: dict[str, object] = {"code": code, "message": message}
-    if field:
-        body["field"] = field
-    body["request_id"] = scope.get("state", {}).get("request_id")
+    if scope["path"].startswith("/opensandbox/"):
+        pass  # OpenSandbox's body: exactly {code, message}
+    elif scope["path"].startswith("/vercel/"):
+        body = {"error": {"code": code.lower(), "message": f"{field}: {message}" if field else message}}
+    else:
+        if field:
+            body["field"] = field
+        body["request_id"] = scope.get("state", {}).get("request_id")
     data = json.dumps(body).encode()
     headers = [
         (b"content-type", b"application/json"),
