@@ -44,7 +44,10 @@ def test_the_pid_arrives_before_any_output(server: Server, sandbox: Sandbox) -> 
     # On the wire: the first event is `start`, carrying the id and pid.
     with (
         server.client() as http,
-        http.stream("POST", f"/api/v1/sandboxes/{sandbox.id}/commands/stream", json={"command": "echo hi"}) as r,
+        # A command that outlives its start event: one that ends at once may already show running false there.
+        http.stream(
+            "POST", f"/api/v1/sandboxes/{sandbox.id}/commands/stream", json={"command": "sleep 0.3; echo hi"}
+        ) as r,
     ):
         text = "".join(r.iter_text())
     first = text.split("\n\n")[0]
