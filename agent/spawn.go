@@ -264,7 +264,7 @@ func spawn(req *spawnRequest, env []string) (*Proc, error) {
 	}
 	p := &Proc{
 		id: procID, pid: pid, started: time.Now(), changed: make(chan struct{}),
-		master: master, stdin: stdin, openStreams: len(readers),
+		master: master, stdin: stdin, openStreams: len(readers), streams: readers,
 	}
 	register(p)
 	procsMu.Unlock()
@@ -314,18 +314,31 @@ func envList(env map[string]string) []string {
 	return out
 }
 
+// read keeps a stream's output until its end. Each read and the keeping of what it got happen
+// under p.mu, so the count of unread bytes setExit takes (also under p.mu) is exact: no piece is
+// out of the pipe and not yet kept when the process ends.
 func (p *Proc) read(f *os.File, kind byte) {
 	buf := make([]byte, chunkSize)
-	for {
-		n, err := f.Read(buf)
-		if n > 0 {
-			data := make([]byte, n)
-			copy(data, buf[:n])
-			p.append(kind, data)
-		}
-		if err != nil { // EOF, or EIO from a pty whose last writer closed
-			break
-		}
+	raw, err := f.SyscallConn()
+	for ended := false; err == nil && !ended; {
+		err = raw.Read(func(fd uintptr) bool {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			for {
+				n, rerr := syscall.Read(int(fd), buf)
+				switch {
+				case rerr == syscall.EINTR:
+					continue
+				case rerr == syscall.EAGAIN:
+					return false // nothing yet: wait on the poller
+				case n > 0:
+					p.appendLocked(kind, append([]byte(nil), buf[:n]...))
+				default: // EOF, or EIO from a pty whose last writer closed
+					ended = true
+				}
+				return true
+			}
+		})
 	}
 	f.Close()
 	p.streamClosed()

@@ -38,6 +38,7 @@ def test_minimum_cpu_is_enforced(server: Server) -> None:
         r = sb.commands.run(
             f"{USAGE_US}; a=$(usage); timeout 2 sh -c 'while :; do :; done'; b=$(usage); echo $((b - a))"
         )
+        assert r.exit_code == 0 and r.stdout.strip().isdigit(), r
         used_ms = int(r.stdout) / 1000
         assert used_ms < 200, f"{used_ms:.0f} ms of CPU in 2 s at cpu=0.01"
         sb.commands.run("for i in 1 2 3 4; do sh -c 'while :; do :; done' & done", background=True)
@@ -46,3 +47,20 @@ def test_minimum_cpu_is_enforced(server: Server) -> None:
     while (left := list(Path("/sys/fs/cgroup").glob(f"**/sandboxd-{sb.id}"))) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not left
+
+
+# The agent shares the sandbox's CPU quota, so at 1 % it may read a command's output long after
+# the command ended; it used to give up 200 ms after the end and lose the rest (a CI flake of the
+# test above, reproduced here on purpose). This widens its stdout pipe to 1 MiB, fills it and
+# exits at once: most of the MiB is still in the pipe when the agent sees the exit.
+FILL_PIPE_AND_EXIT = (
+    "python3 -c 'import fcntl, os; fcntl.fcntl(1, 1031, 1 << 20); os.write(1, b\"x\" * (1 << 20)); os._exit(0)'"
+)
+
+
+def test_a_throttled_sandbox_loses_no_output(server: Server) -> None:
+    with server.create(cpu=0.01, memory_mb=128, timeout=120) as sb:
+        sb.commands.run("sh -c 'while :; do :; done'", background=True)
+        for _ in range(3):
+            r = sb.commands.run(FILL_PIPE_AND_EXIT)
+            assert (r.exit_code, len(r.stdout)) == (0, 1 << 20), (r.exit_code, len(r.stdout), r.stderr)
