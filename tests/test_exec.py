@@ -48,7 +48,7 @@ def test_stream_delivers_output_as_it_happens(server: Server, sandbox: Sandbox) 
     seen: list[tuple[float, str]] = []
     start = time.monotonic()
     r = sandbox.commands.run(
-        "echo first; sleep 1; echo second >&2",
+        "echo first; sleep 2; echo second >&2",
         on_stdout=lambda s: seen.append((time.monotonic() - start, s)),
         on_stderr=lambda s: seen.append((time.monotonic() - start, "E:" + s)),
     )
@@ -144,7 +144,7 @@ def test_streamed_utf8_split_between_reads_is_not_mangled(sandbox: Sandbox) -> N
     code = (
         "import os, time\n"
         "os.write(1, b'caf\\xc3')\n"  # the first byte of é
-        "time.sleep(0.3)\n"
+        "time.sleep(1.5)\n"
         "os.write(1, b'\\xa9!\\n')\n"
     )
     sandbox.files.write("/tmp/split.py", code)

@@ -153,7 +153,7 @@ def test_without_auto_resume_a_request_is_a_409_saying_how(srv: Server, park: st
 
 @pytest.mark.parametrize("action", ["stop", "hibernate"])
 def test_timeout_action_stop_and_hibernate_keep_the_files(srv: Server, action: str) -> None:
-    with srv.create(timeout=2, timeout_action=action) as sb, srv.client() as http:
+    with srv.create(timeout=4, timeout_action=action) as sb, srv.client() as http:
         sb.files.write("/root/kept.txt", "kept")
         parked = "stopped" if action == "stop" else "hibernated"
         status = wait_state(http, sb.id, parked)

@@ -118,7 +118,8 @@ def test_requests_to_a_paused_sandbox_are_refused_unless_auto_resume(srv: Server
 
 
 def test_timeout_action_pause_pauses_at_the_timeout_and_keeps_it(srv: Server) -> None:
-    with srv.create(timeout=2, timeout_action="pause") as sb, srv.client() as http:
+    # 4 s: room to start the counter on a busy machine before the timeout pauses it.
+    with srv.create(timeout=4, timeout_action="pause") as sb, srv.client() as http:
         start_counter(sb)
         status = wait_state(http, sb.id, "paused")
         assert status["reason"] == "timeout" and "timeout_action pause" in status["message"]

@@ -33,7 +33,7 @@ def test_the_pid_arrives_before_any_output(server: Server, sandbox: Sandbox) -> 
     starts: list[ProcessInfo] = []
     begin = time.monotonic()
     result = sandbox.commands.run(
-        "sleep 1; echo late",
+        "sleep 2; echo late",
         on_start=lambda p: starts.append(p) or events.append((time.monotonic() - begin, "start")),  # type: ignore[func-returns-value]
         on_stdout=lambda s: events.append((time.monotonic() - begin, s)),
     )
@@ -46,7 +46,7 @@ def test_the_pid_arrives_before_any_output(server: Server, sandbox: Sandbox) -> 
         server.client() as http,
         # A command that outlives its start event: one that ends at once may already show running false there.
         http.stream(
-            "POST", f"/api/v1/sandboxes/{sandbox.id}/commands/stream", json={"command": "sleep 0.3; echo hi"}
+            "POST", f"/api/v1/sandboxes/{sandbox.id}/commands/stream", json={"command": "sleep 1; echo hi"}
         ) as r,
     ):
         text = "".join(r.iter_text())

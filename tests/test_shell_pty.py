@@ -107,12 +107,22 @@ def shell_flags(screen: Screen) -> str:
     return match.group(1)
 
 
-def interrupt_sleep(screen: Screen) -> None:
+# Exits 0 once a `sleep 30` runs in the sandbox (minbase has no pgrep).
+SLEEP_RUNS = (
+    'for p in /proc/[0-9]*; do [ "$(cat $p/cmdline 2>/dev/null | tr "\\0" " ")" = "sleep 30 " ] && exit 0; done; exit 1'
+)
+
+
+def interrupt_sleep(screen: Screen, sandbox: Sandbox) -> None:
     """Ctrl-C stops the foreground `sleep` only: the shell answers the next line well before 30 s."""
     start = len(screen.text)
     screen.send("sleep 30\r")
     screen.wait_for("sleep 30", start)
-    time.sleep(1)  # let the sleep start: a ^C typed ahead would be the line editor's, not the sleep's
+    # The sleep must have started: a ^C typed ahead would be the line editor's, not the sleep's.
+    deadline = time.monotonic() + 15
+    while sandbox.commands.run(SLEEP_RUNS).exit_code != 0:
+        assert time.monotonic() < deadline, "the sleep never started"
+        time.sleep(0.1)
     screen.send("\x03")
     screen.wait_for(PROMPT, start)
     assert "alive-2" in screen.line("echo alive-$((1+1))", timeout=10)
@@ -124,7 +134,7 @@ def test_shell_is_an_interactive_login_bash(server: Server, sandbox: Sandbox, sc
     assert "No such file or directory" in screen.line("ls /nope")  # stderr reaches the terminal
     assert "i" in shell_flags(screen) and "m" in shell_flags(screen)  # interactive, job control
     assert "login-2" in screen.line("shopt -q login_shell && echo login-$((1+1))")
-    interrupt_sleep(screen)
+    interrupt_sleep(screen, sandbox)
     start = len(screen.text)
     screen.send("\x1b[A\r")  # arrow-up recalls `echo alive-$((1+1))`
     after = screen.wait_for(re.compile(r"alive-2.*[#$] $", re.S), start)
@@ -143,7 +153,7 @@ def test_shell_falls_back_to_sh_without_bash(server: Server, sandbox: Sandbox, s
     assert "/usr/bin/dash" in screen.line("readlink /proc/$$/exe")
     assert "No such file or directory" in screen.line("ls /nope")
     assert "i" in shell_flags(screen) and "m" in shell_flags(screen)
-    interrupt_sleep(screen)
+    interrupt_sleep(screen, sandbox)
     screen.send("exit\r")
     assert screen.wait_exit() == 0
 

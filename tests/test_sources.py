@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import http.server
 import io
+import socket
 import subprocess
 import tarfile
 import threading
@@ -40,7 +41,14 @@ def git_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    time.sleep(0.5)
+    deadline = time.monotonic() + 15
+    while True:  # listening?
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline and daemon.poll() is None, "git daemon is not listening"
+            time.sleep(0.05)
     yield f"git://127.0.0.1:{port}"
     daemon.terminate()
     daemon.wait()

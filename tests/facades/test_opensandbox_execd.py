@@ -112,11 +112,13 @@ def test_sdk_background_status_logs_cursor_and_interrupt(server: Server, sb: San
 
 
 def _commands_background(commands: CommandsAdapterSync, sb: Sandbox) -> None:
-    started = time.monotonic()
+    # It waits for /tmp/go, so it is still running when the call that started it returns.
     bg = commands.run(
-        "sleep 0.5; echo one; sleep 0.2; echo two >&2; echo three > /tmp/bg.txt", opts=RunCommandOpts(background=True)
+        "while [ ! -e /tmp/go ]; do sleep 0.05; done; echo one; sleep 0.5; echo two >&2; echo three > /tmp/bg.txt",
+        opts=RunCommandOpts(background=True),
     )
-    assert bg.id and time.monotonic() - started < 0.5  # answered at once
+    assert bg.id and commands.get_command_status(bg.id).running  # answered at once
+    sb.files.write("/tmp/go", b"")
     deadline = time.monotonic() + 20
     while (status := commands.get_command_status(bg.id)).running and time.monotonic() < deadline:
         time.sleep(0.1)

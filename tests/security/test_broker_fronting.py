@@ -115,7 +115,11 @@ def recorder(net: Server, workdir: Path) -> Iterator[Path]:  # noqa: F811  (the 
     certs = workdir / "egress-certs"
     cmd = [sys.executable, "-c", RECORDER, str(certs / "server.pem"), str(certs / "server.key"), str(log), SECRET]
     proc = subprocess.Popen(["ip", "netns", "exec", "sbxd-tb", *cmd])
-    time.sleep(0.5)
+    listening = ["ip", "netns", "exec", "sbxd-tb", "ss", "-Hltn", "sport = :443"]
+    deadline = time.monotonic() + 15
+    while not subprocess.run(listening, capture_output=True, text=True).stdout.strip():
+        assert time.monotonic() < deadline and proc.poll() is None, "the recorder is not listening"
+        time.sleep(0.05)
     try:
         yield log
     finally:

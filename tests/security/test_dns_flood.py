@@ -75,8 +75,10 @@ def test_a_dns_flood_from_one_sandbox_leaves_anothers_lookups_alone(net: tuple[S
         sent = int(result.stdout.strip() or 0)
         worst, failed = float(out[0]), int(out[1])
         assert sent > 20000, sent  # it was a flood
-        assert failed == 0 and worst < 0.5, (worst, failed, sent)
-        assert api_latency < 0.5, api_latency
+        # What a flood breaks is a lookup dropped and retried by glibc after 5 s; 2 s leaves a busy
+        # machine room for scheduling stalls and still catches that.
+        assert failed == 0 and worst < 2, (worst, failed, sent)
+        assert api_latency < 2, api_latency
 
 
 def test_the_resolvers_queue_serves_sandboxes_in_turn() -> None:
