@@ -52,12 +52,14 @@ type Proc struct {
 	base        int64 // offset of the first byte still kept
 	size        int64 // bytes ever produced
 	openStreams int
-	streams     []*os.File // the pipes (or pty) its output is read from
-	unread      int64      // bytes in them when it ended, still to be read (exact: see read)
-	killing     bool
-	master      *os.File // the pty, for stdin and resizes
-	stdin       *os.File // the stdin pipe of a process started with one
-	timer       *time.Timer
+	// The pipes (or the pty's dup) its output is read from. Only their reader closes them: a Close
+	// waits for the reader, which may be waiting for p.mu (see read).
+	streams []*os.File
+	unread  int64 // bytes in them when it ended, still to be read (exact: see read)
+	killing bool
+	master  *os.File // the pty, for stdin and resizes
+	stdin   *os.File // the stdin pipe of a process started with one
+	timer   *time.Timer
 }
 
 type procInfo struct {
