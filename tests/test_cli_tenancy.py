@@ -40,7 +40,7 @@ def test_a_project_key_made_with_the_cli_works_until_revoked(server: Server) -> 
     assert "only time" in made.stderr and "cannot" not in made.stdout
     listed = json.loads(ok(cli(server, "keys", "ls", "--project", name, "--json")))
     assert [(k["name"], k["project_id"], k["scopes"]) for k in listed] == [("ci", project["id"], ["write"])]
-    assert listed[0]["expires_at"] and secret.rsplit("_", 1)[-1] not in json.dumps(listed)
+    assert listed[0]["expires_at"] and secret.removeprefix(f"sbx_{listed[0]['id']}_") not in json.dumps(listed)
     key_id = listed[0]["id"]
     assert key_id in ok(cli(server, "keys", "ls", "--project", project["id"]))
 
