@@ -4,11 +4,13 @@ same run, interleaved run by run so that the machine's noise falls on all three 
 
 Per system: create → first command (`true`) done, and one command `true` in a running sandbox.
 Each facade's overhead is its p50 less the native p50 of the same work, also per HTTP request the
-facade's SDK made (counted on the transport; goal: under 2 ms per call). The OpenSandbox SDK's
-create waits for its health check (a ping of the execd API), as its users get by default."""
+facade's SDK made (counted where its HTTP client sends, httpx's or httpx2's; goal: under 2 ms per
+call). The OpenSandbox SDK's create waits for its health check (a ping of the execd API), as its
+users get by default."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import statistics
 import time
@@ -17,6 +19,7 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import httpx2  # the Vercel SDK's HTTP client: a fork of httpx with its own classes
 
 os.environ.setdefault("OPENSANDBOX_DISABLE_METRICS", "1")
 os.environ.setdefault("VERCEL_TELEMETRY_DISABLED", "1")
@@ -36,30 +39,39 @@ SLEEPER = ["sleep", "infinity"]  # OpenSandbox asks an entrypoint with an image;
 
 
 class _Counter:
-    """Counts the HTTP requests every httpx client in this process sends, sync or async (each SDK
-    makes its own client; every request goes through Client.send or AsyncClient.send). Restored
-    on exit."""
+    """Counts the HTTP requests every client in this process sends, sync or async: httpx's (the
+    native and OpenSandbox SDKs) and httpx2's (the Vercel SDK's own fork of httpx, whose clients
+    httpx's hook never sees). Each SDK makes its own client; every request goes through its
+    Client.send or AsyncClient.send. Restored on exit."""
 
     sent = 0
+    CLIENTS: tuple[type[Any], ...] = (httpx.Client, httpx.AsyncClient, httpx2.Client, httpx2.AsyncClient)
 
     def __enter__(self) -> _Counter:
-        self._sync, self._async = sync, asynchronous = httpx.Client.send, httpx.AsyncClient.send
-
-        def counted(client: httpx.Client, request: httpx.Request, **kwargs: Any) -> httpx.Response:
-            _Counter.sent += 1
-            return sync(client, request, **kwargs)
-
-        async def counted_async(client: httpx.AsyncClient, request: httpx.Request, **kwargs: Any) -> httpx.Response:
-            _Counter.sent += 1
-            return await asynchronous(client, request, **kwargs)
-
-        httpx.Client.send = counted  # type: ignore[method-assign]
-        httpx.AsyncClient.send = counted_async  # type: ignore[method-assign]
+        self._saved = [(cls, cls.send) for cls in self.CLIENTS]
+        for cls, send in self._saved:
+            cls.send = _counted(send)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        httpx.Client.send = self._sync  # type: ignore[method-assign]
-        httpx.AsyncClient.send = self._async  # type: ignore[method-assign]
+        for cls, send in self._saved:
+            cls.send = send
+
+
+def _counted(send: Callable[..., Any]) -> Callable[..., Any]:
+    if inspect.iscoroutinefunction(send):
+
+        async def counted_async(client: Any, request: Any, **kwargs: Any) -> Any:
+            _Counter.sent += 1
+            return await send(client, request, **kwargs)
+
+        return counted_async
+
+    def counted(client: Any, request: Any, **kwargs: Any) -> Any:
+        _Counter.sent += 1
+        return send(client, request, **kwargs)
+
+    return counted
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[float, int, Any]:

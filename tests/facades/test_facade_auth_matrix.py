@@ -16,29 +16,23 @@ from __future__ import annotations
 import json
 import re
 import types
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, cast
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from fastapi.routing import APIRoute, APIWebSocketRoute, iter_route_contexts
 from starlette.routing import Mount
 
 from sandboxd.api import facades
-from sandboxd.api.app import create_app
 from sandboxd.api.facades.opensandbox.tokens import EGRESS, EGRESS_HEADER, EXECD, EXECD_HEADER, access_token
 from sandboxd.api.facades.vercel import interactive
-from sandboxd.config import Settings
 from sandboxd.domain import DEFAULT_ORG, Sandbox, Scope, utcnow
 from sandboxd.services.auth import new_key
 from sandboxd.store.sql import open_store
-from tests.fake_runtime import FakeRuntime
-from tests.fast.conftest import SERVER_KEY, Api, state_per_request
+from tests.fast.conftest import SERVER_KEY, Api
 
 pytestmark = pytest.mark.anyio
 
@@ -46,19 +40,6 @@ OS_KEY_HEADER = "OPEN-SANDBOX-API-KEY"
 PROXY = re.compile(r"^/sandboxes/\{sandbox_id\}/proxy/(44772|18080)/")
 UNKNOWN_SANDBOX = "sbx_" + "0" * 26
 WRONG = "sk_" + "x" * 40  # the shape of a key, but no key's
-
-
-@pytest.fixture
-async def api(tmp_path: Path, database_url: str) -> AsyncIterator[Api]:
-    """tests/fast's server (its conftest's fixtures are that directory's own)."""
-    runtime = FakeRuntime()
-    settings = Settings(data_dir=tmp_path, database_url=database_url, api_key=SERVER_KEY, reaper_interval=3600)
-    app = create_app(settings, runtime=runtime)
-    async with LifespanManager(state_per_request(app)) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://sandboxd.test") as client:
-            client.headers["authorization"] = f"Bearer {SERVER_KEY}"
-            yield Api(app, manager.app, client, runtime, settings)
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,7 @@ import pytest
 
 from sandboxd.api.facades.opensandbox.execd_files import MAX_REPLACE
 from sandboxd.api.facades.vercel.interactive import MAX_SPENT, Spent
-from tests.fast.conftest import SERVER_KEY, Api, api
-
-__all__ = ["api"]  # the fixture, shared
+from tests.fast.conftest import SERVER_KEY, Api
 
 pytestmark = pytest.mark.anyio
 OS = "OPEN-SANDBOX-API-KEY"

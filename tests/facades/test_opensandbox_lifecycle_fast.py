@@ -7,21 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
-from sandboxd.api.app import create_app
 from sandboxd.api.facades.opensandbox.states import host_arch
 from sandboxd.api.facades.opensandbox.tokens import EGRESS, EXECD, access_token
-from sandboxd.config import Settings
-from tests.fake_runtime import FakeRuntime
-from tests.fast.conftest import SERVER_KEY, Api, state_per_request
+from tests.fast.conftest import SERVER_KEY, Api
 
 pytestmark = pytest.mark.anyio
 
@@ -34,19 +28,6 @@ BODY: dict[str, Any] = {
     "resourceLimits": {"cpu": "500m", "memory": "512Mi"},
     "secureAccess": False,
 }
-
-
-@pytest.fixture
-async def api(tmp_path: Path, database_url: str) -> AsyncIterator[Api]:
-    """tests/fast's server (its conftest's fixtures are that directory's own)."""
-    runtime = FakeRuntime()
-    settings = Settings(data_dir=tmp_path, database_url=database_url, api_key=SERVER_KEY, reaper_interval=3600)
-    app = create_app(settings, runtime=runtime)
-    async with LifespanManager(state_per_request(app)) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://sandboxd.test") as client:
-            client.headers["authorization"] = f"Bearer {SERVER_KEY}"
-            yield Api(app, manager.app, client, runtime, settings)
 
 
 def os_error(r: httpx.Response, status: int, code: str | None = None, mentions: str | None = None) -> dict[str, Any]:

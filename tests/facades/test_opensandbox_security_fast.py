@@ -9,10 +9,9 @@ from typing import Any
 import pytest
 
 from sandboxd.api.facades.opensandbox.tokens import EXECD_HEADER
-from tests.facades.test_opensandbox_lifecycle_fast import BASE, BODY, KEY, api, create, os_error, running
+from tests.facades.test_opensandbox_lifecycle_fast import BASE, BODY, KEY, create, os_error, running
 from tests.fast.conftest import Api
 
-__all__ = ["api"]  # the fixture, shared
 pytestmark = pytest.mark.anyio
 
 

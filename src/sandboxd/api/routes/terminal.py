@@ -14,18 +14,17 @@ session, or another project's)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, WebSocket
 
 from sandboxd.api.deps import WebSocketProjectId
 from sandboxd.api.state import api_state
+from sandboxd.api.terminal_relay import Wire, relay
 from sandboxd.config import Settings
+from sandboxd.domain import ExitInfo
 from sandboxd.errors import SandboxdError
-from sandboxd.services.commands import Terminal
 from sandboxd.services.requests import RunCommand
 from sandboxd.services.terminals import Attachment, Session, TerminalService
 
@@ -41,6 +40,30 @@ LOGIN_SHELL = "if command -v bash >/dev/null 2>&1; then exec bash -il; else exec
 
 TAKEN_OVER, SESSION_GONE = 4001, 4002
 HANG_UP = 1000  # the client's normal close: the terminal is closed, not dropped
+
+
+def _exit_frame(end: ExitInfo | None) -> dict[str, Any]:
+    return {"type": "exit", **(end.model_dump(mode="json") if end is not None else {})}
+
+
+async def _close(websocket: WebSocket, held: Session, attachment: Attachment) -> None:
+    """A client whose session was taken over or ended meanwhile is told why."""
+    if attachment.ended.is_set():
+        await websocket.send_text(json.dumps({"type": "detached", "reason": attachment.reason}))
+        taken = held.attachment is not None and held.attachment is not attachment
+        await websocket.close(code=TAKEN_OVER if taken else SESSION_GONE)
+    else:
+        await websocket.close()
+
+
+WIRE = Wire(
+    exit_frame=_exit_frame,
+    hang_up=lambda code: code == HANG_UP,  # a drop or a takeover leaves the program for the next client
+    stdin_prefix=bytes([STDIN]),
+    output_prefix=bytes([OUTPUT]),
+    signals=True,
+    close=_close,
+)
 
 
 @router.websocket("/terminal")
@@ -79,56 +102,4 @@ async def terminal(
         await term.detach()
         await terminals.release(held, attachment, exited=False)
         return
-    await _relay(websocket, terminals, held, attachment, term)
-
-
-async def _relay(
-    websocket: WebSocket, terminals: TerminalService, held: Session, attachment: Attachment, term: Terminal
-) -> None:
-    hang_up = False
-
-    async def from_client() -> None:
-        nonlocal hang_up
-        while True:
-            msg = await websocket.receive()
-            if msg["type"] == "websocket.disconnect":
-                hang_up = msg.get("code") == HANG_UP
-                return
-            if msg.get("bytes"):
-                if msg["bytes"][0] == STDIN:
-                    await term.write(msg["bytes"][1:])
-            elif msg.get("text"):
-                try:
-                    control = json.loads(msg["text"])
-                    if control.get("type") == "resize":
-                        await term.resize(int(control["rows"]), int(control["cols"]))
-                    elif control.get("type") == "signal":
-                        await term.signal(int(control["signal"]))
-                except (ValueError, KeyError, TypeError, AttributeError):
-                    continue  # a malformed control frame is ignored, not the end of the session
-
-    async def to_client() -> None:
-        while (data := await term.read()) is not None:
-            await websocket.send_bytes(bytes([OUTPUT]) + data)
-        exit_info = term.exit.model_dump(mode="json") if term.exit is not None else {}
-        await websocket.send_text(json.dumps({"type": "exit", **exit_info}))
-
-    reader = asyncio.create_task(from_client())
-    writer = asyncio.create_task(to_client())
-    evicted = asyncio.create_task(attachment.ended.wait())
-    try:
-        await asyncio.wait({reader, writer, evicted}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (reader, writer, evicted):
-            task.cancel()
-        await asyncio.gather(reader, writer, evicted, return_exceptions=True)
-        # Dropped, or taken over: the program goes on for the next client. Closed: hung up.
-        await term.detach()
-        await terminals.release(held, attachment, exited=term.exit is not None, hang_up=hang_up)
-        with contextlib.suppress(Exception):
-            if attachment.ended.is_set():
-                await websocket.send_text(json.dumps({"type": "detached", "reason": attachment.reason}))
-                taken = held.attachment is not None and held.attachment is not attachment
-                await websocket.close(code=TAKEN_OVER if taken else SESSION_GONE)
-            else:
-                await websocket.close()
+    await relay(websocket, terminals, held, attachment, term, WIRE)

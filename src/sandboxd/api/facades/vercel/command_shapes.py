@@ -97,14 +97,17 @@ class Registry:
         return found
 
 
-def exit_code(info: ProcessInfo) -> int | None:
-    """None while it runs; a process a signal ended has no code of its own: 128 + the signal, as
-    a shell reports it (the SDK needs an integer once the command has ended)."""
-    if info.running:
-        return None
+def ended_code(info: ProcessInfo) -> int:
+    """An ended process's code; one a signal ended has none of its own: 128 + the signal, as a
+    shell reports it (the SDK needs an integer once the command has ended)."""
     if info.exit_code is not None:
         return info.exit_code
     return 128 + (info.signal or 0)
+
+
+def exit_code(info: ProcessInfo) -> int | None:
+    """None while it runs, else its ended_code."""
+    return None if info.running else ended_code(info)
 
 
 def command(session_id: str, info: ProcessInfo, known: Known | None) -> dict[str, Any]:

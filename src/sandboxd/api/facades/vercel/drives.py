@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
-from sandboxd.api.facades.vercel import shapes
+from sandboxd.api.facades.vercel import paging, shapes
 from sandboxd.api.facades.vercel.common import REGION, not_found, project_of, services
 from sandboxd.api.facades.vercel.models import DriveBody
 from sandboxd.api.facades.vercel.sandboxes import native
@@ -85,17 +85,8 @@ async def list_drives(
     found = await services(request).volumes.find(project)
     found = [v for v in found if namePrefix is None or v.name.startswith(namePrefix)]
     found.sort(key=lambda v: v.name if sortBy == "name" else (v.created_at, v.name), reverse=sortOrder == "desc")
-    start = int(cursor) if cursor and cursor.isdigit() else 0
-    page = found[start : start + limit]
-    more = start + limit < len(found)
-    return {
-        "drives": [await _shape(request, v) for v in page],
-        "pagination": {
-            "count": len(page),
-            "next": str(start + limit) if more else None,
-            "prev": str(max(0, start - limit)) if start else None,
-        },
-    }
+    chosen, pagination = paging.page(found, cursor, limit)
+    return {"drives": [await _shape(request, v) for v in chosen], "pagination": pagination}
 
 
 @router.delete("/{name}")

@@ -30,13 +30,14 @@ from typing import Any
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sandboxd.api.facades.vercel.command_shapes import ended_code
 from sandboxd.api.facades.vercel.common import LiveSession
 from sandboxd.api.state import api_state
-from sandboxd.domain import Sandbox
+from sandboxd.api.terminal_relay import Wire, relay
+from sandboxd.domain import ExitInfo, Sandbox
 from sandboxd.errors import SandboxdError
-from sandboxd.services.commands import Terminal
 from sandboxd.services.requests import RunCommand
-from sandboxd.services.terminals import Attachment, Session, TerminalService
+from sandboxd.services.terminals import TerminalService
 
 router = APIRouter()
 TOKEN_SECONDS = 600  # a token opens its PTY within this long
@@ -154,45 +155,12 @@ async def connect(websocket: WebSocket, session_id: str, token: str = "") -> Non
             await websocket.send_text(json.dumps({"type": "error", "message": message}))
             await websocket.close(code=4400)
         return
-    await _relay(websocket, terminals, held, attachment, term)
+    await relay(websocket, terminals, held, attachment, term, WIRE)
 
 
-async def _relay(
-    websocket: WebSocket, terminals: TerminalService, held: Session, attachment: Attachment, term: Terminal
-) -> None:
-    async def from_client() -> None:
-        while True:
-            msg = await websocket.receive()
-            if msg["type"] == "websocket.disconnect":
-                return
-            if msg.get("bytes"):
-                await term.write(msg["bytes"])
-            elif msg.get("text"):
-                try:
-                    control = json.loads(msg["text"])
-                    if control.get("type") == "resize":
-                        await term.resize(int(control["rows"]), int(control["cols"]))
-                except (ValueError, KeyError, TypeError, AttributeError):
-                    continue  # a malformed control frame is ignored, not the end of the session
+def _exit_frame(end: ExitInfo | None) -> dict[str, Any]:
+    return {"type": "exit", "code": None if end is None else ended_code(end)}
 
-    async def to_client() -> None:
-        while (data := await term.read()) is not None:
-            await websocket.send_bytes(data)
-        end = term.exit
-        code = None if end is None else end.exit_code if end.exit_code is not None else 128 + (end.signal or 0)
-        await websocket.send_text(json.dumps({"type": "exit", "code": code}))
 
-    reader = asyncio.create_task(from_client())
-    writer = asyncio.create_task(to_client())
-    evicted = asyncio.create_task(attachment.ended.wait())
-    try:
-        await asyncio.wait({reader, writer, evicted}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (reader, writer, evicted):
-            task.cancel()
-        await asyncio.gather(reader, writer, evicted, return_exceptions=True)
-        await term.detach()
-        # Vercel's client cannot attach again: whatever ended the connection hangs the PTY up.
-        await terminals.release(held, attachment, exited=term.exit is not None, hang_up=True)
-        with contextlib.suppress(Exception):
-            await websocket.close()
+# Vercel's client cannot attach again: whatever ended the connection hangs the PTY up.
+WIRE = Wire(exit_frame=_exit_frame, hang_up=lambda code: True)

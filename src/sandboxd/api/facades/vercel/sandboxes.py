@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
 
-from sandboxd.api.facades.vercel import shapes
+from sandboxd.api.facades.vercel import paging, shapes
 from sandboxd.api.facades.vercel.common import (
     DELETED_LABEL,
     RUNTIME_LABEL,
@@ -213,17 +213,8 @@ async def list_sandboxes(
         and (tag is None or found[-1].spec.metadata.get(tag[0]) == tag[1])
     ]
     rows.sort(key=lambda row: _sort_key(sortBy, *row), reverse=sortOrder == "desc")
-    start = int(cursor) if cursor and cursor.isdigit() else 0
-    chosen = rows[start : start + limit]
-    more = start + limit < len(rows)
-    return {
-        "sandboxes": [shapes.sandbox(name, found) for name, found in chosen],
-        "pagination": {
-            "count": len(chosen),
-            "next": str(start + limit) if more else None,
-            "prev": str(max(0, start - limit)) if start else None,
-        },
-    }
+    chosen, pagination = paging.page(rows, cursor, limit)
+    return {"sandboxes": [shapes.sandbox(name, found) for name, found in chosen], "pagination": pagination}
 
 
 @router.patch("/v2/sandboxes/{name}")

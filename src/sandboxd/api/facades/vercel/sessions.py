@@ -8,9 +8,9 @@ as Vercel's does; a stopped session can be snapshotted too (the SDK does after s
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 
 from sandboxd.api.facades.vercel import shapes
 from sandboxd.api.facades.vercel.common import (
@@ -26,6 +26,7 @@ from sandboxd.api.facades.vercel.common import (
     session_of,
 )
 from sandboxd.api.facades.vercel.models import ExtendBody, NetworkPolicy, SnapshotBody
+from sandboxd.api.facades.vercel.paging import ListParams
 from sandboxd.api.facades.vercel.sandboxes import native
 from sandboxd.domain import Sandbox, State, utcnow
 from sandboxd.services.snapshots import CreateSnapshot
@@ -34,37 +35,19 @@ router = APIRouter(prefix="/v2/sandboxes/sessions")
 
 
 @router.get("")
-async def list_sessions(
-    request: Request,
-    project: str | None = None,
-    name: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: str | None = None,
-    sortOrder: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
-) -> dict[str, Any]:
+async def list_sessions(request: Request, query: ListParams) -> dict[str, Any]:
     """A sandbox's sessions (all the project's without name); cursor: the offset of the page."""
-    project_id = await project_of(request, project)
-    if name is not None:
-        found = await current(request, project_id, name)
+    project_id = await project_of(request, query.project)
+    if query.name is not None:
+        found = await current(request, project_id, query.name)
     else:
         found = [
             s
             for s in await services(request).sandboxes.find(project_id, None, None, None, 1000)
             if s.spec.metadata.get(SANDBOX_LABEL) is not None
         ]
-    if sortOrder == "desc":
-        found.reverse()
-    start = int(cursor) if cursor and cursor.isdigit() else 0
-    page = found[start : start + limit]
-    more = start + limit < len(found)
-    return {
-        "sessions": [shapes.session(s) for s in page],
-        "pagination": {
-            "count": len(page),
-            "next": str(start + limit) if more else None,
-            "prev": str(max(0, start - limit)) if start else None,
-        },
-    }
+    chosen, pagination = query.page(found)
+    return {"sessions": [shapes.session(s) for s in chosen], "pagination": pagination}
 
 
 @router.get("/{session_id}")

@@ -3,12 +3,13 @@ persistent name are its own, not listed here)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 
 from sandboxd.api.facades.vercel import shapes
 from sandboxd.api.facades.vercel.common import current, not_found, project_of, services
+from sandboxd.api.facades.vercel.paging import ListParams
 from sandboxd.domain import Snapshot
 from sandboxd.errors import SnapshotNotFound
 
@@ -16,33 +17,15 @@ router = APIRouter(prefix="/v2/sandboxes/snapshots")
 
 
 @router.get("")
-async def list_snapshots(
-    request: Request,
-    project: str | None = None,
-    name: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: str | None = None,
-    sortOrder: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
-) -> dict[str, Any]:
+async def list_snapshots(request: Request, query: ListParams) -> dict[str, Any]:
     """The project's snapshots (a sandbox's with name); cursor: the offset of the page."""
-    project_id = await project_of(request, project)
+    project_id = await project_of(request, query.project)
     found = [s for s in await services(request).snapshots.find(project_id) if s.persistent_name is None]
-    if name is not None:
-        ids = {s.id for s in await current(request, project_id, name)}
+    if query.name is not None:
+        ids = {s.id for s in await current(request, project_id, query.name)}
         found = [s for s in found if s.sandbox_id in ids]
-    if sortOrder == "desc":
-        found.reverse()
-    start = int(cursor) if cursor and cursor.isdigit() else 0
-    page = found[start : start + limit]
-    more = start + limit < len(found)
-    return {
-        "snapshots": [shapes.snapshot(s) for s in page],
-        "pagination": {
-            "count": len(page),
-            "next": str(start + limit) if more else None,
-            "prev": str(max(0, start - limit)) if start else None,
-        },
-    }
+    chosen, pagination = query.page(found)
+    return {"snapshots": [shapes.snapshot(s) for s in chosen], "pagination": pagination}
 
 
 async def _snapshot(request: Request, snapshot_id: str) -> tuple[str, Snapshot]:
