@@ -19,8 +19,8 @@ const (
 	outputCap  = 16 << 20 // bytes of output kept per running process; older output is dropped
 	keepEnded  = 256      // ended processes kept for status/log queries
 	drainGrace = 200 * time.Millisecond
-	// The longest a run waits, after its process ended, for output that was already in its pipes
-	// then: the agent shares the sandbox's CPU quota, so at 1 % of a CPU reading it is slow.
+	// The longest a run waits, after its process ended, for what the process wrote to be read (see
+	// streams.go): the agent shares the sandbox's CPU quota, so at 1 % of a CPU reading it is slow.
 	drainLimit = 30 * time.Second
 	// Finished processes share this much kept output, the longest finished first to give theirs
 	// up, so chatty background jobs that ended do not hold the sandbox's memory.
@@ -52,14 +52,11 @@ type Proc struct {
 	base        int64 // offset of the first byte still kept
 	size        int64 // bytes ever produced
 	openStreams int
-	// The pipes (or the pty's dup) its output is read from. Only their reader closes them: a Close
-	// waits for the reader, which may be waiting for p.mu (see read).
-	streams []*os.File
-	unread  int64 // bytes in them when it ended, still to be read (exact: see read)
-	killing bool
-	master  *os.File // the pty, for stdin and resizes
-	stdin   *os.File // the stdin pipe of a process started with one
-	timer   *time.Timer
+	streams     []*stream // where its output is read from (streams.go)
+	killing     bool
+	master      *os.File // the pty, for stdin and resizes
+	stdin       *os.File // the stdin pipe of a process started with one
+	timer       *time.Timer
 }
 
 type procInfo struct {
@@ -83,13 +80,11 @@ func (p *Proc) broadcast() {
 	p.changed = make(chan struct{})
 }
 
-// appendLocked keeps a piece of output; its reader holds p.mu from the read on (see read).
-func (p *Proc) appendLocked(kind byte, data []byte) {
+func (p *Proc) append(kind byte, data []byte) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	p.chunks = append(p.chunks, chunk{p.size, kind, data})
 	p.size += int64(len(data))
-	if p.hasEnded {
-		p.unread -= int64(len(data))
-	}
 	p.dropBelow(outputCap)
 	p.broadcast()
 }
@@ -117,9 +112,10 @@ func (p *Proc) kept() int64 {
 	return p.size - p.base
 }
 
-func (p *Proc) streamClosed() {
+func (p *Proc) streamClosed(s *stream) {
 	p.mu.Lock()
 	p.openStreams--
+	s.caught = true
 	p.broadcast()
 	p.mu.Unlock()
 	trimEnded()
@@ -136,8 +132,8 @@ func (p *Proc) setExit(status syscall.WaitStatus) {
 	}
 	p.ended = time.Now()
 	p.hasEnded = true
-	for _, f := range p.streams {
-		p.unread += int64(pipeHolds(f))
+	for _, s := range p.streams {
+		s.wake()
 	}
 	if p.timer != nil {
 		p.timer.Stop()
@@ -150,8 +146,7 @@ func (p *Proc) setExit(status syscall.WaitStatus) {
 // doneLocked: output is complete once the process has exited and its pipes are drained; after a
 // timeout, once the rest of its tree is gone too. Children it left running in the background may
 // hold its pipes forever (`server &`): after a short grace the run is over and they carry on, once
-// what the process itself wrote is read. The grace is wall time and a throttled agent may not have
-// run in it, so that output is counted from the pipes when the process ends, not guessed.
+// each stream has given up what the process itself wrote (streams.go).
 func (p *Proc) doneLocked() bool {
 	if !p.hasEnded || p.killing {
 		return false
@@ -160,23 +155,15 @@ func (p *Proc) doneLocked() bool {
 		return true
 	}
 	since := time.Since(p.ended)
-	return since > drainGrace && (p.unread <= 0 || since > drainLimit)
-}
-
-// pipeHolds is how many bytes wait unread in a pipe or pty (0 once its reader closed it).
-func pipeHolds(f *os.File) int {
-	raw, err := f.SyscallConn()
-	if err != nil {
-		return 0
+	if since <= drainGrace {
+		return false
 	}
-	var n int32
-	var errno syscall.Errno
-	if raw.Control(func(fd uintptr) {
-		_, _, errno = syscall.Syscall(syscall.SYS_IOCTL, fd, syscall.TIOCINQ, uintptr(unsafe.Pointer(&n)))
-	}) != nil || errno != 0 {
-		return 0
+	for _, s := range p.streams {
+		if !s.caught && since <= drainLimit {
+			return false
+		}
 	}
-	return int(n)
+	return true
 }
 
 // waitChange waits for a change, or the drain grace once the process has ended.

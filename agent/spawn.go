@@ -262,16 +262,20 @@ func spawn(req *spawnRequest, env []string) (*Proc, error) {
 		counter++
 		procID = "p" + itoa(counter)
 	}
+	streams := make([]*stream, len(readers))
+	for i, r := range readers {
+		streams[i] = &stream{f: r, kind: kinds[i], pty: req.Pty}
+	}
 	p := &Proc{
 		id: procID, pid: pid, started: time.Now(), changed: make(chan struct{}),
-		master: master, stdin: stdin, openStreams: len(readers), streams: readers,
+		master: master, stdin: stdin, openStreams: len(readers), streams: streams,
 	}
 	register(p)
 	procsMu.Unlock()
 	closeChildFds()
 	preferForOOM(pid)
-	for i, r := range readers {
-		go p.read(r, kinds[i])
+	for _, s := range streams {
+		go p.read(s)
 	}
 	if req.Timeout != nil && *req.Timeout > 0 {
 		p.mu.Lock()
@@ -312,36 +316,6 @@ func envList(env map[string]string) []string {
 		out = append(out, k+"="+v)
 	}
 	return out
-}
-
-// read keeps a stream's output until its end. Each read and the keeping of what it got happen
-// under p.mu, so the count of unread bytes setExit takes (also under p.mu) is exact: no piece is
-// out of the pipe and not yet kept when the process ends.
-func (p *Proc) read(f *os.File, kind byte) {
-	buf := make([]byte, chunkSize)
-	raw, err := f.SyscallConn()
-	for ended := false; err == nil && !ended; {
-		err = raw.Read(func(fd uintptr) bool {
-			p.mu.Lock()
-			defer p.mu.Unlock()
-			for {
-				n, rerr := syscall.Read(int(fd), buf)
-				switch {
-				case rerr == syscall.EINTR:
-					continue
-				case rerr == syscall.EAGAIN:
-					return false // nothing yet: wait on the poller
-				case n > 0:
-					p.appendLocked(kind, append([]byte(nil), buf[:n]...))
-				default: // EOF, or EIO from a pty whose last writer closed
-					ended = true
-				}
-				return true
-			}
-		})
-	}
-	f.Close()
-	p.streamClosed()
 }
 
 func writeStdin(p *Proc, data []byte) error {

@@ -375,6 +375,27 @@ def test_finished_processes_do_not_pin_their_output(server: Server) -> None:
         assert last.output_size == 16 * 1024 * 1024
 
 
+# A child that splices from a socket nobody writes to waits inside its stdout pipe's lock, in the
+# kernel. Reading that pipe, or asking how much it holds, waits for the lock too, even with
+# O_NONBLOCK. The agent must do neither while holding anything the rest of it needs: the reaper
+# that sees the command end, or the process table a new command goes into.
+SPLICE_AND_LEAVE = (
+    "python3 -c 'import os, socket; a, b = socket.socketpair(); os.splice(a.fileno(), 1, 65536)' & sleep 1; echo left"
+)
+
+
+def test_a_child_holding_its_pipe_locked_stalls_nothing_else(server: Server) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool, server.create(memory_mb=256, timeout=120) as sb:  # sb goes first
+        held = sb.commands.run(SPLICE_AND_LEAVE, background=True)
+        time.sleep(2)  # its shell has ended; its child holds the pipe's lock
+        # Each call may wait for an agent that is stuck: they run aside, so the test fails, not hangs.
+        served = pool.submit(lambda: [sb.commands.run(f"echo served {i}").stdout for i in range(3)])
+        assert served.result(timeout=30) == [f"served {i}\n" for i in range(3)]
+        assert pool.submit(lambda: held.status().running).result(timeout=30) is False
+
+
 def test_a_huge_directory_is_listed_a_page_at_a_time(sandbox: Sandbox) -> None:
     sandbox.commands.run(
         "rm -rf /tmp/many; mkdir /tmp/many && cd /tmp/many && seq -w 1 25000 | xargs touch", check=True

@@ -13,7 +13,8 @@ T = TypeVar("T")
 
 def page(items: list[T], cursor: str | None, limit: int) -> tuple[list[T], dict[str, Any]]:
     """The page of items at the cursor, and its `pagination` body."""
-    start = int(cursor) if cursor and cursor.isdigit() else 0
+    # str.isdigit also takes "²", which int() refuses, and a cursor is the client's to send.
+    start = int(cursor) if cursor and cursor.isascii() and cursor.isdigit() and len(cursor) <= 18 else 0
     chosen = items[start : start + limit]
     more = start + limit < len(items)
     return chosen, {
