@@ -15,12 +15,17 @@ import (
 // after the end. So each reader says so itself, on either of two signs:
 //   - a read begun after the end found the pipe empty (all it held came first: a pipe is in order,
 //     and a pty's pending input is flushed to the reader before it answers EAGAIN);
-//   - for a pipe, the bytes it held at the end have been read: this ends the wait for a child that
-//     writes without pause and never lets the pipe run empty. (A pty's count is only its line
-//     discipline's buffer, so there only the first sign counts.)
+//   - the bytes it held at the end have been read: this ends the wait for a child that writes
+//     without pause and never lets the pipe run empty. A pty's count is only its line discipline's
+//     buffer; what waits in its flip buffers, bounded by the kernel, is allowed for with ptySlack.
 //
 // No lock of the agent is held in a syscall on a pipe: a process can hold a pipe's lock in the
 // kernel for as long as it likes (splice from an idle socket), and then only its reader waits.
+
+// ptySlack is more than a pty can hold beyond what TIOCINQ counts: its flip buffers are bounded by
+// the kernel's tty buffer limit, 640 KiB by default, which the kernel says may come to over twice
+// that in memory.
+const ptySlack = 4 << 20
 
 type stream struct {
 	f      *os.File
@@ -56,14 +61,15 @@ func (p *Proc) read(s *stream) {
 	buf := make([]byte, chunkSize)
 	raw, err := s.f.SyscallConn()
 	var got int64       // bytes read so far
-	target := int64(-1) // once the process has ended, for a pipe: got then plus what the pipe held
+	target := int64(-1) // once the process has ended: got then, plus what the pipe held
 	ended, caught := false, false
 	for err == nil {
 		if !ended && p.endedYet() {
 			ended = true
 			s.f.SetReadDeadline(time.Time{}) // the wake is seen
-			if !s.pty {
-				target = got + int64(pipeHolds(raw))
+			target = got + int64(pipeHolds(raw))
+			if s.pty {
+				target += ptySlack
 			}
 		}
 		if !caught && target >= 0 && got >= target {

@@ -47,3 +47,20 @@ def test_terminal_needs_the_key(server: Server, sandbox: Sandbox) -> None:
         pass
     with connect(url + f"?api_key={server.key}&command=echo+hi") as ws:
         assert "hi" in read_until(ws, "hi")
+
+
+def test_a_terminal_ends_with_its_program_though_a_child_writes_on(server: Server, sandbox: Sandbox) -> None:
+    # `yes &` keeps the pty full after the shell ends. The end must come once what the shell wrote is
+    # through (a bounded amount), not wait for a quiet pty that never comes: the agent's limit for
+    # that is 30 s, and this allows 15.
+    from urllib.parse import quote
+
+    url = server.url.replace("http", "ws") + f"/api/v1/sandboxes/{sandbox.id}/terminal"
+    command = quote("yes & echo started; sleep 0.5; exit 7")
+    with connect(url + f"?api_key={server.key}&command={command}") as ws:
+        read_until(ws, "started")
+        deadline = time.monotonic() + 15
+        while not isinstance(message := ws.recv(timeout=max(deadline - time.monotonic(), 0.01)), str):
+            pass
+    control = json.loads(message)
+    assert control["type"] == "exit" and control["exit_code"] == 7
